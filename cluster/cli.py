@@ -1,0 +1,112 @@
+"""``fraudctl``: a thin command line over the project's stages. Heavy imports happen inside each command."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cluster.config import get_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Real-time fraud analytics on Ray.")
+
+
+@app.callback()
+def _configure(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def up(
+    no_ui: Annotated[bool, typer.Option("--no-ui", help="Do not start the Gradio dashboard.")] = False,
+    no_simulation: Annotated[bool, typer.Option("--no-simulation", help="Do not start simulated traffic.")] = False,
+    no_stream: Annotated[bool, typer.Option("--no-stream", help="Do not start Kinesis stream scoring.")] = False,
+    tps: Annotated[Optional[float], typer.Option("--tps", help="Simulated transactions per second.")] = None,
+) -> None:
+    """Run the whole system locally until Ctrl-C or `fraudctl down`."""
+    from cluster.main_job import MainJobOptions, run_main_job
+
+    settings = get_settings()
+    run_main_job(settings, MainJobOptions(ui=not no_ui, simulation=not no_simulation, stream=not no_stream,
+                                          tps=tps or settings.target_tps))
+
+
+@app.command()
+def down() -> None:
+    """Stop what `fraudctl up` started."""
+    from cluster.main_job import stop_main_job
+
+    typer.echo(stop_main_job(get_settings()))
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option("--out", help="Output file (.csv or .parquet).")],
+    users: Annotated[int, typer.Option("--users", min=1)] = 2000,
+    days: Annotated[int, typer.Option("--days", min=1)] = 60,
+    start: Annotated[str, typer.Option("--start", help="First simulated day (YYYY-MM-DD).")] = "2026-01-01",
+    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
+    fraud_rate: Annotated[Optional[float], typer.Option("--fraud-rate", min=0.0001, max=0.2)] = None,
+) -> None:
+    """Write labelled history with canonical columns, plus the user and merchant profiles beside it."""
+    from simulation.history import run_simulate
+
+    settings = get_settings()
+    summary = run_simulate(
+        settings, out=out, users=users, days=days, start=date.fromisoformat(start),
+        seed=settings.seed if seed is None else seed,
+        fraud_rate=settings.fraud_rate if fraud_rate is None else fraud_rate,
+    )
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option("--data", exists=True, dir_okay=False, help="Labelled CSV/Parquet.")],
+    trials: Annotated[Optional[int], typer.Option("--trials", min=1, help="Ray Tune trials per model.")] = None,
+    distributed: Annotated[bool, typer.Option("--distributed", help="Fit XGBoost with Ray Train.")] = False,
+    objective: Annotated[str, typer.Option("--objective", help="Threshold policy: f1 or cost.")] = "f1",
+) -> None:
+    """Tune, fit and register a new model version; print its metrics."""
+    from training.pipeline import TrainOptions, run_train
+
+    summary = run_train(get_settings(), TrainOptions(data=data, trials=trials, distributed=distributed,
+                                                     objective=objective))
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@app.command()
+def backtest(
+    data: Annotated[Path, typer.Option("--data", exists=True, dir_okay=False)],
+    train_start: Annotated[str, typer.Option("--train-start", help="YYYY-MM-DD")],
+    out: Annotated[Path, typer.Option("--out", help="Scores CSV: transaction_id,fraud_score.")],
+    train_days: Annotated[int, typer.Option("--train-days", min=1)] = 7,
+    delay_days: Annotated[int, typer.Option("--delay-days", min=0)] = 7,
+    test_days: Annotated[int, typer.Option("--test-days", min=1)] = 7,
+) -> None:
+    """Train on a window, then score a later window strictly causally."""
+    from training.backtest import BacktestWindow, run_backtest
+
+    window = BacktestWindow(train_start=date.fromisoformat(train_start), train_days=train_days,
+                            delay_days=delay_days, test_days=test_days)
+    summary = run_backtest(get_settings(), data=data, window=window, out=out)
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@app.command()
+def bench(
+    only: Annotated[Optional[list[str]], typer.Option("--only", help="Run only these sections.")] = None,
+) -> None:
+    """The project's own benchmark; prints one JSON object of figures."""
+    from cluster.bench import run_bench
+
+    typer.echo(json.dumps(run_bench(get_settings(), only=only), indent=2, default=str))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,73 @@
+"""The one typed settings object. Every knob is an env var with the ``FRAUD_`` prefix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FRAUD_", extra="ignore")
+
+    # AWS: "auto" uses real AWS when an endpoint, access key or profile is configured, else embedded moto.
+    aws_mode: Literal["auto", "embedded", "real"] = "auto"
+    region: str = Field("us-east-1", validation_alias=AliasChoices("FRAUD_REGION", "AWS_DEFAULT_REGION"))
+    aws_endpoint_url: str | None = Field(
+        None, validation_alias=AliasChoices("FRAUD_AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL")
+    )
+    aws_access_key_id: str | None = Field(None, validation_alias=AliasChoices("AWS_ACCESS_KEY_ID"))
+    aws_profile: str | None = Field(None, validation_alias=AliasChoices("AWS_PROFILE"))
+
+    stream_name: str = "fraud-transactions"
+    stream_shards: int = Field(2, ge=1, le=500)
+    decisions_stream_name: str = "fraud-decisions"
+    user_table: str = "fraud-user-profiles"
+    merchant_table: str = "fraud-merchant-profiles"
+    lease_table: str = "fraud-stream-leases"
+    alert_ledger_table: str = "fraud-alert-ledger"
+    alert_topic: str = "fraud-alerts"
+    model_bucket: str = "fraud-models"
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    ui_port: int = 7860
+    data_dir: Path = Path(".fraud")
+
+    seed: int = 42
+    fraud_rate: float = Field(0.007, gt=0, lt=0.2)
+    label_delay_days: float = Field(7.0, ge=0)
+    producer_actors: int = Field(2, ge=1)
+    target_tps: float = Field(200.0, gt=0)
+
+    @property
+    def uses_real_aws(self) -> bool:
+        if self.aws_mode != "auto":
+            return self.aws_mode == "real"
+        return bool(self.aws_endpoint_url or self.aws_access_key_id or self.aws_profile)
+
+
+    def as_env(self) -> dict[str, str]:
+        """The settings as ``FRAUD_*`` variables, so Ray workers and child processes see the same values."""
+        values = self.model_dump(exclude_none=True, exclude={"aws_access_key_id", "aws_profile"})
+        return {f"FRAUD_{name.upper()}": str(value) for name, value in values.items()}
+
+
+_current: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process-wide settings: read from the environment once, or the ones ``use_settings`` installed."""
+    global _current
+    if _current is None:
+        _current = Settings()
+    return _current
+
+
+def use_settings(settings: Settings) -> Settings:
+    """Make ``settings`` the process-wide settings (e.g. once the embedded AWS endpoint is known)."""
+    global _current
+    _current = settings
+    return settings

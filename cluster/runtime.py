@@ -1,0 +1,48 @@
+"""Start and stop what every job needs: the AWS endpoint (embedded unless real AWS is configured) and Ray."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from cluster.aws import EmbeddedAWS, bootstrap
+from cluster.config import Settings, get_settings, use_settings
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def aws_endpoint(settings: Settings | None = None) -> Iterator[Settings]:
+    """Yield settings pointing at a ready AWS: real AWS as configured, or moto's server on loopback."""
+    settings = settings or get_settings()
+    embedded: EmbeddedAWS | None = None
+    if not settings.uses_real_aws:
+        embedded = EmbeddedAWS()
+        settings = settings.model_copy(update={"aws_endpoint_url": embedded.start()})
+        log.info("embedded AWS (moto) listening on %s", settings.aws_endpoint_url)
+    previous = get_settings()
+    use_settings(settings)
+    try:
+        bootstrap(settings)
+        yield settings
+    finally:
+        use_settings(previous)
+        if embedded is not None:
+            embedded.stop()
+
+
+@contextmanager
+def ray_runtime(settings: Settings, *, num_cpus: int | None = None) -> Iterator[None]:
+    """Local Ray (or the cluster in RAY_ADDRESS) whose workers inherit these settings."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=num_cpus, runtime_env={"env_vars": settings.as_env()},
+                 include_dashboard=False, log_to_driver=True, configure_logging=False)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,203 @@
+"""The canonical transaction: the single home of every rule in the contract's table.
+
+The pydantic model validates one transaction (HTTP, Kinesis records); ``validate_frame`` applies the very same
+rules, vectorised, to CSV/Parquet tables so a file and an API call accept and reject the same things.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+ID_PATTERN = r"^[A-Za-z0-9_\-.:]{1,64}$"
+CURRENCY_PATTERN = r"^[A-Z]{3}$"
+COUNTRY_PATTERN = r"^[A-Z]{2}$"
+MCC_PATTERN = r"^[0-9]{4}$"
+MAX_AMOUNT = 1_000_000.0
+CHANNELS = ("card_present", "online", "mobile")
+DEFAULT_CURRENCY = "USD"
+GENUINE_SCENARIO = "none"
+
+ID_COLUMNS = ("transaction_id", "user_id", "merchant_id")
+REQUIRED_COLUMNS = (*ID_COLUMNS, "amount", "timestamp")
+OPTIONAL_STRING_COLUMNS = ("currency", "device_id", "channel", "mcc", "country")
+OPTIONAL_COLUMNS = (*OPTIONAL_STRING_COLUMNS, "lat", "lon")
+LABEL_COLUMN = "is_fraud"
+SCENARIO_COLUMN = "fraud_scenario"
+CANONICAL_COLUMNS = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)
+
+_ID_RE = re.compile(ID_PATTERN)
+
+
+def parse_timestamp(value: Any) -> datetime:
+    """ISO-8601 string to an aware UTC datetime; a string without offset means UTC."""
+    if not isinstance(value, str):
+        raise ValueError("timestamp must be an ISO-8601 string")
+    text = value.strip()
+    try:
+        parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
+    except ValueError as exc:
+        raise ValueError(f"timestamp is not ISO-8601: {value!r}") from exc
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
+
+
+def _label_to_int(value: Any) -> Any:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, str) and value.strip() in ("0", "1"):
+        return int(value)
+    return value
+
+
+Identifier = Annotated[str, Field(strict=True, pattern=ID_PATTERN)]
+
+
+class Transaction(BaseModel):
+    """One card transaction. Unknown fields are ignored; optional fields may be absent or null."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    transaction_id: Identifier
+    user_id: Identifier
+    merchant_id: Identifier
+    amount: Annotated[float, Field(strict=True, gt=0, le=MAX_AMOUNT, allow_inf_nan=False)]
+    timestamp: Annotated[datetime, BeforeValidator(parse_timestamp)]
+    currency: Annotated[str, Field(strict=True, pattern=CURRENCY_PATTERN)] = DEFAULT_CURRENCY
+    device_id: Annotated[str | None, Field(strict=True, pattern=ID_PATTERN)] = None
+    channel: Literal["card_present", "online", "mobile"] | None = None
+    mcc: Annotated[str | None, Field(strict=True, pattern=MCC_PATTERN)] = None
+    country: Annotated[str | None, Field(strict=True, pattern=COUNTRY_PATTERN)] = None
+    lat: Annotated[float | None, Field(strict=True, ge=-90, le=90, allow_inf_nan=False)] = None
+    lon: Annotated[float | None, Field(strict=True, ge=-180, le=180, allow_inf_nan=False)] = None
+    is_fraud: Annotated[Literal[0, 1] | None, BeforeValidator(_label_to_int)] = None
+    fraud_scenario: Annotated[str | None, Field(strict=True, max_length=64)] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _absent_currency_is_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("currency") is None and "currency" in data:
+            data = {**data, "currency": DEFAULT_CURRENCY}
+        return data
+
+    @model_validator(mode="after")
+    def _coordinates_come_in_pairs(self) -> "Transaction":
+        if (self.lat is None) != (self.lon is None):
+            missing = "lon" if self.lon is None else "lat"
+            raise ValueError(f"lat and lon must be given together: {missing} is missing")
+        return self
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON-ready dict with the canonical ISO-8601 UTC timestamp."""
+        record = self.model_dump(exclude_none=True)
+        record["timestamp"] = format_timestamp(self.timestamp)
+        return record
+
+
+def format_timestamp(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def field_errors(exc: ValidationError) -> list[dict[str, str]]:
+    """Pydantic errors as ``[{field, message}]``; a cross-field error names the field it is about."""
+    errors = []
+    for error in exc.errors(include_url=False):
+        location = ".".join(str(part) for part in error["loc"]) or _field_named_in(error["msg"])
+        errors.append({"field": location, "message": error["msg"]})
+    return errors
+
+
+def _field_named_in(message: str) -> str:
+    match = re.search(r"(lat|lon) is missing", message)
+    return match.group(1) if match else "__root__"
+
+
+class FrameValidationError(ValueError):
+    def __init__(self, errors: list[dict[str, Any]]):
+        self.errors = errors
+        shown = "; ".join(f"row {e['row']}: {e['field']}: {e['message']}" for e in errors[:10])
+        more = f" (and {len(errors) - 10} more)" if len(errors) > 10 else ""
+        super().__init__(f"{len(errors)} invalid value(s): {shown}{more}")
+
+
+def validate_frame(frame: pd.DataFrame, *, labelled: bool = False) -> pd.DataFrame:
+    """Apply the transaction rules to a whole table; return it in canonical dtypes, sorted columns first.
+
+    Raises ``FrameValidationError`` naming each offending row and field. Extra columns are dropped.
+    """
+    errors: list[dict[str, Any]] = []
+
+    def reject(mask: np.ndarray, field: str, message: str) -> None:
+        for row in np.flatnonzero(mask)[:100]:
+            errors.append({"row": int(row), "field": field, "message": message})
+
+    missing = [c for c in REQUIRED_COLUMNS + ((LABEL_COLUMN,) if labelled else ()) if c not in frame.columns]
+    if missing:
+        raise FrameValidationError([{"row": -1, "field": c, "message": "column is missing"} for c in missing])
+
+    out = pd.DataFrame(index=pd.RangeIndex(len(frame)))
+    for column in ID_COLUMNS:
+        values = frame[column].astype("string").to_numpy(dtype=object, na_value=None)
+        valid = np.fromiter((v is not None and _ID_RE.fullmatch(v) is not None for v in values), bool, len(values))
+        reject(~valid, column, f"must be 1-64 characters of A-Za-z0-9_-.: ({ID_PATTERN})")
+        out[column] = values
+
+    amount = pd.to_numeric(frame["amount"], errors="coerce").to_numpy(dtype=float)
+    with np.errstate(invalid="ignore"):
+        reject(~(np.isfinite(amount) & (amount > 0) & (amount <= MAX_AMOUNT)), "amount",
+               f"must be a finite number > 0 and <= {MAX_AMOUNT:,.0f}")
+    out["amount"] = amount
+
+    timestamps = frame["timestamp"]
+    if pd.api.types.is_datetime64_any_dtype(timestamps):
+        parsed = timestamps.dt.tz_localize("UTC") if timestamps.dt.tz is None else timestamps.dt.tz_convert("UTC")
+    else:
+        parsed = pd.to_datetime(timestamps, utc=True, errors="coerce", format="ISO8601")
+    reject(parsed.isna().to_numpy(), "timestamp", "must be an ISO-8601 timestamp")
+    out["timestamp"] = parsed.dt.tz_convert("UTC").astype("datetime64[ns, UTC]").reset_index(drop=True)
+
+    patterns = {"currency": CURRENCY_PATTERN, "device_id": ID_PATTERN, "mcc": MCC_PATTERN, "country": COUNTRY_PATTERN}
+    for column in OPTIONAL_STRING_COLUMNS:
+        if column not in frame.columns:
+            out[column] = DEFAULT_CURRENCY if column == "currency" else None
+            continue
+        values = frame[column].astype("string")
+        if column == "mcc":
+            values = values.str.replace(r"\.0$", "", regex=True).str.zfill(4)
+        present = values.notna().to_numpy()
+        if column == "channel":
+            ok = values.isin(CHANNELS).fillna(False).to_numpy(dtype=bool)
+            reject(present & ~ok, column, f"must be one of {', '.join(CHANNELS)}")
+        else:
+            ok = values.str.fullmatch(patterns[column]).fillna(False).to_numpy(dtype=bool)
+            reject(present & ~ok, column, f"must match {patterns[column]}")
+        column_values = values.to_numpy(dtype=object, na_value=None)
+        if column == "currency":
+            column_values = np.where(present, column_values, DEFAULT_CURRENCY)
+        out[column] = column_values
+
+    coordinates = {}
+    for column, limit in (("lat", 90.0), ("lon", 180.0)):
+        raw = frame[column] if column in frame.columns else pd.Series(np.nan, index=frame.index)
+        values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=float)
+        reject(raw.notna().to_numpy() & ~(np.abs(values) <= limit), column, f"must be a number within ±{limit:g}")
+        coordinates[column] = values
+    reject(np.isnan(coordinates["lat"]) != np.isnan(coordinates["lon"]), "lat/lon", "lat and lon must be given together")
+    out["lat"], out["lon"] = coordinates["lat"], coordinates["lon"]
+
+    if LABEL_COLUMN in frame.columns:
+        labels = pd.to_numeric(frame[LABEL_COLUMN].replace({True: 1, False: 0}), errors="coerce")
+        reject(~labels.isin([0, 1]).to_numpy(), LABEL_COLUMN, "must be 0 or 1")
+        out[LABEL_COLUMN] = labels.fillna(0).astype("int8").to_numpy()
+    if SCENARIO_COLUMN in frame.columns:
+        out[SCENARIO_COLUMN] = frame[SCENARIO_COLUMN].astype("string").fillna(GENUINE_SCENARIO).to_numpy(dtype=object)
+
+    if errors:
+        raise FrameValidationError(errors)
+    return out
