@@ -1,0 +1,106 @@
+"""Producers against the embedded Kinesis over HTTP: every record arrives exactly once, retries included."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import pytest
+
+from cluster.aws import client
+from cluster.config import Settings
+from simulation.producers import KinesisPutError, put_records_reliably
+
+
+class ThrottlingKinesis:
+    """A real Kinesis client whose put_records partially fails, the way a throttled shard answers.
+
+    The throttled entries are not sent to the server at all; the answer marks them failed, as Kinesis does.
+    """
+
+    def __init__(self, kinesis: Any, failure_share: float, seed: int = 7, always_fail: bool = False):
+        self.kinesis, self.failure_share, self.always_fail = kinesis, failure_share, always_fail
+        self.rng = random.Random(seed)
+        self.throttled = 0
+
+    def put_records(self, *, StreamName: str, Records: list[dict[str, Any]]) -> dict[str, Any]:
+        fail = [self.always_fail or self.rng.random() < self.failure_share for _ in Records]
+        sent = [record for record, failed in zip(Records, fail) if not failed]
+        accepted = iter(self.kinesis.put_records(StreamName=StreamName, Records=sent)["Records"] if sent else [])
+        results = []
+        for failed in fail:
+            if failed:
+                self.throttled += 1
+                results.append({"ErrorCode": "ProvisionedThroughputExceededException", "ErrorMessage": "Rate exceeded"})
+            else:
+                results.append(next(accepted))
+        return {"FailedRecordCount": sum(fail), "Records": results}
+
+
+def read_all(settings: Settings, stream: str) -> list[dict[str, Any]]:
+    kinesis = client("kinesis", settings)
+    records = []
+    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
+        iterator = kinesis.get_shard_iterator(StreamName=stream, ShardId=shard["ShardId"],
+                                              ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        while iterator:
+            page = kinesis.get_records(ShardIterator=iterator, Limit=10_000)
+            records.extend(json.loads(r["Data"]) for r in page["Records"])
+            if not page["Records"] and page.get("MillisBehindLatest", 0) == 0:
+                break
+            iterator = page.get("NextShardIterator")
+    return records
+
+
+@pytest.fixture()
+def fresh_stream(aws_settings: Settings, request: pytest.FixtureRequest) -> str:
+    name = f"test-{request.node.name[:40]}".replace("[", "-").replace("]", "")
+    kinesis = client("kinesis", aws_settings)
+    kinesis.create_stream(StreamName=name, ShardCount=2)
+    kinesis.get_waiter("stream_exists").wait(StreamName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 50})
+    yield name
+    kinesis.delete_stream(StreamName=name, EnforceConsumerDeletion=True)
+
+
+def entries(n: int) -> list[dict[str, Any]]:
+    return [{"Data": json.dumps({"transaction_id": f"t{i}", "user_id": f"u{i % 37}"}).encode(),
+             "PartitionKey": f"u{i % 37}"} for i in range(n)]
+
+
+def test_every_record_arrives_once_when_puts_partially_fail(aws_settings: Settings, fresh_stream: str) -> None:
+    flaky = ThrottlingKinesis(client("kinesis", aws_settings), failure_share=0.3)
+    stats = put_records_reliably(flaky, fresh_stream, entries(1_234), base_delay_s=0.001)
+    ids = [r["transaction_id"] for r in read_all(aws_settings, fresh_stream)]
+    assert flaky.throttled > 100
+    assert stats.records == 1_234 and stats.retried_records == flaky.throttled
+    assert sorted(ids) == sorted(f"t{i}" for i in range(1_234))
+
+
+def test_calls_respect_the_500_record_limit(aws_settings: Settings, fresh_stream: str) -> None:
+    stats = put_records_reliably(client("kinesis", aws_settings), fresh_stream, entries(1_001))
+    assert stats.calls == 3 and stats.records == 1_001
+
+
+def test_gives_up_loudly_when_records_keep_failing(aws_settings: Settings, fresh_stream: str) -> None:
+    flaky = ThrottlingKinesis(client("kinesis", aws_settings), failure_share=1.0, always_fail=True)
+    with pytest.raises(KinesisPutError, match="still failing"):
+        put_records_reliably(flaky, fresh_stream, entries(10), max_attempts=3, base_delay_s=0.001)
+
+
+def test_producer_actors_deliver_simulated_traffic_exactly_once(ray_session: Settings) -> None:
+    import ray
+
+    from simulation.producers import start_producers
+
+    before = {r["transaction_id"] for r in read_all(ray_session, ray_session.stream_name)}
+    handles, runs = start_producers(ray_session, tps=50_000, n_users=300, actors=2, max_records_each=700)
+    results = ray.get(runs, timeout=300)
+    for handle in handles:
+        ray.kill(handle)
+    records = [r for r in read_all(ray_session, ray_session.stream_name) if r["transaction_id"] not in before]
+    ids = [r["transaction_id"] for r in records]
+    assert sum(r["produced"] for r in results) == 1_400
+    assert len(ids) == len(set(ids)) == 1_400
+    assert {r["user_id"] for r in records}, "records carry their partition key"
+    assert all(set(r) >= {"transaction_id", "user_id", "merchant_id", "amount", "timestamp"} for r in records)
