@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     def as_env(self) -> dict[str, str]:
         """The settings as ``FRAUD_*`` variables, so Ray workers and child processes see the same values."""
         values = self.model_dump(exclude_none=True, exclude={"aws_access_key_id", "aws_profile"})
+        values["data_dir"] = self.data_dir.resolve()
         return {f"FRAUD_{name.upper()}": str(value) for name, value in values.items()}
 
 
