@@ -99,6 +99,22 @@ def backtest(
 
 
 @app.command()
+def promote(version: Annotated[str, typer.Argument(help="Model version to make the champion.")]) -> None:
+    """Make VERSION the champion; a running Serve app switches within its refresh interval (or at once)."""
+    from serve.champion import run_promote
+
+    typer.echo(json.dumps(run_promote(get_settings(), version), indent=2))
+
+
+@app.command()
+def compare() -> None:
+    """Champion vs challenger on labelled feedback: precision, recall and McNemar's test."""
+    from serve.champion import run_compare
+
+    typer.echo(json.dumps(run_compare(get_settings()), indent=2, default=str))
+
+
+@app.command()
 def bench(
     only: Annotated[Optional[list[str]], typer.Option("--only", help="Run only these sections.")] = None,
 ) -> None:

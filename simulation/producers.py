@@ -141,7 +141,7 @@ class TrafficProducer:
         try:
             while not self._stop.is_set():
                 day = simulate_history(SimulationConfig(
-                    n_users=self.n_users, days=1, start=self.clock, seed=self.seed + self.stats.simulated_days,
+                    n_users=self.n_users, days=1, start=self.clock, seed=self.seed,
                     fraud_rate=self.fraud_rate, partition=(self.partition, self.partitions),
                     id_prefix=f"p{self.partition}d{self.stats.simulated_days}-{self.clock:%Y%m%d}",
                 )).transactions

@@ -1,0 +1,486 @@
+"""The feature definitions: the single home of every feature, used by the stream and by training alike.
+
+One vectorised core serves both paths, which is how online/offline parity is guaranteed:
+
+- ``prepare_rows`` turns canonical transactions into numeric rows (stable 64-bit key hashes, epoch milliseconds);
+- ``user_pass`` / ``event_pass`` compute the keyed window features for a batch of new rows given the retained
+  history of their keys (history first, then the batch; sorted by key then time, ties keep arrival order);
+- ``assemble`` turns pass outputs, row values and profiles into ``FEATURE_NAMES`` (float32, never NaN).
+
+Offline the whole table is one batch with empty history; online each micro-batch brings its keys' history from
+the state actors. Every lookback is bounded by ``RETENTION_MS`` (30 days) and by the last ``*_HISTORY_CAP`` rows of
+the key, so an online state that keeps exactly that much sees the same numbers as the offline builder.
+
+Merchant risk only uses label events whose ``known_at`` is strictly before the transaction's time: labels arrive
+late (chargebacks, analyst decisions), and a feature must never see a label the scorer could not have seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+MINUTE_MS = 60_000
+HOUR_MS = 60 * MINUTE_MS
+DAY_MS = 24 * HOUR_MS
+RETENTION_MS = 30 * DAY_MS
+# The relative-time origin sits this far before the earliest time, so "t - window" never leaves a key's range.
+_ORIGIN_MARGIN_MS = RETENTION_MS + DAY_MS
+_TIME_BITS = 40  # 2**40 ms ≈ 34 years of relative time below the key index
+
+USER_WINDOWS = {"10m": 10 * MINUTE_MS, "1h": HOUR_MS, "24h": DAY_MS, "7d": 7 * DAY_MS, "30d": RETENTION_MS}
+MERCHANT_COUNT_WINDOWS = {"1h": HOUR_MS, "24h": DAY_MS, "7d": 7 * DAY_MS}
+MERCHANT_RISK_WINDOWS = {"1d": DAY_MS, "7d": 7 * DAY_MS, "30d": RETENTION_MS}
+MCC_RISK_WINDOWS = {"7d": 7 * DAY_MS, "30d": RETENTION_MS}
+DISTINCT_MERCHANT_WINDOWS = {"1h": HOUR_MS, "24h": DAY_MS}
+
+USER_HISTORY_CAP = 2_000        # a user's lookback sees at most this many earlier transactions
+MERCHANT_HISTORY_CAP = 50_000   # same for a merchant or a merchant category
+TINY_AMOUNT = 2.0               # card testers probe with amounts below this
+NIGHT_HOURS = (0, 6)            # [start, end) in UTC
+RISK_PRIOR_RATE = 0.005         # merchant risk shrinks towards this rate ...
+RISK_PRIOR_WEIGHT = 20.0        # ... as if this many prior transactions had it
+MIN_LOG_STD = 0.1               # z-score floor: one earlier amount gives no spread
+SPEED_MIN_HOURS = 1 / 60        # implied speed divides by at least a minute
+MAX_SPEED_KMH = 20_000.0
+EARTH_RADIUS_KM = 6371.0088
+
+NEUTRAL_ACCOUNT_AGE_DAYS = 365.0
+NEUTRAL_SECONDS_SINCE_PREV = RETENTION_MS / 1000.0
+CHANNEL_CODES = {"card_present": 1, "online": 2, "mobile": 3}
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "amount", "log_amount", "hour_of_day", "is_night", "is_weekend",
+    *(f"user_{stat}_{window}" for window in USER_WINDOWS for stat in ("count", "sum")),
+    "amount_to_user_mean_30d", "log_amount_zscore_30d", "user_no_history_30d", "log_seconds_since_prev",
+    "user_distinct_merchants_1h", "user_distinct_merchants_24h", "user_tiny_count_10m",
+    "first_time_at_merchant", "new_device", "device_missing",
+    "distance_from_home_km", "home_distance_missing",
+    "distance_from_prev_km", "speed_from_prev_kmh", "prev_location_missing", "location_missing",
+    "country_changed", "country_missing", "country_differs_from_home",
+    "channel_card_present", "channel_online", "channel_mobile", "channel_missing",
+    *(f"merchant_count_{window}" for window in MERCHANT_COUNT_WINDOWS),
+    *(f"merchant_risk_{window}" for window in MERCHANT_RISK_WINDOWS),
+    "merchant_fraud_count_7d",
+    *(f"mcc_risk_{window}" for window in MCC_RISK_WINDOWS), "mcc_missing",
+    "account_age_days", "credit_utilisation_30d", "kyc_level", "user_profile_missing",
+    "amount_to_merchant_typical", "merchant_profile_missing",
+)
+
+FEATURE_CODE_HASH: str = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+# Numeric row layout shared by both paths (keys are stable 64-bit hashes; 0 means missing).
+ROW_COLUMNS = ("txn_key", "user_key", "merchant_key", "mcc_key", "device_key", "country_key", "home_country_key",
+               "ts_ms", "amount", "lat", "lon", "channel_code")
+USER_ROW_COLUMNS = ("user_key", "ts_ms", "amount", "merchant_key", "device_key", "country_key", "lat", "lon")
+EVENT_ROW_COLUMNS = ("key", "ts_ms")
+LABEL_EVENT_COLUMNS = ("key", "known_ms", "txn_key")
+USER_PASS_OUTPUTS = (
+    *(f"user_{stat}_{window}" for window in USER_WINDOWS for stat in ("count", "sum")),
+    "user_prev_count_30d", "user_prev_mean_amount_30d", "user_prev_mean_log_30d", "user_prev_std_log_30d",
+    "seconds_since_prev", "user_distinct_merchants_1h", "user_distinct_merchants_24h", "user_tiny_count_10m",
+    "first_time_at_merchant", "new_device", "prev_distance_km", "prev_hours", "prev_location_found",
+    "country_changed",
+)
+
+
+def stable_hash(values: pd.Series | np.ndarray) -> np.ndarray:
+    """64-bit hash of strings that is the same in every process (unlike ``hash()``); missing values hash to 0."""
+    codes, uniques = pd.factorize(pd.Series(values, copy=False), use_na_sentinel=True)
+    hashed = pd.util.hash_array(np.asarray(uniques, dtype=str).astype(object)).view(np.int64) if len(uniques) else \
+        np.zeros(0, np.int64)
+    hashed = np.where(hashed == 0, 1, hashed)
+    return np.where(codes >= 0, hashed[np.maximum(codes, 0)] if len(hashed) else 0, 0).astype(np.int64)
+
+
+def partition_of(keys: np.ndarray, partitions: int) -> np.ndarray:
+    """Which of ``partitions`` owns each hashed key (stable across processes and restarts)."""
+    return (keys.view(np.uint64) % np.uint64(partitions)).astype(np.int64)
+
+
+def _column(frame: pd.DataFrame, name: str) -> pd.Series:
+    return frame[name] if name in frame.columns else pd.Series(pd.NA, index=frame.index, dtype="object")
+
+
+def epoch_ms(values: pd.Series) -> np.ndarray:
+    stamps = pd.Series(pd.to_datetime(values, utc=True))
+    return stamps.dt.as_unit("ms").astype("int64").to_numpy()
+
+
+def align_profiles(ids: pd.Series, profiles: pd.DataFrame | None, key: str, columns: dict[str, str]) -> pd.DataFrame:
+    """Profile rows aligned with ``ids`` (missing profiles give all-missing rows), in the profile dtypes."""
+    from cluster.profiles import conform
+
+    table = conform(profiles if profiles is not None else pd.DataFrame(columns=list(columns)), columns)
+    table = table.drop_duplicates(key, keep="last").set_index(key)
+    aligned = table.reindex(pd.Index(ids.astype("string"), name=key))
+    return aligned.reset_index()
+
+
+def require_columns(transactions: pd.DataFrame) -> None:
+    from cluster.schema import REQUIRED_COLUMNS
+
+    missing = [c for c in REQUIRED_COLUMNS if c not in transactions.columns]
+    if missing:
+        raise ValueError(f"transactions lack required column(s): {', '.join(missing)}")
+
+
+def prepare_rows(transactions: pd.DataFrame, users: pd.DataFrame, merchants: pd.DataFrame) -> pd.DataFrame:
+    """Numeric rows for the passes; ``users``/``merchants`` are profiles aligned with ``transactions``.
+
+    The merchant category is the transaction's ``mcc``, else the merchant profile's.
+    """
+    require_columns(transactions)
+    mcc = _column(transactions, "mcc").astype("string").fillna(merchants["mcc"].astype("string").set_axis(
+        transactions.index))
+    channel = _column(transactions, "channel").astype("string")
+    rows = pd.DataFrame({
+        "txn_key": stable_hash(transactions["transaction_id"]),
+        "user_key": stable_hash(transactions["user_id"]),
+        "merchant_key": stable_hash(transactions["merchant_id"]),
+        "mcc_key": stable_hash(mcc),
+        "device_key": stable_hash(_column(transactions, "device_id")),
+        "country_key": stable_hash(_column(transactions, "country")),
+        "home_country_key": stable_hash(users["home_country"]),
+        "ts_ms": epoch_ms(transactions["timestamp"]),
+        "amount": pd.to_numeric(transactions["amount"]).to_numpy(dtype=np.float64),
+        "lat": pd.to_numeric(_column(transactions, "lat"), errors="coerce").to_numpy(dtype=np.float64),
+        "lon": pd.to_numeric(_column(transactions, "lon"), errors="coerce").to_numpy(dtype=np.float64),
+        "channel_code": channel.map(CHANNEL_CODES).fillna(0).to_numpy(dtype=np.int64),
+    })
+    return rows
+
+
+def default_label_events(rows: pd.DataFrame, is_fraud: np.ndarray, label_delay: timedelta) -> pd.DataFrame:
+    """Confirmed-fraud events when no explicit labels are given: each fraud becomes known ``label_delay`` later."""
+    fraud = np.asarray(is_fraud, dtype=np.float64) == 1
+    delay_ms = int(label_delay / timedelta(milliseconds=1))
+    return pd.DataFrame({"txn_key": rows["txn_key"].to_numpy()[fraud],
+                         "known_ms": rows["ts_ms"].to_numpy()[fraud] + delay_ms})
+
+
+def explicit_label_events(labels: pd.DataFrame) -> pd.DataFrame:
+    """Confirmed-fraud events from ``(transaction_id, is_fraud, known_at)`` rows; a fraud counts once, when first known."""
+    missing = [c for c in ("transaction_id", "is_fraud", "known_at") if c not in labels.columns]
+    if missing:
+        raise ValueError(f"labels lack column(s): {', '.join(missing)}")
+    fraud = pd.to_numeric(labels["is_fraud"].replace({True: 1, False: 0}), errors="coerce").to_numpy() == 1
+    events = pd.DataFrame({"txn_key": stable_hash(labels["transaction_id"])[fraud],
+                           "known_ms": epoch_ms(labels["known_at"])[fraud]})
+    return events.sort_values("known_ms", kind="stable").drop_duplicates("txn_key").reset_index(drop=True)
+
+
+def _layout(keys: np.ndarray, ts: np.ndarray, origin: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stable order by (key, time) and the sorted combined int64 keys; also each row's dense key index."""
+    unique_keys, inverse = np.unique(keys, return_inverse=True)
+    combined = (inverse.astype(np.int64) << _TIME_BITS) | (ts - origin)
+    order = np.argsort(combined, kind="stable")
+    return order, combined[order], unique_keys
+
+
+def _window_start(combined: np.ndarray, positions: np.ndarray, window_ms: int, cap: int) -> np.ndarray:
+    """First sorted position inside (t - window, t] of the same key, at most ``cap`` rows back."""
+    start = np.searchsorted(combined, combined[positions] - window_ms, side="right")
+    return np.maximum(start, positions - cap)
+
+
+def _previous_same(group: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """For each sorted position, the previous position with the same ``group`` value (-1 if none/absent)."""
+    n = len(group)
+    previous = np.full(n, -1, dtype=np.int64)
+    candidates = np.flatnonzero(present)
+    if len(candidates) == 0:
+        return previous
+    by_group = candidates[np.argsort(group[candidates], kind="stable")]
+    same = group[by_group[1:]] == group[by_group[:-1]]
+    previous[by_group[1:][same]] = by_group[:-1][same]
+    return previous
+
+
+def _pair_index(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """One int64 per (dense index, hashed key) pair."""
+    values, second_index = np.unique(second, return_inverse=True)
+    return first * len(values) + second_index.astype(np.int64)
+
+
+def _last_present_before(present: np.ndarray) -> np.ndarray:
+    """For each sorted position p, the last position q < p where ``present`` holds (-1 if none)."""
+    marks = np.where(present, np.arange(len(present)), -1)
+    running = np.maximum.accumulate(marks) if len(marks) else marks
+    return np.concatenate(([-1], running[:-1])).astype(np.int64)
+
+
+def _distinct_in_window(previous_same: np.ndarray, positions: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Distinct values in sorted rows [start, p]: rows whose previous occurrence lies before the window."""
+    counts = np.zeros(len(positions), dtype=np.int64)
+    active = np.arange(len(positions))
+    lag = 0
+    while len(active):
+        row = positions[active] - lag
+        inside = row >= start[active]
+        active, row = active[inside], row[inside]
+        counts[active] += previous_same[row] < start[active]
+        lag += 1
+    return counts
+
+
+def _haversine_km(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray) -> np.ndarray:
+    lat1, lon1, lat2, lon2 = (np.radians(v) for v in (lat1, lon1, lat2, lon2))
+    a = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+
+
+def user_pass(history: pd.DataFrame, batch: pd.DataFrame) -> pd.DataFrame:
+    """Per-user window features for ``batch`` rows (in batch order), given earlier rows of their users."""
+    rows = pd.concat([history[list(USER_ROW_COLUMNS)], batch[list(USER_ROW_COLUMNS)]], ignore_index=True)
+    n_history, n = len(history), len(rows)
+    if len(batch) == 0:
+        return pd.DataFrame({name: np.zeros(0) for name in USER_PASS_OUTPUTS})
+    ts = rows["ts_ms"].to_numpy(np.int64)
+    order, combined, _ = _layout(rows["user_key"].to_numpy(np.int64), ts, int(ts.min()) - _ORIGIN_MARGIN_MS)
+    ts_s = ts[order]
+    amount = rows["amount"].to_numpy(np.float64)[order]
+    log_amount = np.log1p(amount)
+    new = np.flatnonzero(order >= n_history)          # sorted positions of the batch rows
+    target = order[new] - n_history                    # their batch index
+    out: dict[str, np.ndarray] = {}
+
+    def cumulative(values: np.ndarray) -> np.ndarray:
+        return np.concatenate(([0.0], np.cumsum(values, dtype=np.float64)))
+
+    amount_cum, log_cum, log_sq_cum = cumulative(amount), cumulative(log_amount), cumulative(log_amount ** 2)
+    tiny_cum = cumulative((amount < TINY_AMOUNT).astype(np.float64))
+    starts = {}
+    for name, window in USER_WINDOWS.items():
+        start = starts[name] = _window_start(combined, new, window, USER_HISTORY_CAP)
+        out[f"user_count_{name}"] = (new - start + 1).astype(np.float64)
+        out[f"user_sum_{name}"] = amount_cum[new + 1] - amount_cum[start]
+    start30 = starts["30d"]
+    prior = (new - start30).astype(np.float64)
+    has_prior = prior > 0
+    safe_prior = np.where(has_prior, prior, 1.0)
+    mean_log = (log_cum[new] - log_cum[start30]) / safe_prior
+    var_log = np.maximum((log_sq_cum[new] - log_sq_cum[start30]) / safe_prior - mean_log ** 2, 0.0)
+    out["user_prev_count_30d"] = prior
+    out["user_prev_mean_amount_30d"] = np.where(has_prior, (amount_cum[new] - amount_cum[start30]) / safe_prior, 0.0)
+    out["user_prev_mean_log_30d"] = np.where(has_prior, mean_log, 0.0)
+    out["user_prev_std_log_30d"] = np.where(has_prior, np.sqrt(var_log), 0.0)
+    out["seconds_since_prev"] = np.where(has_prior, (ts_s[new] - ts_s[np.maximum(new - 1, 0)]) / 1000.0, np.nan)
+
+    merchants = rows["merchant_key"].to_numpy(np.int64)[order]
+    user_index = combined >> _TIME_BITS
+    pair_merchant = _previous_same(_pair_index(user_index, merchants), np.ones(n, bool))
+    for name in DISTINCT_MERCHANT_WINDOWS:
+        out[f"user_distinct_merchants_{name}"] = _distinct_in_window(pair_merchant, new, starts[name]).astype(float)
+    out["user_tiny_count_10m"] = tiny_cum[new + 1] - tiny_cum[starts["10m"]]
+    out["first_time_at_merchant"] = (pair_merchant[new] < start30).astype(np.float64)
+
+    devices = rows["device_key"].to_numpy(np.int64)[order]
+    pair_device = _previous_same(_pair_index(user_index, devices), devices != 0)
+    out["new_device"] = ((devices[new] != 0) & (pair_device[new] < start30)).astype(np.float64)
+
+    lat, lon = rows["lat"].to_numpy(np.float64)[order], rows["lon"].to_numpy(np.float64)[order]
+    located = ~(np.isnan(lat) | np.isnan(lon))
+    previous_located = _last_present_before(located)[new]
+    found = (previous_located >= start30) & located[new]
+    prev = np.where(found, previous_located, 0)
+    out["prev_distance_km"] = np.where(found, _haversine_km(lat[prev], lon[prev], lat[new], lon[new]), 0.0)
+    out["prev_hours"] = np.where(found, (ts_s[new] - ts_s[prev]) / HOUR_MS, 0.0)
+    out["prev_location_found"] = found.astype(np.float64)
+
+    countries = rows["country_key"].to_numpy(np.int64)[order]
+    previous_country = _last_present_before(countries != 0)[new]
+    known = (previous_country >= start30) & (countries[new] != 0)
+    out["country_changed"] = (known & (countries[np.where(known, previous_country, 0)] != countries[new])).astype(float)
+
+    result = pd.DataFrame(index=pd.RangeIndex(len(batch)))
+    for name in USER_PASS_OUTPUTS:
+        values = np.empty(len(batch), dtype=np.float64)
+        values[target] = out[name]
+        result[name] = values
+    return result
+
+
+def event_pass(history: pd.DataFrame, batch: pd.DataFrame, labels: pd.DataFrame,
+               count_windows: dict[str, int], fraud_windows: dict[str, int]) -> pd.DataFrame:
+    """Per-key transaction counts and known-fraud counts for ``batch`` rows (merchant or merchant category).
+
+    ``history``/``batch`` hold ``EVENT_ROW_COLUMNS``; ``labels`` holds ``key, known_ms`` of confirmed frauds. A label
+    counts for a transaction at time t when t - window < known_ms < t. Rows with key 0 (missing) get zeros.
+    """
+    rows = pd.concat([history[list(EVENT_ROW_COLUMNS)], batch[list(EVENT_ROW_COLUMNS)]], ignore_index=True)
+    n_history = len(history)
+    names = [f"count_{w}" for w in count_windows] + [f"fraud_{w}" for w in fraud_windows]
+    if len(batch) == 0:
+        return pd.DataFrame({name: np.zeros(0) for name in names})
+    keys, ts = rows["key"].to_numpy(np.int64), rows["ts_ms"].to_numpy(np.int64)
+    label_keys, known = labels["key"].to_numpy(np.int64), labels["known_ms"].to_numpy(np.int64)
+    origin = int(min(ts.min(), known.min() if len(known) else ts.min())) - _ORIGIN_MARGIN_MS
+    order, combined, unique_keys = _layout(keys, ts, origin)
+    new = np.flatnonzero(order >= n_history)
+    target = order[new] - n_history
+    present = keys[order[new]] != 0
+    out: dict[str, np.ndarray] = {}
+    for name, window in count_windows.items():
+        start = _window_start(combined, new, window, MERCHANT_HISTORY_CAP)
+        out[f"count_{name}"] = np.where(present, new - start + 1, 0).astype(np.float64)
+    slot = np.searchsorted(unique_keys, label_keys)
+    relevant = (slot < len(unique_keys)) & (unique_keys[np.minimum(slot, len(unique_keys) - 1)] == label_keys)
+    label_combined = np.sort((slot[relevant].astype(np.int64) << _TIME_BITS) | (known[relevant] - origin))
+    upper = np.searchsorted(label_combined, combined[new], side="left")
+    for name, window in fraud_windows.items():
+        lower = np.searchsorted(label_combined, combined[new] - window, side="right")
+        out[f"fraud_{name}"] = np.where(present, upper - lower, 0).astype(np.float64)
+    result = pd.DataFrame(index=pd.RangeIndex(len(batch)))
+    for name in names:
+        values = np.empty(len(batch), dtype=np.float64)
+        values[target] = out[name]
+        result[name] = values
+    return result
+
+
+def merchant_pass(history: pd.DataFrame, batch: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
+    return event_pass(history, batch, labels, {**MERCHANT_COUNT_WINDOWS, **MERCHANT_RISK_WINDOWS},
+                      MERCHANT_RISK_WINDOWS)
+
+
+def mcc_pass(history: pd.DataFrame, batch: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
+    return event_pass(history, batch, labels, MCC_RISK_WINDOWS, MCC_RISK_WINDOWS)
+
+
+def _risk(fraud: np.ndarray, count: np.ndarray) -> np.ndarray:
+    return (fraud + RISK_PRIOR_WEIGHT * RISK_PRIOR_RATE) / (count + RISK_PRIOR_WEIGHT)
+
+
+def assemble(rows: pd.DataFrame, user: pd.DataFrame, merchant: pd.DataFrame, mcc: pd.DataFrame,
+             users: pd.DataFrame, merchants: pd.DataFrame) -> pd.DataFrame:
+    """``FEATURE_NAMES`` (float32, never NaN) from the numeric rows, pass outputs and aligned profiles."""
+    f: dict[str, np.ndarray] = {}
+    amount = rows["amount"].to_numpy(np.float64)
+    ts = rows["ts_ms"].to_numpy(np.int64)
+    stamps = pd.to_datetime(ts, unit="ms", utc=True)
+    f["amount"], f["log_amount"] = amount, np.log1p(amount)
+    hour = stamps.hour.to_numpy()
+    f["hour_of_day"] = hour.astype(np.float64)
+    f["is_night"] = ((hour >= NIGHT_HOURS[0]) & (hour < NIGHT_HOURS[1])).astype(np.float64)
+    f["is_weekend"] = (stamps.dayofweek.to_numpy() >= 5).astype(np.float64)
+    for window in USER_WINDOWS:
+        for stat in ("count", "sum"):
+            f[f"user_{stat}_{window}"] = user[f"user_{stat}_{window}"].to_numpy()
+    has_prior = user["user_prev_count_30d"].to_numpy() > 0
+    prior_mean = user["user_prev_mean_amount_30d"].to_numpy()
+    f["amount_to_user_mean_30d"] = np.where(has_prior, amount / np.where(has_prior, prior_mean, 1.0), 1.0)
+    spread = np.maximum(user["user_prev_std_log_30d"].to_numpy(), MIN_LOG_STD)
+    f["log_amount_zscore_30d"] = np.where(has_prior, (np.log1p(amount) - user["user_prev_mean_log_30d"]) / spread, 0.0)
+    f["user_no_history_30d"] = (~has_prior).astype(np.float64)
+    seconds = np.nan_to_num(user["seconds_since_prev"].to_numpy(), nan=NEUTRAL_SECONDS_SINCE_PREV)
+    f["log_seconds_since_prev"] = np.log1p(seconds)
+    for name in ("user_distinct_merchants_1h", "user_distinct_merchants_24h", "user_tiny_count_10m",
+                 "first_time_at_merchant", "new_device"):
+        f[name] = user[name].to_numpy()
+    f["device_missing"] = (rows["device_key"].to_numpy() == 0).astype(np.float64)
+
+    lat, lon = rows["lat"].to_numpy(np.float64), rows["lon"].to_numpy(np.float64)
+    home_lat = pd.to_numeric(users["home_lat"], errors="coerce").to_numpy(np.float64)
+    home_lon = pd.to_numeric(users["home_lon"], errors="coerce").to_numpy(np.float64)
+    home_known = ~(np.isnan(lat) | np.isnan(lon) | np.isnan(home_lat) | np.isnan(home_lon))
+    f["distance_from_home_km"] = np.where(home_known, _haversine_km(np.nan_to_num(home_lat), np.nan_to_num(home_lon),
+                                                                    np.nan_to_num(lat), np.nan_to_num(lon)), 0.0)
+    f["home_distance_missing"] = (~home_known).astype(np.float64)
+    found = user["prev_location_found"].to_numpy() > 0
+    f["distance_from_prev_km"] = user["prev_distance_km"].to_numpy()
+    hours = np.maximum(user["prev_hours"].to_numpy(), SPEED_MIN_HOURS)
+    f["speed_from_prev_kmh"] = np.where(found, np.minimum(f["distance_from_prev_km"] / hours, MAX_SPEED_KMH), 0.0)
+    f["prev_location_missing"] = (~found).astype(np.float64)
+    f["location_missing"] = (np.isnan(lat) | np.isnan(lon)).astype(np.float64)
+    country, home_country = rows["country_key"].to_numpy(), rows["home_country_key"].to_numpy()
+    f["country_changed"] = user["country_changed"].to_numpy()
+    f["country_missing"] = (country == 0).astype(np.float64)
+    f["country_differs_from_home"] = ((country != 0) & (home_country != 0) & (country != home_country)).astype(float)
+    channel = rows["channel_code"].to_numpy()
+    for name, code in CHANNEL_CODES.items():
+        f[f"channel_{name}"] = (channel == code).astype(np.float64)
+    f["channel_missing"] = (channel == 0).astype(np.float64)
+
+    for window in MERCHANT_COUNT_WINDOWS:
+        f[f"merchant_count_{window}"] = merchant[f"count_{window}"].to_numpy()
+    for window in MERCHANT_RISK_WINDOWS:
+        f[f"merchant_risk_{window}"] = _risk(merchant[f"fraud_{window}"].to_numpy(), merchant[f"count_{window}"].to_numpy())
+    f["merchant_fraud_count_7d"] = merchant["fraud_7d"].to_numpy()
+    mcc_known = rows["mcc_key"].to_numpy() != 0
+    for window in MCC_RISK_WINDOWS:
+        f[f"mcc_risk_{window}"] = np.where(mcc_known, _risk(mcc[f"fraud_{window}"].to_numpy(),
+                                                            mcc[f"count_{window}"].to_numpy()), RISK_PRIOR_RATE)
+    f["mcc_missing"] = (~mcc_known).astype(np.float64)
+
+    opened = pd.to_datetime(users["account_opened"], utc=True, errors="coerce")
+    age_days = (stamps - pd.DatetimeIndex(opened)).total_seconds().to_numpy() / 86_400.0
+    f["account_age_days"] = np.where(np.isnan(age_days), NEUTRAL_ACCOUNT_AGE_DAYS, np.maximum(age_days, 0.0))
+    limit = pd.to_numeric(users["credit_limit"], errors="coerce").to_numpy(np.float64)
+    limit_known = np.nan_to_num(limit) > 0
+    f["credit_utilisation_30d"] = np.where(limit_known, user["user_sum_30d"].to_numpy() / np.where(limit_known, limit, 1), 0)
+    f["kyc_level"] = np.nan_to_num(pd.to_numeric(users["kyc_level"], errors="coerce").to_numpy(np.float64), nan=0.0)
+    f["user_profile_missing"] = _profile_missing(users, ("home_lat", "account_opened", "credit_limit", "kyc_level"))
+    typical = pd.to_numeric(merchants["typical_ticket"], errors="coerce").to_numpy(np.float64)
+    typical_known = np.nan_to_num(typical) > 0
+    f["amount_to_merchant_typical"] = np.where(typical_known, amount / np.where(typical_known, typical, 1.0), 1.0)
+    f["merchant_profile_missing"] = _profile_missing(merchants, ("mcc", "lat", "typical_ticket", "country"))
+
+    matrix = np.column_stack([np.asarray(f[name], dtype=np.float64) for name in FEATURE_NAMES])
+    matrix = np.nan_to_num(matrix, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+    return pd.DataFrame(matrix, columns=list(FEATURE_NAMES))
+
+
+def _profile_missing(profiles: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
+    """1 where the profile row is absent (every profile column missing)."""
+    return np.all([profiles[c].isna().to_numpy() for c in columns], axis=0).astype(np.float64)
+
+
+def build_features(transactions: pd.DataFrame, *, label_delay: timedelta, labels: pd.DataFrame | None = None,
+                   users: pd.DataFrame | None = None, merchants: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every transaction's features, aligned with the input rows: ``transaction_id`` + ``FEATURE_NAMES``.
+
+    Each row sees only earlier rows (input order breaks time ties) and labels known before its time: the
+    explicit ``labels`` events, or else each row's ``is_fraud`` revealed ``label_delay`` after it.
+    """
+    from cluster.profiles import MERCHANT_PROFILE_COLUMNS, USER_PROFILE_COLUMNS
+
+    require_columns(transactions)
+    transactions = transactions.reset_index(drop=True)
+    user_profiles = align_profiles(transactions["user_id"], users, "user_id", USER_PROFILE_COLUMNS)
+    merchant_profiles = align_profiles(transactions["merchant_id"], merchants, "merchant_id", MERCHANT_PROFILE_COLUMNS)
+    rows = prepare_rows(transactions, user_profiles, merchant_profiles)
+    if labels is not None:
+        events = explicit_label_events(labels)
+    elif "is_fraud" in transactions.columns:
+        events = default_label_events(rows, pd.to_numeric(transactions["is_fraud"]).to_numpy(), label_delay)
+    else:
+        events = pd.DataFrame({"txn_key": np.zeros(0, np.int64), "known_ms": np.zeros(0, np.int64)})
+    empty_user = rows.iloc[:0]
+    user = user_pass(empty_user, rows)
+    merchant_rows, mcc_rows = event_rows(rows, "merchant_key"), event_rows(rows, "mcc_key")
+    merchant = merchant_pass(merchant_rows.iloc[:0], merchant_rows, label_keys(events, rows, "merchant_key"))
+    mcc = mcc_pass(mcc_rows.iloc[:0], mcc_rows, label_keys(events, rows, "mcc_key"))
+    features = assemble(rows, user, merchant, mcc, user_profiles, merchant_profiles)
+    features.insert(0, "transaction_id", transactions["transaction_id"].astype("string").to_numpy(dtype=object))
+    return features
+
+
+def event_rows(rows: pd.DataFrame, key: str) -> pd.DataFrame:
+    """The ``EVENT_ROW_COLUMNS`` view of numeric rows for one key kind (merchant or category)."""
+    return pd.DataFrame({"key": rows[key].to_numpy(np.int64), "ts_ms": rows["ts_ms"].to_numpy(np.int64)})
+
+
+def label_keys(events: pd.DataFrame, rows: pd.DataFrame, key: str) -> pd.DataFrame:
+    """Label events (``txn_key, known_ms``) joined to their transaction's ``key``; unknown transactions drop out."""
+    txn_keys = pd.Index(rows["txn_key"].to_numpy(np.int64))
+    first = ~txn_keys.duplicated(keep="first")
+    position = txn_keys[first].get_indexer(events["txn_key"].to_numpy(np.int64))
+    keys = np.where(position >= 0, rows[key].to_numpy(np.int64)[first][np.maximum(position, 0)], 0)
+    found = keys != 0
+    return pd.DataFrame({"key": keys[found],
+                         "known_ms": events["known_ms"].to_numpy(np.int64)[found]})

@@ -1,0 +1,102 @@
+"""Online state: bounded keyed history, label feedback, S3 snapshot/restore, and the Kinesis datasource."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cluster.config import Settings
+from cluster.features import DAY_MS, FEATURE_NAMES, build_features
+from cluster.feature_state import KeyedHistory
+from cluster.offline_features import synthetic_transactions
+
+
+def test_keyed_history_takes_appends_and_evicts() -> None:
+    history = KeyedHistory(("key", "ts_ms"), "key", "ts_ms")
+    history.append(pd.DataFrame({"key": [5, 3, 5, 3, 9], "ts_ms": [1, 2, 3, 4, 5]}))
+    history.append(pd.DataFrame({"key": [3], "ts_ms": [6]}))
+    assert history.take(np.array([3, 3, 7])).to_dict("list") == {"key": [3, 3, 3], "ts_ms": [2, 4, 6]}
+    assert history.key_count == 3
+    history.evict(horizon=1, cap=2)
+    assert history.to_frame().to_dict("list") == {"key": [3, 3, 5, 9], "ts_ms": [4, 6, 3, 5]}
+    history.evict(horizon=5, cap=10)  # keys whose rows all left the horizon expire
+    assert history.key_count == 1 and len(history) == 1
+
+
+def test_restarted_actors_continue_from_their_snapshot(ray_session: Settings) -> None:
+    from cluster.feature_state import OnlineFeatures
+
+    transactions = synthetic_transactions(4_000, users=150, merchants=20, days=10, seed=3)
+    transactions["user_id"] = "restart-" + transactions["user_id"]
+    expected = build_features(transactions, label_delay=timedelta(days=1))
+    first = OnlineFeatures(ray_session, name="restart", restore=False)
+    head = first.compute(transactions.iloc[:2_000])
+    assert any(key.startswith("feature-state/user-") for key in first.snapshot())
+    first.shutdown()
+    second = OnlineFeatures(ray_session, name="restart", restore=True)
+    try:
+        tail = second.compute(transactions.iloc[2_000:])
+        assert second.stats()["user"]["keys"] == transactions["user_id"].nunique()
+    finally:
+        second.shutdown()
+    streamed = pd.concat([head, tail], ignore_index=True)
+    user_columns = [n for n in FEATURE_NAMES if n.startswith(("user_", "first_time", "new_device", "distance"))]
+    np.testing.assert_allclose(streamed[user_columns], expected[user_columns], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(streamed["merchant_count_7d"], expected["merchant_count_7d"])
+
+
+def test_label_feedback_raises_merchant_risk_for_later_transactions(ray_session: Settings) -> None:
+    from cluster.feature_state import OnlineFeatures
+
+    start = pd.Timestamp("2026-02-01T00:00:00Z")
+    def batch(ids: list[str], minutes: list[int]) -> pd.DataFrame:
+        return pd.DataFrame({"transaction_id": ids, "user_id": "fb-user", "merchant_id": "fb-merchant",
+                             "amount": 20.0, "mcc": "5999",
+                             "timestamp": [start + pd.Timedelta(minutes=m) for m in minutes]})
+    online = OnlineFeatures(ray_session, name="feedback", restore=False)
+    try:
+        before = online.compute(batch(["fb-1", "fb-2"], [0, 10]))
+        applied = online.record_labels(pd.DataFrame({"transaction_id": ["fb-1", "fb-2"], "is_fraud": [True, False],
+                                                     "known_at": [start + pd.Timedelta(minutes=30)] * 2}))
+        after = online.compute(batch(["fb-3", "fb-4"], [20, 40]))
+    finally:
+        online.shutdown()
+    assert applied == 1
+    assert list(before["merchant_fraud_count_7d"]) == [0, 0]
+    assert list(after["merchant_fraud_count_7d"]) == [0, 1]  # known at minute 30: only the later one sees it
+    assert after["merchant_risk_1d"].iloc[1] > after["merchant_risk_1d"].iloc[0]
+    assert after["mcc_risk_30d"].iloc[1] > after["mcc_risk_30d"].iloc[0]
+
+
+def test_kinesis_datasource_reads_every_shard_back(ray_session: Settings) -> None:
+    from cluster.aws import client
+    from cluster.kinesis_source import read_kinesis
+    from cluster.offline_features import build_offline_features, collect_features
+
+    stream = "features-datasource-test"
+    kinesis = client("kinesis", ray_session)
+    kinesis.create_stream(StreamName=stream, ShardCount=2)
+    kinesis.get_waiter("stream_exists").wait(StreamName=stream, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    transactions = synthetic_transactions(300, users=30, merchants=5, days=2, seed=5)
+    records = [{"Data": json.dumps({**row, "timestamp": row["timestamp"].isoformat()}).encode(),
+                "PartitionKey": row["user_id"]} for row in transactions.to_dict(orient="records")]
+    records.append({"Data": b'{"transaction_id": "bad"}', "PartitionKey": "x"})
+    for start in range(0, len(records), 100):
+        kinesis.put_records(StreamName=stream, Records=records[start:start + 100])
+
+    dataset = read_kinesis(stream, ray_session)
+    frame = dataset.to_pandas()
+    assert sorted(frame["transaction_id"]) == sorted(transactions["transaction_id"])
+    assert frame["shard_id"].nunique() == 2
+    assert frame.groupby("shard_id")["sequence_number"].apply(
+        lambda s: list(map(int, s)) == sorted(map(int, s))).all()
+
+    built = collect_features(build_offline_features(dataset, label_delay=timedelta(days=1), partitions=2))
+    ordered = frame.sort_values("arrival_seq").drop(columns=["shard_id", "sequence_number", "arrival_ms"])
+    expected = build_features(ordered, label_delay=timedelta(days=1))
+    assert list(built["transaction_id"]) == list(expected["transaction_id"])
+    np.testing.assert_allclose(built[list(FEATURE_NAMES)], expected[list(FEATURE_NAMES)], rtol=1e-5, atol=1e-4)

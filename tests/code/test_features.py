@@ -1,0 +1,185 @@
+"""Known answers for every feature family on small hand-made sequences."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cluster.features import FEATURE_CODE_HASH, FEATURE_NAMES, RISK_PRIOR_RATE, RISK_PRIOR_WEIGHT, build_features
+from cluster.schema import validate_frame
+
+T0 = pd.Timestamp("2026-03-02T12:00:00Z")  # a Monday
+
+
+def tx(rows: list[dict]) -> pd.DataFrame:
+    """Canonical frame from short dicts: ``at`` is minutes after T0; ids default to u1/m1."""
+    records = []
+    for i, row in enumerate(rows):
+        row = dict(row)
+        minutes = row.pop("at")
+        records.append({"transaction_id": f"t{i}", "user_id": "u1", "merchant_id": "m1", "amount": 10.0,
+                        "timestamp": (T0 + pd.Timedelta(minutes=minutes)).isoformat(), **row})
+    labelled = any("is_fraud" in r for r in records)
+    frame = pd.DataFrame(records)
+    if labelled:
+        frame["is_fraud"] = frame["is_fraud"].fillna(0)
+    return validate_frame(frame, labelled=labelled)
+
+
+def features(rows: list[dict], **kwargs) -> pd.DataFrame:
+    kwargs.setdefault("label_delay", timedelta(days=1))
+    return build_features(tx(rows), **kwargs)
+
+
+def test_shape_names_and_dtype() -> None:
+    out = features([{"at": 0}, {"at": 1, "user_id": "u2"}])
+    assert len(FEATURE_NAMES) >= 40 and len(set(FEATURE_NAMES)) == len(FEATURE_NAMES)
+    assert list(out.columns) == ["transaction_id", *FEATURE_NAMES]
+    assert list(out["transaction_id"]) == ["t0", "t1"]
+    assert (out[list(FEATURE_NAMES)].dtypes == np.float32).all()
+    assert len(FEATURE_CODE_HASH) == 64
+
+
+def test_velocity_windows_count_and_sum() -> None:
+    out = features([{"at": 0, "amount": 5.0}, {"at": 4, "amount": 7.0}, {"at": 9, "amount": 9.0},
+                    {"at": 130, "amount": 1.0}, {"at": 60 * 24 * 8, "amount": 2.0}])
+    assert list(out["user_count_10m"]) == [1, 2, 3, 1, 1]
+    assert list(out["user_sum_10m"]) == [5, 12, 21, 1, 2]
+    assert list(out["user_count_1h"]) == [1, 2, 3, 1, 1]
+    assert list(out["user_count_24h"]) == [1, 2, 3, 4, 1]
+    assert list(out["user_count_7d"]) == [1, 2, 3, 4, 1]
+    assert list(out["user_count_30d"]) == [1, 2, 3, 4, 5]
+    assert out["user_sum_30d"].iloc[-1] == pytest.approx(24.0)
+
+
+def test_windows_are_per_user_and_ties_keep_input_order() -> None:
+    out = features([{"at": 0}, {"at": 0, "user_id": "u2"}, {"at": 0}, {"at": 0}])
+    assert list(out["user_count_10m"]) == [1, 1, 2, 3]
+    assert list(out["merchant_count_1h"]) == [1, 2, 3, 4]
+
+
+def test_amount_against_running_mean_and_spread() -> None:
+    out = features([{"at": 0, "amount": 10.0}, {"at": 60, "amount": 30.0}, {"at": 120, "amount": 100.0}])
+    assert list(out["user_no_history_30d"]) == [1, 0, 0]
+    assert list(out["amount_to_user_mean_30d"]) == pytest.approx([1.0, 3.0, 5.0])
+    assert out["log_amount_zscore_30d"].iloc[0] == 0
+    logs = np.log1p([10.0, 30.0])
+    expected = (np.log1p(100.0) - logs.mean()) / logs.std()
+    assert out["log_amount_zscore_30d"].iloc[2] == pytest.approx(expected, rel=1e-5)
+
+
+def test_time_since_previous_and_card_testing() -> None:
+    out = features([{"at": 0, "amount": 0.5}, {"at": 1, "amount": 1.0}, {"at": 2, "amount": 1.5},
+                    {"at": 3, "amount": 50.0}, {"at": 20, "amount": 0.9}])
+    assert np.expm1(out["log_seconds_since_prev"].iloc[1]) == pytest.approx(60.0, rel=1e-4)
+    assert np.expm1(out["log_seconds_since_prev"].iloc[0]) == pytest.approx(30 * 86_400, rel=1e-4)
+    assert list(out["user_tiny_count_10m"]) == [1, 2, 3, 3, 1]
+
+
+def test_distinct_merchants_first_visit_and_new_device() -> None:
+    out = features([{"at": 0, "merchant_id": "a", "device_id": "d1"},
+                    {"at": 10, "merchant_id": "b", "device_id": "d1"},
+                    {"at": 20, "merchant_id": "a", "device_id": "d2"},
+                    {"at": 90, "merchant_id": "c"},
+                    {"at": 60 * 24 * 31, "merchant_id": "a", "device_id": "d1"}])
+    assert list(out["user_distinct_merchants_1h"]) == [1, 2, 2, 1, 1]  # 1 h before 90 min excludes 0-20
+    assert list(out["user_distinct_merchants_24h"]) == [1, 2, 2, 3, 1]
+    assert list(out["first_time_at_merchant"]) == [1, 1, 0, 1, 1]  # 31 days later is beyond retention
+    assert list(out["new_device"]) == [1, 0, 1, 0, 1]
+    assert list(out["device_missing"]) == [0, 0, 0, 1, 0]
+
+
+def test_geography_previous_location_speed_and_country() -> None:
+    out = features([{"at": 0, "lat": 40.0, "lon": -74.0, "country": "US"},
+                    {"at": 30, "country": "US"},
+                    {"at": 60, "lat": 41.0, "lon": -74.0, "country": "FR"}])
+    assert list(out["prev_location_missing"]) == [1, 1, 0]
+    assert list(out["location_missing"]) == [0, 1, 0]
+    assert out["distance_from_prev_km"].iloc[2] == pytest.approx(111.2, abs=0.2)
+    assert out["speed_from_prev_kmh"].iloc[2] == pytest.approx(111.2, abs=0.2)  # one hour apart
+    assert list(out["country_changed"]) == [0, 0, 1]
+
+
+def test_channel_indicators() -> None:
+    out = features([{"at": 0, "channel": "online"}, {"at": 1, "channel": "card_present"}, {"at": 2}])
+    assert list(out["channel_online"]) == [1, 0, 0]
+    assert list(out["channel_card_present"]) == [0, 1, 0]
+    assert list(out["channel_mobile"]) == [0, 0, 0]
+    assert list(out["channel_missing"]) == [0, 0, 1]
+
+
+def test_label_changes_merchant_risk_only_after_its_delay() -> None:
+    rows = [{"at": 0, "is_fraud": 1}, {"at": 60}, {"at": 60 * 24 + 1}, {"at": 60 * 24 * 9}, {"at": 1, "merchant_id": "m2"}]
+    out = features(rows, label_delay=timedelta(days=1))
+    prior = RISK_PRIOR_WEIGHT * RISK_PRIOR_RATE
+    assert list(out["merchant_fraud_count_7d"]) == [0, 0, 1, 0, 0]
+    assert out["merchant_risk_1d"].iloc[1] == pytest.approx(prior / (2 + RISK_PRIOR_WEIGHT))
+    assert out["merchant_risk_1d"].iloc[2] == pytest.approx((1 + prior) / (2 + RISK_PRIOR_WEIGHT))
+    assert out["merchant_risk_30d"].iloc[2] == pytest.approx((1 + prior) / (3 + RISK_PRIOR_WEIGHT))
+    assert out["merchant_risk_30d"].iloc[3] == pytest.approx((1 + prior) / (4 + RISK_PRIOR_WEIGHT))
+    assert out["merchant_risk_7d"].iloc[4] == pytest.approx(prior / (1 + RISK_PRIOR_WEIGHT))  # other merchant
+
+
+def test_explicit_label_events_and_category_risk() -> None:
+    rows = [{"at": 0, "mcc": "5411"}, {"at": 10, "merchant_id": "m2", "mcc": "5411"}, {"at": 20, "mcc": "5411"},
+            {"at": 30, "merchant_id": "m3", "mcc": "5812"}]
+    labels = pd.DataFrame({"transaction_id": ["t0", "t9"], "is_fraud": [1, 1],
+                           "known_at": [T0 + pd.Timedelta(minutes=15), T0]})
+    out = features(rows, labels=labels)
+    assert list(out["merchant_fraud_count_7d"]) == [0, 0, 1, 0]
+    prior = RISK_PRIOR_WEIGHT * RISK_PRIOR_RATE
+    assert out["mcc_risk_30d"].iloc[1] == pytest.approx(prior / (2 + RISK_PRIOR_WEIGHT))
+    assert out["mcc_risk_30d"].iloc[2] == pytest.approx((1 + prior) / (3 + RISK_PRIOR_WEIGHT))
+    assert out["mcc_risk_30d"].iloc[3] == pytest.approx(prior / (1 + RISK_PRIOR_WEIGHT))
+
+
+def test_missing_optional_inputs_give_indicators_never_nan() -> None:
+    frame = pd.DataFrame({"transaction_id": ["a", "b"], "user_id": ["u", "u"], "merchant_id": ["m", "m"],
+                          "amount": [1.0, 2.0], "timestamp": pd.to_datetime(["2026-01-01", "2026-01-02"], utc=True)})
+    out = build_features(frame, label_delay=timedelta(days=7))
+    values = out[list(FEATURE_NAMES)]
+    assert not values.isna().any().any() and np.isfinite(values.to_numpy()).all()
+    for indicator in ("device_missing", "home_distance_missing", "prev_location_missing", "location_missing",
+                      "country_missing", "channel_missing", "mcc_missing", "user_profile_missing",
+                      "merchant_profile_missing"):
+        assert list(out[indicator]) == [1, 1], indicator
+    assert list(out["account_age_days"]) == [365, 365]
+    assert list(out["amount_to_merchant_typical"]) == [1, 1]
+
+
+def test_enrichment_from_profiles() -> None:
+    users = pd.DataFrame({"user_id": ["u1"], "home_lat": [40.0], "home_lon": [-74.0], "home_country": ["US"],
+                          "account_opened": [T0 - pd.Timedelta(days=100)], "credit_limit": [1000.0], "kyc_level": [2],
+                          "segment": ["mass_market"]})
+    merchants = pd.DataFrame({"merchant_id": ["m1"], "mcc": ["5812"], "lat": [40.0], "lon": [-74.0],
+                              "country": ["US"], "typical_ticket": [20.0]})
+    out = features([{"at": 0, "amount": 100.0, "lat": 41.0, "lon": -74.0, "country": "FR"},
+                    {"at": 60, "amount": 150.0, "user_id": "u9", "merchant_id": "m9"}], users=users, merchants=merchants)
+    assert list(out["user_profile_missing"]) == [0, 1]
+    assert list(out["merchant_profile_missing"]) == [0, 1]
+    assert out["account_age_days"].iloc[0] == pytest.approx(100.0)
+    assert out["credit_utilisation_30d"].iloc[0] == pytest.approx(0.1)
+    assert list(out["kyc_level"]) == [2, 0]
+    assert out["distance_from_home_km"].iloc[0] == pytest.approx(111.2, abs=0.2)
+    assert list(out["country_differs_from_home"]) == [1, 0]
+    assert out["amount_to_merchant_typical"].iloc[0] == pytest.approx(5.0)
+    assert list(out["mcc_missing"]) == [0, 1]  # the category comes from the merchant profile
+
+
+def test_time_features() -> None:
+    out = features([{"at": 0}, {"at": 60 * 14}, {"at": 60 * 24 * 5}])  # Monday 12:00, Tuesday 02:00, Saturday
+    assert list(out["hour_of_day"]) == [12, 2, 12]
+    assert list(out["is_night"]) == [0, 1, 0]
+    assert list(out["is_weekend"]) == [0, 0, 1]
+    assert out["log_amount"].iloc[0] == pytest.approx(np.log1p(10.0))
+
+
+def test_bad_input_names_the_field() -> None:
+    with pytest.raises(ValueError, match="merchant_id"):
+        build_features(pd.DataFrame({"transaction_id": ["a"], "user_id": ["u"], "amount": [1.0],
+                                     "timestamp": [T0]}), label_delay=timedelta(days=1))
+    with pytest.raises(ValueError, match="known_at"):
+        features([{"at": 0}], labels=pd.DataFrame({"transaction_id": ["t0"], "is_fraud": [1]}))
