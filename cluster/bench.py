@@ -16,6 +16,7 @@ from cluster.config import Settings
 # section name -> "module:function"; each function takes Settings and returns a dict of figures.
 SECTIONS: dict[str, str] = {
     "producers": "simulation.producers:bench_producers",
+    "training": "training.baseline:bench_training",
     "serving": "serve.bench:bench_serving",
     "features_offline": "cluster.offline_features:bench_features_offline",
     "features_online": "cluster.feature_state:bench_features_online",

@@ -42,7 +42,7 @@ def _alive(pid: int) -> bool:
 
 
 def _interrupt(signum: int, frame: Any) -> None:
-    """SIGTERM (``fraudctl down``) takes the same clean shutdown path as Ctrl-C."""
+    """SIGTERM takes the same clean shutdown path as Ctrl-C."""
     raise KeyboardInterrupt
 
 
@@ -79,8 +79,9 @@ def run_main_job(settings: Settings, options: MainJobOptions) -> None:
 
     from simulation.producers import producer_totals, start_producers
 
+    embedded = not settings.uses_real_aws
     with _single_instance(settings), aws_endpoint(settings) as live, ray_runtime(live):
-        mode = "real AWS" if live.uses_real_aws else f"embedded AWS (moto) at {live.aws_endpoint_url}"
+        mode = f"embedded AWS (moto) at {live.aws_endpoint_url}" if embedded else "real AWS"
         print(f"AWS: {mode}; stream {live.stream_name} ({live.stream_shards} shards)", flush=True)
         print(f"Profiles: {_publish_profiles(live, options.users)} users written to DynamoDB", flush=True)
         handles: list[Any] = []
@@ -114,7 +115,7 @@ def run_main_job(settings: Settings, options: MainJobOptions) -> None:
 
 
 def stop_main_job(settings: Settings, timeout_s: float = 60.0) -> str:
-    """Ask a running ``fraudctl up`` to stop (SIGTERM, as Ctrl-C would) and wait until it has."""
+    """Ask a running ``fraudctl up`` to stop exactly as Ctrl-C would (SIGINT) and wait until it has."""
     pid_file = _pid_file(settings)
     if not pid_file.exists():
         return "fraudctl up is not running"
@@ -122,7 +123,7 @@ def stop_main_job(settings: Settings, timeout_s: float = 60.0) -> str:
     if not pid or not _alive(pid):
         pid_file.unlink(missing_ok=True)
         return "fraudctl up is not running (removed a stale pid file)"
-    os.kill(pid, signal.SIGTERM)
+    os.kill(pid, signal.SIGINT)
     deadline = time.monotonic() + timeout_s
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
