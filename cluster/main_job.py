@@ -42,7 +42,8 @@ def _alive(pid: int) -> bool:
 
 
 def _interrupt(signum: int, frame: Any) -> None:
-    """SIGTERM takes the same clean shutdown path as Ctrl-C."""
+    """Ctrl-C, ``fraudctl down`` and SIGTERM all take the same clean shutdown path (even when started in the
+    background, where a shell leaves SIGINT ignored)."""
     raise KeyboardInterrupt
 
 
@@ -56,11 +57,12 @@ def _single_instance(settings: Settings) -> Iterator[None]:
         if other and _alive(other):
             raise SystemExit(f"fraudctl up is already running (pid {other}); stop it with `fraudctl down`")
     pid_file.write_text(str(os.getpid()))
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         pid_file.unlink(missing_ok=True)
 
 
@@ -74,7 +76,15 @@ def _publish_profiles(settings: Settings, users: int) -> int:
 
 
 def run_main_job(settings: Settings, options: MainJobOptions) -> None:
-    """Start everything, show live progress, and stop it all on Ctrl-C (or SIGTERM from ``fraudctl down``)."""
+    """Start everything, show live progress, and stop it all on Ctrl-C (or ``fraudctl down``)."""
+    print("Starting local Ray and the AWS endpoint...", flush=True)
+    try:
+        _run(settings, options)
+    except KeyboardInterrupt:
+        print("Interrupted during start-up; everything started so far is stopped.", flush=True)
+
+
+def _run(settings: Settings, options: MainJobOptions) -> None:
     import ray
 
     from simulation.producers import producer_totals, start_producers
