@@ -26,3 +26,48 @@ def ray_session(aws_settings: Settings) -> Iterator[Settings]:
 
     with ray_runtime(aws_settings, num_cpus=2):
         yield aws_settings
+
+
+@pytest.fixture(scope="session")
+def small_history():
+    """Three weeks of 300 simulated users with a raised fraud rate: enough signal for small real models."""
+    from simulation.generator import SimulationConfig, simulate_history
+
+    return simulate_history(SimulationConfig(n_users=300, days=21, seed=5, fraud_rate=0.03))
+
+
+def train_small_bundle(settings: Settings, history, *, rounds: int = 60, seed: int = 1, promote: bool = True) -> str:
+    """A real bundle from the training code with a fixed small budget instead of a Tune search."""
+    from datetime import timedelta
+
+    import numpy as np
+
+    from cluster.features import FEATURE_CODE_HASH, FEATURE_NAMES, build_features
+    from training.autoencoder import AnomalyScorer
+    from training.ensemble import fit_ensemble
+    from training.registry import ModelBundle, registry_for
+    from training.xgb import fit_xgboost
+
+    transactions = history.transactions.reset_index(drop=True)
+    features = build_features(transactions, label_delay=timedelta(days=settings.label_delay_days),
+                              users=history.users, merchants=history.merchants)
+    x = features[list(FEATURE_NAMES)].to_numpy(np.float32)
+    y = transactions["is_fraud"].to_numpy(np.int8)
+    cut = int(len(x) * 0.6)
+    booster = fit_xgboost(x[:cut], y[:cut], FEATURE_NAMES, {"max_depth": 4, "eta": 0.2}, rounds, seed=seed)
+    anomaly = AnomalyScorer.fit(x[:cut], y[:cut], {"lr": 3e-3, "weight_decay": 1e-6}, 2, seed=seed, max_rows=20_000)
+    ensemble, _ = fit_ensemble(y[cut:], booster.inplace_predict(x[cut:]).astype(np.float64), anomaly.score(x[cut:]),
+                               transactions["amount"].to_numpy()[cut:])
+    bundle = ModelBundle(booster=booster, anomaly=anomaly, ensemble=ensemble, feature_names=FEATURE_NAMES,
+                         feature_hash=FEATURE_CODE_HASH)
+    return registry_for(settings).register(bundle, promote=promote)
+
+
+@pytest.fixture(scope="session")
+def champion_model(ray_session: Settings, small_history) -> str:
+    """Profiles in DynamoDB and a small real model registered as champion; returns its version."""
+    from cluster.profiles import MERCHANT_PROFILE_COLUMNS, USER_PROFILE_COLUMNS, put_profiles
+
+    put_profiles(ray_session.user_table, small_history.users[list(USER_PROFILE_COLUMNS)], ray_session)
+    put_profiles(ray_session.merchant_table, small_history.merchants[list(MERCHANT_PROFILE_COLUMNS)], ray_session)
+    return train_small_bundle(ray_session, small_history)

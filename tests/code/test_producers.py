@@ -11,6 +11,7 @@ import pytest
 from cluster.aws import client
 from cluster.config import Settings
 from simulation.producers import KinesisPutError, put_records_reliably
+from tests.streams import create_stream, read_all
 
 
 class ThrottlingKinesis:
@@ -38,29 +39,9 @@ class ThrottlingKinesis:
         return {"FailedRecordCount": sum(fail), "Records": results}
 
 
-def read_all(settings: Settings, stream: str) -> list[dict[str, Any]]:
-    kinesis = client("kinesis", settings)
-    records = []
-    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
-        iterator = kinesis.get_shard_iterator(StreamName=stream, ShardId=shard["ShardId"],
-                                              ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
-        while iterator:
-            page = kinesis.get_records(ShardIterator=iterator, Limit=10_000)
-            records.extend(json.loads(r["Data"]) for r in page["Records"])
-            if not page["Records"] and page.get("MillisBehindLatest", 0) == 0:
-                break
-            iterator = page.get("NextShardIterator")
-    return records
-
-
 @pytest.fixture()
-def fresh_stream(aws_settings: Settings, request: pytest.FixtureRequest) -> str:
-    name = f"test-{request.node.name[:40]}".replace("[", "-").replace("]", "")
-    kinesis = client("kinesis", aws_settings)
-    kinesis.create_stream(StreamName=name, ShardCount=2)
-    kinesis.get_waiter("stream_exists").wait(StreamName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 50})
-    yield name
-    kinesis.delete_stream(StreamName=name, EnforceConsumerDeletion=True)
+def fresh_stream(aws_settings: Settings) -> str:
+    return create_stream(aws_settings, shards=2)
 
 
 def entries(n: int) -> list[dict[str, Any]]:

@@ -1,0 +1,269 @@
+"""Real-time scoring from Kinesis: one consumer actor per shard, KCL-style leases, supervision, resharding.
+
+Each ``ShardConsumer`` polls its shard, scores micro-batches with the same in-process scoring core the Serve
+replicas and the SDK run (``serve.sdk.FraudDetector``: online features, XGBoost, autoencoder, combiner), writes
+every decision to the output stream, publishes HIGH decisions to SNS (exactly once per transaction_id through the
+alert ledger), and only then checkpoints the shard's last sequence number in the DynamoDB lease table. A
+restarted consumer resumes after its checkpoint; a replayed record can repeat a decision record (keyed by
+transaction_id) but never an alert: effectively once.
+
+``StreamScoring`` follows the stream's shard set: a child shard (after resharding) starts once its parents are
+drained, as the Kinesis Client Library does, so each user's transactions stay in order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import ValidationError
+
+from cluster.aws import client
+from cluster.config import Settings, use_settings
+from cluster.schema import LABEL_COLUMN, SCENARIO_COLUMN, Transaction
+
+log = logging.getLogger(__name__)
+
+SHARD_END = "SHARD_END"
+MAX_GET_RECORDS = 10_000           # Kinesis' per-call cap
+MIN_POLL_INTERVAL_S = 0.2          # Kinesis allows 5 GetRecords calls per second per shard
+MAX_IDLE_BACKOFF_S = 1.0
+
+
+@dataclass
+class ConsumerStatus:
+    shard_id: str
+    scored: int = 0
+    alerts: int = 0
+    invalid: int = 0
+    batches: int = 0
+    checkpoint: str | None = None
+    millis_behind_latest: int = 0
+    finished: bool = False
+
+
+class LeaseTable:
+    """Checkpoints per shard in DynamoDB (the KCL's lease table, reduced to what one application needs)."""
+
+    def __init__(self, settings: Settings):
+        self.table = settings.lease_table
+        self.stream = settings.stream_name
+        self.dynamodb = client("dynamodb", settings)
+
+    def _key(self, shard_id: str) -> dict[str, Any]:
+        return {"shard_id": {"S": f"{self.stream}/{shard_id}"}}
+
+    def checkpoint_of(self, shard_id: str) -> str | None:
+        item = self.dynamodb.get_item(TableName=self.table, Key=self._key(shard_id), ConsistentRead=True).get("Item")
+        return item["checkpoint"]["S"] if item else None
+
+    def save(self, shard_id: str, checkpoint: str) -> None:
+        self.dynamodb.put_item(TableName=self.table, Item={
+            **self._key(shard_id), "checkpoint": {"S": checkpoint},
+            "updated_at": {"S": datetime.now(timezone.utc).isoformat()}})
+
+
+def _decode(record: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(the transaction as scoring sees it, or None if invalid; the ground truth the simulator attached)."""
+    try:
+        payload = json.loads(record["Data"])
+        transaction = Transaction.model_validate(payload)
+    except (ValueError, ValidationError):
+        return None, {}
+    record = transaction.to_record()
+    truth = {key: record.pop(key) for key in (LABEL_COLUMN, SCENARIO_COLUMN) if key in record}
+    return record, truth
+
+
+class ShardConsumer:
+    """Scores one shard from its checkpoint onwards (run it as a restartable Ray actor: ``StreamScoring``)."""
+
+    def __init__(self, shard_id: str, settings: Settings, *, model: str = "champion", batch_limit: int = 1_000):
+        from serve.alerts import AlertPublisher
+        from serve.sdk import FraudDetector
+        from serve.stats import StatsReporter
+
+        use_settings(settings)
+        self.settings = settings
+        self.kinesis = client("kinesis", self.settings)
+        self.leases = LeaseTable(self.settings)
+        self.detector = FraudDetector(self.settings, model=model, feature_state="features")
+        self.alerts = AlertPublisher(self.settings)
+        self.stats = StatsReporter()
+        self.batch_limit = batch_limit
+        self.status = ConsumerStatus(shard_id=shard_id, checkpoint=self.leases.checkpoint_of(shard_id))
+        self._stop = threading.Event()
+
+    def get_status(self) -> dict[str, Any]:
+        return asdict(self.status)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _iterator(self) -> str:
+        shard_id, checkpoint = self.status.shard_id, self.status.checkpoint
+        kwargs: dict[str, Any] = {"StreamName": self.settings.stream_name, "ShardId": shard_id}
+        if checkpoint and checkpoint != SHARD_END:
+            kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=checkpoint)
+        else:
+            kwargs.update(ShardIteratorType="TRIM_HORIZON")
+        return self.kinesis.get_shard_iterator(**kwargs)["ShardIterator"]
+
+    def _shard_closed(self) -> bool:
+        shards = self.kinesis.list_shards(StreamName=self.settings.stream_name)["Shards"]
+        return any(s["ShardId"] == self.status.shard_id and "EndingSequenceNumber" in s["SequenceNumberRange"]
+                   for s in shards)
+
+    def run(self) -> dict[str, Any]:
+        """Poll until stopped or the shard is closed and drained; returns the final status."""
+        if self.status.checkpoint == SHARD_END:
+            self.status.finished = True
+            return self.get_status()
+        iterator: str | None = self._iterator()
+        idle_s = MIN_POLL_INTERVAL_S
+        while not self._stop.is_set() and iterator:
+            began = time.monotonic()
+            page = self.kinesis.get_records(ShardIterator=iterator, Limit=min(self.batch_limit, MAX_GET_RECORDS))
+            iterator = page.get("NextShardIterator")
+            self.status.millis_behind_latest = int(page.get("MillisBehindLatest", 0))
+            if page["Records"]:
+                self._process(page["Records"])
+                idle_s = MIN_POLL_INTERVAL_S
+            elif self.status.millis_behind_latest == 0 and self._shard_closed():
+                iterator = None
+            else:
+                idle_s = min(MAX_IDLE_BACKOFF_S, idle_s * 2)
+            if iterator:
+                self._stop.wait(max(0.0, idle_s - (time.monotonic() - began)))
+        if not iterator:
+            self.leases.save(self.status.shard_id, SHARD_END)
+            self.status.checkpoint, self.status.finished = SHARD_END, True
+        self.stats.flush()
+        return self.get_status()
+
+    def _process(self, records: list[dict[str, Any]]) -> None:
+        from simulation.producers import put_records_reliably
+
+        started = time.perf_counter()
+        decoded = [_decode(record) for record in records]
+        valid = [(tx, truth, record) for (tx, truth), record in zip(decoded, records) if tx is not None]
+        self.status.invalid += len(records) - len(valid)
+        if valid:
+            transactions = [tx for tx, _, _ in valid]
+            decisions = self.detector.predict_batch(transactions)
+            decided_at = datetime.now(timezone.utc)
+            entries = [{"Data": json.dumps({**decision, **truth, "decided_at": decided_at.isoformat()}).encode(),
+                        "PartitionKey": decision["transaction_id"]}
+                       for decision, (_, truth, _) in zip(decisions, valid)]
+            put_records_reliably(self.kinesis, self.settings.decisions_stream_name, entries)
+            alerts = self.alerts.publish_high(decisions, transactions)
+            elapsed_ms = (time.perf_counter() - started) * 1000.0
+            lags = [(decided_at - record["ApproximateArrivalTimestamp"]).total_seconds() * 1000.0
+                    for _, _, record in valid]
+            self.stats.add(scored=len(valid), alerts=alerts, latency_ms=elapsed_ms / len(valid), stream_lags_ms=lags)
+            self.status.scored += len(valid)
+            self.status.alerts += alerts
+        self.status.batches += 1
+        self.status.checkpoint = records[-1]["SequenceNumber"]
+        self.leases.save(self.status.shard_id, self.status.checkpoint)
+
+
+class StreamScoring:
+    """Starts a consumer per shard, restarts dead ones, follows resharding (children after their parents)."""
+
+    def __init__(self, settings: Settings, *, model: str = "champion", consumer_cpus: float = 0.25,
+                 poll_shards_s: float = 2.0):
+        self.settings = settings
+        self.model = model
+        self.consumer_cpus = consumer_cpus
+        self.poll_shards_s = poll_shards_s
+        self.consumers: dict[str, Any] = {}
+        self.runs: dict[str, Any] = {}
+        self.finished: set[str] = set()
+        self.restarts = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "StreamScoring":
+        self._reconcile()
+        self._thread = threading.Thread(target=self._supervise, name="stream-supervisor", daemon=True)
+        self._thread.start()
+        return self
+
+    def _supervise(self) -> None:
+        while not self._stop.wait(self.poll_shards_s):
+            try:
+                self._reconcile()
+            except Exception:  # a supervisor that dies silently would stop scoring: log and keep going
+                log.exception("stream supervision round failed")
+
+    def _ready_shards(self) -> list[str]:
+        shards = client("kinesis", self.settings).list_shards(StreamName=self.settings.stream_name)["Shards"]
+        known = {s["ShardId"] for s in shards}
+        leases = LeaseTable(self.settings)
+        ready = []
+        for shard in shards:
+            parents = [shard.get(k) for k in ("ParentShardId", "AdjacentParentShardId") if shard.get(k)]
+            if all(p not in known or p in self.finished or leases.checkpoint_of(p) == SHARD_END for p in parents):
+                ready.append(shard["ShardId"])
+        return ready
+
+    def _reconcile(self) -> None:
+        import ray
+
+        for shard_id, run in list(self.runs.items()):
+            done, _ = ray.wait([run], timeout=0)
+            if not done:
+                continue
+            try:
+                status = ray.get(run)
+            except ray.exceptions.RayActorError:
+                self.restarts += 1
+                log.warning("consumer of %s died; restarted by Ray, resuming from its checkpoint", shard_id)
+                self.runs[shard_id] = self.consumers[shard_id].run.remote()
+                continue
+            if status["finished"]:
+                self.finished.add(shard_id)
+            del self.runs[shard_id]
+        for shard_id in self._ready_shards():
+            if shard_id not in self.consumers and shard_id not in self.finished:
+                consumer = ray.remote(ShardConsumer).options(
+                    num_cpus=self.consumer_cpus, max_restarts=-1, max_concurrency=4,
+                    name=f"consumer-{self.settings.stream_name}-{shard_id}", get_if_exists=True,
+                ).remote(shard_id, self.settings, model=self.model)
+                self.consumers[shard_id] = consumer
+                self.runs[shard_id] = consumer.run.remote()
+
+    def status(self) -> dict[str, Any]:
+        import ray
+
+        statuses = {}
+        for shard_id, consumer in self.consumers.items():
+            try:
+                statuses[shard_id] = ray.get(consumer.get_status.remote(), timeout=10)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                statuses[shard_id] = {"shard_id": shard_id, "unavailable": True}
+        return {"shards": statuses, "restarts": self.restarts, "finished": sorted(self.finished)}
+
+    def stop(self) -> None:
+        import ray
+
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+        for consumer in self.consumers.values():
+            try:
+                consumer.stop.remote()
+            except ray.exceptions.RayActorError:
+                pass
+        if self.runs:
+            ray.wait(list(self.runs.values()), num_returns=len(self.runs), timeout=30)
+        for consumer in self.consumers.values():
+            ray.kill(consumer, no_restart=True)
+        self.consumers.clear()
+        self.runs.clear()

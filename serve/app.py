@@ -1,0 +1,307 @@
+"""The Serve application: a FastAPI ingress and the ensemble composed from deployments.
+
+    ingress --(1)--> Features (online keyed state + enrichment, batched across requests)
+            --(2)--> XGBoost || Autoencoder (parallel, batched, any registry version) -> combine in the ingress
+
+Two sequential hops per request. The combiner (calibration, policy, reason codes) is microseconds of arithmetic,
+so it runs in the ingress rather than costing a third hop. The ingress names the model version on every call,
+so champion and challenger share the model deployments and a promotion switches both stages together.
+
+No ``from __future__ import annotations``: FastAPI must see real annotations on the ingress methods.
+"""
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from cluster.config import Settings, get_settings, use_settings
+from serve.api import (BATCH_BODY, FEEDBACK_BODY, TRANSACTION_BODY, ApiError, BatchDecisions, Decision,
+                       check_api_key, install_error_handlers, parse_batch, parse_feedback, parse_transaction,
+                       read_json, require_key_configured)
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH_ROWS = 4096  # rows per model call, summed over the requests @serve.batch merges
+FEATURE_ACTOR_CPUS = 0.1
+
+api = FastAPI(title="Fraud scoring API", version="1.0",
+              description="Real-time card fraud scores from the XGBoost + autoencoder ensemble.")
+install_error_handlers(api)
+
+
+def _rows(items: list[Any]) -> int:
+    return sum(len(item[-1]) for item in items)
+
+
+def autoscaling(settings: Settings, *, max_replicas: int | None = None) -> dict[str, Any]:
+    return {"min_replicas": settings.serve_min_replicas,
+            "max_replicas": max(max_replicas or settings.serve_max_replicas, settings.serve_min_replicas),
+            "target_ongoing_requests": settings.serve_target_ongoing_requests,
+            "upscale_delay_s": settings.serve_upscale_delay_s,
+            "downscale_delay_s": settings.serve_downscale_delay_s}
+
+
+@serve.deployment(name="Features", ray_actor_options={"num_cpus": 0.3}, max_ongoing_requests=512)
+class FeatureStage:
+    """Online features for a batch of requests: one pass through the keyed-state actors per merged batch."""
+
+    def __init__(self, settings: Settings):
+        from cluster.feature_state import OnlineFeatures
+
+        use_settings(settings)
+        self.features = OnlineFeatures(settings, actor_cpus=FEATURE_ACTOR_CPUS)
+
+    def _compute(self, batches: list[tuple[str, list[dict[str, Any]]]]) -> list[np.ndarray]:
+        from serve.scoring import canonical_frame, feature_matrix, split_rows
+
+        records = [record for _, block in batches for record in block]
+        x = feature_matrix(self.features.compute(canonical_frame(records)))
+        return split_rows(x, [len(block) for _, block in batches])
+
+    @serve.batch(max_batch_size=MAX_BATCH_ROWS, batch_wait_timeout_s=0.0, batch_size_fn=_rows)
+    async def compute(self, batches: list[tuple[str, list[dict[str, Any]]]]) -> list[np.ndarray]:
+        return await asyncio.to_thread(self._compute, batches)
+
+    async def record_labels(self, events: list[dict[str, Any]]) -> int:
+        frame = pd.DataFrame(events).rename(columns={"reported_at": "known_at"})
+        frame["known_at"] = pd.to_datetime(frame["known_at"], utc=True)
+        return await asyncio.to_thread(self.features.record_labels, frame)
+
+    async def ready(self) -> bool:
+        return True
+
+
+class _ModelStage:
+    """Shared by both model deployments: bundles by version, one model call per version in a merged batch."""
+
+    def __init__(self, settings: Settings):
+        from serve.scoring import ModelSet
+
+        use_settings(settings)
+        self.models = ModelSet(settings)
+
+    def _run(self, requests: list[tuple[str, np.ndarray]]) -> list[Any]:
+        from serve.scoring import split_rows
+
+        results: list[Any] = [None] * len(requests)
+        for version in {version for version, _ in requests}:
+            positions = [i for i, (v, _) in enumerate(requests) if v == version]
+            x = np.concatenate([requests[i][1] for i in positions])
+            outputs = self.predict(self.models.scorer(version).bundle, x)
+            parts = [split_rows(out, [len(requests[i][1]) for i in positions]) for out in outputs]
+            for rank, i in enumerate(positions):
+                results[i] = tuple(part[rank] for part in parts)
+        return results
+
+    def predict(self, bundle: Any, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        raise NotImplementedError
+
+    async def ready(self, version: str) -> bool:
+        await asyncio.to_thread(self.models.scorer, version)
+        return True
+
+
+@serve.deployment(name="XGBoost", ray_actor_options={"num_cpus": 0.3}, max_ongoing_requests=512)
+class XGBoostStage(_ModelStage):
+    def predict(self, bundle: Any, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        from serve.scoring import xgb_stage
+
+        return xgb_stage(bundle, x)
+
+    @serve.batch(max_batch_size=MAX_BATCH_ROWS, batch_wait_timeout_s=0.0, batch_size_fn=_rows)
+    async def score(self, requests: list[tuple[str, np.ndarray]]) -> list[Any]:
+        return await asyncio.to_thread(self._run, requests)
+
+
+@serve.deployment(name="Autoencoder", ray_actor_options={"num_cpus": 0.2}, max_ongoing_requests=512)
+class AutoencoderStage(_ModelStage):
+    def __init__(self, settings: Settings):
+        import torch
+
+        torch.set_num_threads(1)
+        super().__init__(settings)
+
+    def predict(self, bundle: Any, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        from serve.scoring import ae_stage
+
+        return (ae_stage(bundle, x),)
+
+    @serve.batch(max_batch_size=MAX_BATCH_ROWS, batch_wait_timeout_s=0.0, batch_size_fn=_rows)
+    async def score(self, requests: list[tuple[str, np.ndarray]]) -> list[Any]:
+        return await asyncio.to_thread(self._run, requests)
+
+
+@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.2}, max_ongoing_requests=512)
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, settings: Settings, features: Any, xgboost: Any, autoencoder: Any):
+        from serve.alerts import AlertPublisher
+        from serve.champion import FEEDBACK_PREFIX, DECISIONS_PREFIX, JsonLinesLog
+        from serve.scoring import ModelSet
+        from serve.stats import StatsReporter
+
+        require_key_configured(settings)
+        use_settings(settings)
+        self.settings = settings
+        self.features, self.xgboost, self.autoencoder = features, xgboost, autoencoder
+        self.models = ModelSet(settings)
+        self.alerts = AlertPublisher(settings)
+        self.reporter = StatsReporter()
+        self.decision_log = JsonLinesLog(settings, DECISIONS_PREFIX)
+        self.feedback_log = JsonLinesLog(settings, FEEDBACK_PREFIX, max_rows=1)
+        self.champion: str | None = None
+        self.challenger: str | None = None
+        self._refreshed = 0.0
+        self._background: set[asyncio.Task] = set()
+        self._flusher: asyncio.Task | None = None
+
+    async def _flush_logs(self) -> None:
+        """Buffered decision logs and stats reach their stores even when traffic stops."""
+        while True:
+            await asyncio.sleep(self.decision_log.max_age_s)
+            await asyncio.to_thread(self.decision_log.flush)
+            self.reporter.flush()
+
+    # -- models ---------------------------------------------------------------------------------------------
+    async def _refresh_versions(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self._refreshed < self.settings.serve_model_refresh_s:
+            return
+        champion = await asyncio.to_thread(self.models.resolve, "champion")
+        challenger = self.settings.challenger and await asyncio.to_thread(self.models.resolve, self.settings.challenger)
+        if champion is None:
+            raise ApiError(503, [{"field": "model", "message": "no champion model in the registry"}], "no model")
+        for version in {champion, challenger} - {None}:
+            await asyncio.to_thread(self.models.scorer, version)
+            await asyncio.gather(self.xgboost.ready.remote(version), self.autoencoder.ready.remote(version))
+        self.champion, self.challenger = champion, (challenger if challenger != champion else None)
+        self._refreshed = time.monotonic()
+
+    async def _decide(self, version: str, ids: list[str], x: np.ndarray) -> list[dict[str, Any]]:
+        from serve.scoring import combine
+
+        (xgb_score, contributions), (ae_score,) = await asyncio.gather(
+            self.xgboost.score.remote((version, x)), self.autoencoder.score.remote((version, x)))
+        return combine(self.models.scorer(version).bundle, ids, x, xgb_score, contributions, ae_score)
+
+    async def _score(self, transactions: list[Any]) -> list[dict[str, Any]]:
+        from serve.champion import in_canary
+        from serve.scoring import scoring_record
+
+        started = time.perf_counter()
+        if self._flusher is None:
+            self._flusher = asyncio.ensure_future(self._flush_logs())
+        await self._refresh_versions()
+        records = [scoring_record(t) for t in transactions]
+        ids = [t.transaction_id for t in transactions]
+        x = await self.features.compute.remote((ids[0], records))
+        champion_run = self._decide(self.champion, ids, x)
+        if self.challenger is None:
+            decisions = await champion_run
+        else:
+            canary = [in_canary(tid, self.settings.canary_share) for tid in ids]
+            if any(canary):
+                champion_decisions, challenger_decisions = await asyncio.gather(
+                    champion_run, self._decide(self.challenger, ids, x))
+                self._log_challenger(champion_decisions, challenger_decisions, canary)
+                decisions = [b if c else a for a, b, c in zip(champion_decisions, challenger_decisions, canary)]
+            else:
+                decisions = await champion_run
+                self._in_background(self._shadow(ids, x, decisions))
+        alerts = 0
+        if any(d["risk_level"] == "HIGH" for d in decisions):
+            alerts = await asyncio.to_thread(self.alerts.publish_high, decisions,
+                                             [t.to_record() for t in transactions])
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        for decision in decisions:
+            decision["processing_time_ms"] = round(elapsed_ms, 3)
+        self.reporter.add(scored=len(decisions), alerts=alerts, latency_ms=elapsed_ms)
+        return decisions
+
+    async def _shadow(self, ids: list[str], x: np.ndarray, champion: list[dict[str, Any]]) -> None:
+        challenger = await self._decide(self.challenger, ids, x)
+        self._log_challenger(champion, challenger, [False] * len(ids))
+
+    def _log_challenger(self, champion: list[dict[str, Any]], challenger: list[dict[str, Any]],
+                        served: list[bool]) -> None:
+        from serve.champion import decision_rows
+
+        self._in_background(asyncio.to_thread(self.decision_log.add, decision_rows(champion, challenger, served)))
+
+    def _in_background(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- endpoints ------------------------------------------------------------------------------------------
+    @api.post("/api/check-fraud", response_model=Decision, openapi_extra=TRANSACTION_BODY,
+              summary="Score one transaction")
+    async def check_fraud(self, request: Request) -> dict[str, Any]:
+        transaction = parse_transaction(await read_json(request, self.settings.serve_max_body_bytes))
+        return (await self._score([transaction]))[0]
+
+    @api.post("/api/check-fraud/batch", response_model=BatchDecisions, openapi_extra=BATCH_BODY,
+              summary="Score up to 1,000 transactions; results in input order")
+    async def check_fraud_batch(self, request: Request) -> dict[str, Any]:
+        transactions = parse_batch(await read_json(request, self.settings.serve_max_body_bytes))
+        return {"results": await self._score(transactions)}
+
+    @api.post("/api/feedback", status_code=202, openapi_extra=FEEDBACK_BODY,
+              summary="Confirmed label for a transaction (needs the API key)")
+    async def feedback(self, request: Request) -> dict[str, Any]:
+        check_api_key(self.settings, request)
+        label = parse_feedback(await read_json(request, self.settings.serve_max_body_bytes)).record()
+        await asyncio.to_thread(self.feedback_log.add, [label])
+        applied = await self.features.record_labels.remote([label])
+        log.info("feedback for transaction %s", label["transaction_id"])
+        return {"accepted": True, "transaction_id": label["transaction_id"], "merchant_risk_updates": applied}
+
+    @api.post("/api/admin/reload", summary="Re-read the champion/challenger pointers now (needs the API key)")
+    async def reload(self, request: Request) -> dict[str, Any]:
+        check_api_key(self.settings, request)
+        await self._refresh_versions(force=True)
+        return {"champion": self.champion, "challenger": self.challenger}
+
+    @api.get("/healthz", summary="200 once the models are loaded and the pipeline can score")
+    async def healthz(self) -> JSONResponse:
+        try:
+            await self._refresh_versions()
+            await self.features.ready.remote()
+        except ApiError as exc:
+            return JSONResponse(status_code=503, content={"status": "unavailable", "errors": exc.errors})
+        except Exception as exc:  # a model that cannot load is "not ready", with the reason
+            return JSONResponse(status_code=503, content={"status": "unavailable",
+                                                          "errors": [{"field": "model", "message": str(exc)}]})
+        return JSONResponse({"status": "ok", "champion": self.champion, "challenger": self.challenger})
+
+    @api.get("/api/stats", summary="Live counters")
+    async def stats(self) -> dict[str, Any]:
+        await self.reporter.flush()
+        return await self.reporter.actor.snapshot.remote()
+
+
+def build_app(settings: Settings | None = None) -> Any:
+    """The composed application, every deployment with its autoscaling config (``serve.run(build_app())``)."""
+    from serve.runtime import serve_env
+
+    settings = settings or get_settings()
+    actor_env = {"runtime_env": {"env_vars": {**settings.as_env(), **serve_env(settings)}}}
+
+    def options(deployment: Any, cpus: float, max_replicas: int | None = None) -> Any:
+        return deployment.options(autoscaling_config=autoscaling(settings, max_replicas=max_replicas),
+                                  ray_actor_options={"num_cpus": cpus, **actor_env})
+
+    return options(Ingress, 0.2).bind(settings, options(FeatureStage, 0.1).bind(settings),
+                                      options(XGBoostStage, 0.1).bind(settings),
+                                      options(AutoencoderStage, 0.1).bind(settings))
+
+
+def app_builder(args: dict[str, str]) -> Any:
+    """Entry point for ``serve deploy serve/serve_config.yaml``: settings come from the FRAUD_* environment."""
+    return build_app(Settings(**args) if args else get_settings())

@@ -1,0 +1,33 @@
+"""The benchmark's yardstick: a composed no-op app with the real app's shape (ingress -> two deployments in
+parallel) and the same Serve mode, so ``fraudctl bench`` can report what the scoring itself costs.
+
+No ``from __future__ import annotations``: FastAPI must see real annotations on the ingress methods.
+"""
+
+import asyncio
+from typing import Any
+
+from fastapi import FastAPI, Request
+from ray import serve
+
+noop_api = FastAPI(title="no-op yardstick")
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=512)
+class NoOpStage:
+    async def __call__(self, payload: Any) -> Any:
+        return payload
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.2}, max_ongoing_requests=512)
+@serve.ingress(noop_api)
+class NoOpIngress:
+    def __init__(self, left: Any, right: Any):
+        self.left, self.right = left, right
+
+    @noop_api.post("/api/check-fraud")
+    async def check(self, request: Request) -> dict[str, Any]:
+        body = await request.json()
+        await asyncio.gather(self.left.remote(1), self.right.remote(2))
+        return {"transaction_id": body.get("transaction_id")}
+
+def build_noop_app() -> Any:
+    return NoOpIngress.bind(NoOpStage.options(name="NoOpLeft").bind(), NoOpStage.options(name="NoOpRight").bind())

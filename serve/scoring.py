@@ -1,0 +1,91 @@
+"""The scoring core, in stages, shared by the Serve deployments and the in-process SDK (hence identical scores).
+
+features (``cluster.feature_state.OnlineFeatures``) -> XGBoost score + contributions || autoencoder score ->
+combine (the bundle's ensemble calibration and risk policy, reason codes). Each stage makes exactly the calls
+``training.predict.FraudScorer.score`` makes; the Serve graph runs the two model stages in parallel deployments.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cluster.config import Settings
+from cluster.features import FEATURE_NAMES
+from cluster.schema import LABEL_COLUMN, SCENARIO_COLUMN, Transaction, validate_frame
+from serve.reasons import explain
+from training.predict import FraudScorer
+from training.registry import ModelBundle, registry_for
+
+
+class ModelSet:
+    """Registry bundles by version (a small LRU), and pointer resolution (``champion``, ``latest``)."""
+
+    def __init__(self, settings: Settings, capacity: int = 3):
+        self.registry = registry_for(settings)
+        self.capacity = capacity
+        self._scorers: OrderedDict[str, FraudScorer] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def resolve(self, ref: str) -> str | None:
+        return self.registry.resolve(ref)
+
+    def scorer(self, version: str) -> FraudScorer:
+        with self._lock:
+            if version in self._scorers:
+                self._scorers.move_to_end(version)
+                return self._scorers[version]
+        scorer = FraudScorer(self.registry.load(version))
+        if tuple(scorer.feature_names) != FEATURE_NAMES:
+            raise ValueError(f"model {version} expects features {scorer.feature_names}, not FEATURE_NAMES")
+        with self._lock:
+            self._scorers[version] = scorer
+            while len(self._scorers) > self.capacity:
+                self._scorers.popitem(last=False)
+        return scorer
+
+
+def scoring_record(transaction: Transaction) -> dict[str, Any]:
+    """What scoring uses of a transaction: labels and scenario names never reach the features."""
+    return transaction.model_dump(exclude={LABEL_COLUMN, SCENARIO_COLUMN})
+
+
+def canonical_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Validated transactions (``scoring_record``) as the canonical frame the feature code takes."""
+    return validate_frame(pd.DataFrame(records))
+
+
+def feature_matrix(features: pd.DataFrame) -> np.ndarray:
+    return features[list(FEATURE_NAMES)].to_numpy(dtype=np.float32)
+
+
+def xgb_stage(bundle: ModelBundle, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """XGBoost probability and per-feature contributions (log-odds, bias last) for each row."""
+    scores = bundle.booster.inplace_predict(x, validate_features=False).astype(np.float64)
+    return scores, FraudScorer(bundle).contributions(x).to_numpy(dtype=np.float32)
+
+
+def ae_stage(bundle: ModelBundle, x: np.ndarray) -> np.ndarray:
+    return bundle.anomaly.score(x)
+
+
+def combine(bundle: ModelBundle, transaction_ids: list[str], x: np.ndarray, xgb_score: np.ndarray,
+            contributions: np.ndarray, ae_score: np.ndarray) -> list[dict[str, Any]]:
+    """The decision per row: calibrated ensemble score, risk level and alert flag from the policy, reasons."""
+    ensemble = bundle.ensemble
+    fraud_score = ensemble.fraud_score(xgb_score, ae_score)
+    levels = ensemble.policy.risk_levels(fraud_score)
+    flags = ensemble.policy.is_fraud(fraud_score)
+    factors = explain(bundle.feature_names, x, contributions, ae_score, ensemble.ae_weight)
+    return [{"transaction_id": tid, "fraud_score": float(score), "is_fraud": bool(flag), "risk_level": str(level),
+             "factors": reasons, "model_version": bundle.version}
+            for tid, score, flag, level, reasons in zip(transaction_ids, fraud_score, flags, levels, factors)]
+
+
+def split_rows(values: np.ndarray, lengths: list[int]) -> list[np.ndarray]:
+    """Undo a concatenation of per-request blocks."""
+    return np.split(values, np.cumsum(lengths)[:-1]) if lengths else []

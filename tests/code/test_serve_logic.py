@@ -1,0 +1,85 @@
+"""Serving logic without a cluster: reason codes, request parsing, canary draws, the champion/challenger test."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cluster.features import FEATURE_NAMES
+from serve.api import ApiError, parse_batch, parse_feedback, parse_transaction
+from serve.champion import compare, in_canary, mcnemar
+from serve.reasons import AUTOENCODER_REASON, explain_row
+
+VALID = {"transaction_id": "t-1", "user_id": "u-1", "merchant_id": "m-1", "amount": 10.0,
+         "timestamp": "2026-01-05T10:00:00"}
+
+
+def _row(**values: float) -> tuple[np.ndarray, np.ndarray]:
+    names = list(FEATURE_NAMES)
+    x, contributions = np.zeros(len(names), np.float32), np.zeros(len(names) + 1, np.float32)
+    for name, (value, contribution) in values.items():
+        x[names.index(name)], contributions[names.index(name)] = value, contribution
+    return x, contributions
+
+
+def test_reasons_are_sentences_ordered_by_summed_contribution() -> None:
+    x, contributions = _row(amount_to_user_mean_30d=(6.2, 0.9), log_amount=(np.log1p(310.0), 0.4),
+                            new_device=(1.0, 1.1), merchant_fraud_count_7d=(4.0, 0.3), is_weekend=(1.0, -0.8),
+                            kyc_level=(1.0, 0.01))
+    reasons = explain_row(FEATURE_NAMES, x, contributions, ae_score=0.2, ae_weight=0.3)
+    assert reasons == ["Amount 6.2× this user's 30-day average",  # 0.9 + 0.4 from the amount group
+                       "First purchase on a new device",
+                       "Merchant had 4 confirmed frauds in the last 7 days"]
+
+
+def test_unusual_autoencoder_reason_follows_the_strongest_and_the_list_is_capped() -> None:
+    x, contributions = _row(new_device=(1.0, 2.0), user_count_10m=(7.0, 1.5), speed_from_prev_kmh=(900.0, 1.2),
+                            user_tiny_count_10m=(3.0, 1.0), channel_online=(1.0, 0.8), is_night=(1.0, 0.6))
+    reasons = explain_row(FEATURE_NAMES, x, contributions, ae_score=0.999, ae_weight=0.3)
+    assert len(reasons) == 5 and reasons[:2] == ["First purchase on a new device", AUTOENCODER_REASON]
+    assert reasons[2] == "7 purchases by this card in the last 10 minutes"
+    assert AUTOENCODER_REASON not in explain_row(FEATURE_NAMES, x, contributions, ae_score=0.999, ae_weight=0.0)
+
+
+def test_parsing_names_every_offending_field() -> None:
+    assert parse_transaction({**VALID, "extra": {"nested": 1}}).amount == 10.0
+    with pytest.raises(ApiError) as caught:
+        parse_batch({"transactions": [VALID, {**VALID, "amount": "10"}, {**VALID, "lat": 1.0}, 7]})
+    fields = [e["field"] for e in caught.value.errors]
+    assert caught.value.status == 422
+    assert fields == ["transactions.1.amount", "transactions.2.lon", "transactions.3"]
+    with pytest.raises(ApiError) as caught:
+        parse_feedback({"transaction_id": "t-1", "is_fraud": 1, "reported_at": 5})
+    assert [e["field"] for e in caught.value.errors] == ["reported_at"]
+    assert parse_feedback({"transaction_id": "t-1", "is_fraud": True}).record()["is_fraud"] == 1
+
+
+def test_canary_draw_is_stable_and_near_its_share() -> None:
+    ids = [f"tx-{i}" for i in range(20_000)]
+    drawn = [in_canary(i, 0.1) for i in ids]
+    assert drawn == [in_canary(i, 0.1) for i in ids] and 0.09 < np.mean(drawn) < 0.11
+    assert not any(in_canary(i, 0.0) for i in ids[:100])
+
+
+def test_mcnemar_exact_and_asymptotic() -> None:
+    champion = np.array([True] * 10 + [False] * 10)
+    challenger = np.array([True] * 10 + [True] * 10)
+    exact = mcnemar(champion, challenger)
+    assert exact["method"] == "exact" and exact["only_challenger_correct"] == 10
+    assert exact["p_value"] == pytest.approx(2 * 0.5 ** 10, abs=1e-6)
+    big = mcnemar(np.r_[np.ones(40, bool), np.zeros(60, bool)], np.r_[np.zeros(40, bool), np.ones(60, bool)])
+    assert big["method"].startswith("chi-square") and big["p_value"] == pytest.approx(0.0574, abs=1e-3)  # (|40 - 60| - 1)² / 100 = 3.61
+
+
+def test_compare_reports_precision_recall_of_both_models() -> None:
+    decisions = pd.DataFrame({"transaction_id": ["a", "b", "c", "d"], "champion_version": "v1",
+                              "challenger_version": "v2", "champion_is_fraud": [True, True, False, False],
+                              "challenger_is_fraud": [True, False, True, False]})
+    feedback = pd.DataFrame({"transaction_id": ["a", "b", "c", "d", "c"], "is_fraud": [1, 0, 0, 0, 1],
+                             "reported_at": ["1", "1", "1", "1", "2"]})  # the later verdict on c wins
+    report = compare(decisions, feedback)
+    assert report["labelled"] == 4 and report["frauds"] == 2
+    assert report["champion"] == {"versions": ["v1"], "alerts": 2, "caught": 1, "precision": 0.5, "recall": 0.5}
+    assert report["challenger"] == {"versions": ["v2"], "alerts": 2, "caught": 2, "precision": 1.0, "recall": 1.0}
+    assert report["significance"]["test"] == "mcnemar" and report["significance"]["only_challenger_correct"] == 2

@@ -1,0 +1,320 @@
+"""The Serve app over HTTP (one app for the whole session): every endpoint, bad input, alerts exactly once,
+SDK/HTTP agreement, autoscaling, champion/challenger. The model is a real (small) bundle trained here."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+
+from cluster.aws import client, free_port
+from cluster.config import Settings
+
+API_KEY = "test-key"
+LABEL_DELAY = timedelta(days=3)
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    out = frame.drop(columns=["is_fraud", "fraud_scenario"], errors="ignore").copy()
+    out["timestamp"] = out["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return [{k: v for k, v in row.items() if v is not None and not (isinstance(v, float) and np.isnan(v))}
+            for row in out.to_dict(orient="records")]
+
+
+def train_bundle(settings: Settings, history: Any, *, rounds: int, seed: int, promote: bool) -> str:
+    """A real bundle from the training code, with a fixed small budget instead of a Tune search."""
+    from cluster.features import FEATURE_CODE_HASH, FEATURE_NAMES, build_features
+    from training.autoencoder import AnomalyScorer
+    from training.ensemble import fit_ensemble
+    from training.registry import ModelBundle, registry_for
+    from training.xgb import fit_xgboost
+
+    transactions = history.transactions.reset_index(drop=True)
+    features = build_features(transactions, label_delay=LABEL_DELAY, users=history.users, merchants=history.merchants)
+    x = features[list(FEATURE_NAMES)].to_numpy(np.float32)
+    y = transactions["is_fraud"].to_numpy(np.int8)
+    cut = int(len(x) * 0.6)
+    booster = fit_xgboost(x[:cut], y[:cut], FEATURE_NAMES, {"max_depth": 4, "eta": 0.2}, rounds, seed=seed)
+    anomaly = AnomalyScorer.fit(x[:cut], y[:cut], {"lr": 3e-3, "weight_decay": 1e-6}, 2, seed=seed, max_rows=20_000)
+    ensemble, _ = fit_ensemble(y[cut:], booster.inplace_predict(x[cut:]).astype(np.float64), anomaly.score(x[cut:]),
+                               transactions["amount"].to_numpy()[cut:])
+    bundle = ModelBundle(booster=booster, anomaly=anomaly, ensemble=ensemble, feature_names=FEATURE_NAMES,
+                         feature_hash=FEATURE_CODE_HASH)
+    return registry_for(settings).register(bundle, promote=promote)
+
+
+@pytest.fixture(scope="session")
+def history() -> Any:
+    from simulation.generator import SimulationConfig, simulate_history
+
+    return simulate_history(SimulationConfig(n_users=300, days=21, seed=5, fraud_rate=0.03))
+
+
+@pytest.fixture(scope="session")
+def served(ray_session: Settings, history: Any) -> Iterator[tuple[str, Settings]]:
+    from cluster.profiles import MERCHANT_PROFILE_COLUMNS, USER_PROFILE_COLUMNS, put_profiles
+    from serve.app import build_app
+    from serve.runtime import serving
+
+    settings = ray_session.model_copy(update={
+        "api_port": free_port(), "api_key": API_KEY, "serve_max_body_bytes": 1_000_000, "challenger": "latest",
+        "serve_target_ongoing_requests": 2.0, "serve_upscale_delay_s": 1.0, "serve_downscale_delay_s": 3.0,
+        "serve_max_replicas": 2, "serve_model_refresh_s": 1.0})
+    put_profiles(settings.user_table, history.users[list(USER_PROFILE_COLUMNS)], settings)
+    put_profiles(settings.merchant_table, history.merchants[list(MERCHANT_PROFILE_COLUMNS)], settings)
+    train_bundle(settings, history, rounds=60, seed=1, promote=True)
+    with serving(settings, build_app(settings), name="fraud-test") as url:
+        deadline = time.monotonic() + 120
+        while requests.get(f"{url}/healthz", timeout=30).status_code != 200:
+            assert time.monotonic() < deadline, "the app never became healthy"
+            time.sleep(0.5)
+        yield url, settings
+
+
+@pytest.fixture(scope="session")
+def alert_queue(ray_session: Settings) -> str:
+    """An SQS queue subscribed to the alert topic on the moto server: every published alert lands there."""
+    sqs, sns = client("sqs", ray_session), client("sns", ray_session)
+    queue_url = sqs.create_queue(QueueName="alerts-under-test")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    topic = sns.create_topic(Name=ray_session.alert_topic)["TopicArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"})
+    return queue_url
+
+
+def _drain(settings: Settings, queue_url: str) -> list[dict[str, Any]]:
+    sqs, messages = client("sqs", settings), []
+    while True:
+        page = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+        if not page.get("Messages"):
+            return messages
+        for message in page["Messages"]:
+            messages.append(json.loads(message["Body"]))
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+
+VALID = {"transaction_id": "api-1", "user_id": "u-api", "merchant_id": "m-api", "amount": 42.5,
+         "timestamp": "2026-01-22T10:00:00Z", "channel": "online", "lat": 52.5, "lon": 13.4, "ignored_extra": [1]}
+
+
+def test_healthz_openapi_and_one_transaction(served: tuple[str, Settings]) -> None:
+    url, _ = served
+    health = requests.get(f"{url}/healthz", timeout=30).json()
+    assert health["status"] == "ok" and health["champion"]
+    schema = requests.get(f"{url}/openapi.json", timeout=30).json()
+    for path in ("/api/check-fraud", "/api/check-fraud/batch", "/api/feedback", "/healthz", "/api/stats"):
+        assert path in schema["paths"]
+    assert "amount" in json.dumps(schema["paths"]["/api/check-fraud"]["post"]["requestBody"])
+    response = requests.post(f"{url}/api/check-fraud", json=VALID, timeout=30)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"transaction_id", "fraud_score", "is_fraud", "risk_level", "factors", "model_version",
+                         "processing_time_ms"}
+    assert body["transaction_id"] == "api-1" and 0.0 <= body["fraud_score"] <= 1.0
+    assert body["risk_level"] in ("LOW", "MEDIUM", "HIGH") and isinstance(body["factors"], list)
+    assert body["model_version"] == health["champion"] and body["processing_time_ms"] > 0
+
+
+def test_batch_results_come_back_in_input_order(served: tuple[str, Settings], history: Any) -> None:
+    url, _ = served
+    sample = _records(history.transactions.iloc[::97].head(25))
+    response = requests.post(f"{url}/api/check-fraud/batch", json={"transactions": sample}, timeout=60)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["transaction_id"] for r in results] == [t["transaction_id"] for t in sample]
+
+
+def _with(**changes: Any) -> dict[str, Any]:
+    body = {**VALID, **changes}
+    return {k: v for k, v in body.items() if v is not ...}
+
+
+BAD_TRANSACTIONS = [
+    ("missing field", _with(amount=...), "amount"),
+    ("wrong type", _with(user_id=12345), "user_id"),
+    ("boolean as number", _with(amount=True), "amount"),
+    ("negative amount", _with(amount=-3), "amount"),
+    ("amount over the limit", _with(amount=2_000_000), "amount"),
+    ("latitude out of range", _with(lat=123.0), "lat"),
+    ("unparsable timestamp", _with(timestamp="yesterday at noon"), "timestamp"),
+    ("non-string timestamp", _with(timestamp=1767225600), "timestamp"),
+    ("lat without lon", _with(lon=...), "lon"),
+    ("unknown channel", _with(channel="fax"), "channel"),
+    ("bad id characters", _with(transaction_id="a b/c"), "transaction_id"),
+]
+
+
+@pytest.mark.parametrize("case,body,field", BAD_TRANSACTIONS, ids=[c[0] for c in BAD_TRANSACTIONS])
+def test_bad_transaction_is_a_4xx_naming_the_field(served: tuple[str, Settings], case: str, body: dict, field: str) -> None:
+    url, _ = served
+    response = requests.post(f"{url}/api/check-fraud", json=body, timeout=30)
+    assert response.status_code == 422, response.text
+    assert field in [error["field"] for error in response.json()["errors"]]
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_name_their_field(served: tuple[str, Settings], literal: str) -> None:
+    url, _ = served
+    raw = json.dumps(VALID).replace('"amount": 42.5', f'"amount": {literal}')
+    response = requests.post(f"{url}/api/check-fraud", data=raw, headers={"content-type": "application/json"}, timeout=30)
+    assert response.status_code == 422 and response.json()["errors"][0]["field"] == "amount"
+
+
+def test_malformed_bodies_are_4xx(served: tuple[str, Settings]) -> None:
+    url, settings = served
+    cases = [
+        (requests.post(f"{url}/api/check-fraud", data=b"{not json", timeout=30), 400, "body"),
+        (requests.post(f"{url}/api/check-fraud", json=[VALID], timeout=30), 422, "body"),
+        (requests.post(f"{url}/api/check-fraud", data=b"x" * (settings.serve_max_body_bytes + 1), timeout=30),
+         413, "body"),
+        (requests.post(f"{url}/api/check-fraud/batch", json={"transactions": [VALID] * 1001}, timeout=60),
+         422, "transactions"),
+        (requests.post(f"{url}/api/check-fraud/batch", json={"transactions": [VALID, _with(amount="12")]}, timeout=30),
+         422, "transactions.1.amount"),
+        (requests.post(f"{url}/api/check-fraud/batch", json={"rows": []}, timeout=30), 422, "transactions"),
+    ]
+    for response, status, field in cases:
+        assert response.status_code == status, response.text
+        assert field in [error["field"] for error in response.json()["errors"]]
+    assert requests.get(f"{url}/healthz", timeout=30).status_code == 200  # nothing crashed
+
+
+def test_feedback_needs_the_key_and_is_stored(served: tuple[str, Settings]) -> None:
+    from serve.champion import FEEDBACK_PREFIX, read_log
+
+    url, settings = served
+    label = {"transaction_id": "api-1", "is_fraud": 1, "reported_at": "2026-01-23T08:00:00Z"}
+    assert requests.post(f"{url}/api/feedback", json=label, timeout=30).status_code == 401
+    wrong = requests.post(f"{url}/api/feedback", json=label, headers={"X-API-Key": "nope"}, timeout=30)
+    assert wrong.status_code == 401 and wrong.json()["errors"][0]["field"] == "X-API-Key"
+    bad = requests.post(f"{url}/api/feedback", json={"transaction_id": "api-1", "is_fraud": 7},
+                        headers={"X-API-Key": API_KEY}, timeout=30)
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"].startswith("is_fraud")
+    accepted = requests.post(f"{url}/api/feedback", json=label, headers={"X-API-Key": API_KEY}, timeout=30)
+    assert accepted.status_code == 202, accepted.text
+    stored = read_log(settings, FEEDBACK_PREFIX)
+    assert "api-1" in set(stored["transaction_id"])
+
+
+def test_high_decisions_alert_exactly_once(served: tuple[str, Settings], history: Any, alert_queue: str) -> None:
+    url, settings = served
+    transactions = history.transactions
+    frauds = transactions[transactions["is_fraud"] == 1]
+    users = frauds["user_id"].unique()[:12]
+    sample = _records(transactions[transactions["user_id"].isin(users)].tail(600))
+    first = requests.post(f"{url}/api/check-fraud/batch", json={"transactions": sample}, timeout=120).json()["results"]
+    high = {r["transaction_id"] for r in first if r["risk_level"] == "HIGH"}
+    assert high, "the sample of fraud-heavy users produced no HIGH decision"
+    retried = requests.post(f"{url}/api/check-fraud/batch", json={"transactions": sample}, timeout=120)
+    assert retried.status_code == 200
+    high_again = {r["transaction_id"] for r in retried.json()["results"] if r["risk_level"] == "HIGH"}
+    assert high & high_again, "no HIGH decision was retried"
+    deadline, messages = time.monotonic() + 20, []
+    while time.monotonic() < deadline:
+        messages += _drain(settings, alert_queue)
+        if len({m["transaction"]["transaction_id"] for m in messages}) >= len(high | high_again):
+            break
+        time.sleep(0.5)
+    messages += _drain(settings, alert_queue)
+    alerted = [m["transaction"]["transaction_id"] for m in messages]
+    assert len(alerted) == len(set(alerted)), "a transaction was alerted twice"
+    assert set(alerted) == high | high_again  # every HIGH decision alerted, retries included once
+    assert all(m["risk_level"] == "HIGH" and m["factors"] and m["model_version"] for m in messages)
+
+
+def test_stats_count_what_was_scored(served: tuple[str, Settings]) -> None:
+    url, _ = served
+    before = requests.get(f"{url}/api/stats", timeout=30).json()
+    requests.post(f"{url}/api/check-fraud", json=_with(transaction_id="stats-1"), timeout=30).raise_for_status()
+    after = requests.get(f"{url}/api/stats", timeout=30).json()
+    assert set(after) >= {"produced", "scored", "alerts", "tps", "latency_ms", "stream_lag_ms"}
+    assert after["scored"] >= before["scored"] + 1 and after["latency_ms"]["p50"] > 0
+
+
+def test_sdk_and_http_scores_agree(served: tuple[str, Settings], history: Any) -> None:
+    from cluster.feature_state import OnlineFeatures
+    from serve.sdk import FraudDetector
+
+    url, settings = served
+    OnlineFeatures(settings, actor_cpus=0.1).snapshot()  # the server's feature state -> S3 ...
+    detector = FraudDetector(settings, feature_state="sdk-agreement")  # ... which the SDK's fresh actors restore
+    sequence = _records(history.transactions.tail(40))
+    over_http = [requests.post(f"{url}/api/check-fraud", json=t, timeout=30).json() for t in sequence]
+    in_process = [detector.predict(t) for t in sequence]
+    for http, sdk in zip(over_http, in_process):
+        assert http["transaction_id"] == sdk["transaction_id"]
+        assert http["fraud_score"] == pytest.approx(sdk["fraud_score"], abs=1e-9)
+        assert (http["risk_level"], http["factors"], http["model_version"]) == (
+            sdk["risk_level"], sdk["factors"], sdk["model_version"])
+    detector.features.shutdown()
+
+
+def _replicas() -> dict[str, int]:
+    from ray import serve
+    from ray.serve._private.common import ReplicaState
+
+    app = serve.status().applications["fraud-test"]
+    return {name: d.replica_states.get(ReplicaState.RUNNING, 0) for name, d in app.deployments.items()}
+
+
+def test_autoscaling_goes_up_under_load_and_down_when_idle(served: tuple[str, Settings], history: Any) -> None:
+    from serve.loadgen import run_load
+
+    url, _ = served
+    _wait_for_one_replica_each()
+    bodies = [json.dumps(t).encode() for t in _records(history.transactions.head(3000))]
+    peak: dict[str, int] = {}
+    for _ in range(6):
+        run_load(f"{url}/api/check-fraud", lambda i: bodies[i % len(bodies)], requests=2000, concurrency=16,
+                 max_seconds=5)
+        peak = {name: max(count, peak.get(name, 0)) for name, count in _replicas().items()}
+        if max(peak.values()) > 1:
+            break
+    assert max(peak.values()) > 1, f"no deployment scaled up under load: {peak}"
+    _wait_for_one_replica_each()
+
+
+def _wait_for_one_replica_each(timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while max(_replicas().values()) > 1:
+        assert time.monotonic() < deadline, f"still scaled up after idling: {_replicas()}"
+        time.sleep(1)
+
+
+def test_challenger_shadow_compare_and_promote(served: tuple[str, Settings], history: Any) -> None:
+    from serve.champion import DECISIONS_PREFIX, read_log, run_compare
+    from training.registry import registry_for
+
+    url, settings = served
+    key = {"X-API-Key": API_KEY}
+    champion = requests.get(f"{url}/healthz", timeout=30).json()["champion"]
+    challenger = train_bundle(settings, history, rounds=20, seed=2, promote=False)
+    reloaded = requests.post(f"{url}/api/admin/reload", headers=key, timeout=60).json()
+    assert reloaded == {"champion": champion, "challenger": challenger}
+    labelled = history.transactions.iloc[-200:]
+    sample = _records(labelled)
+    results = requests.post(f"{url}/api/check-fraud/batch", json={"transactions": sample}, timeout=120).json()["results"]
+    assert {r["model_version"] for r in results} == {champion}  # shadow: answers still come from the champion
+    for tid, label in zip(labelled["transaction_id"], labelled["is_fraud"]):
+        requests.post(f"{url}/api/feedback", json={"transaction_id": tid, "is_fraud": int(label)}, headers=key,
+                      timeout=30).raise_for_status()
+    deadline = time.monotonic() + 30
+    while len(read_log(settings, DECISIONS_PREFIX)) < len(sample):
+        assert time.monotonic() < deadline, "challenger decisions were not logged"
+        time.sleep(1)
+    report = run_compare(settings)
+    assert report["labelled"] >= len(sample) and report["frauds"] == int(labelled["is_fraud"].sum())
+    assert report["champion"]["versions"] == [champion] and report["challenger"]["versions"] == [challenger]
+    assert 0.0 <= report["significance"]["p_value"] <= 1.0 and report["significance"]["test"] == "mcnemar"
+
+    registry_for(settings).promote(challenger)
+    assert requests.post(f"{url}/api/admin/reload", headers=key, timeout=60).json()["champion"] == challenger
+    answer = requests.post(f"{url}/api/check-fraud", json=_with(transaction_id="after-promote"), timeout=30).json()
+    assert answer["model_version"] == challenger

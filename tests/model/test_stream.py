@@ -1,0 +1,117 @@
+"""Stream scoring against the embedded Kinesis over HTTP: N produced -> exactly N decisions, through a consumer
+crash and through resharding; never a second alert for a transaction."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from cluster.aws import client
+from cluster.config import Settings
+from simulation.producers import put_records_reliably, to_kinesis_entries
+from tests.streams import create_stream, read_all
+
+
+def stream_settings(settings: Settings, shards: int) -> Settings:
+    return settings.model_copy(update={"stream_name": create_stream(settings, shards, "in"),
+                                       "decisions_stream_name": create_stream(settings, shards, "decisions")})
+
+
+def traffic(history: Any, rows: int, tag: str) -> pd.DataFrame:
+    """The latest simulated rows (labels included, as the simulator sends them), ids made unique per test."""
+    frame = history.transactions.tail(rows).reset_index(drop=True).copy()
+    frame["transaction_id"] = [f"{tag}-{i}" for i in range(len(frame))]
+    return frame
+
+
+def produce(settings: Settings, frame: pd.DataFrame) -> None:
+    put_records_reliably(client("kinesis", settings), settings.stream_name, to_kinesis_entries(frame))
+
+
+def wait_for_decisions(settings: Settings, expected: set[str], timeout_s: float = 240) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        decisions = read_all(settings, settings.decisions_stream_name)
+        if {d["transaction_id"] for d in decisions} >= expected or time.monotonic() > deadline:
+            return decisions
+        time.sleep(1.0)
+
+
+def ledger_ids(settings: Settings, prefix: str) -> list[str]:
+    items = client("dynamodb", settings).scan(TableName=settings.alert_ledger_table)["Items"]
+    return [i["transaction_id"]["S"] for i in items if i["transaction_id"]["S"].startswith(prefix)]
+
+
+@pytest.fixture()
+def scoring():
+    started = []
+
+    def start(settings: Settings):
+        from cluster.stream import StreamScoring
+
+        started.append(StreamScoring(settings, poll_shards_s=0.5).start())
+        return started[-1]
+
+    yield start
+    for stream in started:
+        stream.stop()
+
+
+def test_every_transaction_gets_exactly_one_decision(ray_session, champion_model, small_history, scoring) -> None:
+    settings = stream_settings(ray_session, shards=2)
+    frame = traffic(small_history, 600, "once")
+    produce(settings, frame)
+    stream = scoring(settings)
+    decisions = wait_for_decisions(settings, set(frame["transaction_id"]))
+    ids = [d["transaction_id"] for d in decisions]
+    assert sorted(ids) == sorted(frame["transaction_id"]), "exactly N decisions, none lost, none repeated"
+    assert all(0.0 <= d["fraud_score"] <= 1.0 and d["model_version"] == champion_model for d in decisions)
+    assert {d["risk_level"] for d in decisions} <= {"LOW", "MEDIUM", "HIGH"}
+    assert {"is_fraud", "fraud_scenario"} <= set(decisions[0]), "simulator ground truth travels with decisions"
+    high = {d["transaction_id"] for d in decisions if d["risk_level"] == "HIGH"}
+    assert sorted(ledger_ids(settings, "once-")) == sorted(high)
+    status = stream.status()
+    assert sum(s["scored"] for s in status["shards"].values()) == len(frame)
+
+
+def test_a_killed_consumer_restarts_and_nothing_is_lost_or_alerted_twice(
+        ray_session, champion_model, small_history, scoring) -> None:
+    import ray
+
+    settings = stream_settings(ray_session, shards=2)
+    frame = traffic(small_history, 1_500, "crash")
+    stream = scoring(settings)
+    produce(settings, frame.iloc[:500])
+    wait_for_decisions(settings, set(frame["transaction_id"].iloc[:100]), timeout_s=120)
+    victim = next(iter(stream.consumers.values()))
+    ray.kill(victim, no_restart=False)
+    produce(settings, frame.iloc[500:])
+    decisions = wait_for_decisions(settings, set(frame["transaction_id"]))
+    assert {d["transaction_id"] for d in decisions} == set(frame["transaction_id"])
+    high = {d["transaction_id"] for d in decisions if d["risk_level"] == "HIGH"}
+    alerted = ledger_ids(settings, "crash-")
+    assert len(alerted) == len(set(alerted)) and set(alerted) == high
+    deadline = time.monotonic() + 30
+    while stream.restarts == 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert stream.restarts >= 1
+
+
+def test_resharding_from_two_to_four_shards_loses_nothing(ray_session, champion_model, small_history, scoring) -> None:
+    settings = stream_settings(ray_session, shards=2)
+    frame = traffic(small_history, 1_200, "reshard")
+    stream = scoring(settings)
+    produce(settings, frame.iloc[:600])
+    client("kinesis", settings).update_shard_count(StreamName=settings.stream_name, TargetShardCount=4,
+                                                   ScalingType="UNIFORM_SCALING")
+    produce(settings, frame.iloc[600:])
+    decisions = wait_for_decisions(settings, set(frame["transaction_id"]))
+    assert {d["transaction_id"] for d in decisions} == set(frame["transaction_id"])
+    deadline = time.monotonic() + 30
+    while len(stream.finished) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(stream.finished) == 2, "both parent shards drained and closed"
+    assert len(stream.consumers) >= 4
