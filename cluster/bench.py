@@ -8,8 +8,16 @@ from __future__ import annotations
 import importlib
 import os
 import platform
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
+from datetime import date
+from pathlib import Path
 from typing import Any, Callable
+
+import pandas as pd
 
 from cluster.config import Settings
 
@@ -20,7 +28,32 @@ SECTIONS: dict[str, str] = {
     "serving": "serve.bench:bench_serving",
     "features_offline": "cluster.offline_features:bench_features_offline",
     "features_online": "cluster.feature_state:bench_features_online",
+    "stream": "cluster.stream:bench_stream",
 }
+
+
+@contextmanager
+def trained_environment(settings: Settings, *, users: int = 400, days: int = 28) -> Iterator[tuple[Settings, Path, str]]:
+    """Embedded AWS, local Ray, simulated history with profiles in DynamoDB, and a model trained on it (small
+    Tune budget) as champion: what the serving and stream benches measure against. Yields (settings, data, version).
+    """
+    from cluster.profiles import MERCHANT_PROFILE_COLUMNS, USER_PROFILE_COLUMNS, put_profiles
+    from cluster.runtime import aws_endpoint, ray_runtime
+    from simulation.history import profile_paths, run_simulate
+    from training.pipeline import TrainOptions, run_train
+
+    workdir = Path(tempfile.mkdtemp(prefix="fraud-bench-"))
+    base = settings.model_copy(update={"aws_mode": "embedded", "aws_endpoint_url": None, "data_dir": workdir})
+    with aws_endpoint(base) as live, ray_runtime(live, num_cpus=os.cpu_count()):
+        data = workdir / "history.parquet"
+        with redirect_stdout(sys.stderr):  # stdout carries only the bench's JSON
+            run_simulate(live, out=data, users=users, days=days, start=date(2026, 1, 1), seed=live.seed,
+                         fraud_rate=0.02)
+            users_path, merchants_path = profile_paths(data)
+            put_profiles(live.user_table, pd.read_parquet(users_path)[list(USER_PROFILE_COLUMNS)], live)
+            put_profiles(live.merchant_table, pd.read_parquet(merchants_path)[list(MERCHANT_PROFILE_COLUMNS)], live)
+            version = run_train(live, TrainOptions(data=data, trials=2))["version"]
+        yield live, data, version
 
 
 def _load(target: str) -> Callable[[Settings], dict[str, Any]]:

@@ -55,13 +55,16 @@ class Settings(BaseSettings):
     label_delay_days: float = Field(7.0, ge=0)
     producer_actors: int = Field(2, ge=1)
     target_tps: float = Field(200.0, gt=0)
+    # Set by cluster.runtime.aws_endpoint once it has started moto for this run (and exported to Ray workers).
+    embedded_aws: bool = False
 
     @property
     def uses_real_aws(self) -> bool:
+        if self.embedded_aws:
+            return False
         if self.aws_mode != "auto":
             return self.aws_mode == "real"
         return bool(self.aws_endpoint_url or self.aws_access_key_id or self.aws_profile)
-
 
     @property
     def requires_api_key(self) -> bool:

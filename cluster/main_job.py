@@ -7,8 +7,9 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from tqdm import tqdm
 
 from cluster.config import Settings
 from cluster.runtime import aws_endpoint, ray_runtime
+from cluster.stream import StreamScoring
 
 
 @dataclass(frozen=True)
@@ -82,50 +84,96 @@ def run_main_job(settings: Settings, options: MainJobOptions) -> None:
         _run(settings, options)
     except KeyboardInterrupt:
         print("Interrupted during start-up; everything started so far is stopped.", flush=True)
+    print("Stopped: nothing of this run is left running.", flush=True)
+
+
+def _ensure_model(settings: Settings, users: int) -> str:
+    """The champion's version; with an empty registry, simulate history and train one with the default budget."""
+    from simulation.history import run_simulate
+    from training.pipeline import TrainOptions, run_train
+    from training.registry import registry_for
+
+    champion = registry_for(settings).resolve("champion")
+    if champion is not None:
+        return champion
+    print("No model in the registry yet: simulating history and training one (default budget)...", flush=True)
+    history = Path(settings.data_dir).resolve() / "bootstrap" / "history.parquet"
+    run_simulate(settings, out=history, users=users, days=60, start=date(2026, 1, 1), seed=settings.seed,
+                 fraud_rate=settings.fraud_rate)
+    return run_train(settings, TrainOptions(data=history))["version"]
 
 
 def _run(settings: Settings, options: MainJobOptions) -> None:
-    import ray
-
+    from serve.app import build_app
+    from serve.runtime import serving
+    from serve.stats import stats_actor
     from simulation.producers import producer_totals, start_producers
 
-    embedded = not settings.uses_real_aws
-    with _single_instance(settings), aws_endpoint(settings) as live, ray_runtime(live):
-        mode = f"embedded AWS (moto) at {live.aws_endpoint_url}" if embedded else "real AWS"
+    with _single_instance(settings), aws_endpoint(settings) as live, ray_runtime(live), ExitStack() as running:
+        mode = f"embedded AWS (moto) at {live.aws_endpoint_url}" if live.embedded_aws else "real AWS"
         print(f"AWS: {mode}; stream {live.stream_name} ({live.stream_shards} shards)", flush=True)
         print(f"Profiles: {_publish_profiles(live, options.users)} users written to DynamoDB", flush=True)
+        print(f"Model: champion {_ensure_model(live, options.users)}", flush=True)
+        api_url = running.enter_context(serving(live, build_app(live)))
+        print(f"API: {api_url}/api/check-fraud  (docs {api_url}/docs, stats {api_url}/api/stats)", flush=True)
+        if options.stream:
+            stream = StreamScoring(live).start()
+            running.callback(stream.stop)
+            print(f"Stream scoring: one consumer per shard of {live.stream_name} -> {live.decisions_stream_name}",
+                  flush=True)
         handles: list[Any] = []
         if options.simulation:
             handles, _ = start_producers(live, tps=options.tps, n_users=options.users)
+            running.callback(_stop_producers, handles)
             print(f"Simulation: {len(handles)} producer actors at {options.tps:g} tx/s", flush=True)
+        if options.ui:
+            print("Dashboard: not part of this build yet (the API and /api/stats are live).", flush=True)
         print("Running. Ctrl-C or `fraudctl down` stops everything.", flush=True)
-        began = time.monotonic()
-        totals: dict[str, Any] = {"produced": 0}
-        try:
-            with tqdm(desc="produced", unit="tx", file=sys.stdout, dynamic_ncols=True) as bar:
-                while True:
-                    time.sleep(1.0)
-                    if handles:
-                        totals = producer_totals(handles)
-                        bar.update(totals["produced"] - bar.n)
-                        if totals["errors"]:
-                            raise RuntimeError(f"producer failed: {totals['errors'][0]}")
-        except KeyboardInterrupt:
-            pass
-        finally:
-            for handle in handles:
-                handle.stop.remote()
-            if handles:
-                totals = producer_totals(handles)
-                for handle in handles:
-                    ray.kill(handle)
-            elapsed = time.monotonic() - began
-            print(f"\nStopped after {elapsed:.0f} s: {totals['produced']} transactions produced "
-                  f"({totals['produced'] / max(elapsed, 1e-9):.0f} tx/s).", flush=True)
+        _watch(stats_actor(), handles, producer_totals)
 
 
-def stop_main_job(settings: Settings, timeout_s: float = 60.0) -> str:
-    """Ask a running ``fraudctl up`` to stop exactly as Ctrl-C would (SIGINT) and wait until it has."""
+def _stop_producers(handles: list[Any]) -> None:
+    import ray
+
+    for handle in handles:
+        handle.stop.remote()
+    for handle in handles:
+        ray.kill(handle)
+
+
+def _watch(stats: Any, handles: list[Any], producer_totals: Any) -> None:
+    """Live progress until Ctrl-C: produced (reported to the stats actor here), scored, alerts, rate, lag."""
+    import ray
+
+    began = time.monotonic()
+    snapshot: dict[str, Any] = {"produced": 0, "scored": 0, "alerts": 0}
+    produced = 0
+    try:
+        with tqdm(desc="scored", unit="tx", file=sys.stdout, dynamic_ncols=True) as bar:
+            while True:
+                time.sleep(1.0)
+                if handles:
+                    totals = producer_totals(handles)
+                    if totals["errors"]:
+                        raise RuntimeError(f"producer failed: {totals['errors'][0]}")
+                    stats.record.remote(produced=totals["produced"] - produced)
+                    produced = totals["produced"]
+                snapshot = ray.get(stats.snapshot.remote())
+                bar.update(snapshot["scored"] - bar.n)
+                bar.set_postfix(produced=snapshot["produced"], alerts=snapshot["alerts"], tps=snapshot["tps"],
+                                lag_p99_ms=snapshot["stream_lag_ms"]["p99"])
+    except KeyboardInterrupt:
+        pass
+    elapsed = time.monotonic() - began
+    print(f"\nStopping after {elapsed:.0f} s: {snapshot['produced']} produced, {snapshot['scored']} scored, "
+          f"{snapshot['alerts']} alerts.", flush=True)
+
+
+def stop_main_job(settings: Settings, timeout_s: float = 180.0) -> str:
+    """Ask a running ``fraudctl up`` to stop exactly as Ctrl-C would (SIGINT) and wait until it has.
+
+    If it has to be killed, the HAProxy ingress it started (which outlives its parent) is stopped here too.
+    """
     pid_file = _pid_file(settings)
     if not pid_file.exists():
         return "fraudctl up is not running"
@@ -137,7 +185,30 @@ def stop_main_job(settings: Settings, timeout_s: float = 60.0) -> str:
     deadline = time.monotonic() + timeout_s
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if _alive(pid):
-        os.kill(pid, signal.SIGKILL)
-        return f"fraudctl up (pid {pid}) did not stop within {timeout_s:.0f} s and was killed"
-    return f"fraudctl up (pid {pid}) stopped"
+    if not _alive(pid):
+        return f"fraudctl up (pid {pid}) stopped"
+    os.kill(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
+    reaped = _stop_orphaned_ingress(settings)
+    return f"fraudctl up (pid {pid}) did not stop within {timeout_s:.0f} s and was killed ({reaped} ingress reaped)"
+
+
+def _stop_orphaned_ingress(settings: Settings) -> int:
+    """Kill HAProxy processes running from this data directory's Serve state folder."""
+    from serve.runtime import serve_env
+
+    state = serve_env(settings).get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE")
+    if not state:
+        return 0
+    reaped = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "haproxy" in command and state in command:
+            os.kill(int(proc.name), signal.SIGKILL)
+            reaped += 1
+    return reaped

@@ -19,7 +19,7 @@ def aws_endpoint(settings: Settings | None = None) -> Iterator[Settings]:
     embedded: EmbeddedAWS | None = None
     if not settings.uses_real_aws:
         embedded = EmbeddedAWS()
-        settings = settings.model_copy(update={"aws_endpoint_url": embedded.start()})
+        settings = settings.model_copy(update={"aws_endpoint_url": embedded.start(), "embedded_aws": True})
         log.info("embedded AWS (moto) listening on %s", settings.aws_endpoint_url)
     previous = get_settings()
     use_settings(settings)

@@ -157,14 +157,15 @@ class ShardConsumer:
             transactions = [tx for tx, _, _ in valid]
             decisions = self.detector.predict_batch(transactions)
             decided_at = datetime.now(timezone.utc)
-            entries = [{"Data": json.dumps({**decision, **truth, "decided_at": decided_at.isoformat()}).encode(),
+            lags = [(decided_at - record["ApproximateArrivalTimestamp"]).total_seconds() * 1000.0
+                    for _, _, record in valid]
+            entries = [{"Data": json.dumps({**decision, **truth, "decided_at": decided_at.isoformat(),
+                                            "stream_lag_ms": round(lag, 1)}).encode(),
                         "PartitionKey": decision["transaction_id"]}
-                       for decision, (_, truth, _) in zip(decisions, valid)]
+                       for decision, (_, truth, _), lag in zip(decisions, valid, lags)]
             put_records_reliably(self.kinesis, self.settings.decisions_stream_name, entries)
             alerts = self.alerts.publish_high(decisions, transactions)
             elapsed_ms = (time.perf_counter() - started) * 1000.0
-            lags = [(decided_at - record["ApproximateArrivalTimestamp"]).total_seconds() * 1000.0
-                    for _, _, record in valid]
             self.stats.add(scored=len(valid), alerts=alerts, latency_ms=elapsed_ms / len(valid), stream_lags_ms=lags)
             self.status.scored += len(valid)
             self.status.alerts += alerts
@@ -267,3 +268,70 @@ class StreamScoring:
             ray.kill(consumer, no_restart=True)
         self.consumers.clear()
         self.runs.clear()
+
+
+def bench_stream(settings: Settings, *, backlog: int = 30_000, lag_tps: float = 2_000, lag_seconds: float = 30) -> dict[str, Any]:
+    """End-to-end figures through the embedded Kinesis, in one run:
+
+    - sustained: a backlog of simulated records already in the stream, scored by the consumers from a cold start
+      to the last decision (tx/s), beside the emulator's own put rate for the same records (the ceiling);
+    - lag: the producers at ``lag_tps`` for ``lag_seconds``; stream lag = decision time - Kinesis arrival.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from cluster.bench import trained_environment
+    from simulation.producers import producer_totals, put_records_reliably, start_producers, to_kinesis_entries
+
+    with trained_environment(settings) as (live, data, version):
+        kinesis = client("kinesis", live)
+        frame = pd.read_parquet(data).head(backlog)
+        frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
+        entries = to_kinesis_entries(frame)
+        began = time.perf_counter()
+        put_records_reliably(kinesis, live.stream_name, entries)
+        put_seconds = time.perf_counter() - began
+
+        scoring = StreamScoring(live, poll_shards_s=0.5).start()
+        began = time.perf_counter()
+        while sum(s.get("scored", 0) for s in scoring.status()["shards"].values()) < len(entries):
+            time.sleep(0.25)
+        scored_seconds = time.perf_counter() - began
+
+        handles, _ = start_producers(live, tps=lag_tps, n_users=2_000)
+        time.sleep(lag_seconds)
+        produced = producer_totals(handles)["produced"]
+        for handle in handles:
+            handle.stop.remote()
+        time.sleep(3.0)
+        scoring.stop()
+        lags = _decision_lags(live, skip=len(entries))
+    return {
+        "model_version": version,
+        "shards": live.stream_shards,
+        "sustained": {"records": len(entries), "seconds": round(scored_seconds, 2),
+                      "end_to_end_tps": round(len(entries) / scored_seconds, 1),
+                      "emulator_put_tps": round(len(entries) / put_seconds, 1), "goal_tps": 5_000},
+        "lag_at_target": {"target_tps": lag_tps, "achieved_produce_tps": round(produced / lag_seconds, 1),
+                          "decisions": len(lags),
+                          "p50_ms": round(float(np.percentile(lags, 50)), 1) if lags else None,
+                          "p99_ms": round(float(np.percentile(lags, 99)), 1) if lags else None,
+                          "goal_p99_ms": 1_000},
+    }
+
+
+def _decision_lags(settings: Settings, skip: int) -> list[float]:
+    """Stream lag of every decision after the first ``skip`` (the backlog phase), read back from the output."""
+    kinesis = client("kinesis", settings)
+    decisions: list[dict[str, Any]] = []
+    for shard in kinesis.list_shards(StreamName=settings.decisions_stream_name)["Shards"]:
+        iterator = kinesis.get_shard_iterator(StreamName=settings.decisions_stream_name, ShardId=shard["ShardId"],
+                                              ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        while iterator:
+            page = kinesis.get_records(ShardIterator=iterator, Limit=MAX_GET_RECORDS)
+            decisions.extend(json.loads(r["Data"]) for r in page["Records"])
+            if not page["Records"] and page.get("MillisBehindLatest", 0) == 0:
+                break
+            iterator = page.get("NextShardIterator")
+    decisions.sort(key=lambda d: d["decided_at"])
+    return [d["stream_lag_ms"] for d in decisions[skip:]]
