@@ -1,0 +1,246 @@
+"""Training stage: policy, ensemble, registry round trip, causality of scores, model behaviour, backtest CLI.
+
+Models here are trained for real, on a small handbook-style history (about 20,000 rows) with fixed
+hyperparameters; the Ray Tune path runs in the backtest CLI test.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cluster.features import FEATURE_CODE_HASH, FEATURE_NAMES, build_features
+from cluster.schema import LABEL_COLUMN
+from training.autoencoder import AnomalyScorer
+from training.baseline import HandbookConfig, simulate_handbook
+from training.data import take, time_periods
+from training.ensemble import Calibration, fit_ensemble
+from training.policy import RiskPolicy
+from training.predict import FraudScorer
+from training.registry import FeatureHashMismatch, ModelBundle, ModelRegistry
+from training.xgb import fit_xgboost
+
+DELAY = timedelta(days=7)
+START = date(2026, 1, 1)
+PARAMS = {"max_depth": 4, "eta": 0.1, "min_child_weight": 1.0, "subsample": 1.0, "colsample_bytree": 1.0,
+          "scale_pos_weight": 1.0}
+
+
+@pytest.fixture(scope="module")
+def history() -> pd.DataFrame:
+    config = HandbookConfig(customers=300, terminals=600, days=36, start=START, seed=3,
+                            compromised_terminals_per_day=1.0, compromised_customers_per_day=1.0)
+    return simulate_handbook(config).drop(columns=["fraud_scenario"])
+
+
+def featurize(transactions: pd.DataFrame) -> pd.DataFrame:
+    return build_features(transactions, label_delay=DELAY)
+
+
+@pytest.fixture(scope="module")
+def features(history: pd.DataFrame) -> pd.DataFrame:
+    return featurize(history)
+
+
+@pytest.fixture(scope="module")
+def bundle(history: pd.DataFrame, features: pd.DataFrame) -> ModelBundle:
+    day = lambda n: pd.Timestamp(START, tz="UTC") + pd.Timedelta(days=n)  # noqa: E731
+    train = take("train", history, features, FEATURE_NAMES, (day(8), day(18)))
+    valid = take("validation", history, features, FEATURE_NAMES, (day(25), day(36)))
+    assert train.fraud_count > 20 and valid.fraud_count > 20
+    booster = fit_xgboost(train.x, train.y, FEATURE_NAMES, PARAMS, 120)
+    anomaly = AnomalyScorer.fit(train.x, train.y, {"lr": 3e-3, "weight_decay": 1e-5}, 3)
+    ensemble, _ = fit_ensemble(valid.y, booster.inplace_predict(valid.x).astype(float), anomaly.score(valid.x),
+                               valid.frame["amount"].to_numpy())
+    return ModelBundle(booster=booster, anomaly=anomaly, ensemble=ensemble, feature_names=FEATURE_NAMES,
+                       feature_hash=FEATURE_CODE_HASH, metrics={"test": {"average_precision": 0.5}})
+
+
+@pytest.fixture(scope="module")
+def scorer(bundle: ModelBundle) -> FraudScorer:
+    return FraudScorer(bundle)
+
+
+def test_policy_alerts_exactly_the_high_band() -> None:
+    policy = RiskPolicy(threshold=0.6, medium=0.2)
+    scores = np.array([0.0, 0.19, 0.2, 0.59, 0.6, 1.0])
+    assert policy.risk_levels(scores).tolist() == ["LOW", "LOW", "MEDIUM", "MEDIUM", "HIGH", "HIGH"]
+    assert policy.is_fraud(scores).tolist() == [False, False, False, False, True, True]
+    with pytest.raises(ValueError, match="medium <= threshold"):
+        RiskPolicy(threshold=0.2, medium=0.6)
+
+
+def test_ensemble_drops_an_autoencoder_that_adds_nothing_and_calibrates() -> None:
+    rng = np.random.default_rng(0)
+    y = (rng.random(5000) < 0.05).astype(int)
+    xgb_score = np.clip(0.6 * y + rng.normal(0.2, 0.15, len(y)), 0, 1)
+    noise = rng.random(len(y))
+    ensemble, choice = fit_ensemble(y, xgb_score, noise, rng.uniform(1, 100, len(y)))
+    assert ensemble.xgb_weight == 1.0 and ensemble.ae_weight == 0.0 and not choice["autoencoder_adds_value"]
+    calibrated = ensemble.fraud_score(xgb_score, noise)
+    assert calibrated.min() >= 0 and calibrated.max() <= 1
+    order = np.argsort(xgb_score)
+    assert np.all(np.diff(calibrated[order]) >= -1e-12)  # calibration keeps the ranking
+    # calibrated scores read as probabilities: mean close to the fraud rate
+    assert abs(calibrated.mean() - y.mean()) < 0.01
+    isotonic = Calibration.fit(xgb_score, y, "isotonic").apply(xgb_score)
+    assert abs(isotonic.mean() - y.mean()) < 0.01
+
+
+def test_cost_objective_alerts_less_when_reviews_cost_more() -> None:
+    rng = np.random.default_rng(1)
+    y = (rng.random(4000) < 0.05).astype(int)
+    scores = np.clip(0.4 * y + rng.normal(0.3, 0.2, len(y)), 0, 1)
+    amounts = rng.uniform(10, 200, len(y))
+    cheap, _ = fit_ensemble(y, scores, scores, amounts, objective="cost", review_cost=1.0)
+    dear, _ = fit_ensemble(y, scores, scores, amounts, objective="cost", review_cost=500.0)
+    assert dear.policy.threshold > cheap.policy.threshold
+
+
+def test_time_periods_leave_one_label_delay_between_periods() -> None:
+    start = pd.Timestamp("2026-01-01", tz="UTC")
+    periods = time_periods(start, start + pd.Timedelta(days=60), label_delay=DELAY)
+    assert periods.train[0] > start
+    assert periods.validation[0] - periods.train[1] == pd.Timedelta(DELAY)
+    assert periods.test[0] - periods.validation[1] == pd.Timedelta(DELAY)
+    with pytest.raises(ValueError, match="too short"):
+        time_periods(start, start + pd.Timedelta(days=15), label_delay=DELAY)
+
+
+def test_scorer_output(scorer: FraudScorer, features: pd.DataFrame) -> None:
+    batch = features.iloc[-500:]
+    out = scorer.score(batch, contributions=True)
+    assert out["transaction_id"].tolist() == batch["transaction_id"].tolist()
+    assert out["fraud_score"].between(0, 1).all() and out["ae_score"].between(0, 1).all()
+    assert set(out["risk_level"]) <= {"LOW", "MEDIUM", "HIGH"}
+    assert (out["is_fraud"] == (out["risk_level"] == "HIGH")).all()
+    contributions = out.filter(like="contrib_").to_numpy().sum(axis=1)
+    margin = np.log(out["xgb_score"] / (1 - out["xgb_score"]))
+    np.testing.assert_allclose(contributions, margin, rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match="amount"):
+        scorer.score(batch.drop(columns=["amount"]))
+
+
+def test_registry_round_trip_gives_identical_scores(bundle: ModelBundle, features: pd.DataFrame, tmp_path,
+                                                     aws_settings) -> None:
+    expected = FraudScorer(bundle).score(features)
+    for registry in (ModelRegistry(root=tmp_path), ModelRegistry(aws_settings)):
+        version = registry.register(bundle)
+        assert registry.resolve("latest") == version and version in registry.versions()
+        loaded = registry.load("latest")
+        pd.testing.assert_frame_equal(FraudScorer(loaded).score(features), expected)
+        assert loaded.feature_hash == FEATURE_CODE_HASH and loaded.version == version
+
+
+def test_registry_refuses_a_bundle_built_with_other_feature_code(bundle: ModelBundle, tmp_path) -> None:
+    registry = ModelRegistry(root=tmp_path)
+    stale = ModelBundle(**{**bundle.__dict__, "feature_hash": "0" * 64})
+    registry.register(stale)
+    with pytest.raises(FeatureHashMismatch, match="retrain"):
+        registry.load("latest")
+
+
+def test_champion_moves_only_for_a_model_at_least_as_good(bundle: ModelBundle, tmp_path) -> None:
+    registry = ModelRegistry(root=tmp_path)
+    first = registry.register(bundle)
+    worse = ModelBundle(**{**bundle.__dict__, "metrics": {"test": {"average_precision": 0.1}}})
+    second = registry.register(worse)
+    assert registry.resolve("latest") == second and registry.resolve("champion") == first
+    registry.promote(second)
+    assert registry.resolve("champion") == second
+
+
+def test_a_label_revealed_later_changes_no_score_before_it_is_known(history: pd.DataFrame, scorer: FraudScorer,
+                                                                   features: pd.DataFrame) -> None:
+    frauds = history.index[(history[LABEL_COLUMN] == 1) & (history["timestamp"] < history["timestamp"].max()
+                                                            - pd.Timedelta(days=10))]
+    relabelled = history.copy()
+    relabelled.loc[frauds, LABEL_COLUMN] = 0
+    known_from = history.loc[frauds, "timestamp"].min() + DELAY
+    before = (history["timestamp"] <= known_from).to_numpy()
+    original, changed = scorer.score(features), scorer.score(featurize(relabelled))
+    pd.testing.assert_frame_equal(changed[before], original[before])
+    assert not np.allclose(changed.loc[~before, "fraud_score"], original.loc[~before, "fraud_score"])
+
+
+def test_changing_future_rows_changes_no_past_score(history: pd.DataFrame, scorer: FraudScorer,
+                                                    features: pd.DataFrame) -> None:
+    cutoff = history["timestamp"].quantile(0.6)
+    past = history["timestamp"] < cutoff
+    future = history[~past].sample(frac=0.7, random_state=0)  # drop some, shuffle the order of the rest
+    future["amount"] = future["amount"].sample(frac=1.0, random_state=1).to_numpy()
+    future[LABEL_COLUMN] = 1 - future[LABEL_COLUMN]
+    altered = pd.concat([history[past], future], ignore_index=True)
+    altered_scores = scorer.score(featurize(altered)).iloc[: int(past.sum())].reset_index(drop=True)
+    expected = scorer.score(features[past.to_numpy()]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(altered_scores, expected)
+
+
+def test_raising_an_amount_far_above_habit_at_a_risky_merchant_does_not_lower_the_score(
+        history: pd.DataFrame, scorer: FraudScorer, features: pd.DataFrame) -> None:
+    late = (history["timestamp"] > history["timestamp"].quantile(0.7)).to_numpy()
+    risky = features["merchant_risk_7d"].to_numpy() > np.quantile(features["merchant_risk_7d"], 0.95)
+    genuine = (history[LABEL_COLUMN] == 0).to_numpy()
+    cases = history.index[late & risky & genuine][:5]
+    assert len(cases) == 5
+    for row in cases:
+        raised = history.copy()
+        habit = history.loc[history["user_id"] == history.at[row, "user_id"], "amount"].mean()
+        raised.at[row, "amount"] = round(max(habit, history.at[row, "amount"]) * 10, 2)
+        before = scorer.score(features.iloc[[row]])["fraud_score"].iloc[0]
+        after = scorer.score(featurize(raised).iloc[[row]])["fraud_score"].iloc[0]
+        assert after >= before, f"row {row}: score fell from {before:.4f} to {after:.4f} when the amount rose"
+
+
+def test_backtest_cli_end_to_end_on_required_columns_only(history: pd.DataFrame, ray_session, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from cluster.cli import app
+
+    data = tmp_path / "external.csv"
+    external = history[["transaction_id", "user_id", "merchant_id", "amount", "timestamp", LABEL_COLUMN]].copy()
+    external["timestamp"] = external["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%S")
+    external.to_csv(data, index=False)
+    out = tmp_path / "scores.csv"
+    result = CliRunner().invoke(app, ["backtest", "--data", str(data), "--train-start", "2026-01-10",
+                                      "--train-days", "10", "--delay-days", "7", "--test-days", "7",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout[result.stdout.rfind("\n{\n") + 1:])  # the JSON summary ends stdout
+    scores = pd.read_csv(out)
+    start = pd.Timestamp("2026-01-27", tz="UTC")
+    test = history[(history["timestamp"] >= start) & (history["timestamp"] < start + pd.Timedelta(days=7))]
+    assert list(scores.columns) == ["transaction_id", "fraud_score"]
+    assert scores["transaction_id"].tolist() == test["transaction_id"].tolist()
+    assert scores["fraud_score"].between(0, 1).all()
+    assert summary["scored"] == len(test) and summary["test_metrics"]["roc_auc"] > 0.7
+
+
+def test_evaluation_report_has_every_figure(tmp_path) -> None:
+    from training.evaluate import evaluate, write_report
+
+    rng = np.random.default_rng(2)
+    n = 3000
+    y = (rng.random(n) < 0.05).astype(int)
+    frame = pd.DataFrame({"timestamp": pd.date_range("2026-01-01", periods=n, freq="10min", tz="UTC"),
+                          "user_id": rng.integers(0, 300, n).astype(str), LABEL_COLUMN: y,
+                          "fraud_scenario": np.where(y == 1, rng.choice(["skim", "ato"], n), "none")})
+    scores = np.clip(0.5 * y + rng.random(n) * 0.6, 0, 1)
+    policy = RiskPolicy(threshold=0.6, medium=0.3)
+    metrics = evaluate(frame, scores, policy)
+    cm = metrics["confusion_matrix"]
+    assert cm["tp"] + cm["fn"] == y.sum() and cm["tp"] + cm["fp"] == (scores >= 0.6).sum()
+    assert metrics["recall"] == round(cm["tp"] / y.sum(), 5)
+    assert set(metrics["recall_by_scenario"]) == {"skim", "ato"}
+    assert len(metrics["card_precision_at_100_per_day"]) == 21
+    report = write_report(tmp_path, title="t", frame=frame, scores=scores, metrics=metrics, policy=policy,
+                          notes=["n"], details={})
+    text = report.read_text()
+    for heading in ("average_precision", "Confusion matrix", "Recall per fraud scenario", "Card Precision@100",
+                    "evaluation.png"):
+        assert heading in text
+    assert (tmp_path / "evaluation.png").stat().st_size > 10_000

@@ -1,0 +1,126 @@
+"""Evaluation: the metrics of a scored, labelled period and the Markdown + PNG report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import (average_precision_score, confusion_matrix, precision_recall_curve,
+                             precision_recall_fscore_support, roc_auc_score, roc_curve)
+
+from cluster.schema import GENUINE_SCENARIO, LABEL_COLUMN, SCENARIO_COLUMN
+from training.policy import RiskPolicy
+
+CARDS_PER_DAY = 100
+
+
+def card_precision_at_k(frame: pd.DataFrame, scores: np.ndarray, k: int = CARDS_PER_DAY) -> dict[str, float]:
+    """Per day: of the k cards with the highest score that day, the share that had a fraud that day."""
+    cards = pd.DataFrame({"day": frame["timestamp"].dt.floor("D").to_numpy(), "card": frame["user_id"].to_numpy(),
+                          "score": scores, "fraud": frame[LABEL_COLUMN].to_numpy()})
+    per_card = cards.groupby(["day", "card"], sort=False).agg(score=("score", "max"), fraud=("fraud", "max"))
+    top = per_card.sort_values("score", ascending=False, kind="stable").groupby(level="day", sort=True).head(k)
+    per_day = top.groupby(level="day", sort=True)["fraud"].sum() / k
+    return {str(day.date()): round(float(value), 4) for day, value in per_day.items()}
+
+
+def evaluate(frame: pd.DataFrame, scores: np.ndarray, policy: RiskPolicy) -> dict[str, Any]:
+    """Ranking metrics, the decision at the policy's threshold, and recall per fraud scenario."""
+    y = frame[LABEL_COLUMN].to_numpy().astype(int)
+    if y.min() == y.max():
+        raise ValueError("is_fraud: the evaluated period holds only one class; need frauds and genuine rows")
+    predicted = policy.is_fraud(scores)
+    precision, recall, f1, _ = precision_recall_fscore_support(y, predicted, average="binary", zero_division=0)
+    tn, fp, fn, tp = confusion_matrix(y, predicted, labels=[0, 1]).ravel()
+    cp_per_day = card_precision_at_k(frame, scores)
+    metrics: dict[str, Any] = {
+        "rows": int(len(y)), "frauds": int(y.sum()),
+        "roc_auc": round(float(roc_auc_score(y, scores)), 5),
+        "average_precision": round(float(average_precision_score(y, scores)), 5),
+        "threshold": policy.threshold,
+        "precision": round(float(precision), 5), "recall": round(float(recall), 5), "f1": round(float(f1), 5),
+        "false_positive_rate": round(float(fp / max(fp + tn, 1)), 6),
+        "confusion_matrix": {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)},
+        "card_precision_at_100": round(float(np.mean(list(cp_per_day.values()))), 4),
+        "card_precision_at_100_per_day": cp_per_day,
+        "risk_levels": {level: int(n) for level, n in
+                        zip(*np.unique(policy.risk_levels(scores), return_counts=True))},
+    }
+    if SCENARIO_COLUMN in frame.columns:
+        metrics["recall_by_scenario"] = recall_by_scenario(frame, scores, predicted)
+    return metrics
+
+
+def recall_by_scenario(frame: pd.DataFrame, scores: np.ndarray, predicted: np.ndarray) -> dict[str, dict[str, float]]:
+    """Recall at the threshold per scenario, and the AP of that scenario's frauds ranked among all genuine rows."""
+    fraud = frame[LABEL_COLUMN].to_numpy() == 1
+    scenario = frame[SCENARIO_COLUMN].to_numpy()
+    out = {}
+    for name in sorted(set(scenario[fraud]) - {GENUINE_SCENARIO}):
+        mine = fraud & (scenario == name)
+        ranked = mine | ~fraud
+        out[str(name)] = {"frauds": int(mine.sum()), "recall": round(float(predicted[mine].mean()), 4),
+                          "average_precision": round(float(average_precision_score(mine[ranked], scores[ranked])), 4)}
+    return out
+
+
+def _plots(out_dir: Path, y: np.ndarray, scores: np.ndarray, threshold: float) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (roc_ax, pr_ax, hist_ax) = plt.subplots(1, 3, figsize=(16, 4.5))
+    fpr, tpr, _ = roc_curve(y, scores)
+    roc_ax.plot(fpr, tpr)
+    roc_ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
+    roc_ax.set(title=f"ROC (AUC {roc_auc_score(y, scores):.3f})", xlabel="false-positive rate",
+               ylabel="true-positive rate")
+    precision, recall, _ = precision_recall_curve(y, scores)
+    pr_ax.plot(recall, precision)
+    pr_ax.set(title=f"Precision-recall (AP {average_precision_score(y, scores):.3f})", xlabel="recall",
+              ylabel="precision")
+    bins = np.linspace(0, 1, 51)
+    hist_ax.hist(scores[y == 0], bins=bins, alpha=0.6, label="genuine", density=True, log=True)
+    hist_ax.hist(scores[y == 1], bins=bins, alpha=0.6, label="fraud", density=True, log=True)
+    hist_ax.axvline(threshold, color="black", linestyle="--", label="threshold")
+    hist_ax.set(title="fraud_score by class", xlabel="fraud_score", ylabel="density (log)")
+    hist_ax.legend()
+    fig.tight_layout()
+    name = "evaluation.png"
+    fig.savefig(out_dir / name, dpi=90)
+    plt.close(fig)
+    return [name]
+
+
+def write_report(out_dir: Path, *, title: str, frame: pd.DataFrame, scores: np.ndarray, metrics: dict[str, Any],
+                 policy: RiskPolicy, notes: list[str], details: dict[str, Any]) -> Path:
+    """``report.md`` and its PNG in ``out_dir``; returns the Markdown path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images = _plots(out_dir, frame[LABEL_COLUMN].to_numpy().astype(int), scores, policy.threshold)
+    cm = metrics["confusion_matrix"]
+    lines = [f"# {title}", "", *[f"- {note}" for note in notes], "",
+             "## Test period", "",
+             "| metric | value |", "|---|---|",
+             *[f"| {name} | {metrics[name]} |" for name in
+               ("rows", "frauds", "roc_auc", "average_precision", "threshold", "precision", "recall", "f1",
+                "false_positive_rate", "card_precision_at_100")],
+             "", "Confusion matrix at the threshold:", "",
+             "| | predicted genuine | predicted fraud |", "|---|---|---|",
+             f"| genuine | {cm['tn']} | {cm['fp']} |", f"| fraud | {cm['fn']} | {cm['tp']} |", ""]
+    if metrics.get("recall_by_scenario"):
+        lines += ["## Recall per fraud scenario", "", "| scenario | frauds | recall | AP vs all genuine |",
+                  "|---|---|---|---|",
+                  *[f"| {name} | {v['frauds']} | {v['recall']} | {v['average_precision']} |"
+                    for name, v in metrics["recall_by_scenario"].items()],
+                  ""]
+    lines += ["## Card Precision@100 per day", "", "| day | CP@100 |", "|---|---|",
+              *[f"| {day} | {value} |" for day, value in metrics["card_precision_at_100_per_day"].items()], ""]
+    lines += [*[f"![{image}]({image})" for image in images], "", "## Details", "", "```json",
+              json.dumps(details, indent=2, default=str), "```", ""]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path
