@@ -1,9 +1,11 @@
 """Offline feature builder: the ``cluster.features`` passes over Ray Data, for training and backtests.
 
-Rows get their arrival position (``row_seq``), then one user-keyed pass and two event-keyed passes (merchant,
-merchant category) run per hash partition with ``groupby(...).map_groups``: each call is one vectorised pass over
-a whole partition, with rows in arrival order, so every key is processed in time order and each label is revealed
-only ``label_delay`` after its transaction (or at its explicit ``known_at``).
+Each row gets its arrival position (``row_seq``) and becomes slim numeric Arrow columns (hashed keys, epoch ms,
+ids as strings). Three keyed hash shuffles then follow: by merchant, by merchant category and by user. Each
+``repartition(keys=...)`` output block holds every row of its keys (what ``groupby().map_groups`` relies on), so
+one vectorised pass per block sees each key whole and, after sorting by ``row_seq``, in arrival order; labels
+are revealed only ``label_delay`` after their transaction (or at their explicit ``known_at``). Profiles join at
+the last step, by id, so the shuffles carry neither profiles nor pickled objects.
 """
 
 from __future__ import annotations
@@ -17,19 +19,26 @@ import numpy as np
 import pandas as pd
 
 from cluster.config import Settings
-from cluster.features import (FEATURE_NAMES, USER_PASS_OUTPUTS, align_profiles, assemble, default_label_events,
-                              event_rows, explicit_label_events, label_keys, mcc_pass, merchant_pass, partition_of,
-                              prepare_rows, user_pass)
+from cluster.features import (FEATURE_NAMES, align_profiles, assemble, default_label_events, event_rows,
+                              explicit_label_events, label_keys, mcc_pass, merchant_pass, prepare_rows, user_pass)
 from cluster.profiles import MERCHANT_PROFILE_COLUMNS, USER_PROFILE_COLUMNS
 from cluster.schema import validate_frame
 
-USER_PREFIX, MERCHANT_PREFIX = "user_profile__", "merchant_profile__"
-_PASS_PREFIX = {"merchant": "merchant_pass__", "mcc": "mcc_pass__"}
+_ROW_ID = "_row_id"
+ARRIVAL_SEQ = "arrival_seq"
+READ_BLOCK_ROWS = 125_000
+_PASSES = {"merchant": (merchant_pass, "merchant_key", "merchant_pass__"), "mcc": (mcc_pass, "mcc_key", "mcc_pass__")}
 
 
 def read_transactions_dataset(paths: str | Path | list[str | Path]) -> Any:
-    """Canonical transactions from CSV or Parquet files as a Ray Dataset (validated per block)."""
+    """Canonical transactions from CSV or Parquet files as a Ray Dataset, validated per block.
+
+    ``arrival_seq`` is each row's position in the files, numbered inside the read tasks (before any split), so
+    time ties keep file order. The read is then split into ``READ_BLOCK_ROWS`` blocks: a single large file
+    would otherwise be validated and prepared by one task on one core.
+    """
     import ray
+    from ray.data.expressions import monotonically_increasing_id
 
     paths = [str(p) for p in (paths if isinstance(paths, list) else [paths])]
     suffixes = {Path(p).suffix.lower() for p in paths}
@@ -39,91 +48,86 @@ def read_transactions_dataset(paths: str | Path | list[str | Path]) -> Any:
         dataset = ray.data.read_parquet(paths)
     else:
         raise ValueError(f"paths must all be .csv or all .parquet, got {sorted(suffixes)}")
-    return dataset.map_batches(_validate, batch_format="pandas", batch_size=None)
+    numbered = dataset.with_column(ARRIVAL_SEQ, monotonically_increasing_id())
+    return numbered.repartition(target_num_rows_per_block=READ_BLOCK_ROWS).map_batches(
+        _validate, batch_format="pandas", batch_size=None)
 
 
 def _validate(batch: pd.DataFrame) -> pd.DataFrame:
-    return validate_frame(batch, labelled=False)
+    valid = validate_frame(batch, labelled=False)
+    valid[ARRIVAL_SEQ] = batch[ARRIVAL_SEQ].to_numpy(np.int64)
+    return valid
 
 
-def _prepare(batch: pd.DataFrame, users: pd.DataFrame | None, merchants: pd.DataFrame | None,
-             partitions: int) -> pd.DataFrame:
+def _prepare(batch: pd.DataFrame, users: pd.DataFrame | None, merchants: pd.DataFrame | None) -> pd.DataFrame:
+    """Numeric rows plus the ids the last step needs; ``arrival_seq`` (Kinesis, files) wins over the position id."""
     batch = batch.reset_index(drop=True)
     user_profiles = align_profiles(batch["user_id"], users, "user_id", USER_PROFILE_COLUMNS)
     merchant_profiles = align_profiles(batch["merchant_id"], merchants, "merchant_id", MERCHANT_PROFILE_COLUMNS)
     rows = prepare_rows(batch, user_profiles, merchant_profiles)
-    rows["row_seq"] = batch["row_seq"].to_numpy(np.int64)
-    rows["transaction_id"] = batch["transaction_id"].astype("string").to_numpy(dtype=object)
+    rows["row_seq"] = batch[ARRIVAL_SEQ if ARRIVAL_SEQ in batch.columns else _ROW_ID].to_numpy(np.int64)
     rows["is_fraud"] = (pd.to_numeric(batch["is_fraud"], errors="coerce").fillna(0).to_numpy(np.int8)
                         if "is_fraud" in batch.columns else np.zeros(len(batch), np.int8))
-    for kind in ("user", "merchant", "mcc"):
-        rows[f"{kind}_partition"] = partition_of(rows[f"{kind}_key"].to_numpy(np.int64), partitions)
-    for column in USER_PROFILE_COLUMNS:
-        rows[USER_PREFIX + column] = user_profiles[column].to_numpy()
-    for column in MERCHANT_PROFILE_COLUMNS:
-        rows[MERCHANT_PREFIX + column] = merchant_profiles[column].to_numpy()
+    for column in ("transaction_id", "user_id", "merchant_id"):
+        rows[column] = batch[column].astype("string").to_numpy(dtype=object)
     return rows
 
 
-def _in_arrival_order(group: pd.DataFrame) -> pd.DataFrame:
-    return group.sort_values("row_seq", kind="stable").reset_index(drop=True)
+def _in_arrival_order(block: pd.DataFrame) -> pd.DataFrame:
+    return block.sort_values("row_seq", kind="stable").reset_index(drop=True)
 
 
-def _user_group(group: pd.DataFrame) -> pd.DataFrame:
-    group = _in_arrival_order(group)
-    features = user_pass(group.iloc[:0], group)
-    return pd.concat([group, features], axis=1)
-
-
-def _event_group(group: pd.DataFrame, kind: str, label_delay_ms: int, events: pd.DataFrame | None) -> pd.DataFrame:
-    group = _in_arrival_order(group)
-    key = f"{kind}_key"
+def _event_pass(block: pd.DataFrame, kind: str, label_delay_ms: int, events: pd.DataFrame | None) -> pd.DataFrame:
+    """Merchant or category counts and known-fraud counts for one hash partition of that key."""
+    rows = _in_arrival_order(block)
+    compute, key, prefix = _PASSES[kind]
     if events is None:
-        events = default_label_events(group, group["is_fraud"].to_numpy(), timedelta(milliseconds=label_delay_ms))
-    rows = event_rows(group, key)
-    passed = (merchant_pass if kind == "merchant" else mcc_pass)(rows.iloc[:0], rows, label_keys(events, group, key))
-    return pd.concat([group, passed.add_prefix(_PASS_PREFIX[kind])], axis=1)
+        events = default_label_events(rows, rows["is_fraud"].to_numpy(), timedelta(milliseconds=label_delay_ms))
+    keyed = event_rows(rows, key)
+    passed = compute(keyed.iloc[:0], keyed, label_keys(events, rows, key))
+    return pd.concat([rows, passed.add_prefix(prefix)], axis=1)
 
 
-def _assemble(batch: pd.DataFrame) -> pd.DataFrame:
-    batch = batch.reset_index(drop=True)
-    users = pd.DataFrame({c: batch[USER_PREFIX + c] for c in USER_PROFILE_COLUMNS})
-    merchants = pd.DataFrame({c: batch[MERCHANT_PREFIX + c] for c in MERCHANT_PROFILE_COLUMNS})
-    passes = {kind: batch[[c for c in batch.columns if c.startswith(prefix)]].rename(
-        columns=lambda c, p=prefix: c[len(p):]) for kind, prefix in _PASS_PREFIX.items()}
-    features = assemble(batch, batch[list(USER_PASS_OUTPUTS)], passes["merchant"], passes["mcc"], users, merchants)
-    features.insert(0, "row_seq", batch["row_seq"].to_numpy(np.int64))
-    features.insert(0, "transaction_id", batch["transaction_id"].to_numpy(dtype=object))
+def _user_pass_and_assemble(block: pd.DataFrame, users: pd.DataFrame | None,
+                            merchants: pd.DataFrame | None) -> pd.DataFrame:
+    """The user pass for one hash partition of users, then every feature with the profiles joined by id."""
+    rows = _in_arrival_order(block)
+    user_profiles = align_profiles(rows["user_id"], users, "user_id", USER_PROFILE_COLUMNS)
+    merchant_profiles = align_profiles(rows["merchant_id"], merchants, "merchant_id", MERCHANT_PROFILE_COLUMNS)
+    passes = {kind: rows[[c for c in rows.columns if c.startswith(prefix)]].rename(
+        columns=lambda c, p=prefix: c[len(p):]) for kind, (_, _, prefix) in _PASSES.items()}
+    features = assemble(rows, user_pass(rows.iloc[:0], rows), passes["merchant"], passes["mcc"],
+                        user_profiles, merchant_profiles)
+    features.insert(0, "row_seq", rows["row_seq"].to_numpy(np.int64))
+    features.insert(0, "transaction_id", rows["transaction_id"].to_numpy(dtype=object))
     return features
 
 
 def build_offline_features(dataset: Any, *, label_delay: timedelta, labels: pd.DataFrame | None = None,
                            users: pd.DataFrame | None = None, merchants: pd.DataFrame | None = None,
-                           partitions: int = 4) -> Any:
+                           partitions: int = 2) -> Any:
     """A Dataset of ``transaction_id, row_seq`` + ``FEATURE_NAMES``, one row per input row (any order).
 
     Arrival order (which breaks time ties) is the dataset's ``arrival_seq`` column when it has one (the Kinesis
-    datasource provides it), else the row position (files read in a deterministic order); see
-    ``cluster.features.build_features`` for ``labels``/``users``/``merchants``. ``collect_features`` restores order.
+    datasource provides it), else the dataset order (``monotonically_increasing_id`` follows the read tasks);
+    see ``cluster.features.build_features`` for ``labels``/``users``/``merchants``. ``collect_features``
+    restores order. ``partitions`` is the number of hash partitions per shuffle.
     """
-    import ray
+    from ray.data.expressions import monotonically_increasing_id
 
     if partitions < 1:
         raise ValueError("partitions must be >= 1")
-    if "arrival_seq" in dataset.schema().names:
-        ordered = dataset.rename_columns({"arrival_seq": "row_seq"})
-    else:
-        ordered = dataset.zip(ray.data.range(dataset.count())).rename_columns({"id": "row_seq"})
     events = explicit_label_events(labels) if labels is not None else None
     delay_ms = int(label_delay / timedelta(milliseconds=1))
-    prepared = ordered.map_batches(_prepare, batch_format="pandas", batch_size=None,
-                                   fn_kwargs={"users": users, "merchants": merchants, "partitions": partitions})
-    with_user = prepared.groupby("user_partition", num_partitions=partitions).map_groups(_user_group, batch_format="pandas")
-    with_merchant = with_user.groupby("merchant_partition", num_partitions=partitions).map_groups(
-        _event_group, batch_format="pandas", fn_kwargs={"kind": "merchant", "label_delay_ms": delay_ms, "events": events})
-    with_mcc = with_merchant.groupby("mcc_partition", num_partitions=partitions).map_groups(
-        _event_group, batch_format="pandas", fn_kwargs={"kind": "mcc", "label_delay_ms": delay_ms, "events": events})
-    return with_mcc.map_batches(_assemble, batch_format="pandas", batch_size=None)
+    rows = dataset.with_column(_ROW_ID, monotonically_increasing_id()).map_batches(
+        _prepare, batch_format="pandas", batch_size=None, fn_kwargs={"users": users, "merchants": merchants})
+    for kind in _PASSES:
+        rows = rows.repartition(partitions, keys=[_PASSES[kind][1]]).map_batches(
+            _event_pass, batch_format="pandas", batch_size=None,
+            fn_kwargs={"kind": kind, "label_delay_ms": delay_ms, "events": events})
+    return rows.repartition(partitions, keys=["user_key"]).map_batches(
+        _user_pass_and_assemble, batch_format="pandas", batch_size=None,
+        fn_kwargs={"users": users, "merchants": merchants})
 
 
 def collect_features(features: Any) -> pd.DataFrame:
