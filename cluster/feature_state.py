@@ -16,56 +16,99 @@ import numpy as np
 import pandas as pd
 
 from cluster.config import Settings, get_settings
-from cluster.features import (EVENT_ROW_COLUMNS, MERCHANT_HISTORY_CAP, RETENTION_MS, USER_HISTORY_CAP,
-                              USER_PASS_OUTPUTS, USER_ROW_COLUMNS, align_profiles, assemble, mcc_pass, merchant_pass,
-                              partition_of, prepare_rows, stable_hash, user_pass, epoch_ms)
+from cluster.features import (EVENT_ROW_COLUMNS, MCC_PASS_OUTPUTS, MERCHANT_HISTORY_CAP, MERCHANT_PASS_OUTPUTS,
+                              RETENTION_MS, USER_HISTORY_CAP, USER_PASS_OUTPUTS, USER_ROW_COLUMNS, assemble,
+                              epoch_ms, mcc_pass_values, merchant_pass_values, partition_of, prepare_rows,
+                              stable_hash, user_pass_values)
 
 ACTOR_NAMESPACE = "fraud"
 SNAPSHOT_PREFIX = "feature-state"
+KINDS = ("user", "merchant", "mcc")
 _FLOAT_COLUMNS = frozenset({"amount", "lat", "lon"})
 MERCHANT_STATE_COLUMNS = (*EVENT_ROW_COLUMNS, "txn_key", "mcc_key")
 LABEL_STATE_COLUMNS = ("key", "known_ms", "txn_key")
-COMPACT_EVERY_BATCHES = 16
+PASS_OUTPUTS = {"user": USER_PASS_OUTPUTS, "merchant": MERCHANT_PASS_OUTPUTS, "mcc": MCC_PASS_OUTPUTS}
+TAIL_ROWS = 4_096                  # recent arrivals kept unsorted before one merge into the key-sorted body
+REPLAY_MEMORY = 50_000             # transactions per partition whose outputs a replay gets back unchanged
+
+Rows = dict[str, np.ndarray]
+
+
+def _dtype(column: str) -> type:
+    return np.float64 if column in _FLOAT_COLUMNS else np.int64
 
 
 class KeyedHistory:
-    """Columnar rows grouped by key (arrival order within a key): O(batch) lookups, vectorised insert and evict."""
+    """Columnar rows grouped by key (arrival order within a key), plus a small tail of recent arrivals.
+
+    Appends land in the tail, so a batch costs O(batch); the tail merges into the key-sorted body once it holds
+    ``TAIL_ROWS`` rows: one O(state) merge per that many rows rather than one per batch.
+    """
 
     def __init__(self, columns: tuple[str, ...], key: str, time: str):
         self.columns, self.key, self.time = columns, key, time
-        self.data = {c: np.zeros(0, np.float64 if c in _FLOAT_COLUMNS else np.int64) for c in columns}
+        self.data = {c: np.zeros(0, _dtype(c)) for c in columns}
+        self.tail = {c: np.zeros(TAIL_ROWS, _dtype(c)) for c in columns}
+        self.tail_rows = 0
 
     def __len__(self) -> int:
-        return len(self.data[self.key])
+        return len(self.data[self.key]) + self.tail_rows
 
     @property
     def nbytes(self) -> int:
-        return sum(values.nbytes for values in self.data.values())
+        return sum(values.nbytes for values in (*self.data.values(), *self.tail.values()))
 
     @property
     def key_count(self) -> int:
+        self.flush()
         keys = self.data[self.key]
         return int(np.count_nonzero(np.diff(keys)) + 1) if len(keys) else 0
 
-    def take(self, keys: np.ndarray) -> pd.DataFrame:
-        """Every retained row of these keys."""
+    def column(self, name: str) -> np.ndarray:
+        """Every retained value of one column (body, then tail)."""
+        return np.concatenate((self.data[name], self.tail[name][:self.tail_rows]))
+
+    def take(self, keys: np.ndarray) -> Rows:
+        """Every retained row of these keys, grouped by key in arrival order."""
         wanted = np.unique(keys)
         stored = self.data[self.key]
         lower, upper = np.searchsorted(stored, wanted, "left"), np.searchsorted(stored, wanted, "right")
         lengths = upper - lower
         offsets = np.repeat(lower - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
         index = offsets + np.arange(int(lengths.sum()))
-        return pd.DataFrame({c: values[index] for c, values in self.data.items()})
+        if not self.tail_rows:
+            return {c: values[index] for c, values in self.data.items()}
+        recent = np.flatnonzero(np.isin(self.tail[self.key][:self.tail_rows], wanted))
+        rows = {c: np.concatenate((self.data[c][index], self.tail[c][recent])) for c in self.columns}
+        order = np.argsort(rows[self.key], kind="stable")  # body rows of a key precede its later tail rows
+        return {c: values[order] for c, values in rows.items()}
 
-    def append(self, rows: pd.DataFrame) -> None:
-        order = np.argsort(rows[self.key].to_numpy(np.int64), kind="stable")
-        new_keys = rows[self.key].to_numpy(np.int64)[order]
-        positions = np.searchsorted(self.data[self.key], new_keys, "right")
-        self.data = {c: np.insert(values, positions, rows[c].to_numpy(values.dtype)[order])
-                     for c, values in self.data.items()}
+    def append(self, rows: Rows | pd.DataFrame) -> None:
+        count = len(rows[self.key])
+        if self.tail_rows + count > TAIL_ROWS:
+            self.flush()
+        if count > TAIL_ROWS:
+            self._merge({c: np.asarray(rows[c], _dtype(c)) for c in self.columns})
+            return
+        for c in self.columns:
+            self.tail[c][self.tail_rows:self.tail_rows + count] = rows[c]
+        self.tail_rows += count
+
+    def flush(self) -> None:
+        """Merge the tail into the body."""
+        if self.tail_rows:
+            tail = {c: values[:self.tail_rows] for c, values in self.tail.items()}
+            self.tail_rows = 0
+            self._merge(tail)
+
+    def _merge(self, rows: Rows) -> None:
+        order = np.argsort(rows[self.key], kind="stable")
+        positions = np.searchsorted(self.data[self.key], rows[self.key][order], "right")
+        self.data = {c: np.insert(values, positions, rows[c][order]) for c, values in self.data.items()}
 
     def evict(self, horizon: int, cap: int) -> None:
         """Drop rows at or before ``horizon`` and all but each key's last ``cap`` rows."""
+        self.flush()
         keep = self.data[self.time] > horizon
         keys = self.data[self.key]
         if len(keys):
@@ -74,17 +117,52 @@ class KeyedHistory:
         self.data = {c: values[keep] for c, values in self.data.items()}
 
     def to_frame(self) -> pd.DataFrame:
+        self.flush()
         return pd.DataFrame(self.data)
 
-    def load(self, frame: pd.DataFrame) -> None:
-        self.data = {c: frame[c].to_numpy(np.float64 if c in _FLOAT_COLUMNS else np.int64) for c in self.columns}
+    def load(self, data: Rows) -> None:
+        self.data = {c: np.asarray(data[c], _dtype(c)) for c in self.columns}
+        self.tail_rows = 0
+
+
+class RecentTransactions:
+    """The pass outputs of the last ``capacity`` transactions a partition took in, by transaction key.
+
+    A replayed record (a restarted Kinesis consumer, a retried request) gets these outputs back and does not join
+    the state a second time, so its features, score and decision repeat exactly.
+    """
+
+    def __init__(self, width: int, capacity: int = REPLAY_MEMORY):
+        self.keys = np.zeros(capacity, np.int64)  # 0: empty slot (a transaction key is never 0)
+        self.values = np.zeros((capacity, width))
+        self.written = 0
+        self._slot: dict[int, int] = {}
+
+    def slots(self, keys: np.ndarray) -> np.ndarray:
+        """Each key's slot, -1 for keys not remembered."""
+        return np.fromiter((self._slot.get(k, -1) for k in keys.tolist()), np.int64, len(keys))
+
+    def remember(self, keys: np.ndarray, values: np.ndarray) -> None:
+        capacity = len(self.keys)
+        keys, values = keys[-capacity:], values[-capacity:]
+        slots = (self.written + np.arange(len(keys))) % capacity
+        for old, slot in zip(self.keys[slots].tolist(), slots.tolist()):
+            if self._slot.get(old) == slot:
+                del self._slot[old]
+        self.keys[slots], self.values[slots] = keys, values
+        self._slot.update(zip(keys.tolist(), slots.tolist()))
+        self.written += len(keys)
+
+    def load(self, keys: np.ndarray, values: np.ndarray, written: int) -> None:
+        self.keys, self.values, self.written = keys, values, written
+        self._slot = {k: slot for slot, k in enumerate(keys.tolist()) if k}
 
 
 class FeatureStateCore:
-    """The state of one partition of one key kind ("user", "merchant" or "mcc"); plain Python, wrapped by an actor."""
+    """The state of one partition of one key kind ("user", "merchant" or "mcc"); plain Python, held by an actor."""
 
     def __init__(self, kind: str):
-        if kind not in ("user", "merchant", "mcc"):
+        if kind not in KINDS:
             raise ValueError(f"kind must be user, merchant or mcc, not {kind!r}")
         self.kind = kind
         if kind == "user":
@@ -92,52 +170,72 @@ class FeatureStateCore:
         else:
             self.rows = KeyedHistory(MERCHANT_STATE_COLUMNS if kind == "merchant" else EVENT_ROW_COLUMNS, "key", "ts_ms")
         self.labels = KeyedHistory(LABEL_STATE_COLUMNS, "key", "known_ms")
+        self.recent = RecentTransactions(len(PASS_OUTPUTS[kind]))
         self.cap = USER_HISTORY_CAP if kind == "user" else MERCHANT_HISTORY_CAP
         self.watermark = np.iinfo(np.int64).min + RETENTION_MS
-        self.batches = 0
+        self.rows_since_compact = 0
 
-    def process(self, batch: pd.DataFrame) -> pd.DataFrame:
-        """Features of these rows given the retained history, then remember the rows."""
-        keys = batch[self.rows.key].to_numpy(np.int64)
+    def process(self, batch: Rows) -> np.ndarray:
+        """``PASS_OUTPUTS[kind]`` of these rows (``txn_key`` + the state columns) given the retained history; new
+        transactions then join the state, ones seen before (replays, retries, repeats in the batch) get their
+        first outputs again and leave the state as it was."""
+        txn_keys = np.asarray(batch["txn_key"], np.int64)
+        unique, first, inverse = np.unique(txn_keys, return_index=True, return_inverse=True)
+        slots = self.recent.slots(unique)
+        values = np.empty((len(unique), len(PASS_OUTPUTS[self.kind])))
+        known = slots >= 0
+        values[known] = self.recent.values[slots[known]]
+        fresh = np.flatnonzero(~known)
+        fresh = fresh[np.argsort(first[fresh])]  # in batch order
+        if len(fresh):
+            rows = {c: np.asarray(batch[c], _dtype(c))[first[fresh]] for c in self.rows.columns}
+            values[fresh] = self._passes(rows)
+            self.recent.remember(unique[fresh], values[fresh])
+            self.rows.append(rows)
+            self.watermark = max(self.watermark, int(rows["ts_ms"].max()))
+            self.rows_since_compact += len(fresh)
+            if self.rows_since_compact >= TAIL_ROWS:
+                self.compact()
+        return values[inverse.reshape(-1)]
+
+    def _passes(self, rows: Rows) -> np.ndarray:
+        keys = rows[self.rows.key]
         history = self.rows.take(keys)
         if self.kind == "user":
-            result = user_pass(history, batch)
-        else:
-            labels = self.labels.take(keys)
-            result = (merchant_pass if self.kind == "merchant" else mcc_pass)(history, batch, labels)
-        self.rows.append(batch)
-        if len(batch):
-            self.watermark = max(self.watermark, int(batch["ts_ms"].max()))
-        self.batches += 1
-        if self.batches % COMPACT_EVERY_BATCHES == 0:
-            self.compact()
-        return result
+            return user_pass_values(history, rows)
+        passes = merchant_pass_values if self.kind == "merchant" else mcc_pass_values
+        return passes(history, rows, self.labels.take(keys))
 
     def compact(self) -> None:
         horizon = self.watermark - RETENTION_MS
         self.rows.evict(horizon, self.cap)
         self.labels.evict(horizon, np.iinfo(np.int64).max)
+        self.rows_since_compact = 0
 
     def resolve(self, txn_keys: np.ndarray) -> pd.DataFrame:
         """Merchant and category of retained transactions (label feedback names only the transaction)."""
-        found = np.isin(self.rows.data["txn_key"], txn_keys)
-        return pd.DataFrame({"txn_key": self.rows.data["txn_key"][found], "merchant_key": self.rows.data["key"][found],
-                             "mcc_key": self.rows.data["mcc_key"][found]})
+        found = np.isin(self.rows.column("txn_key"), txn_keys)
+        return pd.DataFrame({"txn_key": self.rows.column("txn_key")[found],
+                             "merchant_key": self.rows.column("key")[found],
+                             "mcc_key": self.rows.column("mcc_key")[found]})
 
     def add_labels(self, events: pd.DataFrame) -> int:
         """Remember confirmed frauds (``key, known_ms, txn_key``); a transaction counts once."""
         fresh = events.drop_duplicates("txn_key")
-        fresh = fresh[~np.isin(fresh["txn_key"].to_numpy(np.int64), self.labels.data["txn_key"])]
+        fresh = fresh[~np.isin(fresh["txn_key"].to_numpy(np.int64), self.labels.column("txn_key"))]
         self.labels.append(fresh)
         return len(fresh)
 
     def stats(self) -> dict[str, int]:
         return {"rows": len(self.rows), "keys": self.rows.key_count, "labels": len(self.labels),
-                "bytes": self.rows.nbytes + self.labels.nbytes}
+                "bytes": self.rows.nbytes + self.labels.nbytes + self.recent.values.nbytes + self.recent.keys.nbytes}
 
     def dump(self) -> bytes:
+        self.rows.flush()
+        self.labels.flush()
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, watermark=np.int64(self.watermark),
+        np.savez_compressed(buffer, watermark=np.int64(self.watermark), recent_written=np.int64(self.recent.written),
+                            recent_keys=self.recent.keys, recent_values=self.recent.values,
                             **{f"rows.{c}": v for c, v in self.rows.data.items()},
                             **{f"labels.{c}": v for c, v in self.labels.data.items()})
         return buffer.getvalue()
@@ -145,119 +243,141 @@ class FeatureStateCore:
     def load(self, payload: bytes) -> None:
         with np.load(io.BytesIO(payload)) as arrays:
             self.watermark = int(arrays["watermark"])
-            self.rows.data = {c: arrays[f"rows.{c}"] for c in self.rows.columns}
-            self.labels.data = {c: arrays[f"labels.{c}"] for c in self.labels.columns}
+            self.rows.load({c: arrays[f"rows.{c}"] for c in self.rows.columns})
+            self.labels.load({c: arrays[f"labels.{c}"] for c in self.labels.columns})
+            self.recent.load(arrays["recent_keys"], arrays["recent_values"], int(arrays["recent_written"]))
 
 
 class FeatureStateActor:
-    """One partition's state in a Ray actor; snapshots go to ``s3://{model_bucket}/feature-state/...``."""
+    """Partition ``i`` of every key kind in one Ray actor, so a batch costs one call per actor, not per kind.
 
-    def __init__(self, kind: str, partition: int, partitions: int, settings: Settings, restore: bool = True):
-        self.core = FeatureStateCore(kind)
+    Snapshots go to ``s3://{model_bucket}/feature-state/{kind}-{i}-of-{n}.npz``.
+    """
+
+    def __init__(self, partition: int, partitions: int, settings: Settings, restore: bool = True):
+        self.cores = {kind: FeatureStateCore(kind) for kind in KINDS}
         self.settings = settings
-        self.object_key = f"{SNAPSHOT_PREFIX}/{kind}-{partition}-of-{partitions}.npz"
+        self.object_keys = {kind: f"{SNAPSHOT_PREFIX}/{kind}-{partition}-of-{partitions}.npz" for kind in KINDS}
         if restore:
             self.restore()
 
-    def process(self, batch: pd.DataFrame) -> pd.DataFrame:
-        return self.core.process(batch)
+    def process(self, parts: dict[str, Rows]) -> dict[str, np.ndarray]:
+        return {kind: self.cores[kind].process(rows) for kind, rows in parts.items()}
 
     def resolve(self, txn_keys: np.ndarray) -> pd.DataFrame:
-        return self.core.resolve(txn_keys)
+        return self.cores["merchant"].resolve(txn_keys)
 
-    def add_labels(self, events: pd.DataFrame) -> int:
-        return self.core.add_labels(events)
+    def add_labels(self, kind: str, events: pd.DataFrame) -> int:
+        return self.cores[kind].add_labels(events)
 
-    def stats(self) -> dict[str, int]:
-        return self.core.stats()
+    def stats(self) -> dict[str, dict[str, int]]:
+        return {kind: core.stats() for kind, core in self.cores.items()}
 
-    def snapshot(self) -> str:
+    def snapshot(self) -> list[str]:
         from cluster.aws import client
 
-        self.core.compact()
-        client("s3", self.settings).put_object(Bucket=self.settings.model_bucket, Key=self.object_key,
-                                               Body=self.core.dump())
-        return self.object_key
+        s3 = client("s3", self.settings)
+        for kind, core in self.cores.items():
+            core.compact()
+            s3.put_object(Bucket=self.settings.model_bucket, Key=self.object_keys[kind], Body=core.dump())
+        return list(self.object_keys.values())
 
     def restore(self) -> bool:
+        """Reload each kind from its last snapshot; False when there was none."""
         from botocore.exceptions import ClientError
 
         from cluster.aws import client
 
-        try:
-            body = client("s3", self.settings).get_object(Bucket=self.settings.model_bucket, Key=self.object_key)
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] in ("NoSuchKey", "404", "NoSuchBucket"):
-                return False
-            raise
-        self.core.load(body["Body"].read())
-        return True
+        s3 = client("s3", self.settings)
+        restored = False
+        for kind, core in self.cores.items():
+            try:
+                body = s3.get_object(Bucket=self.settings.model_bucket, Key=self.object_keys[kind])
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] in ("NoSuchKey", "404", "NoSuchBucket"):
+                    continue
+                raise
+            core.load(body["Body"].read())
+            restored = True
+        return restored
+
+
+def aligned_profiles(store: Any, ids: pd.Series, columns: dict[str, str]) -> pd.DataFrame:
+    """``align_profiles`` of the store's rows for ``ids``, built column by column (pandas per call is the cost of a
+    small batch); an id without a profile gets missing values."""
+    found = store.get_many(ids.unique())
+    rows = [found.get(i) or {} for i in ids.tolist()]
+    frame = {}
+    for name, dtype in columns.items():
+        values = [row.get(name) for row in rows]
+        if dtype.startswith("datetime"):
+            frame[name] = pd.to_datetime(pd.Series(values, dtype=object), utc=True)
+        elif dtype in ("float64", "int64"):
+            frame[name] = np.array([np.nan if v is None else v for v in values], np.float64)
+        else:
+            frame[name] = pd.array(values, dtype=dtype)
+    return pd.DataFrame(frame)
 
 
 class OnlineFeatures:
     """Features for micro-batches through the state actors: the same numbers ``build_features`` gives offline.
 
-    Actors are named (``{name}-{kind}-{i}`` in namespace ``fraud``) and shared by every coordinator in the cluster;
-    a fresh actor restores its partition from the last S3 snapshot.
+    Actors are named (``{name}-{i}`` in namespace ``fraud``) and shared by every coordinator in the cluster; actor
+    ``i`` owns partition ``i`` of the users, the merchants and the merchant categories, so a batch costs one call
+    per actor. A fresh actor restores its partitions from the last S3 snapshot.
     """
 
-    def __init__(self, settings: Settings | None = None, *, user_partitions: int = 2, merchant_partitions: int = 2,
-                 name: str = "features", actor_cpus: float = 0.2, user_store: Any = None, merchant_store: Any = None,
-                 restore: bool = True):
+    def __init__(self, settings: Settings | None = None, *, partitions: int = 2, name: str = "features",
+                 actor_cpus: float = 0.2, user_store: Any = None, merchant_store: Any = None, restore: bool = True):
         from cluster.profiles import merchant_store as default_merchant_store, user_store as default_user_store
 
         self.settings = settings or get_settings()
         self.name, self.actor_cpus, self.restore_on_start = name, actor_cpus, restore
-        self.partitions = {"user": user_partitions, "merchant": merchant_partitions, "mcc": 1}
+        self.partitions = partitions
         self.user_store = user_store or default_user_store(self.settings)
         self.merchant_store = merchant_store or default_merchant_store(self.settings)
-        self.actors = {kind: [self._actor(kind, i) for i in range(n)] for kind, n in self.partitions.items()}
+        self.actors = [self._actor(i) for i in range(partitions)]
 
-    def _actor(self, kind: str, partition: int) -> Any:
+    def _actor(self, partition: int) -> Any:
         import ray
 
         remote = ray.remote(FeatureStateActor).options(
-            name=f"{self.name}-{kind}-{partition}", namespace=ACTOR_NAMESPACE, get_if_exists=True,
+            name=f"{self.name}-{partition}", namespace=ACTOR_NAMESPACE, get_if_exists=True,
             num_cpus=self.actor_cpus, max_concurrency=1)
-        return remote.remote(kind, partition, self.partitions[kind], self.settings, self.restore_on_start)
+        return remote.remote(partition, self.partitions, self.settings, self.restore_on_start)
 
     def compute(self, batch: pd.DataFrame) -> pd.DataFrame:
-        """``transaction_id`` + ``FEATURE_NAMES`` for a canonical batch, in its order; the batch joins the state."""
+        """``transaction_id`` + ``FEATURE_NAMES`` for a canonical batch, in its order; new transactions join the
+        state, and one seen recently gets the features it got then."""
         import ray
 
-        from cluster.enrichment import fetch_profiles
         from cluster.profiles import MERCHANT_PROFILE_COLUMNS, USER_PROFILE_COLUMNS
 
         batch = batch.reset_index(drop=True)
-        users = align_profiles(batch["user_id"], fetch_profiles(self.user_store, batch["user_id"].unique(),
-                                                                USER_PROFILE_COLUMNS), "user_id", USER_PROFILE_COLUMNS)
-        merchants = align_profiles(batch["merchant_id"], fetch_profiles(
-            self.merchant_store, batch["merchant_id"].unique(), MERCHANT_PROFILE_COLUMNS), "merchant_id",
-            MERCHANT_PROFILE_COLUMNS)
+        users = aligned_profiles(self.user_store, batch["user_id"], USER_PROFILE_COLUMNS)
+        merchants = aligned_profiles(self.merchant_store, batch["merchant_id"], MERCHANT_PROFILE_COLUMNS)
         rows = prepare_rows(batch, users, merchants)
-        merchant_rows = pd.DataFrame({"key": rows["merchant_key"], "ts_ms": rows["ts_ms"], "txn_key": rows["txn_key"],
-                                      "mcc_key": rows["mcc_key"]})
-        mcc_rows = pd.DataFrame({"key": rows["mcc_key"], "ts_ms": rows["ts_ms"]})
-        plans = [("user", rows[list(USER_ROW_COLUMNS)], rows["user_key"].to_numpy(), np.ones(len(rows), bool)),
-                 ("merchant", merchant_rows, rows["merchant_key"].to_numpy(), np.ones(len(rows), bool)),
-                 ("mcc", mcc_rows, rows["mcc_key"].to_numpy(), rows["mcc_key"].to_numpy() != 0)]
-        pending = []
-        for kind, frame, keys, eligible in plans:
-            owner = partition_of(keys, self.partitions[kind])
-            for partition, actor in enumerate(self.actors[kind]):
-                selected = np.flatnonzero(eligible & (owner == partition))
-                if len(selected):
-                    pending.append((kind, selected, actor.process.remote(frame.iloc[selected].reset_index(drop=True))))
-        outputs: dict[str, pd.DataFrame] = {}
-        results = ray.get([ref for _, _, ref in pending])
-        for kind, columns in (("user", USER_PASS_OUTPUTS), ("merchant", None), ("mcc", None)):
-            parts = [(selected, result) for (k, selected, _), result in zip(pending, results) if k == kind]
-            names = columns or (parts[0][1].columns if parts else _event_output_names(kind))
-            frame = pd.DataFrame({name: np.zeros(len(rows)) for name in names})
-            for selected, result in parts:
-                frame.iloc[selected] = result[list(names)].to_numpy()
-            outputs[kind] = frame
-        features = assemble(rows, outputs["user"], outputs["merchant"], outputs["mcc"], users, merchants)
+        column = {c: rows[c].to_numpy() for c in rows.columns}
+        inputs = {"user": {c: column[c] for c in (*USER_ROW_COLUMNS, "txn_key")},
+                  "merchant": {"key": column["merchant_key"], "ts_ms": column["ts_ms"], "txn_key": column["txn_key"],
+                               "mcc_key": column["mcc_key"]},
+                  "mcc": {"key": column["mcc_key"], "ts_ms": column["ts_ms"], "txn_key": column["txn_key"]}}
+        owners = {"user": partition_of(column["user_key"], self.partitions),
+                  "merchant": partition_of(column["merchant_key"], self.partitions),
+                  "mcc": np.where(column["mcc_key"] != 0, partition_of(column["mcc_key"], self.partitions), -1)}
+        requests = []
+        for partition, actor in enumerate(self.actors):
+            selected = {kind: np.flatnonzero(owner == partition) for kind, owner in owners.items()}
+            parts = {kind: {c: values[selected[kind]] for c, values in inputs[kind].items()}
+                     for kind in KINDS if len(selected[kind])}
+            if parts:
+                requests.append((selected, actor.process.remote(parts)))
+        outputs = {kind: np.zeros((len(rows), len(PASS_OUTPUTS[kind]))) for kind in KINDS}  # no category: zeros
+        for (selected, _), result in zip(requests, ray.get([ref for _, ref in requests])):
+            for kind, values in result.items():
+                outputs[kind][selected[kind]] = values
+        passes = {kind: dict(zip(PASS_OUTPUTS[kind], values.T)) for kind, values in outputs.items()}
+        features = assemble(rows, passes["user"], passes["merchant"], passes["mcc"], users, merchants)
         features.insert(0, "transaction_id", batch["transaction_id"].astype("string").to_numpy(dtype=object))
         return features
 
@@ -278,11 +398,10 @@ class OnlineFeatures:
         labels = pd.DataFrame({"txn_key": stable_hash(fraud["transaction_id"]), "known_ms": epoch_ms(fraud["known_at"]),
                                "named_merchant": stable_hash(fraud["merchant_id"]) if "merchant_id" in fraud
                                else np.zeros(len(fraud), np.int64)})
-        owners = self.actors["merchant"]
         named = labels["named_merchant"].to_numpy()
-        targets = partition_of(named, len(owners))
+        targets = partition_of(named, self.partitions)
         refs = [actor.resolve.remote(labels["txn_key"].to_numpy()[(named == 0) | (targets == i)])
-                for i, actor in enumerate(owners)]
+                for i, actor in enumerate(self.actors)]
         resolved = pd.concat(ray.get(refs), ignore_index=True).drop_duplicates("txn_key")
         labels = labels.merge(resolved, on="txn_key", how="left")
         labels["merchant_key"] = np.where(labels["named_merchant"] != 0, labels["named_merchant"],
@@ -291,12 +410,12 @@ class OnlineFeatures:
         applied = []
         for kind, key in (("merchant", "merchant_key"), ("mcc", "mcc_key")):
             placed = labels[labels[key] != 0]
-            owner = partition_of(placed[key].to_numpy(np.int64), self.partitions[kind])
-            for partition, actor in enumerate(self.actors[kind]):
+            owner = partition_of(placed[key].to_numpy(np.int64), self.partitions)
+            for partition, actor in enumerate(self.actors):
                 part = placed[owner == partition]
                 if len(part):
-                    ref = actor.add_labels.remote(pd.DataFrame({"key": part[key], "known_ms": part["known_ms"],
-                                                                "txn_key": part["txn_key"]}))
+                    ref = actor.add_labels.remote(kind, pd.DataFrame({"key": part[key], "known_ms": part["known_ms"],
+                                                                      "txn_key": part["txn_key"]}))
                     applied.append((kind, ref))
         counts = ray.get([ref for _, ref in applied])
         return int(sum(count for (kind, _), count in zip(applied, counts) if kind == "merchant"))
@@ -305,36 +424,26 @@ class OnlineFeatures:
         """Write every partition's state to S3; returns the object keys."""
         import ray
 
-        return ray.get([actor.snapshot.remote() for actors in self.actors.values() for actor in actors])
+        return [key for keys in ray.get([actor.snapshot.remote() for actor in self.actors]) for key in keys]
 
     def restore(self) -> list[bool]:
         """Reload every partition from its last snapshot (a partition without one keeps its state)."""
         import ray
 
-        return ray.get([actor.restore.remote() for actors in self.actors.values() for actor in actors])
+        return ray.get([actor.restore.remote() for actor in self.actors])
 
     def stats(self) -> dict[str, dict[str, int]]:
         import ray
 
-        totals: dict[str, dict[str, int]] = {}
-        for kind, actors in self.actors.items():
-            parts = ray.get([actor.stats.remote() for actor in actors])
-            totals[kind] = {name: sum(p[name] for p in parts) for name in parts[0]}
-        return totals
+        parts = ray.get([actor.stats.remote() for actor in self.actors])
+        return {kind: {name: sum(p[kind][name] for p in parts) for name in parts[0][kind]} for kind in KINDS}
 
     def shutdown(self) -> None:
         """Stop the actors (state not snapshotted is lost)."""
         import ray
 
-        for actors in self.actors.values():
-            for actor in actors:
-                ray.kill(actor)
-
-
-def _event_output_names(kind: str) -> list[str]:
-    empty = pd.DataFrame({c: np.zeros(0, np.int64) for c in EVENT_ROW_COLUMNS})
-    labels = pd.DataFrame({"key": np.zeros(0, np.int64), "known_ms": np.zeros(0, np.int64)})
-    return list((merchant_pass if kind == "merchant" else mcc_pass)(empty, empty, labels).columns)
+        for actor in self.actors:
+            ray.kill(actor)
 
 
 def bench_features_online(settings: Settings, rows: int = 200_000, batch_rows: int = 5_000) -> dict[str, Any]:

@@ -18,6 +18,7 @@ late (chargebacks, analyst decisions), and a feature must never see a label the 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 
@@ -31,6 +32,7 @@ RETENTION_MS = 30 * DAY_MS
 # The relative-time origin sits this far before the earliest time, so "t - window" never leaves a key's range.
 _ORIGIN_MARGIN_MS = RETENTION_MS + DAY_MS
 _TIME_BITS = 40  # 2**40 ms ≈ 34 years of relative time below the key index
+_EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday
 
 USER_WINDOWS = {"10m": 10 * MINUTE_MS, "1h": HOUR_MS, "24h": DAY_MS, "7d": 7 * DAY_MS, "30d": RETENTION_MS}
 MERCHANT_COUNT_WINDOWS = {"1h": HOUR_MS, "24h": DAY_MS, "7d": 7 * DAY_MS}
@@ -86,6 +88,12 @@ USER_PASS_OUTPUTS = (
     "first_time_at_merchant", "new_device", "prev_distance_km", "prev_hours", "prev_location_found",
     "country_changed",
 )
+MERCHANT_PASS_OUTPUTS = (*(f"count_{w}" for w in {**MERCHANT_COUNT_WINDOWS, **MERCHANT_RISK_WINDOWS}),
+                         *(f"fraud_{w}" for w in MERCHANT_RISK_WINDOWS))
+MCC_PASS_OUTPUTS = (*(f"count_{w}" for w in MCC_RISK_WINDOWS), *(f"fraud_{w}" for w in MCC_RISK_WINDOWS))
+
+# Pass inputs and outputs: a DataFrame, or plain column arrays on the online hot path (no pandas per call).
+Columns = Mapping[str, np.ndarray] | pd.DataFrame
 
 
 def stable_hash(values: pd.Series | np.ndarray) -> np.ndarray:
@@ -138,14 +146,13 @@ def prepare_rows(transactions: pd.DataFrame, users: pd.DataFrame, merchants: pd.
     mcc = _column(transactions, "mcc").astype("string").fillna(merchants["mcc"].astype("string").set_axis(
         transactions.index))
     channel = _column(transactions, "channel").astype("string")
+    named = {"txn_key": transactions["transaction_id"], "user_key": transactions["user_id"],
+             "merchant_key": transactions["merchant_id"], "mcc_key": mcc,
+             "device_key": _column(transactions, "device_id"), "country_key": _column(transactions, "country"),
+             "home_country_key": users["home_country"]}
+    hashed = stable_hash(np.concatenate([np.asarray(values, dtype=object) for values in named.values()]))
     rows = pd.DataFrame({
-        "txn_key": stable_hash(transactions["transaction_id"]),
-        "user_key": stable_hash(transactions["user_id"]),
-        "merchant_key": stable_hash(transactions["merchant_id"]),
-        "mcc_key": stable_hash(mcc),
-        "device_key": stable_hash(_column(transactions, "device_id")),
-        "country_key": stable_hash(_column(transactions, "country")),
-        "home_country_key": stable_hash(users["home_country"]),
+        **dict(zip(named, np.split(hashed, len(named)))),
         "ts_ms": epoch_ms(transactions["timestamp"]),
         "amount": pd.to_numeric(transactions["amount"]).to_numpy(dtype=np.float64),
         "lat": pd.to_numeric(_column(transactions, "lat"), errors="coerce").to_numpy(dtype=np.float64),
@@ -234,16 +241,36 @@ def _haversine_km(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np
     return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
 
 
-def user_pass(history: pd.DataFrame, batch: pd.DataFrame) -> pd.DataFrame:
+def _stacked(history: Columns, batch: Columns, columns: tuple[str, ...]) -> tuple[dict[str, np.ndarray], int, int]:
+    """History rows then batch rows, per column; and the two row counts."""
+    rows = {c: np.concatenate([np.asarray(history[c]), np.asarray(batch[c])]) for c in columns}
+    n_history = len(history[columns[0]])
+    return rows, n_history, len(rows[columns[0]]) - n_history
+
+
+def _in_batch_order(out: dict[str, np.ndarray], names: tuple[str, ...], target: np.ndarray) -> np.ndarray:
+    """Outputs computed in sorted order as a (batch rows x names) matrix in batch order."""
+    matrix = np.empty((len(target), len(names)), dtype=np.float64)
+    for column, name in enumerate(names):
+        matrix[target, column] = out[name]
+    return matrix
+
+
+def user_pass(history: Columns, batch: Columns) -> pd.DataFrame:
     """Per-user window features for ``batch`` rows (in batch order), given earlier rows of their users."""
-    rows = pd.concat([history[list(USER_ROW_COLUMNS)], batch[list(USER_ROW_COLUMNS)]], ignore_index=True)
-    n_history, n = len(history), len(rows)
-    if len(batch) == 0:
-        return pd.DataFrame({name: np.zeros(0) for name in USER_PASS_OUTPUTS})
-    ts = rows["ts_ms"].to_numpy(np.int64)
-    order, combined, _ = _layout(rows["user_key"].to_numpy(np.int64), ts, int(ts.min()) - _ORIGIN_MARGIN_MS)
+    return pd.DataFrame(user_pass_values(history, batch), columns=list(USER_PASS_OUTPUTS))
+
+
+def user_pass_values(history: Columns, batch: Columns) -> np.ndarray:
+    """``user_pass`` as a (batch rows x ``USER_PASS_OUTPUTS``) matrix."""
+    rows, n_history, n_batch = _stacked(history, batch, USER_ROW_COLUMNS)
+    n = n_history + n_batch
+    if n_batch == 0:
+        return np.zeros((0, len(USER_PASS_OUTPUTS)))
+    ts = rows["ts_ms"].astype(np.int64, copy=False)
+    order, combined, _ = _layout(rows["user_key"].astype(np.int64, copy=False), ts, int(ts.min()) - _ORIGIN_MARGIN_MS)
     ts_s = ts[order]
-    amount = rows["amount"].to_numpy(np.float64)[order]
+    amount = rows["amount"].astype(np.float64, copy=False)[order]
     log_amount = np.log1p(amount)
     new = np.flatnonzero(order >= n_history)          # sorted positions of the batch rows
     target = order[new] - n_history                    # their batch index
@@ -271,7 +298,7 @@ def user_pass(history: pd.DataFrame, batch: pd.DataFrame) -> pd.DataFrame:
     out["user_prev_std_log_30d"] = np.where(has_prior, np.sqrt(var_log), 0.0)
     out["seconds_since_prev"] = np.where(has_prior, (ts_s[new] - ts_s[np.maximum(new - 1, 0)]) / 1000.0, np.nan)
 
-    merchants = rows["merchant_key"].to_numpy(np.int64)[order]
+    merchants = rows["merchant_key"].astype(np.int64, copy=False)[order]
     user_index = combined >> _TIME_BITS
     pair_merchant = _previous_same(_pair_index(user_index, merchants), np.ones(n, bool))
     for name in DISTINCT_MERCHANT_WINDOWS:
@@ -279,11 +306,11 @@ def user_pass(history: pd.DataFrame, batch: pd.DataFrame) -> pd.DataFrame:
     out["user_tiny_count_10m"] = tiny_cum[new + 1] - tiny_cum[starts["10m"]]
     out["first_time_at_merchant"] = (pair_merchant[new] < start30).astype(np.float64)
 
-    devices = rows["device_key"].to_numpy(np.int64)[order]
+    devices = rows["device_key"].astype(np.int64, copy=False)[order]
     pair_device = _previous_same(_pair_index(user_index, devices), devices != 0)
     out["new_device"] = ((devices[new] != 0) & (pair_device[new] < start30)).astype(np.float64)
 
-    lat, lon = rows["lat"].to_numpy(np.float64)[order], rows["lon"].to_numpy(np.float64)[order]
+    lat, lon = rows["lat"].astype(np.float64, copy=False)[order], rows["lon"].astype(np.float64, copy=False)[order]
     located = ~(np.isnan(lat) | np.isnan(lon))
     previous_located = _last_present_before(located)[new]
     found = (previous_located >= start30) & located[new]
@@ -292,33 +319,27 @@ def user_pass(history: pd.DataFrame, batch: pd.DataFrame) -> pd.DataFrame:
     out["prev_hours"] = np.where(found, (ts_s[new] - ts_s[prev]) / HOUR_MS, 0.0)
     out["prev_location_found"] = found.astype(np.float64)
 
-    countries = rows["country_key"].to_numpy(np.int64)[order]
+    countries = rows["country_key"].astype(np.int64, copy=False)[order]
     previous_country = _last_present_before(countries != 0)[new]
     known = (previous_country >= start30) & (countries[new] != 0)
     out["country_changed"] = (known & (countries[np.where(known, previous_country, 0)] != countries[new])).astype(float)
-
-    result = pd.DataFrame(index=pd.RangeIndex(len(batch)))
-    for name in USER_PASS_OUTPUTS:
-        values = np.empty(len(batch), dtype=np.float64)
-        values[target] = out[name]
-        result[name] = values
-    return result
+    return _in_batch_order(out, USER_PASS_OUTPUTS, target)
 
 
-def event_pass(history: pd.DataFrame, batch: pd.DataFrame, labels: pd.DataFrame,
-               count_windows: dict[str, int], fraud_windows: dict[str, int]) -> pd.DataFrame:
+def event_pass(history: Columns, batch: Columns, labels: Columns, count_windows: dict[str, int],
+               fraud_windows: dict[str, int]) -> np.ndarray:
     """Per-key transaction counts and known-fraud counts for ``batch`` rows (merchant or merchant category).
 
     ``history``/``batch`` hold ``EVENT_ROW_COLUMNS``; ``labels`` holds ``key, known_ms`` of confirmed frauds. A label
     counts for a transaction at time t when t - window < known_ms < t. Rows with key 0 (missing) get zeros.
+    Returns a (batch rows x ``count_*`` then ``fraud_*``) matrix.
     """
-    rows = pd.concat([history[list(EVENT_ROW_COLUMNS)], batch[list(EVENT_ROW_COLUMNS)]], ignore_index=True)
-    n_history = len(history)
-    names = [f"count_{w}" for w in count_windows] + [f"fraud_{w}" for w in fraud_windows]
-    if len(batch) == 0:
-        return pd.DataFrame({name: np.zeros(0) for name in names})
-    keys, ts = rows["key"].to_numpy(np.int64), rows["ts_ms"].to_numpy(np.int64)
-    label_keys, known = labels["key"].to_numpy(np.int64), labels["known_ms"].to_numpy(np.int64)
+    rows, n_history, n_batch = _stacked(history, batch, EVENT_ROW_COLUMNS)
+    names = (*(f"count_{w}" for w in count_windows), *(f"fraud_{w}" for w in fraud_windows))
+    if n_batch == 0:
+        return np.zeros((0, len(names)))
+    keys, ts = rows["key"].astype(np.int64, copy=False), rows["ts_ms"].astype(np.int64, copy=False)
+    label_keys, known = np.asarray(labels["key"], np.int64), np.asarray(labels["known_ms"], np.int64)
     origin = int(min(ts.min(), known.min() if len(known) else ts.min())) - _ORIGIN_MARGIN_MS
     order, combined, unique_keys = _layout(keys, ts, origin)
     new = np.flatnonzero(order >= n_history)
@@ -335,53 +356,57 @@ def event_pass(history: pd.DataFrame, batch: pd.DataFrame, labels: pd.DataFrame,
     for name, window in fraud_windows.items():
         lower = np.searchsorted(label_combined, combined[new] - window, side="right")
         out[f"fraud_{name}"] = np.where(present, upper - lower, 0).astype(np.float64)
-    result = pd.DataFrame(index=pd.RangeIndex(len(batch)))
-    for name in names:
-        values = np.empty(len(batch), dtype=np.float64)
-        values[target] = out[name]
-        result[name] = values
-    return result
+    return _in_batch_order(out, names, target)
 
 
-def merchant_pass(history: pd.DataFrame, batch: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
+def merchant_pass_values(history: Columns, batch: Columns, labels: Columns) -> np.ndarray:
+    """``merchant_pass`` as a (batch rows x ``MERCHANT_PASS_OUTPUTS``) matrix."""
     return event_pass(history, batch, labels, {**MERCHANT_COUNT_WINDOWS, **MERCHANT_RISK_WINDOWS},
                       MERCHANT_RISK_WINDOWS)
 
 
-def mcc_pass(history: pd.DataFrame, batch: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
+def mcc_pass_values(history: Columns, batch: Columns, labels: Columns) -> np.ndarray:
+    """``mcc_pass`` as a (batch rows x ``MCC_PASS_OUTPUTS``) matrix."""
     return event_pass(history, batch, labels, MCC_RISK_WINDOWS, MCC_RISK_WINDOWS)
+
+
+def merchant_pass(history: Columns, batch: Columns, labels: Columns) -> pd.DataFrame:
+    return pd.DataFrame(merchant_pass_values(history, batch, labels), columns=list(MERCHANT_PASS_OUTPUTS))
+
+
+def mcc_pass(history: Columns, batch: Columns, labels: Columns) -> pd.DataFrame:
+    return pd.DataFrame(mcc_pass_values(history, batch, labels), columns=list(MCC_PASS_OUTPUTS))
 
 
 def _risk(fraud: np.ndarray, count: np.ndarray) -> np.ndarray:
     return (fraud + RISK_PRIOR_WEIGHT * RISK_PRIOR_RATE) / (count + RISK_PRIOR_WEIGHT)
 
 
-def assemble(rows: pd.DataFrame, user: pd.DataFrame, merchant: pd.DataFrame, mcc: pd.DataFrame,
-             users: pd.DataFrame, merchants: pd.DataFrame) -> pd.DataFrame:
+def assemble(rows: pd.DataFrame, user: Columns, merchant: Columns, mcc: Columns, users: pd.DataFrame,
+             merchants: pd.DataFrame) -> pd.DataFrame:
     """``FEATURE_NAMES`` (float32, never NaN) from the numeric rows, pass outputs and aligned profiles."""
     f: dict[str, np.ndarray] = {}
     amount = rows["amount"].to_numpy(np.float64)
     ts = rows["ts_ms"].to_numpy(np.int64)
-    stamps = pd.to_datetime(ts, unit="ms", utc=True)
     f["amount"], f["log_amount"] = amount, np.log1p(amount)
-    hour = stamps.hour.to_numpy()
+    hour = (ts // HOUR_MS) % 24
     f["hour_of_day"] = hour.astype(np.float64)
     f["is_night"] = ((hour >= NIGHT_HOURS[0]) & (hour < NIGHT_HOURS[1])).astype(np.float64)
-    f["is_weekend"] = (stamps.dayofweek.to_numpy() >= 5).astype(np.float64)
+    f["is_weekend"] = ((ts // DAY_MS + _EPOCH_WEEKDAY) % 7 >= 5).astype(np.float64)  # Monday = 0
     for window in USER_WINDOWS:
         for stat in ("count", "sum"):
-            f[f"user_{stat}_{window}"] = user[f"user_{stat}_{window}"].to_numpy()
-    has_prior = user["user_prev_count_30d"].to_numpy() > 0
-    prior_mean = user["user_prev_mean_amount_30d"].to_numpy()
+            f[f"user_{stat}_{window}"] = np.asarray(user[f"user_{stat}_{window}"])
+    has_prior = np.asarray(user["user_prev_count_30d"]) > 0
+    prior_mean = np.asarray(user["user_prev_mean_amount_30d"])
     f["amount_to_user_mean_30d"] = np.where(has_prior, amount / np.where(has_prior, prior_mean, 1.0), 1.0)
-    spread = np.maximum(user["user_prev_std_log_30d"].to_numpy(), MIN_LOG_STD)
-    f["log_amount_zscore_30d"] = np.where(has_prior, (np.log1p(amount) - user["user_prev_mean_log_30d"]) / spread, 0.0)
+    spread = np.maximum(np.asarray(user["user_prev_std_log_30d"]), MIN_LOG_STD)
+    f["log_amount_zscore_30d"] = np.where(has_prior, (np.log1p(amount) - np.asarray(user["user_prev_mean_log_30d"])) / spread, 0.0)
     f["user_no_history_30d"] = (~has_prior).astype(np.float64)
-    seconds = np.nan_to_num(user["seconds_since_prev"].to_numpy(), nan=NEUTRAL_SECONDS_SINCE_PREV)
+    seconds = np.nan_to_num(np.asarray(user["seconds_since_prev"]), nan=NEUTRAL_SECONDS_SINCE_PREV)
     f["log_seconds_since_prev"] = np.log1p(seconds)
     for name in ("user_distinct_merchants_1h", "user_distinct_merchants_24h", "user_tiny_count_10m",
                  "first_time_at_merchant", "new_device"):
-        f[name] = user[name].to_numpy()
+        f[name] = np.asarray(user[name])
     f["device_missing"] = (rows["device_key"].to_numpy() == 0).astype(np.float64)
 
     lat, lon = rows["lat"].to_numpy(np.float64), rows["lon"].to_numpy(np.float64)
@@ -391,14 +416,14 @@ def assemble(rows: pd.DataFrame, user: pd.DataFrame, merchant: pd.DataFrame, mcc
     f["distance_from_home_km"] = np.where(home_known, _haversine_km(np.nan_to_num(home_lat), np.nan_to_num(home_lon),
                                                                     np.nan_to_num(lat), np.nan_to_num(lon)), 0.0)
     f["home_distance_missing"] = (~home_known).astype(np.float64)
-    found = user["prev_location_found"].to_numpy() > 0
-    f["distance_from_prev_km"] = user["prev_distance_km"].to_numpy()
-    hours = np.maximum(user["prev_hours"].to_numpy(), SPEED_MIN_HOURS)
+    found = np.asarray(user["prev_location_found"]) > 0
+    f["distance_from_prev_km"] = np.asarray(user["prev_distance_km"])
+    hours = np.maximum(np.asarray(user["prev_hours"]), SPEED_MIN_HOURS)
     f["speed_from_prev_kmh"] = np.where(found, np.minimum(f["distance_from_prev_km"] / hours, MAX_SPEED_KMH), 0.0)
     f["prev_location_missing"] = (~found).astype(np.float64)
     f["location_missing"] = (np.isnan(lat) | np.isnan(lon)).astype(np.float64)
     country, home_country = rows["country_key"].to_numpy(), rows["home_country_key"].to_numpy()
-    f["country_changed"] = user["country_changed"].to_numpy()
+    f["country_changed"] = np.asarray(user["country_changed"])
     f["country_missing"] = (country == 0).astype(np.float64)
     f["country_differs_from_home"] = ((country != 0) & (home_country != 0) & (country != home_country)).astype(float)
     channel = rows["channel_code"].to_numpy()
@@ -407,22 +432,23 @@ def assemble(rows: pd.DataFrame, user: pd.DataFrame, merchant: pd.DataFrame, mcc
     f["channel_missing"] = (channel == 0).astype(np.float64)
 
     for window in MERCHANT_COUNT_WINDOWS:
-        f[f"merchant_count_{window}"] = merchant[f"count_{window}"].to_numpy()
+        f[f"merchant_count_{window}"] = np.asarray(merchant[f"count_{window}"])
     for window in MERCHANT_RISK_WINDOWS:
-        f[f"merchant_risk_{window}"] = _risk(merchant[f"fraud_{window}"].to_numpy(), merchant[f"count_{window}"].to_numpy())
-    f["merchant_fraud_count_7d"] = merchant["fraud_7d"].to_numpy()
+        f[f"merchant_risk_{window}"] = _risk(np.asarray(merchant[f"fraud_{window}"]), np.asarray(merchant[f"count_{window}"]))
+    f["merchant_fraud_count_7d"] = np.asarray(merchant["fraud_7d"])
     mcc_known = rows["mcc_key"].to_numpy() != 0
     for window in MCC_RISK_WINDOWS:
-        f[f"mcc_risk_{window}"] = np.where(mcc_known, _risk(mcc[f"fraud_{window}"].to_numpy(),
-                                                            mcc[f"count_{window}"].to_numpy()), RISK_PRIOR_RATE)
+        f[f"mcc_risk_{window}"] = np.where(mcc_known, _risk(np.asarray(mcc[f"fraud_{window}"]),
+                                                            np.asarray(mcc[f"count_{window}"])), RISK_PRIOR_RATE)
     f["mcc_missing"] = (~mcc_known).astype(np.float64)
 
     opened = pd.to_datetime(users["account_opened"], utc=True, errors="coerce")
+    stamps = pd.to_datetime(ts, unit="ms", utc=True)
     age_days = (stamps - pd.DatetimeIndex(opened)).total_seconds().to_numpy() / 86_400.0
     f["account_age_days"] = np.where(np.isnan(age_days), NEUTRAL_ACCOUNT_AGE_DAYS, np.maximum(age_days, 0.0))
     limit = pd.to_numeric(users["credit_limit"], errors="coerce").to_numpy(np.float64)
     limit_known = np.nan_to_num(limit) > 0
-    f["credit_utilisation_30d"] = np.where(limit_known, user["user_sum_30d"].to_numpy() / np.where(limit_known, limit, 1), 0)
+    f["credit_utilisation_30d"] = np.where(limit_known, np.asarray(user["user_sum_30d"]) / np.where(limit_known, limit, 1), 0)
     f["kyc_level"] = np.nan_to_num(pd.to_numeric(users["kyc_level"], errors="coerce").to_numpy(np.float64), nan=0.0)
     f["user_profile_missing"] = _profile_missing(users, ("home_lat", "account_opened", "credit_limit", "kyc_level"))
     typical = pd.to_numeric(merchants["typical_ticket"], errors="coerce").to_numpy(np.float64)

@@ -31,7 +31,6 @@ LABEL_COLUMN = "is_fraud"
 SCENARIO_COLUMN = "fraud_scenario"
 CANONICAL_COLUMNS = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)
 
-_ID_RE = re.compile(ID_PATTERN)
 
 
 def parse_timestamp(value: Any) -> datetime:
@@ -143,10 +142,10 @@ def validate_frame(frame: pd.DataFrame, *, labelled: bool = False) -> pd.DataFra
 
     out = pd.DataFrame(index=pd.RangeIndex(len(frame)))
     for column in ID_COLUMNS:
-        values = frame[column].astype("string").to_numpy(dtype=object, na_value=None)
-        valid = np.fromiter((v is not None and _ID_RE.fullmatch(v) is not None for v in values), bool, len(values))
+        values = frame[column].astype("string")
+        valid = values.str.fullmatch(ID_PATTERN).fillna(False).to_numpy(dtype=bool)
         reject(~valid, column, f"must be 1-64 characters of A-Za-z0-9_-.: ({ID_PATTERN})")
-        out[column] = values
+        out[column] = values.to_numpy(dtype=object, na_value=None)
 
     amount = pd.to_numeric(frame["amount"], errors="coerce").to_numpy(dtype=float)
     with np.errstate(invalid="ignore"):

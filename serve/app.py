@@ -3,8 +3,8 @@
     ingress --(1)--> Features (online keyed state + enrichment, batched across requests)
             --(2)--> XGBoost || Autoencoder (parallel, batched, any registry version) -> combine in the ingress
 
-Two sequential hops per request. The combiner (calibration, policy, reason codes) is microseconds of arithmetic,
-so it runs in the ingress rather than costing a third hop. The ingress names the model version on every call,
+Two sequential hops per request. The combiner (calibration, policy; reason codes only for MEDIUM/HIGH rows) is
+little work, so it runs in the ingress rather than costing a third hop. The ingress names the model version on every call,
 so champion and challenger share the model deployments and a promotion switches both stages together.
 
 No ``from __future__ import annotations``: FastAPI must see real annotations on the ingress methods.
@@ -113,7 +113,7 @@ class XGBoostStage(_ModelStage):
     def predict(self, bundle: Any, x: np.ndarray) -> tuple[np.ndarray, ...]:
         from serve.scoring import xgb_stage
 
-        return xgb_stage(bundle, x)
+        return (xgb_stage(bundle, x),)
 
     @serve.batch(max_batch_size=MAX_BATCH_ROWS, batch_wait_timeout_s=0.0, batch_size_fn=_rows)
     async def score(self, requests: list[tuple[str, np.ndarray]]) -> list[Any]:
@@ -186,9 +186,9 @@ class Ingress:
     async def _decide(self, version: str, ids: list[str], x: np.ndarray) -> list[dict[str, Any]]:
         from serve.scoring import combine
 
-        (xgb_score, contributions), (ae_score,) = await asyncio.gather(
+        (xgb_score,), (ae_score,) = await asyncio.gather(
             self.xgboost.score.remote((version, x)), self.autoencoder.score.remote((version, x)))
-        return combine(self.models.scorer(version).bundle, ids, x, xgb_score, contributions, ae_score)
+        return await asyncio.to_thread(combine, self.models.scorer(version).bundle, ids, x, xgb_score, ae_score)
 
     async def _score(self, transactions: list[Any]) -> list[dict[str, Any]]:
         from serve.champion import in_canary

@@ -1,8 +1,9 @@
 """The scoring core, in stages, shared by the Serve deployments and the in-process SDK (hence identical scores).
 
-features (``cluster.feature_state.OnlineFeatures``) -> XGBoost score + contributions || autoencoder score ->
-combine (the bundle's ensemble calibration and risk policy, reason codes). Each stage makes exactly the calls
-``training.predict.FraudScorer.score`` makes; the Serve graph runs the two model stages in parallel deployments.
+features (``cluster.feature_state.OnlineFeatures``) -> XGBoost score || autoencoder score -> combine (the bundle's
+ensemble calibration and risk policy; reason codes from XGBoost contributions, computed only for the MEDIUM and HIGH
+rows that show them). Each stage makes exactly the calls ``training.predict.FraudScorer.score`` makes; the Serve graph
+runs the two model stages in parallel deployments.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pandas as pd
 
 from cluster.config import Settings
 from cluster.features import FEATURE_NAMES
-from cluster.schema import LABEL_COLUMN, SCENARIO_COLUMN, Transaction, validate_frame
+from cluster.schema import CANONICAL_COLUMNS, LABEL_COLUMN, SCENARIO_COLUMN, Transaction
 from serve.reasons import explain
 from training.predict import FraudScorer
 from training.registry import ModelBundle, registry_for
@@ -55,18 +56,21 @@ def scoring_record(transaction: Transaction) -> dict[str, Any]:
 
 
 def canonical_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """Validated transactions (``scoring_record``) as the canonical frame the feature code takes."""
-    return validate_frame(pd.DataFrame(records))
+    """Transactions the pydantic model has validated (``scoring_record``) as the canonical frame the feature code
+    takes; they are not validated a second time."""
+    frame = pd.DataFrame.from_records(records, columns=list(CANONICAL_COLUMNS))
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
+    frame[["lat", "lon"]] = frame[["lat", "lon"]].astype(np.float64)
+    return frame
 
 
 def feature_matrix(features: pd.DataFrame) -> np.ndarray:
     return features[list(FEATURE_NAMES)].to_numpy(dtype=np.float32)
 
 
-def xgb_stage(bundle: ModelBundle, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """XGBoost probability and per-feature contributions (log-odds, bias last) for each row."""
-    scores = bundle.booster.inplace_predict(x, validate_features=False).astype(np.float64)
-    return scores, FraudScorer(bundle).contributions(x).to_numpy(dtype=np.float32)
+def xgb_stage(bundle: ModelBundle, x: np.ndarray) -> np.ndarray:
+    """XGBoost probability for each row."""
+    return bundle.booster.inplace_predict(x, validate_features=False).astype(np.float64)
 
 
 def ae_stage(bundle: ModelBundle, x: np.ndarray) -> np.ndarray:
@@ -74,13 +78,20 @@ def ae_stage(bundle: ModelBundle, x: np.ndarray) -> np.ndarray:
 
 
 def combine(bundle: ModelBundle, transaction_ids: list[str], x: np.ndarray, xgb_score: np.ndarray,
-            contributions: np.ndarray, ae_score: np.ndarray) -> list[dict[str, Any]]:
-    """The decision per row: calibrated ensemble score, risk level and alert flag from the policy, reasons."""
+            ae_score: np.ndarray) -> list[dict[str, Any]]:
+    """The decision per row: calibrated ensemble score, risk level and alert flag from the policy, and reasons for
+    the MEDIUM and HIGH rows (per-feature XGBoost contributions, ``pred_contribs``); a LOW row has none."""
     ensemble = bundle.ensemble
     fraud_score = ensemble.fraud_score(xgb_score, ae_score)
     levels = ensemble.policy.risk_levels(fraud_score)
     flags = ensemble.policy.is_fraud(fraud_score)
-    factors = explain(bundle.feature_names, x, contributions, ae_score, ensemble.ae_weight)
+    factors: list[list[str]] = [[] for _ in transaction_ids]
+    explained = np.flatnonzero(levels != "LOW")
+    if len(explained):
+        contributions = FraudScorer(bundle).contributions(x[explained]).to_numpy(dtype=np.float32)
+        for row, reasons in zip(explained, explain(bundle.feature_names, x[explained], contributions,
+                                                   ae_score[explained], ensemble.ae_weight)):
+            factors[row] = reasons
     return [{"transaction_id": tid, "fraud_score": float(score), "is_fraud": bool(flag), "risk_level": str(level),
              "factors": reasons, "model_version": bundle.version}
             for tid, score, flag, level, reasons in zip(transaction_ids, fraud_score, flags, levels, factors)]

@@ -60,8 +60,7 @@ class FraudDetector:
                 raise InvalidTransaction(errors)
             frame = canonical_frame([scoring_record(t) for t in parsed])
         x = feature_matrix(self.features.compute(frame))
-        xgb_score, contributions = xgb_stage(self.bundle, x)
-        decisions = combine(self.bundle, frame["transaction_id"].tolist(), x, xgb_score, contributions,
+        decisions = combine(self.bundle, frame["transaction_id"].tolist(), x, xgb_stage(self.bundle, x),
                             ae_stage(self.bundle, x))
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         for decision in decisions:

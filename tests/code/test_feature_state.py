@@ -10,21 +10,56 @@ import pandas as pd
 import pytest
 
 from cluster.config import Settings
-from cluster.features import DAY_MS, FEATURE_NAMES, build_features
-from cluster.feature_state import KeyedHistory
+from cluster.features import DAY_MS, FEATURE_NAMES, align_profiles, build_features, prepare_rows
+from cluster.feature_state import TAIL_ROWS, FeatureStateCore, KeyedHistory
 from cluster.offline_features import synthetic_transactions
+from cluster.profiles import MERCHANT_PROFILE_COLUMNS, USER_PROFILE_COLUMNS
 
 
 def test_keyed_history_takes_appends_and_evicts() -> None:
     history = KeyedHistory(("key", "ts_ms"), "key", "ts_ms")
     history.append(pd.DataFrame({"key": [5, 3, 5, 3, 9], "ts_ms": [1, 2, 3, 4, 5]}))
     history.append(pd.DataFrame({"key": [3], "ts_ms": [6]}))
-    assert history.take(np.array([3, 3, 7])).to_dict("list") == {"key": [3, 3, 3], "ts_ms": [2, 4, 6]}
+    taken = history.take(np.array([3, 3, 7, 5]))
+    assert {c: v.tolist() for c, v in taken.items()} == {"key": [3, 3, 3, 5, 5], "ts_ms": [2, 4, 6, 1, 3]}
     assert history.key_count == 3
     history.evict(horizon=1, cap=2)
     assert history.to_frame().to_dict("list") == {"key": [3, 3, 5, 9], "ts_ms": [4, 6, 3, 5]}
     history.evict(horizon=5, cap=10)  # keys whose rows all left the horizon expire
     assert history.key_count == 1 and len(history) == 1
+
+
+def test_history_merges_its_tail_without_changing_what_it_returns() -> None:
+    rng = np.random.default_rng(0)
+    keys, times = rng.integers(1, 50, 3 * TAIL_ROWS), np.arange(3 * TAIL_ROWS)
+    history = KeyedHistory(("key", "ts_ms"), "key", "ts_ms")
+    for start in range(0, len(keys), 700):  # appends that fill and overflow the tail
+        history.append({"key": keys[start:start + 700], "ts_ms": times[start:start + 700]})
+    assert 0 < history.tail_rows < TAIL_ROWS and len(history) == len(keys)
+    taken = history.take(np.array([7, 3]))
+    expected = np.concatenate([times[keys == 3], times[keys == 7]])
+    assert taken["ts_ms"].tolist() == expected.tolist() and taken["key"].tolist() == sorted(taken["key"].tolist())
+
+
+def test_a_replayed_batch_gets_the_same_features_and_leaves_the_state_unchanged() -> None:
+    transactions = synthetic_transactions(600, users=20, merchants=5, days=2, seed=8)
+    expected = build_features(transactions, label_delay=timedelta(days=1))
+    rows = prepare_rows(transactions, align_profiles(transactions["user_id"], None, "user_id", USER_PROFILE_COLUMNS),
+                        align_profiles(transactions["merchant_id"], None, "merchant_id", MERCHANT_PROFILE_COLUMNS))
+    batch = {c: rows[c].to_numpy() for c in rows.columns}
+    user = FeatureStateCore("user")
+    head, tail = ({c: v[part] for c, v in batch.items()} for part in (slice(0, 400), slice(400, None)))
+    first = user.process(head)
+    state = {c: v.copy() for c, v in user.rows.to_frame().items()}
+    replayed = user.process(head)
+    np.testing.assert_array_equal(replayed, first)
+    assert {c: v.tolist() for c, v in user.rows.to_frame().items()} == {c: v.tolist() for c, v in state.items()}
+    overlapping = {c: v[350:] for c, v in batch.items()}  # a retry that overlaps the next batch
+    later = user.process(overlapping)
+    np.testing.assert_array_equal(later[:50], first[350:])
+    assert len(user.rows) == len(transactions)
+    np.testing.assert_allclose(later[50:, 0], expected["user_count_10m"].to_numpy()[400:])
+    np.testing.assert_allclose(first[:, 0], expected["user_count_10m"].to_numpy()[:400])
 
 
 def test_restarted_actors_continue_from_their_snapshot(ray_session: Settings) -> None:
