@@ -269,7 +269,7 @@ def test_fraudctl_simulate_end_to_end(tmp_path, suffix: str) -> None:
 
 def test_run_simulate_loads_profiles_into_dynamodb(tmp_path, aws_settings: Settings) -> None:
     # another process pointed at a running endpoint (e.g. `fraudctl up`) sees it as configured AWS
-    live = aws_settings.model_copy(update={"embedded_aws": False})
+    live = aws_settings.model_copy(update={"aws_mode": "real", "embedded_aws": False})
     summary = run_simulate(live, out=tmp_path / "h.parquet", users=40, days=3, start=date(2026, 1, 5), seed=1,
                            fraud_rate=0.01)
     assert "DynamoDB" in summary["profiles"]
