@@ -1,9 +1,9 @@
 """Real-time scoring from Kinesis: one consumer actor per shard, KCL-style leases, supervision, resharding.
 
 Each ``ShardConsumer`` polls its shard, scores micro-batches with the same in-process scoring core the Serve
-replicas and the SDK run (``serve.sdk.FraudDetector``: online features, XGBoost, autoencoder, combiner), writes
-every decision to the output stream, publishes HIGH decisions to SNS (exactly once per transaction_id through the
-alert ledger), and only then checkpoints the shard's last sequence number in the DynamoDB lease table. A
+replicas and the SDK run (``serve.sdk.FraudDetector``: online features, XGBoost, autoencoder, combiner),
+publishes HIGH decisions to SNS (exactly once per transaction_id through the alert ledger), writes every
+decision to the output stream, and only then checkpoints the shard's last sequence number in the DynamoDB lease table. A
 restarted consumer resumes after its checkpoint; a replayed record can repeat a decision record (keyed by
 transaction_id) but never an alert: effectively once.
 
@@ -163,8 +163,8 @@ class ShardConsumer:
                                             "stream_lag_ms": round(lag, 1)}).encode(),
                         "PartitionKey": decision["transaction_id"]}
                        for decision, (_, truth, _), lag in zip(decisions, valid, lags)]
-            put_records_reliably(self.kinesis, self.settings.decisions_stream_name, entries)
             alerts = self.alerts.publish_high(decisions, transactions)
+            put_records_reliably(self.kinesis, self.settings.decisions_stream_name, entries)
             elapsed_ms = (time.perf_counter() - started) * 1000.0
             self.stats.add(scored=len(valid), alerts=alerts, latency_ms=elapsed_ms / len(valid), stream_lags_ms=lags)
             self.status.scored += len(valid)
