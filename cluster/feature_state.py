@@ -1,15 +1,16 @@
 """Online feature state: keyed history in Ray actors, partitioned by a stable hash of user, merchant and category.
 
-Each actor keeps, per key, the rows the feature windows can still see (30 days, at most the per-key cap) and runs
-the very same passes as the offline builder (``cluster.features``) on history + micro-batch. Idle keys expire with
-their last row; state snapshots to S3 and restores, so a restarted actor loses nothing. ``OnlineFeatures`` is the
-one public coordinator: ``compute`` (features for a batch), ``record_labels`` (label feedback), ``snapshot``,
-``restore``.
+Each actor keeps, per key, the rows the feature windows can still see (30 days, for merchants plus the label delay;
+at most the per-key cap) and runs the very same passes as the offline builder (``cluster.features``) on history +
+micro-batch. Idle keys expire with their last row; state snapshots to S3 and restores, so a restarted actor loses
+nothing. ``OnlineFeatures`` is the one public coordinator: ``compute`` (features for a batch), ``record_labels``
+(label feedback), ``snapshot``, ``restore``.
 """
 
 from __future__ import annotations
 
 import io
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -18,15 +19,15 @@ import pandas as pd
 from cluster.config import Settings, get_settings
 from cluster.features import (EVENT_ROW_COLUMNS, MCC_PASS_OUTPUTS, MERCHANT_HISTORY_CAP, MERCHANT_PASS_OUTPUTS,
                               RETENTION_MS, USER_HISTORY_CAP, USER_PASS_OUTPUTS, USER_ROW_COLUMNS, assemble,
-                              epoch_ms, mcc_pass_values, merchant_pass_values, partition_of, prepare_rows,
-                              stable_hash, user_pass_values)
+                              epoch_ms, label_anchor, mcc_pass_values, merchant_pass_values, partition_of,
+                              prepare_rows, stable_hash, user_pass_values)
 
 ACTOR_NAMESPACE = "fraud"
 SNAPSHOT_PREFIX = "feature-state"
 KINDS = ("user", "merchant", "mcc")
 _FLOAT_COLUMNS = frozenset({"amount", "lat", "lon"})
 MERCHANT_STATE_COLUMNS = (*EVENT_ROW_COLUMNS, "txn_key", "mcc_key")
-LABEL_STATE_COLUMNS = ("key", "known_ms", "txn_key")
+LABEL_STATE_COLUMNS = ("key", "known_ms", "anchor_ms", "txn_key")
 PASS_OUTPUTS = {"user": USER_PASS_OUTPUTS, "merchant": MERCHANT_PASS_OUTPUTS, "mcc": MCC_PASS_OUTPUTS}
 TAIL_ROWS = 4_096                  # recent arrivals kept unsorted before one merge into the key-sorted body
 REPLAY_MEMORY = 50_000             # transactions per partition whose outputs a replay gets back unchanged
@@ -161,18 +162,22 @@ class RecentTransactions:
 class FeatureStateCore:
     """The state of one partition of one key kind ("user", "merchant" or "mcc"); plain Python, held by an actor."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, label_delay_ms: int):
         if kind not in KINDS:
             raise ValueError(f"kind must be user, merchant or mcc, not {kind!r}")
-        self.kind = kind
+        self.kind, self.label_delay_ms = kind, label_delay_ms
         if kind == "user":
             self.rows = KeyedHistory(USER_ROW_COLUMNS, "user_key", "ts_ms")
         else:
             self.rows = KeyedHistory(MERCHANT_STATE_COLUMNS if kind == "merchant" else EVENT_ROW_COLUMNS, "key", "ts_ms")
-        self.labels = KeyedHistory(LABEL_STATE_COLUMNS, "key", "known_ms")
+        self.labels = KeyedHistory(LABEL_STATE_COLUMNS, "key", "anchor_ms")
         self.recent = RecentTransactions(len(PASS_OUTPUTS[kind]))
         self.cap = USER_HISTORY_CAP if kind == "user" else MERCHANT_HISTORY_CAP
-        self.watermark = np.iinfo(np.int64).min + RETENTION_MS
+        # The delayed merchant windows reach back to t - delay - 30 days (inclusive): rows and label anchors stay
+        # that long; a label anchors at most one delay before it is known, so the known-time windows keep theirs.
+        self.label_retention_ms = RETENTION_MS + label_delay_ms + 1
+        self.row_retention_ms = self.label_retention_ms if kind == "merchant" else RETENTION_MS
+        self.watermark = np.iinfo(np.int64).min + self.label_retention_ms
         self.rows_since_compact = 0
 
     def process(self, batch: Rows) -> np.ndarray:
@@ -204,23 +209,23 @@ class FeatureStateCore:
         if self.kind == "user":
             return user_pass_values(history, rows)
         passes = merchant_pass_values if self.kind == "merchant" else mcc_pass_values
-        return passes(history, rows, self.labels.take(keys))
+        return passes(history, rows, self.labels.take(keys), self.label_delay_ms)
 
     def compact(self) -> None:
-        horizon = self.watermark - RETENTION_MS
-        self.rows.evict(horizon, self.cap)
-        self.labels.evict(horizon, np.iinfo(np.int64).max)
+        self.rows.evict(self.watermark - self.row_retention_ms, self.cap)
+        self.labels.evict(self.watermark - self.label_retention_ms, np.iinfo(np.int64).max)
         self.rows_since_compact = 0
 
     def resolve(self, txn_keys: np.ndarray) -> pd.DataFrame:
-        """Merchant and category of retained transactions (label feedback names only the transaction)."""
+        """Time, merchant and category of retained transactions (label feedback names only the transaction)."""
         found = np.isin(self.rows.column("txn_key"), txn_keys)
         return pd.DataFrame({"txn_key": self.rows.column("txn_key")[found],
+                             "ts_ms": self.rows.column("ts_ms")[found],
                              "merchant_key": self.rows.column("key")[found],
                              "mcc_key": self.rows.column("mcc_key")[found]})
 
     def add_labels(self, events: pd.DataFrame) -> int:
-        """Remember confirmed frauds (``key, known_ms, txn_key``); a transaction counts once."""
+        """Remember confirmed frauds (``LABEL_STATE_COLUMNS``); a transaction counts once."""
         fresh = events.drop_duplicates("txn_key")
         fresh = fresh[~np.isin(fresh["txn_key"].to_numpy(np.int64), self.labels.column("txn_key"))]
         self.labels.append(fresh)
@@ -255,7 +260,7 @@ class FeatureStateActor:
     """
 
     def __init__(self, partition: int, partitions: int, settings: Settings, restore: bool = True):
-        self.cores = {kind: FeatureStateCore(kind) for kind in KINDS}
+        self.cores = {kind: FeatureStateCore(kind, label_delay_ms(settings)) for kind in KINDS}
         self.settings = settings
         self.object_keys = {kind: f"{SNAPSHOT_PREFIX}/{kind}-{partition}-of-{partitions}.npz" for kind in KINDS}
         if restore:
@@ -300,6 +305,11 @@ class FeatureStateActor:
             core.load(body["Body"].read())
             restored = True
         return restored
+
+
+def label_delay_ms(settings: Settings) -> int:
+    """The configured label delay, which the delayed merchant windows step back by."""
+    return int(timedelta(days=settings.label_delay_days) / timedelta(milliseconds=1))
 
 
 def aligned_profiles(store: Any, ids: pd.Series, columns: dict[str, str]) -> pd.DataFrame:
@@ -407,6 +417,10 @@ class OnlineFeatures:
         labels["merchant_key"] = np.where(labels["named_merchant"] != 0, labels["named_merchant"],
                                           labels["merchant_key"].fillna(0)).astype(np.int64)
         labels["mcc_key"] = labels["mcc_key"].fillna(0).astype(np.int64)
+        delay_ms, known_ms = label_delay_ms(self.settings), labels["known_ms"].to_numpy(np.int64)
+        resolved_ms = labels["ts_ms"].to_numpy(np.float64)  # NaN: no longer retained, so too old to matter
+        tx_ms = np.where(np.isnan(resolved_ms), known_ms - delay_ms, resolved_ms).astype(np.int64)
+        labels["anchor_ms"] = label_anchor(tx_ms, known_ms, delay_ms)
         applied = []
         for kind, key in (("merchant", "merchant_key"), ("mcc", "mcc_key")):
             placed = labels[labels[key] != 0]
@@ -415,6 +429,7 @@ class OnlineFeatures:
                 part = placed[owner == partition]
                 if len(part):
                     ref = actor.add_labels.remote(kind, pd.DataFrame({"key": part[key], "known_ms": part["known_ms"],
+                                                                      "anchor_ms": part["anchor_ms"],
                                                                       "txn_key": part["txn_key"]}))
                     applied.append((kind, ref))
         counts = ray.get([ref for _, ref in applied])

@@ -8,11 +8,14 @@ One vectorised core serves both paths, which is how online/offline parity is gua
 - ``assemble`` turns pass outputs, row values and profiles into ``FEATURE_NAMES`` (float32, never NaN).
 
 Offline the whole table is one batch with empty history; online each micro-batch brings its keys' history from
-the state actors. Every lookback is bounded by ``RETENTION_MS`` (30 days) and by the last ``*_HISTORY_CAP`` rows of
-the key, so an online state that keeps exactly that much sees the same numbers as the offline builder.
+the state actors. Every lookback is bounded by ``RETENTION_MS`` (30 days; merchants: plus the label delay) and by
+the last ``*_HISTORY_CAP`` rows of the key, so an online state that keeps exactly that much sees the same numbers as
+the offline builder.
 
 Merchant risk only uses label events whose ``known_at`` is strictly before the transaction's time: labels arrive
-late (chargebacks, analyst decisions), and a feature must never see a label the scorer could not have seen.
+late (chargebacks, analyst decisions), and a feature must never see a label the scorer could not have seen. The
+delayed merchant risk looks at windows ending one label delay back, where (nearly) every label is already in, so
+its fraud share is not diluted by transactions whose verdict is still pending.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ _EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday
 USER_WINDOWS = {"10m": 10 * MINUTE_MS, "1h": HOUR_MS, "24h": DAY_MS, "7d": 7 * DAY_MS, "30d": RETENTION_MS}
 MERCHANT_COUNT_WINDOWS = {"1h": HOUR_MS, "24h": DAY_MS, "7d": 7 * DAY_MS}
 MERCHANT_RISK_WINDOWS = {"1d": DAY_MS, "7d": 7 * DAY_MS, "30d": RETENTION_MS}
+# Delayed merchant risk looks at [t - label delay - window, t - label delay): a window whose labels are all in.
+MERCHANT_DELAYED_WINDOWS = {"1d": DAY_MS, "7d": 7 * DAY_MS, "30d": RETENTION_MS}
 MCC_RISK_WINDOWS = {"7d": 7 * DAY_MS, "30d": RETENTION_MS}
 DISTINCT_MERCHANT_WINDOWS = {"1h": HOUR_MS, "24h": DAY_MS}
 
@@ -68,6 +73,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     *(f"merchant_count_{window}" for window in MERCHANT_COUNT_WINDOWS),
     *(f"merchant_risk_{window}" for window in MERCHANT_RISK_WINDOWS),
     "merchant_fraud_count_7d",
+    *(f"merchant_delayed_{stat}_{window}" for window in MERCHANT_DELAYED_WINDOWS for stat in ("risk", "count")),
     *(f"mcc_risk_{window}" for window in MCC_RISK_WINDOWS), "mcc_missing",
     "account_age_days", "credit_utilisation_30d", "kyc_level", "user_profile_missing",
     "amount_to_merchant_typical", "merchant_profile_missing",
@@ -80,7 +86,7 @@ ROW_COLUMNS = ("txn_key", "user_key", "merchant_key", "mcc_key", "device_key", "
                "ts_ms", "amount", "lat", "lon", "channel_code")
 USER_ROW_COLUMNS = ("user_key", "ts_ms", "amount", "merchant_key", "device_key", "country_key", "lat", "lon")
 EVENT_ROW_COLUMNS = ("key", "ts_ms")
-LABEL_EVENT_COLUMNS = ("key", "known_ms", "txn_key")
+LABEL_EVENT_COLUMNS = ("key", "known_ms", "anchor_ms", "txn_key")
 USER_PASS_OUTPUTS = (
     *(f"user_{stat}_{window}" for window in USER_WINDOWS for stat in ("count", "sum")),
     "user_prev_count_30d", "user_prev_mean_amount_30d", "user_prev_mean_log_30d", "user_prev_std_log_30d",
@@ -89,7 +95,8 @@ USER_PASS_OUTPUTS = (
     "country_changed",
 )
 MERCHANT_PASS_OUTPUTS = (*(f"count_{w}" for w in {**MERCHANT_COUNT_WINDOWS, **MERCHANT_RISK_WINDOWS}),
-                         *(f"fraud_{w}" for w in MERCHANT_RISK_WINDOWS))
+                         *(f"fraud_{w}" for w in MERCHANT_RISK_WINDOWS),
+                         *(f"delayed_{stat}_{w}" for w in MERCHANT_DELAYED_WINDOWS for stat in ("count", "fraud")))
 MCC_PASS_OUTPUTS = (*(f"count_{w}" for w in MCC_RISK_WINDOWS), *(f"fraud_{w}" for w in MCC_RISK_WINDOWS))
 
 # Pass inputs and outputs: a DataFrame, or plain column arrays on the online hot path (no pandas per call).
@@ -168,6 +175,12 @@ def default_label_events(rows: pd.DataFrame, is_fraud: np.ndarray, label_delay: 
     delay_ms = int(label_delay / timedelta(milliseconds=1))
     return pd.DataFrame({"txn_key": rows["txn_key"].to_numpy()[fraud],
                          "known_ms": rows["ts_ms"].to_numpy()[fraud] + delay_ms})
+
+
+def label_anchor(tx_ms: np.ndarray, known_ms: np.ndarray, label_delay_ms: int) -> np.ndarray:
+    """Where a confirmed fraud counts in the delayed windows: at its transaction, or ``known - delay`` when the label
+    came later than the delay. A delayed window ends at ``t - delay``, so it only holds labels known before t."""
+    return np.maximum(np.asarray(tx_ms, np.int64), np.asarray(known_ms, np.int64) - label_delay_ms)
 
 
 def explicit_label_events(labels: pd.DataFrame) -> pd.DataFrame:
@@ -327,20 +340,23 @@ def user_pass_values(history: Columns, batch: Columns) -> np.ndarray:
 
 
 def event_pass(history: Columns, batch: Columns, labels: Columns, count_windows: dict[str, int],
-               fraud_windows: dict[str, int]) -> np.ndarray:
+               fraud_windows: dict[str, int], delayed_windows: dict[str, int], label_delay_ms: int) -> np.ndarray:
     """Per-key transaction counts and known-fraud counts for ``batch`` rows (merchant or merchant category).
 
-    ``history``/``batch`` hold ``EVENT_ROW_COLUMNS``; ``labels`` holds ``key, known_ms`` of confirmed frauds. A label
-    counts for a transaction at time t when t - window < known_ms < t. Rows with key 0 (missing) get zeros.
-    Returns a (batch rows x ``count_*`` then ``fraud_*``) matrix.
+    ``history``/``batch`` hold ``EVENT_ROW_COLUMNS``; ``labels`` holds ``key, known_ms, anchor_ms`` of confirmed
+    frauds. A label counts for a transaction at time t when t - window < known_ms < t. The delayed windows end
+    ``label_delay_ms`` before t: rows with time in [t - delay - window, t - delay), and labels whose anchor (see
+    ``label_anchor``) lies there. Rows with key 0 (missing) get zeros. Returns a (batch rows x ``count_*``,
+    ``fraud_*``, then ``delayed_count_*``/``delayed_fraud_*`` per delayed window) matrix.
     """
     rows, n_history, n_batch = _stacked(history, batch, EVENT_ROW_COLUMNS)
-    names = (*(f"count_{w}" for w in count_windows), *(f"fraud_{w}" for w in fraud_windows))
+    names = (*(f"count_{w}" for w in count_windows), *(f"fraud_{w}" for w in fraud_windows),
+             *(f"delayed_{stat}_{w}" for w in delayed_windows for stat in ("count", "fraud")))
     if n_batch == 0:
         return np.zeros((0, len(names)))
     keys, ts = rows["key"].astype(np.int64, copy=False), rows["ts_ms"].astype(np.int64, copy=False)
     label_keys, known = np.asarray(labels["key"], np.int64), np.asarray(labels["known_ms"], np.int64)
-    origin = int(min(ts.min(), known.min() if len(known) else ts.min())) - _ORIGIN_MARGIN_MS
+    origin = int(min(ts.min(), known.min() if len(known) else ts.min())) - _ORIGIN_MARGIN_MS - label_delay_ms
     order, combined, unique_keys = _layout(keys, ts, origin)
     new = np.flatnonzero(order >= n_history)
     target = order[new] - n_history
@@ -351,31 +367,44 @@ def event_pass(history: Columns, batch: Columns, labels: Columns, count_windows:
         out[f"count_{name}"] = np.where(present, new - start + 1, 0).astype(np.float64)
     slot = np.searchsorted(unique_keys, label_keys)
     relevant = (slot < len(unique_keys)) & (unique_keys[np.minimum(slot, len(unique_keys) - 1)] == label_keys)
-    label_combined = np.sort((slot[relevant].astype(np.int64) << _TIME_BITS) | (known[relevant] - origin))
+    label_base = slot[relevant].astype(np.int64) << _TIME_BITS
+    label_combined = np.sort(label_base | (known[relevant] - origin))
     upper = np.searchsorted(label_combined, combined[new], side="left")
     for name, window in fraud_windows.items():
         lower = np.searchsorted(label_combined, combined[new] - window, side="right")
         out[f"fraud_{name}"] = np.where(present, upper - lower, 0).astype(np.float64)
+    if delayed_windows:
+        anchor_combined = np.sort(label_base | (np.asarray(labels["anchor_ms"], np.int64)[relevant] - origin))
+        end = combined[new] - label_delay_ms
+        oldest = new - MERCHANT_HISTORY_CAP  # the same per-key cap as every other lookback
+        row_end, label_end = np.searchsorted(combined, end, "left"), np.searchsorted(anchor_combined, end, "left")
+        for name, window in delayed_windows.items():
+            row_start = np.searchsorted(combined, end - window, "left")
+            label_start = np.searchsorted(anchor_combined, end - window, "left")
+            count = np.maximum(row_end - np.maximum(row_start, oldest), 0)
+            out[f"delayed_count_{name}"] = np.where(present, count, 0).astype(np.float64)
+            out[f"delayed_fraud_{name}"] = np.where(present, label_end - label_start, 0).astype(np.float64)
     return _in_batch_order(out, names, target)
 
 
-def merchant_pass_values(history: Columns, batch: Columns, labels: Columns) -> np.ndarray:
+def merchant_pass_values(history: Columns, batch: Columns, labels: Columns, label_delay_ms: int) -> np.ndarray:
     """``merchant_pass`` as a (batch rows x ``MERCHANT_PASS_OUTPUTS``) matrix."""
     return event_pass(history, batch, labels, {**MERCHANT_COUNT_WINDOWS, **MERCHANT_RISK_WINDOWS},
-                      MERCHANT_RISK_WINDOWS)
+                      MERCHANT_RISK_WINDOWS, MERCHANT_DELAYED_WINDOWS, label_delay_ms)
 
 
-def mcc_pass_values(history: Columns, batch: Columns, labels: Columns) -> np.ndarray:
-    """``mcc_pass`` as a (batch rows x ``MCC_PASS_OUTPUTS``) matrix."""
-    return event_pass(history, batch, labels, MCC_RISK_WINDOWS, MCC_RISK_WINDOWS)
+def mcc_pass_values(history: Columns, batch: Columns, labels: Columns, label_delay_ms: int) -> np.ndarray:
+    """``mcc_pass`` as a (batch rows x ``MCC_PASS_OUTPUTS``) matrix (categories have no delayed windows)."""
+    return event_pass(history, batch, labels, MCC_RISK_WINDOWS, MCC_RISK_WINDOWS, {}, label_delay_ms)
 
 
-def merchant_pass(history: Columns, batch: Columns, labels: Columns) -> pd.DataFrame:
-    return pd.DataFrame(merchant_pass_values(history, batch, labels), columns=list(MERCHANT_PASS_OUTPUTS))
+def merchant_pass(history: Columns, batch: Columns, labels: Columns, label_delay_ms: int) -> pd.DataFrame:
+    return pd.DataFrame(merchant_pass_values(history, batch, labels, label_delay_ms),
+                        columns=list(MERCHANT_PASS_OUTPUTS))
 
 
-def mcc_pass(history: Columns, batch: Columns, labels: Columns) -> pd.DataFrame:
-    return pd.DataFrame(mcc_pass_values(history, batch, labels), columns=list(MCC_PASS_OUTPUTS))
+def mcc_pass(history: Columns, batch: Columns, labels: Columns, label_delay_ms: int) -> pd.DataFrame:
+    return pd.DataFrame(mcc_pass_values(history, batch, labels, label_delay_ms), columns=list(MCC_PASS_OUTPUTS))
 
 
 def _risk(fraud: np.ndarray, count: np.ndarray) -> np.ndarray:
@@ -436,6 +465,10 @@ def assemble(rows: pd.DataFrame, user: Columns, merchant: Columns, mcc: Columns,
     for window in MERCHANT_RISK_WINDOWS:
         f[f"merchant_risk_{window}"] = _risk(np.asarray(merchant[f"fraud_{window}"]), np.asarray(merchant[f"count_{window}"]))
     f["merchant_fraud_count_7d"] = np.asarray(merchant["fraud_7d"])
+    for window in MERCHANT_DELAYED_WINDOWS:
+        count, fraud = np.asarray(merchant[f"delayed_count_{window}"]), np.asarray(merchant[f"delayed_fraud_{window}"])
+        f[f"merchant_delayed_count_{window}"] = count
+        f[f"merchant_delayed_risk_{window}"] = np.divide(fraud, count, out=np.zeros(len(count)), where=count > 0)
     mcc_known = rows["mcc_key"].to_numpy() != 0
     for window in MCC_RISK_WINDOWS:
         f[f"mcc_risk_{window}"] = np.where(mcc_known, _risk(np.asarray(mcc[f"fraud_{window}"]),
@@ -489,8 +522,10 @@ def build_features(transactions: pd.DataFrame, *, label_delay: timedelta, labels
     empty_user = rows.iloc[:0]
     user = user_pass(empty_user, rows)
     merchant_rows, mcc_rows = event_rows(rows, "merchant_key"), event_rows(rows, "mcc_key")
-    merchant = merchant_pass(merchant_rows.iloc[:0], merchant_rows, label_keys(events, rows, "merchant_key"))
-    mcc = mcc_pass(mcc_rows.iloc[:0], mcc_rows, label_keys(events, rows, "mcc_key"))
+    delay_ms = int(label_delay / timedelta(milliseconds=1))
+    merchant = merchant_pass(merchant_rows.iloc[:0], merchant_rows, label_keys(events, rows, "merchant_key", delay_ms),
+                             delay_ms)
+    mcc = mcc_pass(mcc_rows.iloc[:0], mcc_rows, label_keys(events, rows, "mcc_key", delay_ms), delay_ms)
     features = assemble(rows, user, merchant, mcc, user_profiles, merchant_profiles)
     features.insert(0, "transaction_id", transactions["transaction_id"].astype("string").to_numpy(dtype=object))
     return features
@@ -501,12 +536,16 @@ def event_rows(rows: pd.DataFrame, key: str) -> pd.DataFrame:
     return pd.DataFrame({"key": rows[key].to_numpy(np.int64), "ts_ms": rows["ts_ms"].to_numpy(np.int64)})
 
 
-def label_keys(events: pd.DataFrame, rows: pd.DataFrame, key: str) -> pd.DataFrame:
-    """Label events (``txn_key, known_ms``) joined to their transaction's ``key``; unknown transactions drop out."""
+def label_keys(events: pd.DataFrame, rows: pd.DataFrame, key: str, label_delay_ms: int) -> pd.DataFrame:
+    """Label events (``txn_key, known_ms``) joined to their transaction's ``key`` and given their ``anchor_ms``
+    (``label_anchor``); unknown transactions drop out."""
     txn_keys = pd.Index(rows["txn_key"].to_numpy(np.int64))
     first = ~txn_keys.duplicated(keep="first")
     position = txn_keys[first].get_indexer(events["txn_key"].to_numpy(np.int64))
-    keys = np.where(position >= 0, rows[key].to_numpy(np.int64)[first][np.maximum(position, 0)], 0)
+    taken = np.maximum(position, 0)
+    keys = np.where(position >= 0, rows[key].to_numpy(np.int64)[first][taken], 0)
     found = keys != 0
-    return pd.DataFrame({"key": keys[found],
-                         "known_ms": events["known_ms"].to_numpy(np.int64)[found]})
+    known = events["known_ms"].to_numpy(np.int64)[found]
+    tx_ms = rows["ts_ms"].to_numpy(np.int64)[first][taken][found]
+    return pd.DataFrame({"key": keys[found], "known_ms": known,
+                         "anchor_ms": label_anchor(tx_ms, known, label_delay_ms)})

@@ -84,7 +84,7 @@ def _event_pass(block: pd.DataFrame, kind: str, label_delay_ms: int, events: pd.
     if events is None:
         events = default_label_events(rows, rows["is_fraud"].to_numpy(), timedelta(milliseconds=label_delay_ms))
     keyed = event_rows(rows, key)
-    passed = compute(keyed.iloc[:0], keyed, label_keys(events, rows, key))
+    passed = compute(keyed.iloc[:0], keyed, label_keys(events, rows, key, label_delay_ms), label_delay_ms)
     return pd.concat([rows, passed.add_prefix(prefix)], axis=1)
 
 

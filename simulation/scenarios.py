@@ -264,7 +264,11 @@ def cash_out(context: ScenarioContext, budget: int) -> pd.DataFrame:
 
 
 def compromised_merchant(context: ScenarioContext, budget: int) -> pd.DataFrame:
-    """A compromised (skimming or colluding) terminal: every card-present charge on it is fraud for days.
+    """A compromised (skimming or colluding) terminal: every card-present charge on it is fraud for weeks.
+
+    Skimmers typically run 2-4 weeks before the pattern is found (the handbook's terminals: 28 days), so an
+    incident lasts 14-28 days, longer than the label delay: once its first labels arrive, its later charges
+    are catchable. Any physical shop can be hit (skimmers favour small, unattended terminals, not busy ones).
 
     The genuine rows it charged in its window are relabelled in ``context.genuine``; the rows returned are the
     cloned cards the fraudsters ran through it on top.
@@ -275,14 +279,13 @@ def compromised_merchant(context: ScenarioContext, budget: int) -> pd.DataFrame:
     shop_of, time_of, row_of = (present["merchant_pos"].to_numpy(), present["ts"].to_numpy(),
                                 present.index.to_numpy())
     physical = np.flatnonzero(~context.merchants["online_only"].to_numpy())
-    volume = np.bincount(shop_of, minlength=len(context.merchants))[physical] + 1.0
     ticket = context.merchants["typical_ticket"].to_numpy()
     country = context.merchants["country"].to_numpy(dtype=object)
     spent = 0
-    for merchant in rng.choice(physical, size=len(physical), replace=False, p=volume / volume.sum()):
+    for merchant in rng.permutation(physical):
         if spent >= budget:
             break
-        span = min(int(rng.uniform(2, 6) * NS_PER_DAY), context.end_ns - context.start_ns - 1)
+        span = min(int(rng.uniform(14, 28) * NS_PER_DAY), context.end_ns - context.start_ns - 1)
         first = context.moment(span)
         last = first + span
         lo, hi = np.searchsorted(shop_of, [merchant, merchant + 1])

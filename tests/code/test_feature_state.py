@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from cluster.config import Settings
-from cluster.features import DAY_MS, FEATURE_NAMES, align_profiles, build_features, prepare_rows
+from cluster.features import (DAY_MS, FEATURE_NAMES, MERCHANT_PASS_OUTPUTS, align_profiles, build_features,
+                              label_anchor, prepare_rows)
 from cluster.feature_state import TAIL_ROWS, FeatureStateCore, KeyedHistory
 from cluster.offline_features import synthetic_transactions
 from cluster.profiles import MERCHANT_PROFILE_COLUMNS, USER_PROFILE_COLUMNS
@@ -47,7 +48,7 @@ def test_a_replayed_batch_gets_the_same_features_and_leaves_the_state_unchanged(
     rows = prepare_rows(transactions, align_profiles(transactions["user_id"], None, "user_id", USER_PROFILE_COLUMNS),
                         align_profiles(transactions["merchant_id"], None, "merchant_id", MERCHANT_PROFILE_COLUMNS))
     batch = {c: rows[c].to_numpy() for c in rows.columns}
-    user = FeatureStateCore("user")
+    user = FeatureStateCore("user", label_delay_ms=DAY_MS)
     head, tail = ({c: v[part] for c, v in batch.items()} for part in (slice(0, 400), slice(400, None)))
     first = user.process(head)
     state = {c: v.copy() for c, v in user.rows.to_frame().items()}
@@ -60,6 +61,35 @@ def test_a_replayed_batch_gets_the_same_features_and_leaves_the_state_unchanged(
     assert len(user.rows) == len(transactions)
     np.testing.assert_allclose(later[50:, 0], expected["user_count_10m"].to_numpy()[400:])
     np.testing.assert_allclose(first[:, 0], expected["user_count_10m"].to_numpy()[:400])
+
+
+def test_merchant_state_keeps_thirty_days_plus_the_label_delay() -> None:
+    delay = timedelta(days=7)
+    start = pd.Timestamp("2026-01-01T00:00:00Z")
+    transactions = pd.DataFrame({"transaction_id": [f"r{i}" for i in range(5)], "user_id": "u", "merchant_id": "m",
+                                 "amount": 10.0, "is_fraud": [1, 0, 0, 0, 0],
+                                 "timestamp": [start + pd.Timedelta(days=d) for d in (0, 0.5, 36.5, 37.25, 38)]})
+    expected = build_features(transactions, label_delay=delay)
+    rows = prepare_rows(transactions, align_profiles(transactions["user_id"], None, "user_id", USER_PROFILE_COLUMNS),
+                        align_profiles(transactions["merchant_id"], None, "merchant_id", MERCHANT_PROFILE_COLUMNS))
+    batch = {"key": rows["merchant_key"].to_numpy(), "ts_ms": rows["ts_ms"].to_numpy(),
+             "txn_key": rows["txn_key"].to_numpy(), "mcc_key": rows["mcc_key"].to_numpy()}
+    merchant = FeatureStateCore("merchant", label_delay_ms=7 * DAY_MS)
+    streamed = []
+    for i in range(len(transactions)):
+        if i == 2:  # the fraud's label, known 7 days after it, arrives before day 36.5
+            known = batch["ts_ms"][:1] + 7 * DAY_MS
+            merchant.add_labels(pd.DataFrame({"key": batch["key"][:1], "known_ms": known, "txn_key": batch["txn_key"][:1],
+                                              "anchor_ms": label_anchor(batch["ts_ms"][:1], known, 7 * DAY_MS)}))
+        streamed.append(merchant.process({c: v[i:i + 1] for c, v in batch.items()}))
+        merchant.compact()  # evict as eagerly as possible
+    streamed = np.vstack(streamed)
+    names = list(MERCHANT_PASS_OUTPUTS)
+    assert list(expected["merchant_delayed_count_30d"]) == [0, 0, 2, 1, 0]  # day 36.5 looks back to day -0.5
+    assert list(expected["merchant_delayed_risk_30d"]) == [0, 0, 0.5, 0, 0]
+    np.testing.assert_array_equal(streamed[:, names.index("delayed_count_30d")], expected["merchant_delayed_count_30d"])
+    np.testing.assert_array_equal(streamed[:, names.index("delayed_fraud_30d")], [0, 0, 1, 0, 0])
+    assert len(merchant.rows) == 3 and len(merchant.labels) == 0  # days 0 and 0.5 have left, the label with day 0
 
 
 def test_restarted_actors_continue_from_their_snapshot(ray_session: Settings) -> None:

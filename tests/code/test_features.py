@@ -136,6 +136,34 @@ def test_explicit_label_events_and_category_risk() -> None:
     assert out["mcc_risk_30d"].iloc[3] == pytest.approx(prior / (1 + RISK_PRIOR_WEIGHT))
 
 
+DAY = 60 * 24  # minutes
+
+
+def test_delayed_merchant_risk_counts_transactions_one_label_delay_back() -> None:
+    rows = [{"at": 0, "is_fraud": 1}, {"at": 60}, {"at": 7 * DAY}, {"at": 8 * DAY}, {"at": 8 * DAY + 120},
+            {"at": 15 * DAY + 30}, {"at": 8 * DAY, "merchant_id": "m2"}]
+    out = features(rows, label_delay=timedelta(days=7))
+    # At exactly 7 days the fraud's label is known only now, not before: the window [t - 8d, t - 7d) is empty.
+    assert list(out["merchant_delayed_count_1d"]) == [0, 0, 0, 2, 0, 1, 0]
+    assert list(out["merchant_delayed_risk_1d"]) == [0, 0, 0, 0.5, 0, 0, 0]  # 8 days ago: 1 fraud in 2
+    assert list(out["merchant_delayed_count_7d"]) == [0, 0, 0, 2, 2, 2, 0]
+    assert list(out["merchant_delayed_risk_7d"]) == [0, 0, 0, 0.5, 0.5, 0, 0]  # day 15: days 1-8 hold no fraud
+    assert list(out["merchant_delayed_count_30d"]) == [0, 0, 0, 2, 2, 4, 0]
+    assert list(out["merchant_delayed_risk_30d"]) == [0, 0, 0, 0.5, 0.5, 0.25, 0]
+
+
+def test_delayed_merchant_risk_counts_a_late_label_only_from_its_anchor() -> None:
+    rows = [{"at": 0}, {"at": 1}, {"at": 9 * DAY}, {"at": 10 * DAY}, {"at": 10 * DAY + 1}]
+    late = T0 + pd.Timedelta(days=10)  # 3 days later than the 7-day delay: anchored at day 3
+    early = T0 + pd.Timedelta(hours=1)  # an analyst's quick verdict: anchored at its transaction
+    labels = pd.DataFrame({"transaction_id": ["t0", "t1"], "is_fraud": [1, 1], "known_at": [late, early]})
+    out = features(rows, labels=labels, label_delay=timedelta(days=7))
+    assert list(out["merchant_delayed_count_30d"]) == [0, 0, 2, 2, 2]
+    assert list(out["merchant_delayed_risk_30d"]) == [0, 0, 0.5, 0.5, 1.0]  # t0 counts once known, after day 10
+    assert list(out["merchant_delayed_risk_1d"]) == [0, 0, 0, 0, 0]  # [day 3, day 3 + 1 min) holds no transaction
+    assert list(out["merchant_fraud_count_7d"]) == [0, 0, 0, 0, 1]  # the undelayed count: known in the last 7 days
+
+
 def test_missing_optional_inputs_give_indicators_never_nan() -> None:
     frame = pd.DataFrame({"transaction_id": ["a", "b"], "user_id": ["u", "u"], "merchant_id": ["m", "m"],
                           "amount": [1.0, 2.0], "timestamp": pd.to_datetime(["2026-01-01", "2026-01-02"], utc=True)})

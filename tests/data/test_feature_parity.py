@@ -41,7 +41,7 @@ def test_online_and_offline_features_are_identical(ray_session: Settings, histor
     from cluster.feature_state import OnlineFeatures
     from cluster.offline_features import build_offline_features, collect_features
 
-    settings = ray_session
+    settings = ray_session.model_copy(update={"label_delay_days": LABEL_DELAY.days})  # the actors' delayed windows
     user_table = _table(settings, "parity-user-profiles", "user_id")
     merchant_table = _table(settings, "parity-merchant-profiles", "merchant_id")
     put_profiles(user_table, history.users[list(USER_PROFILE_COLUMNS)], settings)
@@ -81,6 +81,7 @@ def test_online_and_offline_features_are_identical(ray_session: Settings, histor
         np.testing.assert_allclose(pure[name], built[name], rtol=1e-5, atol=1e-4, err_msg=name)
     # The sequence exercises the families being compared, not just their neutral values.
     assert built["merchant_fraud_count_7d"].max() > 0
+    assert built["merchant_delayed_risk_7d"].max() > 0
     assert built["user_profile_missing"].max() == 0
     assert built["distance_from_prev_km"].max() > 0
     assert built["new_device"].sum() > 0

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -16,9 +15,9 @@ import requests
 
 from cluster.aws import client, free_port
 from cluster.config import Settings
+from tests.conftest import train_small_bundle
 
 API_KEY = "test-key"
-LABEL_DELAY = timedelta(days=3)
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -28,38 +27,8 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
             for row in out.to_dict(orient="records")]
 
 
-def train_bundle(settings: Settings, history: Any, *, rounds: int, seed: int, promote: bool) -> str:
-    """A real bundle from the training code, with a fixed small budget instead of a Tune search."""
-    from cluster.features import FEATURE_CODE_HASH, FEATURE_NAMES, build_features
-    from training.autoencoder import AnomalyScorer
-    from training.ensemble import fit_ensemble
-    from training.registry import ModelBundle, registry_for
-    from training.xgb import fit_xgboost
-
-    transactions = history.transactions.reset_index(drop=True)
-    features = build_features(transactions, label_delay=LABEL_DELAY, users=history.users, merchants=history.merchants)
-    x = features[list(FEATURE_NAMES)].to_numpy(np.float32)
-    y = transactions["is_fraud"].to_numpy(np.int8)
-    cut = int(len(x) * 0.6)
-    booster = fit_xgboost(x[:cut], y[:cut], FEATURE_NAMES, {"max_depth": 4, "eta": 0.2}, rounds, seed=seed)
-    anomaly = AnomalyScorer.fit(x[:cut], y[:cut], {"lr": 3e-3, "weight_decay": 1e-6}, 2, seed=seed, max_rows=20_000)
-    ensemble, _ = fit_ensemble(y[cut:], booster.inplace_predict(x[cut:]).astype(np.float64), anomaly.score(x[cut:]),
-                               transactions["amount"].to_numpy()[cut:])
-    bundle = ModelBundle(booster=booster, anomaly=anomaly, ensemble=ensemble, feature_names=FEATURE_NAMES,
-                         feature_hash=FEATURE_CODE_HASH)
-    return registry_for(settings).register(bundle, promote=promote)
-
-
 @pytest.fixture(scope="session")
-def history() -> Any:
-    from simulation.generator import SimulationConfig, simulate_history
-
-    return simulate_history(SimulationConfig(n_users=300, days=21, seed=5, fraud_rate=0.03))
-
-
-@pytest.fixture(scope="session")
-def served(ray_session: Settings, history: Any) -> Iterator[tuple[str, Settings]]:
-    from cluster.profiles import MERCHANT_PROFILE_COLUMNS, USER_PROFILE_COLUMNS, put_profiles
+def served(ray_session: Settings, champion_model: str) -> Iterator[tuple[str, Settings]]:
     from serve.app import build_app
     from serve.runtime import serving
 
@@ -67,9 +36,6 @@ def served(ray_session: Settings, history: Any) -> Iterator[tuple[str, Settings]
         "api_port": free_port(), "api_key": API_KEY, "serve_max_body_bytes": 1_000_000, "challenger": "latest",
         "serve_target_ongoing_requests": 2.0, "serve_upscale_delay_s": 1.0, "serve_downscale_delay_s": 3.0,
         "serve_max_replicas": 2, "serve_model_refresh_s": 1.0})
-    put_profiles(settings.user_table, history.users[list(USER_PROFILE_COLUMNS)], settings)
-    put_profiles(settings.merchant_table, history.merchants[list(MERCHANT_PROFILE_COLUMNS)], settings)
-    train_bundle(settings, history, rounds=60, seed=1, promote=True)
     with serving(settings, build_app(settings), name="fraud-test") as url:
         deadline = time.monotonic() + 120
         while requests.get(f"{url}/healthz", timeout=30).status_code != 200:
@@ -122,9 +88,9 @@ def test_healthz_openapi_and_one_transaction(served: tuple[str, Settings]) -> No
     assert body["model_version"] == health["champion"] and body["processing_time_ms"] > 0
 
 
-def test_batch_results_come_back_in_input_order(served: tuple[str, Settings], history: Any) -> None:
+def test_batch_results_come_back_in_input_order(served: tuple[str, Settings], small_history: Any) -> None:
     url, _ = served
-    sample = _records(history.transactions.iloc[::97].head(25))
+    sample = _records(small_history.transactions.iloc[::97].head(25))
     response = requests.post(f"{url}/api/check-fraud/batch", json={"transactions": sample}, timeout=60)
     assert response.status_code == 200, response.text
     results = response.json()["results"]
@@ -203,9 +169,9 @@ def test_feedback_needs_the_key_and_is_stored(served: tuple[str, Settings]) -> N
     assert "api-1" in set(stored["transaction_id"])
 
 
-def test_high_decisions_alert_exactly_once(served: tuple[str, Settings], history: Any, alert_queue: str) -> None:
+def test_high_decisions_alert_exactly_once(served: tuple[str, Settings], small_history: Any, alert_queue: str) -> None:
     url, settings = served
-    transactions = history.transactions
+    transactions = small_history.transactions
     frauds = transactions[transactions["is_fraud"] == 1]
     users = frauds["user_id"].unique()[:12]
     sample = _records(transactions[transactions["user_id"].isin(users)].tail(600))
@@ -238,14 +204,14 @@ def test_stats_count_what_was_scored(served: tuple[str, Settings]) -> None:
     assert after["scored"] >= before["scored"] + 1 and after["latency_ms"]["p50"] > 0
 
 
-def test_sdk_and_http_scores_agree(served: tuple[str, Settings], history: Any) -> None:
+def test_sdk_and_http_scores_agree(served: tuple[str, Settings], small_history: Any) -> None:
     from cluster.feature_state import OnlineFeatures
     from serve.sdk import FraudDetector
 
     url, settings = served
     OnlineFeatures(settings, actor_cpus=0.1).snapshot()  # the server's feature state -> S3 ...
     detector = FraudDetector(settings, feature_state="sdk-agreement")  # ... which the SDK's fresh actors restore
-    sequence = _records(history.transactions.tail(40))
+    sequence = _records(small_history.transactions.tail(40))
     over_http = [requests.post(f"{url}/api/check-fraud", json=t, timeout=30).json() for t in sequence]
     in_process = [detector.predict(t) for t in sequence]
     for http, sdk in zip(over_http, in_process):
@@ -264,12 +230,12 @@ def _replicas() -> dict[str, int]:
     return {name: d.replica_states.get(ReplicaState.RUNNING, 0) for name, d in app.deployments.items()}
 
 
-def test_autoscaling_goes_up_under_load_and_down_when_idle(served: tuple[str, Settings], history: Any) -> None:
+def test_autoscaling_goes_up_under_load_and_down_when_idle(served: tuple[str, Settings], small_history: Any) -> None:
     from serve.loadgen import run_load
 
     url, _ = served
     _wait_for_one_replica_each()
-    bodies = [json.dumps(t).encode() for t in _records(history.transactions.head(3000))]
+    bodies = [json.dumps(t).encode() for t in _records(small_history.transactions.head(3000))]
     peak: dict[str, int] = {}
     for _ in range(6):
         run_load(f"{url}/api/check-fraud", lambda i: bodies[i % len(bodies)], requests=2000, concurrency=16,
@@ -288,17 +254,17 @@ def _wait_for_one_replica_each(timeout_s: float = 90) -> None:
         time.sleep(1)
 
 
-def test_challenger_shadow_compare_and_promote(served: tuple[str, Settings], history: Any) -> None:
+def test_challenger_shadow_compare_and_promote(served: tuple[str, Settings], small_history: Any) -> None:
     from serve.champion import DECISIONS_PREFIX, read_log, run_compare
     from training.registry import registry_for
 
     url, settings = served
     key = {"X-API-Key": API_KEY}
     champion = requests.get(f"{url}/healthz", timeout=30).json()["champion"]
-    challenger = train_bundle(settings, history, rounds=20, seed=2, promote=False)
+    challenger = train_small_bundle(settings, small_history, rounds=20, seed=2, promote=False)
     reloaded = requests.post(f"{url}/api/admin/reload", headers=key, timeout=60).json()
     assert reloaded == {"champion": champion, "challenger": challenger}
-    labelled = history.transactions.iloc[-200:]
+    labelled = small_history.transactions.iloc[-200:]
     sample = _records(labelled)
     results = requests.post(f"{url}/api/check-fraud/batch", json={"transactions": sample}, timeout=120).json()["results"]
     assert {r["model_version"] for r in results} == {champion}  # shadow: answers still come from the champion

@@ -13,6 +13,7 @@ from cluster.aws import client
 from cluster.config import Settings
 from simulation.producers import put_records_reliably, to_kinesis_entries
 from tests.streams import create_stream, read_all
+from training.registry import registry_for
 
 
 def stream_settings(settings: Settings, shards: int) -> Settings:
@@ -66,9 +67,10 @@ def test_every_transaction_gets_exactly_one_decision(ray_session, champion_model
     produce(settings, frame)
     stream = scoring(settings)
     decisions = wait_for_decisions(settings, set(frame["transaction_id"]))
+    champion = registry_for(settings).resolve("champion")
     ids = [d["transaction_id"] for d in decisions]
     assert sorted(ids) == sorted(frame["transaction_id"]), "exactly N decisions, none lost, none repeated"
-    assert all(0.0 <= d["fraud_score"] <= 1.0 and d["model_version"] == champion_model for d in decisions)
+    assert all(0.0 <= d["fraud_score"] <= 1.0 and d["model_version"] == champion for d in decisions)
     assert {d["risk_level"] for d in decisions} <= {"LOW", "MEDIUM", "HIGH"}
     assert {"is_fraud", "fraud_scenario"} <= set(decisions[0]), "simulator ground truth travels with decisions"
     high = {d["transaction_id"] for d in decisions if d["risk_level"] == "HIGH"}
