@@ -88,19 +88,25 @@ def run_main_job(settings: Settings, options: MainJobOptions) -> None:
 
 
 def _ensure_model(settings: Settings, users: int) -> str:
-    """The champion's version; with an empty registry, simulate history and train one with the default budget."""
+    """The champion's version; when there is none the running feature code can serve, simulate history and train
+    one with the default budget."""
     from simulation.history import run_simulate
     from training.pipeline import TrainOptions, run_train
-    from training.registry import registry_for
+    from training.registry import FeatureHashMismatch, ModelNotFound, registry_for
 
-    champion = registry_for(settings).resolve("champion")
-    if champion is not None:
-        return champion
-    print("No model in the registry yet: simulating history and training one (default budget)...", flush=True)
+    try:
+        return registry_for(settings).load("champion").version
+    except ModelNotFound:
+        reason = "No model in the registry yet"
+    except FeatureHashMismatch:
+        reason = "The champion was trained with other feature code"
+    print(f"{reason}: simulating history and training one (default budget)...", flush=True)
     history = Path(settings.data_dir).resolve() / "bootstrap" / "history.parquet"
     run_simulate(settings, out=history, users=users, days=60, start=date(2026, 1, 1), seed=settings.seed,
                  fraud_rate=settings.fraud_rate)
-    return run_train(settings, TrainOptions(data=history))["version"]
+    version = run_train(settings, TrainOptions(data=history))["version"]
+    registry_for(settings).promote(version)
+    return version
 
 
 def _run(settings: Settings, options: MainJobOptions) -> None:
