@@ -49,6 +49,11 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _route_stop_signals() -> dict[int, Any]:
+    """Send SIGINT and SIGTERM to ``_interrupt``; returns the handlers they had."""
+    return {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+
 @contextmanager
 def _single_instance(settings: Settings) -> Iterator[None]:
     """One ``up`` per data directory; its pid lets ``fraudctl down`` stop it from another shell."""
@@ -59,7 +64,7 @@ def _single_instance(settings: Settings) -> Iterator[None]:
         if other and _alive(other):
             raise SystemExit(f"fraudctl up is already running (pid {other}); stop it with `fraudctl down`")
     pid_file.write_text(str(os.getpid()))
-    previous = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = _route_stop_signals()
     try:
         yield
     finally:
@@ -135,6 +140,7 @@ def _run(settings: Settings, options: MainJobOptions) -> None:
         if options.ui:
             print("Dashboard: not part of this build yet (the API and /api/stats are live).", flush=True)
         print("Running. Ctrl-C or `fraudctl down` stops everything.", flush=True)
+        _route_stop_signals()  # again: a Ray Tune run during start-up leaves its own SIGINT handler behind
         _watch(stats_actor(), handles, producer_totals)
 
 
