@@ -13,7 +13,7 @@ No ``from __future__ import annotations``: FastAPI must see real annotations on 
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -79,7 +79,12 @@ class FeatureStage:
 
 
 class _ModelStage:
-    """Shared by both model deployments: bundles by version, one model call per version in a merged batch."""
+    """Shared by both model deployments: bundles by version, one model call per version in a merged batch.
+
+    Each subclass defines ``predict(bundle, x) -> tuple of per-row arrays``.
+    """
+
+    predict: Callable[[Any, np.ndarray], tuple[np.ndarray, ...]]
 
     def __init__(self, settings: Settings):
         from serve.scoring import ModelSet
@@ -99,9 +104,6 @@ class _ModelStage:
             for rank, i in enumerate(positions):
                 results[i] = tuple(part[rank] for part in parts)
         return results
-
-    def predict(self, bundle: Any, x: np.ndarray) -> tuple[np.ndarray, ...]:
-        raise NotImplementedError
 
     async def ready(self, version: str) -> bool:
         await asyncio.to_thread(self.models.scorer, version)
