@@ -68,16 +68,20 @@ class LeaseTable:
             "updated_at": {"S": datetime.now(timezone.utc).isoformat()}})
 
 
-def _decode(record: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-    """(the transaction as scoring sees it, or None if invalid; the ground truth the simulator attached)."""
+def _decode(record: dict[str, Any]) -> tuple[Transaction | None, dict[str, Any]]:
+    """(the validated transaction, or None if invalid; the ground truth the simulator attached)."""
     try:
         payload = json.loads(record["Data"])
         transaction = Transaction.model_validate(payload)
     except (ValueError, ValidationError):
         return None, {}
-    record = transaction.to_record()
-    truth = {key: record.pop(key) for key in (LABEL_COLUMN, SCENARIO_COLUMN) if key in record}
-    return record, truth
+    truth = {key: payload[key] for key in (LABEL_COLUMN, SCENARIO_COLUMN) if key in payload}
+    return transaction, truth
+
+
+def _alert_record(transaction: Transaction) -> dict[str, Any]:
+    """The transaction as an alert carries it: canonical JSON, without the simulator's ground truth."""
+    return transaction.model_copy(update={LABEL_COLUMN: None, SCENARIO_COLUMN: None}).to_record()
 
 
 class ShardConsumer:
@@ -155,7 +159,7 @@ class ShardConsumer:
         self.status.invalid += len(records) - len(valid)
         if valid:
             transactions = [tx for tx, _, _ in valid]
-            decisions = self.detector.predict_batch(transactions)
+            decisions = self.detector.predict_transactions(transactions)
             decided_at = datetime.now(timezone.utc)
             lags = [(decided_at - record["ApproximateArrivalTimestamp"]).total_seconds() * 1000.0
                     for _, _, record in valid]
@@ -163,7 +167,7 @@ class ShardConsumer:
                                             "stream_lag_ms": round(lag, 1)}).encode(),
                         "PartitionKey": decision["transaction_id"]}
                        for decision, (_, truth, _), lag in zip(decisions, valid, lags)]
-            alerts = self.alerts.publish_high(decisions, transactions)
+            alerts = self.alerts.publish_high(decisions, [_alert_record(tx) for tx in transactions])
             put_records_reliably(self.kinesis, self.settings.decisions_stream_name, entries)
             elapsed_ms = (time.perf_counter() - started) * 1000.0
             self.stats.add(scored=len(valid), alerts=alerts, latency_ms=elapsed_ms / len(valid), stream_lags_ms=lags)
@@ -320,18 +324,23 @@ def bench_stream(settings: Settings, *, backlog: int = 30_000, lag_tps: float = 
     }
 
 
-def _decision_lags(settings: Settings, skip: int) -> list[float]:
-    """Stream lag of every decision after the first ``skip`` (the backlog phase), read back from the output."""
+def read_stream(settings: Settings, stream: str) -> list[dict[str, Any]]:
+    """Every record of every shard (closed ones included), decoded from JSON: for benches and tests."""
     kinesis = client("kinesis", settings)
-    decisions: list[dict[str, Any]] = []
-    for shard in kinesis.list_shards(StreamName=settings.decisions_stream_name)["Shards"]:
-        iterator = kinesis.get_shard_iterator(StreamName=settings.decisions_stream_name, ShardId=shard["ShardId"],
+    records: list[dict[str, Any]] = []
+    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
+        iterator = kinesis.get_shard_iterator(StreamName=stream, ShardId=shard["ShardId"],
                                               ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
         while iterator:
             page = kinesis.get_records(ShardIterator=iterator, Limit=MAX_GET_RECORDS)
-            decisions.extend(json.loads(r["Data"]) for r in page["Records"])
+            records.extend(json.loads(r["Data"]) for r in page["Records"])
             if not page["Records"] and page.get("MillisBehindLatest", 0) == 0:
                 break
             iterator = page.get("NextShardIterator")
-    decisions.sort(key=lambda d: d["decided_at"])
+    return records
+
+
+def _decision_lags(settings: Settings, skip: int) -> list[float]:
+    """Stream lag of every decision after the first ``skip`` (the backlog phase), read back from the output."""
+    decisions = sorted(read_stream(settings, settings.decisions_stream_name), key=lambda d: d["decided_at"])
     return [d["stream_lag_ms"] for d in decisions[skip:]]

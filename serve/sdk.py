@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from cluster.config import Settings, get_settings
-from cluster.schema import validate_frame
+from cluster.schema import Transaction, validate_frame
 from serve.api import ApiError, parse_transaction
 from serve.scoring import ModelSet, ae_stage, canonical_frame, combine, feature_matrix, scoring_record, xgb_stage
 
@@ -48,17 +48,23 @@ class FraudDetector:
         """Decisions in input order; invalid input raises ``InvalidTransaction`` naming each field."""
         started = time.perf_counter()
         if isinstance(transactions, pd.DataFrame):
-            frame = validate_frame(transactions)
-        else:
-            parsed, errors = [], []
-            for index, item in enumerate(transactions):
-                try:
-                    parsed.append(parse_transaction(item, prefix=f"{index}." if len(transactions) > 1 else ""))
-                except ApiError as exc:
-                    errors.extend(exc.errors)
-            if errors:
-                raise InvalidTransaction(errors)
-            frame = canonical_frame([scoring_record(t) for t in parsed])
+            return self._decide(validate_frame(transactions), started)
+        parsed, errors = [], []
+        for index, item in enumerate(transactions):
+            try:
+                parsed.append(parse_transaction(item, prefix=f"{index}." if len(transactions) > 1 else ""))
+            except ApiError as exc:
+                errors.extend(exc.errors)
+        if errors:
+            raise InvalidTransaction(errors)
+        return self._decide(canonical_frame([scoring_record(t) for t in parsed]), started)
+
+    def predict_transactions(self, transactions: list[Transaction]) -> list[dict[str, Any]]:
+        """Decisions for transactions the caller has already validated (the stream consumers): no second pass."""
+        started = time.perf_counter()
+        return self._decide(canonical_frame([scoring_record(t) for t in transactions]), started)
+
+    def _decide(self, frame: pd.DataFrame, started: float) -> list[dict[str, Any]]:
         x = feature_matrix(self.features.compute(frame))
         decisions = combine(self.bundle, frame["transaction_id"].tolist(), x, xgb_stage(self.bundle, x),
                             ae_stage(self.bundle, x))

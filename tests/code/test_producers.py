@@ -11,7 +11,8 @@ import pytest
 from cluster.aws import client
 from cluster.config import Settings
 from simulation.producers import KinesisPutError, put_records_reliably
-from tests.streams import create_stream, read_all
+from cluster.stream import read_stream
+from tests.streams import create_stream
 
 
 class ThrottlingKinesis:
@@ -52,7 +53,7 @@ def entries(n: int) -> list[dict[str, Any]]:
 def test_every_record_arrives_once_when_puts_partially_fail(aws_settings: Settings, fresh_stream: str) -> None:
     flaky = ThrottlingKinesis(client("kinesis", aws_settings), failure_share=0.3)
     stats = put_records_reliably(flaky, fresh_stream, entries(1_234), base_delay_s=0.001)
-    ids = [r["transaction_id"] for r in read_all(aws_settings, fresh_stream)]
+    ids = [r["transaction_id"] for r in read_stream(aws_settings, fresh_stream)]
     assert flaky.throttled > 100
     assert stats.records == 1_234 and stats.retried_records == flaky.throttled
     assert sorted(ids) == sorted(f"t{i}" for i in range(1_234))
@@ -74,12 +75,12 @@ def test_producer_actors_deliver_simulated_traffic_exactly_once(ray_session: Set
 
     from simulation.producers import start_producers
 
-    before = {r["transaction_id"] for r in read_all(ray_session, ray_session.stream_name)}
+    before = {r["transaction_id"] for r in read_stream(ray_session, ray_session.stream_name)}
     handles, runs = start_producers(ray_session, tps=50_000, n_users=300, actors=2, max_records_each=700)
     results = ray.get(runs, timeout=300)
     for handle in handles:
         ray.kill(handle)
-    records = [r for r in read_all(ray_session, ray_session.stream_name) if r["transaction_id"] not in before]
+    records = [r for r in read_stream(ray_session, ray_session.stream_name) if r["transaction_id"] not in before]
     ids = [r["transaction_id"] for r in records]
     assert sum(r["produced"] for r in results) == 1_400
     assert len(ids) == len(set(ids)) == 1_400

@@ -12,7 +12,8 @@ import pytest
 from cluster.aws import client
 from cluster.config import Settings
 from simulation.producers import put_records_reliably, to_kinesis_entries
-from tests.streams import create_stream, read_all
+from cluster.stream import read_stream
+from tests.streams import create_stream
 from training.registry import registry_for
 
 
@@ -35,7 +36,7 @@ def produce(settings: Settings, frame: pd.DataFrame) -> None:
 def wait_for_decisions(settings: Settings, expected: set[str], timeout_s: float = 240) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout_s
     while True:
-        decisions = read_all(settings, settings.decisions_stream_name)
+        decisions = read_stream(settings, settings.decisions_stream_name)
         if {d["transaction_id"] for d in decisions} >= expected or time.monotonic() > deadline:
             return decisions
         time.sleep(1.0)
