@@ -6,8 +6,10 @@ wire protocols, so exactly the same code talks to real AWS once credentials or a
 
 from __future__ import annotations
 
-import logging
+import signal
 import socket
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -29,29 +31,49 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class EmbeddedAWS:
-    """moto's threaded server on a free loopback port."""
+    """moto's server (``python -m moto.server``) on a free loopback port, in a child process of its own.
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None):
+    A process rather than moto's in-process thread: the emulator then has its own interpreter lock, so the driver's
+    work (progress, supervision, the dashboard) and the emulator's request handling do not take turns on one core.
+    On Linux the child is told to exit when the thread that started it dies (start it from the main thread), so a
+    killed job leaves no emulator behind.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None, start_timeout_s: float = 60.0):
         self.host = host
         self.port = port or free_port(host)
-        self._server: Any = None
+        self.start_timeout_s = start_timeout_s
+        self._process: subprocess.Popen | None = None
 
     @property
     def endpoint_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> str:
-        from moto.server import ThreadedMotoServer
-
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        self._server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
-        self._server.start()
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=_exit_with_parent)
+        deadline = time.monotonic() + self.start_timeout_s
+        while not _accepts(self.host, self.port):
+            if self._process.poll() is not None:
+                raise RuntimeError(f"moto server exited with code {self._process.returncode} on start")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"moto server not listening on {self.endpoint_url} after {self.start_timeout_s} s")
+            time.sleep(0.05)
         return self.endpoint_url
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
+        if self._process is None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
 
     def __enter__(self) -> "EmbeddedAWS":
         self.start()
@@ -59,6 +81,20 @@ class EmbeddedAWS:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _accepts(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.2)
+        return probe.connect_ex((host, port)) == 0
+
+
+def _exit_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies (Linux ``PR_SET_PDEATHSIG``; elsewhere a no-op)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def client(service: str, settings: Settings | None = None) -> Any:

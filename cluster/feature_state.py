@@ -17,10 +17,9 @@ import numpy as np
 import pandas as pd
 
 from cluster.config import Settings, get_settings
-from cluster.features import (EVENT_ROW_COLUMNS, MCC_PASS_OUTPUTS, MERCHANT_HISTORY_CAP, MERCHANT_PASS_OUTPUTS,
-                              RETENTION_MS, USER_HISTORY_CAP, USER_PASS_OUTPUTS, USER_ROW_COLUMNS, assemble,
-                              epoch_ms, label_anchor, mcc_pass_values, merchant_pass_values, partition_of,
-                              prepare_rows, stable_hash, user_pass_values)
+from cluster.features import (EVENT_ROW_COLUMNS, MERCHANT_HISTORY_CAP, PASS_OUTPUTS, RETENTION_MS, USER_HISTORY_CAP,
+                              USER_ROW_COLUMNS, assemble, epoch_ms, label_anchor, mcc_pass_values,
+                              merchant_pass_values, partition_of, prepare_rows, stable_hash, user_pass_values)
 
 ACTOR_NAMESPACE = "fraud"
 SNAPSHOT_PREFIX = "feature-state"
@@ -28,7 +27,6 @@ KINDS = ("user", "merchant", "mcc")
 _FLOAT_COLUMNS = frozenset({"amount", "lat", "lon"})
 MERCHANT_STATE_COLUMNS = (*EVENT_ROW_COLUMNS, "txn_key", "mcc_key")
 LABEL_STATE_COLUMNS = ("key", "known_ms", "anchor_ms", "txn_key")
-PASS_OUTPUTS = {"user": USER_PASS_OUTPUTS, "merchant": MERCHANT_PASS_OUTPUTS, "mcc": MCC_PASS_OUTPUTS}
 TAIL_ROWS = 4_096                  # recent arrivals kept unsorted before one merge into the key-sorted body
 REPLAY_MEMORY = 50_000             # transactions per partition whose outputs a replay gets back unchanged
 
@@ -334,7 +332,10 @@ class OnlineFeatures:
 
     Actors are named (``{name}-{i}`` in namespace ``fraud``) and shared by every coordinator in the cluster; actor
     ``i`` owns partition ``i`` of the users, the merchants and the merchant categories, so a batch costs one call
-    per actor. A fresh actor restores its partitions from the last S3 snapshot.
+    per actor. A fresh actor restores its partitions from the last S3 snapshot. The actors are detached, so they
+    outlive whichever consumer or replica happened to create them (a downscaled or lost replica would otherwise take
+    the shared state with it); ``shutdown`` stops them. Ray restarts one whose node is lost, from the snapshot, and
+    retries the calls in flight on it (a retried batch meets the restored state, never the state it already changed).
     """
 
     def __init__(self, settings: Settings | None = None, *, partitions: int = 2, name: str = "features",
@@ -353,7 +354,7 @@ class OnlineFeatures:
 
         remote = ray.remote(FeatureStateActor).options(
             name=f"{self.name}-{partition}", namespace=ACTOR_NAMESPACE, get_if_exists=True,
-            num_cpus=self.actor_cpus, max_concurrency=1)
+            num_cpus=self.actor_cpus, max_concurrency=1, lifetime="detached", max_restarts=-1, max_task_retries=-1)
         return remote.remote(partition, self.partitions, self.settings, self.restore_on_start)
 
     def compute(self, batch: pd.DataFrame) -> pd.DataFrame:

@@ -3,7 +3,7 @@
 One vectorised core serves both paths, which is how online/offline parity is guaranteed:
 
 - ``prepare_rows`` turns canonical transactions into numeric rows (stable 64-bit key hashes, epoch milliseconds);
-- ``user_pass`` / ``event_pass`` compute the keyed window features for a batch of new rows given the retained
+- ``user_pass_values`` / ``event_pass`` compute the keyed window features for a batch of new rows given the retained
   history of their keys (history first, then the batch; sorted by key then time, ties keep arrival order);
 - ``assemble`` turns pass outputs, row values and profiles into ``FEATURE_NAMES`` (float32, never NaN).
 
@@ -98,18 +98,26 @@ MERCHANT_PASS_OUTPUTS = (*(f"count_{w}" for w in {**MERCHANT_COUNT_WINDOWS, **ME
                          *(f"fraud_{w}" for w in MERCHANT_RISK_WINDOWS),
                          *(f"delayed_{stat}_{w}" for w in MERCHANT_DELAYED_WINDOWS for stat in ("count", "fraud")))
 MCC_PASS_OUTPUTS = (*(f"count_{w}" for w in MCC_RISK_WINDOWS), *(f"fraud_{w}" for w in MCC_RISK_WINDOWS))
+PASS_OUTPUTS = {"user": USER_PASS_OUTPUTS, "merchant": MERCHANT_PASS_OUTPUTS, "mcc": MCC_PASS_OUTPUTS}
+PASS_KEYS = {"user": "user_key", "merchant": "merchant_key", "mcc": "mcc_key"}  # the row column keying a pass
 
 # Pass inputs and outputs: a DataFrame, or plain column arrays on the online hot path (no pandas per call).
 Columns = Mapping[str, np.ndarray] | pd.DataFrame
 
 
 def stable_hash(values: pd.Series | np.ndarray) -> np.ndarray:
-    """64-bit hash of strings that is the same in every process (unlike ``hash()``); missing values hash to 0."""
+    """64-bit hash of strings that is the same in every process (unlike ``hash()``); missing values hash to 0.
+
+    Only the distinct values are hashed, from the column's own dtype (no round trip through Python objects).
+    """
     codes, uniques = pd.factorize(pd.Series(values, copy=False), use_na_sentinel=True)
-    hashed = pd.util.hash_array(np.asarray(uniques, dtype=str).astype(object)).view(np.int64) if len(uniques) else \
-        np.zeros(0, np.int64)
+    if len(uniques) == 0:
+        return np.zeros(len(codes), np.int64)
+    texts = (uniques.to_numpy(dtype=object) if pd.api.types.is_string_dtype(uniques.dtype)
+             else np.asarray(uniques, dtype=str).astype(object))
+    hashed = pd.util.hash_array(texts).view(np.int64)
     hashed = np.where(hashed == 0, 1, hashed)
-    return np.where(codes >= 0, hashed[np.maximum(codes, 0)] if len(hashed) else 0, 0).astype(np.int64)
+    return np.where(codes >= 0, hashed[np.maximum(codes, 0)], 0).astype(np.int64, copy=False)
 
 
 def partition_of(keys: np.ndarray, partitions: int) -> np.ndarray:
@@ -157,9 +165,8 @@ def prepare_rows(transactions: pd.DataFrame, users: pd.DataFrame, merchants: pd.
              "merchant_key": transactions["merchant_id"], "mcc_key": mcc,
              "device_key": _column(transactions, "device_id"), "country_key": _column(transactions, "country"),
              "home_country_key": users["home_country"]}
-    hashed = stable_hash(np.concatenate([np.asarray(values, dtype=object) for values in named.values()]))
     rows = pd.DataFrame({
-        **dict(zip(named, np.split(hashed, len(named)))),
+        **{name: stable_hash(values) for name, values in named.items()},
         "ts_ms": epoch_ms(transactions["timestamp"]),
         "amount": pd.to_numeric(transactions["amount"]).to_numpy(dtype=np.float64),
         "lat": pd.to_numeric(_column(transactions, "lat"), errors="coerce").to_numpy(dtype=np.float64),
@@ -169,12 +176,12 @@ def prepare_rows(transactions: pd.DataFrame, users: pd.DataFrame, merchants: pd.
     return rows
 
 
-def default_label_events(rows: pd.DataFrame, is_fraud: np.ndarray, label_delay: timedelta) -> pd.DataFrame:
+def default_label_events(rows: Columns, is_fraud: np.ndarray, label_delay: timedelta) -> pd.DataFrame:
     """Confirmed-fraud events when no explicit labels are given: each fraud becomes known ``label_delay`` later."""
     fraud = np.asarray(is_fraud, dtype=np.float64) == 1
     delay_ms = int(label_delay / timedelta(milliseconds=1))
-    return pd.DataFrame({"txn_key": rows["txn_key"].to_numpy()[fraud],
-                         "known_ms": rows["ts_ms"].to_numpy()[fraud] + delay_ms})
+    return pd.DataFrame({"txn_key": np.asarray(rows["txn_key"], np.int64)[fraud],
+                         "known_ms": np.asarray(rows["ts_ms"], np.int64)[fraud] + delay_ms})
 
 
 def label_anchor(tx_ms: np.ndarray, known_ms: np.ndarray, label_delay_ms: int) -> np.ndarray:
@@ -256,26 +263,25 @@ def _haversine_km(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np
 
 def _stacked(history: Columns, batch: Columns, columns: tuple[str, ...]) -> tuple[dict[str, np.ndarray], int, int]:
     """History rows then batch rows, per column; and the two row counts."""
-    rows = {c: np.concatenate([np.asarray(history[c]), np.asarray(batch[c])]) for c in columns}
     n_history = len(history[columns[0]])
+    rows = {c: np.concatenate([np.asarray(history[c]), np.asarray(batch[c])]) if n_history else np.asarray(batch[c])
+            for c in columns}
     return rows, n_history, len(rows[columns[0]]) - n_history
 
 
 def _in_batch_order(out: dict[str, np.ndarray], names: tuple[str, ...], target: np.ndarray) -> np.ndarray:
-    """Outputs computed in sorted order as a (batch rows x names) matrix in batch order."""
-    matrix = np.empty((len(target), len(names)), dtype=np.float64)
+    """Outputs computed in sorted order as a (batch rows x names) matrix in batch order (column-major)."""
+    source = np.empty_like(target)
+    source[target] = np.arange(len(target))
+    matrix = np.empty((len(names), len(target)), dtype=np.float64)
     for column, name in enumerate(names):
-        matrix[target, column] = out[name]
-    return matrix
-
-
-def user_pass(history: Columns, batch: Columns) -> pd.DataFrame:
-    """Per-user window features for ``batch`` rows (in batch order), given earlier rows of their users."""
-    return pd.DataFrame(user_pass_values(history, batch), columns=list(USER_PASS_OUTPUTS))
+        np.take(out[name], source, out=matrix[column], mode="clip")
+    return matrix.T
 
 
 def user_pass_values(history: Columns, batch: Columns) -> np.ndarray:
-    """``user_pass`` as a (batch rows x ``USER_PASS_OUTPUTS``) matrix."""
+    """Per-user window features for ``batch`` rows given earlier rows of their users: a (batch rows x
+    ``USER_PASS_OUTPUTS``) matrix in batch order."""
     rows, n_history, n_batch = _stacked(history, batch, USER_ROW_COLUMNS)
     n = n_history + n_batch
     if n_batch == 0:
@@ -388,23 +394,14 @@ def event_pass(history: Columns, batch: Columns, labels: Columns, count_windows:
 
 
 def merchant_pass_values(history: Columns, batch: Columns, labels: Columns, label_delay_ms: int) -> np.ndarray:
-    """``merchant_pass`` as a (batch rows x ``MERCHANT_PASS_OUTPUTS``) matrix."""
+    """Merchant counts and known frauds (``event_pass``) as a (batch rows x ``MERCHANT_PASS_OUTPUTS``) matrix."""
     return event_pass(history, batch, labels, {**MERCHANT_COUNT_WINDOWS, **MERCHANT_RISK_WINDOWS},
                       MERCHANT_RISK_WINDOWS, MERCHANT_DELAYED_WINDOWS, label_delay_ms)
 
 
 def mcc_pass_values(history: Columns, batch: Columns, labels: Columns, label_delay_ms: int) -> np.ndarray:
-    """``mcc_pass`` as a (batch rows x ``MCC_PASS_OUTPUTS``) matrix (categories have no delayed windows)."""
+    """Category counts and known frauds as a (batch rows x ``MCC_PASS_OUTPUTS``) matrix (no delayed windows)."""
     return event_pass(history, batch, labels, MCC_RISK_WINDOWS, MCC_RISK_WINDOWS, {}, label_delay_ms)
-
-
-def merchant_pass(history: Columns, batch: Columns, labels: Columns, label_delay_ms: int) -> pd.DataFrame:
-    return pd.DataFrame(merchant_pass_values(history, batch, labels, label_delay_ms),
-                        columns=list(MERCHANT_PASS_OUTPUTS))
-
-
-def mcc_pass(history: Columns, batch: Columns, labels: Columns, label_delay_ms: int) -> pd.DataFrame:
-    return pd.DataFrame(mcc_pass_values(history, batch, labels, label_delay_ms), columns=list(MCC_PASS_OUTPUTS))
 
 
 def _risk(fraud: np.ndarray, count: np.ndarray) -> np.ndarray:
@@ -489,9 +486,11 @@ def assemble(rows: pd.DataFrame, user: Columns, merchant: Columns, mcc: Columns,
     f["amount_to_merchant_typical"] = np.where(typical_known, amount / np.where(typical_known, typical, 1.0), 1.0)
     f["merchant_profile_missing"] = _profile_missing(merchants, ("mcc", "lat", "typical_ticket", "country"))
 
-    matrix = np.column_stack([np.asarray(f[name], dtype=np.float64) for name in FEATURE_NAMES])
-    matrix = np.nan_to_num(matrix, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
-    return pd.DataFrame(matrix, columns=list(FEATURE_NAMES))
+    matrix = np.empty((len(FEATURE_NAMES), len(amount)), dtype=np.float32)  # one feature per row: contiguous writes
+    for index, name in enumerate(FEATURE_NAMES):
+        matrix[index] = f[name]
+    matrix[~np.isfinite(matrix)] = 0.0
+    return pd.DataFrame(matrix.T, columns=list(FEATURE_NAMES), copy=False)
 
 
 def _profile_missing(profiles: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
@@ -519,33 +518,42 @@ def build_features(transactions: pd.DataFrame, *, label_delay: timedelta, labels
         events = default_label_events(rows, pd.to_numeric(transactions["is_fraud"]).to_numpy(), label_delay)
     else:
         events = pd.DataFrame({"txn_key": np.zeros(0, np.int64), "known_ms": np.zeros(0, np.int64)})
-    empty_user = rows.iloc[:0]
-    user = user_pass(empty_user, rows)
-    merchant_rows, mcc_rows = event_rows(rows, "merchant_key"), event_rows(rows, "mcc_key")
     delay_ms = int(label_delay / timedelta(milliseconds=1))
-    merchant = merchant_pass(merchant_rows.iloc[:0], merchant_rows, label_keys(events, rows, "merchant_key", delay_ms),
-                             delay_ms)
-    mcc = mcc_pass(mcc_rows.iloc[:0], mcc_rows, label_keys(events, rows, "mcc_key", delay_ms), delay_ms)
-    features = assemble(rows, user, merchant, mcc, user_profiles, merchant_profiles)
+    passes = {kind: dict(zip(names, keyed_pass_values(kind, rows, events, delay_ms).T))
+              for kind, names in PASS_OUTPUTS.items()}
+    features = assemble(rows, passes["user"], passes["merchant"], passes["mcc"], user_profiles, merchant_profiles)
     features.insert(0, "transaction_id", transactions["transaction_id"].astype("string").to_numpy(dtype=object))
     return features
 
 
-def event_rows(rows: pd.DataFrame, key: str) -> pd.DataFrame:
+def keyed_pass_values(kind: str, rows: Columns, events: Columns, label_delay_ms: int) -> np.ndarray:
+    """One pass ("user", "merchant" or "mcc") over numeric rows holding every row of their keys, in arrival order,
+    without history: a (rows x ``PASS_OUTPUTS[kind]``) matrix. ``events`` are confirmed frauds (``txn_key,
+    known_ms``); the merchant and category passes place them by their transaction's row."""
+    if kind == "user":
+        return user_pass_values({c: np.zeros(0) for c in USER_ROW_COLUMNS}, rows)
+    compute = merchant_pass_values if kind == "merchant" else mcc_pass_values
+    keyed = event_rows(rows, PASS_KEYS[kind])
+    empty = {c: values[:0] for c, values in keyed.items()}
+    return compute(empty, keyed, label_keys(events, rows, PASS_KEYS[kind], label_delay_ms), label_delay_ms)
+
+
+def event_rows(rows: Columns, key: str) -> dict[str, np.ndarray]:
     """The ``EVENT_ROW_COLUMNS`` view of numeric rows for one key kind (merchant or category)."""
-    return pd.DataFrame({"key": rows[key].to_numpy(np.int64), "ts_ms": rows["ts_ms"].to_numpy(np.int64)})
+    return {"key": np.asarray(rows[key], np.int64), "ts_ms": np.asarray(rows["ts_ms"], np.int64)}
 
 
-def label_keys(events: pd.DataFrame, rows: pd.DataFrame, key: str, label_delay_ms: int) -> pd.DataFrame:
+def label_keys(events: Columns, rows: Columns, key: str, label_delay_ms: int) -> dict[str, np.ndarray]:
     """Label events (``txn_key, known_ms``) joined to their transaction's ``key`` and given their ``anchor_ms``
-    (``label_anchor``); unknown transactions drop out."""
-    txn_keys = pd.Index(rows["txn_key"].to_numpy(np.int64))
-    first = ~txn_keys.duplicated(keep="first")
-    position = txn_keys[first].get_indexer(events["txn_key"].to_numpy(np.int64))
-    taken = np.maximum(position, 0)
-    keys = np.where(position >= 0, rows[key].to_numpy(np.int64)[first][taken], 0)
+    (``label_anchor``); unknown transactions drop out, a repeated transaction key means its first row."""
+    wanted = np.asarray(events["txn_key"], np.int64)
+    txn_keys, first = np.unique(np.asarray(rows["txn_key"], np.int64), return_index=True)
+    slot = np.searchsorted(txn_keys, wanted)
+    listed = slot < len(txn_keys)
+    listed[listed] = txn_keys[slot[listed]] == wanted[listed]
+    position = first[slot[listed]]
+    keys = np.asarray(rows[key], np.int64)[position]
     found = keys != 0
-    known = events["known_ms"].to_numpy(np.int64)[found]
-    tx_ms = rows["ts_ms"].to_numpy(np.int64)[first][taken][found]
-    return pd.DataFrame({"key": keys[found], "known_ms": known,
-                         "anchor_ms": label_anchor(tx_ms, known, label_delay_ms)})
+    known = np.asarray(events["known_ms"], np.int64)[listed][found]
+    tx_ms = np.asarray(rows["ts_ms"], np.int64)[position[found]]
+    return {"key": keys[found], "known_ms": known, "anchor_ms": label_anchor(tx_ms, known, label_delay_ms)}

@@ -138,7 +138,10 @@ def _run(settings: Settings, options: MainJobOptions) -> None:
             running.callback(_stop_producers, handles)
             print(f"Simulation: {len(handles)} producer actors at {options.tps:g} tx/s", flush=True)
         if options.ui:
-            print("Dashboard: not part of this build yet (the API and /api/stats are live).", flush=True)
+            from simulation.dashboard import SimulationControl, serving_dashboard
+
+            dashboard_url = running.enter_context(serving_dashboard(live, SimulationControl(handles)))
+            print(f"Dashboard: {dashboard_url}", flush=True)
         print("Running. Ctrl-C or `fraudctl down` stops everything.", flush=True)
         _route_stop_signals()  # again: a Ray Tune run during start-up leaves its own SIGINT handler behind
         _watch(stats_actor(), handles, producer_totals)

@@ -112,6 +112,17 @@ def field_errors(exc: ValidationError) -> list[dict[str, str]]:
     return errors
 
 
+def item_field_errors(exc: ValidationError, prefix: str) -> list[dict[str, str]]:
+    """``field_errors`` of a list validated in one call, each named ``{prefix}{index}.{field}``."""
+    errors = []
+    for error in exc.errors(include_url=False):
+        index, *path = error["loc"]
+        field = ".".join(str(part) for part in path) or _field_named_in(error["msg"])
+        errors.append({"field": f"{prefix}{index}" + ("" if field == "__root__" else f".{field}"),
+                       "message": error["msg"]})
+    return errors
+
+
 def _field_named_in(message: str) -> str:
     match = re.search(r"(lat|lon) is missing", message)
     return match.group(1) if match else "__root__"

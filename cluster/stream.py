@@ -17,10 +17,12 @@ import json
 import logging
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from cluster.aws import client
@@ -71,11 +73,11 @@ class LeaseTable:
 def _decode(record: dict[str, Any]) -> tuple[Transaction | None, dict[str, Any]]:
     """(the validated transaction, or None if invalid; the ground truth the simulator attached)."""
     try:
-        payload = json.loads(record["Data"])
-        transaction = Transaction.model_validate(payload)
-    except (ValueError, ValidationError):
+        transaction = Transaction.model_validate_json(record["Data"])
+    except ValidationError:
         return None, {}
-    truth = {key: payload[key] for key in (LABEL_COLUMN, SCENARIO_COLUMN) if key in payload}
+    truth = {key: getattr(transaction, key) for key in (LABEL_COLUMN, SCENARIO_COLUMN)
+             if getattr(transaction, key) is not None}
     return transaction, truth
 
 
@@ -123,59 +125,102 @@ class ShardConsumer:
         return any(s["ShardId"] == self.status.shard_id and "EndingSequenceNumber" in s["SequenceNumberRange"]
                    for s in shards)
 
+    def _get_records(self, iterator: str, not_before: float) -> dict[str, Any]:
+        """One GetRecords call, no sooner than ``not_before`` (Kinesis allows 5 calls per second per shard)."""
+        self._stop.wait(max(0.0, not_before - time.monotonic()))
+        return self.kinesis.get_records(ShardIterator=iterator, Limit=min(self.batch_limit, MAX_GET_RECORDS))
+
     def run(self) -> dict[str, Any]:
-        """Poll until stopped or the shard is closed and drained; returns the final status."""
+        """Poll until stopped or the shard is closed and drained; returns the final status.
+
+        Three stages overlap: the next page is fetched while this one is scored, and a batch's outputs (alerts,
+        decisions, then the checkpoint) are written while the next batch is scored. Writes stay in batch order,
+        and at most one batch waits for its writes, so a checkpoint never runs ahead of its decisions.
+        """
         if self.status.checkpoint == SHARD_END:
             self.status.finished = True
             return self.get_status()
         iterator: str | None = self._iterator()
         idle_s = MIN_POLL_INTERVAL_S
-        while not self._stop.is_set() and iterator:
-            began = time.monotonic()
-            page = self.kinesis.get_records(ShardIterator=iterator, Limit=min(self.batch_limit, MAX_GET_RECORDS))
-            iterator = page.get("NextShardIterator")
-            self.status.millis_behind_latest = int(page.get("MillisBehindLatest", 0))
-            if page["Records"]:
-                self._process(page["Records"])
-                idle_s = MIN_POLL_INTERVAL_S
-            elif self.status.millis_behind_latest == 0 and self._shard_closed():
-                iterator = None
-            else:
-                idle_s = min(MAX_IDLE_BACKOFF_S, idle_s * 2)
-            if iterator:
-                self._stop.wait(max(0.0, idle_s - (time.monotonic() - began)))
+        with ThreadPoolExecutor(1, thread_name_prefix="fetch") as fetcher, \
+                ThreadPoolExecutor(1, thread_name_prefix="write") as writer:
+            fetch = fetcher.submit(self._get_records, iterator, 0.0)
+            writing: Future | None = None
+            while not self._stop.is_set() and iterator:
+                called = time.monotonic()
+                page = fetch.result()
+                iterator = page.get("NextShardIterator")
+                self.status.millis_behind_latest = int(page.get("MillisBehindLatest", 0))
+                if page["Records"]:
+                    idle_s = MIN_POLL_INTERVAL_S
+                elif self.status.millis_behind_latest == 0 and self._shard_closed():
+                    iterator = None
+                else:
+                    idle_s = min(MAX_IDLE_BACKOFF_S, idle_s * 2)
+                if iterator:
+                    fetch = fetcher.submit(self._get_records, iterator, called + idle_s)
+                if page["Records"]:
+                    batch = self._score(page["Records"])
+                    if writing is not None:
+                        writing.result()
+                    writing = writer.submit(self._write, batch)
+            if writing is not None:
+                writing.result()
         if not iterator:
             self.leases.save(self.status.shard_id, SHARD_END)
             self.status.checkpoint, self.status.finished = SHARD_END, True
         self.stats.flush()
         return self.get_status()
 
-    def _process(self, records: list[dict[str, Any]]) -> None:
-        from simulation.producers import put_records_reliably
-
+    def _score(self, records: list[dict[str, Any]]) -> ScoredBatch:
         started = time.perf_counter()
         decoded = [_decode(record) for record in records]
         valid = [(tx, truth, record) for (tx, truth), record in zip(decoded, records) if tx is not None]
-        self.status.invalid += len(records) - len(valid)
-        if valid:
-            transactions = [tx for tx, _, _ in valid]
-            decisions = self.detector.predict_transactions(transactions)
-            decided_at = datetime.now(timezone.utc)
-            lags = [(decided_at - record["ApproximateArrivalTimestamp"]).total_seconds() * 1000.0
-                    for _, _, record in valid]
-            entries = [{"Data": json.dumps({**decision, **truth, "decided_at": decided_at.isoformat(),
-                                            "stream_lag_ms": round(lag, 1)}).encode(),
+        transactions = [tx for tx, _, _ in valid]
+        decisions = self.detector.predict_transactions(transactions) if valid else []
+        decided_at = datetime.now(timezone.utc)
+        lags = [(decided_at - record["ApproximateArrivalTimestamp"]).total_seconds() * 1000.0
+                for _, _, record in valid]
+        return ScoredBatch(transactions=transactions, truths=[truth for _, truth, _ in valid], decisions=decisions,
+                           lags_ms=lags, decided_at=decided_at, invalid=len(records) - len(valid),
+                           checkpoint=records[-1]["SequenceNumber"], started=started)
+
+    def _write(self, batch: ScoredBatch) -> None:
+        """Alerts, then decisions, then the checkpoint: a crash in between replays the batch, never skips it."""
+        from simulation.producers import put_records_reliably
+
+        self.status.invalid += batch.invalid
+        if batch.decisions:
+            decided_at = batch.decided_at.isoformat()
+            entries = [{"Data": orjson.dumps({**decision, **truth, "decided_at": decided_at,
+                                              "stream_lag_ms": round(lag, 1)}),
                         "PartitionKey": decision["transaction_id"]}
-                       for decision, (_, truth, _), lag in zip(decisions, valid, lags)]
-            alerts = self.alerts.publish_high(decisions, [_alert_record(tx) for tx in transactions])
+                       for decision, truth, lag in zip(batch.decisions, batch.truths, batch.lags_ms)]
+            alerts = self.alerts.publish_high(batch.decisions, [_alert_record(tx) for tx in batch.transactions])
             put_records_reliably(self.kinesis, self.settings.decisions_stream_name, entries)
-            elapsed_ms = (time.perf_counter() - started) * 1000.0
-            self.stats.add(scored=len(valid), alerts=alerts, latency_ms=elapsed_ms / len(valid), stream_lags_ms=lags)
-            self.status.scored += len(valid)
+            elapsed_ms = (time.perf_counter() - batch.started) * 1000.0
+            scored = len(batch.decisions)
+            self.stats.add(scored=scored, alerts=alerts, latency_ms=elapsed_ms / scored, stream_lags_ms=batch.lags_ms,
+                           decisions=batch.decisions, transactions=batch.transactions, truths=batch.truths)
+            self.status.scored += scored
             self.status.alerts += alerts
         self.status.batches += 1
-        self.status.checkpoint = records[-1]["SequenceNumber"]
+        self.status.checkpoint = batch.checkpoint
         self.leases.save(self.status.shard_id, self.status.checkpoint)
+
+
+@dataclass
+class ScoredBatch:
+    """One page of a shard, scored, waiting for its outputs to be written."""
+
+    transactions: list[Transaction]
+    truths: list[dict[str, Any]]
+    decisions: list[dict[str, Any]]
+    lags_ms: list[float]
+    decided_at: datetime
+    invalid: int
+    checkpoint: str
+    started: float
 
 
 class StreamScoring:
@@ -227,9 +272,10 @@ class StreamScoring:
                 continue
             try:
                 status = ray.get(run)
-            except ray.exceptions.RayActorError:
+            except ray.exceptions.RayError as exc:  # the actor died (Ray restarts it) or its run raised
                 self.restarts += 1
-                log.warning("consumer of %s died; restarted by Ray, resuming from its checkpoint", shard_id)
+                log.warning("consumer of %s stopped (%s); resuming from its checkpoint", shard_id,
+                            type(exc).__name__)
                 self.runs[shard_id] = self.consumers[shard_id].run.remote()
                 continue
             if status["finished"]:
@@ -237,8 +283,9 @@ class StreamScoring:
             del self.runs[shard_id]
         for shard_id in self._ready_shards():
             if shard_id not in self.consumers and shard_id not in self.finished:
+                # SPREAD: consumers over as many nodes as possible, so losing one node pauses few shards
                 consumer = ray.remote(ShardConsumer).options(
-                    num_cpus=self.consumer_cpus, max_restarts=-1, max_concurrency=4,
+                    num_cpus=self.consumer_cpus, max_restarts=-1, max_concurrency=4, scheduling_strategy="SPREAD",
                     name=f"consumer-{self.settings.stream_name}-{shard_id}", get_if_exists=True,
                 ).remote(shard_id, self.settings, model=self.model)
                 self.consumers[shard_id] = consumer

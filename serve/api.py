@@ -17,14 +17,15 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
 
 from cluster.config import Settings
-from cluster.schema import Identifier, Transaction, field_errors, parse_timestamp
+from cluster.schema import Identifier, Transaction, field_errors, item_field_errors, parse_timestamp
 
 MAX_BATCH = 1000
 MAX_ERRORS_SHOWN = 100
 API_KEY_HEADER = "X-API-Key"
+TRANSACTION_LIST = TypeAdapter(list[Transaction])
 
 
 class ApiError(Exception):
@@ -121,21 +122,17 @@ def parse_transaction(payload: Any, prefix: str = "") -> Transaction:
 
 
 def parse_batch(payload: Any) -> list[Transaction]:
+    """All transactions validated in one pydantic call; every offending item and field named."""
     items = _object(payload, "the batch").get("transactions")
     if not isinstance(items, list):
         raise _invalid([{"field": "transactions", "message": "must be a list of transactions"}])
     if not items or len(items) > MAX_BATCH:
         raise _invalid([{"field": "transactions", "message": f"must hold 1 to {MAX_BATCH} transactions, "
                                                               f"got {len(items)}"}])
-    transactions, errors = [], []
-    for index, item in enumerate(items):
-        try:
-            transactions.append(parse_transaction(item, prefix=f"transactions.{index}."))
-        except ApiError as exc:
-            errors.extend(exc.errors)
-    if errors:
-        raise _invalid(errors)
-    return transactions
+    try:
+        return TRANSACTION_LIST.validate_python(items)
+    except ValidationError as exc:
+        raise _invalid(item_field_errors(exc, "transactions.")) from None
 
 
 def parse_feedback(payload: Any) -> Feedback:

@@ -1,11 +1,15 @@
 """The Serve application: a FastAPI ingress and the ensemble composed from deployments.
 
-    ingress --(1)--> Features (online keyed state + enrichment, batched across requests)
-            --(2)--> XGBoost || Autoencoder (parallel, batched, any registry version) -> combine in the ingress
+    ingress --(1)--> keyed feature-state actors (online windows + merchant risk; profiles from a DynamoDB cache)
+            --(2)--> XGBoost || Autoencoder (parallel deployments, batched, any registry version)
+            -> combine in the ingress (calibration, risk policy, reason codes) -> SNS alert for HIGH
 
-Two sequential hops per request. The combiner (calibration, policy; reason codes only for MEDIUM/HIGH rows) is
-little work, so it runs in the ingress rather than costing a third hop. The ingress names the model version on every call,
-so champion and challenger share the model deployments and a promotion switches both stages together.
+Two sequential remote calls per request, both merged across concurrent requests by ``@serve.batch``. The feature
+stage is the partitioned state actors themselves (``cluster.feature_state.OnlineFeatures``; a partition per actor,
+like a keyed stream processor), called straight from the ingress: a Features deployment in between measured one
+more hop per request for no work of its own. The combiner is little work, so it runs in the ingress too. The
+ingress names the model version on every call, so champion and challenger share the model deployments and a
+promotion switches both stages together.
 
 No ``from __future__ import annotations``: FastAPI must see real annotations on the ingress methods.
 """
@@ -16,9 +20,10 @@ import time
 from typing import Any, Callable
 
 import numpy as np
+import orjson
 import pandas as pd
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 
 from cluster.config import Settings, get_settings, use_settings
@@ -36,8 +41,18 @@ api = FastAPI(title="Fraud scoring API", version="1.0",
 install_error_handlers(api)
 
 
+def json_response(content: Any) -> Response:
+    """Decisions are built to the response model already: serialised once by orjson, not validated again
+    (``response_model`` still documents them in the OpenAPI schema)."""
+    return Response(orjson.dumps(content), media_type="application/json")
+
+
 def _rows(items: list[Any]) -> int:
     return sum(len(item[-1]) for item in items)
+
+
+def _record_count(items: list[list[Any]]) -> int:
+    return sum(len(item) for item in items)
 
 
 def autoscaling(settings: Settings, *, max_replicas: int | None = None) -> dict[str, Any]:
@@ -46,36 +61,6 @@ def autoscaling(settings: Settings, *, max_replicas: int | None = None) -> dict[
             "target_ongoing_requests": settings.serve_target_ongoing_requests,
             "upscale_delay_s": settings.serve_upscale_delay_s,
             "downscale_delay_s": settings.serve_downscale_delay_s}
-
-
-@serve.deployment(name="Features", ray_actor_options={"num_cpus": 0.3}, max_ongoing_requests=512)
-class FeatureStage:
-    """Online features for a batch of requests: one pass through the keyed-state actors per merged batch."""
-
-    def __init__(self, settings: Settings):
-        from cluster.feature_state import OnlineFeatures
-
-        use_settings(settings)
-        self.features = OnlineFeatures(settings, actor_cpus=FEATURE_ACTOR_CPUS)
-
-    def _compute(self, batches: list[tuple[str, list[dict[str, Any]]]]) -> list[np.ndarray]:
-        from serve.scoring import canonical_frame, feature_matrix, split_rows
-
-        records = [record for _, block in batches for record in block]
-        x = feature_matrix(self.features.compute(canonical_frame(records)))
-        return split_rows(x, [len(block) for _, block in batches])
-
-    @serve.batch(max_batch_size=MAX_BATCH_ROWS, batch_wait_timeout_s=0.0, batch_size_fn=_rows)
-    async def compute(self, batches: list[tuple[str, list[dict[str, Any]]]]) -> list[np.ndarray]:
-        return await asyncio.to_thread(self._compute, batches)
-
-    async def record_labels(self, events: list[dict[str, Any]]) -> int:
-        frame = pd.DataFrame(events).rename(columns={"reported_at": "known_at"})
-        frame["known_at"] = pd.to_datetime(frame["known_at"], utc=True)
-        return await asyncio.to_thread(self.features.record_labels, frame)
-
-    async def ready(self) -> bool:
-        return True
 
 
 class _ModelStage:
@@ -143,7 +128,8 @@ class AutoencoderStage(_ModelStage):
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.2}, max_ongoing_requests=512)
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, settings: Settings, features: Any, xgboost: Any, autoencoder: Any):
+    def __init__(self, settings: Settings, xgboost: Any, autoencoder: Any):
+        from cluster.feature_state import OnlineFeatures
         from serve.alerts import AlertPublisher
         from serve.champion import FEEDBACK_PREFIX, DECISIONS_PREFIX, JsonLinesLog
         from serve.scoring import ModelSet
@@ -152,7 +138,8 @@ class Ingress:
         require_key_configured(settings)
         use_settings(settings)
         self.settings = settings
-        self.features, self.xgboost, self.autoencoder = features, xgboost, autoencoder
+        self.features = OnlineFeatures(settings, actor_cpus=FEATURE_ACTOR_CPUS)
+        self.xgboost, self.autoencoder = xgboost, autoencoder
         self.models = ModelSet(settings)
         self.alerts = AlertPublisher(settings)
         self.reporter = StatsReporter()
@@ -185,6 +172,31 @@ class Ingress:
         self.champion, self.challenger = champion, (challenger if challenger != champion else None)
         self._refreshed = time.monotonic()
 
+    # -- scoring --------------------------------------------------------------------------------------------
+    def _features_of(self, records: list[dict[str, Any]]) -> np.ndarray:
+        from serve.scoring import canonical_frame, feature_matrix
+
+        return feature_matrix(self.features.compute(canonical_frame(records)))
+
+    @serve.batch(max_batch_size=MAX_BATCH_ROWS, batch_wait_timeout_s=0.0, batch_size_fn=_record_count)
+    async def _champion_pass(self, requests: list[list[dict[str, Any]]]
+                             ) -> list[tuple[np.ndarray, list[dict[str, Any]]]]:
+        """Concurrent requests share one pass: one call per feature-state partition, then one per model stage,
+        all with the champion of the moment; returns each request's (features, decisions)."""
+        from serve.scoring import split_rows
+
+        records = [record for block in requests for record in block]
+        x = await asyncio.to_thread(self._features_of, records)
+        decisions = await self._decide(self.champion, [record["transaction_id"] for record in records], x)
+        lengths = [len(block) for block in requests]
+        bounds = np.cumsum([0, *lengths])
+        return [(part, decisions[bounds[i]:bounds[i + 1]]) for i, part in enumerate(split_rows(x, lengths))]
+
+    def _record_labels(self, events: list[dict[str, Any]]) -> int:
+        frame = pd.DataFrame(events).rename(columns={"reported_at": "known_at"})
+        frame["known_at"] = pd.to_datetime(frame["known_at"], utc=True)
+        return self.features.record_labels(frame)
+
     async def _decide(self, version: str, ids: list[str], x: np.ndarray) -> list[dict[str, Any]]:
         from serve.scoring import combine
 
@@ -202,19 +214,14 @@ class Ingress:
         await self._refresh_versions()
         records = [scoring_record(t) for t in transactions]
         ids = [t.transaction_id for t in transactions]
-        x = await self.features.compute.remote((ids[0], records))
-        champion_run = self._decide(self.champion, ids, x)
-        if self.challenger is None:
-            decisions = await champion_run
-        else:
+        x, decisions = await self._champion_pass(records)
+        if self.challenger is not None:
             canary = [in_canary(tid, self.settings.canary_share) for tid in ids]
             if any(canary):
-                champion_decisions, challenger_decisions = await asyncio.gather(
-                    champion_run, self._decide(self.challenger, ids, x))
-                self._log_challenger(champion_decisions, challenger_decisions, canary)
-                decisions = [b if c else a for a, b, c in zip(champion_decisions, challenger_decisions, canary)]
+                challenger_decisions = await self._decide(self.challenger, ids, x)
+                self._log_challenger(decisions, challenger_decisions, canary)
+                decisions = [b if c else a for a, b, c in zip(decisions, challenger_decisions, canary)]
             else:
-                decisions = await champion_run
                 self._in_background(self._shadow(ids, x, decisions))
         alerts = 0
         if any(d["risk_level"] == "HIGH" for d in decisions):
@@ -223,7 +230,8 @@ class Ingress:
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         for decision in decisions:
             decision["processing_time_ms"] = round(elapsed_ms, 3)
-        self.reporter.add(scored=len(decisions), alerts=alerts, latency_ms=elapsed_ms)
+        self.reporter.add(scored=len(decisions), alerts=alerts, latency_ms=elapsed_ms, decisions=decisions,
+                          transactions=transactions)
         return decisions
 
     async def _shadow(self, ids: list[str], x: np.ndarray, champion: list[dict[str, Any]]) -> None:
@@ -244,15 +252,15 @@ class Ingress:
     # -- endpoints ------------------------------------------------------------------------------------------
     @api.post("/api/check-fraud", response_model=Decision, openapi_extra=TRANSACTION_BODY,
               summary="Score one transaction")
-    async def check_fraud(self, request: Request) -> dict[str, Any]:
+    async def check_fraud(self, request: Request) -> Response:
         transaction = parse_transaction(await read_json(request, self.settings.serve_max_body_bytes))
-        return (await self._score([transaction]))[0]
+        return json_response((await self._score([transaction]))[0])
 
     @api.post("/api/check-fraud/batch", response_model=BatchDecisions, openapi_extra=BATCH_BODY,
               summary="Score up to 1,000 transactions; results in input order")
-    async def check_fraud_batch(self, request: Request) -> dict[str, Any]:
+    async def check_fraud_batch(self, request: Request) -> Response:
         transactions = parse_batch(await read_json(request, self.settings.serve_max_body_bytes))
-        return {"results": await self._score(transactions)}
+        return json_response({"results": await self._score(transactions)})
 
     @api.post("/api/feedback", status_code=202, openapi_extra=FEEDBACK_BODY,
               summary="Confirmed label for a transaction (needs the API key)")
@@ -260,7 +268,7 @@ class Ingress:
         check_api_key(self.settings, request)
         label = parse_feedback(await read_json(request, self.settings.serve_max_body_bytes)).record()
         await asyncio.to_thread(self.feedback_log.add, [label])
-        applied = await self.features.record_labels.remote([label])
+        applied = await asyncio.to_thread(self._record_labels, [label])
         log.info("feedback for transaction %s", label["transaction_id"])
         return {"accepted": True, "transaction_id": label["transaction_id"], "merchant_risk_updates": applied}
 
@@ -274,7 +282,7 @@ class Ingress:
     async def healthz(self) -> JSONResponse:
         try:
             await self._refresh_versions()
-            await self.features.ready.remote()
+            await asyncio.to_thread(self.features.stats)
         except ApiError as exc:
             return JSONResponse(status_code=503, content={"status": "unavailable", "errors": exc.errors})
         except Exception as exc:  # a model that cannot load is "not ready", with the reason
@@ -299,8 +307,7 @@ def build_app(settings: Settings | None = None) -> Any:
         return deployment.options(autoscaling_config=autoscaling(settings, max_replicas=max_replicas),
                                   ray_actor_options={"num_cpus": cpus, **actor_env})
 
-    return options(Ingress, 0.2).bind(settings, options(FeatureStage, 0.1).bind(settings),
-                                      options(XGBoostStage, 0.1).bind(settings),
+    return options(Ingress, 0.2).bind(settings, options(XGBoostStage, 0.1).bind(settings),
                                       options(AutoencoderStage, 0.1).bind(settings))
 
 

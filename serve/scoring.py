@@ -17,7 +17,7 @@ import pandas as pd
 
 from cluster.config import Settings
 from cluster.features import FEATURE_NAMES
-from cluster.schema import CANONICAL_COLUMNS, LABEL_COLUMN, SCENARIO_COLUMN, Transaction
+from cluster.schema import CANONICAL_COLUMNS, Transaction
 from serve.reasons import explain
 from training.predict import FraudScorer
 from training.registry import ModelBundle, registry_for
@@ -52,16 +52,19 @@ class ModelSet:
 
 def scoring_record(transaction: Transaction) -> dict[str, Any]:
     """What scoring uses of a transaction: labels and scenario names never reach the features."""
-    return transaction.model_dump(exclude={LABEL_COLUMN, SCENARIO_COLUMN})
+    return {column: getattr(transaction, column) for column in CANONICAL_COLUMNS}
 
 
 def canonical_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     """Transactions the pydantic model has validated (``scoring_record``) as the canonical frame the feature code
-    takes; they are not validated a second time."""
-    frame = pd.DataFrame.from_records(records, columns=list(CANONICAL_COLUMNS))
-    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
-    frame[["lat", "lon"]] = frame[["lat", "lon"]].astype(np.float64)
-    return frame
+    takes; they are not validated a second time. Built column by column: pandas' record inference costs more than
+    the features of a small batch."""
+    columns: dict[str, Any] = {name: np.array([r[name] for r in records], dtype=object) for name in CANONICAL_COLUMNS}
+    columns["amount"] = columns["amount"].astype(np.float64)
+    for name in ("lat", "lon"):
+        columns[name] = np.array([np.nan if v is None else v for v in columns[name]], dtype=np.float64)
+    columns["timestamp"] = pd.DatetimeIndex(list(columns["timestamp"])).tz_convert("UTC")
+    return pd.DataFrame(columns, copy=False)
 
 
 def feature_matrix(features: pd.DataFrame) -> np.ndarray:

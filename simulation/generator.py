@@ -101,6 +101,7 @@ TRIP_PROBABILITY_PER_DAY = 0.004
 AMOUNT_SPREAD = 0.45          # lognormal sigma of a genuine amount around its expected value
 TICKET_REFERENCE = 36.0       # a user whose typical_amount is this pays each merchant's typical ticket
 SAME_STOP_NS = 15 * 60 * NS_PER_SECOND  # card-present uses closer than this are at the same shop
+ATTACK_WINDOW = timedelta(hours=3)  # a launched attack's incidents all begin within this
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,36 @@ def simulate_history(config: SimulationConfig, *, progress: Progress | None = No
     ``progress`` (if given) is called with the name of each stage as it completes.
     """
     done = progress or (lambda stage: None)
+    users, merchants, context = _partition_context(config, done)
+    weights = config.scenario_weights or {name: 1.0 for name in scenarios.FRAUD_SCENARIOS}
+    target = round(config.fraud_rate * len(context.genuine) / (1 - config.fraud_rate))
+    labelled = scenarios.inject_fraud(context, scenarios.split_budget(target, weights))
+    done("fraud scenarios")
+    transactions = _finalise(labelled, config)
+    done("validation")
+    return SimulatedHistory(transactions=transactions, users=users, merchants=merchants)
+
+
+def simulate_attack(config: SimulationConfig, scenario: str, incidents: int) -> pd.DataFrame:
+    """About ``incidents`` incidents of one scenario on the partition's users, all starting within
+    ``ATTACK_WINDOW`` of ``config.start``: labelled canonical rows in time order.
+
+    The victims' own genuine use in that window comes with them (an impossible trip is measured from the real
+    card's last swipe, so that swipe must be in the traffic too); no other genuine row is included.
+    """
+    budget = scenarios.attack_budget(scenario, incidents)
+    _, _, context = _partition_context(config, lambda stage: None, until=config.start + ATTACK_WINDOW)
+    fraud = scenarios.SCENARIO_BUILDERS[scenario](context, budget)
+    genuine = context.genuine
+    relabelled = genuine[genuine[SCENARIO_COLUMN] == scenario]
+    victims = genuine[(genuine[LABEL_COLUMN] == 0) & genuine["owner"].isin(fraud["owner"])]
+    return _finalise(pd.concat([fraud, relabelled, victims], ignore_index=True), config)
+
+
+def _partition_context(config: SimulationConfig, done: Progress, until: datetime | None = None
+                       ) -> tuple[pd.DataFrame, pd.DataFrame, scenarios.ScenarioContext]:
+    """The population, and the partition's genuine traffic as the context fraud scenarios are built in
+    (cut at ``until`` when given, which then ends the scenarios' window too)."""
     users, merchants = build_population(config)
     done("population")
     rng = np.random.default_rng(_traffic_entropy(config))
@@ -178,18 +209,15 @@ def simulate_history(config: SimulationConfig, *, progress: Progress | None = No
     mine = users[users["user_index"] % count == index].reset_index(drop=True)
     start_ns, end_ns = _ns(config.start), _ns(config.end)
     genuine = genuine_traffic(mine, merchants, rng, start_ns=start_ns, days=config.days, seed=config.seed)
+    if until is not None:
+        end_ns = min(end_ns, _ns(until))
+        genuine = genuine[genuine["ts"] < end_ns].reset_index(drop=True)
     done("genuine traffic")
-    weights = config.scenario_weights or {name: 1.0 for name in scenarios.FRAUD_SCENARIOS}
-    target = round(config.fraud_rate * len(genuine) / (1 - config.fraud_rate))
     context = scenarios.ScenarioContext(
         rng=rng, users=mine, merchants=merchants, genuine=genuine, start_ns=start_ns, end_ns=end_ns,
         device_prefix=f"fx-{config.id_prefix}-{index}",
     )
-    labelled = scenarios.inject_fraud(context, scenarios.split_budget(target, weights))
-    done("fraud scenarios")
-    transactions = _finalise(labelled, config)
-    done("validation")
-    return SimulatedHistory(transactions=transactions, users=users, merchants=merchants)
+    return users, merchants, context
 
 
 def build_population(config: SimulationConfig) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -25,6 +25,12 @@ FRAUD_ORIGIN_COUNTRIES = ("NG", "RU", "UA", "RO", "BR", "VN", "ID", "PH", "CN", 
 HIGH_TICKET_CATEGORIES = ("electronics", "gift_card_novelty", "airline", "travel_agency", "catalog_ecommerce",
                           "department_store", "software", "hotel", "clothing", "jewelry", "atm_cash")
 TESTING_CATEGORIES = ("digital_media", "digital_goods", "streaming_cable", "direct_marketing", "software")
+# Rows per incident (fewest, most) for each scenario; a compromised terminal's count is its cloned cards on top of
+# the genuine charges it relabels.
+INCIDENT_ROWS: dict[str, tuple[int, int]] = {
+    "card_testing": (4, 12), "cash_out": (4, 11), "cnp_leak": (3, 9), "account_takeover": (2, 6),
+    "impossible_travel": (1, 3), "compromised_merchant": (3, 9),
+}
 INTERNAL_COLUMNS = ("user_id", "merchant_id", "amount", "ts", "channel", "device_id", "mcc", "country", "lat", "lon",
                     LABEL_COLUMN, SCENARIO_COLUMN, "owner", "merchant_pos")
 
@@ -140,7 +146,7 @@ def card_testing(context: ScenarioContext, budget: int) -> pd.DataFrame:
     big_shops = context.merchants_in(HIGH_TICKET_CATEGORIES, online=True)
     home = context.users["home_country"].to_numpy(dtype=object)
     while len(rows) < budget:
-        probes = _incident_size(rng, 4, 12, budget - len(rows)) - 1
+        probes = _incident_size(rng, *INCIDENT_ROWS["card_testing"], budget - len(rows)) - 1
         victim, bot = context.next_victim(), context.new_device("bot")
         country = rng.choice(FRAUD_ORIGIN_COUNTRIES) if rng.random() < 0.5 else home[victim]
         times = context.moment(2 * NS_PER_HOUR) + np.cumsum(rng.integers(4, 40, probes)) * 1_000_000_000
@@ -161,7 +167,7 @@ def cnp_leak(context: ScenarioContext, budget: int) -> pd.DataFrame:
     typical = context.users["typical_amount"].to_numpy()
     home = context.users["home_country"].to_numpy(dtype=object)
     while len(rows) < budget:
-        size = _incident_size(rng, 3, 9, budget - len(rows))
+        size = _incident_size(rng, *INCIDENT_ROWS["cnp_leak"], budget - len(rows))
         victim = context.next_victim()
         span = int(rng.uniform(2, 7) * NS_PER_DAY)
         first = context.moment(span // 2)
@@ -181,7 +187,7 @@ def account_takeover(context: ScenarioContext, budget: int) -> pd.DataFrame:
     seen = context.genuine.groupby("owner")["country"].agg(set).to_dict()
     home = context.users["home_country"].to_numpy(dtype=object)
     while len(rows) < budget:
-        size = _incident_size(rng, 2, 6, budget - len(rows))
+        size = _incident_size(rng, *INCIDENT_ROWS["account_takeover"], budget - len(rows))
         victim = context.next_victim()
         fresh = [c for c in FRAUD_ORIGIN_COUNTRIES if c not in seen.get(victim, set()) and c != home[victim]]
         fresh = fresh or [c for c in FRAUD_ORIGIN_COUNTRIES if c != home[victim]]
@@ -225,7 +231,7 @@ def impossible_travel(context: ScenarioContext, budget: int) -> pd.DataFrame:
                                       context.merchants["lon"].iat[target]))
         deadline = min(times[anchor] + int(reach_km / IMPOSSIBLE_SPEED_KMH * NS_PER_HOUR),
                        following[anchor] - 5 * NS_PER_MINUTE)
-        size = _incident_size(rng, 1, 3, budget - len(rows))
+        size = _incident_size(rng, *INCIDENT_ROWS["impossible_travel"], budget - len(rows))
         first = times[anchor] + int(rng.uniform(0.3, 0.5) * (deadline - times[anchor]))
         swipes = first + np.append(0, np.cumsum(rng.integers(4 * NS_PER_MINUTE, 15 * NS_PER_MINUTE, size - 1)))
         swipes = swipes[swipes < deadline]
@@ -248,7 +254,7 @@ def cash_out(context: ScenarioContext, budget: int) -> pd.DataFrame:
     home_city = context.users["city_index"].to_numpy()
     home = context.users["home_country"].to_numpy(dtype=object)
     while len(rows) < budget:
-        size = _incident_size(rng, 4, 11, budget - len(rows))
+        size = _incident_size(rng, *INCIDENT_ROWS["cash_out"], budget - len(rows))
         victim = context.next_victim()
         total = limit[victim] * rng.uniform(0.85, 0.97)
         amounts = np.floor(rng.dirichlet(np.full(size, 3.0)) * total * 100) / 100
@@ -297,7 +303,8 @@ def compromised_merchant(context: ScenarioContext, budget: int) -> pd.DataFrame:
         genuine.loc[charged, LABEL_COLUMN] = 1
         genuine.loc[charged, SCENARIO_COLUMN] = "compromised_merchant"
         spent += len(charged)
-        clones = min(budget - spent, int(rng.integers(3, 10)))
+        fewest, most = INCIDENT_ROWS["compromised_merchant"]
+        clones = min(budget - spent, int(rng.integers(fewest, most + 1)))
         if not clones:
             continue
         victims = [context.next_victim() for _ in range(clones)]
@@ -329,6 +336,16 @@ def split_budget(total: int, weights: dict[str, float]) -> dict[str, int]:
     counts = np.floor(share).astype(int)
     counts[np.argsort(counts - share)[: total - counts.sum()]] += 1
     return {name: max(1, int(c)) for name, c in zip(active, counts)}
+
+
+def attack_budget(scenario: str, incidents: int) -> int:
+    """Fraud rows for about ``incidents`` incidents of ``scenario`` (its typical incident size each)."""
+    if scenario not in SCENARIO_BUILDERS:
+        raise ValueError(f"scenario: unknown {scenario!r}; known: {FRAUD_SCENARIOS}")
+    if incidents < 1:
+        raise ValueError(f"incidents: must be >= 1, got {incidents}")
+    fewest, most = INCIDENT_ROWS[scenario]
+    return incidents * round((fewest + most) / 2)
 
 
 def inject_fraud(context: ScenarioContext, budgets: dict[str, int]) -> pd.DataFrame:

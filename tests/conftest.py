@@ -8,6 +8,8 @@ import pytest
 
 from cluster.config import Settings
 
+API_KEY = "test-key"
+
 
 @pytest.fixture(scope="session")
 def aws_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
@@ -71,3 +73,27 @@ def champion_model(ray_session: Settings, small_history) -> str:
     put_profiles(ray_session.user_table, small_history.users[list(USER_PROFILE_COLUMNS)], ray_session)
     put_profiles(ray_session.merchant_table, small_history.merchants[list(MERCHANT_PROFILE_COLUMNS)], ray_session)
     return train_small_bundle(ray_session, small_history)
+
+
+@pytest.fixture(scope="session")
+def served(ray_session: Settings, champion_model: str) -> Iterator[tuple[str, Settings]]:
+    """The Serve app on a free port, healthy, for the whole session (its API key is ``API_KEY``; the challenger is
+    ``latest``); yields its base URL and settings."""
+    import time
+
+    import requests
+
+    from cluster.aws import free_port
+    from serve.app import build_app
+    from serve.runtime import serving
+
+    settings = ray_session.model_copy(update={
+        "api_port": free_port(), "api_key": API_KEY, "serve_max_body_bytes": 1_000_000, "challenger": "latest",
+        "serve_target_ongoing_requests": 2.0, "serve_upscale_delay_s": 1.0, "serve_downscale_delay_s": 3.0,
+        "serve_max_replicas": 2, "serve_model_refresh_s": 1.0})
+    with serving(settings, build_app(settings), name="fraud-test") as url:
+        deadline = time.monotonic() + 120
+        while requests.get(f"{url}/healthz", timeout=30).status_code != 200:
+            assert time.monotonic() < deadline, "the app never became healthy"
+            time.sleep(0.5)
+        yield url, settings

@@ -182,6 +182,18 @@ class ModelRegistry:
     def versions(self) -> list[str]:
         return sorted({key.split("/")[2] for key in self._store.keys(f"{PREFIX}/versions/")})
 
+    def metadata(self, ref: str = "champion") -> dict[str, Any]:
+        """A version's ``bundle.json`` (metrics, data summary, ensemble) without loading its models."""
+        version = self.resolve(ref)
+        raw = self._store.get(f"{PREFIX}/versions/{version}/{META_FILE}") if version else None
+        if raw is None:
+            raise ModelNotFound(f"no {ref!r} model in {self.location}")
+        return json.loads(raw)
+
+    def attachment(self, version: str, name: str) -> bytes | None:
+        """A file registered beside a version's models (e.g. ``report/evaluation.png``), or None."""
+        return self._store.get(f"{PREFIX}/versions/{version}/{name}")
+
     def load(self, ref: str = "champion", *, expected_feature_hash: str | None = None) -> ModelBundle:
         """Load a version; refuses one whose feature hash differs from the running feature code's."""
         version = self.resolve(ref)

@@ -7,7 +7,6 @@ from datetime import timedelta
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from cluster.config import Settings
 from cluster.features import (DAY_MS, FEATURE_NAMES, MERCHANT_PASS_OUTPUTS, align_profiles, build_features,

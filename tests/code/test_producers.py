@@ -6,6 +6,7 @@ import json
 import random
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from cluster.aws import client
@@ -86,3 +87,47 @@ def test_producer_actors_deliver_simulated_traffic_exactly_once(ray_session: Set
     assert len(ids) == len(set(ids)) == 1_400
     assert {r["user_id"] for r in records}, "records carry their partition key"
     assert all(set(r) >= {"transaction_id", "user_id", "merchant_id", "amount", "timestamp"} for r in records)
+
+
+def test_dashboard_controls_reach_the_running_producers(ray_session: Settings) -> None:
+    """Rate and scenario mix apply to the live producers; a launched attack enters the stream from the simulated
+    now on, all of it exactly once."""
+    import time
+
+    import ray
+
+    from simulation.producers import start_producers
+
+    before = {r["transaction_id"] for r in read_stream(ray_session, ray_session.stream_name)}
+    handles, _ = start_producers(ray_session, tps=300, n_users=300, actors=2)
+    try:
+        ray.get([handle.set_rate.remote(200.0) for handle in handles])
+        with pytest.raises(ray.exceptions.RayTaskError, match="scenario_weights"):
+            ray.get(handles[0].set_scenario_mix.remote({"phishing": 1.0}))
+        ray.get([handle.set_scenario_mix.remote({"card_testing": 1.0}) for handle in handles])
+        while not ray.get(handles[0].get_stats.remote())["produced"]:
+            time.sleep(0.1)
+        launched_at = pd.Timestamp(ray.get(handles[0].get_stats.remote())["simulated_time"])
+        queued = ray.get(handles[0].launch_attack.remote("cash_out", 2), timeout=120)
+        deadline = time.monotonic() + 120
+        while True:
+            records = [r for r in read_stream(ray_session, ray_session.stream_name) if r["transaction_id"] not in before]
+            attack = [r for r in records if r["transaction_id"].startswith("p0atk1-")]
+            days = {r["transaction_id"].split("-")[0] for r in records}
+            if len(attack) >= queued and {"p0d3", "p1d3"} <= days:
+                break
+            assert time.monotonic() < deadline, f"{len(attack)} of {queued} attack rows, days {sorted(days)}"
+            time.sleep(1)
+        stats = [ray.get(handle.get_stats.remote()) for handle in handles]
+    finally:
+        for handle in handles:
+            handle.stop.remote()
+            ray.kill(handle)
+    assert [s["target_tps"] for s in stats] == [200.0, 200.0]
+    assert stats[0]["attacks"] == 1 and stats[0]["attack_rows"] == queued
+    ids = [r["transaction_id"] for r in attack]
+    assert len(ids) == len(set(ids)) == queued
+    assert {r["fraud_scenario"] for r in attack if r["is_fraud"] == 1} == {"cash_out"}
+    assert min(pd.Timestamp(r["timestamp"]) for r in attack) >= launched_at
+    later_days = [r for r in records if r["transaction_id"].startswith(("p0d2-", "p0d3-", "p1d2-", "p1d3-"))]
+    assert {r["fraud_scenario"] for r in later_days if r["is_fraud"] == 1} == {"card_testing"}

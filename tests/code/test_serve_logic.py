@@ -83,3 +83,20 @@ def test_compare_reports_precision_recall_of_both_models() -> None:
     assert report["champion"] == {"versions": ["v1"], "alerts": 2, "caught": 1, "precision": 0.5, "recall": 0.5}
     assert report["challenger"] == {"versions": ["v2"], "alerts": 2, "caught": 2, "precision": 1.0, "recall": 1.0}
     assert report["significance"]["test"] == "mcnemar" and report["significance"]["only_challenger_correct"] == 2
+
+
+def test_stats_percentiles_cover_the_last_minute_only() -> None:
+    """A start-up backlog's stream lag ages out of /api/stats instead of dominating p99 for minutes."""
+    from serve.stats import PERCENTILE_WINDOW_S, StatsCollector
+
+    now = [0.0]
+    stats = StatsCollector(clock=lambda: now[0])
+    stats.record(scored=5, latencies_ms=[1.0, 2.0, 3.0], stream_lags_ms=[10_000.0] * 5)
+    now[0] = PERCENTILE_WINDOW_S / 2
+    stats.record(scored=5, latencies_ms=[4.0], stream_lags_ms=[100.0] * 5)
+    assert stats.snapshot()["stream_lag_ms"]["p99"] == 10_000.0
+    now[0] = PERCENTILE_WINDOW_S + 1
+    snapshot = stats.snapshot()
+    assert snapshot["stream_lag_ms"] == {"p50": 100.0, "p99": 100.0}
+    assert snapshot["latency_ms"] == {"p50": 4.0, "p99": 4.0}
+    assert snapshot["scored"] == 10

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -13,11 +12,9 @@ import pandas as pd
 import pytest
 import requests
 
-from cluster.aws import client, free_port
+from cluster.aws import client
 from cluster.config import Settings
-from tests.conftest import train_small_bundle
-
-API_KEY = "test-key"
+from tests.conftest import API_KEY, train_small_bundle
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -25,23 +22,6 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     out["timestamp"] = out["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return [{k: v for k, v in row.items() if v is not None and not (isinstance(v, float) and np.isnan(v))}
             for row in out.to_dict(orient="records")]
-
-
-@pytest.fixture(scope="session")
-def served(ray_session: Settings, champion_model: str) -> Iterator[tuple[str, Settings]]:
-    from serve.app import build_app
-    from serve.runtime import serving
-
-    settings = ray_session.model_copy(update={
-        "api_port": free_port(), "api_key": API_KEY, "serve_max_body_bytes": 1_000_000, "challenger": "latest",
-        "serve_target_ongoing_requests": 2.0, "serve_upscale_delay_s": 1.0, "serve_downscale_delay_s": 3.0,
-        "serve_max_replicas": 2, "serve_model_refresh_s": 1.0})
-    with serving(settings, build_app(settings), name="fraud-test") as url:
-        deadline = time.monotonic() + 120
-        while requests.get(f"{url}/healthz", timeout=30).status_code != 200:
-            assert time.monotonic() < deadline, "the app never became healthy"
-            time.sleep(0.5)
-        yield url, settings
 
 
 @pytest.fixture(scope="session")
@@ -223,11 +203,14 @@ def test_sdk_and_http_scores_agree(served: tuple[str, Settings], small_history: 
 
 
 def _replicas() -> dict[str, int]:
+    """Replicas the autoscaler keeps per deployment: running, and started but not yet running (on a loaded
+    2-core machine a new replica can take longer to start than a burst of load lasts)."""
     from ray import serve
     from ray.serve._private.common import ReplicaState
 
+    live = (ReplicaState.STARTING, ReplicaState.UPDATING, ReplicaState.RECOVERING, ReplicaState.RUNNING)
     app = serve.status().applications["fraud-test"]
-    return {name: d.replica_states.get(ReplicaState.RUNNING, 0) for name, d in app.deployments.items()}
+    return {name: sum(d.replica_states.get(state, 0) for state in live) for name, d in app.deployments.items()}
 
 
 def test_autoscaling_goes_up_under_load_and_down_when_idle(served: tuple[str, Settings], small_history: Any) -> None:
@@ -237,9 +220,9 @@ def test_autoscaling_goes_up_under_load_and_down_when_idle(served: tuple[str, Se
     _wait_for_one_replica_each()
     bodies = [json.dumps(t).encode() for t in _records(small_history.transactions.head(3000))]
     peak: dict[str, int] = {}
-    for _ in range(6):
+    for _ in range(12):
         run_load(f"{url}/api/check-fraud", lambda i: bodies[i % len(bodies)], requests=2000, concurrency=16,
-                 max_seconds=5)
+                 max_seconds=3)
         peak = {name: max(count, peak.get(name, 0)) for name, count in _replicas().items()}
         if max(peak.values()) > 1:
             break

@@ -1,0 +1,589 @@
+"""The Gradio dashboard that ``fraudctl up`` serves on ``ui_port``: live tiles and charts, the score distribution by
+ground-truth class, detection per simulated scenario, recent alerts, a manual check against the API, simulation
+controls and the models in the registry.
+
+Everything shown is computed by the plain functions at the top from the stats actor's ``dashboard_view()``
+(``serve/stats.py``) and the registry, so it is testable without a browser; ``build_dashboard`` only lays them out.
+The app is Gradio mounted in FastAPI, served by uvicorn in a thread of the main job (``serving_dashboard``).
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cluster.config import Settings
+from cluster.schema import CHANNELS, GENUINE_SCENARIO
+from simulation.scenarios import FRAUD_SCENARIOS
+
+REFRESH_S = 2.0
+HISTORY_POINTS = 900          # 30 minutes of 2-second points
+SCORE_BINS = 20
+CHECK_TIMEOUT_S = 30.0
+METRIC_ROWS = ("roc_auc", "average_precision", "precision", "recall", "f1", "false_positive_rate", "threshold",
+               "card_precision_at_100", "rows", "frauds")
+CLASS_COLOURS = {"genuine": "#2563eb", "fraud": "#dc2626"}
+SERIES_COLOURS = {"p50": "#0f766e", "p99": "#ea580c"}
+View = dict[str, Any]
+
+
+# -- live figures ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Tile:
+    label: str
+    value: str
+    note: str = ""
+
+
+def _share(part: int, whole: int, digits: int = 2) -> str:
+    return f"{100.0 * part / whole:.{digits}f} %" if whole else "–"
+
+
+def _ms(value: float | None) -> str:
+    return "–" if value is None else f"{value:,.1f}"
+
+
+def live_tiles(view: View) -> list[Tile]:
+    """The headline figures: throughput, latency, flagged vs true fraud rate (last minute), alerts per minute."""
+    stats, window = view["stats"], view["window"]
+    minutes = view["window_s"] / 60.0
+    latency, lag = stats["latency_ms"], stats["stream_lag_ms"]
+    return [
+        Tile("transactions / s", f"{stats['tps']:,.1f}",
+             f"{stats['scored']:,} scored · {stats['produced']:,} produced"),
+        Tile("latency p50 / p99 (ms)", f"{_ms(latency['p50'])} / {_ms(latency['p99'])}",
+             f"stream lag p99 {_ms(lag['p99'])} ms"),
+        Tile("flagged as fraud", _share(window["flagged"], window["scored"]),
+             f"of {window['scored']:,} decisions in the last minute"),
+        Tile("true fraud rate", _share(window["truly_fraud"], window["labelled"]),
+             f"simulated ground truth, {window['labelled']:,} labelled decisions"),
+        Tile("alerts / min", f"{window['alerts'] / minutes:,.1f}", f"{stats['alerts']:,} alerts in total"),
+    ]
+
+
+def tiles_html(tiles: Sequence[Tile], problem: str = "") -> str:
+    cards = "".join(f'<div class="tile"><div class="tile-label">{html.escape(t.label)}</div>'
+                    f'<div class="tile-value">{html.escape(t.value)}</div>'
+                    f'<div class="tile-note">{html.escape(t.note)}</div></div>' for t in tiles)
+    banner = f'<div class="tile-problem">{html.escape(problem)}</div>' if problem else ""
+    return f'{banner}<div class="tiles">{cards}</div>'
+
+
+class History:
+    """The live figures over time, kept in the dashboard process (bounded; shared by every open browser)."""
+
+    def __init__(self, points: int = HISTORY_POINTS, min_gap_s: float = REFRESH_S / 2):
+        self.points: deque[dict[str, Any]] = deque(maxlen=points)
+        self.min_gap_s = min_gap_s
+        self._lock = threading.Lock()
+
+    def observe(self, stats: dict[str, Any], at: datetime) -> None:
+        """Add a point unless another browser added one moments ago."""
+        with self._lock:
+            if self.points and (at - self.points[-1]["time"]).total_seconds() < self.min_gap_s:
+                return
+            self.points.append({"time": at, "tx/s": stats["tps"],
+                                "latency p50": stats["latency_ms"]["p50"], "latency p99": stats["latency_ms"]["p99"],
+                                "lag p50": stats["stream_lag_ms"]["p50"], "lag p99": stats["stream_lag_ms"]["p99"]})
+
+    def frames(self) -> dict[str, pd.DataFrame]:
+        """``tps`` (time, tx/s) and ``latency`` / ``lag`` in long form (time, ms, series) for line plots."""
+        with self._lock:
+            wide = pd.DataFrame(list(self.points), columns=["time", "tx/s", "latency p50", "latency p99", "lag p50",
+                                                            "lag p99"])
+        wide["time"] = pd.to_datetime(wide["time"], utc=True)
+
+        def long(prefix: str) -> pd.DataFrame:
+            frame = wide.melt(id_vars="time", value_vars=[f"{prefix} p50", f"{prefix} p99"], var_name="series",
+                              value_name="ms").dropna()
+            frame["series"] = frame["series"].str.removeprefix(f"{prefix} ")
+            frame["ms"] = frame["ms"].astype(float)
+            return frame.reset_index(drop=True)
+
+        return {"tps": wide[["time", "tx/s"]].astype({"tx/s": float}), "latency": long("latency"),
+                "lag": long("lag")}
+
+
+def score_distribution(samples: dict[str, list[dict[str, Any]]], bins: int = SCORE_BINS
+                       ) -> tuple[pd.DataFrame, str]:
+    """Share of each ground-truth class's sampled decisions per fraud_score bin, and a plot title with the sample
+    sizes."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    parts, sizes = [], []
+    for name in ("genuine", "fraud"):
+        scores = np.array([s["fraud_score"] for s in samples.get(name, [])], dtype=float)
+        sizes.append(f"{len(scores):,} {name}")
+        if not len(scores):
+            continue
+        counts, _ = np.histogram(np.clip(scores, 0.0, 1.0), bins=edges)
+        parts.append(pd.DataFrame({"fraud_score": centres.round(3), "% of class": 100.0 * counts / len(scores),
+                                   "class": name}))
+    frame = (pd.concat(parts, ignore_index=True) if parts
+             else pd.DataFrame({"fraud_score": pd.Series(dtype=float), "% of class": pd.Series(dtype=float),
+                                "class": pd.Series(dtype=str)}))
+    return frame, f"Score by ground truth · {', '.join(sizes)}"
+
+
+def detection_table(scenarios: dict[str, dict[str, int]]) -> pd.DataFrame:
+    """Per simulated scenario: decisions seen, flagged is_fraud, detection rate; genuine traffic gives the
+    false-positive rate."""
+    known = list(FRAUD_SCENARIOS) + sorted(set(scenarios) - set(FRAUD_SCENARIOS) - {GENUINE_SCENARIO})
+    rows = []
+    for name in known:
+        counts = scenarios.get(name, {"seen": 0, "flagged": 0})
+        rows.append({"scenario": name, "seen": counts["seen"], "flagged": counts["flagged"],
+                     "rate": _share(counts["flagged"], counts["seen"], 1)})
+    fraud_seen = sum(r["seen"] for r in rows)
+    fraud_flagged = sum(r["flagged"] for r in rows)
+    rows.append({"scenario": "all fraud (recall)", "seen": fraud_seen, "flagged": fraud_flagged,
+                 "rate": _share(fraud_flagged, fraud_seen, 1)})
+    genuine = scenarios.get(GENUINE_SCENARIO, {"seen": 0, "flagged": 0})
+    rows.append({"scenario": "genuine (false positives)", "seen": genuine["seen"], "flagged": genuine["flagged"],
+                 "rate": _share(genuine["flagged"], genuine["seen"], 3)})
+    return pd.DataFrame(rows).rename(columns={"rate": "detection rate"})
+
+
+def alerts_table(alerts: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """The latest HIGH decisions, newest first, with their reasons and what the simulator says they were."""
+    rows = []
+    for alert in alerts:
+        amount = alert.get("amount")
+        truth = alert.get("scenario")
+        rows.append({
+            "time (UTC)": str(alert.get("decided_at", ""))[11:19],
+            "score": round(float(alert["fraud_score"]), 3),
+            "amount": "" if amount is None else f"{amount:,.2f} {alert.get('currency') or ''}".strip(),
+            "user": alert.get("user_id") or "",
+            "merchant": alert.get("merchant_id") or "",
+            "reasons": "; ".join(alert.get("factors") or []),
+            "ground truth": "–" if truth is None else ("genuine" if truth == GENUINE_SCENARIO else truth),
+        })
+    columns = ["time (UTC)", "score", "amount", "user", "merchant", "reasons", "ground truth"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+# -- manual check ----------------------------------------------------------------------------------------------
+def _number_or_text(text: str) -> float | str | None:
+    """A typed coordinate: blank is absent, a number is a number, anything else goes as typed (the API names it)."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def check_body(*, transaction_id: str, user_id: str, merchant_id: str, amount: float | None, timestamp: str,
+               currency: str = "", channel: str = "", country: str = "", device_id: str = "", mcc: str = "",
+               lat: str = "", lon: str = "") -> dict[str, Any]:
+    """The form as a canonical transaction: required fields as typed (the API names what is wrong with them),
+    blank optional fields left out."""
+    body: dict[str, Any] = {"transaction_id": transaction_id.strip(), "user_id": user_id.strip(),
+                            "merchant_id": merchant_id.strip(), "timestamp": timestamp.strip()}
+    if amount is not None:
+        body["amount"] = amount
+    optional = {"currency": currency, "channel": channel, "country": country, "device_id": device_id, "mcc": mcc}
+    body.update({name: value.strip() for name, value in optional.items() if value and value.strip()})
+    coordinates = {"lat": _number_or_text(lat), "lon": _number_or_text(lon)}
+    body.update({name: value for name, value in coordinates.items() if value is not None})
+    return body
+
+
+def describe_decision(decision: dict[str, Any]) -> str:
+    verdict = "flagged as fraud" if decision["is_fraud"] else "not flagged"
+    reasons = decision.get("factors") or []
+    lines = [f"### fraud_score {decision['fraud_score']:.4f} · {decision['risk_level']} · {verdict}", "",
+             "**Reasons:** " + ("; ".join(reasons) if reasons else "none given (reasons come with MEDIUM and HIGH)"),
+             "", f"model {decision['model_version']} · {decision['processing_time_ms']:.1f} ms · "
+                 f"transaction `{decision['transaction_id']}`"]
+    return "\n".join(lines)
+
+
+def describe_rejection(status: int, body: Any) -> str:
+    errors = body.get("errors") if isinstance(body, dict) else None
+    if not errors:
+        return f"### Rejected ({status})\n\n{body}"
+    return "\n".join([f"### Rejected ({status})", "",
+                      *[f"- `{e.get('field', '?')}`: {e.get('message', '')}" for e in errors]])
+
+
+def check_transaction(api_url: str, body: dict[str, Any], timeout_s: float = CHECK_TIMEOUT_S) -> str:
+    """POST the transaction to the API; the decision, or the API's own rejection naming each field."""
+    import httpx
+
+    try:
+        response = httpx.post(f"{api_url}/api/check-fraud", json=body, timeout=timeout_s)
+    except httpx.HTTPError as exc:
+        return f"### API unreachable\n\n{api_url}: {exc}"
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = response.text
+    if response.is_success:
+        return describe_decision(answer)
+    return describe_rejection(response.status_code, answer)
+
+
+# -- models ----------------------------------------------------------------------------------------------------
+@dataclass
+class ModelSection:
+    title: str
+    summary: str
+    metrics: pd.DataFrame
+    scenarios: pd.DataFrame
+    image: Any  # PIL image of the evaluation report (ROC, precision-recall, score by class), or None
+
+
+def _format_metric(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def model_metrics(metadata: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Test-period metrics (validation beside them) and recall per scenario, as stored with the version."""
+    metrics = metadata.get("metrics") or {}
+    test, validation = metrics.get("test", {}), metrics.get("validation", {})
+    table = pd.DataFrame([{"metric": name, "test": _format_metric(test[name]),
+                           "validation": _format_metric(validation.get(name, "")) if validation else ""}
+                          for name in METRIC_ROWS if name in test], columns=["metric", "test", "validation"])
+    per_scenario = pd.DataFrame([{"scenario": name, "frauds": values["frauds"], "recall": values["recall"],
+                                  "AP vs genuine": values["average_precision"]}
+                                 for name, values in test.get("recall_by_scenario", {}).items()],
+                                columns=["scenario", "frauds", "recall", "AP vs genuine"])
+    return table, per_scenario
+
+
+def model_section(registry: Any, ref: str, role: str) -> ModelSection | None:
+    """One registered version as the models tab shows it; None when ``ref`` names no version."""
+    from PIL import Image
+
+    from training.registry import ModelNotFound
+
+    try:
+        metadata = registry.metadata(ref)
+    except ModelNotFound:
+        return None
+    version = metadata["version"]
+    ensemble = metadata.get("ensemble", {})
+    policy = ensemble.get("policy", {})
+    details = [f"created {str(metadata.get('created_at', ''))[:19].replace('T', ' ')} UTC"]
+    if "xgb_weight" in ensemble:
+        details.append(f"ensemble {ensemble['xgb_weight']:.2f} XGBoost + {ensemble['ae_weight']:.2f} autoencoder")
+    if "threshold" in policy:
+        details.append(f"HIGH/is_fraud at ≥ {policy['threshold']:.3f}, MEDIUM at ≥ {policy.get('medium', 0):.3f}")
+    if not metadata.get("metrics"):
+        details.append("no evaluation metrics stored with this version")
+    png = registry.attachment(version, "report/evaluation.png")
+    image = Image.open(io.BytesIO(png)).convert("RGB") if png else None
+    if image is None:
+        details.append("no evaluation report image stored with this version")
+    metrics, per_scenario = model_metrics(metadata)
+    return ModelSection(title=f"### {role}: `{version}`", summary=" · ".join(details), metrics=metrics,
+                        scenarios=per_scenario, image=image)
+
+
+# -- simulation controls ---------------------------------------------------------------------------------------
+class SimulationControl:
+    """The running ``TrafficProducer`` actors as the dashboard drives them (none when simulation is off)."""
+
+    def __init__(self, producers: Sequence[Any] = ()):
+        self.producers = list(producers)
+
+    @property
+    def running(self) -> bool:
+        return bool(self.producers)
+
+    def _all(self, method: str, *args: Any) -> list[Any]:
+        import ray
+
+        return ray.get([getattr(p, method).remote(*args) for p in self.producers], timeout=120)
+
+    def target_tps(self) -> float:
+        """The producers' current aggregate target rate."""
+        return float(sum(s["target_tps"] for s in self._all("get_stats")))
+
+    def status(self) -> str:
+        if not self.running:
+            return "Simulation is off (`fraudctl up --no-simulation`): nothing to control."
+        stats = self._all("get_stats")
+        mix = stats[0]["scenario_weights"]
+        return (f"{len(stats)} producers · target {sum(s['target_tps'] for s in stats):,.0f} tx/s · "
+                f"{sum(s['produced'] for s in stats):,} produced ({sum(s['fraud_produced'] for s in stats):,} fraud) · "
+                f"{sum(s['attack_rows'] for s in stats):,} attack rows injected · scenario mix "
+                f"{'even' if not mix else ', '.join(f'{k} {v:g}' for k, v in mix.items() if v)}")
+
+    def set_rate(self, tps: float) -> str:
+        """Split ``tps`` evenly over the producers."""
+        if not self.running:
+            return self.status()
+        self._all("set_rate", float(tps) / len(self.producers))
+        return f"Rate set to {tps:,.0f} tx/s ({tps / len(self.producers):,.0f} per producer)."
+
+    def set_mix(self, weights: dict[str, float]) -> str:
+        if not self.running:
+            return self.status()
+        chosen = {name: float(w) for name, w in weights.items() if w and w > 0}
+        if not chosen:
+            return "Scenario mix: give at least one scenario a weight above 0."
+        self._all("set_scenario_mix", chosen)
+        return "Scenario mix applied from each producer's next simulated day: " + ", ".join(
+            f"{name} {w:g}" for name, w in chosen.items())
+
+    def launch_attack(self, scenario: str, incidents: int) -> str:
+        """About ``incidents`` incidents of ``scenario``, split over the producers, injected from their now on."""
+        import ray
+
+        if not self.running:
+            return self.status()
+        incidents = int(incidents)
+        shares = [incidents // len(self.producers) + (i < incidents % len(self.producers))
+                  for i in range(len(self.producers))]
+        rows = ray.get([p.launch_attack.remote(scenario, share) for p, share in zip(self.producers, shares) if share],
+                       timeout=120)
+        return (f"Attack launched: {scenario}, about {incidents} incidents — {sum(rows):,} rows (the fraud and the "
+                f"victims' own card use) entering the stream now.")
+
+
+# -- the app ---------------------------------------------------------------------------------------------------
+CSS = """
+.tiles {display: grid; grid-template-columns: repeat(5, minmax(0, 1fr)); gap: 12px;}
+.tile {border: 1px solid var(--border-color-primary); border-radius: 10px; padding: 12px 16px;
+       background: var(--background-fill-secondary);}
+.tile-label {font-size: 0.85rem; color: var(--body-text-color-subdued); text-transform: uppercase;
+             letter-spacing: 0.04em;}
+.tile-value {font-size: 1.7rem; font-weight: 700; line-height: 1.25; margin: 4px 0;}
+.tile-note {font-size: 0.8rem; color: var(--body-text-color-subdued);}
+.tile-problem {background: #fef3c7; color: #92400e; padding: 8px 12px; border-radius: 8px; margin-bottom: 8px;}
+@media (max-width: 1100px) {.tiles {grid-template-columns: repeat(3, minmax(0, 1fr));}}
+"""
+
+
+def actor_view() -> Callable[[], View]:
+    """A source of ``dashboard_view()`` snapshots from the cluster's stats actor."""
+    import ray
+
+    from serve.stats import stats_actor
+
+    actor = stats_actor()
+    return lambda: ray.get(actor.dashboard_view.remote(), timeout=10)
+
+
+def build_dashboard(settings: Settings, view_source: Callable[[], View], simulation: SimulationControl,
+                    *, refresh_s: float = REFRESH_S, history: History | None = None) -> Any:
+    """The Blocks UI (tabs: live, check a transaction, simulation, models). Open pages add to ``history`` too, so
+    charts move even without ``sample_history`` running."""
+    import gradio as gr
+
+    from training.registry import registry_for
+
+    api_url = f"http://{settings.api_host}:{settings.api_port}"
+    history = history or History(min_gap_s=refresh_s / 2)
+    controls = simulation.running
+    with gr.Blocks(title="Fraud analytics", analytics_enabled=False) as demo:
+        gr.Markdown(f"## Real-time fraud analytics\nLive from the stats actor every {refresh_s:g} s · API "
+                    f"[{api_url}]({api_url}/docs) · stream decisions carry the simulator's ground truth")
+        tiles = gr.HTML(tiles_html([]), elem_id="tiles")
+        with gr.Tabs():
+            with gr.Tab("Live", id="live"):
+                over_time = {"x": "time", "x_title": "time", "x_axis_format": "%H:%M:%S", "height": 230}
+                percentiles = {"y": "ms", "color": "series", "color_map": SERIES_COLOURS}
+                with gr.Row():
+                    tps_plot = gr.LinePlot(y="tx/s", title="Transactions scored per second", elem_id="tps-plot",
+                                           **over_time)
+                    latency_plot = gr.LinePlot(title="Scoring latency (ms)", elem_id="latency-plot", **percentiles,
+                                               **over_time)
+                    lag_plot = gr.LinePlot(title="Stream lag (ms)", elem_id="lag-plot", **percentiles, **over_time)
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        score_plot = gr.LinePlot(x="fraud_score", y="% of class", color="class",
+                                                 color_map=CLASS_COLOURS, x_lim=[0, 1], height=260,
+                                                 title="Score by ground truth", x_title="fraud_score",
+                                                 elem_id="score-plot")
+                    with gr.Column(scale=1):
+                        detection = gr.Dataframe(detection_table({}), label="Detection per simulated scenario",
+                                                 interactive=False, elem_id="detection")
+                alerts = gr.Dataframe(alerts_table([]), label="Recent alerts (HIGH decisions), newest first",
+                                      interactive=False, wrap=True, max_height=420, elem_id="alerts",
+                                      column_widths=["8%", "6%", "9%", "9%", "8%", "45%", "15%"])
+            with gr.Tab("Check a transaction", id="check"):
+                with gr.Row():
+                    with gr.Column():
+                        transaction_id = gr.Textbox(label="transaction_id",
+                                                    value=lambda: f"manual-{int(time.time() * 1000)}")
+                        user_id = gr.Textbox(label="user_id", value="u0000042")
+                        merchant_id = gr.Textbox(label="merchant_id", value="m000017")
+                        amount = gr.Number(label="amount", value=129.99, elem_id="check-amount")
+                        timestamp = gr.Textbox(label="timestamp (ISO-8601, UTC if no offset)",
+                                               value=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                    with gr.Column():
+                        currency = gr.Textbox(label="currency", value="USD")
+                        channel = gr.Dropdown(label="channel", choices=["", *CHANNELS], value="online")
+                        country = gr.Textbox(label="country", value="US")
+                        device_id = gr.Textbox(label="device_id (optional)", value="")
+                        mcc = gr.Textbox(label="mcc (optional)", value="5732")
+                        with gr.Row():
+                            lat = gr.Textbox(label="lat (optional)", value="")
+                            lon = gr.Textbox(label="lon (optional)", value="")
+                check_button = gr.Button("Check transaction", variant="primary", elem_id="check-button")
+                check_result = gr.Markdown("", elem_id="check-result")
+            with gr.Tab("Simulation", id="simulation"):
+                simulation_status = gr.Markdown(simulation.status() if not controls else "", elem_id="sim-status")
+                with gr.Row():
+                    rate = gr.Slider(10, 5000, value=simulation.target_tps if controls else settings.target_tps,
+                                     step=10, label="Simulated transactions / s", interactive=controls)
+                    rate_button = gr.Button("Apply rate", interactive=controls)
+                gr.Markdown("**Scenario mix** (relative weights of the fraud scenarios in the simulated days)")
+                weights = []
+                for first in range(0, len(FRAUD_SCENARIOS), 3):
+                    with gr.Row():
+                        weights += [gr.Slider(0, 5, value=1, step=0.5, label=name, interactive=controls)
+                                    for name in FRAUD_SCENARIOS[first:first + 3]]
+                mix_button = gr.Button("Apply scenario mix", interactive=controls)
+                gr.Markdown("**Launch an attack now**: one scenario injected into the live traffic immediately")
+                with gr.Row():
+                    scenario = gr.Dropdown(list(FRAUD_SCENARIOS), value=FRAUD_SCENARIOS[0], label="scenario",
+                                           interactive=controls)
+                    incidents = gr.Slider(1, 50, value=10, step=1, label="incidents", interactive=controls)
+                    attack_button = gr.Button("Launch attack", variant="stop", interactive=controls)
+                control_result = gr.Markdown("")
+            with gr.Tab("Models", id="models"):
+                models_button = gr.Button("Reload from the registry")
+                model_outputs = []
+                for _ in ("champion", "challenger"):
+                    with gr.Group():
+                        title = gr.Markdown()
+                        summary = gr.Markdown()
+                        with gr.Row():
+                            metrics = gr.Dataframe(interactive=False, label="metrics (test, validation)")
+                            per_scenario = gr.Dataframe(interactive=False, label="recall per scenario (test)")
+                        image = gr.Image(label="ROC · precision-recall · score by class (test period)",
+                                         interactive=False, buttons=["fullscreen"])
+                    model_outputs += [title, summary, metrics, per_scenario, image]
+
+        timer = gr.Timer(refresh_s)
+        live_outputs = [tiles, tps_plot, latency_plot, lag_plot, score_plot, detection, alerts, simulation_status]
+
+        def refresh() -> list[Any]:
+            try:
+                view = view_source()
+            except Exception as exc:  # the actor restarting or Ray going down: say so, keep the last figures
+                return [tiles_html([], problem=f"Live figures unavailable: {type(exc).__name__}: {exc}"),
+                        *[gr.skip()] * (len(live_outputs) - 1)]
+            history.observe(view["stats"], datetime.now(timezone.utc))
+            frames = history.frames()
+            distribution, caption = score_distribution(view["samples"])
+            return [tiles_html(live_tiles(view)), frames["tps"], frames["latency"], frames["lag"],
+                    gr.LinePlot(value=distribution, title=caption), detection_table(view["scenarios"]),
+                    alerts_table(view["alerts"]), simulation.status() if controls else gr.skip()]
+
+        def check(*values: Any) -> str:
+            names = ("transaction_id", "user_id", "merchant_id", "amount", "timestamp", "currency", "channel",
+                     "country", "device_id", "mcc", "lat", "lon")
+            return check_transaction(api_url, check_body(**dict(zip(names, values))))
+
+        def models() -> list[Any]:
+            registry = registry_for(settings)
+            champion = model_section(registry, "champion", "Champion")
+            challenger_version = settings.challenger and registry.resolve(settings.challenger)
+            challenger = (model_section(registry, challenger_version, "Challenger")
+                          if challenger_version and challenger_version != registry.resolve("champion") else None)
+            out: list[Any] = []
+            for section, empty in ((champion, "### Champion\nNo champion in the registry yet."),
+                                   (challenger, "### Challenger\nNone configured (`FRAUD_CHALLENGER`), or it is "
+                                                "the champion.")):
+                if section is None:
+                    out += [empty, "", gr.Dataframe(visible=False), gr.Dataframe(visible=False),
+                            gr.Image(value=None, visible=False)]
+                else:
+                    out += [section.title, section.summary, gr.Dataframe(section.metrics, visible=True),
+                            gr.Dataframe(section.scenarios, visible=not section.scenarios.empty),
+                            gr.Image(value=section.image, visible=section.image is not None)]
+            return out
+
+        timer.tick(refresh, outputs=live_outputs, show_progress="hidden")
+        demo.load(refresh, outputs=live_outputs, show_progress="hidden")
+        demo.load(models, outputs=model_outputs)
+        models_button.click(models, outputs=model_outputs)
+        check_button.click(check, inputs=[transaction_id, user_id, merchant_id, amount, timestamp, currency, channel,
+                                          country, device_id, mcc, lat, lon], outputs=check_result)
+        rate_button.click(simulation.set_rate, inputs=rate, outputs=control_result)
+        mix_button.click(lambda *w: simulation.set_mix(dict(zip(FRAUD_SCENARIOS, w))), inputs=weights,
+                         outputs=control_result)
+        attack_button.click(simulation.launch_attack, inputs=[scenario, incidents], outputs=control_result)
+    return demo
+
+
+def dashboard_app(blocks: Any) -> Any:
+    """The Blocks mounted at ``/`` of a FastAPI app, with a theme that needs no web fonts (works offline)."""
+    import gradio as gr
+    from fastapi import FastAPI
+
+    system = ["ui-sans-serif", "system-ui", "sans-serif"]
+    theme = gr.themes.Soft(font=system, font_mono=["ui-monospace", "monospace"])
+    return gr.mount_gradio_app(FastAPI(title="Fraud analytics dashboard"), blocks, path="/", theme=theme, css=CSS,
+                               ssr_mode=False, footer_links=[])
+
+
+def sample_history(history: History, view_source: Callable[[], View], every_s: float,
+                   stop: threading.Event) -> None:
+    """Add a point every ``every_s`` until ``stop``, so the charts cover the time no page was open."""
+    while not stop.wait(every_s):
+        try:
+            history.observe(view_source()["stats"], datetime.now(timezone.utc))
+        except Exception:  # the stats actor restarting: the next round tries again
+            continue
+
+
+@contextmanager
+def serving_dashboard(settings: Settings, simulation: SimulationControl, *, port: int | None = None,
+                      view_source: Callable[[], View] | None = None, refresh_s: float = REFRESH_S) -> Iterator[str]:
+    """Serve the dashboard with uvicorn in a background thread for the duration of the block; yields its URL.
+
+    Leaving the block (Ctrl-C in the main job) stops uvicorn and waits until the port is free.
+    """
+    import uvicorn
+
+    from serve.runtime import port_in_use
+
+    host, port = settings.api_host, port or settings.ui_port
+    if port_in_use(host, port):
+        raise RuntimeError(f"ui_port: {host}:{port} is already in use (set FRAUD_UI_PORT to another port)")
+    view_source = view_source or actor_view()
+    history, stop = History(min_gap_s=refresh_s / 2), threading.Event()
+    sampler = threading.Thread(target=sample_history, args=(history, view_source, refresh_s, stop),
+                               name="dashboard-history", daemon=True)
+    app = dashboard_app(build_dashboard(settings, view_source, simulation, refresh_s=refresh_s, history=history))
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                           timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, name="dashboard", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"the dashboard did not start on {host}:{port}")
+        time.sleep(0.1)
+    sampler.start()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        stop.set()
+        server.should_exit = True
+        thread.join(timeout=15)
+        if thread.is_alive():
+            server.force_exit = True
+            thread.join(timeout=5)

@@ -1,0 +1,207 @@
+"""The dashboard's figures without a browser: the stats actor's bookkeeping (run in-process) and the plain
+functions that turn its view into tiles, frames and tables."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cluster.schema import Transaction
+from serve.stats import SAMPLES_PER_FLUSH, StatsCollector, StatsReporter
+from simulation.dashboard import (History, alerts_table, check_body, describe_decision, describe_rejection,
+                                  detection_table, live_tiles, model_metrics, model_section, score_distribution,
+                                  tiles_html)
+from simulation.scenarios import FRAUD_SCENARIOS
+
+CONTRACT_KEYS = {"produced", "scored", "alerts", "tps", "latency_ms", "stream_lag_ms"}
+
+
+class InProcessActor:
+    """The stats actor's class called directly, so the reporter's remote calls land in this process."""
+
+    def __init__(self) -> None:
+        self.collector = StatsCollector()
+        self.record = SimpleNamespace(remote=lambda **kwargs: self.collector.record(**kwargs))
+
+
+def transaction(i: int, amount: float = 25.0) -> Transaction:
+    return Transaction(transaction_id=f"t{i}", user_id=f"u{i % 7}", merchant_id=f"m{i % 5}", amount=amount,
+                       timestamp="2026-03-01T12:00:00Z", channel="online", country="US")
+
+
+def decision(i: int, score: float, level: str, flagged: bool) -> dict[str, Any]:
+    return {"transaction_id": f"t{i}", "fraud_score": score, "is_fraud": flagged, "risk_level": level,
+            "factors": ["amount 9x the card's typical spend", "new device"] if level == "HIGH" else [],
+            "model_version": "v1", "processing_time_ms": 3.0}
+
+
+def test_reporter_counts_exactly_and_samples_within_bounds() -> None:
+    actor = InProcessActor()
+    reporter = StatsReporter(flush_every_s=3600, actor=actor)
+    n = 3 * SAMPLES_PER_FLUSH
+    decisions = [decision(i, 0.01, "LOW", False) for i in range(n)]
+    decisions += [decision(n + i, 0.95, "HIGH", True) for i in range(6)]
+    truths = [{"is_fraud": 0, "fraud_scenario": "none"}] * (n - 2) + [{"is_fraud": 0, "fraud_scenario": "none"}] * 2
+    truths += [{"is_fraud": 1, "fraud_scenario": "card_testing"}] * 4 + [{"is_fraud": 0, "fraud_scenario": "none"}] * 2
+    reporter.add(scored=len(decisions), alerts=6, latency_ms=4.0, stream_lags_ms=[120.0, 340.0],
+                 decisions=decisions, transactions=[transaction(i, 10.0 + i) for i in range(len(decisions))],
+                 truths=truths)
+    reporter.add(scored=2, alerts=0, latency_ms=8.0, decisions=[decision(900, 0.5, "MEDIUM", False)] * 2,
+                 transactions=[transaction(900)] * 2)  # HTTP: no ground truth
+    reporter.flush()
+    view = actor.collector.dashboard_view()
+
+    assert set(view["stats"]) == CONTRACT_KEYS  # GET /api/stats keeps the contract's shape exactly
+    assert view["stats"]["scored"] == n + 8 and view["stats"]["alerts"] == 6
+    assert view["flagged"] == 6 and view["window"]["flagged"] == 6
+    assert view["scenarios"] == {"none": {"seen": n + 2, "flagged": 2}, "card_testing": {"seen": 4, "flagged": 4}}
+    assert view["window"]["labelled"] == n + 6 and view["window"]["truly_fraud"] == 4
+    assert len(view["samples"]["genuine"]) == SAMPLES_PER_FLUSH  # a bounded sample of the many genuine ones
+    assert len(view["samples"]["fraud"]) == 4 and len(view["samples"]["unlabelled"]) == 2
+    assert {s["scenario"] for s in view["samples"]["fraud"]} == {"card_testing"}
+    newest = view["alerts"][0]
+    assert len(view["alerts"]) == 6 and newest["transaction_id"] == f"t{n + 5}" and newest["scenario"] == "none"
+    assert newest["factors"] == ["amount 9x the card's typical spend", "new device"]
+    assert (newest["user_id"], newest["merchant_id"], newest["amount"]) == (f"u{(n + 5) % 7}", f"m{(n + 5) % 5}",
+                                                                           10.0 + n + 5)
+
+
+def test_rates_cover_the_last_minute_only() -> None:
+    clock = [1000.0]
+    collector = StatsCollector(clock=lambda: clock[0])
+    collector.record(scored=500, alerts=9, flagged=9, scenarios={"none": {"seen": 500, "flagged": 0}})
+    clock[0] += 61
+    collector.record(scored=100, alerts=2, flagged=3, scenarios={"none": {"seen": 95, "flagged": 1},
+                                                                 "cash_out": {"seen": 5, "flagged": 2}})
+    view = collector.dashboard_view()
+    assert view["window"] == {"scored": 100, "flagged": 3, "labelled": 100, "truly_fraud": 5, "alerts": 2}
+    assert view["stats"]["tps"] == 10.0 and view["stats"]["scored"] == 600
+    tiles = {tile.label: tile for tile in live_tiles(view)}
+    assert tiles["transactions / s"].value == "10.0"
+    assert tiles["flagged as fraud"].value == "3.00 %" and tiles["true fraud rate"].value == "5.00 %"
+    assert tiles["alerts / min"].value == "2.0" and tiles["alerts / min"].note == "11 alerts in total"
+    assert tiles["latency p50 / p99 (ms)"].value == "– / –"  # nothing measured yet is shown as such
+    page = tiles_html(live_tiles(view), problem="<b>down</b>")
+    assert "5.00 %" in page and "&lt;b&gt;down&lt;/b&gt;" in page
+
+
+def test_history_keeps_bounded_long_frames_for_the_line_plots() -> None:
+    history = History(points=3, min_gap_s=1.0)
+    start = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    for second, p50 in enumerate([None, 2.0, 3.0, 4.0]):
+        stats = {"tps": 10.0 * second, "latency_ms": {"p50": p50, "p99": p50 and p50 * 5},
+                 "stream_lag_ms": {"p50": 100.0, "p99": 900.0}}
+        history.observe(stats, start + timedelta(seconds=2 * second))
+        history.observe(stats, start + timedelta(seconds=2 * second, milliseconds=300))  # a second browser
+    frames = history.frames()
+    assert frames["tps"]["tx/s"].tolist() == [10.0, 20.0, 30.0]
+    assert str(frames["tps"]["time"].dtype).startswith("datetime64")
+    latency = frames["latency"]
+    assert set(latency["series"]) == {"p50", "p99"} and len(latency) == 6
+    assert latency.loc[latency["series"] == "p99", "ms"].tolist() == [10.0, 15.0, 20.0]
+    empty = History().frames()
+    assert list(empty["lag"].columns) == ["time", "series", "ms"] and empty["lag"].empty
+
+
+def test_score_distribution_is_a_share_per_ground_truth_class() -> None:
+    samples = {"genuine": [{"fraud_score": s} for s in [0.01] * 90 + [0.52] * 10],
+                "fraud": [{"fraud_score": s} for s in [0.97, 0.99, 1.0, 0.33]], "unlabelled": [{"fraud_score": 0.5}]}
+    frame, title = score_distribution(samples, bins=10)
+    assert set(frame["class"]) == {"genuine", "fraud"} and len(frame) == 20
+    for name in ("genuine", "fraud"):
+        assert frame.loc[frame["class"] == name, "% of class"].sum() == pytest.approx(100.0)
+    genuine = frame[frame["class"] == "genuine"].set_index("fraud_score")["% of class"]
+    fraud = frame[frame["class"] == "fraud"].set_index("fraud_score")["% of class"]
+    assert genuine[0.05] == 90.0 and genuine[0.55] == 10.0 and fraud[0.95] == 75.0 and fraud[0.35] == 25.0
+    assert title == "Score by ground truth · 100 genuine, 4 fraud"
+    nothing, _ = score_distribution({})
+    assert nothing.empty and list(nothing.columns) == ["fraud_score", "% of class", "class"]
+
+
+def test_detection_table_per_scenario_and_false_positive_rate() -> None:
+    table = detection_table({"none": {"seen": 20_000, "flagged": 7}, "card_testing": {"seen": 40, "flagged": 38},
+                             "cash_out": {"seen": 10, "flagged": 5}, "unknown": {"seen": 2, "flagged": 0}})
+    rows = table.set_index("scenario")
+    assert list(rows.index[: len(FRAUD_SCENARIOS)]) == list(FRAUD_SCENARIOS)
+    assert rows.loc["card_testing", "detection rate"] == "95.0 %"
+    assert rows.loc["cnp_leak", "seen"] == 0 and rows.loc["cnp_leak", "detection rate"] == "–"
+    assert rows.loc["unknown", "seen"] == 2
+    assert (rows.loc["all fraud (recall)", "seen"], rows.loc["all fraud (recall)", "flagged"]) == (52, 43)
+    assert rows.loc["genuine (false positives)", "detection rate"] == "0.035 %"
+
+
+def test_alerts_table_shows_reasons_and_what_the_simulator_says() -> None:
+    alerts = [{"decided_at": "2026-03-01T12:34:56+00:00", "transaction_id": "t1", "fraud_score": 0.98765,
+               "factors": ["new device", "foreign country"], "scenario": "none", "user_id": "u1",
+               "merchant_id": "m1", "amount": 1234.5, "currency": "USD"},
+              {"decided_at": "2026-03-01T12:30:00+00:00", "transaction_id": "t2", "fraud_score": 0.9, "factors": [],
+               "scenario": None, "user_id": "u2", "merchant_id": "m2", "amount": None, "currency": None}]
+    table = alerts_table(alerts)
+    first, second = table.to_dict(orient="records")
+    assert first == {"time (UTC)": "12:34:56", "score": 0.988, "amount": "1,234.50 USD", "user": "u1",
+                     "merchant": "m1", "reasons": "new device; foreign country", "ground truth": "genuine"}
+    assert second["ground truth"] == "–" and second["amount"] == ""
+    assert alerts_table([]).empty
+
+
+def test_check_form_becomes_a_canonical_transaction() -> None:
+    body = check_body(transaction_id=" manual-1 ", user_id="u1", merchant_id="m1", amount=12.5,
+                      timestamp="2026-03-01T12:00:00Z", currency="USD", channel="", country=" ", device_id="d-1",
+                      mcc="", lat="52.52", lon="13.40")
+    assert body == {"transaction_id": "manual-1", "user_id": "u1", "merchant_id": "m1", "amount": 12.5,
+                    "timestamp": "2026-03-01T12:00:00Z", "currency": "USD", "device_id": "d-1", "lat": 52.52,
+                    "lon": 13.4}
+    missing = check_body(transaction_id="x", user_id="", merchant_id="m", amount=None, timestamp="", lat="north")
+    assert "amount" not in missing and missing["user_id"] == "" and missing["lat"] == "north"  # the API names them
+
+
+def test_decisions_and_rejections_read_well() -> None:
+    text = describe_decision({"transaction_id": "t1", "fraud_score": 0.91234, "is_fraud": True, "risk_level": "HIGH",
+                              "factors": ["new device"], "model_version": "v7", "processing_time_ms": 12.34})
+    assert "fraud_score 0.9123" in text and "HIGH" in text and "flagged as fraud" in text and "new device" in text
+    rejection = describe_rejection(422, {"errors": [{"field": "amount", "message": "must be > 0"}]})
+    assert "Rejected (422)" in rejection and "`amount`: must be > 0" in rejection
+
+
+def test_model_view_reads_metrics_and_report_image_from_the_registry(tmp_path: Path) -> None:
+    from training.registry import ModelRegistry
+
+    metadata = {"version": "v1", "created_at": "2026-03-01T12:00:00+00:00",
+                "ensemble": {"xgb_weight": 0.8, "ae_weight": 0.2, "policy": {"threshold": 0.7, "medium": 0.4}},
+                "metrics": {"test": {"roc_auc": 0.99, "average_precision": 0.83, "false_positive_rate": 0.0003,
+                                     "rows": 42539, "recall_by_scenario": {
+                                         "card_testing": {"frauds": 33, "recall": 0.94, "average_precision": 0.95}}},
+                            "validation": {"roc_auc": 0.98, "average_precision": 0.9,
+                                           "false_positive_rate": 0.0001, "rows": 41957}}}
+    metrics, per_scenario = model_metrics(metadata)
+    rows = metrics.set_index("metric")
+    assert rows.loc["roc_auc", "test"] == "0.9900" and rows.loc["false_positive_rate", "test"] == "3.00e-04"
+    assert rows.loc["rows", "validation"] == "41,957"
+    assert per_scenario.to_dict(orient="records") == [{"scenario": "card_testing", "frauds": 33, "recall": 0.94,
+                                                       "AP vs genuine": 0.95}]
+
+    import io
+    import json
+
+    from PIL import Image
+
+    folder = tmp_path / "models" / "versions" / "v1"
+    (folder / "report").mkdir(parents=True)
+    (folder / "bundle.json").write_text(json.dumps(metadata))
+    png = io.BytesIO()
+    Image.fromarray(np.full((20, 40, 3), 200, dtype=np.uint8)).save(png, format="PNG")
+    (folder / "report" / "evaluation.png").write_bytes(png.getvalue())
+    (tmp_path / "models" / "pointers").mkdir()
+    (tmp_path / "models" / "pointers" / "champion").write_text("v1")
+    registry = ModelRegistry(root=tmp_path)
+    section = model_section(registry, "champion", "Champion")
+    assert section is not None and section.title == "### Champion: `v1`" and section.image.size == (40, 20)
+    assert "0.80 XGBoost + 0.20 autoencoder" in section.summary and "≥ 0.700" in section.summary
+    assert model_section(registry, "latest", "Challenger") is None
+    assert isinstance(section.metrics, pd.DataFrame) and not section.scenarios.empty

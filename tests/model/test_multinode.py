@@ -1,0 +1,144 @@
+"""Several Ray nodes (a head and two workers on this machine): consumers and Serve replicas spread over the nodes,
+and losing a worker node mid-stream loses no transaction and repeats no alert; the API keeps answering.
+
+The cluster needs a Ray of its own, so the scenario (tests/multinode.py) runs in a child process against this
+session's embedded AWS; the outputs (decision stream, alert ledger, alert messages) are checked here, over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cluster.aws import client, free_port
+from cluster.config import Settings
+from cluster.stream import read_stream
+from tests.model.test_stream import ledger_ids, stream_settings
+from training.registry import registry_for
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIO_TIMEOUT_S = 240
+TAG = "multinode"
+
+
+def run_scenario(settings: Settings, frame: pd.DataFrame, workdir: Path) -> dict[str, Any]:
+    """Run tests/multinode.py with these settings; its result, or a failure showing the end of its log.
+
+    The child leads its own process group, which holds every Ray process it starts: after a SIGTERM (timeout) it
+    gets a minute to stop its cluster, then whatever is left of the group is killed.
+    """
+    frame_path, result_path, log_path = workdir / "frame.parquet", workdir / "result.json", workdir / "scenario.log"
+    frame.to_parquet(frame_path)
+    ray_tmp = tempfile.mkdtemp(prefix="fraud-mn-")  # short: Ray's socket paths must stay under 108 characters
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FRAUD_") and key != "RAY_ADDRESS"}
+    env.update(settings.as_env(), RAY_TMPDIR=ray_tmp)
+    try:
+        with log_path.open("wb") as log:
+            child = subprocess.Popen([sys.executable, "-m", "tests.multinode", str(frame_path), str(result_path)],
+                                     cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                code: int | None = child.wait(timeout=SCENARIO_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                child.terminate()
+                try:
+                    child.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    pass
+                code = None
+            finally:
+                try:
+                    os.killpg(child.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                child.wait()
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    log_tail = log_path.read_text(errors="replace")[-6000:]
+    outcome = f"timed out after {SCENARIO_TIMEOUT_S} s" if code is None else f"exited with {code}"
+    assert code == 0, f"the multi-node scenario {outcome}:\n{log_tail}"
+    return json.loads(result_path.read_text())
+
+
+def fraud_heavy_traffic(history: Any, users: int, heavy_rows: int, other_rows: int) -> pd.DataFrame:
+    """The latest rows of the first users with a fraud (so that some decisions are HIGH and the alert checks have
+    something to check) and of everyone else (so that every shard gets records), in time order, labels included as
+    the simulator sends them; ids made unique to this test."""
+    transactions = history.transactions
+    chosen = transactions["user_id"].isin(transactions.loc[transactions["is_fraud"] == 1, "user_id"].unique()[:users])
+    frame = pd.concat([transactions[chosen].tail(heavy_rows), transactions[~chosen].tail(other_rows)])
+    frame = frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    frame["transaction_id"] = [f"{TAG}-{i}" for i in range(len(frame))]
+    return frame
+
+
+def subscribe_queue(settings: Settings) -> str:
+    """A fresh SQS queue on the alert topic: every alert published from now on lands there."""
+    sqs, sns = client("sqs", settings), client("sns", settings)
+    queue_url = sqs.create_queue(QueueName=f"alerts-{TAG}-{free_port()}")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    topic = sns.create_topic(Name=settings.alert_topic)["TopicArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"})
+    return queue_url
+
+
+def alerted_ids(settings: Settings, queue_url: str) -> list[str]:
+    sqs, ids = client("sqs", settings), []
+    while True:
+        page = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+        if not page.get("Messages"):
+            return ids
+        for message in page["Messages"]:
+            ids.append(json.loads(message["Body"])["transaction"]["transaction_id"])
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+
+def test_consumers_and_replicas_spread_over_nodes_and_losing_a_worker_loses_nothing(
+        ray_session, champion_model, small_history, tmp_path) -> None:
+    settings = stream_settings(ray_session, shards=4).model_copy(update={
+        "stream_shards": 4, "api_port": free_port(), "serve_haproxy": False})
+    frame = fraud_heavy_traffic(small_history, users=12, heavy_rows=400, other_rows=200)
+    queue_url = subscribe_queue(settings)
+    result = run_scenario(settings, frame, tmp_path)
+    victim, before, after = result["victim"], result["before"], result["after"]
+    summary = json.dumps(result, indent=1)
+
+    assert len(before["consumers"]) == 4 and len(set(before["consumers"].values())) > 1, summary
+    replica_nodes = {node for nodes in before["replicas"].values() for node in nodes}
+    assert "Ingress" in before["replicas"] and len(before["replicas"]) > 1, summary
+    assert len(replica_nodes) > 1, f"Serve replicas on one node only: {summary}"
+    assert victim in result["nodes"]["workers"] and victim in before["consumers"].values(), summary
+    assert result["api_before_removal"]["status"] == 200, summary
+
+    lost_shards = {shard for shard, node in before["consumers"].items() if node == victim}
+    assert set(after["consumers"]) == set(before["consumers"]), "every shard has a live consumer again"
+    assert victim not in after["consumers"].values(), summary
+    assert set(after["replicas"]) == set(before["replicas"]), "every deployment has its replicas again"
+    assert victim not in {node for nodes in after["replicas"].values() for node in nodes}, summary
+    assert result["restarts"] >= len(lost_shards), "the supervisor resumed the consumers the node took down"
+
+    decisions = read_stream(settings, settings.decisions_stream_name)
+    decided = {d["transaction_id"] for d in decisions}
+    assert decided == set(frame["transaction_id"]), "exactly N distinct decisions: none lost, none invented"
+    champion = registry_for(settings).resolve("champion")
+    assert all(0.0 <= d["fraud_score"] <= 1.0 and d["model_version"] == champion for d in decisions)
+    high = {d["transaction_id"] for d in decisions if d["risk_level"] == "HIGH"}
+    assert high, "the fraud-heavy traffic produced no HIGH decision"
+    assert sorted(ledger_ids(settings, f"{TAG}-")) == sorted(high)
+    alerts = [tid for tid in alerted_ids(settings, queue_url) if tid.startswith(f"{TAG}-")]
+    assert sorted(alerts) == sorted(high), "one alert per HIGH transaction, none repeated by the replay"
+
+    answer = result["api_after_removal"]
+    assert answer["status"] == 200, summary
+    body = answer["body"]
+    assert body["transaction_id"] == "api-check-after-node-loss" and 0.0 <= body["fraud_score"] <= 1.0
+    assert body["risk_level"] in {"LOW", "MEDIUM", "HIGH"} and body["model_version"] == champion
+    assert result["stats_after_removal"] == 200, "GET /api/stats answers too"
