@@ -160,8 +160,7 @@ def build_offline_features(dataset: Any, *, label_delay: timedelta, labels: pd.D
     Arrival order (which breaks time ties) is the dataset's ``arrival_seq`` column when it has one (the Kinesis
     datasource provides it), else the dataset order; see ``cluster.features.build_features`` for
     ``labels``/``users``/``merchants``. ``collect_features`` restores order. ``partitions`` is the number of
-    key-hash partitions (tasks) per pass. The read and the passes run before this returns; the returned Dataset
-    holds the assembled blocks.
+    key-hash partitions (tasks) per pass. The build runs before this returns; the Dataset holds its output blocks.
     """
     import ray
 

@@ -19,10 +19,11 @@ from typing import Any
 
 import pandas as pd
 
-from cluster.aws import client, free_port
+from cluster.aws import free_port
 from cluster.config import Settings
 from cluster.stream import read_stream
 from tests.model.test_stream import ledger_ids, stream_settings
+from tests.streams import drain_alerts, subscribe_alert_queue
 from training.registry import registry_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,33 +81,12 @@ def fraud_heavy_traffic(history: Any, users: int, heavy_rows: int, other_rows: i
     return frame
 
 
-def subscribe_queue(settings: Settings) -> str:
-    """A fresh SQS queue on the alert topic: every alert published from now on lands there."""
-    sqs, sns = client("sqs", settings), client("sns", settings)
-    queue_url = sqs.create_queue(QueueName=f"alerts-{TAG}-{free_port()}")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    topic = sns.create_topic(Name=settings.alert_topic)["TopicArn"]
-    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"})
-    return queue_url
-
-
-def alerted_ids(settings: Settings, queue_url: str) -> list[str]:
-    sqs, ids = client("sqs", settings), []
-    while True:
-        page = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
-        if not page.get("Messages"):
-            return ids
-        for message in page["Messages"]:
-            ids.append(json.loads(message["Body"])["transaction"]["transaction_id"])
-            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
-
-
 def test_consumers_and_replicas_spread_over_nodes_and_losing_a_worker_loses_nothing(
         ray_session, champion_model, small_history, tmp_path) -> None:
     settings = stream_settings(ray_session, shards=4).model_copy(update={
         "stream_shards": 4, "api_port": free_port(), "serve_haproxy": False})
     frame = fraud_heavy_traffic(small_history, users=12, heavy_rows=400, other_rows=200)
-    queue_url = subscribe_queue(settings)
+    queue_url = subscribe_alert_queue(settings, f"alerts-{TAG}-{free_port()}")
     result = run_scenario(settings, frame, tmp_path)
     victim, before, after = result["victim"], result["before"], result["after"]
     summary = json.dumps(result, indent=1)
@@ -133,7 +113,8 @@ def test_consumers_and_replicas_spread_over_nodes_and_losing_a_worker_loses_noth
     high = {d["transaction_id"] for d in decisions if d["risk_level"] == "HIGH"}
     assert high, "the fraud-heavy traffic produced no HIGH decision"
     assert sorted(ledger_ids(settings, f"{TAG}-")) == sorted(high)
-    alerts = [tid for tid in alerted_ids(settings, queue_url) if tid.startswith(f"{TAG}-")]
+    alerts = [message["transaction"]["transaction_id"] for message in drain_alerts(settings, queue_url)
+              if message["transaction"]["transaction_id"].startswith(f"{TAG}-")]
     assert sorted(alerts) == sorted(high), "one alert per HIGH transaction, none repeated by the replay"
 
     answer = result["api_after_removal"]

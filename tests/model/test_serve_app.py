@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import requests
 
-from cluster.aws import client
 from cluster.config import Settings
 from tests.conftest import API_KEY, train_small_bundle
+from tests.streams import drain_alerts, subscribe_alert_queue
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -27,23 +27,7 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 @pytest.fixture(scope="session")
 def alert_queue(ray_session: Settings) -> str:
     """An SQS queue subscribed to the alert topic on the moto server: every published alert lands there."""
-    sqs, sns = client("sqs", ray_session), client("sns", ray_session)
-    queue_url = sqs.create_queue(QueueName="alerts-under-test")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    topic = sns.create_topic(Name=ray_session.alert_topic)["TopicArn"]
-    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"})
-    return queue_url
-
-
-def _drain(settings: Settings, queue_url: str) -> list[dict[str, Any]]:
-    sqs, messages = client("sqs", settings), []
-    while True:
-        page = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
-        if not page.get("Messages"):
-            return messages
-        for message in page["Messages"]:
-            messages.append(json.loads(message["Body"]))
-            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+    return subscribe_alert_queue(ray_session, "alerts-under-test")
 
 
 VALID = {"transaction_id": "api-1", "user_id": "u-api", "merchant_id": "m-api", "amount": 42.5,
@@ -164,11 +148,11 @@ def test_high_decisions_alert_exactly_once(served: tuple[str, Settings], small_h
     assert high & high_again, "no HIGH decision was retried"
     deadline, messages = time.monotonic() + 20, []
     while time.monotonic() < deadline:
-        messages += _drain(settings, alert_queue)
+        messages += drain_alerts(settings, alert_queue)
         if len({m["transaction"]["transaction_id"] for m in messages}) >= len(high | high_again):
             break
         time.sleep(0.5)
-    messages += _drain(settings, alert_queue)
+    messages += drain_alerts(settings, alert_queue)
     alerted = [m["transaction"]["transaction_id"] for m in messages]
     assert len(alerted) == len(set(alerted)), "a transaction was alerted twice"
     assert set(alerted) == high | high_again  # every HIGH decision alerted, retries included once
