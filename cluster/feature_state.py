@@ -9,6 +9,7 @@ nothing. ``OnlineFeatures`` is the one public coordinator: ``compute`` (features
 
 from __future__ import annotations
 
+import functools
 import io
 from datetime import timedelta
 from typing import Any
@@ -18,8 +19,9 @@ import pandas as pd
 
 from cluster.config import Settings, get_settings
 from cluster.features import (EVENT_ROW_COLUMNS, MERCHANT_HISTORY_CAP, PASS_OUTPUTS, RETENTION_MS, USER_HISTORY_CAP,
-                              USER_ROW_COLUMNS, assemble, epoch_ms, label_anchor, mcc_pass_values,
-                              merchant_pass_values, partition_of, prepare_rows, stable_hash, user_pass_values)
+                              USER_ROW_COLUMNS, Columns, assemble, epoch_ms, feature_frame, label_anchor,
+                              mcc_pass_values, merchant_pass_values, partition_of, prepare_rows, stable_hash,
+                              user_pass_values)
 
 ACTOR_NAMESPACE = "fraud"
 SNAPSHOT_PREFIX = "feature-state"
@@ -310,21 +312,28 @@ def label_delay_ms(settings: Settings) -> int:
     return int(timedelta(days=settings.label_delay_days) / timedelta(milliseconds=1))
 
 
-def aligned_profiles(store: Any, ids: pd.Series, columns: dict[str, str]) -> pd.DataFrame:
-    """``align_profiles`` of the store's rows for ``ids``, built column by column (pandas per call is the cost of a
-    small batch); an id without a profile gets missing values."""
-    found = store.get_many(ids.unique())
-    rows = [found.get(i) or {} for i in ids.tolist()]
-    frame = {}
+def aligned_profiles(store: Any, ids: Any, columns: dict[str, str]) -> dict[str, Any]:
+    """The store's profile columns aligned with ``ids`` as plain arrays (what ``prepare_rows`` and ``assemble``
+    take; pandas per call is the cost of a micro-batch); an id without a profile gets missing values."""
+    ids = list(ids)
+    found = store.get_many(ids)
+    rows = [found.get(i) or {} for i in ids]
+    aligned: dict[str, Any] = {}
     for name, dtype in columns.items():
         values = [row.get(name) for row in rows]
         if dtype.startswith("datetime"):
-            frame[name] = pd.to_datetime(pd.Series(values, dtype=object), utc=True)
+            aligned[name] = pd.DatetimeIndex([None if v is None else _instant(v) for v in values])
         elif dtype in ("float64", "int64"):
-            frame[name] = np.array([np.nan if v is None else v for v in values], np.float64)
+            aligned[name] = np.array([np.nan if v is None else v for v in values], np.float64)
         else:
-            frame[name] = pd.array(values, dtype=dtype)
-    return pd.DataFrame(frame)
+            aligned[name] = np.array(values, dtype=object)
+    return aligned
+
+
+@functools.lru_cache(maxsize=65_536)
+def _instant(text: str) -> pd.Timestamp:
+    """A profile time, parsed once (the same parse ``conform`` gives the offline tables)."""
+    return pd.to_datetime(text, utc=True)
 
 
 class OnlineFeatures:
@@ -338,13 +347,13 @@ class OnlineFeatures:
     retries the calls in flight on it (a retried batch meets the restored state, never the state it already changed).
     """
 
-    def __init__(self, settings: Settings | None = None, *, partitions: int = 2, name: str = "features",
+    def __init__(self, settings: Settings | None = None, *, partitions: int | None = None, name: str = "features",
                  actor_cpus: float = 0.2, user_store: Any = None, merchant_store: Any = None, restore: bool = True):
         from cluster.profiles import merchant_store as default_merchant_store, user_store as default_user_store
 
         self.settings = settings or get_settings()
         self.name, self.actor_cpus, self.restore_on_start = name, actor_cpus, restore
-        self.partitions = partitions
+        self.partitions = partitions or self.settings.feature_partitions
         self.user_store = user_store or default_user_store(self.settings)
         self.merchant_store = merchant_store or default_merchant_store(self.settings)
         self.actors = [self._actor(i) for i in range(partitions)]
@@ -357,18 +366,21 @@ class OnlineFeatures:
             num_cpus=self.actor_cpus, max_concurrency=1, lifetime="detached", max_restarts=-1, max_task_retries=-1)
         return remote.remote(partition, self.partitions, self.settings, self.restore_on_start)
 
-    def compute(self, batch: pd.DataFrame) -> pd.DataFrame:
-        """``transaction_id`` + ``FEATURE_NAMES`` for a canonical batch, in its order; new transactions join the
-        state, and one seen recently gets the features it got then."""
+    def compute(self, batch: Columns) -> pd.DataFrame:
+        """``transaction_id`` + ``FEATURE_NAMES`` for a canonical batch, in its order (see ``matrix``)."""
+        return feature_frame(batch["transaction_id"], self.matrix(batch))
+
+    def matrix(self, batch: Columns) -> np.ndarray:
+        """The (rows x ``FEATURE_NAMES``) matrix of a canonical batch (a DataFrame or column arrays), in its order;
+        new transactions join the state, and one seen recently gets the features it got then."""
         import ray
 
         from cluster.profiles import MERCHANT_PROFILE_COLUMNS, USER_PROFILE_COLUMNS
 
-        batch = batch.reset_index(drop=True)
         users = aligned_profiles(self.user_store, batch["user_id"], USER_PROFILE_COLUMNS)
         merchants = aligned_profiles(self.merchant_store, batch["merchant_id"], MERCHANT_PROFILE_COLUMNS)
-        rows = prepare_rows(batch, users, merchants)
-        column = {c: rows[c].to_numpy() for c in rows.columns}
+        column = prepare_rows(batch, users, merchants)
+        count = len(column["txn_key"])
         inputs = {"user": {c: column[c] for c in (*USER_ROW_COLUMNS, "txn_key")},
                   "merchant": {"key": column["merchant_key"], "ts_ms": column["ts_ms"], "txn_key": column["txn_key"],
                                "mcc_key": column["mcc_key"]},
@@ -383,14 +395,12 @@ class OnlineFeatures:
                      for kind in KINDS if len(selected[kind])}
             if parts:
                 requests.append((selected, actor.process.remote(parts)))
-        outputs = {kind: np.zeros((len(rows), len(PASS_OUTPUTS[kind]))) for kind in KINDS}  # no category: zeros
+        outputs = {kind: np.zeros((count, len(PASS_OUTPUTS[kind]))) for kind in KINDS}  # no category: zeros
         for (selected, _), result in zip(requests, ray.get([ref for _, ref in requests])):
             for kind, values in result.items():
                 outputs[kind][selected[kind]] = values
         passes = {kind: dict(zip(PASS_OUTPUTS[kind], values.T)) for kind, values in outputs.items()}
-        features = assemble(rows, passes["user"], passes["merchant"], passes["mcc"], users, merchants)
-        features.insert(0, "transaction_id", batch["transaction_id"].astype("string").to_numpy(dtype=object))
-        return features
+        return assemble(column, passes["user"], passes["merchant"], passes["mcc"], users, merchants)
 
     def record_labels(self, events: pd.DataFrame) -> int:
         """Apply label feedback (``transaction_id, is_fraud, known_at``, optional ``merchant_id``) to merchant risk.

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,9 @@ RETENTION_MS = 30 * DAY_MS
 _ORIGIN_MARGIN_MS = RETENTION_MS + DAY_MS
 _TIME_BITS = 40  # 2**40 ms ≈ 34 years of relative time below the key index
 _EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_MS = timedelta(milliseconds=1)
+SMALL_BATCH = 64  # up to this many rows, per-value Python beats pandas' per-call overhead
 
 USER_WINDOWS = {"10m": 10 * MINUTE_MS, "1h": HOUR_MS, "24h": DAY_MS, "7d": 7 * DAY_MS, "30d": RETENTION_MS}
 MERCHANT_COUNT_WINDOWS = {"1h": HOUR_MS, "24h": DAY_MS, "7d": 7 * DAY_MS}
@@ -105,19 +108,44 @@ PASS_KEYS = {"user": "user_key", "merchant": "merchant_key", "mcc": "mcc_key"}  
 Columns = Mapping[str, np.ndarray] | pd.DataFrame
 
 
-def stable_hash(values: pd.Series | np.ndarray) -> np.ndarray:
+def stable_hash(values: pd.Series | np.ndarray, *, recurring: bool = True) -> np.ndarray:
     """64-bit hash of strings that is the same in every process (unlike ``hash()``); missing values hash to 0.
 
-    Only the distinct values are hashed, from the column's own dtype (no round trip through Python objects).
+    A large column hashes only its distinct values, from the column's own dtype (no round trip through Python
+    objects). A micro-batch of ``recurring`` values (users, merchants, devices: not transaction ids) looks each one
+    up in a memo of earlier hashes, as pandas per call costs more than the hashing. All give ``pd.util.hash_array``
+    of the text.
     """
+    if recurring and len(values) <= SMALL_BATCH:
+        return np.fromiter((_hash_one(v) for v in values), np.int64, len(values))
     codes, uniques = pd.factorize(pd.Series(values, copy=False), use_na_sentinel=True)
     if len(uniques) == 0:
         return np.zeros(len(codes), np.int64)
     texts = (uniques.to_numpy(dtype=object) if pd.api.types.is_string_dtype(uniques.dtype)
              else np.asarray(uniques, dtype=str).astype(object))
-    hashed = pd.util.hash_array(texts).view(np.int64)
-    hashed = np.where(hashed == 0, 1, hashed)
+    hashed = _hash_texts(texts)
     return np.where(codes >= 0, hashed[np.maximum(codes, 0)], 0).astype(np.int64, copy=False)
+
+
+def _hash_texts(texts: np.ndarray) -> np.ndarray:
+    hashed = pd.util.hash_array(texts, categorize=len(texts) > SMALL_BATCH).view(np.int64)  # same hash either way
+    return np.where(hashed == 0, 1, hashed)
+
+
+_HASH_MEMO: dict[str, int] = {}
+_HASH_MEMO_LIMIT = 1_000_000
+
+
+def _hash_one(value: object) -> int:
+    if value is None or value is pd.NA or value != value:  # NaN is the one value unequal to itself
+        return 0
+    text = value if isinstance(value, str) else str(value)
+    hashed = _HASH_MEMO.get(text)
+    if hashed is None:
+        if len(_HASH_MEMO) >= _HASH_MEMO_LIMIT:
+            _HASH_MEMO.clear()
+        hashed = _HASH_MEMO[text] = int(_hash_texts(np.array([text], dtype=object))[0])
+    return hashed
 
 
 def partition_of(keys: np.ndarray, partitions: int) -> np.ndarray:
@@ -125,13 +153,36 @@ def partition_of(keys: np.ndarray, partitions: int) -> np.ndarray:
     return (keys.view(np.uint64) % np.uint64(partitions)).astype(np.int64)
 
 
-def _column(frame: pd.DataFrame, name: str) -> pd.Series:
-    return frame[name] if name in frame.columns else pd.Series(pd.NA, index=frame.index, dtype="object")
-
-
-def epoch_ms(values: pd.Series) -> np.ndarray:
+def epoch_ms(values: pd.Series | np.ndarray) -> np.ndarray:
+    """Epoch milliseconds (floored) of aware datetimes or ISO-8601 texts."""
+    if len(values) <= SMALL_BATCH and all(isinstance(v, datetime) and v.tzinfo is not None for v in values):
+        return np.fromiter(((v - _EPOCH) // _ONE_MS for v in values), np.int64, len(values))
     stamps = pd.Series(pd.to_datetime(values, utc=True))
     return stamps.dt.as_unit("ms").astype("int64").to_numpy()
+
+
+def instant_ms(values: pd.Series | pd.DatetimeIndex) -> np.ndarray:
+    """Epoch milliseconds as floats, NaN where the time is missing or unparsable."""
+    if not isinstance(values, pd.DatetimeIndex):
+        values = pd.DatetimeIndex(pd.to_datetime(values, utc=True, errors="coerce"))
+    stamps = values.as_unit("ms")
+    return np.where(stamps.isna(), np.nan, stamps.asi8.astype(np.float64))
+
+
+def floats(values: pd.Series | np.ndarray) -> np.ndarray:
+    """float64 values, NaN where missing or not a number."""
+    if isinstance(values, np.ndarray) and values.dtype == np.float64:
+        return values
+    return pd.to_numeric(pd.Series(values, copy=False), errors="coerce").to_numpy(np.float64, na_value=np.nan)
+
+
+def _codes(values: pd.Series | np.ndarray, mapping: dict[str, int]) -> np.ndarray:
+    """``mapping`` of each value, 0 where missing or unmapped."""
+    if len(values) <= SMALL_BATCH:
+        return np.fromiter((mapping.get(v, 0) if isinstance(v, str) else 0 for v in values), np.int64, len(values))
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    lookup = np.array([*(mapping.get(str(u), 0) for u in uniques), 0], np.int64)
+    return lookup[codes]  # -1 (missing) takes the trailing 0
 
 
 def align_profiles(ids: pd.Series, profiles: pd.DataFrame | None, key: str, columns: dict[str, str]) -> pd.DataFrame:
@@ -144,36 +195,38 @@ def align_profiles(ids: pd.Series, profiles: pd.DataFrame | None, key: str, colu
     return aligned.reset_index()
 
 
-def require_columns(transactions: pd.DataFrame) -> None:
+def require_columns(transactions: Columns) -> None:
     from cluster.schema import REQUIRED_COLUMNS
 
-    missing = [c for c in REQUIRED_COLUMNS if c not in transactions.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in transactions]
     if missing:
         raise ValueError(f"transactions lack required column(s): {', '.join(missing)}")
 
 
-def prepare_rows(transactions: pd.DataFrame, users: pd.DataFrame, merchants: pd.DataFrame) -> pd.DataFrame:
-    """Numeric rows for the passes; ``users``/``merchants`` are profiles aligned with ``transactions``.
+def prepare_rows(transactions: Columns, users: Columns, merchants: Columns) -> dict[str, np.ndarray]:
+    """Numeric rows (``ROW_COLUMNS``) for the passes; ``users``/``merchants`` are profiles aligned with
+    ``transactions``. Takes a DataFrame (files, Ray Data blocks) or plain column arrays (micro-batches).
 
     The merchant category is the transaction's ``mcc``, else the merchant profile's.
     """
     require_columns(transactions)
-    mcc = _column(transactions, "mcc").astype("string").fillna(merchants["mcc"].astype("string").set_axis(
-        transactions.index))
-    channel = _column(transactions, "channel").astype("string")
-    named = {"txn_key": transactions["transaction_id"], "user_key": transactions["user_id"],
-             "merchant_key": transactions["merchant_id"], "mcc_key": mcc,
-             "device_key": _column(transactions, "device_id"), "country_key": _column(transactions, "country"),
-             "home_country_key": users["home_country"]}
-    rows = pd.DataFrame({
-        **{name: stable_hash(values) for name, values in named.items()},
-        "ts_ms": epoch_ms(transactions["timestamp"]),
-        "amount": pd.to_numeric(transactions["amount"]).to_numpy(dtype=np.float64),
-        "lat": pd.to_numeric(_column(transactions, "lat"), errors="coerce").to_numpy(dtype=np.float64),
-        "lon": pd.to_numeric(_column(transactions, "lon"), errors="coerce").to_numpy(dtype=np.float64),
-        "channel_code": channel.map(CHANNEL_CODES).fillna(0).to_numpy(dtype=np.int64),
-    })
-    return rows
+    count = len(transactions["transaction_id"])
+
+    def column(name: str) -> pd.Series | np.ndarray:
+        return transactions[name] if name in transactions else np.full(count, None, dtype=object)
+
+    own_mcc = stable_hash(column("mcc"))
+    keyed = (("user_key", transactions["user_id"]), ("merchant_key", transactions["merchant_id"]),
+             ("device_key", column("device_id")), ("country_key", column("country")),
+             ("home_country_key", users["home_country"]))
+    rows = {"txn_key": stable_hash(transactions["transaction_id"], recurring=False),
+            **{name: stable_hash(values) for name, values in keyed}}
+    rows["mcc_key"] = np.where(own_mcc != 0, own_mcc, stable_hash(merchants["mcc"]))
+    rows["ts_ms"] = epoch_ms(transactions["timestamp"])
+    rows["amount"] = floats(transactions["amount"])
+    rows["lat"], rows["lon"] = floats(column("lat")), floats(column("lon"))
+    rows["channel_code"] = _codes(column("channel"), CHANNEL_CODES)
+    return {name: rows[name] for name in ROW_COLUMNS}
 
 
 def default_label_events(rows: Columns, is_fraud: np.ndarray, label_delay: timedelta) -> pd.DataFrame:
@@ -408,12 +461,13 @@ def _risk(fraud: np.ndarray, count: np.ndarray) -> np.ndarray:
     return (fraud + RISK_PRIOR_WEIGHT * RISK_PRIOR_RATE) / (count + RISK_PRIOR_WEIGHT)
 
 
-def assemble(rows: pd.DataFrame, user: Columns, merchant: Columns, mcc: Columns, users: pd.DataFrame,
-             merchants: pd.DataFrame) -> pd.DataFrame:
-    """``FEATURE_NAMES`` (float32, never NaN) from the numeric rows, pass outputs and aligned profiles."""
+def assemble(rows: Columns, user: Columns, merchant: Columns, mcc: Columns, users: Columns,
+             merchants: Columns) -> np.ndarray:
+    """The (rows x ``FEATURE_NAMES``) float32 matrix, never NaN, from the numeric rows, pass outputs and aligned
+    profiles."""
     f: dict[str, np.ndarray] = {}
-    amount = rows["amount"].to_numpy(np.float64)
-    ts = rows["ts_ms"].to_numpy(np.int64)
+    amount = np.asarray(rows["amount"], np.float64)
+    ts = np.asarray(rows["ts_ms"], np.int64)
     f["amount"], f["log_amount"] = amount, np.log1p(amount)
     hour = (ts // HOUR_MS) % 24
     f["hour_of_day"] = hour.astype(np.float64)
@@ -433,11 +487,10 @@ def assemble(rows: pd.DataFrame, user: Columns, merchant: Columns, mcc: Columns,
     for name in ("user_distinct_merchants_1h", "user_distinct_merchants_24h", "user_tiny_count_10m",
                  "first_time_at_merchant", "new_device"):
         f[name] = np.asarray(user[name])
-    f["device_missing"] = (rows["device_key"].to_numpy() == 0).astype(np.float64)
+    f["device_missing"] = (np.asarray(rows["device_key"]) == 0).astype(np.float64)
 
-    lat, lon = rows["lat"].to_numpy(np.float64), rows["lon"].to_numpy(np.float64)
-    home_lat = pd.to_numeric(users["home_lat"], errors="coerce").to_numpy(np.float64)
-    home_lon = pd.to_numeric(users["home_lon"], errors="coerce").to_numpy(np.float64)
+    lat, lon = np.asarray(rows["lat"], np.float64), np.asarray(rows["lon"], np.float64)
+    home_lat, home_lon = floats(users["home_lat"]), floats(users["home_lon"])
     home_known = ~(np.isnan(lat) | np.isnan(lon) | np.isnan(home_lat) | np.isnan(home_lon))
     f["distance_from_home_km"] = np.where(home_known, _haversine_km(np.nan_to_num(home_lat), np.nan_to_num(home_lon),
                                                                     np.nan_to_num(lat), np.nan_to_num(lon)), 0.0)
@@ -448,11 +501,11 @@ def assemble(rows: pd.DataFrame, user: Columns, merchant: Columns, mcc: Columns,
     f["speed_from_prev_kmh"] = np.where(found, np.minimum(f["distance_from_prev_km"] / hours, MAX_SPEED_KMH), 0.0)
     f["prev_location_missing"] = (~found).astype(np.float64)
     f["location_missing"] = (np.isnan(lat) | np.isnan(lon)).astype(np.float64)
-    country, home_country = rows["country_key"].to_numpy(), rows["home_country_key"].to_numpy()
+    country, home_country = np.asarray(rows["country_key"]), np.asarray(rows["home_country_key"])
     f["country_changed"] = np.asarray(user["country_changed"])
     f["country_missing"] = (country == 0).astype(np.float64)
     f["country_differs_from_home"] = ((country != 0) & (home_country != 0) & (country != home_country)).astype(float)
-    channel = rows["channel_code"].to_numpy()
+    channel = np.asarray(rows["channel_code"])
     for name, code in CHANNEL_CODES.items():
         f[f"channel_{name}"] = (channel == code).astype(np.float64)
     f["channel_missing"] = (channel == 0).astype(np.float64)
@@ -466,22 +519,20 @@ def assemble(rows: pd.DataFrame, user: Columns, merchant: Columns, mcc: Columns,
         count, fraud = np.asarray(merchant[f"delayed_count_{window}"]), np.asarray(merchant[f"delayed_fraud_{window}"])
         f[f"merchant_delayed_count_{window}"] = count
         f[f"merchant_delayed_risk_{window}"] = np.divide(fraud, count, out=np.zeros(len(count)), where=count > 0)
-    mcc_known = rows["mcc_key"].to_numpy() != 0
+    mcc_known = np.asarray(rows["mcc_key"]) != 0
     for window in MCC_RISK_WINDOWS:
         f[f"mcc_risk_{window}"] = np.where(mcc_known, _risk(np.asarray(mcc[f"fraud_{window}"]),
                                                             np.asarray(mcc[f"count_{window}"])), RISK_PRIOR_RATE)
     f["mcc_missing"] = (~mcc_known).astype(np.float64)
 
-    opened = pd.to_datetime(users["account_opened"], utc=True, errors="coerce")
-    stamps = pd.to_datetime(ts, unit="ms", utc=True)
-    age_days = (stamps - pd.DatetimeIndex(opened)).total_seconds().to_numpy() / 86_400.0
+    age_days = (ts - instant_ms(users["account_opened"])) / DAY_MS
     f["account_age_days"] = np.where(np.isnan(age_days), NEUTRAL_ACCOUNT_AGE_DAYS, np.maximum(age_days, 0.0))
-    limit = pd.to_numeric(users["credit_limit"], errors="coerce").to_numpy(np.float64)
+    limit = floats(users["credit_limit"])
     limit_known = np.nan_to_num(limit) > 0
     f["credit_utilisation_30d"] = np.where(limit_known, np.asarray(user["user_sum_30d"]) / np.where(limit_known, limit, 1), 0)
-    f["kyc_level"] = np.nan_to_num(pd.to_numeric(users["kyc_level"], errors="coerce").to_numpy(np.float64), nan=0.0)
+    f["kyc_level"] = np.nan_to_num(floats(users["kyc_level"]), nan=0.0)
     f["user_profile_missing"] = _profile_missing(users, ("home_lat", "account_opened", "credit_limit", "kyc_level"))
-    typical = pd.to_numeric(merchants["typical_ticket"], errors="coerce").to_numpy(np.float64)
+    typical = floats(merchants["typical_ticket"])
     typical_known = np.nan_to_num(typical) > 0
     f["amount_to_merchant_typical"] = np.where(typical_known, amount / np.where(typical_known, typical, 1.0), 1.0)
     f["merchant_profile_missing"] = _profile_missing(merchants, ("mcc", "lat", "typical_ticket", "country"))
@@ -490,12 +541,19 @@ def assemble(rows: pd.DataFrame, user: Columns, merchant: Columns, mcc: Columns,
     for index, name in enumerate(FEATURE_NAMES):
         matrix[index] = f[name]
     matrix[~np.isfinite(matrix)] = 0.0
-    return pd.DataFrame(matrix.T, columns=list(FEATURE_NAMES), copy=False)
+    return matrix.T
 
 
-def _profile_missing(profiles: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
+def feature_frame(transaction_ids: pd.Series | np.ndarray, matrix: np.ndarray) -> pd.DataFrame:
+    """``transaction_id`` + ``FEATURE_NAMES`` columns, the table form of ``assemble``'s matrix."""
+    features = pd.DataFrame(matrix, columns=list(FEATURE_NAMES), copy=False)
+    features.insert(0, "transaction_id", pd.Series(transaction_ids, copy=False).astype("string").to_numpy(dtype=object))
+    return features
+
+
+def _profile_missing(profiles: Columns, columns: tuple[str, ...]) -> np.ndarray:
     """1 where the profile row is absent (every profile column missing)."""
-    return np.all([profiles[c].isna().to_numpy() for c in columns], axis=0).astype(np.float64)
+    return np.all([np.asarray(pd.isna(profiles[c])) for c in columns], axis=0).astype(np.float64)
 
 
 def build_features(transactions: pd.DataFrame, *, label_delay: timedelta, labels: pd.DataFrame | None = None,
@@ -521,9 +579,8 @@ def build_features(transactions: pd.DataFrame, *, label_delay: timedelta, labels
     delay_ms = int(label_delay / timedelta(milliseconds=1))
     passes = {kind: dict(zip(names, keyed_pass_values(kind, rows, events, delay_ms).T))
               for kind, names in PASS_OUTPUTS.items()}
-    features = assemble(rows, passes["user"], passes["merchant"], passes["mcc"], user_profiles, merchant_profiles)
-    features.insert(0, "transaction_id", transactions["transaction_id"].astype("string").to_numpy(dtype=object))
-    return features
+    return feature_frame(transactions["transaction_id"], assemble(rows, passes["user"], passes["merchant"],
+                                                                  passes["mcc"], user_profiles, merchant_profiles))
 
 
 def keyed_pass_values(kind: str, rows: Columns, events: Columns, label_delay_ms: int) -> np.ndarray:

@@ -89,8 +89,8 @@ def _prepare(batch: pa.Table | pd.DataFrame, users: pd.DataFrame | None, merchan
     rows["is_fraud"] = (pd.to_numeric(batch["is_fraud"], errors="coerce").fillna(0).to_numpy(np.int8)
                         if "is_fraud" in batch.columns else np.zeros(len(batch), np.int8))
     for column in ("transaction_id", "user_id", "merchant_id"):
-        rows[column] = batch[column].astype("string")
-    return pa.Table.from_pandas(rows, preserve_index=False)
+        rows[column] = pa.array(batch[column].astype("string"))
+    return pa.table(rows)
 
 
 def _arrival_order(block: pa.Table, index: int) -> np.ndarray:
@@ -143,13 +143,13 @@ def _assemble_block(block: pa.Table, block_index: int, users: pd.DataFrame | Non
         for position, part in pieces[slot * partitions:(slot + 1) * partitions]:
             values[:, position] = part
         passes[kind] = dict(zip(names, values))
-    rows = pd.DataFrame({c: block.column(c).to_numpy() for c in ROW_COLUMNS}, copy=False)
+    rows = {c: block.column(c).to_numpy() for c in ROW_COLUMNS}
     user_profiles = align_profiles(block.column("user_id").to_pandas(), users, "user_id", USER_PROFILE_COLUMNS)
     merchant_profiles = align_profiles(block.column("merchant_id").to_pandas(), merchants, "merchant_id",
                                        MERCHANT_PROFILE_COLUMNS)
     features = assemble(rows, passes["user"], passes["merchant"], passes["mcc"], user_profiles, merchant_profiles)
     return pa.table({"transaction_id": block.column("transaction_id"), "row_seq": _arrival_order(block, block_index),
-                     **{name: features[name].to_numpy() for name in FEATURE_NAMES}})
+                     **{name: features[:, index] for index, name in enumerate(FEATURE_NAMES)}})
 
 
 def build_offline_features(dataset: Any, *, label_delay: timedelta, labels: pd.DataFrame | None = None,

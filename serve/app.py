@@ -4,7 +4,9 @@
             --(2)--> XGBoost || Autoencoder (parallel deployments, batched, any registry version)
             -> combine in the ingress (calibration, risk policy, reason codes) -> SNS alert for HIGH
 
-Two sequential remote calls per request, both merged across concurrent requests by ``@serve.batch``. The feature
+Two sequential remote calls per pass, and concurrent requests share a pass: the ingress coalesces them (group
+commit, ``serve.coalesce``: a lone request never waits, a loaded replica runs large passes), and ``@serve.batch``
+merges the calls of several ingress replicas in the model stages. The feature
 stage is the partitioned state actors themselves (``cluster.feature_state.OnlineFeatures``; a partition per actor,
 like a keyed stream processor), called straight from the ingress: a Features deployment in between measured one
 more hop per request for no work of its own. The combiner is little work, so it runs in the ingress too. The
@@ -30,10 +32,12 @@ from cluster.config import Settings, get_settings, use_settings
 from serve.api import (BATCH_BODY, FEEDBACK_BODY, TRANSACTION_BODY, ApiError, BatchDecisions, Decision,
                        check_api_key, install_error_handlers, parse_batch, parse_feedback, parse_transaction,
                        read_json, require_key_configured)
+from serve.coalesce import Coalescer
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH_ROWS = 4096  # rows per model call, summed over the requests @serve.batch merges
+MAX_BATCH_ROWS = 4096  # rows per model call, summed over the requests a pass merges
+CHAMPION_PASSES = 2    # passes in flight per ingress replica: one computes features while another awaits models
 FEATURE_ACTOR_CPUS = 0.1
 
 api = FastAPI(title="Fraud scoring API", version="1.0",
@@ -49,10 +53,6 @@ def json_response(content: Any) -> Response:
 
 def _rows(items: list[Any]) -> int:
     return sum(len(item[-1]) for item in items)
-
-
-def _record_count(items: list[list[Any]]) -> int:
-    return sum(len(item) for item in items)
 
 
 def autoscaling(settings: Settings, *, max_replicas: int | None = None) -> dict[str, Any]:
@@ -102,9 +102,10 @@ class XGBoostStage(_ModelStage):
 
         return (xgb_stage(bundle, x),)
 
-    @serve.batch(max_batch_size=MAX_BATCH_ROWS, batch_wait_timeout_s=0.0, batch_size_fn=_rows)
+    @serve.batch(max_batch_size=MAX_BATCH_ROWS, batch_wait_timeout_s=0.0, max_concurrent_batches=CHAMPION_PASSES,
+                 batch_size_fn=_rows)
     async def score(self, requests: list[tuple[str, np.ndarray]]) -> list[Any]:
-        return await asyncio.to_thread(self._run, requests)
+        return self._run(requests)  # a model call is short: a thread hop would cost more
 
 
 @serve.deployment(name="Autoencoder", ray_actor_options={"num_cpus": 0.2}, max_ongoing_requests=512)
@@ -120,9 +121,10 @@ class AutoencoderStage(_ModelStage):
 
         return (ae_stage(bundle, x),)
 
-    @serve.batch(max_batch_size=MAX_BATCH_ROWS, batch_wait_timeout_s=0.0, batch_size_fn=_rows)
+    @serve.batch(max_batch_size=MAX_BATCH_ROWS, batch_wait_timeout_s=0.0, max_concurrent_batches=CHAMPION_PASSES,
+                 batch_size_fn=_rows)
     async def score(self, requests: list[tuple[str, np.ndarray]]) -> list[Any]:
-        return await asyncio.to_thread(self._run, requests)
+        return self._run(requests)  # a model call is short: a thread hop would cost more
 
 
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.2}, max_ongoing_requests=512)
@@ -150,6 +152,8 @@ class Ingress:
         self._refreshed = 0.0
         self._background: set[asyncio.Task] = set()
         self._flusher: asyncio.Task | None = None
+        self.champion_pass = Coalescer(self._champion_pass, max_size=MAX_BATCH_ROWS, size=len,
+                                       concurrency=CHAMPION_PASSES)
 
     async def _flush_logs(self) -> None:
         """Buffered decision logs and stats reach their stores even when traffic stops."""
@@ -174,15 +178,15 @@ class Ingress:
 
     # -- scoring --------------------------------------------------------------------------------------------
     def _features_of(self, records: list[dict[str, Any]]) -> np.ndarray:
-        from serve.scoring import canonical_frame, feature_matrix
+        from serve.scoring import canonical_columns
 
-        return feature_matrix(self.features.compute(canonical_frame(records)))
+        return self.features.matrix(canonical_columns(records))
 
-    @serve.batch(max_batch_size=MAX_BATCH_ROWS, batch_wait_timeout_s=0.0, batch_size_fn=_record_count)
     async def _champion_pass(self, requests: list[list[dict[str, Any]]]
                              ) -> list[tuple[np.ndarray, list[dict[str, Any]]]]:
-        """Concurrent requests share one pass: one call per feature-state partition, then one per model stage,
-        all with the champion of the moment; returns each request's (features, decisions)."""
+        """Concurrent requests share one pass (``self.champion_pass`` coalesces them): one call per feature-state
+        partition, then one per model stage, all with the champion of the moment; returns each request's
+        (features, decisions)."""
         from serve.scoring import split_rows
 
         records = [record for block in requests for record in block]
@@ -214,7 +218,7 @@ class Ingress:
         await self._refresh_versions()
         records = [scoring_record(t) for t in transactions]
         ids = [t.transaction_id for t in transactions]
-        x, decisions = await self._champion_pass(records)
+        x, decisions = await self.champion_pass(records)
         if self.challenger is not None:
             canary = [in_canary(tid, self.settings.canary_share) for tid in ids]
             if any(canary):

@@ -10,6 +10,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from ray import serve
 
+from cluster.config import Settings
+
 noop_api = FastAPI(title="no-op yardstick")
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=512)
@@ -29,5 +31,11 @@ class NoOpIngress:
         await asyncio.gather(self.left.remote(1), self.right.remote(2))
         return {"transaction_id": body.get("transaction_id")}
 
-def build_noop_app() -> Any:
-    return NoOpIngress.bind(NoOpStage.options(name="NoOpLeft").bind(), NoOpStage.options(name="NoOpRight").bind())
+def build_noop_app(settings: Settings) -> Any:
+    """The yardstick in the scoring app's Serve mode (the same replica environment)."""
+    from serve.runtime import serve_env
+
+    env = {"runtime_env": {"env_vars": serve_env(settings)}}
+    return NoOpIngress.options(ray_actor_options={"num_cpus": 0.2, **env}).bind(
+        *(NoOpStage.options(name=name, ray_actor_options={"num_cpus": 0.1, **env}).bind()
+          for name in ("NoOpLeft", "NoOpRight")))

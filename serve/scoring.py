@@ -13,7 +13,6 @@ from collections import OrderedDict
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from cluster.config import Settings
 from cluster.features import FEATURE_NAMES
@@ -55,20 +54,15 @@ def scoring_record(transaction: Transaction) -> dict[str, Any]:
     return {column: getattr(transaction, column) for column in CANONICAL_COLUMNS}
 
 
-def canonical_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """Transactions the pydantic model has validated (``scoring_record``) as the canonical frame the feature code
-    takes; they are not validated a second time. Built column by column: pandas' record inference costs more than
-    the features of a small batch."""
-    columns: dict[str, Any] = {name: np.array([r[name] for r in records], dtype=object) for name in CANONICAL_COLUMNS}
+def canonical_columns(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Transactions the pydantic model has validated (``scoring_record``) as the column arrays the feature code
+    takes; they are not validated a second time (nor put in a DataFrame: pandas per call costs more than the
+    features of a micro-batch)."""
+    columns = {name: np.array([r[name] for r in records], dtype=object) for name in CANONICAL_COLUMNS}
     columns["amount"] = columns["amount"].astype(np.float64)
     for name in ("lat", "lon"):
         columns[name] = np.array([np.nan if v is None else v for v in columns[name]], dtype=np.float64)
-    columns["timestamp"] = pd.DatetimeIndex(list(columns["timestamp"])).tz_convert("UTC")
-    return pd.DataFrame(columns, copy=False)
-
-
-def feature_matrix(features: pd.DataFrame) -> np.ndarray:
-    return features[list(FEATURE_NAMES)].to_numpy(dtype=np.float32)
+    return columns
 
 
 def xgb_stage(bundle: ModelBundle, x: np.ndarray) -> np.ndarray:

@@ -14,9 +14,10 @@ from typing import Any
 import pandas as pd
 
 from cluster.config import Settings, get_settings
+from cluster.features import Columns
 from cluster.schema import Transaction, validate_frame
 from serve.api import ApiError, parse_transaction
-from serve.scoring import ModelSet, ae_stage, canonical_frame, combine, feature_matrix, scoring_record, xgb_stage
+from serve.scoring import ModelSet, ae_stage, canonical_columns, combine, scoring_record, xgb_stage
 
 
 class InvalidTransaction(ValueError):
@@ -57,16 +58,16 @@ class FraudDetector:
                 errors.extend(exc.errors)
         if errors:
             raise InvalidTransaction(errors)
-        return self._decide(canonical_frame([scoring_record(t) for t in parsed]), started)
+        return self._decide(canonical_columns([scoring_record(t) for t in parsed]), started)
 
     def predict_transactions(self, transactions: list[Transaction]) -> list[dict[str, Any]]:
         """Decisions for transactions the caller has already validated (the stream consumers): no second pass."""
         started = time.perf_counter()
-        return self._decide(canonical_frame([scoring_record(t) for t in transactions]), started)
+        return self._decide(canonical_columns([scoring_record(t) for t in transactions]), started)
 
-    def _decide(self, frame: pd.DataFrame, started: float) -> list[dict[str, Any]]:
-        x = feature_matrix(self.features.compute(frame))
-        decisions = combine(self.bundle, frame["transaction_id"].tolist(), x, xgb_stage(self.bundle, x),
+    def _decide(self, batch: Columns, started: float) -> list[dict[str, Any]]:
+        x = self.features.matrix(batch)
+        decisions = combine(self.bundle, list(batch["transaction_id"]), x, xgb_stage(self.bundle, x),
                             ae_stage(self.bundle, x))
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         for decision in decisions:

@@ -46,7 +46,7 @@ def test_a_replayed_batch_gets_the_same_features_and_leaves_the_state_unchanged(
     expected = build_features(transactions, label_delay=timedelta(days=1))
     rows = prepare_rows(transactions, align_profiles(transactions["user_id"], None, "user_id", USER_PROFILE_COLUMNS),
                         align_profiles(transactions["merchant_id"], None, "merchant_id", MERCHANT_PROFILE_COLUMNS))
-    batch = {c: rows[c].to_numpy() for c in rows.columns}
+    batch = dict(rows)
     user = FeatureStateCore("user", label_delay_ms=DAY_MS)
     head, tail = ({c: v[part] for c, v in batch.items()} for part in (slice(0, 400), slice(400, None)))
     first = user.process(head)
@@ -71,8 +71,8 @@ def test_merchant_state_keeps_thirty_days_plus_the_label_delay() -> None:
     expected = build_features(transactions, label_delay=delay)
     rows = prepare_rows(transactions, align_profiles(transactions["user_id"], None, "user_id", USER_PROFILE_COLUMNS),
                         align_profiles(transactions["merchant_id"], None, "merchant_id", MERCHANT_PROFILE_COLUMNS))
-    batch = {"key": rows["merchant_key"].to_numpy(), "ts_ms": rows["ts_ms"].to_numpy(),
-             "txn_key": rows["txn_key"].to_numpy(), "mcc_key": rows["mcc_key"].to_numpy()}
+    batch = {"key": rows["merchant_key"], "ts_ms": rows["ts_ms"], "txn_key": rows["txn_key"],
+             "mcc_key": rows["mcc_key"]}
     merchant = FeatureStateCore("merchant", label_delay_ms=7 * DAY_MS)
     streamed = []
     for i in range(len(transactions)):
