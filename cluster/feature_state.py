@@ -356,7 +356,7 @@ class OnlineFeatures:
         self.partitions = partitions or self.settings.feature_partitions
         self.user_store = user_store or default_user_store(self.settings)
         self.merchant_store = merchant_store or default_merchant_store(self.settings)
-        self.actors = [self._actor(i) for i in range(partitions)]
+        self.actors = [self._actor(i) for i in range(self.partitions)]
 
     def _actor(self, partition: int) -> Any:
         import ray

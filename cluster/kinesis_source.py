@@ -18,6 +18,7 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from cluster.config import Settings, get_settings
+from cluster.kinesis_records import lines
 from cluster.schema import Transaction
 
 log = logging.getLogger(__name__)
@@ -105,15 +106,16 @@ def read_shard(stream: str, bounds: ShardBounds, settings: Settings) -> pd.DataF
 
     rows, skipped = [], 0
     for record in _records(client("kinesis", settings), stream, bounds):
-        try:
-            row = Transaction.model_validate(json.loads(record["Data"])).to_record()
-        except (ValidationError, ValueError):
-            skipped += 1
-            continue
-        row.update(shard_id=bounds.shard_id, sequence_number=record["SequenceNumber"],
-                   arrival_seq=(bounds.index << 40) | len(rows),
-                   arrival_ms=int(record["ApproximateArrivalTimestamp"].timestamp() * 1000))
-        rows.append(row)
+        for line in lines(record["Data"]):
+            try:
+                row = Transaction.model_validate(json.loads(line)).to_record()
+            except (ValidationError, ValueError):
+                skipped += 1
+                continue
+            row.update(shard_id=bounds.shard_id, sequence_number=record["SequenceNumber"],
+                       arrival_seq=(bounds.index << 40) | len(rows),
+                       arrival_ms=int(record["ApproximateArrivalTimestamp"].timestamp() * 1000))
+            rows.append(row)
     if skipped:
         log.warning("%s/%s: skipped %d invalid record(s)", stream, bounds.shard_id, skipped)
     frame = pd.DataFrame(rows)

@@ -20,6 +20,7 @@ import pandas as pd
 
 from cluster.aws import client
 from cluster.config import Settings, get_settings
+from cluster.kinesis_records import open_shard_starts, pack
 
 MAX_RECORDS_PER_CALL = 500
 MAX_BYTES_PER_CALL = 5 * 1024 * 1024
@@ -203,8 +204,9 @@ class TrafficProducer:
                     if max_records is not None:
                         batch = batch.iloc[: max_records - self.stats.produced]
                     began = time.perf_counter()
-                    put = put_records_reliably(kinesis, stream, to_kinesis_entries(batch))
-                    self.stats.produced += put.records
+                    put = put_records_reliably(kinesis, stream, pack(to_kinesis_entries(batch),
+                                                                     open_shard_starts(kinesis, stream)))
+                    self.stats.produced += len(batch)
                     self.stats.put_calls += put.calls
                     self.stats.retried_records += put.retried_records
                     self.stats.fraud_produced += int(batch["is_fraud"].sum())
