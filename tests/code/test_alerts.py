@@ -1,0 +1,50 @@
+"""HIGH alerts against the embedded SNS and DynamoDB over HTTP: once per transaction, batched, and retried whole
+when publishing fails."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from cluster.aws import client
+from cluster.config import Settings
+from serve.alerts import AlertPublisher, AlertPublishError
+from tests.streams import drain_alerts, subscribe_alert_queue
+
+
+def _decisions(prefix: str, levels: list[str]) -> tuple[list[dict], list[dict]]:
+    decisions = [{"transaction_id": f"{prefix}-{i}", "fraud_score": 0.99 if level == "HIGH" else 0.1,
+                  "risk_level": level, "factors": ["Amount 6.2× this user's 30-day average"], "model_version": "v1"}
+                 for i, level in enumerate(levels)]
+    records = [{"transaction_id": d["transaction_id"], "user_id": "u-1", "amount": 10.0} for d in decisions]
+    return decisions, records
+
+
+@pytest.fixture()
+def alert_settings(aws_settings: Settings) -> Settings:
+    return aws_settings.model_copy(update={"alert_topic": f"alerts-{uuid.uuid4().hex[:8]}"})
+
+
+def test_each_high_decision_alerts_once_however_often_it_is_published(alert_settings: Settings) -> None:
+    queue = subscribe_alert_queue(alert_settings, f"q-{uuid.uuid4().hex[:8]}")
+    publisher = AlertPublisher(alert_settings)
+    decisions, records = _decisions(uuid.uuid4().hex[:8], ["HIGH"] * 23 + ["LOW", "MEDIUM"])
+    assert publisher.publish_high(decisions, records) == 23  # three PublishBatch calls
+    assert publisher.publish_high(decisions[:5] * 2, records[:5] * 2) == 0  # a retry, repeats within it too
+    messages = drain_alerts(alert_settings, queue)
+    assert sorted(m["transaction"]["transaction_id"] for m in messages) == sorted(
+        d["transaction_id"] for d in decisions[:23])
+    assert {m["risk_level"] for m in messages} == {"HIGH"} and all(m["model_version"] == "v1" for m in messages)
+
+
+def test_a_failed_publish_releases_its_claims_so_the_retry_alerts(alert_settings: Settings) -> None:
+    publisher = AlertPublisher(alert_settings)
+    sns = client("sns", alert_settings)
+    sns.delete_topic(TopicArn=publisher.topic_arn)  # publishing now fails
+    decisions, records = _decisions(uuid.uuid4().hex[:8], ["HIGH"] * 3)
+    with pytest.raises(AlertPublishError):
+        publisher.publish_high(decisions, records)
+    queue = subscribe_alert_queue(alert_settings, f"q-{uuid.uuid4().hex[:8]}")  # the topic is back
+    assert publisher.publish_high(decisions, records) == 3
+    assert len(drain_alerts(alert_settings, queue)) == 3
