@@ -32,8 +32,11 @@ SECTIONS: dict[str, str] = {
 }
 
 
+BENCH_USERS = 400  # the simulated population whose profiles the benches load (live traffic must come from it too)
+
+
 @contextmanager
-def trained_environment(settings: Settings, *, users: int = 400, days: int = 28) -> Iterator[tuple[Settings, Path, str]]:
+def trained_environment(settings: Settings, *, users: int = BENCH_USERS, days: int = 28) -> Iterator[tuple[Settings, Path, str]]:
     """Embedded AWS, local Ray, simulated history with profiles in DynamoDB, and a model trained on it (small
     Tune budget) as champion: what the serving and stream benches measure against. Yields (settings, data, version).
     """

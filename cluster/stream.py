@@ -335,7 +335,7 @@ def bench_stream(settings: Settings, *, backlog: int = 30_000, lag_tps: float = 
     import numpy as np
     import pandas as pd
 
-    from cluster.bench import trained_environment
+    from cluster.bench import BENCH_USERS, trained_environment
     from simulation.producers import producer_totals, put_records_reliably, start_producers, to_kinesis_entries
 
     with trained_environment(settings) as (live, data, version):
@@ -353,7 +353,7 @@ def bench_stream(settings: Settings, *, backlog: int = 30_000, lag_tps: float = 
             time.sleep(0.25)
         scored_seconds = time.perf_counter() - began
 
-        handles, _ = start_producers(live, tps=lag_tps, n_users=2_000)
+        handles, _ = start_producers(live, tps=lag_tps, n_users=BENCH_USERS)  # users whose profiles are loaded
         time.sleep(lag_seconds)
         produced = producer_totals(handles)["produced"]
         for handle in handles:

@@ -1,18 +1,14 @@
 """``fraudctl bench`` section "serving": the scoring app against a composed no-op app in the same Serve mode.
 
 One run, one Ray, one Serve: latency p50/p99 and throughput at concurrency 1 and 32 for both apps, and the batch
-endpoint in transactions per second. Everything runs on an embedded AWS with a small model trained for the run.
+endpoint in transactions per second. Everything runs in `cluster.bench.trained_environment`: embedded AWS, simulated
+history with its profiles in DynamoDB, and a small model trained for the run.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sys
-import tempfile
 import urllib.request
-from datetime import date
-from pathlib import Path
 from typing import Any
 
 from cluster.aws import free_port
@@ -70,23 +66,14 @@ def bench_serving(settings: Settings) -> dict[str, Any]:
     import pandas as pd
     from ray import serve
 
-    from cluster.runtime import aws_endpoint, ray_runtime
+    from cluster.bench import trained_environment
     from serve.app import build_app
     from serve.loadgen import run_load
     from serve.noop import build_noop_app
     from serve.runtime import start_serve, stop_serve
-    from simulation.history import run_simulate
-    from training.pipeline import TrainOptions, run_train
 
-    workdir = Path(tempfile.mkdtemp(prefix="fraud-bench-serving-"))
-    base = settings.model_copy(update={"aws_mode": "embedded", "data_dir": workdir, "api_port": free_port(),
-                                       "api_key": "bench", "serve_max_replicas": 1})
-    with aws_endpoint(base) as live, ray_runtime(live, num_cpus=2):
-        data = workdir / "history.parquet"
-        with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the bench's JSON
-            run_simulate(live, out=data, users=400, days=28, start=date(2026, 1, 1), seed=live.seed,
-                         fraud_rate=0.02)
-            trained = run_train(live, TrainOptions(data=data, trials=2))
+    base = settings.model_copy(update={"api_port": free_port(), "api_key": "bench", "serve_max_replicas": 1})
+    with trained_environment(base) as (live, data, version):
         frame = pd.read_parquet(data).drop(columns=["is_fraud", "fraud_scenario"], errors="ignore")
         frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True).dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         records = [{k: v for k, v in row.items() if v is not None and v == v}
@@ -113,7 +100,7 @@ def bench_serving(settings: Settings) -> dict[str, Any]:
     c1, c32 = "concurrency_1", "concurrency_32"
     return {
         "mode": "haproxy+throughput-optimized" if live.serve_haproxy else "default proxy",
-        "model_version": trained["version"],
+        "model_version": version,
         "noop": noop, "app": app,
         "p50_ratio_c1": round(app[c1]["p50_ms"] / noop[c1]["p50_ms"], 2),
         "throughput_ratio_c32": round(app[c32]["rps"] / noop[c32]["rps"], 2),
