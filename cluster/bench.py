@@ -32,7 +32,7 @@ SECTIONS: dict[str, str] = {
 }
 
 
-BENCH_USERS = 400  # the simulated population whose profiles the benches load (live traffic must come from it too)
+BENCH_USERS = 400  # the simulated population whose profiles the benches load
 
 
 @contextmanager

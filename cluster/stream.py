@@ -330,13 +330,15 @@ def bench_stream(settings: Settings, *, backlog: int = 30_000, lag_tps: float = 
 
     - sustained: a backlog of simulated records already in the stream, scored by the consumers from a cold start
       to the last decision (tx/s), beside the emulator's own put rate for the same records (the ceiling);
-    - lag: the producers at ``lag_tps`` for ``lag_seconds``; stream lag = decision time - Kinesis arrival.
+    - lag: the same population's traffic, replayed later in time under new ids, put at ``lag_tps`` for
+      ``lag_seconds`` (paced from the driver, so the rate does not depend on the simulator's share of the CPU: the
+      producer actors have their own section); stream lag = decision time - Kinesis arrival.
     """
     import numpy as np
     import pandas as pd
 
-    from cluster.bench import BENCH_USERS, trained_environment
-    from simulation.producers import producer_totals, put_records_reliably, start_producers, to_kinesis_entries
+    from cluster.bench import trained_environment
+    from simulation.producers import put_records_reliably, to_kinesis_entries
 
     with trained_environment(settings) as (live, data, version):
         kinesis = client("kinesis", live)
@@ -353,11 +355,8 @@ def bench_stream(settings: Settings, *, backlog: int = 30_000, lag_tps: float = 
             time.sleep(0.25)
         scored_seconds = time.perf_counter() - began
 
-        handles, _ = start_producers(live, tps=lag_tps, n_users=BENCH_USERS)  # users whose profiles are loaded
-        time.sleep(lag_seconds)
-        produced = producer_totals(handles)["produced"]
-        for handle in handles:
-            handle.stop.remote()
+        produced, put_seconds_lag = _put_at_rate(kinesis, live.stream_name, _later(frame, int(lag_tps * lag_seconds)),
+                                                 lag_tps, lag_seconds)
         time.sleep(3.0)
         scoring.stop()
         lags = _decision_lags(live, skip=len(frame))
@@ -368,12 +367,36 @@ def bench_stream(settings: Settings, *, backlog: int = 30_000, lag_tps: float = 
                       "end_to_end_tps": round(len(frame) / scored_seconds, 1),
                       "emulator_put_tps": round(len(frame) / put_seconds, 1), "goal_tps": 5_000,
                       "packing": f"up to {MAX_PACKED_LINES} transactions per Kinesis record"},
-        "lag_at_target": {"target_tps": lag_tps, "achieved_produce_tps": round(produced / lag_seconds, 1),
+        "lag_at_target": {"target_tps": lag_tps, "achieved_produce_tps": round(produced / put_seconds_lag, 1),
                           "decisions": len(lags),
                           "p50_ms": round(float(np.percentile(lags, 50)), 1) if lags else None,
                           "p99_ms": round(float(np.percentile(lags, 99)), 1) if lags else None,
                           "goal_p99_ms": 1_000},
     }
+
+
+def _later(frame: Any, rows: int) -> Any:
+    """``rows`` transactions: copies of ``frame`` shifted past its own time span, under new ids."""
+    import pandas as pd
+
+    span = (frame["timestamp"].max() - frame["timestamp"].min()).ceil("D") + pd.Timedelta(days=1)
+    copies = [frame.assign(timestamp=frame["timestamp"] + span * k, transaction_id=frame["transaction_id"] + f"-r{k}")
+              for k in range(1, -(-rows // len(frame)) + 1)]
+    return pd.concat(copies, ignore_index=True).head(rows)
+
+
+def _put_at_rate(kinesis: Any, stream: str, frame: Any, tps: float, seconds: float) -> tuple[int, float]:
+    """Put ``frame`` at ``tps`` (packed, ten puts a second) for at most ``seconds``; returns (rows put, seconds)."""
+    from simulation.producers import put_records_reliably, to_kinesis_entries
+
+    entries, starts = to_kinesis_entries(frame), open_shard_starts(kinesis, stream)
+    step = max(1, round(tps / 10))
+    sent, began = 0, time.perf_counter()
+    while sent < len(entries) and time.perf_counter() - began < seconds:
+        put_records_reliably(kinesis, stream, pack(entries[sent:sent + step], starts))
+        sent += len(entries[sent:sent + step])
+        time.sleep(max(0.0, began + sent / tps - time.perf_counter()))
+    return sent, time.perf_counter() - began
 
 
 def read_stream(settings: Settings, stream: str) -> list[dict[str, Any]]:
