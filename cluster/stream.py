@@ -103,7 +103,9 @@ class ShardConsumer:
         self.alerts = AlertPublisher(self.settings)
         self.stats = StatsReporter()
         self.batch_limit = batch_limit  # transactions per micro-batch, about
-        self.records_per_call = batch_limit  # Kinesis records per GetRecords: follows how densely records are packed
+        # Kinesis records per GetRecords, following how densely they are packed (first guess: fully packed, so a
+        # backlog's first page is one micro-batch, not the whole shard)
+        self.records_per_call = max(1, batch_limit // MAX_PACKED_LINES)
         self.status = ConsumerStatus(shard_id=shard_id, checkpoint=self.leases.checkpoint_of(shard_id))
         self._stop = threading.Event()
 
