@@ -66,7 +66,8 @@ def autoscaling(settings: Settings, *, max_replicas: int | None = None) -> dict[
 class _ModelStage:
     """Shared by both model deployments: bundles by version, one model call per version in a merged batch.
 
-    Each subclass defines ``predict(bundle, x) -> tuple of per-row arrays``.
+    Each subclass defines ``predict(bundle, x) -> tuple of per-row arrays``. The model runs on the replica's event
+    loop: a call is short and a thread hop would cost more, and calls that arrive meanwhile form the next batch.
     """
 
     predict: Callable[[Any, np.ndarray], tuple[np.ndarray, ...]]
@@ -102,10 +103,9 @@ class XGBoostStage(_ModelStage):
 
         return (xgb_stage(bundle, x),)
 
-    @serve.batch(max_batch_size=MAX_BATCH_ROWS, batch_wait_timeout_s=0.0, max_concurrent_batches=CHAMPION_PASSES,
-                 batch_size_fn=_rows)
+    @serve.batch(max_batch_size=MAX_BATCH_ROWS, batch_wait_timeout_s=0.0, batch_size_fn=_rows)
     async def score(self, requests: list[tuple[str, np.ndarray]]) -> list[Any]:
-        return self._run(requests)  # a model call is short: a thread hop would cost more
+        return self._run(requests)
 
 
 @serve.deployment(name="Autoencoder", ray_actor_options={"num_cpus": 0.2}, max_ongoing_requests=512)
@@ -121,10 +121,9 @@ class AutoencoderStage(_ModelStage):
 
         return (ae_stage(bundle, x),)
 
-    @serve.batch(max_batch_size=MAX_BATCH_ROWS, batch_wait_timeout_s=0.0, max_concurrent_batches=CHAMPION_PASSES,
-                 batch_size_fn=_rows)
+    @serve.batch(max_batch_size=MAX_BATCH_ROWS, batch_wait_timeout_s=0.0, batch_size_fn=_rows)
     async def score(self, requests: list[tuple[str, np.ndarray]]) -> list[Any]:
-        return self._run(requests)  # a model call is short: a thread hop would cost more
+        return self._run(requests)
 
 
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.2}, max_ongoing_requests=512)
