@@ -19,7 +19,7 @@ import pandas as pd
 
 from cluster.config import Settings, get_settings
 from cluster.features import (EVENT_ROW_COLUMNS, MERCHANT_HISTORY_CAP, PASS_OUTPUTS, RETENTION_MS, USER_HISTORY_CAP,
-                              USER_ROW_COLUMNS, Columns, assemble, epoch_ms, feature_frame, label_anchor,
+                              USER_ROW_COLUMNS, Columns, assemble, epoch_ms, event_rows, feature_frame, label_anchor,
                               mcc_pass_values, merchant_pass_values, partition_of, prepare_rows, stable_hash,
                               user_pass_values)
 
@@ -382,9 +382,9 @@ class OnlineFeatures:
         column = prepare_rows(batch, users, merchants)
         count = len(column["txn_key"])
         inputs = {"user": {c: column[c] for c in (*USER_ROW_COLUMNS, "txn_key")},
-                  "merchant": {"key": column["merchant_key"], "ts_ms": column["ts_ms"], "txn_key": column["txn_key"],
+                  "merchant": {**event_rows(column, "merchant_key"), "txn_key": column["txn_key"],
                                "mcc_key": column["mcc_key"]},
-                  "mcc": {"key": column["mcc_key"], "ts_ms": column["ts_ms"], "txn_key": column["txn_key"]}}
+                  "mcc": {**event_rows(column, "mcc_key"), "txn_key": column["txn_key"]}}
         owners = {"user": partition_of(column["user_key"], self.partitions),
                   "merchant": partition_of(column["merchant_key"], self.partitions),
                   "mcc": np.where(column["mcc_key"] != 0, partition_of(column["mcc_key"], self.partitions), -1)}

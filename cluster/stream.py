@@ -82,11 +82,6 @@ def _decode(line: bytes) -> tuple[Transaction | None, dict[str, Any]]:
     return transaction, truth
 
 
-def _alert_record(transaction: Transaction) -> dict[str, Any]:
-    """The transaction as an alert carries it: canonical JSON, without the simulator's ground truth."""
-    return transaction.model_copy(update={LABEL_COLUMN: None, SCENARIO_COLUMN: None}).to_record()
-
-
 class ShardConsumer:
     """Scores one shard from its checkpoint onwards (run it as a restartable Ray actor: ``StreamScoring``)."""
 
@@ -202,7 +197,7 @@ class ShardConsumer:
                                               "stream_lag_ms": round(lag, 1)}),
                         "PartitionKey": decision["transaction_id"]}
                        for decision, truth, lag in zip(batch.decisions, batch.truths, batch.lags_ms)]
-            alerts = self.alerts.publish_high(batch.decisions, [_alert_record(tx) for tx in batch.transactions])
+            alerts = self.alerts.publish_high(batch.decisions, batch.transactions)
             put_records_reliably(self.kinesis, self.settings.decisions_stream_name, pack(entries))
             elapsed_ms = (time.perf_counter() - batch.started) * 1000.0
             scored = len(batch.decisions)

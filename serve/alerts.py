@@ -13,17 +13,24 @@ import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
+from collections.abc import Sequence
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from cluster.aws import client
 from cluster.config import Settings
+from cluster.schema import LABEL_COLUMN, SCENARIO_COLUMN, Transaction
 
 log = logging.getLogger(__name__)
 
 CLAIM_THREADS = 8       # conditional puts of one batch in flight at once
 MESSAGES_PER_CALL = 10  # PublishBatch limit
+
+
+def alert_record(transaction: Transaction) -> dict[str, Any]:
+    """The transaction as an alert carries it: canonical JSON, without any ground truth it came with."""
+    return transaction.model_copy(update={LABEL_COLUMN: None, SCENARIO_COLUMN: None}).to_record()
 
 
 class AlertPublishError(RuntimeError):
@@ -38,12 +45,12 @@ class AlertPublisher:
         self.topic_arn = self.sns.create_topic(Name=settings.alert_topic)["TopicArn"]  # idempotent: the ARN
         self._pool = ThreadPoolExecutor(CLAIM_THREADS, thread_name_prefix="alert-claims")  # threads start on demand
 
-    def publish_high(self, decisions: list[dict[str, Any]], records: list[dict[str, Any]]) -> int:
-        """Publish every HIGH decision of a batch (records align with decisions); returns how many were new."""
+    def publish_high(self, decisions: Sequence[dict[str, Any]], transactions: Sequence[Transaction]) -> int:
+        """Publish every HIGH decision of a batch (transactions align with decisions); returns how many were new."""
         high: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
-        for decision, record in zip(decisions, records):
-            if decision["risk_level"] == "HIGH":
-                high.setdefault(decision["transaction_id"], (decision, record))
+        for decision, transaction in zip(decisions, transactions):
+            if decision["risk_level"] == "HIGH" and decision["transaction_id"] not in high:
+                high[decision["transaction_id"]] = (decision, alert_record(transaction))
         pairs = list(high.values())
         outcomes = list(self._pool.map(self._claim, pairs) if len(pairs) > 1 else map(self._claim, pairs))
         claimed = [pair for pair, outcome in zip(pairs, outcomes) if outcome is True]

@@ -228,8 +228,7 @@ class Ingress:
                 self._in_background(self._shadow(ids, x, decisions))
         alerts = 0
         if any(d["risk_level"] == "HIGH" for d in decisions):
-            alerts = await asyncio.to_thread(self.alerts.publish_high, decisions,
-                                             [t.to_record() for t in transactions])
+            alerts = await asyncio.to_thread(self.alerts.publish_high, decisions, transactions)
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         for decision in decisions:
             decision["processing_time_ms"] = round(elapsed_ms, 3)

@@ -9,16 +9,18 @@ import pytest
 
 from cluster.aws import client
 from cluster.config import Settings
+from cluster.schema import Transaction
 from serve.alerts import AlertPublisher, AlertPublishError
 from tests.streams import drain_alerts, subscribe_alert_queue
 
 
-def _decisions(prefix: str, levels: list[str]) -> tuple[list[dict], list[dict]]:
+def _decisions(prefix: str, levels: list[str]) -> tuple[list[dict], list[Transaction]]:
     decisions = [{"transaction_id": f"{prefix}-{i}", "fraud_score": 0.99 if level == "HIGH" else 0.1,
                   "risk_level": level, "factors": ["Amount 6.2× this user's 30-day average"], "model_version": "v1"}
                  for i, level in enumerate(levels)]
-    records = [{"transaction_id": d["transaction_id"], "user_id": "u-1", "amount": 10.0} for d in decisions]
-    return decisions, records
+    transactions = [Transaction(transaction_id=d["transaction_id"], user_id="u-1", merchant_id="m-1", amount=10.0,
+                                timestamp="2026-01-05T10:00:00Z", is_fraud=1) for d in decisions]
+    return decisions, transactions
 
 
 @pytest.fixture()
@@ -36,6 +38,7 @@ def test_each_high_decision_alerts_once_however_often_it_is_published(alert_sett
     assert sorted(m["transaction"]["transaction_id"] for m in messages) == sorted(
         d["transaction_id"] for d in decisions[:23])
     assert {m["risk_level"] for m in messages} == {"HIGH"} and all(m["model_version"] == "v1" for m in messages)
+    assert not any("is_fraud" in m["transaction"] for m in messages)  # ground truth never rides along
 
 
 def test_a_failed_publish_releases_its_claims_so_the_retry_alerts(alert_settings: Settings) -> None:
