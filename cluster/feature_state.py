@@ -18,12 +18,12 @@ import numpy as np
 import pandas as pd
 
 from cluster.config import Settings, get_settings
+from cluster.runtime import ACTOR_NAMESPACE
 from cluster.features import (EVENT_ROW_COLUMNS, MERCHANT_HISTORY_CAP, PASS_OUTPUTS, RETENTION_MS, USER_HISTORY_CAP,
                               USER_ROW_COLUMNS, Columns, assemble, epoch_ms, event_rows, feature_frame, label_anchor,
                               mcc_pass_values, merchant_pass_values, partition_of, prepare_rows, stable_hash,
                               user_pass_values)
 
-ACTOR_NAMESPACE = "fraud"
 SNAPSHOT_PREFIX = "feature-state"
 KINDS = ("user", "merchant", "mcc")
 _FLOAT_COLUMNS = frozenset({"amount", "lat", "lon"})

@@ -11,6 +11,8 @@ from cluster.config import Settings, get_settings, use_settings
 
 log = logging.getLogger(__name__)
 
+ACTOR_NAMESPACE = "fraud"  # the named actors every job shares: feature state, stats, the alert desk
+
 
 @contextmanager
 def aws_endpoint(settings: Settings | None = None) -> Iterator[Settings]:

@@ -1,31 +1,42 @@
 """HIGH decisions to SNS as JSON, exactly once per transaction_id even when a request is retried.
 
-A conditional put on the alert ledger (DynamoDB, ``attribute_not_exists``) claims the transaction before
-publishing; a retried request finds the claim and publishes nothing. If publishing fails, the claim is released so
-a retry can alert. A batch's claims go out concurrently, one ``PutItem`` each (``TransactWriteItems`` would take 100
-per call, but moto copies the whole table on every transaction: a growing ledger made it quadratic), and its
-messages in one ``PublishBatch`` per 10.
+The alert ledger (DynamoDB) has one writer: the cluster's ``AlertDesk`` actor, named after the ledger and the topic,
+to which every ingress replica and stream consumer hands its HIGH decisions. Being the only writer, the desk claims
+with batch calls: ``BatchGetItem`` tells which transactions were alerted before and ``BatchWriteItem`` claims the
+rest, 25 a call. Writers racing each other would need a conditional ``PutItem`` per alert instead (measured on the
+embedded DynamoDB: 5.3 ms a put, 11 ms for a batch of 25, 12 ms to read 100 keys). The claims of concurrent callers
+are decided one pass at a time (a pass takes everything queued meanwhile, ``serve.coalesce``), so a retry racing its
+original still alerts once. Messages go out in ``PublishBatch`` calls of 10. If publishing fails the claims are
+released so a retry alerts; a desk lost between claiming and publishing loses those alerts rather than repeating
+them (Ray restarts the desk and retries the call, which finds them claimed).
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import logging
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from collections.abc import Sequence
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from cluster.aws import client
-from cluster.config import Settings
+from cluster.config import Settings, use_settings
+from cluster.runtime import ACTOR_NAMESPACE
 from cluster.schema import LABEL_COLUMN, SCENARIO_COLUMN, Transaction
+from serve.coalesce import Coalescer
 
 log = logging.getLogger(__name__)
 
-CLAIM_THREADS = 8       # conditional puts of one batch in flight at once
-MESSAGES_PER_CALL = 10  # PublishBatch limit
+MESSAGES_PER_CALL = 10   # PublishBatch limit
+WRITES_PER_CALL = 25     # BatchWriteItem limit
+READS_PER_CALL = 100     # BatchGetItem limit
+CLAIMS_PER_PASS = 1_000  # alerts decided in one claim pass
+IO_THREADS = 8           # batch calls of one pass in flight at once
+
+Alert = tuple[dict[str, Any], dict[str, Any]]  # (decision, alert record)
 
 
 def alert_record(transaction: Transaction) -> dict[str, Any]:
@@ -33,76 +44,136 @@ def alert_record(transaction: Transaction) -> dict[str, Any]:
     return transaction.model_copy(update={LABEL_COLUMN: None, SCENARIO_COLUMN: None}).to_record()
 
 
+def high_alerts(decisions: Sequence[dict[str, Any]], transactions: Sequence[Transaction]) -> list[Alert]:
+    """The batch's HIGH decisions with their alert records (transactions align with decisions), each id once."""
+    high: dict[str, Alert] = {}
+    for decision, transaction in zip(decisions, transactions):
+        if decision["risk_level"] == "HIGH" and decision["transaction_id"] not in high:
+            high[decision["transaction_id"]] = (decision, alert_record(transaction))
+    return list(high.values())
+
+
 class AlertPublishError(RuntimeError):
-    """Some alerts could not be published; their claims were released so a retry alerts."""
+    """Some alerts could not be claimed or published; none of them is claimed now, so a retry alerts."""
 
 
-class AlertPublisher:
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    return (items[start:start + size] for start in range(0, len(items), size))
+
+
+class AlertDesk:
+    """The ledger's one writer (run as a named Ray actor: ``AlertPublisher`` finds or starts it)."""
+
     def __init__(self, settings: Settings):
-        self.settings = settings
+        use_settings(settings)
+        self.table = settings.alert_ledger_table
         self.dynamodb = client("dynamodb", settings)
         self.sns = client("sns", settings)
         self.topic_arn = self.sns.create_topic(Name=settings.alert_topic)["TopicArn"]  # idempotent: the ARN
-        self._pool = ThreadPoolExecutor(CLAIM_THREADS, thread_name_prefix="alert-claims")  # threads start on demand
+        self._pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="alert-io")  # threads start on demand
+        self._claims = Coalescer(self._claim_pass, max_size=CLAIMS_PER_PASS, size=len)
 
-    def publish_high(self, decisions: Sequence[dict[str, Any]], transactions: Sequence[Transaction]) -> int:
-        """Publish every HIGH decision of a batch (transactions align with decisions); returns how many were new."""
-        high: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
-        for decision, transaction in zip(decisions, transactions):
-            if decision["risk_level"] == "HIGH" and decision["transaction_id"] not in high:
-                high[decision["transaction_id"]] = (decision, alert_record(transaction))
-        pairs = list(high.values())
-        outcomes = list(self._pool.map(self._claim, pairs) if len(pairs) > 1 else map(self._claim, pairs))
-        claimed = [pair for pair, outcome in zip(pairs, outcomes) if outcome is True]
-        failed = [pair for start in range(0, len(claimed), MESSAGES_PER_CALL)
-                  for pair in self._publish(claimed[start:start + MESSAGES_PER_CALL])]
+    async def publish(self, alerts: list[Alert]) -> int:
+        """Claim and publish; returns how many were new (the rest were alerted before)."""
+        claimed = await self._claims(alerts)
+        failed = await asyncio.to_thread(self._publish, claimed)
         if failed:
-            self._release([decision["transaction_id"] for decision, _ in failed])
+            await asyncio.to_thread(self._release, [decision["transaction_id"] for decision, _ in failed])
             raise AlertPublishError(f"{len(failed)} of {len(claimed)} alerts were not published")
-        errors = [outcome for outcome in outcomes if isinstance(outcome, Exception)]
-        if errors:  # the claimed ones went out; these were never claimed, so a retry alerts
-            raise AlertPublishError(f"{len(errors)} alert claims failed: {errors[0]}") from errors[0]
         return len(claimed)
 
-    def _claim(self, pair: tuple[dict[str, Any], dict[str, Any]]) -> bool | Exception:
-        """True if this call claimed the transaction, False if it was alerted before, or the error."""
-        decision, _ = pair
-        try:
-            self.dynamodb.put_item(
-                TableName=self.settings.alert_ledger_table,
-                Item={"transaction_id": {"S": decision["transaction_id"]},
-                      "alerted_at": {"S": datetime.now(timezone.utc).isoformat()},
-                      "model_version": {"S": decision.get("model_version") or "unknown"}},
-                ConditionExpression="attribute_not_exists(transaction_id)")
-            return True
-        except Exception as exc:
-            taken = isinstance(exc, ClientError) and exc.response["Error"]["Code"] == "ConditionalCheckFailedException"
-            return False if taken else exc
+    async def _claim_pass(self, requests: list[list[Alert]]) -> list[list[Alert]]:
+        return await asyncio.to_thread(self._claim, requests)
 
-    def _publish(self, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-        """Publish up to ``MESSAGES_PER_CALL`` alerts; returns the pairs that failed."""
-        if not pairs:
-            return []
+    def _claim(self, requests: list[list[Alert]]) -> list[list[Alert]]:
+        """Each request's alerts that this pass claimed: neither in the ledger nor earlier in the pass."""
+        ids = list(dict.fromkeys(decision["transaction_id"] for request in requests for decision, _ in request))
+        alerted = set().union(*self._pool.map(self._alerted, _chunks(ids, READS_PER_CALL)))
+        claimed: list[list[Alert]] = []
+        for request in requests:
+            mine = [alert for alert in request if alert[0]["transaction_id"] not in alerted]
+            alerted.update(decision["transaction_id"] for decision, _ in mine)
+            claimed.append(mine)
+        new = [alert for request in claimed for alert in request]
+        now = datetime.now(timezone.utc).isoformat()
+        items = [{"transaction_id": {"S": decision["transaction_id"]}, "alerted_at": {"S": now},
+                  "model_version": {"S": decision.get("model_version") or "unknown"}} for decision, _ in new]
+        writes = [self._pool.submit(self._write, [{"PutRequest": {"Item": item}} for item in chunk])
+                  for chunk in _chunks(items, WRITES_PER_CALL)]
+        errors = [future.exception() for future in writes if future.exception() is not None]
+        if errors:  # claims of a failed pass would block the retry's alerts: take them all back
+            self._release([decision["transaction_id"] for decision, _ in new])
+            raise AlertPublishError(f"claiming {len(new)} alerts failed: {errors[0]}") from errors[0]
+        return claimed
+
+    def _alerted(self, ids: Sequence[str]) -> set[str]:
+        pending: dict[str, Any] = {self.table: {"Keys": [{"transaction_id": {"S": tid}} for tid in ids],
+                                                "ProjectionExpression": "transaction_id", "ConsistentRead": True}}
+        found: set[str] = set()
+        while pending:
+            response = self.dynamodb.batch_get_item(RequestItems=pending)
+            found.update(item["transaction_id"]["S"] for item in response["Responses"].get(self.table, []))
+            pending = response.get("UnprocessedKeys") or {}
+        return found
+
+    def _write(self, requests: list[dict[str, Any]]) -> None:
+        pending: dict[str, Any] = {self.table: requests}
+        while pending:
+            pending = self.dynamodb.batch_write_item(RequestItems=pending).get("UnprocessedItems") or {}
+
+    def _release(self, transaction_ids: list[str]) -> None:
+        for chunk in _chunks(transaction_ids, WRITES_PER_CALL):
+            self._write([{"DeleteRequest": {"Key": {"transaction_id": {"S": tid}}}} for tid in chunk])
+
+    def _publish(self, alerts: list[Alert]) -> list[Alert]:
+        """Publish in batches of ``MESSAGES_PER_CALL``, concurrently; returns the alerts that failed."""
+        return [alert for failed in self._pool.map(self._publish_batch, _chunks(alerts, MESSAGES_PER_CALL))
+                for alert in failed]
+
+    def _publish_batch(self, alerts: Sequence[Alert]) -> list[Alert]:
         entries = [{"Id": str(index), "Subject": "Fraud alert",
                     "Message": json.dumps({"transaction": record, "fraud_score": decision["fraud_score"],
                                            "risk_level": decision["risk_level"], "factors": decision["factors"],
                                            "model_version": decision["model_version"]}, default=str),
                     "MessageAttributes": {"risk_level": {"DataType": "String", "StringValue": decision["risk_level"]}}}
-                   for index, (decision, record) in enumerate(pairs)]
+                   for index, (decision, record) in enumerate(alerts)]
         try:
             response = self.sns.publish_batch(TopicArn=self.topic_arn, PublishBatchRequestEntries=entries)
         except Exception:
-            log.exception("publishing %d alerts failed", len(pairs))
-            return pairs
+            log.exception("publishing %d alerts failed", len(alerts))
+            return list(alerts)
         failed = {int(entry["Id"]) for entry in response.get("Failed", [])}
-        for index, (decision, _) in enumerate(pairs):
+        for index, (decision, _) in enumerate(alerts):
             if index not in failed:
                 log.info("alert published for transaction %s", decision["transaction_id"])
-        return [pairs[index] for index in sorted(failed)]
+        return [alerts[index] for index in sorted(failed)]
 
-    def _release(self, transaction_ids: list[str]) -> None:
-        for start in range(0, len(transaction_ids), 25):
-            pending = {self.settings.alert_ledger_table: [
-                {"DeleteRequest": {"Key": {"transaction_id": {"S": tid}}}} for tid in transaction_ids[start:start + 25]]}
-            while pending:
-                pending = self.dynamodb.batch_write_item(RequestItems=pending).get("UnprocessedItems") or {}
+
+def desk_name(settings: Settings) -> str:
+    """One desk per ledger, topic and endpoint in a cluster."""
+    key = "|".join((settings.aws_endpoint_url or "aws", settings.alert_ledger_table, settings.alert_topic))
+    return f"alert-desk-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+
+
+class AlertPublisher:
+    """Hands a batch's HIGH decisions to the cluster's alert desk (started on first use, detached, restarted by Ray
+    with its calls retried if its node is lost)."""
+
+    def __init__(self, settings: Settings):
+        import ray
+
+        self.desk = ray.remote(AlertDesk).options(
+            name=desk_name(settings), namespace=ACTOR_NAMESPACE, get_if_exists=True, lifetime="detached",
+            num_cpus=0, max_restarts=-1, max_task_retries=-1).remote(settings)
+
+    def submit(self, decisions: Sequence[dict[str, Any]], transactions: Sequence[Transaction]) -> Any:
+        """The desk's call for the batch's HIGH decisions (an ObjectRef to how many were new), or None if none."""
+        alerts = high_alerts(decisions, transactions)
+        return self.desk.publish.remote(alerts) if alerts else None
+
+    def publish_high(self, decisions: Sequence[dict[str, Any]], transactions: Sequence[Transaction]) -> int:
+        """Publish every HIGH decision of a batch; returns how many were new. Raises ``AlertPublishError``."""
+        import ray
+
+        call = self.submit(decisions, transactions)
+        return ray.get(call) if call is not None else 0

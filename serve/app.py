@@ -226,15 +226,22 @@ class Ingress:
                 decisions = [b if c else a for a, b, c in zip(decisions, challenger_decisions, canary)]
             else:
                 self._in_background(self._shadow(ids, x, decisions))
-        alerts = 0
-        if any(d["risk_level"] == "HIGH" for d in decisions):
-            alerts = await asyncio.to_thread(self.alerts.publish_high, decisions, transactions)
+        alerts = await self._alert(decisions, transactions)
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         for decision in decisions:
             decision["processing_time_ms"] = round(elapsed_ms, 3)
         self.reporter.add(scored=len(decisions), alerts=alerts, latency_ms=elapsed_ms, decisions=decisions,
                           transactions=transactions)
         return decisions
+
+    async def _alert(self, decisions: list[dict[str, Any]], transactions: list[Any]) -> int:
+        from serve.alerts import AlertPublishError
+
+        call = self.alerts.submit(decisions, transactions)
+        try:
+            return await call if call is not None else 0
+        except AlertPublishError as exc:  # nothing claimed is left behind: the client's retry alerts
+            raise ApiError(503, [{"field": "alerts", "message": str(exc)}], "alerts unavailable, retry") from exc
 
     async def _shadow(self, ids: list[str], x: np.ndarray, champion: list[dict[str, Any]]) -> None:
         challenger = await self._decide(self.challenger, ids, x)

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from cluster.runtime import ACTOR_NAMESPACE
 from cluster.schema import GENUINE_SCENARIO, LABEL_COLUMN, SCENARIO_COLUMN, Transaction
 
 STATS_ACTOR = "serve-stats"
-STATS_NAMESPACE = "fraud"
 RESERVOIR = 20_000       # at most this many of the newest latencies / lags feed the percentiles
 PERCENTILE_WINDOW_S = 60.0  # ... and only those of the last minute: start-up backlogs age out
 TPS_WINDOW_S = 10.0
@@ -138,7 +138,7 @@ def stats_actor() -> Any:
     """The cluster's one stats actor (created on first use; restarted, with fresh counters, if its node is lost)."""
     import ray
 
-    return ray.remote(StatsCollector).options(name=STATS_ACTOR, namespace=STATS_NAMESPACE, get_if_exists=True,
+    return ray.remote(StatsCollector).options(name=STATS_ACTOR, namespace=ACTOR_NAMESPACE, get_if_exists=True,
                                               lifetime="detached", num_cpus=0, max_restarts=-1).remote()
 
 
