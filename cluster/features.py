@@ -116,8 +116,12 @@ def stable_hash(values: pd.Series | np.ndarray, *, recurring: bool = True) -> np
     up in a memo of earlier hashes, as pandas per call costs more than the hashing. All give ``pd.util.hash_array``
     of the text.
     """
-    if recurring and len(values) <= SMALL_BATCH:
-        return np.fromiter((_hash_one(v) for v in values), np.int64, len(values))
+    if len(values) <= SMALL_BATCH:
+        if recurring:
+            return np.fromiter((_hash_one(v) for v in values), np.int64, len(values))
+        texts = [v if isinstance(v, str) else str(v) for v in values if not _missing(v)]
+        hashed = iter(_hash_texts(np.array(texts, dtype=object)).tolist() if texts else ())
+        return np.fromiter((0 if _missing(v) else next(hashed) for v in values), np.int64, len(values))
     codes, uniques = pd.factorize(pd.Series(values, copy=False), use_na_sentinel=True)
     if len(uniques) == 0:
         return np.zeros(len(codes), np.int64)
@@ -136,8 +140,12 @@ _HASH_MEMO: dict[str, int] = {}
 _HASH_MEMO_LIMIT = 1_000_000
 
 
+def _missing(value: object) -> bool:
+    return value is None or value is pd.NA or value != value  # NaN is the one value unequal to itself
+
+
 def _hash_one(value: object) -> int:
-    if value is None or value is pd.NA or value != value:  # NaN is the one value unequal to itself
+    if _missing(value):
         return 0
     text = value if isinstance(value, str) else str(value)
     hashed = _HASH_MEMO.get(text)

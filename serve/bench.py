@@ -16,9 +16,9 @@ from cluster.config import Settings
 
 SINGLE_REQUESTS = {1: 300, 32: 3000}
 BATCH_SIZE = 1000
-BATCH_REQUESTS = 24
+BATCH_REQUESTS = 48
 BATCH_WARMUP = 2
-BATCH_CONCURRENCY = 2
+BATCH_CONCURRENCY = 8  # batches in flight: fewer leave the pipeline's stages idle in turn (measured: 2 gave 6.5k tx/s)
 MAX_SECONDS = 30.0
 
 

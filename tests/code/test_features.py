@@ -211,3 +211,14 @@ def test_bad_input_names_the_field() -> None:
                                      "timestamp": [T0]}), label_delay=timedelta(days=1))
     with pytest.raises(ValueError, match="known_at"):
         features([{"at": 0}], labels=pd.DataFrame({"transaction_id": ["t0"], "is_fraud": [1]}))
+
+
+@pytest.mark.parametrize("recurring", [True, False])
+def test_key_hashes_agree_for_micro_batches_and_whole_tables(recurring: bool) -> None:
+    from cluster.features import SMALL_BATCH, stable_hash
+
+    values = np.array(["t1", None, "abc", np.nan, "t1", 5], dtype=object)
+    table = pd.Series([*values, *(f"x{i}" for i in range(SMALL_BATCH))], dtype=object)
+    small = stable_hash(values, recurring=recurring)
+    assert small.tolist() == stable_hash(table, recurring=recurring)[:len(values)].tolist()
+    assert small[1] == small[3] == 0 and small[0] == small[4] != 0
