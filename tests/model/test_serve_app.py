@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import requests
 
+from cluster.aws import client
 from cluster.config import Settings
 from tests.conftest import API_KEY, train_small_bundle
 from tests.streams import drain_alerts, subscribe_alert_queue
@@ -251,3 +252,25 @@ def test_challenger_shadow_compare_and_promote(served: tuple[str, Settings], sma
     assert requests.post(f"{url}/api/admin/reload", headers=key, timeout=60).json()["champion"] == challenger
     answer = requests.post(f"{url}/api/check-fraud", json=_with(transaction_id="after-promote"), timeout=30).json()
     assert answer["model_version"] == challenger
+
+
+def test_alerts_unavailable_is_a_503_and_the_retry_alerts_once(served: tuple[str, Settings], small_history: Any) -> None:
+    url, settings = served
+    transactions = small_history.transactions
+    users = transactions.loc[transactions["is_fraud"] == 1, "user_id"].unique()[:12]
+    sample = [{**r, "transaction_id": f"{r['transaction_id']}-outage"}
+              for r in _records(transactions[transactions["user_id"].isin(users)].tail(600))]
+    sns = client("sns", settings)
+    sns.delete_topic(TopicArn=sns.create_topic(Name=settings.alert_topic)["TopicArn"])  # alerts cannot go out
+    down = requests.post(f"{url}/api/check-fraud/batch", json={"transactions": sample}, timeout=120)
+    assert down.status_code == 503 and down.json()["errors"][0]["field"] == "alerts", down.text
+    queue = subscribe_alert_queue(settings, "alerts-after-outage")  # the topic is back
+    subscribe_alert_queue(settings, "alerts-under-test")            # and the session's queue with it
+    retried = requests.post(f"{url}/api/check-fraud/batch", json={"transactions": sample}, timeout=120)
+    assert retried.status_code == 200
+    high = {r["transaction_id"] for r in retried.json()["results"] if r["risk_level"] == "HIGH"}
+    deadline, alerted = time.monotonic() + 20, []
+    while time.monotonic() < deadline and len(alerted) < len(high):
+        alerted += [m["transaction"]["transaction_id"] for m in drain_alerts(settings, queue)]
+        time.sleep(0.5)
+    assert high and sorted(alerted) == sorted(high)  # nothing was left claimed by the failed attempt
