@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     # Online feature state: one actor per partition, shared by every replica and consumer (all must agree); one
     # actor takes ~37,000 tx/s (`fraudctl bench`), and on 2 cores a second one measured slower (one more round trip).
     feature_partitions: int = Field(1, ge=1, le=256)
+    # Each state actor writes its state to S3 this often while it scores (0: only when asked), so a lost actor
+    # restarts from at most this long ago.
+    feature_snapshot_interval_s: float = Field(300.0, ge=0)
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import io
+import logging
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -23,6 +25,8 @@ from cluster.features import (EVENT_ROW_COLUMNS, MERCHANT_HISTORY_CAP, PASS_OUTP
                               USER_ROW_COLUMNS, Columns, assemble, epoch_ms, event_rows, feature_frame, label_anchor,
                               mcc_pass_values, merchant_pass_values, partition_of, prepare_rows, stable_hash,
                               user_pass_values)
+
+log = logging.getLogger(__name__)
 
 SNAPSHOT_PREFIX = "feature-state"
 KINDS = ("user", "merchant", "mcc")
@@ -263,11 +267,26 @@ class FeatureStateActor:
         self.cores = {kind: FeatureStateCore(kind, label_delay_ms(settings)) for kind in KINDS}
         self.settings = settings
         self.object_keys = {kind: f"{SNAPSHOT_PREFIX}/{kind}-{partition}-of-{partitions}.npz" for kind in KINDS}
+        self.snapshotted = time.monotonic()
         if restore:
             self.restore()
 
     def process(self, parts: dict[str, Rows]) -> dict[str, np.ndarray]:
-        return {kind: self.cores[kind].process(rows) for kind, rows in parts.items()}
+        outputs = {kind: self.cores[kind].process(rows) for kind, rows in parts.items()}
+        self._snapshot_if_due()
+        return outputs
+
+    def _snapshot_if_due(self) -> None:
+        """A snapshot between batches, every ``feature_snapshot_interval_s`` of scoring: it holds exactly the state
+        after a batch. A failed one is logged and tried again an interval later; scoring goes on."""
+        interval = self.settings.feature_snapshot_interval_s
+        if not interval or time.monotonic() - self.snapshotted < interval:
+            return
+        try:
+            self.snapshot()
+        except Exception:
+            log.exception("feature-state snapshot failed; the next is due in %.0f s", interval)
+            self.snapshotted = time.monotonic()
 
     def resolve(self, txn_keys: np.ndarray) -> pd.DataFrame:
         return self.cores["merchant"].resolve(txn_keys)
@@ -285,6 +304,7 @@ class FeatureStateActor:
         for kind, core in self.cores.items():
             core.compact()
             s3.put_object(Bucket=self.settings.model_bucket, Key=self.object_keys[kind], Body=core.dump())
+        self.snapshotted = time.monotonic()
         return list(self.object_keys.values())
 
     def restore(self) -> bool:

@@ -126,6 +126,8 @@ def _run(settings: Settings, options: MainJobOptions) -> None:
         print(f"Profiles: {_publish_profiles(live, options.users)} users written to DynamoDB", flush=True)
         print(f"Model: champion {_ensure_model(live, options.users)}", flush=True)
         api_url = running.enter_context(serving(live, build_app(live)))
+        if not live.embedded_aws:  # the embedded S3 ends with this run: nothing to keep there
+            running.callback(_save_feature_state, live)  # runs once the stream and producers have stopped
         print(f"API: {api_url}/api/check-fraud  (docs {api_url}/docs, stats {api_url}/api/stats)", flush=True)
         if options.stream:
             stream = StreamScoring(live).start()
@@ -145,6 +147,17 @@ def _run(settings: Settings, options: MainJobOptions) -> None:
         print("Running. Ctrl-C or `fraudctl down` stops everything.", flush=True)
         _route_stop_signals()  # again: a Ray Tune run during start-up leaves its own SIGINT handler behind
         _watch(stats_actor(), handles, producer_totals)
+
+
+def _save_feature_state(settings: Settings) -> None:
+    """The feature state to S3 after scoring has stopped, so the next ``up`` starts from it."""
+    from cluster.feature_state import OnlineFeatures
+
+    try:
+        keys = OnlineFeatures(settings).snapshot()
+        print(f"Feature state saved: {len(keys)} objects under s3://{settings.model_bucket}/feature-state/", flush=True)
+    except Exception as exc:  # shutting down goes on; the last periodic snapshot stands
+        print(f"Feature state not saved ({exc}); the last periodic snapshot stands.", flush=True)
 
 
 def _stop_producers(handles: list[Any]) -> None:

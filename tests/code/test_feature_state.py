@@ -113,6 +113,28 @@ def test_restarted_actors_continue_from_their_snapshot(ray_session: Settings) ->
     np.testing.assert_allclose(streamed["merchant_count_7d"], expected["merchant_count_7d"])
 
 
+def test_state_actors_snapshot_on_their_own_while_they_score(ray_session: Settings) -> None:
+    import time
+
+    from cluster.feature_state import OnlineFeatures
+
+    transactions = synthetic_transactions(600, users=40, merchants=8, days=5, seed=4)
+    transactions["user_id"] = "periodic-" + transactions["user_id"]
+    settings = ray_session.model_copy(update={"feature_snapshot_interval_s": 0.5})
+    scoring = OnlineFeatures(settings, name="periodic", restore=False)
+    try:
+        scoring.compute(transactions.iloc[:300])
+        time.sleep(0.6)
+        scoring.compute(transactions.iloc[300:])  # due: the state after this batch goes to S3, unasked
+    finally:
+        scoring.shutdown()
+    restarted = OnlineFeatures(ray_session, name="periodic", restore=True)
+    try:
+        assert restarted.stats()["user"]["keys"] == transactions["user_id"].nunique()
+    finally:
+        restarted.shutdown()
+
+
 def test_label_feedback_raises_merchant_risk_for_later_transactions(ray_session: Settings) -> None:
     from cluster.feature_state import OnlineFeatures
 
