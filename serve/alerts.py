@@ -6,7 +6,8 @@ with batch calls: ``BatchGetItem`` tells which transactions were alerted before 
 rest, 25 a call. Writers racing each other would need a conditional ``PutItem`` per alert instead (measured on the
 embedded DynamoDB: 5.3 ms a put, 11 ms for a batch of 25, 12 ms to read 100 keys). The claims of concurrent callers
 are decided one pass at a time (a pass takes everything queued meanwhile, ``serve.coalesce``), so a retry racing its
-original still alerts once. Messages go out in ``PublishBatch`` calls of 10. If publishing fails the claims are
+original still alerts once. Messages go out in ``PublishBatch`` calls of 10, shared by concurrent callers
+(single-transaction requests alerting together do not make a call each). If publishing fails the claims are
 released so a retry alerts; a desk lost between claiming and publishing loses those alerts rather than repeating
 them (Ray restarts the desk and retries the call, which finds them claimed).
 """
@@ -72,11 +73,12 @@ class AlertDesk:
         self.topic_arn = self.sns.create_topic(Name=settings.alert_topic)["TopicArn"]  # idempotent: the ARN
         self._pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="alert-io")  # threads start on demand
         self._claims = Coalescer(self._claim_pass, max_size=CLAIMS_PER_PASS, size=len)
+        self._messages = Coalescer(self._publish_pass, max_size=CLAIMS_PER_PASS, size=len, concurrency=2)
 
     async def publish(self, alerts: list[Alert]) -> int:
         """Claim and publish; returns how many were new (the rest were alerted before)."""
         claimed = await self._claims(alerts)
-        failed = await asyncio.to_thread(self._publish, claimed)
+        failed = await self._messages(claimed) if claimed else []
         if failed:
             await asyncio.to_thread(self._release, [decision["transaction_id"] for decision, _ in failed])
             raise AlertPublishError(f"{len(failed)} of {len(claimed)} alerts were not published")
@@ -84,6 +86,11 @@ class AlertDesk:
 
     async def _claim_pass(self, requests: list[list[Alert]]) -> list[list[Alert]]:
         return await asyncio.to_thread(self._claim, requests)
+
+    async def _publish_pass(self, requests: list[list[Alert]]) -> list[list[Alert]]:
+        """The callers' messages share full ``PublishBatch`` calls; returns each caller's failed alerts."""
+        failed = {id(alert) for alert in await asyncio.to_thread(self._publish, [a for r in requests for a in r])}
+        return [[alert for alert in request if id(alert) in failed] for request in requests]
 
     def _claim(self, requests: list[list[Alert]]) -> list[list[Alert]]:
         """Each request's alerts that this pass claimed: neither in the ledger nor earlier in the pass."""
