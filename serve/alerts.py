@@ -157,8 +157,9 @@ class AlertDesk:
 
 
 def desk_name(settings: Settings) -> str:
-    """One desk per ledger, topic and endpoint in a cluster."""
-    key = "|".join((settings.aws_endpoint_url or "aws", settings.alert_ledger_table, settings.alert_topic))
+    """One desk per ledger, topic, endpoint and region in a cluster."""
+    key = "|".join((settings.aws_endpoint_url or "aws", settings.region, settings.alert_ledger_table,
+                    settings.alert_topic))
     return f"alert-desk-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
 
