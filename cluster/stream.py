@@ -201,6 +201,7 @@ class ShardConsumer:
             put_records_reliably(self.kinesis, self.settings.decisions_stream_name, pack(entries))
             elapsed_ms = (time.perf_counter() - batch.started) * 1000.0
             scored = len(batch.decisions)
+            self.stats.consumer_behind(self.status.shard_id, self.status.millis_behind_latest)
             self.stats.add(scored=scored, alerts=alerts, latency_ms=elapsed_ms / scored, stream_lags_ms=batch.lags_ms,
                            decisions=batch.decisions, transactions=batch.transactions, truths=batch.truths)
             self.status.scored += scored

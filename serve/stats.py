@@ -56,13 +56,15 @@ class StatsCollector:
                                                           for name in TRUTH_CLASSES}
         self.scenarios: dict[str, dict[str, int]] = {}
         self.alerts: deque[dict[str, Any]] = deque(maxlen=RECENT_ALERTS)
+        self.consumers: dict[str, tuple[float, int]] = {}  # shard -> (reported at, Kinesis MillisBehindLatest)
 
     def record(self, *, scored: int = 0, alerts: int = 0, produced: int = 0, latencies_ms: Sequence[float] = (),
                stream_lags_ms: Sequence[float] = (), flagged: int = 0,
                scenarios: dict[str, dict[str, int]] | None = None,
                samples: dict[str, list[dict[str, Any]]] | None = None,
-               alert_details: Sequence[dict[str, Any]] = ()) -> None:
+               alert_details: Sequence[dict[str, Any]] = (), consumers: dict[str, int] | None = None) -> None:
         now = self.clock()
+        self.consumers.update({shard: (now, behind) for shard, behind in (consumers or {}).items()})
         self.totals["scored"] += scored
         self.totals["alerts"] += alerts
         self.totals["produced"] += produced
@@ -96,15 +98,19 @@ class StatsCollector:
 
     def dashboard_view(self) -> dict[str, Any]:
         """Everything the dashboard draws, in one call: the snapshot, last-minute counts, per-scenario counts,
-        decision samples per ground-truth class and the recent alerts (newest first)."""
-        snapshot = self.snapshot()
+        decision samples per ground-truth class, the recent alerts (newest first) and how far behind each stream
+        consumer that reported in the last minute is."""
+        snapshot, now = self.snapshot(), self.clock()
         window = dict(zip(("scored", "flagged", "labelled", "truly_fraud", "alerts"),
                           (int(sum(column)) for column in list(zip(*self.recent))[1:]) if self.recent
                           else (0, 0, 0, 0, 0)))
         return {"stats": snapshot, "window_s": RATE_WINDOW_S, "window": window, "flagged": self.flagged,
                 "scenarios": {name: dict(counts) for name, counts in self.scenarios.items()},
                 "samples": {name: list(rows) for name, rows in self.samples.items()},
-                "alerts": list(reversed(self.alerts))}
+                "alerts": list(reversed(self.alerts)),
+                "consumers": {shard: {"millis_behind_latest": behind, "seconds_since_report": round(now - at, 1)}
+                              for shard, (at, behind) in sorted(self.consumers.items())
+                              if at >= now - RATE_WINDOW_S}}
 
 
 class RecentValues:
@@ -160,7 +166,13 @@ class StatsReporter:
     @staticmethod
     def _empty() -> dict[str, Any]:
         return {"scored": 0, "alerts": 0, "latencies_ms": [], "stream_lags_ms": [], "flagged": 0, "scenarios": {},
-                "samples": {name: [] for name in TRUTH_CLASSES}, "alert_details": deque(maxlen=RECENT_ALERTS)}
+                "samples": {name: [] for name in TRUTH_CLASSES}, "alert_details": deque(maxlen=RECENT_ALERTS),
+                "consumers": {}}
+
+    def consumer_behind(self, shard_id: str, millis_behind_latest: int) -> None:
+        """How far a stream consumer's shard is ahead of it (Kinesis ``MillisBehindLatest``), sent with the next
+        flush: the dashboard shows the furthest-behind consumer."""
+        self._pending["consumers"][shard_id] = millis_behind_latest
 
     def add(self, *, scored: int, alerts: int, latency_ms: float, stream_lags_ms: Sequence[float] = (),
             decisions: Sequence[dict[str, Any]] = (), transactions: Sequence[Transaction] = (),

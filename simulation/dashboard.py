@@ -69,7 +69,17 @@ def live_tiles(view: View) -> list[Tile]:
         Tile("true fraud rate", _share(window["truly_fraud"], window["labelled"]),
              f"simulated ground truth, {window['labelled']:,} labelled decisions"),
         Tile("alerts / min", f"{window['alerts'] / minutes:,.1f}", f"{stats['alerts']:,} alerts in total"),
+        _consumers_tile(view.get("consumers", {})),
     ]
+
+
+def _consumers_tile(consumers: dict[str, dict[str, Any]]) -> Tile:
+    """The furthest-behind stream consumer (Kinesis ``MillisBehindLatest``): a consumer falling behind shows here."""
+    if not consumers:
+        return Tile("stream consumers behind", "–", "no consumer reported in the last minute")
+    shard, furthest = max(consumers.items(), key=lambda item: item[1]["millis_behind_latest"])
+    return Tile("stream consumers behind", f"{furthest['millis_behind_latest'] / 1000:,.1f} s",
+                f"furthest of {len(consumers)}: {shard}")
 
 
 def tiles_html(tiles: Sequence[Tile], problem: str = "") -> str:

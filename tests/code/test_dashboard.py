@@ -25,8 +25,8 @@ CONTRACT_KEYS = {"produced", "scored", "alerts", "tps", "latency_ms", "stream_la
 class InProcessActor:
     """The stats actor's class called directly, so the reporter's remote calls land in this process."""
 
-    def __init__(self) -> None:
-        self.collector = StatsCollector()
+    def __init__(self, collector: StatsCollector | None = None) -> None:
+        self.collector = collector or StatsCollector()
         self.record = SimpleNamespace(remote=lambda **kwargs: self.collector.record(**kwargs))
 
 
@@ -89,6 +89,26 @@ def test_rates_cover_the_last_minute_only() -> None:
     assert tiles["latency p50 / p99 (ms)"].value == "– / –"  # nothing measured yet is shown as such
     page = tiles_html(live_tiles(view), problem="<b>down</b>")
     assert "5.00 %" in page and "&lt;b&gt;down&lt;/b&gt;" in page
+
+
+def test_the_furthest_behind_stream_consumer_shows_until_it_stops_reporting() -> None:
+    clock = [1000.0]
+    collector = StatsCollector(clock=lambda: clock[0])
+    assert {t.label: t for t in live_tiles(collector.dashboard_view())}["stream consumers behind"].value == "–"
+    reporter = StatsReporter(actor=InProcessActor(collector))
+    reporter.consumer_behind("shardId-0", 250)
+    reporter.consumer_behind("shardId-1", 4_200)
+    reporter.flush()
+    clock[0] += 30
+    collector.record(consumers={"shardId-0": 300})
+    view = collector.dashboard_view()
+    assert view["consumers"] == {"shardId-0": {"millis_behind_latest": 300, "seconds_since_report": 0.0},
+                                 "shardId-1": {"millis_behind_latest": 4_200, "seconds_since_report": 30.0}}
+    assert set(view["stats"]) == CONTRACT_KEYS  # GET /api/stats keeps its shape
+    tile = {t.label: t for t in live_tiles(view)}["stream consumers behind"]
+    assert (tile.value, tile.note) == ("4.2 s", "furthest of 2: shardId-1")
+    clock[0] += 31  # shard 1 has been silent for over a minute (closed, or its consumer gone)
+    assert list(collector.dashboard_view()["consumers"]) == ["shardId-0"]
 
 
 def test_history_keeps_bounded_long_frames_for_the_line_plots() -> None:
