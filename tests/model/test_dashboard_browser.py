@@ -96,7 +96,7 @@ def test_dashboard_renders_live_figures_and_checks_a_transaction(dashboard: tupl
     tab.wait_for_function("() => /[0-9]/.test(document.querySelector('#tiles .tile-value')?.textContent || '')")
     labels = [text.strip() for text in tab.locator("#tiles .tile-label").all_text_contents()]
     assert labels == ["transactions / s", "latency p50 / p99 (ms)", "flagged as fraud", "true fraud rate",
-                      "alerts / min"]
+                      "alerts / min", "stream consumers behind"]
 
     # a time-series chart with a drawn line (two refreshes make two points) and the score distribution
     tab.wait_for_function("""() => Array.from(document.querySelectorAll('#latency-plot svg g.mark-line path'))
