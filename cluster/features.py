@@ -119,7 +119,7 @@ def stable_hash(values: pd.Series | np.ndarray, *, recurring: bool = True) -> np
     if len(values) <= SMALL_BATCH:
         if recurring:
             return np.fromiter((_hash_one(v) for v in values), np.int64, len(values))
-        texts = [v if isinstance(v, str) else str(v) for v in values if not _missing(v)]
+        texts = [_text(v) for v in values if not _missing(v)]
         hashed = iter(_hash_texts(np.array(texts, dtype=object)).tolist() if texts else ())
         return np.fromiter((0 if _missing(v) else next(hashed) for v in values), np.int64, len(values))
     codes, uniques = pd.factorize(pd.Series(values, copy=False), use_na_sentinel=True)
@@ -144,10 +144,14 @@ def _missing(value: object) -> bool:
     return value is None or value is pd.NA or value != value  # NaN is the one value unequal to itself
 
 
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else str(value)
+
+
 def _hash_one(value: object) -> int:
     if _missing(value):
         return 0
-    text = value if isinstance(value, str) else str(value)
+    text = _text(value)
     hashed = _HASH_MEMO.get(text)
     if hashed is None:
         if len(_HASH_MEMO) >= _HASH_MEMO_LIMIT:

@@ -364,7 +364,7 @@ def bench_stream(settings: Settings, *, warmup: int = 2_000, backlog: int = 25_0
             rows = int(tps * seconds)
             replay = _later(frame, rows, tag=tag, after=copies)
             copies += -(-rows // len(frame))
-            expected = sum(s.get("scored", 0) for s in scoring.status()["shards"].values())
+            expected = _scored(scoring)
             produced, put_for = _put_at_rate(kinesis, live.stream_name, replay, tps, seconds)
             try:
                 caught_up: float | None = round(_wait_scored(scoring, expected + produced, timeout_s=60), 2)
@@ -400,10 +400,14 @@ def _put_all(kinesis: Any, stream: str, frame: Any) -> float:
     return time.perf_counter() - began
 
 
+def _scored(scoring: "StreamScoring") -> int:
+    return sum(shard.get("scored", 0) for shard in scoring.status()["shards"].values())
+
+
 def _wait_scored(scoring: "StreamScoring", count: int, *, timeout_s: float) -> float:
     """Wait until the consumers have scored ``count`` records in all; returns the seconds waited."""
     began = time.perf_counter()
-    while sum(s.get("scored", 0) for s in scoring.status()["shards"].values()) < count:
+    while _scored(scoring) < count:
         if time.perf_counter() - began > timeout_s:
             raise TimeoutError(f"consumers did not score {count} records within {timeout_s} s")
         time.sleep(0.1)

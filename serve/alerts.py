@@ -1,6 +1,6 @@
 """HIGH decisions to SNS as JSON, exactly once per transaction_id even when a request is retried.
 
-The alert ledger (DynamoDB) has one writer: the cluster's ``AlertDesk`` actor, named after the ledger and the topic,
+The alert ledger (DynamoDB) has one writer: the cluster's ``AlertDesk`` actor, named after the ledger, topic and endpoint,
 to which every ingress replica and stream consumer hands its HIGH decisions. Being the only writer, the desk claims
 with batch calls: ``BatchGetItem`` tells which transactions were alerted before and ``BatchWriteItem`` claims the
 rest, 25 a call. Writers racing each other would need a conditional ``PutItem`` per alert instead (measured on the
@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from cluster.aws import client
-from cluster.config import Settings, use_settings
+from cluster.config import Settings
 from cluster.runtime import ACTOR_NAMESPACE
 from cluster.schema import LABEL_COLUMN, SCENARIO_COLUMN, Transaction
 from serve.coalesce import Coalescer
@@ -66,7 +66,6 @@ class AlertDesk:
     """The ledger's one writer (run as a named Ray actor: ``AlertPublisher`` finds or starts it)."""
 
     def __init__(self, settings: Settings):
-        use_settings(settings)
         self.table = settings.alert_ledger_table
         self.dynamodb = client("dynamodb", settings)
         self.sns = client("sns", settings)

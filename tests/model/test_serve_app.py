@@ -134,12 +134,29 @@ def test_feedback_needs_the_key_and_is_stored(served: tuple[str, Settings]) -> N
     assert "api-1" in set(stored["transaction_id"])
 
 
+def _fraud_heavy_sample(small_history: Any, id_suffix: str = "") -> list[dict[str, Any]]:
+    """The last 600 transactions of twelve users with frauds: a batch that yields HIGH decisions."""
+    transactions = small_history.transactions
+    users = transactions.loc[transactions["is_fraud"] == 1, "user_id"].unique()[:12]
+    return [{**r, "transaction_id": f"{r['transaction_id']}{id_suffix}"}
+            for r in _records(transactions[transactions["user_id"].isin(users)].tail(600))]
+
+
+def _arriving_alerts(settings: Settings, queue: str, expected: int, wait_s: float = 20) -> list[dict[str, Any]]:
+    """The queue's alert messages once ``expected`` distinct transactions have arrived (or ``wait_s`` passed), and
+    whatever followed them: a repeat would be among them."""
+    deadline, messages = time.monotonic() + wait_s, []
+    while time.monotonic() < deadline:
+        messages += drain_alerts(settings, queue)
+        if len({m["transaction"]["transaction_id"] for m in messages}) >= expected:
+            break
+        time.sleep(0.5)
+    return messages + drain_alerts(settings, queue)
+
+
 def test_high_decisions_alert_exactly_once(served: tuple[str, Settings], small_history: Any, alert_queue: str) -> None:
     url, settings = served
-    transactions = small_history.transactions
-    frauds = transactions[transactions["is_fraud"] == 1]
-    users = frauds["user_id"].unique()[:12]
-    sample = _records(transactions[transactions["user_id"].isin(users)].tail(600))
+    sample = _fraud_heavy_sample(small_history)
     first = requests.post(f"{url}/api/check-fraud/batch", json={"transactions": sample}, timeout=120).json()["results"]
     high = {r["transaction_id"] for r in first if r["risk_level"] == "HIGH"}
     assert high, "the sample of fraud-heavy users produced no HIGH decision"
@@ -147,13 +164,7 @@ def test_high_decisions_alert_exactly_once(served: tuple[str, Settings], small_h
     assert retried.status_code == 200
     high_again = {r["transaction_id"] for r in retried.json()["results"] if r["risk_level"] == "HIGH"}
     assert high & high_again, "no HIGH decision was retried"
-    deadline, messages = time.monotonic() + 20, []
-    while time.monotonic() < deadline:
-        messages += drain_alerts(settings, alert_queue)
-        if len({m["transaction"]["transaction_id"] for m in messages}) >= len(high | high_again):
-            break
-        time.sleep(0.5)
-    messages += drain_alerts(settings, alert_queue)
+    messages = _arriving_alerts(settings, alert_queue, len(high | high_again))
     alerted = [m["transaction"]["transaction_id"] for m in messages]
     assert len(alerted) == len(set(alerted)), "a transaction was alerted twice"
     assert set(alerted) == high | high_again  # every HIGH decision alerted, retries included once
@@ -256,10 +267,7 @@ def test_challenger_shadow_compare_and_promote(served: tuple[str, Settings], sma
 
 def test_alerts_unavailable_is_a_503_and_the_retry_alerts_once(served: tuple[str, Settings], small_history: Any) -> None:
     url, settings = served
-    transactions = small_history.transactions
-    users = transactions.loc[transactions["is_fraud"] == 1, "user_id"].unique()[:12]
-    sample = [{**r, "transaction_id": f"{r['transaction_id']}-outage"}
-              for r in _records(transactions[transactions["user_id"].isin(users)].tail(600))]
+    sample = _fraud_heavy_sample(small_history, id_suffix="-outage")
     sns = client("sns", settings)
     sns.delete_topic(TopicArn=sns.create_topic(Name=settings.alert_topic)["TopicArn"])  # alerts cannot go out
     down = requests.post(f"{url}/api/check-fraud/batch", json={"transactions": sample}, timeout=120)
@@ -269,8 +277,5 @@ def test_alerts_unavailable_is_a_503_and_the_retry_alerts_once(served: tuple[str
     retried = requests.post(f"{url}/api/check-fraud/batch", json={"transactions": sample}, timeout=120)
     assert retried.status_code == 200
     high = {r["transaction_id"] for r in retried.json()["results"] if r["risk_level"] == "HIGH"}
-    deadline, alerted = time.monotonic() + 20, []
-    while time.monotonic() < deadline and len(alerted) < len(high):
-        alerted += [m["transaction"]["transaction_id"] for m in drain_alerts(settings, queue)]
-        time.sleep(0.5)
+    alerted = [m["transaction"]["transaction_id"] for m in _arriving_alerts(settings, queue, len(high))]
     assert high and sorted(alerted) == sorted(high)  # nothing was left claimed by the failed attempt
