@@ -329,7 +329,7 @@ def bench_stream(settings: Settings, *, warmup: int = 2_000, backlog: int = 25_0
     consumers up (models loaded, feature state live; how long that took is ``cold_start_s``):
 
     - sustained: a backlog of simulated records put at once, from the first put to the last decision (tx/s),
-      beside the emulator's own put rate for the same records (the ceiling);
+      beside the emulator's own put rate for the same records (the ceiling), and the CPU each part spent on it;
     - held: the population's traffic, replayed later in time under new ids, put at ``hold_tps`` for
       ``hold_seconds``: whether the consumers keep up (every record decided, lag bounded) at the goal rate;
     - lag: the same at ``lag_tps`` for ``lag_seconds``; stream lag = decision time - Kinesis arrival.
@@ -340,7 +340,7 @@ def bench_stream(settings: Settings, *, warmup: int = 2_000, backlog: int = 25_0
     import numpy as np
     import pandas as pd
 
-    from cluster.bench import trained_environment
+    from cluster.bench import cpu_by_role, cpu_figures, trained_environment
 
     with trained_environment(settings) as (live, data, version):
         kinesis = client("kinesis", live)
@@ -353,10 +353,11 @@ def bench_stream(settings: Settings, *, warmup: int = 2_000, backlog: int = 25_0
         _wait_scored(scoring, warmup, timeout_s=300)
         cold_start_s = time.perf_counter() - began
 
-        began = time.perf_counter()
-        put_seconds = _put_all(kinesis, live.stream_name, frame)
-        _wait_scored(scoring, warmup + len(frame), timeout_s=300)
-        drain_seconds = time.perf_counter() - began
+        with cpu_by_role() as cpu:
+            began = time.perf_counter()
+            put_seconds = _put_all(kinesis, live.stream_name, frame)
+            _wait_scored(scoring, warmup + len(frame), timeout_s=300)
+            drain_seconds = time.perf_counter() - began
 
         phases = {}
         copies = 0
@@ -385,7 +386,8 @@ def bench_stream(settings: Settings, *, warmup: int = 2_000, backlog: int = 25_0
         "sustained": {"transactions": len(frame), "seconds": round(drain_seconds, 2),
                       "end_to_end_tps": round(len(frame) / drain_seconds, 1),
                       "emulator_put_tps": round(len(frame) / put_seconds, 1), "goal_tps": 5_000,
-                      "packing": f"up to {MAX_PACKED_LINES} transactions per Kinesis record"},
+                      "packing": f"up to {MAX_PACKED_LINES} transactions per Kinesis record",
+                      **cpu_figures(cpu, len(frame))},
         "held_at_goal": phases["hold"],
         "lag_at_target": {**phases["lag"], "goal_p99_ms": 1_000},
     }

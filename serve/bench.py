@@ -1,8 +1,11 @@
 """``fraudctl bench`` section "serving": the scoring app against a composed no-op app in the same Serve mode.
 
 One run, one Ray, one Serve: latency p50/p99 and throughput at concurrency 1 and 32 for both apps, and the batch
-endpoint in transactions per second. Everything runs in `cluster.bench.trained_environment`: embedded AWS, simulated
-history with its profiles in DynamoDB, and a small model trained for the run.
+endpoint in transactions per second with the CPU each part of the system spent on it. Beside them, the scoring core
+in-process (the SDK, one transaction at a time): what the app adds to the no-op's composition at least, as its
+work is a feature-state round trip, the features and both models for the transaction, then the decision.
+Everything runs in `cluster.bench.trained_environment`: embedded AWS, simulated history with its profiles in
+DynamoDB, and a small model trained for the run.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from cluster.aws import free_port
 from cluster.config import Settings
 
 SINGLE_REQUESTS = {1: 300, 32: 3000}
+SDK_REQUESTS = 300
 BATCH_SIZE = 1000
 BATCH_REQUESTS = 48
 BATCH_WARMUP = 2
@@ -42,19 +46,47 @@ def _batch_bodies(records: list[dict[str, Any]], count: int) -> list[bytes]:
     return bodies
 
 
-def _warm_profiles(base_url: str, records: list[dict[str, Any]]) -> None:
-    """One transaction of every user and merchant through the batch endpoint first, so the measured requests meet
-    the steady state (profiles in the ingress' TTL cache) rather than a DynamoDB read per first-seen user."""
-    from serve.loadgen import run_load
-
+def _firsts(records: list[dict[str, Any]], tag: str) -> list[dict[str, Any]]:
+    """One transaction of every user and merchant, under new ids: run first, so the measured requests meet the
+    steady state (profiles in the TTL cache) rather than a DynamoDB read per first-seen user."""
     seen: set[str] = set()
     firsts = []
     for record in records:
         if record["user_id"] not in seen or record["merchant_id"] not in seen:
             seen.update((record["user_id"], record["merchant_id"]))
-            firsts.append({**record, "transaction_id": f"{record['transaction_id']}-warm"})
+            firsts.append({**record, "transaction_id": f"{record['transaction_id']}-{tag}"})
+    return firsts
+
+
+def _warm_profiles(base_url: str, records: list[dict[str, Any]]) -> None:
+    from serve.loadgen import run_load
+
+    firsts = _firsts(records, "warm")
     bodies = [json.dumps({"transactions": firsts[i:i + BATCH_SIZE]}).encode() for i in range(0, len(firsts), BATCH_SIZE)]
     run_load(f"{base_url}/api/check-fraud/batch", lambda i: bodies[i], requests=len(bodies))
+
+
+def _sdk_single(settings: Settings, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The SDK (``serve.sdk.FraudDetector``, feature state of its own) scoring one transaction per call, warmed
+    like the app: latency percentiles in ms."""
+    import time
+
+    import numpy as np
+
+    from serve.sdk import FraudDetector
+
+    detector = FraudDetector(settings, feature_state="bench-sdk")
+    firsts = _firsts(records, "sdk-warm")
+    for start in range(0, len(firsts), BATCH_SIZE):
+        detector.predict_batch(firsts[start:start + BATCH_SIZE])
+    latencies = []
+    for index, record in enumerate(records[-SDK_REQUESTS:]):
+        started = time.perf_counter()
+        detector.predict({**record, "transaction_id": f"{record['transaction_id']}-sdk{index}"})
+        latencies.append((time.perf_counter() - started) * 1000.0)
+    detector.features.shutdown()
+    return {"requests": len(latencies), "p50_ms": round(float(np.percentile(latencies, 50)), 2),
+            "p99_ms": round(float(np.percentile(latencies, 99)), 2)}
 
 
 def _alerts(base_url: str) -> int:
@@ -66,7 +98,7 @@ def bench_serving(settings: Settings) -> dict[str, Any]:
     import pandas as pd
     from ray import serve
 
-    from cluster.bench import trained_environment
+    from cluster.bench import cpu_by_role, cpu_figures, trained_environment
     from serve.app import build_app
     from serve.loadgen import run_load
     from serve.noop import build_noop_app
@@ -92,17 +124,21 @@ def bench_serving(settings: Settings) -> dict[str, Any]:
             run_load(f"{base_url}/api/check-fraud/batch", lambda i: batches[i], requests=BATCH_WARMUP,
                      concurrency=BATCH_CONCURRENCY)
             alerts_before = _alerts(base_url)
-            batch = run_load(f"{base_url}/api/check-fraud/batch", lambda i: batches[BATCH_WARMUP + i],
-                             requests=BATCH_REQUESTS, concurrency=BATCH_CONCURRENCY, max_seconds=120)
+            with cpu_by_role() as cpu:
+                batch = run_load(f"{base_url}/api/check-fraud/batch", lambda i: batches[BATCH_WARMUP + i],
+                                 requests=BATCH_REQUESTS, concurrency=BATCH_CONCURRENCY, max_seconds=120)
             batch["alerts"] = _alerts(base_url) - alerts_before
+            batch.update(cpu_figures(cpu, (batch["requests"] - batch["errors"]) * BATCH_SIZE))
+            sdk = _sdk_single(live, records)
         finally:
             stop_serve(live)
     c1, c32 = "concurrency_1", "concurrency_32"
     return {
         "mode": "haproxy+throughput-optimized" if live.serve_haproxy else "default proxy",
         "model_version": version,
-        "noop": noop, "app": app,
+        "noop": noop, "app": app, "sdk_concurrency_1": sdk,
         "p50_ratio_c1": round(app[c1]["p50_ms"] / noop[c1]["p50_ms"], 2),
+        "p50_ratio_c1_floor": round((noop[c1]["p50_ms"] + sdk["p50_ms"]) / noop[c1]["p50_ms"], 2),
         "throughput_ratio_c32": round(app[c32]["rps"] / noop[c32]["rps"], 2),
         "batch": {**batch, "batch_size": BATCH_SIZE,
                   "transactions_per_s": round(batch["rps"] * BATCH_SIZE, 0) if batch["rps"] else None,
