@@ -260,13 +260,14 @@ class FeatureStateCore:
 class FeatureStateActor:
     """Partition ``i`` of every key kind in one Ray actor, so a batch costs one call per actor, not per kind.
 
-    Snapshots go to ``s3://{model_bucket}/feature-state/{kind}-{i}-of-{n}.npz``.
+    Snapshots go to ``s3://{model_bucket}/feature-state/{name}/{kind}-{i}-of-{n}.npz``: each named state (the
+    cluster's, an SDK's) keeps its own, so one never restores or overwrites another's.
     """
 
-    def __init__(self, partition: int, partitions: int, settings: Settings, restore: bool = True):
+    def __init__(self, name: str, partition: int, partitions: int, settings: Settings, restore: bool = True):
         self.cores = {kind: FeatureStateCore(kind, label_delay_ms(settings)) for kind in KINDS}
         self.settings = settings
-        self.object_keys = {kind: f"{SNAPSHOT_PREFIX}/{kind}-{partition}-of-{partitions}.npz" for kind in KINDS}
+        self.object_keys = {kind: f"{SNAPSHOT_PREFIX}/{name}/{kind}-{partition}-of-{partitions}.npz" for kind in KINDS}
         self.snapshotted = time.monotonic()
         if restore:
             self.restore()
@@ -384,7 +385,7 @@ class OnlineFeatures:
         remote = ray.remote(FeatureStateActor).options(
             name=f"{self.name}-{partition}", namespace=ACTOR_NAMESPACE, get_if_exists=True,
             num_cpus=self.actor_cpus, max_concurrency=1, lifetime="detached", max_restarts=-1, max_task_retries=-1)
-        return remote.remote(partition, self.partitions, self.settings, self.restore_on_start)
+        return remote.remote(self.name, partition, self.partitions, self.settings, self.restore_on_start)
 
     def compute(self, batch: Columns) -> pd.DataFrame:
         """``transaction_id`` + ``FEATURE_NAMES`` for a canonical batch, in its order (see ``matrix``)."""

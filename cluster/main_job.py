@@ -155,7 +155,8 @@ def _save_feature_state(settings: Settings) -> None:
 
     try:
         keys = OnlineFeatures(settings).snapshot()
-        print(f"Feature state saved: {len(keys)} objects under s3://{settings.model_bucket}/feature-state/", flush=True)
+        folder = keys[0].rsplit("/", 1)[0] if keys else "feature-state"
+        print(f"Feature state saved: {len(keys)} objects under s3://{settings.model_bucket}/{folder}/", flush=True)
     except Exception as exc:  # shutting down goes on; the last periodic snapshot stands
         print(f"Feature state not saved ({exc}); the last periodic snapshot stands.", flush=True)
 

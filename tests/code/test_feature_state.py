@@ -99,8 +99,13 @@ def test_restarted_actors_continue_from_their_snapshot(ray_session: Settings) ->
     expected = build_features(transactions, label_delay=timedelta(days=1))
     first = OnlineFeatures(ray_session, name="restart", restore=False)
     head = first.compute(transactions.iloc[:2_000])
-    assert any(key.startswith("feature-state/user-") for key in first.snapshot())
+    assert any(key.startswith("feature-state/restart/user-") for key in first.snapshot())
     first.shutdown()
+    another = OnlineFeatures(ray_session, name="restart-another", restore=True)  # its own snapshots: none yet
+    try:
+        assert another.stats()["user"]["keys"] == 0
+    finally:
+        another.shutdown()
     second = OnlineFeatures(ray_session, name="restart", restore=True)
     try:
         tail = second.compute(transactions.iloc[2_000:])
