@@ -264,13 +264,21 @@ class FeatureStateActor:
     cluster's, an SDK's) keeps its own, so one never restores or overwrites another's.
     """
 
-    def __init__(self, name: str, partition: int, partitions: int, settings: Settings, restore: bool = True):
+    def __init__(self, name: str, partition: int, partitions: int, settings: Settings,
+                 restore_from: tuple[str, ...] = ()):
+        """``restore_from``: the states whose last snapshot a fresh actor takes, the first one found (its own name
+        first, so an actor Ray restarts continues from its own)."""
         self.cores = {kind: FeatureStateCore(kind, label_delay_ms(settings)) for kind in KINDS}
         self.settings = settings
-        self.object_keys = {kind: f"{SNAPSHOT_PREFIX}/{name}/{kind}-{partition}-of-{partitions}.npz" for kind in KINDS}
+        self.partition, self.partitions = partition, partitions
+        self.object_keys = self._keys(name)
         self.snapshotted = time.monotonic()
-        if restore:
-            self.restore()
+        for source in restore_from:
+            if self.restore(source):
+                break
+
+    def _keys(self, name: str) -> dict[str, str]:
+        return {kind: f"{SNAPSHOT_PREFIX}/{name}/{kind}-{self.partition}-of-{self.partitions}.npz" for kind in KINDS}
 
     def process(self, parts: dict[str, Rows]) -> dict[str, np.ndarray]:
         outputs = {kind: self.cores[kind].process(rows) for kind, rows in parts.items()}
@@ -308,17 +316,19 @@ class FeatureStateActor:
         self.snapshotted = time.monotonic()
         return list(self.object_keys.values())
 
-    def restore(self) -> bool:
-        """Reload each kind from its last snapshot; False when there was none."""
+    def restore(self, source: str | None = None) -> bool:
+        """Reload each kind from the last snapshot of the state named ``source`` (this one's by default); False
+        when there was none."""
         from botocore.exceptions import ClientError
 
         from cluster.aws import client
 
         s3 = client("s3", self.settings)
+        keys = self._keys(source) if source else self.object_keys
         restored = False
         for kind, core in self.cores.items():
             try:
-                body = s3.get_object(Bucket=self.settings.model_bucket, Key=self.object_keys[kind])
+                body = s3.get_object(Bucket=self.settings.model_bucket, Key=keys[kind])
             except ClientError as exc:
                 if exc.response["Error"]["Code"] in ("NoSuchKey", "404", "NoSuchBucket"):
                     continue
@@ -362,18 +372,21 @@ class OnlineFeatures:
 
     Actors are named (``{name}-{i}`` in namespace ``fraud``) and shared by every coordinator in the cluster; actor
     ``i`` owns partition ``i`` of the users, the merchants and the merchant categories, so a batch costs one call
-    per actor. A fresh actor restores its partitions from the last S3 snapshot. The actors are detached, so they
+    per actor. A fresh actor restores its partitions from its state's last S3 snapshot, or if there is none from
+    ``restore_from``'s (an SDK can start from a copy of the cluster's state). The actors are detached, so they
     outlive whichever consumer or replica happened to create them (a downscaled or lost replica would otherwise take
     the shared state with it); ``shutdown`` stops them. Ray restarts one whose node is lost, from the snapshot, and
     retries the calls in flight on it (a retried batch meets the restored state, never the state it already changed).
     """
 
     def __init__(self, settings: Settings | None = None, *, partitions: int | None = None, name: str = "features",
-                 actor_cpus: float = 0.2, user_store: Any = None, merchant_store: Any = None, restore: bool = True):
+                 actor_cpus: float = 0.2, user_store: Any = None, merchant_store: Any = None, restore: bool = True,
+                 restore_from: str | None = None):
         from cluster.profiles import merchant_store as default_merchant_store, user_store as default_user_store
 
         self.settings = settings or get_settings()
-        self.name, self.actor_cpus, self.restore_on_start = name, actor_cpus, restore
+        self.name, self.actor_cpus = name, actor_cpus
+        self.restore_from = tuple(dict.fromkeys(n for n in (name, restore_from) if n)) if restore else ()
         self.partitions = partitions or self.settings.feature_partitions
         self.user_store = user_store or default_user_store(self.settings)
         self.merchant_store = merchant_store or default_merchant_store(self.settings)
@@ -385,7 +398,7 @@ class OnlineFeatures:
         remote = ray.remote(FeatureStateActor).options(
             name=f"{self.name}-{partition}", namespace=ACTOR_NAMESPACE, get_if_exists=True,
             num_cpus=self.actor_cpus, max_concurrency=1, lifetime="detached", max_restarts=-1, max_task_retries=-1)
-        return remote.remote(self.name, partition, self.partitions, self.settings, self.restore_on_start)
+        return remote.remote(self.name, partition, self.partitions, self.settings, self.restore_from)
 
     def compute(self, batch: Columns) -> pd.DataFrame:
         """``transaction_id`` + ``FEATURE_NAMES`` for a canonical batch, in its order (see ``matrix``)."""

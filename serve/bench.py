@@ -27,12 +27,18 @@ MAX_SECONDS = 30.0
 
 
 def _single_load(url: str, bodies: list[bytes]) -> dict[str, Any]:
+    """Latency and throughput at each concurrency, with the CPU spent per 1,000 requests (one transaction each)."""
+    from cluster.bench import cpu_by_role, cpu_figures
     from serve.loadgen import run_load
 
     run_load(url, lambda i: bodies[i % len(bodies)], requests=50, concurrency=4)  # warm-up
-    return {f"concurrency_{c}": run_load(url, lambda i, o=c * 100_000: bodies[(o + i) % len(bodies)], requests=n,
-                                         concurrency=c, max_seconds=MAX_SECONDS)
-            for c, n in SINGLE_REQUESTS.items()}
+    figures = {}
+    for concurrency, requests in SINGLE_REQUESTS.items():
+        with cpu_by_role() as cpu:
+            result = run_load(url, lambda i, o=concurrency * 100_000: bodies[(o + i) % len(bodies)],
+                              requests=requests, concurrency=concurrency, max_seconds=MAX_SECONDS)
+        figures[f"concurrency_{concurrency}"] = {**result, **cpu_figures(cpu, result["requests"] - result["errors"])}
+    return figures
 
 
 def _batch_bodies(records: list[dict[str, Any]], count: int) -> list[bytes]:

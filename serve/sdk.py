@@ -27,10 +27,11 @@ class InvalidTransaction(ValueError):
 
 
 class FraudDetector:
-    """Loads a registry bundle (``model``: a version or a pointer) and keeps its own online feature state."""
+    """Loads a registry bundle (``model``: a version or a pointer) and keeps its own online feature state, named
+    ``feature_state``; ``restore_from="features"`` starts that state from the cluster's last snapshot."""
 
     def __init__(self, settings: Settings | None = None, *, model: str = "champion", features: Any = None,
-                 feature_state: str = "sdk"):
+                 feature_state: str = "sdk", restore_from: str | None = None):
         from cluster.feature_state import OnlineFeatures
 
         self.settings = settings or get_settings()
@@ -40,7 +41,7 @@ class FraudDetector:
             raise LookupError(f"no {model!r} model in the registry; run `fraudctl train` first")
         self.bundle = models.scorer(version).bundle
         self.version = version
-        self.features = features or OnlineFeatures(self.settings, name=feature_state)
+        self.features = features or OnlineFeatures(self.settings, name=feature_state, restore_from=restore_from)
 
     def predict(self, transaction: dict[str, Any]) -> dict[str, Any]:
         return self.predict_batch([transaction])[0]

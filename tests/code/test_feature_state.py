@@ -101,11 +101,14 @@ def test_restarted_actors_continue_from_their_snapshot(ray_session: Settings) ->
     head = first.compute(transactions.iloc[:2_000])
     assert any(key.startswith("feature-state/restart/user-") for key in first.snapshot())
     first.shutdown()
-    another = OnlineFeatures(ray_session, name="restart-another", restore=True)  # its own snapshots: none yet
+    another = OnlineFeatures(ray_session, name="restart-another")  # its own snapshots: none yet
+    copy = OnlineFeatures(ray_session, name="restart-copy", restore_from="restart")
     try:
         assert another.stats()["user"]["keys"] == 0
+        assert copy.stats()["user"]["keys"] == transactions["user_id"].iloc[:2_000].nunique()
     finally:
         another.shutdown()
+        copy.shutdown()
     second = OnlineFeatures(ray_session, name="restart", restore=True)
     try:
         tail = second.compute(transactions.iloc[2_000:])

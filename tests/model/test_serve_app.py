@@ -186,7 +186,7 @@ def test_sdk_and_http_scores_agree(served: tuple[str, Settings], small_history: 
 
     url, settings = served
     OnlineFeatures(settings, actor_cpus=0.1).snapshot()  # the server's feature state -> S3 ...
-    detector = FraudDetector(settings, feature_state="sdk-agreement")  # ... which the SDK's fresh actors restore
+    detector = FraudDetector(settings, feature_state="sdk-agreement", restore_from="features")  # ... to the SDK's
     sequence = _records(small_history.transactions.tail(40))
     over_http = [requests.post(f"{url}/api/check-fraud", json=t, timeout=30).json() for t in sequence]
     in_process = [detector.predict(t) for t in sequence]
