@@ -45,6 +45,7 @@ CPU_ROLES: dict[str, tuple[str, ...]] = {
     "alert desk": ("AlertDesk",),
     "stats": ("StatsCollector",),
     "aws emulator": ("moto.server",),
+    "no-op app": ("ServeReplica:noop:",),  # the serving bench's yardstick
 }
 DRIVER_ROLE = "bench driver"
 SYSTEM_ROLE = "ray and serve"
