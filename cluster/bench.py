@@ -99,8 +99,8 @@ def _cpu_seconds() -> dict[int, tuple[str, float]]:
 def cpu_by_role() -> Iterator[dict[str, float]]:
     """CPU seconds each role spent during the block (``CPU_ROLES``); the dict is filled when the block ends.
 
-    Wall-clock rates on a shared 2-core machine swing from run to run; the CPU a transaction costs swings much less,
-    and it is what sizes a deployment (``cpu_figures``).
+    Wall-clock rates on a shared 2-core machine swing from run to run; the CPU a transaction costs swings less, and
+    it is what sizes a deployment (``cpu_figures``).
     """
     spent: dict[str, float] = {}
     before = _cpu_seconds()
