@@ -257,6 +257,11 @@ class FeatureStateCore:
             self.recent.load(arrays["recent_keys"], arrays["recent_values"], int(arrays["recent_written"]))
 
 
+def snapshot_folder(name: str) -> str:
+    """Where the state named ``name`` keeps its snapshots in the model bucket."""
+    return f"{SNAPSHOT_PREFIX}/{name}"
+
+
 class FeatureStateActor:
     """Partition ``i`` of every key kind in one Ray actor, so a batch costs one call per actor, not per kind.
 
@@ -278,7 +283,7 @@ class FeatureStateActor:
                 break
 
     def _keys(self, name: str) -> dict[str, str]:
-        return {kind: f"{SNAPSHOT_PREFIX}/{name}/{kind}-{self.partition}-of-{self.partitions}.npz" for kind in KINDS}
+        return {kind: f"{snapshot_folder(name)}/{kind}-{self.partition}-of-{self.partitions}.npz" for kind in KINDS}
 
     def process(self, parts: dict[str, Rows]) -> dict[str, np.ndarray]:
         outputs = {kind: self.cores[kind].process(rows) for kind, rows in parts.items()}

@@ -151,12 +151,13 @@ def _run(settings: Settings, options: MainJobOptions) -> None:
 
 def _save_feature_state(settings: Settings) -> None:
     """The feature state to S3 after scoring has stopped, so the next ``up`` starts from it."""
-    from cluster.feature_state import OnlineFeatures
+    from cluster.feature_state import OnlineFeatures, snapshot_folder
 
     try:
-        keys = OnlineFeatures(settings).snapshot()
-        folder = keys[0].rsplit("/", 1)[0] if keys else "feature-state"
-        print(f"Feature state saved: {len(keys)} objects under s3://{settings.model_bucket}/{folder}/", flush=True)
+        features = OnlineFeatures(settings)
+        keys = features.snapshot()
+        print(f"Feature state saved: {len(keys)} objects under "
+              f"s3://{settings.model_bucket}/{snapshot_folder(features.name)}/", flush=True)
     except Exception as exc:  # shutting down goes on; the last periodic snapshot stands
         print(f"Feature state not saved ({exc}); the last periodic snapshot stands.", flush=True)
 
