@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from cluster.config import Settings
 from cluster.features import FEATURE_NAMES
 from serve.api import ApiError, parse_batch, parse_feedback, parse_transaction
 from serve.champion import compare, in_canary, mcnemar
 from serve.reasons import AUTOENCODER_REASON, explain_row
+from serve.runtime import serve_env
 
 VALID = {"transaction_id": "t-1", "user_id": "u-1", "merchant_id": "m-1", "amount": 10.0,
          "timestamp": "2026-01-05T10:00:00"}
@@ -100,3 +104,11 @@ def test_stats_percentiles_cover_the_last_minute_only() -> None:
     assert snapshot["stream_lag_ms"] == {"p50": 100.0, "p99": 100.0}
     assert snapshot["latency_ms"] == {"p50": 4.0, "p99": 4.0}
     assert snapshot["scored"] == 10
+
+
+def test_serve_mode_sets_the_ingress_drain_from_settings(tmp_path: Path) -> None:
+    """Serve's own 30 s drain, meant for load balancers in front of replicas, made every shutdown wait 30 s behind
+    HAProxy, which retries a refused connection on another replica."""
+    env = serve_env(Settings(data_dir=tmp_path, serve_drain_s=2.0))
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "2"
+    assert serve_env(Settings(data_dir=tmp_path, serve_haproxy=False)) == {}
