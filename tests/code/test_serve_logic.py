@@ -1,4 +1,5 @@
-"""Serving logic without a cluster: reason codes, request parsing, canary draws, the champion/challenger test."""
+"""Serving logic without a cluster: reason codes, request parsing, canary draws, the champion/challenger test, the
+Serve mode's environment."""
 
 from __future__ import annotations
 
