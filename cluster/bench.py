@@ -65,13 +65,12 @@ def trained_environment(settings: Settings, *, users: int = BENCH_USERS, days: i
     base = settings.model_copy(update={"aws_mode": "embedded", "aws_endpoint_url": None, "data_dir": workdir})
     with aws_endpoint(base) as live, ray_runtime(live, num_cpus=os.cpu_count()):
         data = workdir / "history.parquet"
-        with redirect_stdout(sys.stderr):  # stdout carries only the bench's JSON
-            run_simulate(live, out=data, users=users, days=days, start=date(2026, 1, 1), seed=live.seed,
-                         fraud_rate=0.02)
-            users_path, merchants_path = profile_paths(data)
-            put_profiles(live.user_table, pd.read_parquet(users_path)[list(USER_PROFILE_COLUMNS)], live)
-            put_profiles(live.merchant_table, pd.read_parquet(merchants_path)[list(MERCHANT_PROFILE_COLUMNS)], live)
-            version = run_train(live, TrainOptions(data=data, trials=2))["version"]
+        run_simulate(live, out=data, users=users, days=days, start=date(2026, 1, 1), seed=live.seed,
+                     fraud_rate=0.02)
+        users_path, merchants_path = profile_paths(data)
+        put_profiles(live.user_table, pd.read_parquet(users_path)[list(USER_PROFILE_COLUMNS)], live)
+        put_profiles(live.merchant_table, pd.read_parquet(merchants_path)[list(MERCHANT_PROFILE_COLUMNS)], live)
+        version = run_train(live, TrainOptions(data=data, trials=2))["version"]
         yield live, data, version
 
 
@@ -132,10 +131,11 @@ def run_bench(settings: Settings, only: list[str] | None = None) -> dict[str, An
     if unknown:
         raise ValueError(f"unknown bench section(s): {sorted(unknown)}; known: {sorted(SECTIONS)}")
     figures: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
-    for name, target in SECTIONS.items():
-        if only and name not in only:
-            continue
-        started = time.perf_counter()
-        figures[name] = _load(target)(settings)
-        figures[name]["section_seconds"] = round(time.perf_counter() - started, 1)
+    with redirect_stdout(sys.stderr):  # stdout carries only the JSON; Ray relays worker and raylet logs to stdout
+        for name, target in SECTIONS.items():
+            if only and name not in only:
+                continue
+            started = time.perf_counter()
+            figures[name] = _load(target)(settings)
+            figures[name]["section_seconds"] = round(time.perf_counter() - started, 1)
     return figures

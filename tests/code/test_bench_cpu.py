@@ -1,12 +1,19 @@
-"""The bench's CPU accounting: processes attributed to their role, figures per 1,000 transactions."""
+"""The bench's CPU accounting (processes attributed to their role, figures per 1,000 transactions) and its
+output (stdout carries only the JSON)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from typing import Any
 
+import pytest
+
+import cluster.bench
 from cluster.bench import DRIVER_ROLE, cpu_by_role, cpu_figures
+from cluster.config import Settings
 
 BURN = "import time, sys\nstart = time.process_time()\nwhile time.process_time() - start < 0.3: pass\nprint('burnt', flush=True)\ntime.sleep(60)"
 
@@ -29,3 +36,21 @@ def test_figures_leave_the_driver_out_of_the_service() -> None:
     assert figures["service_cpu_ms_per_1k_tx"] == 50.0
     assert figures["cpu_bound_tx_per_s"] == round((os.cpu_count() or 1) * 2_000 / 0.1)
     assert cpu_figures({}, transactions=0) == {}
+
+
+def noisy_section(settings: Settings) -> dict[str, Any]:
+    """Stands for a section whose Ray relays a worker's or the raylet's log lines to the driver's stdout."""
+    print("(raylet) Task ServeController.graceful_shutdown failed.")
+    return {"figure": 1}
+
+
+def test_bench_stdout_is_one_json_object(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from cluster.cli import app
+
+    monkeypatch.setitem(cluster.bench.SECTIONS, "noisy", f"{__name__}:noisy_section")
+    result = CliRunner().invoke(app, ["bench", "--only", "noisy"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["noisy"]["figure"] == 1
+    assert "graceful_shutdown" in result.stderr
