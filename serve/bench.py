@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from cluster.aws import free_port
@@ -27,19 +28,25 @@ BATCH_CONCURRENCY = 8  # batches in flight: fewer leave the pipeline's stages id
 MAX_SECONDS = 30.0
 
 
-def _single_load(url: str, bodies: list[bytes]) -> dict[str, Any]:
-    """Latency and throughput at each concurrency, with the CPU spent per 1,000 requests (one transaction each)."""
+def _measured_load(url: str, bodies: Callable[[int], bytes], *, requests: int, concurrency: int, max_seconds: float,
+                   transactions_per_request: int = 1) -> dict[str, Any]:
+    """``run_load``'s figures with the CPU each role spent per 1,000 transactions while it ran."""
     from cluster.bench import cpu_by_role, cpu_figures
     from serve.loadgen import run_load
 
+    with cpu_by_role() as cpu:
+        result = run_load(url, bodies, requests=requests, concurrency=concurrency, max_seconds=max_seconds)
+    return {**result, **cpu_figures(cpu, (result["requests"] - result["errors"]) * transactions_per_request)}
+
+
+def _single_load(url: str, bodies: list[bytes]) -> dict[str, Any]:
+    """Latency and throughput at each concurrency, with the CPU spent per 1,000 requests (one transaction each)."""
+    from serve.loadgen import run_load
+
     run_load(url, lambda i: bodies[i % len(bodies)], requests=50, concurrency=4)  # warm-up
-    figures = {}
-    for concurrency, requests in SINGLE_REQUESTS.items():
-        with cpu_by_role() as cpu:
-            result = run_load(url, lambda i, o=concurrency * 100_000: bodies[(o + i) % len(bodies)],
-                              requests=requests, concurrency=concurrency, max_seconds=MAX_SECONDS)
-        figures[f"concurrency_{concurrency}"] = {**result, **cpu_figures(cpu, result["requests"] - result["errors"])}
-    return figures
+    return {f"concurrency_{c}": _measured_load(url, lambda i, o=c * 100_000: bodies[(o + i) % len(bodies)],
+                                               requests=n, concurrency=c, max_seconds=MAX_SECONDS)
+            for c, n in SINGLE_REQUESTS.items()}
 
 
 def _batch_bodies(records: list[dict[str, Any]], count: int) -> list[bytes]:
@@ -79,8 +86,7 @@ def _sdk_single(settings: Settings, records: list[dict[str, Any]]) -> dict[str, 
     threads they get in a replica, not the driver's."""
     import time
 
-    import numpy as np
-
+    from serve.loadgen import latency_figures
     from serve.sdk import FraudDetector
 
     detector = FraudDetector(settings, feature_state="bench-sdk")
@@ -93,8 +99,7 @@ def _sdk_single(settings: Settings, records: list[dict[str, Any]]) -> dict[str, 
         detector.predict({**record, "transaction_id": f"{record['transaction_id']}-sdk{index}"})
         latencies.append((time.perf_counter() - started) * 1000.0)
     detector.features.shutdown()
-    return {"requests": len(latencies), "p50_ms": round(float(np.percentile(latencies, 50)), 2),
-            "p99_ms": round(float(np.percentile(latencies, 99)), 2)}
+    return latency_figures(latencies)
 
 
 def _alerts(base_url: str) -> int:
@@ -107,7 +112,7 @@ def bench_serving(settings: Settings) -> dict[str, Any]:
     import ray
     from ray import serve
 
-    from cluster.bench import cpu_by_role, cpu_figures, trained_environment
+    from cluster.bench import trained_environment
     from serve.app import build_app
     from serve.loadgen import run_load
     from serve.noop import build_noop_app
@@ -133,11 +138,10 @@ def bench_serving(settings: Settings) -> dict[str, Any]:
             run_load(f"{base_url}/api/check-fraud/batch", lambda i: batches[i], requests=BATCH_WARMUP,
                      concurrency=BATCH_CONCURRENCY)
             alerts_before = _alerts(base_url)
-            with cpu_by_role() as cpu:
-                batch = run_load(f"{base_url}/api/check-fraud/batch", lambda i: batches[BATCH_WARMUP + i],
-                                 requests=BATCH_REQUESTS, concurrency=BATCH_CONCURRENCY, max_seconds=120)
+            batch = _measured_load(f"{base_url}/api/check-fraud/batch", lambda i: batches[BATCH_WARMUP + i],
+                                   requests=BATCH_REQUESTS, concurrency=BATCH_CONCURRENCY, max_seconds=120,
+                                   transactions_per_request=BATCH_SIZE)
             batch["alerts"] = _alerts(base_url) - alerts_before
-            batch.update(cpu_figures(cpu, (batch["requests"] - batch["errors"]) * BATCH_SIZE))
             sdk = ray.get(ray.remote(num_cpus=SDK_TASK_CPUS)(_sdk_single).remote(live, records))
         finally:
             stop_serve(live)

@@ -40,11 +40,16 @@ async def _drive(url: str, bodies: Callable[[int], bytes], *, requests: int, con
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
-    values = np.asarray(latencies) * 1000.0
-    return {"requests": len(latencies), "errors": errors, "concurrency": concurrency,
+    return {**latency_figures([seconds * 1000.0 for seconds in latencies]), "errors": errors,
+            "concurrency": concurrency, "rps": round(len(latencies) / elapsed, 1) if elapsed else None}
+
+
+def latency_figures(latencies_ms: list[float]) -> dict[str, Any]:
+    """How many were timed, and their p50 and p99 in ms."""
+    values = np.asarray(latencies_ms)
+    return {"requests": len(values),
             "p50_ms": round(float(np.percentile(values, 50)), 2) if len(values) else None,
-            "p99_ms": round(float(np.percentile(values, 99)), 2) if len(values) else None,
-            "rps": round(len(latencies) / elapsed, 1) if elapsed else None}
+            "p99_ms": round(float(np.percentile(values, 99)), 2) if len(values) else None}
 
 
 def run_load(url: str, bodies: Callable[[int], bytes], *, requests: int, concurrency: int = 1,
