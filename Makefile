@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run-local test install install-dev browser bench clean
+.PHONY: run-local test test-quick lint install install-dev browser bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,14 @@ run-local: install
 
 test: install-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The quick part of the suite: no Ray cluster, no Serve, no browser (`-m "not slow"`).
+test-quick: install-dev
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install-dev
+	$(BIN)/ruff check cluster training serve simulation fraudctl tests
+	$(BIN)/lint-imports
 
 bench: install
 	$(BIN)/fraudctl bench

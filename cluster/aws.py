@@ -6,6 +6,7 @@ wire protocols, so exactly the same code talks to real AWS once credentials or a
 
 from __future__ import annotations
 
+import ctypes
 import signal
 import socket
 import subprocess
@@ -92,7 +93,6 @@ def _accepts(host: str, port: int) -> bool:
 def _exit_with_parent() -> None:
     """In the child before exec: SIGTERM when the parent dies (Linux ``PR_SET_PDEATHSIG``; elsewhere a no-op)."""
     if sys.platform.startswith("linux"):
-        import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 

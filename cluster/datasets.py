@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cluster.schema import CANONICAL_COLUMNS, LABEL_COLUMN, SCENARIO_COLUMN, validate_frame
+from cluster.schema import CANONICAL_COLUMNS, LABEL_COLUMN, SCENARIO_COLUMN, TIMESTAMP_FORMAT, validate_frame
 
 SUPPORTED_SUFFIXES = (".csv", ".parquet")
 
@@ -38,7 +38,7 @@ def write_transactions(frame: pd.DataFrame, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     columns = [c for c in (*CANONICAL_COLUMNS, LABEL_COLUMN, SCENARIO_COLUMN) if c in frame.columns]
     out = frame[columns].copy()
-    out["timestamp"] = pd.to_datetime(out["timestamp"], utc=True).dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    out["timestamp"] = pd.to_datetime(out["timestamp"], utc=True).dt.strftime(TIMESTAMP_FORMAT)
     if suffix == ".csv":
         out.to_csv(path, index=False)
     else:

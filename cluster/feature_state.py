@@ -18,13 +18,35 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import ray
+from botocore.exceptions import ClientError
 
+from cluster.aws import client
 from cluster.config import Settings, get_settings
+from cluster.features import (
+    EVENT_ROW_COLUMNS,
+    MERCHANT_HISTORY_CAP,
+    PASS_OUTPUTS,
+    RETENTION_MS,
+    USER_HISTORY_CAP,
+    USER_ROW_COLUMNS,
+    Columns,
+    assemble,
+    epoch_ms,
+    event_rows,
+    feature_frame,
+    label_anchor,
+    mcc_pass_values,
+    merchant_pass_values,
+    partition_of,
+    prepare_rows,
+    stable_hash,
+    user_pass_values,
+)
+from cluster.profiles import MERCHANT_PROFILE_COLUMNS, USER_PROFILE_COLUMNS
+from cluster.profiles import merchant_store as default_merchant_store
+from cluster.profiles import user_store as default_user_store
 from cluster.runtime import ACTOR_NAMESPACE
-from cluster.features import (EVENT_ROW_COLUMNS, MERCHANT_HISTORY_CAP, PASS_OUTPUTS, RETENTION_MS, USER_HISTORY_CAP,
-                              USER_ROW_COLUMNS, Columns, assemble, epoch_ms, event_rows, feature_frame, label_anchor,
-                              mcc_pass_values, merchant_pass_values, partition_of, prepare_rows, stable_hash,
-                              user_pass_values)
 
 log = logging.getLogger(__name__)
 
@@ -312,8 +334,6 @@ class FeatureStateActor:
         return {kind: core.stats() for kind, core in self.cores.items()}
 
     def snapshot(self) -> list[str]:
-        from cluster.aws import client
-
         s3 = client("s3", self.settings)
         for kind, core in self.cores.items():
             core.compact()
@@ -324,9 +344,7 @@ class FeatureStateActor:
     def restore(self, source: str | None = None) -> bool:
         """Reload each kind from the last snapshot of the state named ``source`` (this one's by default); False
         when there was none."""
-        from botocore.exceptions import ClientError
 
-        from cluster.aws import client
 
         s3 = client("s3", self.settings)
         keys = self._keys(source) if source else self.object_keys
@@ -387,7 +405,6 @@ class OnlineFeatures:
     def __init__(self, settings: Settings | None = None, *, partitions: int | None = None, name: str = "features",
                  actor_cpus: float = 0.2, user_store: Any = None, merchant_store: Any = None, restore: bool = True,
                  restore_from: str | None = None):
-        from cluster.profiles import merchant_store as default_merchant_store, user_store as default_user_store
 
         self.settings = settings or get_settings()
         self.name, self.actor_cpus = name, actor_cpus
@@ -398,8 +415,6 @@ class OnlineFeatures:
         self.actors = [self._actor(i) for i in range(self.partitions)]
 
     def _actor(self, partition: int) -> Any:
-        import ray
-
         remote = ray.remote(FeatureStateActor).options(
             name=f"{self.name}-{partition}", namespace=ACTOR_NAMESPACE, get_if_exists=True,
             num_cpus=self.actor_cpus, max_concurrency=1, lifetime="detached", max_restarts=-1, max_task_retries=-1)
@@ -412,9 +427,7 @@ class OnlineFeatures:
     def matrix(self, batch: Columns) -> np.ndarray:
         """The (rows x ``FEATURE_NAMES``) matrix of a canonical batch (a DataFrame or column arrays), in its order;
         new transactions join the state, and one seen recently gets the features it got then."""
-        import ray
 
-        from cluster.profiles import MERCHANT_PROFILE_COLUMNS, USER_PROFILE_COLUMNS
 
         users = aligned_profiles(self.user_store, batch["user_id"], USER_PROFILE_COLUMNS)
         merchants = aligned_profiles(self.merchant_store, batch["merchant_id"], MERCHANT_PROFILE_COLUMNS)
@@ -447,8 +460,6 @@ class OnlineFeatures:
         Confirmed frauds count from their ``known_at``; genuine verdicts change nothing. Returns how many frauds
         were applied (a transaction no longer retained and without ``merchant_id`` cannot be placed).
         """
-        import ray
-
         missing = [c for c in ("transaction_id", "is_fraud", "known_at") if c not in events.columns]
         if missing:
             raise ValueError(f"label events lack column(s): {', '.join(missing)}")
@@ -487,59 +498,17 @@ class OnlineFeatures:
 
     def snapshot(self) -> list[str]:
         """Write every partition's state to S3; returns the object keys."""
-        import ray
-
         return [key for keys in ray.get([actor.snapshot.remote() for actor in self.actors]) for key in keys]
 
     def restore(self) -> list[bool]:
         """Reload every partition from its last snapshot (a partition without one keeps its state)."""
-        import ray
-
         return ray.get([actor.restore.remote() for actor in self.actors])
 
     def stats(self) -> dict[str, dict[str, int]]:
-        import ray
-
         parts = ray.get([actor.stats.remote() for actor in self.actors])
         return {kind: {name: sum(p[kind][name] for p in parts) for name in parts[0][kind]} for kind in KINDS}
 
     def shutdown(self) -> None:
         """Stop the actors (state not snapshotted is lost)."""
-        import ray
-
         for actor in self.actors:
             ray.kill(actor)
-
-
-def bench_features_online(settings: Settings, rows: int = 200_000, batch_rows: int = 5_000) -> dict[str, Any]:
-    """Transactions/s through the state actors in micro-batches, and state memory per 100,000 users."""
-    import time
-
-    from cluster.offline_features import synthetic_transactions
-    from cluster.runtime import aws_endpoint, ray_runtime
-
-    users = 100_000
-    transactions = synthetic_transactions(rows, users=users, merchants=max(rows // 250, 1))
-    with aws_endpoint(settings.model_copy(update={"aws_mode": "embedded", "aws_endpoint_url": None})) as live:
-        with ray_runtime(live):
-            online = OnlineFeatures(live, name="bench", restore=False)
-            try:
-                online.compute(transactions.iloc[:batch_rows])  # actors up
-                started = time.perf_counter()
-                online.user_store.get_many(transactions["user_id"].unique())  # steady state: the TTL cache is warm
-                online.merchant_store.get_many(transactions["merchant_id"].unique())
-                warm_seconds = time.perf_counter() - started
-                started = time.perf_counter()
-                for start in range(batch_rows, rows, batch_rows):
-                    online.compute(transactions.iloc[start:start + batch_rows])
-                seconds = time.perf_counter() - started
-                stats = online.stats()
-            finally:
-                online.shutdown()
-    user_state = stats["user"]
-    return {"transactions": rows - batch_rows, "batch_rows": batch_rows, "seconds": round(seconds, 2),
-            "tx_per_s": round((rows - batch_rows) / seconds), "goal_tx_per_s": 20_000,
-            "profile_cache_warmup_seconds": round(warm_seconds, 2),
-            "user_keys": user_state["keys"], "user_state_rows": user_state["rows"],
-            "user_state_mb_per_100k_users": round(user_state["bytes"] / user_state["keys"] * 100_000 / 2**20, 1),
-            "note": f"{rows / users:.1f} transactions per user retained; profiles from a warm ProfileStore cache (cold keys cost one BatchGetItem per 100 users, timed apart)"}

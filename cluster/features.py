@@ -28,6 +28,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cluster.profiles import MERCHANT_PROFILE_COLUMNS, USER_PROFILE_COLUMNS, conform
+from cluster.schema import REQUIRED_COLUMNS
+
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
 DAY_MS = 24 * HOUR_MS
@@ -199,8 +202,6 @@ def _codes(values: pd.Series | np.ndarray, mapping: dict[str, int]) -> np.ndarra
 
 def align_profiles(ids: pd.Series, profiles: pd.DataFrame | None, key: str, columns: dict[str, str]) -> pd.DataFrame:
     """Profile rows aligned with ``ids`` (missing profiles give all-missing rows), in the profile dtypes."""
-    from cluster.profiles import conform
-
     table = conform(profiles if profiles is not None else pd.DataFrame(columns=list(columns)), columns)
     table = table.drop_duplicates(key, keep="last").set_index(key)
     aligned = table.reindex(pd.Index(ids.astype("string"), name=key))
@@ -208,8 +209,6 @@ def align_profiles(ids: pd.Series, profiles: pd.DataFrame | None, key: str, colu
 
 
 def require_columns(transactions: Columns) -> None:
-    from cluster.schema import REQUIRED_COLUMNS
-
     missing = [c for c in REQUIRED_COLUMNS if c not in transactions]
     if missing:
         raise ValueError(f"transactions lack required column(s): {', '.join(missing)}")
@@ -575,8 +574,6 @@ def build_features(transactions: pd.DataFrame, *, label_delay: timedelta, labels
     Each row sees only earlier rows (input order breaks time ties) and labels known before its time: the
     explicit ``labels`` events, or else each row's ``is_fraud`` revealed ``label_delay`` after it.
     """
-    from cluster.profiles import MERCHANT_PROFILE_COLUMNS, USER_PROFILE_COLUMNS
-
     require_columns(transactions)
     transactions = transactions.reset_index(drop=True)
     user_profiles = align_profiles(transactions["user_id"], users, "user_id", USER_PROFILE_COLUMNS)

@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
+import ray
 from pydantic import ValidationError
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
+from cluster.aws import client
 from cluster.config import Settings, get_settings
-from cluster.kinesis_records import lines
+from cluster.kinesis import MAX_GET_RECORDS, lines, pages, shard_iterator
 from cluster.schema import Transaction
 
 log = logging.getLogger(__name__)
-_GET_RECORDS_LIMIT = 10_000
 
 
 class KinesisDatasource(Datasource):
@@ -48,7 +50,6 @@ class KinesisDatasource(Datasource):
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context: Any = None) -> list[ReadTask]:
-        from cluster.aws import client
 
         tasks = []
         shards = client("kinesis", self.settings).list_shards(StreamName=self.stream)["Shards"]
@@ -70,31 +71,16 @@ class ShardBounds:
         self.start_sequence, self.end_sequence = start_sequence, end_sequence
 
 
-def _iterator(kinesis: Any, stream: str, bounds: ShardBounds) -> str:
-    request: dict[str, Any] = {"StreamName": stream, "ShardId": bounds.shard_id}
-    if bounds.start_sequence:
-        request.update(ShardIteratorType="AT_SEQUENCE_NUMBER", StartingSequenceNumber=bounds.start_sequence)
-    elif bounds.start:
-        request.update(ShardIteratorType="AT_TIMESTAMP", Timestamp=bounds.start)
-    else:
-        request.update(ShardIteratorType="TRIM_HORIZON")
-    return kinesis.get_shard_iterator(**request)["ShardIterator"]
-
-
 def _records(kinesis: Any, stream: str, bounds: ShardBounds) -> Iterable[dict[str, Any]]:
     """The shard's records within the bounds, in sequence order."""
-    iterator = _iterator(kinesis, stream, bounds)
+    iterator = shard_iterator(kinesis, stream, bounds.shard_id, at=bounds.start_sequence, since=bounds.start)
     end_sequence = int(bounds.end_sequence) if bounds.end_sequence else None
-    while iterator:
-        response = kinesis.get_records(ShardIterator=iterator, Limit=_GET_RECORDS_LIMIT)
-        for record in response["Records"]:
+    for page in pages(kinesis, iterator, MAX_GET_RECORDS):
+        for record in page:
             past_sequence = end_sequence is not None and int(record["SequenceNumber"]) > end_sequence
             if past_sequence or record["ApproximateArrivalTimestamp"] > bounds.end:
                 return
             yield record
-        if not response["Records"] and response.get("MillisBehindLatest", 0) == 0:
-            return
-        iterator = response.get("NextShardIterator")
 
 
 def read_shard(stream: str, bounds: ShardBounds, settings: Settings) -> pd.DataFrame:
@@ -102,8 +88,6 @@ def read_shard(stream: str, bounds: ShardBounds, settings: Settings) -> pd.DataF
 
     ``arrival_seq`` (shard index << 40 | position in the shard) orders rows as they arrived, deterministically.
     """
-    from cluster.aws import client
-
     rows, skipped = [], 0
     for record in _records(client("kinesis", settings), stream, bounds):
         for line in lines(record["Data"]):
@@ -126,6 +110,4 @@ def read_shard(stream: str, bounds: ShardBounds, settings: Settings) -> pd.DataF
 
 def read_kinesis(stream_name: str | None = None, settings: Settings | None = None, **bounds: Any) -> Any:
     """A bounded Dataset of canonical transactions from a Kinesis stream (see ``KinesisDatasource``)."""
-    import ray
-
     return ray.data.read_datasource(KinesisDatasource(stream_name, settings, **bounds))

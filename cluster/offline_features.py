@@ -17,7 +17,6 @@ where each pass reads a few numeric columns; ``fraudctl bench`` (features_offlin
 
 from __future__ import annotations
 
-import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -25,11 +24,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import ray
 
-from cluster.config import Settings
-from cluster.features import (FEATURE_NAMES, PASS_KEYS, PASS_OUTPUTS, ROW_COLUMNS, USER_ROW_COLUMNS, align_profiles,
-                              assemble, default_label_events, explicit_label_events, keyed_pass_values,
-                              partition_of, prepare_rows)
+from cluster.features import (
+    FEATURE_NAMES,
+    PASS_KEYS,
+    PASS_OUTPUTS,
+    ROW_COLUMNS,
+    USER_ROW_COLUMNS,
+    align_profiles,
+    assemble,
+    default_label_events,
+    explicit_label_events,
+    keyed_pass_values,
+    partition_of,
+    prepare_rows,
+)
 from cluster.profiles import MERCHANT_PROFILE_COLUMNS, USER_PROFILE_COLUMNS
 from cluster.schema import validate_frame
 
@@ -49,8 +59,6 @@ def read_transactions_dataset(paths: str | Path | list[str | Path]) -> Any:
     Parquet goes through Ray Data's first datasource: the second one lists files through a pool of footer-reading
     actors started afresh for every read (32 processes by default), which on a small machine costs more than the read.
     """
-    import ray
-
     paths = [str(p) for p in (paths if isinstance(paths, list) else [paths])]
     suffixes = {Path(p).suffix.lower() for p in paths}
     if suffixes == {".csv"}:
@@ -162,8 +170,6 @@ def build_offline_features(dataset: Any, *, label_delay: timedelta, labels: pd.D
     ``labels``/``users``/``merchants``. ``collect_features`` restores order. ``partitions`` is the number of
     key-hash partitions (tasks) per pass. The build runs before this returns; the Dataset holds its output blocks.
     """
-    import ray
-
     if partitions < 1:
         raise ValueError("partitions must be >= 1")
     delay_ms = int(label_delay / timedelta(milliseconds=1))
@@ -202,57 +208,3 @@ def collect_features(features: Any) -> pd.DataFrame:
     out = pd.DataFrame({name: table.column(name).to_numpy().astype(np.float32, copy=False) for name in FEATURE_NAMES})
     out.insert(0, "transaction_id", table.column("transaction_id").to_pandas().astype("str"))
     return out
-
-
-def bench_features_offline(settings: Settings, rows: int = 500_000) -> dict[str, Any]:
-    """Offline feature rows/s on ``rows`` synthetic transactions: the pandas core alone, and the Ray builder end to
-    end (Parquet read, validation, passes, assembly, collected in input order), twice on a fresh Ray: the first
-    build also starts the workers and imports the feature code in them (once per cluster), the second is the
-    builder's own throughput.
-    """
-    import tempfile
-
-    from cluster.features import build_features
-    from cluster.runtime import ray_runtime
-
-    transactions = synthetic_transactions(rows, users=max(rows // 20, 1), merchants=max(rows // 250, 1))
-    label_delay = timedelta(days=settings.label_delay_days)
-    started = time.perf_counter()
-    build_features(transactions, label_delay=label_delay)
-    core_seconds = time.perf_counter() - started
-    seconds = []
-    with tempfile.TemporaryDirectory() as folder, ray_runtime(settings):
-        path = Path(folder) / "transactions.parquet"
-        transactions.to_parquet(path, index=False)
-        for _ in range(2):
-            started = time.perf_counter()
-            built = collect_features(build_offline_features(read_transactions_dataset(path), label_delay=label_delay))
-            seconds.append(time.perf_counter() - started)
-    cold_seconds, ray_seconds = seconds
-    return {"rows": rows, "core_rows_per_s": round(rows / core_seconds), "core_seconds": round(core_seconds, 2),
-            "ray_data_rows_per_s": round(len(built) / ray_seconds), "ray_data_seconds": round(ray_seconds, 2),
-            "ray_data_cold_rows_per_s": round(len(built) / cold_seconds),
-            "ray_data_cold_seconds": round(cold_seconds, 2), "features": len(FEATURE_NAMES),
-            "goal_rows_per_s": 50_000}
-
-
-def synthetic_transactions(rows: int, *, users: int, merchants: int, days: int = 30, seed: int = 7) -> pd.DataFrame:
-    """A quick canonical frame with every optional field, for benchmarks (the simulator makes realistic ones)."""
-    rng = np.random.default_rng(seed)
-    user = rng.integers(0, users, rows)
-    start = pd.Timestamp("2026-01-01", tz="UTC")
-    offsets = np.sort(rng.integers(0, days * 86_400_000, rows))
-    return pd.DataFrame({
-        "transaction_id": [f"t{i}" for i in range(rows)],
-        "user_id": pd.Series(user).map(lambda u: f"u{u}").to_numpy(),
-        "merchant_id": pd.Series(rng.integers(0, merchants, rows)).map(lambda m: f"m{m}").to_numpy(),
-        "amount": np.round(rng.lognormal(3.5, 1.0, rows), 2),
-        "timestamp": start + pd.to_timedelta(offsets, unit="ms"),
-        "currency": "USD",
-        "device_id": pd.Series(user * 2 + rng.integers(0, 2, rows)).map(lambda d: f"d{d}").to_numpy(),
-        "channel": rng.choice(["card_present", "online", "mobile"], rows),
-        "mcc": rng.choice(["5411", "5812", "5999", "4111"], rows),
-        "country": rng.choice(["US", "US", "US", "CA"], rows),
-        "lat": rng.uniform(30, 45, rows), "lon": rng.uniform(-110, -80, rows),
-        "is_fraud": (rng.random(rows) < 0.005).astype(np.int8),
-    })

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,12 @@ MERCHANT_PROFILE_COLUMNS = {
 _BATCH_GET_LIMIT = 100
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
+
+
+def profile_paths(history: Path) -> tuple[Path, Path]:
+    """The files beside a history file that hold its user and merchant profiles."""
+    history = Path(history)
+    return history.with_name(f"{history.stem}.users.parquet"), history.with_name(f"{history.stem}.merchants.parquet")
 
 
 def conform(frame: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:

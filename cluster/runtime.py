@@ -6,6 +6,8 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import ray
+
 from cluster.aws import EmbeddedAWS, bootstrap
 from cluster.config import Settings, get_settings, use_settings
 
@@ -37,8 +39,6 @@ def aws_endpoint(settings: Settings | None = None) -> Iterator[Settings]:
 @contextmanager
 def ray_runtime(settings: Settings, *, num_cpus: int | None = None) -> Iterator[None]:
     """Local Ray (or the cluster in RAY_ADDRESS) whose workers inherit these settings."""
-    import ray
-
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=num_cpus, runtime_env={"env_vars": settings.as_env()},

@@ -30,7 +30,7 @@ OPTIONAL_COLUMNS = (*OPTIONAL_STRING_COLUMNS, "lat", "lon")
 LABEL_COLUMN = "is_fraud"
 SCENARIO_COLUMN = "fraud_scenario"
 CANONICAL_COLUMNS = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)
-
+TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # how every file, record and response writes a time (UTC)
 
 
 def parse_timestamp(value: Any) -> datetime:
@@ -60,7 +60,6 @@ Identifier = Annotated[str, Field(strict=True, pattern=ID_PATTERN)]
 
 class Transaction(BaseModel):
     """One card transaction. Unknown fields are ignored; optional fields may be absent or null."""
-
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     transaction_id: Identifier
@@ -100,7 +99,7 @@ class Transaction(BaseModel):
 
 
 def format_timestamp(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return moment.astimezone(timezone.utc).strftime(TIMESTAMP_FORMAT)
 
 
 def field_errors(exc: ValidationError) -> list[dict[str, str]]:

@@ -23,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
+import ray
+
 from cluster.aws import client
 from cluster.config import Settings
 from cluster.runtime import ACTOR_NAMESPACE
@@ -167,8 +169,6 @@ class AlertPublisher:
     with its calls retried if its node is lost)."""
 
     def __init__(self, settings: Settings):
-        import ray
-
         self.desk = ray.remote(AlertDesk).options(
             name=desk_name(settings), namespace=ACTOR_NAMESPACE, get_if_exists=True, lifetime="detached",
             num_cpus=0, max_restarts=-1, max_task_retries=-1).remote(settings)
@@ -180,7 +180,5 @@ class AlertPublisher:
 
     def publish_high(self, decisions: Sequence[dict[str, Any]], transactions: Sequence[Transaction]) -> int:
         """Publish every HIGH decision of a batch; returns how many were new. Raises ``AlertPublishError``."""
-        import ray
-
         call = self.submit(decisions, transactions)
         return ray.get(call) if call is not None else 0

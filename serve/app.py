@@ -19,20 +19,40 @@ No ``from __future__ import annotations``: FastAPI must see real annotations on 
 import asyncio
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import orjson
 import pandas as pd
+import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 
 from cluster.config import Settings, get_settings, use_settings
-from serve.api import (BATCH_BODY, FEEDBACK_BODY, TRANSACTION_BODY, ApiError, BatchDecisions, Decision,
-                       check_api_key, install_error_handlers, parse_batch, parse_feedback, parse_transaction,
-                       read_json, require_key_configured)
+from cluster.feature_state import OnlineFeatures
+from serve.alerts import AlertPublisher, AlertPublishError
+from serve.api import (
+    BATCH_BODY,
+    FEEDBACK_BODY,
+    TRANSACTION_BODY,
+    ApiError,
+    BatchDecisions,
+    Decision,
+    check_api_key,
+    install_error_handlers,
+    parse_batch,
+    parse_feedback,
+    parse_transaction,
+    read_json,
+    require_key_configured,
+)
+from serve.champion import DECISIONS_PREFIX, FEEDBACK_PREFIX, JsonLinesLog, decision_rows, in_canary
 from serve.coalesce import Coalescer
+from serve.runtime import serve_env
+from serve.scoring import ModelSet, ae_stage, canonical_columns, combine, scoring_record, split_rows, xgb_stage
+from serve.stats import StatsReporter
 
 log = logging.getLogger(__name__)
 
@@ -69,18 +89,13 @@ class _ModelStage:
     Each subclass defines ``predict(bundle, x) -> tuple of per-row arrays``. The model runs on the replica's event
     loop: a call is short and a thread hop would cost more, and calls that arrive meanwhile form the next batch.
     """
-
     predict: Callable[[Any, np.ndarray], tuple[np.ndarray, ...]]
 
     def __init__(self, settings: Settings):
-        from serve.scoring import ModelSet
-
         use_settings(settings)
         self.models = ModelSet(settings)
 
     def _run(self, requests: list[tuple[str, np.ndarray]]) -> list[Any]:
-        from serve.scoring import split_rows
-
         results: list[Any] = [None] * len(requests)
         for version in {version for version, _ in requests}:
             positions = [i for i, (v, _) in enumerate(requests) if v == version]
@@ -99,8 +114,6 @@ class _ModelStage:
 @serve.deployment(name="XGBoost", ray_actor_options={"num_cpus": 0.3}, max_ongoing_requests=512)
 class XGBoostStage(_ModelStage):
     def predict(self, bundle: Any, x: np.ndarray) -> tuple[np.ndarray, ...]:
-        from serve.scoring import xgb_stage
-
         return (xgb_stage(bundle, x),)
 
     @serve.batch(max_batch_size=MAX_BATCH_ROWS, batch_wait_timeout_s=0.0, batch_size_fn=_rows)
@@ -111,14 +124,10 @@ class XGBoostStage(_ModelStage):
 @serve.deployment(name="Autoencoder", ray_actor_options={"num_cpus": 0.2}, max_ongoing_requests=512)
 class AutoencoderStage(_ModelStage):
     def __init__(self, settings: Settings):
-        import torch
-
         torch.set_num_threads(1)
         super().__init__(settings)
 
     def predict(self, bundle: Any, x: np.ndarray) -> tuple[np.ndarray, ...]:
-        from serve.scoring import ae_stage
-
         return (ae_stage(bundle, x),)
 
     @serve.batch(max_batch_size=MAX_BATCH_ROWS, batch_wait_timeout_s=0.0, batch_size_fn=_rows)
@@ -130,12 +139,6 @@ class AutoencoderStage(_ModelStage):
 @serve.ingress(api)
 class Ingress:
     def __init__(self, settings: Settings, xgboost: Any, autoencoder: Any):
-        from cluster.feature_state import OnlineFeatures
-        from serve.alerts import AlertPublisher
-        from serve.champion import FEEDBACK_PREFIX, DECISIONS_PREFIX, JsonLinesLog
-        from serve.scoring import ModelSet
-        from serve.stats import StatsReporter
-
         require_key_configured(settings)
         use_settings(settings)
         self.settings = settings
@@ -177,8 +180,6 @@ class Ingress:
 
     # -- scoring --------------------------------------------------------------------------------------------
     def _features_of(self, records: list[dict[str, Any]]) -> np.ndarray:
-        from serve.scoring import canonical_columns
-
         return self.features.matrix(canonical_columns(records))
 
     async def _champion_pass(self, requests: list[list[dict[str, Any]]]
@@ -186,8 +187,6 @@ class Ingress:
         """Concurrent requests share one pass (``self.champion_pass`` coalesces them): one call per feature-state
         partition, then one per model stage, all with the champion of the moment; returns each request's
         (features, decisions)."""
-        from serve.scoring import split_rows
-
         records = [record for block in requests for record in block]
         x = await asyncio.to_thread(self._features_of, records)
         decisions = await self._decide(self.champion, [record["transaction_id"] for record in records], x)
@@ -201,16 +200,11 @@ class Ingress:
         return self.features.record_labels(frame)
 
     async def _decide(self, version: str, ids: list[str], x: np.ndarray) -> list[dict[str, Any]]:
-        from serve.scoring import combine
-
         (xgb_score,), (ae_score,) = await asyncio.gather(
             self.xgboost.score.remote((version, x)), self.autoencoder.score.remote((version, x)))
         return await asyncio.to_thread(combine, self.models.scorer(version).bundle, ids, x, xgb_score, ae_score)
 
     async def _score(self, transactions: list[Any]) -> list[dict[str, Any]]:
-        from serve.champion import in_canary
-        from serve.scoring import scoring_record
-
         started = time.perf_counter()
         if self._flusher is None:
             self._flusher = asyncio.ensure_future(self._flush_logs())
@@ -235,8 +229,6 @@ class Ingress:
         return decisions
 
     async def _alert(self, decisions: list[dict[str, Any]], transactions: list[Any]) -> int:
-        from serve.alerts import AlertPublishError
-
         call = self.alerts.submit(decisions, transactions)
         try:
             return await call if call is not None else 0
@@ -249,7 +241,6 @@ class Ingress:
 
     def _log_challenger(self, champion: list[dict[str, Any]], challenger: list[dict[str, Any]],
                         served: list[bool]) -> None:
-        from serve.champion import decision_rows
 
         self._in_background(asyncio.to_thread(self.decision_log.add, decision_rows(champion, challenger, served)))
 
@@ -307,8 +298,6 @@ class Ingress:
 
 def build_app(settings: Settings | None = None) -> Any:
     """The composed application, every deployment with its autoscaling config (``serve.run(build_app())``)."""
-    from serve.runtime import serve_env
-
     settings = settings or get_settings()
     actor_env = {"runtime_env": {"env_vars": {**settings.as_env(), **serve_env(settings)}}}
 

@@ -17,9 +17,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import requests
+from scipy.stats import binomtest, chi2
 
 from cluster.aws import client
 from cluster.config import Settings
+from training.registry import registry_for
 
 DECISIONS_PREFIX = "decisions/"
 FEEDBACK_PREFIX = "feedback/"
@@ -84,8 +87,6 @@ def decision_rows(champion: list[dict[str, Any]], challenger: list[dict[str, Any
 
 def mcnemar(champion_correct: np.ndarray, challenger_correct: np.ndarray) -> dict[str, Any]:
     """McNemar's test on paired correctness: exact binomial below 25 discordant pairs, else chi-square (corrected)."""
-    from scipy.stats import binomtest, chi2
-
     only_champion = int(np.sum(champion_correct & ~challenger_correct))
     only_challenger = int(np.sum(~champion_correct & challenger_correct))
     discordant = only_champion + only_challenger
@@ -132,9 +133,7 @@ def run_compare(settings: Settings) -> dict[str, Any]:
 
 def run_promote(settings: Settings, version: str) -> dict[str, Any]:
     """Move the champion pointer, then ask a running app (if any) to switch now rather than at its next refresh."""
-    import requests
 
-    from training.registry import registry_for
 
     registry_for(settings).promote(version)
     headers = {"X-API-Key": settings.api_key} if settings.api_key else {}

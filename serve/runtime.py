@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ray import serve
+
 from cluster.config import Settings
 
 log = logging.getLogger(__name__)
@@ -43,8 +45,6 @@ def serve_env(settings: Settings) -> dict[str, str]:
 
 def start_serve(settings: Settings) -> None:
     """Start Serve's controller and HTTP ingress on ``api_host:api_port`` (Ray must be initialised)."""
-    from ray import serve
-
     serve.start(http_options={"host": settings.api_host, "port": settings.api_port},
                 controller_options={"runtime_env": {"env_vars": serve_env(settings)}})
 
@@ -57,8 +57,6 @@ def port_in_use(host: str, port: int) -> bool:
 
 def stop_serve(settings: Settings, timeout_s: float = 30.0) -> None:
     """Shut Serve down (its proxies stop HAProxy) and wait until nothing listens on the API port."""
-    from ray import serve
-
     serve.shutdown()
     deadline = time.monotonic() + timeout_s
     while port_in_use(settings.api_host, settings.api_port):
@@ -70,8 +68,6 @@ def stop_serve(settings: Settings, timeout_s: float = 30.0) -> None:
 @contextmanager
 def serving(settings: Settings, app: Any, name: str = "fraud") -> Iterator[str]:
     """Run ``app`` on Serve for the duration of the block; yields the base URL."""
-    from ray import serve
-
     start_serve(settings)
     try:
         serve.run(app, name=name, route_prefix="/")

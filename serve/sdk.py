@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from cluster.config import Settings, get_settings
+from cluster.feature_state import OnlineFeatures
 from cluster.features import Columns
 from cluster.schema import Transaction, validate_frame
 from serve.api import ApiError, parse_transaction
@@ -32,7 +33,6 @@ class FraudDetector:
 
     def __init__(self, settings: Settings | None = None, *, model: str = "champion", features: Any = None,
                  feature_state: str = "sdk", restore_from: str | None = None):
-        from cluster.feature_state import OnlineFeatures
 
         self.settings = settings or get_settings()
         models = ModelSet(self.settings)

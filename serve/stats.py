@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
+import ray
 
 from cluster.runtime import ACTOR_NAMESPACE
 from cluster.schema import GENUINE_SCENARIO, LABEL_COLUMN, SCENARIO_COLUMN, Transaction
@@ -142,8 +143,6 @@ class RecentValues:
 
 def stats_actor() -> Any:
     """The cluster's one stats actor (created on first use; restarted, with fresh counters, if its node is lost)."""
-    import ray
-
     return ray.remote(StatsCollector).options(name=STATS_ACTOR, namespace=ACTOR_NAMESPACE, get_if_exists=True,
                                               lifetime="detached", num_cpus=0, max_restarts=-1).remote()
 

@@ -20,12 +20,21 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+import gradio as gr
+import httpx
 import numpy as np
 import pandas as pd
+import ray
+import uvicorn
+from fastapi import FastAPI
+from PIL import Image
 
 from cluster.config import Settings
 from cluster.schema import CHANNELS, GENUINE_SCENARIO
+from serve.runtime import port_in_use
+from serve.stats import stats_actor
 from simulation.scenarios import FRAUD_SCENARIOS
+from training.registry import ModelNotFound, registry_for
 
 REFRESH_S = 2.0
 HISTORY_POINTS = 900          # 30 minutes of 2-second points
@@ -232,8 +241,6 @@ def describe_rejection(status: int, body: Any) -> str:
 
 def check_transaction(api_url: str, body: dict[str, Any], timeout_s: float = CHECK_TIMEOUT_S) -> str:
     """POST the transaction to the API; the decision, or the API's own rejection naming each field."""
-    import httpx
-
     try:
         response = httpx.post(f"{api_url}/api/check-fraud", json=body, timeout=timeout_s)
     except httpx.HTTPError as exc:
@@ -279,9 +286,7 @@ def model_metrics(metadata: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]
 
 def model_section(registry: Any, ref: str, role: str) -> ModelSection | None:
     """One registered version as the models tab shows it; None when ``ref`` names no version."""
-    from PIL import Image
 
-    from training.registry import ModelNotFound
 
     try:
         metadata = registry.metadata(ref)
@@ -318,8 +323,6 @@ class SimulationControl:
         return bool(self.producers)
 
     def _all(self, method: str, *args: Any) -> list[Any]:
-        import ray
-
         return ray.get([getattr(p, method).remote(*args) for p in self.producers], timeout=120)
 
     def target_tps(self) -> float:
@@ -355,8 +358,6 @@ class SimulationControl:
 
     def launch_attack(self, scenario: str, incidents: int) -> str:
         """About ``incidents`` incidents of ``scenario``, split over the producers, injected from their now on."""
-        import ray
-
         if not self.running:
             return self.status()
         incidents = int(incidents)
@@ -384,9 +385,7 @@ CSS = """
 
 def actor_view() -> Callable[[], View]:
     """A source of ``dashboard_view()`` snapshots from the cluster's stats actor."""
-    import ray
 
-    from serve.stats import stats_actor
 
     actor = stats_actor()
     return lambda: ray.get(actor.dashboard_view.remote(), timeout=10)
@@ -396,9 +395,7 @@ def build_dashboard(settings: Settings, view_source: Callable[[], View], simulat
                     *, refresh_s: float = REFRESH_S, history: History | None = None) -> Any:
     """The Blocks UI (tabs: live, check a transaction, simulation, models). Open pages add to ``history`` too, so
     charts move even without ``sample_history`` running."""
-    import gradio as gr
 
-    from training.registry import registry_for
 
     api_url = f"http://{settings.api_host}:{settings.api_port}"
     history = history or History(min_gap_s=refresh_s / 2)
@@ -539,9 +536,6 @@ def build_dashboard(settings: Settings, view_source: Callable[[], View], simulat
 
 def dashboard_app(blocks: Any) -> Any:
     """The Blocks mounted at ``/`` of a FastAPI app, with a theme that needs no web fonts (works offline)."""
-    import gradio as gr
-    from fastapi import FastAPI
-
     system = ["ui-sans-serif", "system-ui", "sans-serif"]
     theme = gr.themes.Soft(font=system, font_mono=["ui-monospace", "monospace"])
     return gr.mount_gradio_app(FastAPI(title="Fraud analytics dashboard"), blocks, path="/", theme=theme, css=CSS,
@@ -565,9 +559,7 @@ def serving_dashboard(settings: Settings, simulation: SimulationControl, *, port
 
     Leaving the block (Ctrl-C in the main job) stops uvicorn and waits until the port is free.
     """
-    import uvicorn
 
-    from serve.runtime import port_in_use
 
     host, port = settings.api_host, port or settings.ui_port
     if port_in_use(host, port):

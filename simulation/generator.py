@@ -17,8 +17,15 @@ import numpy as np
 import pandas as pd
 
 from cluster.profiles import MERCHANT_PROFILE_COLUMNS, USER_PROFILE_COLUMNS, conform
-from cluster.schema import (CANONICAL_COLUMNS, DEFAULT_CURRENCY, GENUINE_SCENARIO, ID_PATTERN, LABEL_COLUMN,
-                            SCENARIO_COLUMN, validate_frame)
+from cluster.schema import (
+    CANONICAL_COLUMNS,
+    DEFAULT_CURRENCY,
+    GENUINE_SCENARIO,
+    ID_PATTERN,
+    LABEL_COLUMN,
+    SCENARIO_COLUMN,
+    validate_frame,
+)
 from simulation import scenarios
 
 NS_PER_SECOND = 1_000_000_000

@@ -13,18 +13,12 @@ from tqdm import tqdm
 
 from cluster.config import Settings
 from cluster.datasets import write_transactions
-from cluster.profiles import put_profiles
+from cluster.profiles import profile_paths, put_profiles
 from cluster.schema import SCENARIO_COLUMN
 from simulation.generator import SimulationConfig, simulate_history
 
 STAGES = ("population", "genuine traffic", "fraud scenarios", "validation", "transactions file", "profile files",
           "DynamoDB profiles")
-
-
-def profile_paths(out: Path) -> tuple[Path, Path]:
-    """Sidecar files holding the user and merchant profiles of the history written to ``out``."""
-    out = Path(out)
-    return out.with_name(f"{out.stem}.users.parquet"), out.with_name(f"{out.stem}.merchants.parquet")
 
 
 def run_simulate(settings: Settings, *, out: Path, users: int, days: int, start: date, seed: int,

@@ -7,7 +7,6 @@ seconds at demo rates), so velocity windows see realistic gaps; stream lag is me
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Sequence
@@ -15,88 +14,13 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import orjson
 import pandas as pd
+import ray
 
 from cluster.aws import client
 from cluster.config import Settings, get_settings
-from cluster.kinesis_records import open_shard_starts, pack
-
-MAX_RECORDS_PER_CALL = 500
-MAX_BYTES_PER_CALL = 5 * 1024 * 1024
-RETRYABLE_CODES = {"ProvisionedThroughputExceededException", "InternalFailure", "KMSThrottlingException"}
-
-
-class KinesisPutError(RuntimeError):
-    """Records were still failing after every retry."""
-
-
-@dataclass
-class PutStats:
-    records: int = 0
-    calls: int = 0
-    retried_records: int = 0
-
-    def add(self, other: "PutStats") -> None:
-        self.records += other.records
-        self.calls += other.calls
-        self.retried_records += other.retried_records
-
-
-def _chunks(entries: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """Split into put_records calls within Kinesis' 500-record and 5 MiB limits."""
-    chunks: list[list[dict[str, Any]]] = [[]]
-    size = 0
-    for entry in entries:
-        entry_size = len(entry["Data"]) + len(entry["PartitionKey"])
-        if len(chunks[-1]) == MAX_RECORDS_PER_CALL or size + entry_size > MAX_BYTES_PER_CALL:
-            chunks.append([])
-            size = 0
-        chunks[-1].append(entry)
-        size += entry_size
-    return [chunk for chunk in chunks if chunk]
-
-
-def put_records_reliably(kinesis: Any, stream: str, entries: Sequence[dict[str, Any]], *,
-                         max_attempts: int = 12, base_delay_s: float = 0.05, max_delay_s: float = 2.0) -> PutStats:
-    """Put every entry, resubmitting only the failed ones with exponential backoff and full jitter.
-
-    Partial failures are normal in Kinesis (a hot shard throttles part of a call), so a failed entry is retried
-    on its own; entries that succeeded are never sent twice by this function.
-    """
-    stats = PutStats()
-    for chunk in _chunks(entries):
-        pending = chunk
-        for attempt in range(max_attempts):
-            response = kinesis.put_records(StreamName=stream, Records=pending)
-            stats.calls += 1
-            if not response.get("FailedRecordCount"):
-                break
-            failed = [entry for entry, result in zip(pending, response["Records"]) if "ErrorCode" in result]
-            fatal = {r["ErrorCode"] for r in response["Records"] if r.get("ErrorCode")} - RETRYABLE_CODES
-            if fatal:
-                raise KinesisPutError(f"non-retryable Kinesis errors: {sorted(fatal)}")
-            stats.retried_records += len(failed)
-            pending = failed
-            time.sleep(random.uniform(0, min(max_delay_s, base_delay_s * 2**attempt)))
-        else:
-            raise KinesisPutError(f"{len(pending)} records still failing after {max_attempts} attempts")
-        stats.records += len(chunk)
-    return stats
-
-
-def to_kinesis_entries(transactions: pd.DataFrame) -> list[dict[str, Any]]:
-    """Canonical JSON records (with ground-truth label and scenario), partitioned by user_id; missing values are
-    left out. Rows are serialised straight from the column arrays (orjson), the producers' main cost after I/O."""
-    frame = transactions.copy()
-    frame["timestamp"] = frame["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    columns = list(frame.columns)
-    entries = []
-    for row in zip(*(frame[column].to_numpy(dtype=object) for column in columns)):
-        clean = {c: v for c, v in zip(columns, row) if v is not None and v is not pd.NA and v == v}
-        entries.append({"Data": orjson.dumps(clean, option=orjson.OPT_SERIALIZE_NUMPY),
-                        "PartitionKey": clean["user_id"]})
-    return entries
+from cluster.kinesis import put_frame
+from simulation.generator import SimulationConfig, simulate_attack, simulate_history
 
 
 @dataclass
@@ -138,16 +62,12 @@ class TrafficProducer:
 
     def set_scenario_mix(self, weights: dict[str, float] | None) -> None:
         """Scenario weights for the simulated days from the next one on (``None``: all scenarios alike)."""
-        from simulation.generator import SimulationConfig
-
         SimulationConfig(n_users=self.n_users, scenario_weights=weights)  # bad weights name the field here
         self.stats.scenario_weights = dict(weights) if weights else None
 
     def launch_attack(self, scenario: str, incidents: int) -> int:
         """Inject about ``incidents`` incidents of ``scenario`` into the live traffic from the simulated now on;
         returns the rows queued (the fraud and the victims' own use around it)."""
-        from simulation.generator import SimulationConfig, simulate_attack
-
         with self._lock:
             self.stats.attacks += 1
             number, start = self.stats.attacks, self.now
@@ -178,8 +98,6 @@ class TrafficProducer:
 
     def run(self, max_records: int | None = None, batch_size: int = 250) -> dict[str, Any]:
         """Produce paced at the target rate until stopped or ``max_records`` are in Kinesis."""
-        from simulation.generator import SimulationConfig, simulate_history
-
         kinesis = client("kinesis", self.settings)
         stream = self.settings.stream_name
         began_run = time.perf_counter()
@@ -204,8 +122,7 @@ class TrafficProducer:
                     if max_records is not None:
                         batch = batch.iloc[: max_records - self.stats.produced]
                     began = time.perf_counter()
-                    put = put_records_reliably(kinesis, stream, pack(to_kinesis_entries(batch),
-                                                                     open_shard_starts(kinesis, stream)))
+                    put = put_frame(kinesis, stream, batch)
                     self.stats.produced += len(batch)
                     self.stats.put_calls += put.calls
                     self.stats.retried_records += put.retried_records
@@ -226,8 +143,6 @@ class TrafficProducer:
 def start_producers(settings: Settings, *, tps: float, n_users: int = 2000, actors: int | None = None,
                     max_records_each: int | None = None) -> tuple[list[Any], list[Any]]:
     """Start one producer actor per partition; returns (actors, their ``run`` futures)."""
-    import ray
-
     count = actors or settings.producer_actors
     remote = ray.remote(num_cpus=0.25, max_concurrency=4, max_restarts=0)(TrafficProducer)
     handles = [remote.remote(i, count, n_users=n_users, seed=settings.seed, fraud_rate=settings.fraud_rate,
@@ -237,34 +152,7 @@ def start_producers(settings: Settings, *, tps: float, n_users: int = 2000, acto
 
 
 def producer_totals(handles: Sequence[Any]) -> dict[str, Any]:
-    import ray
-
     stats = ray.get([handle.get_stats.remote() for handle in handles])
     totals = {key: sum(s[key] for s in stats) for key in ("produced", "put_calls", "retried_records", "fraud_produced")}
     totals["errors"] = [s["error"] for s in stats if s["error"]]
     return totals
-
-
-def bench_producers(settings: Settings) -> dict[str, Any]:
-    """Sustained rate of the producer actors into the embedded Kinesis, unpaced, for a fixed record count."""
-    import ray
-
-    from cluster.runtime import aws_endpoint, ray_runtime
-
-    records_each, actors = 20_000, 2
-    with aws_endpoint(settings.model_copy(update={"aws_mode": "embedded", "aws_endpoint_url": None})) as live:
-        with ray_runtime(live):
-            handles, runs = start_producers(live, tps=1e9, actors=actors, max_records_each=records_each)
-            results = ray.get(runs)
-            for handle in handles:
-                ray.kill(handle)
-    produced = sum(r["produced"] for r in results)
-    elapsed = max(r["run_seconds"] for r in results)
-    return {
-        "actors": actors,
-        "records": produced,
-        "seconds": round(elapsed, 2),
-        "sustained_tps": round(produced / elapsed, 1),
-        "put_calls": sum(r["put_calls"] for r in results),
-        "note": "includes simulating the traffic; target is the embedded moto Kinesis over HTTP",
-    }

@@ -26,7 +26,7 @@ import pandas as pd
 import requests
 
 from cluster.config import Settings, get_settings
-from simulation.producers import to_kinesis_entries
+from cluster.kinesis import to_entries
 from tests.model.test_stream import produce, wait_for_decisions
 
 NODE_CPUS = 1
@@ -92,7 +92,7 @@ def check_fraud(url: str, transaction: dict[str, Any], timeout_s: float) -> dict
 
 def api_transaction(frame: pd.DataFrame, transaction_id: str) -> dict[str, Any]:
     """A canonical transaction for the API: the frame's last row under a new id, without the simulator's truth."""
-    record = json.loads(to_kinesis_entries(frame.tail(1))[0]["Data"])
+    record = json.loads(to_entries(frame.tail(1))[0]["Data"])
     record.pop("is_fraud", None)
     record.pop("fraud_scenario", None)
     return {**record, "transaction_id": transaction_id}
@@ -108,9 +108,9 @@ def score_through_node_loss(cluster: Any, settings: Settings, frame: pd.DataFram
     """Serve + stream scoring on the cluster; a worker node removed while a backlog waits in its shards."""
     from ray import serve
 
-    from cluster.stream import StreamScoring
     from serve.app import build_app
     from serve.runtime import serving
+    from serve.stream import StreamScoring
 
     shards = settings.stream_shards
     quarter = len(frame) // 4

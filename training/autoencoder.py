@@ -15,9 +15,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from ray import tune
 from sklearn.metrics import average_precision_score
 from sklearn.preprocessing import StandardScaler
 from torch import nn
+
+from training.tuning import run_search
 
 HIDDEN = (32, 16, 8)
 DROPOUT = 0.2
@@ -95,8 +98,6 @@ def _train(z_genuine: np.ndarray, config: dict[str, Any], generator: torch.Gener
 
 
 def _trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
-    from ray import tune
-
     z_valid = np.array(data["z_valid"])  # a writable copy: Ray hands out read-only arrays
 
     def report(model: Autoencoder, epoch: int) -> None:
@@ -134,9 +135,7 @@ def genuine_sample(z: np.ndarray, y: np.ndarray, max_rows: int, seed: int) -> np
 def tune_autoencoder(z_train: np.ndarray, y_train: np.ndarray, z_valid: np.ndarray, y_valid: np.ndarray, *,
                      search: AESearch, storage: Path) -> AETuning:
     """Search lr / weight decay / epochs with Ray Tune + ASHA; inputs already standardised; Ray initialised."""
-    from ray import tune
 
-    from training.tuning import run_search
 
     data = {"z_genuine": genuine_sample(z_train, y_train, search.max_rows, search.seed),
             "z_valid": z_valid, "y_valid": y_valid, "seed": search.seed}

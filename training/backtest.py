@@ -20,8 +20,12 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from tqdm.auto import tqdm
 
 from cluster.config import Settings
+from cluster.features import FEATURE_CODE_HASH, FEATURE_NAMES
+from cluster.runtime import ray_runtime
 from cluster.schema import LABEL_COLUMN
 from training.data import featurize, load_profiles, read_labelled, take
+from training.pipeline import Budget, fit_models
+from training.predict import FraudScorer
 
 INNER_VALIDATION_SHARE = 0.3  # the last part of the training window picks rounds, weights and the threshold
 
@@ -62,11 +66,6 @@ class BacktestWindow:
 def run_backtest(settings: Settings, *, data: Path, window: BacktestWindow, out: Path,
                  trials: int | None = None) -> dict[str, Any]:
     """Train on the window, score every test transaction, write ``transaction_id,fraud_score`` to ``out``."""
-    from cluster.features import FEATURE_CODE_HASH, FEATURE_NAMES
-    from cluster.runtime import ray_runtime
-    from training.pipeline import Budget, fit_models
-    from training.predict import FraudScorer
-
     started = time.perf_counter()
     progress = tqdm(total=5, desc="reading data", unit="stage")
     transactions = read_labelled(data)

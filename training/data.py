@@ -16,13 +16,14 @@ import numpy as np
 import pandas as pd
 
 from cluster.datasets import read_transactions
+from cluster.features import build_features
+from cluster.profiles import profile_paths
 from cluster.schema import LABEL_COLUMN, SCENARIO_COLUMN
 
 
 @dataclass(frozen=True)
 class Split:
     """One period's model inputs, rows in time order."""
-
     name: str
     x: np.ndarray
     y: np.ndarray
@@ -46,7 +47,6 @@ class Split:
 @dataclass(frozen=True)
 class Periods:
     """Half-open time periods [start, end) for train, validation and test."""
-
     train: tuple[pd.Timestamp, pd.Timestamp]
     validation: tuple[pd.Timestamp, pd.Timestamp]
     test: tuple[pd.Timestamp, pd.Timestamp] | None
@@ -84,11 +84,7 @@ def take(name: str, transactions: pd.DataFrame, features: pd.DataFrame, feature_
 
 
 def load_profiles(data: Path) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
-    """The simulator's user/merchant profile sidecars beside ``data``, when present (external files have none)."""
-    try:
-        from simulation.history import profile_paths
-    except ImportError:
-        return None, None
+    """The user/merchant profile files beside ``data``, when present (external files have none)."""
     users_path, merchants_path = profile_paths(Path(data))
     users = pd.read_parquet(users_path) if Path(users_path).exists() else None
     merchants = pd.read_parquet(merchants_path) if Path(merchants_path).exists() else None
@@ -98,8 +94,6 @@ def load_profiles(data: Path) -> tuple[pd.DataFrame | None, pd.DataFrame | None]
 def featurize(transactions: pd.DataFrame, *, label_delay: timedelta, users: pd.DataFrame | None = None,
               merchants: pd.DataFrame | None = None) -> pd.DataFrame:
     """Causal features for every row (labels become known ``label_delay`` after each transaction)."""
-    from cluster.features import build_features
-
     features = build_features(transactions, label_delay=label_delay, users=users, merchants=merchants)
     if len(features) != len(transactions) or not (
             features["transaction_id"].to_numpy() == transactions["transaction_id"].to_numpy()).all():

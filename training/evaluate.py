@@ -6,10 +6,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from sklearn.metrics import (average_precision_score, confusion_matrix, precision_recall_curve,
-                             precision_recall_fscore_support, roc_auc_score, roc_curve)
+from sklearn.metrics import (
+    average_precision_score,
+    confusion_matrix,
+    precision_recall_curve,
+    precision_recall_fscore_support,
+    roc_auc_score,
+    roc_curve,
+)
 
 from cluster.schema import GENUINE_SCENARIO, LABEL_COLUMN, SCENARIO_COLUMN
 from training.policy import RiskPolicy
@@ -68,10 +76,7 @@ def recall_by_scenario(frame: pd.DataFrame, scores: np.ndarray, predicted: np.nd
 
 
 def _plots(out_dir: Path, y: np.ndarray, scores: np.ndarray, threshold: float) -> list[str]:
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig, (roc_ax, pr_ax, hist_ax) = plt.subplots(1, 3, figsize=(16, 4.5))
     fpr, tpr, _ = roc_curve(y, scores)

@@ -10,13 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from tqdm.auto import tqdm
 
 from cluster.config import Settings
+from cluster.features import FEATURE_CODE_HASH, FEATURE_NAMES
+from cluster.runtime import ray_runtime
 from training.autoencoder import AESearch, AnomalyScorer, fit_scaler, standardise, tune_autoencoder
 from training.data import Split, featurize, load_profiles, read_labelled, take, time_periods
 from training.ensemble import Objective, fit_ensemble
 from training.evaluate import evaluate, write_report
+from training.predict import FraudScorer
 from training.registry import ModelBundle, registry_for
 from training.xgb import XGBSearch, fit_xgboost, fit_xgboost_distributed, tune_xgboost
 
@@ -35,7 +39,6 @@ class TrainOptions:
 @dataclass(frozen=True)
 class Budget:
     """How much tuning: trials per model (the autoencoder gets half as many, at least two)."""
-
     xgb: XGBSearch
     ae: AESearch
 
@@ -53,8 +56,6 @@ class FittedModels:
 
 
 def _concat(first: Split, second: Split) -> Split:
-    import pandas as pd
-
     return Split(name=f"{first.name}+{second.name}", x=np.vstack([first.x, second.x]),
                  y=np.concatenate([first.y, second.y]),
                  frame=pd.concat([first.frame, second.frame], ignore_index=True))
@@ -132,9 +133,6 @@ def ensemble_notes(details: dict[str, Any]) -> list[str]:
 
 def run_train(settings: Settings, options: TrainOptions) -> dict[str, Any]:
     """Train, evaluate on the held-out test period, register; returns the summary the CLI prints."""
-    from cluster.features import FEATURE_CODE_HASH, FEATURE_NAMES
-    from cluster.runtime import ray_runtime
-
     if options.objective not in ("f1", "cost"):
         raise ValueError(f"objective must be 'f1' or 'cost', got {options.objective!r}")
     started = time.perf_counter()
@@ -157,7 +155,6 @@ def run_train(settings: Settings, options: TrainOptions) -> dict[str, Any]:
                             storage=storage, objective=options.objective,  # type: ignore[arg-type]
                             distributed=options.distributed, progress=progress)
     bundle = fitted.bundle
-    from training.predict import FraudScorer
 
     scorer = FraudScorer(bundle)
     test = splits["test"]
@@ -195,8 +192,6 @@ def run_train(settings: Settings, options: TrainOptions) -> dict[str, Any]:
 
 
 def _features_frame(split: Split, feature_names: tuple[str, ...]) -> "Any":
-    import pandas as pd
-
     frame = pd.DataFrame(split.x, columns=list(feature_names))
     frame.insert(0, "transaction_id", split.frame["transaction_id"].to_numpy())
     return frame

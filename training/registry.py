@@ -20,6 +20,7 @@ from botocore.exceptions import ClientError
 
 from cluster.aws import client
 from cluster.config import Settings, get_settings
+from cluster.features import FEATURE_CODE_HASH
 from training.autoencoder import AnomalyScorer
 from training.ensemble import Ensemble
 
@@ -123,8 +124,6 @@ class _LocalStore:
 
 
 def current_feature_hash() -> str:
-    from cluster.features import FEATURE_CODE_HASH
-
     return FEATURE_CODE_HASH
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import contextlib
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ray import tune
 from ray.tune import Callback

@@ -8,6 +8,7 @@ for data that outgrows one node.
 
 from __future__ import annotations
 
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import ray.data
+import ray.train
 import xgboost as xgb
+from ray import tune
+from ray.train.xgboost import RayTrainReportCallback, XGBoostTrainer
+from ray.tune.integration.xgboost import TuneReportCheckpointCallback
+
+from training.tuning import run_search
 
 METRIC = "valid-aucpr"
 EARLY_STOPPING_ROUNDS = 30
@@ -26,7 +34,6 @@ MODEL_FILE = "model.ubj"  # the name RayTrainReportCallback.get_model reads
 @dataclass(frozen=True)
 class XGBSearch:
     """The tuning budget."""
-
     trials: int = 8
     max_rounds: int = 400
     grace_rounds: int = 25
@@ -37,7 +44,6 @@ class XGBSearch:
 @dataclass
 class XGBTuning:
     """What the search found: the best trial's parameters, its best round count and score, every trial's result."""
-
     params: dict[str, Any]
     rounds: int
     valid_aucpr: float
@@ -51,8 +57,6 @@ def base_params(nthread: int, seed: int) -> dict[str, Any]:
 
 def search_space(y_train: np.ndarray) -> dict[str, Any]:
     """Depth, learning rate, child weight, sub-sampling, class weighting and the round budget."""
-    from ray import tune
-
     positives = max(int(y_train.sum()), 1)
     imbalance = (len(y_train) - positives) / positives
     return {
@@ -72,8 +76,6 @@ def _matrix(x: np.ndarray, y: np.ndarray | None, feature_names: tuple[str, ...])
 
 def _trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
     """One Tune trial: ``xgboost.train`` reporting validation aucpr every round."""
-    from ray.tune.integration.xgboost import TuneReportCheckpointCallback
-
     names = data["feature_names"]
     train = _matrix(data["x_train"], data["y_train"], names)
     valid = _matrix(data["x_valid"], data["y_valid"], names)
@@ -87,8 +89,6 @@ def _trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
 def tune_xgboost(x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_valid: np.ndarray,
                  feature_names: tuple[str, ...], *, search: XGBSearch, storage: Path) -> XGBTuning:
     """Search hyperparameters with Ray Tune + ASHA; Ray must be initialised."""
-    from training.tuning import run_search
-
     if y_train.sum() == 0 or y_valid.sum() == 0:
         raise ValueError("is_fraud: training and validation periods each need at least one fraud to tune XGBoost")
     data = {"x_train": x_train, "y_train": y_train, "x_valid": x_valid, "y_valid": y_valid,
@@ -111,9 +111,7 @@ def fit_xgboost(x: np.ndarray, y: np.ndarray, feature_names: tuple[str, ...], pa
 def _distributed_loop(config: dict[str, Any]) -> None:
     """Ray Train worker: fit on this worker's shard (XGBoost's collective syncs the histograms); rank 0 reports
     the model once at the end, since a report per round is a cross-worker barrier."""
-    import tempfile
 
-    import ray.train
 
     shard = ray.train.get_dataset_shard("train").materialize().to_pandas()
     matrix = xgb.DMatrix(shard[list(config["feature_names"])], label=shard[LABEL])
@@ -130,10 +128,6 @@ def fit_xgboost_distributed(x: np.ndarray, y: np.ndarray, feature_names: tuple[s
                             params: dict[str, Any], rounds: int, *, storage: Path, workers: int = 2,
                             cpus_per_worker: float = 0.5, seed: int = 42) -> xgb.Booster:
     """The final fit with Ray Train's ``XGBoostTrainer`` (V2): data-parallel workers with fractional CPUs."""
-    import ray.data
-    import ray.train
-    from ray.train.xgboost import RayTrainReportCallback, XGBoostTrainer
-
     frame = pd.DataFrame(x, columns=list(feature_names))
     frame[LABEL] = y
     trainer = XGBoostTrainer(

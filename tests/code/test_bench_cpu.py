@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-import cluster.bench
-from cluster.bench import DRIVER_ROLE, cpu_by_role, cpu_figures
+import fraudctl.bench
 from cluster.config import Settings
+from fraudctl.bench.cpu import DRIVER_ROLE, cpu_by_role, cpu_figures
 
 BURN = "import time, sys\nstart = time.process_time()\nwhile time.process_time() - start < 0.3: pass\nprint('burnt', flush=True)\ntime.sleep(60)"
 
@@ -47,9 +47,9 @@ def noisy_section(settings: Settings) -> dict[str, Any]:
 def test_bench_stdout_is_one_json_object(monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    from cluster.cli import app
+    from fraudctl.cli import app
 
-    monkeypatch.setitem(cluster.bench.SECTIONS, "noisy", f"{__name__}:noisy_section")
+    monkeypatch.setitem(fraudctl.bench.SECTIONS, "noisy", noisy_section)
     result = CliRunner().invoke(app, ["bench", "--only", "noisy"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["noisy"]["figure"] == 1

@@ -14,9 +14,19 @@ import pytest
 
 from cluster.schema import Transaction
 from serve.stats import SAMPLES_PER_FLUSH, StatsCollector, StatsReporter
-from simulation.dashboard import (History, alerts_table, check_body, describe_decision, describe_rejection,
-                                  detection_table, live_tiles, model_metrics, model_section, score_distribution,
-                                  tiles_html)
+from simulation.dashboard import (
+    History,
+    alerts_table,
+    check_body,
+    describe_decision,
+    describe_rejection,
+    detection_table,
+    live_tiles,
+    model_metrics,
+    model_section,
+    score_distribution,
+    tiles_html,
+)
 from simulation.scenarios import FRAUD_SCENARIOS
 
 CONTRACT_KEYS = {"produced", "scored", "alerts", "tps", "latency_ms", "stream_lag_ms"}

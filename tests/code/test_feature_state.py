@@ -9,11 +9,18 @@ import numpy as np
 import pandas as pd
 
 from cluster.config import Settings
-from cluster.features import (DAY_MS, FEATURE_NAMES, MERCHANT_PASS_OUTPUTS, align_profiles, build_features,
-                              label_anchor, prepare_rows)
 from cluster.feature_state import TAIL_ROWS, FeatureStateCore, KeyedHistory
-from cluster.offline_features import synthetic_transactions
+from cluster.features import (
+    DAY_MS,
+    FEATURE_NAMES,
+    MERCHANT_PASS_OUTPUTS,
+    align_profiles,
+    build_features,
+    label_anchor,
+    prepare_rows,
+)
 from cluster.profiles import MERCHANT_PROFILE_COLUMNS, USER_PROFILE_COLUMNS
+from fraudctl.bench.features import synthetic_transactions
 
 
 def test_keyed_history_takes_appends_and_evicts() -> None:

@@ -11,8 +11,7 @@ import pytest
 
 from cluster.aws import client
 from cluster.config import Settings
-from simulation.producers import KinesisPutError, put_records_reliably
-from cluster.stream import read_stream
+from cluster.kinesis import KinesisPutError, put_records_reliably, read_stream
 from tests.streams import create_stream
 
 

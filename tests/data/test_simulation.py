@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from cluster.cli import app
 from cluster.config import Settings
 from cluster.datasets import read_transactions
-from cluster.profiles import MERCHANT_PROFILE_COLUMNS, USER_PROFILE_COLUMNS, scan_profiles
+from cluster.profiles import MERCHANT_PROFILE_COLUMNS, USER_PROFILE_COLUMNS, profile_paths, scan_profiles
 from cluster.schema import CANONICAL_COLUMNS, validate_frame
+from fraudctl.cli import app
 from simulation.generator import CITIES, MCCS, SimulatedHistory, SimulationConfig, build_population, simulate_history
-from simulation.history import profile_paths, run_simulate
+from simulation.history import run_simulate
 from simulation.scenarios import FRAUD_SCENARIOS, haversine_km
 
 CONFIG = SimulationConfig(n_users=400, days=21, start=date(2026, 3, 2), seed=7, fraud_rate=0.01)

@@ -21,7 +21,7 @@ import pandas as pd
 
 from cluster.aws import free_port
 from cluster.config import Settings
-from cluster.stream import read_stream
+from cluster.kinesis import read_stream
 from tests.model.test_stream import ledger_ids, stream_settings
 from tests.streams import drain_alerts, subscribe_alert_queue
 from training.registry import registry_for

@@ -210,7 +210,7 @@ def _replicas() -> dict[str, int]:
 
 
 def test_autoscaling_goes_up_under_load_and_down_when_idle(served: tuple[str, Settings], small_history: Any) -> None:
-    from serve.loadgen import run_load
+    from fraudctl.bench.loadgen import run_load
 
     url, _ = served
     _wait_for_one_replica_each()

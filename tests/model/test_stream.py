@@ -11,8 +11,7 @@ import pytest
 
 from cluster.aws import client
 from cluster.config import Settings
-from simulation.producers import put_records_reliably, to_kinesis_entries
-from cluster.stream import read_stream
+from cluster.kinesis import put_records_reliably, read_stream, to_entries
 from tests.streams import create_stream
 from training.registry import registry_for
 
@@ -30,7 +29,7 @@ def traffic(history: Any, rows: int, tag: str) -> pd.DataFrame:
 
 
 def produce(settings: Settings, frame: pd.DataFrame) -> None:
-    put_records_reliably(client("kinesis", settings), settings.stream_name, to_kinesis_entries(frame))
+    put_records_reliably(client("kinesis", settings), settings.stream_name, to_entries(frame))
 
 
 def wait_for_decisions(settings: Settings, expected: set[str], timeout_s: float = 240) -> list[dict[str, Any]]:
@@ -52,7 +51,7 @@ def scoring():
     started = []
 
     def start(settings: Settings):
-        from cluster.stream import StreamScoring
+        from serve.stream import StreamScoring
 
         started.append(StreamScoring(settings, poll_shards_s=0.5).start())
         return started[-1]

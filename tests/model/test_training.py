@@ -199,7 +199,7 @@ def test_raising_an_amount_far_above_habit_at_a_risky_merchant_does_not_lower_th
 def test_backtest_cli_end_to_end_on_required_columns_only(history: pd.DataFrame, ray_session, tmp_path) -> None:
     from typer.testing import CliRunner
 
-    from cluster.cli import app
+    from fraudctl.cli import app
 
     data = tmp_path / "external.csv"
     external = history[["transaction_id", "user_id", "merchant_id", "amount", "timestamp", LABEL_COLUMN]].copy()

@@ -11,12 +11,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import numpy as np
 
 
 async def _drive(url: str, bodies: Callable[[int], bytes], *, requests: int, concurrency: int,
                  max_seconds: float, headers: dict[str, str]) -> dict[str, Any]:
-    import aiohttp
 
     latencies: list[float] = []
     errors = 0

@@ -1,4 +1,8 @@
-"""``fraudctl``: a thin command line over the project's stages. Heavy imports happen inside each command."""
+"""``fraudctl``: a thin command line over the project's stages.
+
+Each command imports its stage when it runs: the stages load Ray, PyTorch, XGBoost and Gradio, which
+`fraudctl down` and `--help` do not need. This is the one module that imports project code inside functions.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import json
 import logging
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -26,10 +30,10 @@ def up(
     no_ui: Annotated[bool, typer.Option("--no-ui", help="Do not start the Gradio dashboard.")] = False,
     no_simulation: Annotated[bool, typer.Option("--no-simulation", help="Do not start simulated traffic.")] = False,
     no_stream: Annotated[bool, typer.Option("--no-stream", help="Do not start Kinesis stream scoring.")] = False,
-    tps: Annotated[Optional[float], typer.Option("--tps", help="Simulated transactions per second.")] = None,
+    tps: Annotated[float | None, typer.Option("--tps", help="Simulated transactions per second.")] = None,
 ) -> None:
     """Run the whole system locally until Ctrl-C or `fraudctl down`."""
-    from cluster.main_job import MainJobOptions, run_main_job
+    from fraudctl.up import MainJobOptions, run_main_job
 
     settings = get_settings()
     run_main_job(settings, MainJobOptions(ui=not no_ui, simulation=not no_simulation, stream=not no_stream,
@@ -39,7 +43,7 @@ def up(
 @app.command()
 def down() -> None:
     """Stop what `fraudctl up` started."""
-    from cluster.main_job import stop_main_job
+    from fraudctl.process import stop_main_job
 
     typer.echo(stop_main_job(get_settings()))
 
@@ -50,8 +54,8 @@ def simulate(
     users: Annotated[int, typer.Option("--users", min=1)] = 2000,
     days: Annotated[int, typer.Option("--days", min=1)] = 60,
     start: Annotated[str, typer.Option("--start", help="First simulated day (YYYY-MM-DD).")] = "2026-01-01",
-    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
-    fraud_rate: Annotated[Optional[float], typer.Option("--fraud-rate", min=0.0001, max=0.2)] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    fraud_rate: Annotated[float | None, typer.Option("--fraud-rate", min=0.0001, max=0.2)] = None,
 ) -> None:
     """Write labelled history with canonical columns, plus the user and merchant profiles beside it."""
     from simulation.history import run_simulate
@@ -68,7 +72,7 @@ def simulate(
 @app.command()
 def train(
     data: Annotated[Path, typer.Option("--data", exists=True, dir_okay=False, help="Labelled CSV/Parquet.")],
-    trials: Annotated[Optional[int], typer.Option("--trials", min=1, help="Ray Tune trials per model.")] = None,
+    trials: Annotated[int | None, typer.Option("--trials", min=1, help="Ray Tune trials per model.")] = None,
     distributed: Annotated[bool, typer.Option("--distributed", help="Fit XGBoost with Ray Train.")] = False,
     objective: Annotated[str, typer.Option("--objective", help="Threshold policy: f1 or cost.")] = "f1",
 ) -> None:
@@ -116,10 +120,10 @@ def compare() -> None:
 
 @app.command()
 def bench(
-    only: Annotated[Optional[list[str]], typer.Option("--only", help="Run only these sections.")] = None,
+    only: Annotated[list[str] | None, typer.Option("--only", help="Run only these sections.")] = None,
 ) -> None:
     """The project's own benchmark; prints one JSON object of figures."""
-    from cluster.bench import run_bench
+    from fraudctl.bench import run_bench
 
     typer.echo(json.dumps(run_bench(get_settings(), only=only), indent=2, default=str))
 

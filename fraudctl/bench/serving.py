@@ -4,19 +4,31 @@ One run, one Ray, one Serve: latency p50/p99 and throughput at concurrency 1 and
 endpoint in transactions per second with the CPU each part of the system spent on it. Beside them, the scoring core
 in-process (the SDK, one transaction at a time): what the app adds to the no-op's composition at least, as its
 work is a feature-state round trip, the features and both models for the transaction, then the decision.
-Everything runs in `cluster.bench.trained_environment`: embedded AWS, simulated history with its profiles in
+Everything runs in `fraudctl.bench.trained_environment`: embedded AWS, simulated history with its profiles in
 DynamoDB, and a small model trained for the run.
 """
 
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+import pandas as pd
+import ray
+from ray import serve
+
 from cluster.aws import free_port
 from cluster.config import Settings
+from fraudctl.bench.cpu import cpu_by_role, cpu_figures
+from fraudctl.bench.environment import trained_environment
+from fraudctl.bench.loadgen import latency_figures, run_load
+from fraudctl.bench.noop import build_noop_app
+from serve.app import build_app
+from serve.runtime import start_serve, stop_serve
+from serve.sdk import FraudDetector
 
 SINGLE_REQUESTS = {1: 300, 32: 3000}
 SDK_REQUESTS = 300
@@ -31,9 +43,6 @@ MAX_SECONDS = 30.0
 def _measured_load(url: str, bodies: Callable[[int], bytes], *, requests: int, concurrency: int, max_seconds: float,
                    transactions_per_request: int = 1) -> dict[str, Any]:
     """``run_load``'s figures with the CPU each role spent per 1,000 transactions while it ran."""
-    from cluster.bench import cpu_by_role, cpu_figures
-    from serve.loadgen import run_load
-
     with cpu_by_role() as cpu:
         result = run_load(url, bodies, requests=requests, concurrency=concurrency, max_seconds=max_seconds)
     return {**result, **cpu_figures(cpu, (result["requests"] - result["errors"]) * transactions_per_request)}
@@ -41,8 +50,6 @@ def _measured_load(url: str, bodies: Callable[[int], bytes], *, requests: int, c
 
 def _single_load(url: str, bodies: list[bytes]) -> dict[str, Any]:
     """Latency and throughput at each concurrency, with the CPU spent per 1,000 requests (one transaction each)."""
-    from serve.loadgen import run_load
-
     run_load(url, lambda i: bodies[i % len(bodies)], requests=50, concurrency=4)  # warm-up
     return {f"concurrency_{c}": _measured_load(url, lambda i, o=c * 100_000: bodies[(o + i) % len(bodies)],
                                                requests=n, concurrency=c, max_seconds=MAX_SECONDS)
@@ -73,8 +80,6 @@ def _firsts(records: list[dict[str, Any]], tag: str) -> list[dict[str, Any]]:
 
 
 def _warm_profiles(base_url: str, records: list[dict[str, Any]]) -> None:
-    from serve.loadgen import run_load
-
     firsts = _firsts(records, "warm")
     bodies = [json.dumps({"transactions": firsts[i:i + BATCH_SIZE]}).encode() for i in range(0, len(firsts), BATCH_SIZE)]
     run_load(f"{base_url}/api/check-fraud/batch", lambda i: bodies[i], requests=len(bodies))
@@ -84,10 +89,7 @@ def _sdk_single(settings: Settings, records: list[dict[str, Any]]) -> dict[str, 
     """The SDK (``serve.sdk.FraudDetector``, feature state of its own) scoring one transaction per call, warmed
     like the app: latency percentiles in ms. Run as a Ray task (``SDK_TASK_CPUS``), so the models get the
     threads they get in a replica, not the driver's."""
-    import time
 
-    from serve.loadgen import latency_figures
-    from serve.sdk import FraudDetector
 
     detector = FraudDetector(settings, feature_state="bench-sdk")
     firsts = _firsts(records, "sdk-warm")
@@ -108,15 +110,6 @@ def _alerts(base_url: str) -> int:
 
 
 def bench_serving(settings: Settings) -> dict[str, Any]:
-    import pandas as pd
-    import ray
-    from ray import serve
-
-    from cluster.bench import trained_environment
-    from serve.app import build_app
-    from serve.loadgen import run_load
-    from serve.noop import build_noop_app
-    from serve.runtime import start_serve, stop_serve
 
     base = settings.model_copy(update={"api_port": free_port(), "api_key": "bench", "serve_max_replicas": 1})
     with trained_environment(base) as (live, data, version):

@@ -6,7 +6,7 @@ import hashlib
 
 import orjson
 
-from cluster.kinesis_records import MAX_PACKED_BYTES, MAX_PACKED_LINES, lines, pack
+from cluster.kinesis import MAX_PACKED_BYTES, MAX_PACKED_LINES, lines, pack
 
 TWO_SHARDS = (0, 2**127)  # the starting hash keys Kinesis gives a 2-shard stream
 

@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from ray import serve
 
 from cluster.config import Settings
+from serve.runtime import serve_env
 
 noop_api = FastAPI(title="no-op yardstick")
 
@@ -33,8 +34,6 @@ class NoOpIngress:
 
 def build_noop_app(settings: Settings) -> Any:
     """The yardstick in the scoring app's Serve mode (the same replica environment)."""
-    from serve.runtime import serve_env
-
     env = {"runtime_env": {"env_vars": serve_env(settings)}}
     return NoOpIngress.options(ray_actor_options={"num_cpus": 0.2, **env}).bind(
         *(NoOpStage.options(name=name, ray_actor_options={"num_cpus": 0.1, **env}).bind()
