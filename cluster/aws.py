@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import ctypes
 import signal
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -21,14 +19,9 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 
 from cluster.config import Settings, get_settings
+from cluster.waiting import free_port, port_in_use, wait_until
 
 EMULATOR_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
 
 
 class EmbeddedAWS:
@@ -55,15 +48,18 @@ class EmbeddedAWS:
             [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             preexec_fn=_exit_with_parent)
-        deadline = time.monotonic() + self.start_timeout_s
-        while not _accepts(self.host, self.port):
-            if self._process.poll() is not None:
-                raise RuntimeError(f"moto server exited with code {self._process.returncode} on start")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"moto server not listening on {self.endpoint_url} after {self.start_timeout_s} s")
-            time.sleep(0.05)
+        try:
+            wait_until(self._listening, timeout_s=self.start_timeout_s, interval_s=0.05,
+                       what=f"moto server listening on {self.endpoint_url}")
+        except TimeoutError:
+            self.stop()
+            raise
         return self.endpoint_url
+
+    def _listening(self) -> bool:
+        if self._process is not None and self._process.poll() is not None:
+            raise RuntimeError(f"moto server exited with code {self._process.returncode} on start")
+        return port_in_use(self.host, self.port, timeout_s=0.2)
 
     def stop(self) -> None:
         if self._process is None:
@@ -84,16 +80,9 @@ class EmbeddedAWS:
         self.stop()
 
 
-def _accepts(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.settimeout(0.2)
-        return probe.connect_ex((host, port)) == 0
-
-
 def _exit_with_parent() -> None:
     """In the child before exec: SIGTERM when the parent dies (Linux ``PR_SET_PDEATHSIG``; elsewhere a no-op)."""
     if sys.platform.startswith("linux"):
-
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
@@ -178,16 +167,3 @@ def _ensure_bucket(settings: Settings, name: str) -> None:
     except ClientError as exc:
         if exc.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
             raise
-
-
-def wait_until_reachable(endpoint_url: str, timeout_s: float = 10.0) -> None:
-    host, port = endpoint_url.rsplit("//", 1)[1].split(":")
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with socket.create_connection((host, int(port)), timeout=0.5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -60,13 +61,21 @@ class Settings(BaseSettings):
     ui_port: int = 7860
     data_dir: Path = Path(".fraud")
 
-    seed: int = 42
+    # The simulated world: its seed, fraud rate and size (``fraudctl simulate`` and ``up``'s live traffic)
+    seed: int = Field(42, ge=0)
     fraud_rate: float = Field(0.007, gt=0, lt=0.2)
+    simulated_users: int = Field(2000, ge=1)
+    simulated_days: int = Field(60, ge=1)  # of history, when ``up`` has no model yet and trains one
+    simulated_start: date = date(2026, 1, 1)
     label_delay_days: float = Field(7.0, ge=0)
     producer_actors: int = Field(2, ge=1)
     target_tps: float = Field(200.0, gt=0)
     # Set by cluster.runtime.aws_endpoint once it has started moto for this run (and exported to Ray workers).
     embedded_aws: bool = False
+
+    @property
+    def label_delay(self) -> timedelta:
+        return timedelta(days=self.label_delay_days)
 
     @property
     def uses_real_aws(self) -> bool:

@@ -13,7 +13,6 @@ import functools
 import io
 import logging
 import time
-from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -32,6 +31,7 @@ from cluster.features import (
     USER_ROW_COLUMNS,
     Columns,
     assemble,
+    duration_ms,
     epoch_ms,
     event_rows,
     feature_frame,
@@ -47,6 +47,7 @@ from cluster.profiles import MERCHANT_PROFILE_COLUMNS, USER_PROFILE_COLUMNS
 from cluster.profiles import merchant_store as default_merchant_store
 from cluster.profiles import user_store as default_user_store
 from cluster.runtime import ACTOR_NAMESPACE
+from cluster.schema import label_values
 
 log = logging.getLogger(__name__)
 
@@ -344,8 +345,6 @@ class FeatureStateActor:
     def restore(self, source: str | None = None) -> bool:
         """Reload each kind from the last snapshot of the state named ``source`` (this one's by default); False
         when there was none."""
-
-
         s3 = client("s3", self.settings)
         keys = self._keys(source) if source else self.object_keys
         restored = False
@@ -363,7 +362,7 @@ class FeatureStateActor:
 
 def label_delay_ms(settings: Settings) -> int:
     """The configured label delay, which the delayed merchant windows step back by."""
-    return int(timedelta(days=settings.label_delay_days) / timedelta(milliseconds=1))
+    return duration_ms(settings.label_delay)
 
 
 def aligned_profiles(store: Any, ids: Any, columns: dict[str, str]) -> dict[str, Any]:
@@ -427,8 +426,6 @@ class OnlineFeatures:
     def matrix(self, batch: Columns) -> np.ndarray:
         """The (rows x ``FEATURE_NAMES``) matrix of a canonical batch (a DataFrame or column arrays), in its order;
         new transactions join the state, and one seen recently gets the features it got then."""
-
-
         users = aligned_profiles(self.user_store, batch["user_id"], USER_PROFILE_COLUMNS)
         merchants = aligned_profiles(self.merchant_store, batch["merchant_id"], MERCHANT_PROFILE_COLUMNS)
         column = prepare_rows(batch, users, merchants)
@@ -463,7 +460,7 @@ class OnlineFeatures:
         missing = [c for c in ("transaction_id", "is_fraud", "known_at") if c not in events.columns]
         if missing:
             raise ValueError(f"label events lack column(s): {', '.join(missing)}")
-        fraud = events[pd.to_numeric(events["is_fraud"].replace({True: 1, False: 0}), errors="coerce") == 1]
+        fraud = events[label_values(events["is_fraud"].to_numpy(dtype=object)) == 1]
         if fraud.empty:
             return 0
         labels = pd.DataFrame({"txn_key": stable_hash(fraud["transaction_id"]), "known_ms": epoch_ms(fraud["known_at"]),

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from cluster.profiles import MERCHANT_PROFILE_COLUMNS, USER_PROFILE_COLUMNS, conform
-from cluster.schema import REQUIRED_COLUMNS
+from cluster.schema import REQUIRED_COLUMNS, label_values
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
@@ -92,7 +92,6 @@ ROW_COLUMNS = ("txn_key", "user_key", "merchant_key", "mcc_key", "device_key", "
                "ts_ms", "amount", "lat", "lon", "channel_code")
 USER_ROW_COLUMNS = ("user_key", "ts_ms", "amount", "merchant_key", "device_key", "country_key", "lat", "lon")
 EVENT_ROW_COLUMNS = ("key", "ts_ms")
-LABEL_EVENT_COLUMNS = ("key", "known_ms", "anchor_ms", "txn_key")
 USER_PASS_OUTPUTS = (
     *(f"user_{stat}_{window}" for window in USER_WINDOWS for stat in ("count", "sum")),
     "user_prev_count_30d", "user_prev_mean_amount_30d", "user_prev_mean_log_30d", "user_prev_std_log_30d",
@@ -240,10 +239,15 @@ def prepare_rows(transactions: Columns, users: Columns, merchants: Columns) -> d
     return {name: rows[name] for name in ROW_COLUMNS}
 
 
+def duration_ms(delta: timedelta) -> int:
+    """A duration (a label delay, a window) in the integer milliseconds the feature rows use."""
+    return int(delta / _ONE_MS)
+
+
 def default_label_events(rows: Columns, is_fraud: np.ndarray, label_delay: timedelta) -> pd.DataFrame:
     """Confirmed-fraud events when no explicit labels are given: each fraud becomes known ``label_delay`` later."""
     fraud = np.asarray(is_fraud, dtype=np.float64) == 1
-    delay_ms = int(label_delay / timedelta(milliseconds=1))
+    delay_ms = duration_ms(label_delay)
     return pd.DataFrame({"txn_key": np.asarray(rows["txn_key"], np.int64)[fraud],
                          "known_ms": np.asarray(rows["ts_ms"], np.int64)[fraud] + delay_ms})
 
@@ -259,7 +263,7 @@ def explicit_label_events(labels: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in ("transaction_id", "is_fraud", "known_at") if c not in labels.columns]
     if missing:
         raise ValueError(f"labels lack column(s): {', '.join(missing)}")
-    fraud = pd.to_numeric(labels["is_fraud"].replace({True: 1, False: 0}), errors="coerce").to_numpy() == 1
+    fraud = label_values(labels["is_fraud"].to_numpy(dtype=object)) == 1
     events = pd.DataFrame({"txn_key": stable_hash(labels["transaction_id"])[fraud],
                            "known_ms": epoch_ms(labels["known_at"])[fraud]})
     return events.sort_values("known_ms", kind="stable").drop_duplicates("txn_key").reset_index(drop=True)
@@ -319,8 +323,9 @@ def _distinct_in_window(previous_same: np.ndarray, positions: np.ndarray, start:
     return counts
 
 
-def _haversine_km(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray) -> np.ndarray:
-    lat1, lon1, lat2, lon2 = (np.radians(v) for v in (lat1, lon1, lat2, lon2))
+def haversine_km(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray) -> np.ndarray:
+    """Great-circle distance in km (vectorised): the one Earth model of the features and the simulator alike."""
+    lat1, lon1, lat2, lon2 = (np.radians(np.asarray(v, dtype=np.float64)) for v in (lat1, lon1, lat2, lon2))
     a = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
     return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
 
@@ -398,7 +403,7 @@ def user_pass_values(history: Columns, batch: Columns) -> np.ndarray:
     previous_located = _last_present_before(located)[new]
     found = (previous_located >= start30) & located[new]
     prev = np.where(found, previous_located, 0)
-    out["prev_distance_km"] = np.where(found, _haversine_km(lat[prev], lon[prev], lat[new], lon[new]), 0.0)
+    out["prev_distance_km"] = np.where(found, haversine_km(lat[prev], lon[prev], lat[new], lon[new]), 0.0)
     out["prev_hours"] = np.where(found, (ts_s[new] - ts_s[prev]) / HOUR_MS, 0.0)
     out["prev_location_found"] = found.astype(np.float64)
 
@@ -503,7 +508,7 @@ def assemble(rows: Columns, user: Columns, merchant: Columns, mcc: Columns, user
     lat, lon = np.asarray(rows["lat"], np.float64), np.asarray(rows["lon"], np.float64)
     home_lat, home_lon = floats(users["home_lat"]), floats(users["home_lon"])
     home_known = ~(np.isnan(lat) | np.isnan(lon) | np.isnan(home_lat) | np.isnan(home_lon))
-    f["distance_from_home_km"] = np.where(home_known, _haversine_km(np.nan_to_num(home_lat), np.nan_to_num(home_lon),
+    f["distance_from_home_km"] = np.where(home_known, haversine_km(np.nan_to_num(home_lat), np.nan_to_num(home_lon),
                                                                     np.nan_to_num(lat), np.nan_to_num(lon)), 0.0)
     f["home_distance_missing"] = (~home_known).astype(np.float64)
     found = np.asarray(user["prev_location_found"]) > 0
@@ -582,10 +587,10 @@ def build_features(transactions: pd.DataFrame, *, label_delay: timedelta, labels
     if labels is not None:
         events = explicit_label_events(labels)
     elif "is_fraud" in transactions.columns:
-        events = default_label_events(rows, pd.to_numeric(transactions["is_fraud"]).to_numpy(), label_delay)
+        events = default_label_events(rows, label_values(transactions["is_fraud"].to_numpy(dtype=object)), label_delay)
     else:
         events = pd.DataFrame({"txn_key": np.zeros(0, np.int64), "known_ms": np.zeros(0, np.int64)})
-    delay_ms = int(label_delay / timedelta(milliseconds=1))
+    delay_ms = duration_ms(label_delay)
     passes = {kind: dict(zip(names, keyed_pass_values(kind, rows, events, delay_ms).T))
               for kind, names in PASS_OUTPUTS.items()}
     return feature_frame(transactions["transaction_id"], assemble(rows, passes["user"], passes["merchant"],

@@ -35,13 +35,14 @@ from cluster.features import (
     align_profiles,
     assemble,
     default_label_events,
+    duration_ms,
     explicit_label_events,
     keyed_pass_values,
     partition_of,
     prepare_rows,
 )
 from cluster.profiles import MERCHANT_PROFILE_COLUMNS, USER_PROFILE_COLUMNS
-from cluster.schema import validate_frame
+from cluster.schema import label_values, validate_frame
 
 ARRIVAL_SEQ = "arrival_seq"
 READ_BLOCK_ROWS = 125_000
@@ -94,7 +95,7 @@ def _prepare(batch: pa.Table | pd.DataFrame, users: pd.DataFrame | None, merchan
     rows = prepare_rows(batch, user_profiles, merchant_profiles)
     if ARRIVAL_SEQ in batch.columns:
         rows[ARRIVAL_SEQ] = batch[ARRIVAL_SEQ].to_numpy(np.int64)
-    rows["is_fraud"] = (pd.to_numeric(batch["is_fraud"], errors="coerce").fillna(0).to_numpy(np.int8)
+    rows["is_fraud"] = (np.nan_to_num(label_values(batch["is_fraud"].to_numpy(dtype=object))).astype(np.int8)
                         if "is_fraud" in batch.columns else np.zeros(len(batch), np.int8))
     for column in ("transaction_id", "user_id", "merchant_id"):
         rows[column] = pa.array(batch[column].astype("string"))
@@ -172,7 +173,7 @@ def build_offline_features(dataset: Any, *, label_delay: timedelta, labels: pd.D
     """
     if partitions < 1:
         raise ValueError("partitions must be >= 1")
-    delay_ms = int(label_delay / timedelta(milliseconds=1))
+    delay_ms = duration_ms(label_delay)
     prepared = dataset.map_batches(_prepare, batch_format=None, batch_size=None,  # blocks as they are: Arrow or pandas
                                    fn_kwargs={"users": users, "merchants": merchants})
     options = prepared.context.execution_options  # shared with the caller's dataset: restored below

@@ -47,6 +47,11 @@ def parse_timestamp(value: Any) -> datetime:
     return parsed.astimezone(timezone.utc)
 
 
+def label_values(values: Any) -> np.ndarray:
+    """Labels as floats: 1.0 fraud, 0.0 genuine (True/False, 0/1 and "0"/"1" alike), NaN for anything else."""
+    return pd.to_numeric(pd.Series(values).replace({True: 1, False: 0}), errors="coerce").to_numpy(np.float64)
+
+
 def _label_to_int(value: Any) -> Any:
     if isinstance(value, bool):
         return int(value)
@@ -201,9 +206,9 @@ def validate_frame(frame: pd.DataFrame, *, labelled: bool = False) -> pd.DataFra
     out["lat"], out["lon"] = coordinates["lat"], coordinates["lon"]
 
     if LABEL_COLUMN in frame.columns:
-        labels = pd.to_numeric(frame[LABEL_COLUMN].replace({True: 1, False: 0}), errors="coerce")
-        reject(~labels.isin([0, 1]).to_numpy(), LABEL_COLUMN, "must be 0 or 1")
-        out[LABEL_COLUMN] = labels.fillna(0).astype("int8").to_numpy()
+        labels = label_values(frame[LABEL_COLUMN].to_numpy(dtype=object))
+        reject(~np.isin(labels, (0.0, 1.0)), LABEL_COLUMN, "must be 0 or 1")
+        out[LABEL_COLUMN] = np.nan_to_num(labels).astype(np.int8)
     if SCENARIO_COLUMN in frame.columns:
         out[SCENARIO_COLUMN] = frame[SCENARIO_COLUMN].astype("string").fillna(GENUINE_SCENARIO).to_numpy(dtype=object)
 

@@ -37,7 +37,7 @@ def up(
 
     settings = get_settings()
     run_main_job(settings, MainJobOptions(ui=not no_ui, simulation=not no_simulation, stream=not no_stream,
-                                          tps=tps or settings.target_tps))
+                                          tps=tps or settings.target_tps, users=settings.simulated_users))
 
 
 @app.command()
@@ -51,9 +51,9 @@ def down() -> None:
 @app.command()
 def simulate(
     out: Annotated[Path, typer.Option("--out", help="Output file (.csv or .parquet).")],
-    users: Annotated[int, typer.Option("--users", min=1)] = 2000,
-    days: Annotated[int, typer.Option("--days", min=1)] = 60,
-    start: Annotated[str, typer.Option("--start", help="First simulated day (YYYY-MM-DD).")] = "2026-01-01",
+    users: Annotated[int | None, typer.Option("--users", min=1, help="Default: FRAUD_SIMULATED_USERS.")] = None,
+    days: Annotated[int | None, typer.Option("--days", min=1, help="Default: FRAUD_SIMULATED_DAYS.")] = None,
+    start: Annotated[str | None, typer.Option("--start", help="First simulated day (YYYY-MM-DD).")] = None,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
     fraud_rate: Annotated[float | None, typer.Option("--fraud-rate", min=0.0001, max=0.2)] = None,
 ) -> None:
@@ -62,7 +62,8 @@ def simulate(
 
     settings = get_settings()
     summary = run_simulate(
-        settings, out=out, users=users, days=days, start=date.fromisoformat(start),
+        settings, out=out, users=users or settings.simulated_users, days=days or settings.simulated_days,
+        start=date.fromisoformat(start) if start else settings.simulated_start,
         seed=settings.seed if seed is None else seed,
         fraud_rate=settings.fraud_rate if fraud_rate is None else fraud_rate,
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import psutil
 
 from cluster.config import Settings
+from cluster.waiting import wait_until
 
 
 def pid_file(settings: Settings) -> Path:
@@ -84,11 +84,11 @@ def stop_main_job(settings: Settings, timeout_s: float = 180.0) -> str:
         path.unlink(missing_ok=True)
         return "fraudctl up is not running (removed a stale pid file)"
     os.kill(pid, signal.SIGINT)
-    deadline = time.monotonic() + timeout_s
-    while alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if not alive(pid):
+    try:
+        wait_until(lambda: not alive(pid), timeout_s=timeout_s, interval_s=0.2, what=f"fraudctl up (pid {pid}) stopped")
         return f"fraudctl up (pid {pid}) stopped"
+    except TimeoutError:
+        pass
     os.kill(pid, signal.SIGKILL)
     path.unlink(missing_ok=True)
     reaped = _stop_orphaned_ingress(recorded.get("ingress_state"))

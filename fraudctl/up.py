@@ -6,7 +6,6 @@ import sys
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +31,11 @@ from training.registry import FeatureHashMismatch, ModelNotFound, registry_for
 
 @dataclass(frozen=True)
 class MainJobOptions:
+    tps: float
+    users: int
     ui: bool = True
     simulation: bool = True
     stream: bool = True
-    tps: float = 200.0
-    users: int = 2000
 
 
 def _publish_profiles(settings: Settings, users: int) -> int:
@@ -66,7 +65,8 @@ def _ensure_model(settings: Settings, users: int) -> str:
         reason = "The champion was trained with other feature code"
     print(f"{reason}: simulating history and training one (default budget)...", flush=True)
     history = Path(settings.data_dir).resolve() / "bootstrap" / "history.parquet"
-    run_simulate(settings, out=history, users=users, days=60, start=date(2026, 1, 1), seed=settings.seed,
+    run_simulate(settings, out=history, users=users, days=settings.simulated_days, start=settings.simulated_start,
+                 seed=settings.seed,
                  fraud_rate=settings.fraud_rate)
     version = run_train(settings, TrainOptions(data=history))["version"]
     registry_for(settings).promote(version)
@@ -78,7 +78,8 @@ def _run(settings: Settings, options: MainJobOptions) -> None:
             aws_endpoint(settings) as live, ray_runtime(live), ExitStack() as running:
         mode = f"embedded AWS (moto) at {live.aws_endpoint_url}" if live.embedded_aws else "real AWS"
         print(f"AWS: {mode}; stream {live.stream_name} ({live.stream_shards} shards)", flush=True)
-        print(f"Profiles: {_publish_profiles(live, options.users)} users written to DynamoDB", flush=True)
+        if options.simulation:  # the simulated users' profiles; real ones come from the operator's own data
+            print(f"Profiles: {_publish_profiles(live, options.users)} users written to DynamoDB", flush=True)
         print(f"Model: champion {_ensure_model(live, options.users)}", flush=True)
         api_url = running.enter_context(serving(live, build_app(live)))
         if not live.embedded_aws:  # the embedded S3 ends with this run: nothing to keep there
@@ -95,7 +96,6 @@ def _run(settings: Settings, options: MainJobOptions) -> None:
             running.callback(_stop_producers, handles)
             print(f"Simulation: {len(handles)} producer actors at {options.tps:g} tx/s", flush=True)
         if options.ui:
-
             dashboard_url = running.enter_context(serving_dashboard(live, SimulationControl(handles)))
             print(f"Dashboard: {dashboard_url}", flush=True)
         print("Running. Ctrl-C or `fraudctl down` stops everything.", flush=True)

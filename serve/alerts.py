@@ -30,6 +30,7 @@ from cluster.config import Settings
 from cluster.runtime import ACTOR_NAMESPACE
 from cluster.schema import LABEL_COLUMN, SCENARIO_COLUMN, Transaction
 from serve.coalesce import Coalescer
+from training.policy import HIGH
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def high_alerts(decisions: Sequence[dict[str, Any]], transactions: Sequence[Tran
     """The batch's HIGH decisions with their alert records (transactions align with decisions), each id once."""
     high: dict[str, Alert] = {}
     for decision, transaction in zip(decisions, transactions):
-        if decision["risk_level"] == "HIGH" and decision["transaction_id"] not in high:
+        if decision["risk_level"] == HIGH and decision["transaction_id"] not in high:
             high[decision["transaction_id"]] = (decision, alert_record(transaction))
     return list(high.values())
 

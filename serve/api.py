@@ -21,6 +21,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 
 from cluster.config import Settings
 from cluster.schema import Identifier, Transaction, field_errors, item_field_errors, parse_timestamp
+from training.policy import RISK_LEVELS
 
 MAX_BATCH = 1000
 MAX_ERRORS_SHOWN = 100
@@ -58,7 +59,7 @@ class Decision(BaseModel):
     transaction_id: str
     fraud_score: float = Field(ge=0, le=1)
     is_fraud: bool
-    risk_level: Literal["LOW", "MEDIUM", "HIGH"]
+    risk_level: Literal[RISK_LEVELS]
     factors: list[str]
     model_version: str | None
     processing_time_ms: float

@@ -51,8 +51,9 @@ from serve.api import (
 from serve.champion import DECISIONS_PREFIX, FEEDBACK_PREFIX, JsonLinesLog, decision_rows, in_canary
 from serve.coalesce import Coalescer
 from serve.runtime import serve_env
-from serve.scoring import ModelSet, ae_stage, canonical_columns, combine, scoring_record, split_rows, xgb_stage
+from serve.scoring import ModelSet, canonical_columns, combine, scoring_record, split_rows
 from serve.stats import StatsReporter
+from training.predict import ae_scores, xgb_scores
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ class _ModelStage:
 @serve.deployment(name="XGBoost", ray_actor_options={"num_cpus": 0.3}, max_ongoing_requests=512)
 class XGBoostStage(_ModelStage):
     def predict(self, bundle: Any, x: np.ndarray) -> tuple[np.ndarray, ...]:
-        return (xgb_stage(bundle, x),)
+        return (xgb_scores(bundle, x),)
 
     @serve.batch(max_batch_size=MAX_BATCH_ROWS, batch_wait_timeout_s=0.0, batch_size_fn=_rows)
     async def score(self, requests: list[tuple[str, np.ndarray]]) -> list[Any]:
@@ -128,7 +129,7 @@ class AutoencoderStage(_ModelStage):
         super().__init__(settings)
 
     def predict(self, bundle: Any, x: np.ndarray) -> tuple[np.ndarray, ...]:
-        return (ae_stage(bundle, x),)
+        return (ae_scores(bundle, x),)
 
     @serve.batch(max_batch_size=MAX_BATCH_ROWS, batch_wait_timeout_s=0.0, batch_size_fn=_rows)
     async def score(self, requests: list[tuple[str, np.ndarray]]) -> list[Any]:

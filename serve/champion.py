@@ -22,6 +22,7 @@ from scipy.stats import binomtest, chi2
 
 from cluster.aws import client
 from cluster.config import Settings
+from serve.api import API_KEY_HEADER
 from training.registry import registry_for
 
 DECISIONS_PREFIX = "decisions/"
@@ -133,10 +134,8 @@ def run_compare(settings: Settings) -> dict[str, Any]:
 
 def run_promote(settings: Settings, version: str) -> dict[str, Any]:
     """Move the champion pointer, then ask a running app (if any) to switch now rather than at its next refresh."""
-
-
     registry_for(settings).promote(version)
-    headers = {"X-API-Key": settings.api_key} if settings.api_key else {}
+    headers = {API_KEY_HEADER: settings.api_key} if settings.api_key else {}
     try:
         answer = requests.post(f"http://{settings.api_host}:{settings.api_port}/api/admin/reload", headers=headers,
                                timeout=30)

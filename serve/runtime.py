@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import socket
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any
 from ray import serve
 
 from cluster.config import Settings
+from cluster.waiting import port_in_use, wait_until
 
 log = logging.getLogger(__name__)
 
@@ -49,20 +48,11 @@ def start_serve(settings: Settings) -> None:
                 controller_options={"runtime_env": {"env_vars": serve_env(settings)}})
 
 
-def port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.settimeout(0.5)
-        return probe.connect_ex((host, port)) == 0
-
-
 def stop_serve(settings: Settings, timeout_s: float = 30.0) -> None:
     """Shut Serve down (its proxies stop HAProxy) and wait until nothing listens on the API port."""
     serve.shutdown()
-    deadline = time.monotonic() + timeout_s
-    while port_in_use(settings.api_host, settings.api_port):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"port {settings.api_port} still in use {timeout_s:.0f} s after serve.shutdown()")
-        time.sleep(0.2)
+    wait_until(lambda: not port_in_use(settings.api_host, settings.api_port), timeout_s=timeout_s, interval_s=0.2,
+               what=f"port {settings.api_port} free after serve.shutdown()")
 
 
 @contextmanager

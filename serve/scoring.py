@@ -1,9 +1,8 @@
-"""The scoring core, in stages, shared by the Serve deployments and the in-process SDK (hence identical scores).
+"""What the Serve deployments and the in-process SDK share around the decision core (``training.predict``), hence
+identical scores: the model cache, transactions as feature-code columns, and decisions with their reasons.
 
-features (``cluster.feature_state.OnlineFeatures``) -> XGBoost score || autoencoder score -> combine (the bundle's
-ensemble calibration and risk policy; reason codes from XGBoost contributions, computed only for the MEDIUM and HIGH
-rows that show them). Each stage makes exactly the calls ``training.predict.FraudScorer.score`` makes; the Serve graph
-runs the two model stages in parallel deployments.
+features (``cluster.feature_state.OnlineFeatures``) -> ``xgb_scores`` || ``ae_scores`` -> ``combine`` (``decide``,
+then reason codes from XGBoost contributions, computed only for the MEDIUM and HIGH rows that show them).
 """
 
 from __future__ import annotations
@@ -18,7 +17,8 @@ from cluster.config import Settings
 from cluster.features import FEATURE_NAMES
 from cluster.schema import CANONICAL_COLUMNS, Transaction
 from serve.reasons import explain
-from training.predict import FraudScorer
+from training.policy import LOW
+from training.predict import FraudScorer, decide
 from training.registry import ModelBundle, registry_for
 
 
@@ -65,29 +65,18 @@ def canonical_columns(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     return columns
 
 
-def xgb_stage(bundle: ModelBundle, x: np.ndarray) -> np.ndarray:
-    """XGBoost probability for each row."""
-    return bundle.booster.inplace_predict(x, validate_features=False).astype(np.float64)
-
-
-def ae_stage(bundle: ModelBundle, x: np.ndarray) -> np.ndarray:
-    return bundle.anomaly.score(x)
-
-
 def combine(bundle: ModelBundle, transaction_ids: list[str], x: np.ndarray, xgb_score: np.ndarray,
             ae_score: np.ndarray) -> list[dict[str, Any]]:
     """The decision per row: calibrated ensemble score, risk level and alert flag from the policy, and reasons for
     the MEDIUM and HIGH rows (per-feature XGBoost contributions, ``pred_contribs``); a LOW row has none."""
-    ensemble = bundle.ensemble
-    fraud_score = ensemble.fraud_score(xgb_score, ae_score)
-    levels = ensemble.policy.risk_levels(fraud_score)
-    flags = ensemble.policy.is_fraud(fraud_score)
+    scores = decide(bundle, xgb_score, ae_score)
+    fraud_score, levels, flags = scores.fraud_score, scores.risk_level, scores.is_fraud
     factors: list[list[str]] = [[] for _ in transaction_ids]
-    explained = np.flatnonzero(levels != "LOW")
+    explained = np.flatnonzero(levels != LOW)
     if len(explained):
         contributions = FraudScorer(bundle).contributions(x[explained]).to_numpy(dtype=np.float32)
         for row, reasons in zip(explained, explain(bundle.feature_names, x[explained], contributions,
-                                                   ae_score[explained], ensemble.ae_weight)):
+                                                   ae_score[explained], bundle.ensemble.ae_weight)):
             factors[row] = reasons
     return [{"transaction_id": tid, "fraud_score": float(score), "is_fraud": bool(flag), "risk_level": str(level),
              "factors": reasons, "model_version": bundle.version}

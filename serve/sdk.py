@@ -18,7 +18,8 @@ from cluster.feature_state import OnlineFeatures
 from cluster.features import Columns
 from cluster.schema import Transaction, validate_frame
 from serve.api import ApiError, parse_transaction
-from serve.scoring import ModelSet, ae_stage, canonical_columns, combine, scoring_record, xgb_stage
+from serve.scoring import ModelSet, canonical_columns, combine, scoring_record
+from training.predict import ae_scores, xgb_scores
 
 
 class InvalidTransaction(ValueError):
@@ -68,8 +69,8 @@ class FraudDetector:
 
     def _decide(self, batch: Columns, started: float) -> list[dict[str, Any]]:
         x = self.features.matrix(batch)
-        decisions = combine(self.bundle, list(batch["transaction_id"]), x, xgb_stage(self.bundle, x),
-                            ae_stage(self.bundle, x))
+        decisions = combine(self.bundle, list(batch["transaction_id"]), x, xgb_scores(self.bundle, x),
+                            ae_scores(self.bundle, x))
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         for decision in decisions:
             decision["processing_time_ms"] = round(elapsed_ms, 3)

@@ -20,6 +20,7 @@ import ray
 
 from cluster.runtime import ACTOR_NAMESPACE
 from cluster.schema import GENUINE_SCENARIO, LABEL_COLUMN, SCENARIO_COLUMN, Transaction
+from training.policy import HIGH
 
 STATS_ACTOR = "serve-stats"
 RESERVOIR = 20_000       # at most this many of the newest latencies / lags feed the percentiles
@@ -135,10 +136,16 @@ class RecentValues:
 
     def percentiles(self, now: float) -> dict[str, float | None]:
         self._trim(now)
-        if not self.chunks:
-            return {"p50": None, "p99": None}
-        values = np.concatenate([chunk for _, chunk in self.chunks])[-RESERVOIR:]
-        return {"p50": round(float(np.percentile(values, 50)), 2), "p99": round(float(np.percentile(values, 99)), 2)}
+        values = np.concatenate([chunk for _, chunk in self.chunks])[-RESERVOIR:] if self.chunks else []
+        return percentile_summary(values)
+
+
+def percentile_summary(values: Sequence[float] | np.ndarray, digits: int = 2) -> dict[str, float | None]:
+    """p50 and p99 of ``values`` (None for none): the one summary every latency figure uses."""
+    if not len(values):
+        return {"p50": None, "p99": None}
+    p50, p99 = np.percentile(np.asarray(values, dtype=np.float64), [50, 99])
+    return {"p50": round(float(p50), digits), "p99": round(float(p99), digits)}
 
 
 def stats_actor() -> Any:
@@ -209,7 +216,7 @@ class StatsReporter:
             sample = {"fraud_score": decision["fraud_score"], "risk_level": decision["risk_level"],
                       "is_fraud": flagged, "truth": kind, "scenario": scenario}
             rows[slot:slot + 1] = [sample]
-        if decision["risk_level"] == "HIGH":
+        if decision["risk_level"] == HIGH:
             details = {field: getattr(transaction, field, None) for field in ALERT_FIELDS}
             pending["alert_details"].append({
                 "decided_at": decided_at, "transaction_id": decision["transaction_id"],

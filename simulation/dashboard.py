@@ -31,7 +31,7 @@ from PIL import Image
 
 from cluster.config import Settings
 from cluster.schema import CHANNELS, GENUINE_SCENARIO
-from serve.runtime import port_in_use
+from cluster.waiting import port_in_use, wait_until
 from serve.stats import stats_actor
 from simulation.scenarios import FRAUD_SCENARIOS
 from training.registry import ModelNotFound, registry_for
@@ -286,8 +286,6 @@ def model_metrics(metadata: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]
 
 def model_section(registry: Any, ref: str, role: str) -> ModelSection | None:
     """One registered version as the models tab shows it; None when ``ref`` names no version."""
-
-
     try:
         metadata = registry.metadata(ref)
     except ModelNotFound:
@@ -385,8 +383,6 @@ CSS = """
 
 def actor_view() -> Callable[[], View]:
     """A source of ``dashboard_view()`` snapshots from the cluster's stats actor."""
-
-
     actor = stats_actor()
     return lambda: ray.get(actor.dashboard_view.remote(), timeout=10)
 
@@ -395,8 +391,6 @@ def build_dashboard(settings: Settings, view_source: Callable[[], View], simulat
                     *, refresh_s: float = REFRESH_S, history: History | None = None) -> Any:
     """The Blocks UI (tabs: live, check a transaction, simulation, models). Open pages add to ``history`` too, so
     charts move even without ``sample_history`` running."""
-
-
     api_url = f"http://{settings.api_host}:{settings.api_port}"
     history = history or History(min_gap_s=refresh_s / 2)
     controls = simulation.running
@@ -559,8 +553,6 @@ def serving_dashboard(settings: Settings, simulation: SimulationControl, *, port
 
     Leaving the block (Ctrl-C in the main job) stops uvicorn and waits until the port is free.
     """
-
-
     host, port = settings.api_host, port or settings.ui_port
     if port_in_use(host, port):
         raise RuntimeError(f"ui_port: {host}:{port} is already in use (set FRAUD_UI_PORT to another port)")
@@ -573,12 +565,13 @@ def serving_dashboard(settings: Settings, simulation: SimulationControl, *, port
                                            timeout_graceful_shutdown=2))
     thread = threading.Thread(target=server.run, name="dashboard", daemon=True)
     thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            raise RuntimeError(f"the dashboard did not start on {host}:{port}")
-        time.sleep(0.1)
+    try:
+        wait_until(lambda: server.started or not thread.is_alive(), timeout_s=60, what="the dashboard's start")
+    except TimeoutError:
+        server.should_exit = True
+        raise
+    if not server.started:
+        raise RuntimeError(f"the dashboard did not start on {host}:{port}")
     sampler.start()
     try:
         yield f"http://{host}:{port}"

@@ -12,10 +12,12 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from cluster.config import Settings
 from cluster.profiles import MERCHANT_PROFILE_COLUMNS, USER_PROFILE_COLUMNS, conform
 from cluster.schema import (
     CANONICAL_COLUMNS,
@@ -111,13 +113,18 @@ SAME_STOP_NS = 15 * 60 * NS_PER_SECOND  # card-present uses closer than this are
 ATTACK_WINDOW = timedelta(hours=3)  # a launched attack's incidents all begin within this
 
 
+def _default(name: str) -> Any:
+    """The simulated world's defaults are the settings' (``cluster.config``): one home for each."""
+    return Settings.model_fields[name].default
+
+
 @dataclass(frozen=True)
 class SimulationConfig:
-    n_users: int = 2000
-    days: int = 60
-    start: datetime = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    seed: int = 42
-    fraud_rate: float = 0.007
+    n_users: int = _default("simulated_users")
+    days: int = _default("simulated_days")
+    start: datetime | date = _default("simulated_start")
+    seed: int = _default("seed")
+    fraud_rate: float = _default("fraud_rate")
     n_merchants: int | None = None
     scenario_weights: dict[str, float] | None = field(default=None, hash=False)
     partition: tuple[int, int] = (0, 1)

@@ -20,6 +20,7 @@ import ray
 from cluster.aws import client
 from cluster.config import Settings, get_settings
 from cluster.kinesis import put_frame
+from cluster.waiting import Pacer
 from simulation.generator import SimulationConfig, simulate_attack, simulate_history
 
 
@@ -101,6 +102,7 @@ class TrafficProducer:
         kinesis = client("kinesis", self.settings)
         stream = self.settings.stream_name
         began_run = time.perf_counter()
+        pacer = Pacer(self.stats.target_tps, max_lag_s=0.0, sleep=self._stop.wait)
         try:
             while not self._stop.is_set():
                 queue = simulate_history(SimulationConfig(
@@ -121,7 +123,6 @@ class TrafficProducer:
                     batch, queue = queue.iloc[:batch_size], queue.iloc[batch_size:]
                     if max_records is not None:
                         batch = batch.iloc[: max_records - self.stats.produced]
-                    began = time.perf_counter()
                     put = put_frame(kinesis, stream, batch)
                     self.stats.produced += len(batch)
                     self.stats.put_calls += put.calls
@@ -129,9 +130,8 @@ class TrafficProducer:
                     self.stats.fraud_produced += int(batch["is_fraud"].sum())
                     self.now = batch["timestamp"].iloc[-1].to_pydatetime()
                     self.stats.simulated_time = str(batch["timestamp"].iloc[-1])
-                    pause = len(batch) / max(self.stats.target_tps, 1e-6) - (time.perf_counter() - began)
-                    if pause > 0:
-                        self._stop.wait(pause)
+                    pacer.rate = self.stats.target_tps
+                    pacer.pace(len(batch))
         except Exception as exc:  # surfaced through get_stats so the driver can report it
             self.stats.error = f"{type(exc).__name__}: {exc}"
             raise

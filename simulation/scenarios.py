@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from cluster.features import haversine_km
 from cluster.schema import GENUINE_SCENARIO, LABEL_COLUMN, SCENARIO_COLUMN
 
 NS_PER_MINUTE = 60 * 1_000_000_000
 NS_PER_HOUR = 60 * NS_PER_MINUTE
 NS_PER_DAY = 24 * NS_PER_HOUR
-EARTH_RADIUS_KM = 6371.0
 IMPOSSIBLE_SPEED_KMH = 1100.0  # faster than any airliner door to door
 # Where taken-over sessions and card-testing bots connect from (never a victim's own country or trip country).
 FRAUD_ORIGIN_COUNTRIES = ("NG", "RU", "UA", "RO", "BR", "VN", "ID", "PH", "CN", "TR", "PK", "GH")
@@ -33,13 +33,6 @@ INCIDENT_ROWS: dict[str, tuple[int, int]] = {
 }
 INTERNAL_COLUMNS = ("user_id", "merchant_id", "amount", "ts", "channel", "device_id", "mcc", "country", "lat", "lon",
                     LABEL_COLUMN, SCENARIO_COLUMN, "owner", "merchant_pos")
-
-
-def haversine_km(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray) -> np.ndarray:
-    """Great-circle distance in km (vectorised)."""
-    lat1, lon1, lat2, lon2 = (np.radians(np.asarray(v, dtype=float)) for v in (lat1, lon1, lat2, lon2))
-    a = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
 
 
 def transaction_frame(*, users: pd.DataFrame, merchants: pd.DataFrame, owner: np.ndarray, merchant: np.ndarray,

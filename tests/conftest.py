@@ -83,7 +83,7 @@ def served(ray_session: Settings, champion_model: str) -> Iterator[tuple[str, Se
 
     import requests
 
-    from cluster.aws import free_port
+    from cluster.waiting import free_port
     from serve.app import build_app
     from serve.runtime import serving
 

@@ -135,8 +135,6 @@ def genuine_sample(z: np.ndarray, y: np.ndarray, max_rows: int, seed: int) -> np
 def tune_autoencoder(z_train: np.ndarray, y_train: np.ndarray, z_valid: np.ndarray, y_valid: np.ndarray, *,
                      search: AESearch, storage: Path) -> AETuning:
     """Search lr / weight decay / epochs with Ray Tune + ASHA; inputs already standardised; Ray initialised."""
-
-
     data = {"z_genuine": genuine_sample(z_train, y_train, search.max_rows, search.seed),
             "z_valid": z_valid, "y_valid": y_valid, "seed": search.seed}
     space = {"lr": tune.loguniform(3e-4, 1e-2), "weight_decay": tune.loguniform(1e-7, 1e-3),

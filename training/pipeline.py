@@ -136,7 +136,7 @@ def run_train(settings: Settings, options: TrainOptions) -> dict[str, Any]:
     if options.objective not in ("f1", "cost"):
         raise ValueError(f"objective must be 'f1' or 'cost', got {options.objective!r}")
     started = time.perf_counter()
-    label_delay = timedelta(days=settings.label_delay_days)
+    label_delay = settings.label_delay
     progress = tqdm(total=6, desc="reading data", unit="stage")
     transactions = read_labelled(options.data)
     users, merchants = load_profiles(options.data)

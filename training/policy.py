@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-RISK_LEVELS = ("LOW", "MEDIUM", "HIGH")
+LOW, MEDIUM, HIGH = "LOW", "MEDIUM", "HIGH"
+RISK_LEVELS = (LOW, MEDIUM, HIGH)
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,48 @@
-"""The scoring core the Serve replicas, the stream scorer, the SDK and the backtest all call: features -> decision.
+"""The decision core, the one home of "features -> scores -> decision": the Serve replicas, the stream consumers,
+the SDK, training's evaluation and the backtest all score through these functions.
 
-Vectorised over a batch: one XGBoost ``inplace_predict`` and one autoencoder forward pass per call.
+Vectorised over a batch: one XGBoost ``inplace_predict`` and one autoencoder forward pass per call. The Serve graph
+runs ``xgb_scores`` and ``ae_scores`` in two deployments, then ``decide``; ``FraudScorer.score`` runs all three.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import xgboost as xgb
 
-from cluster.config import Settings
-from training.registry import ModelBundle, registry_for
+from training.registry import ModelBundle
 
 CONTRIBUTION_PREFIX = "contrib_"
 BIAS_COLUMN = f"{CONTRIBUTION_PREFIX}bias"
+
+
+def xgb_scores(bundle: ModelBundle, x: np.ndarray) -> np.ndarray:
+    """XGBoost's fraud probability per row of a (rows x features) float32 matrix."""
+    return bundle.booster.inplace_predict(x, validate_features=False).astype(np.float64)
+
+
+def ae_scores(bundle: ModelBundle, x: np.ndarray) -> np.ndarray:
+    """The autoencoder's anomaly score per row (its reconstruction error's quantile among genuine rows)."""
+    return bundle.anomaly.score(x)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """The decision per row: calibrated ensemble score, risk level (one of ``RISK_LEVELS``) and the alert flag."""
+
+    fraud_score: np.ndarray
+    risk_level: np.ndarray
+    is_fraud: np.ndarray
+
+
+def decide(bundle: ModelBundle, xgb_score: np.ndarray, ae_score: np.ndarray) -> Scores:
+    fraud_score = bundle.ensemble.fraud_score(xgb_score, ae_score)
+    policy = bundle.ensemble.policy
+    return Scores(fraud_score=fraud_score, risk_level=policy.risk_levels(fraud_score),
+                  is_fraud=policy.is_fraud(fraud_score))
 
 
 class FraudScorer:
@@ -23,10 +52,6 @@ class FraudScorer:
         self.version = bundle.version
         self.policy = bundle.ensemble.policy
         self._columns = list(bundle.feature_names)
-
-    @classmethod
-    def from_registry(cls, settings: Settings, ref: str = "champion") -> "FraudScorer":
-        return cls(registry_for(settings).load(ref))
 
     def matrix(self, features: pd.DataFrame) -> np.ndarray:
         missing = [name for name in self._columns if name not in features.columns]
@@ -38,12 +63,10 @@ class FraudScorer:
         """fraud_score (calibrated 0..1), xgb_score, ae_score, risk_level, is_fraud per row, in input order;
         with ``contributions``, also one ``contrib_<feature>`` column per feature (XGBoost log-odds, for reasons)."""
         x = self.matrix(features)
-        xgb_score = self.bundle.booster.inplace_predict(x, validate_features=False).astype(np.float64)
-        ae_score = self.bundle.anomaly.score(x)
-        fraud_score = self.bundle.ensemble.fraud_score(xgb_score, ae_score)
-        out = pd.DataFrame({"fraud_score": fraud_score, "xgb_score": xgb_score, "ae_score": ae_score,
-                            "risk_level": self.policy.risk_levels(fraud_score),
-                            "is_fraud": self.policy.is_fraud(fraud_score)}, index=features.index)
+        xgb_score, ae_score = xgb_scores(self.bundle, x), ae_scores(self.bundle, x)
+        scores = decide(self.bundle, xgb_score, ae_score)
+        out = pd.DataFrame({"fraud_score": scores.fraud_score, "xgb_score": xgb_score, "ae_score": ae_score,
+                            "risk_level": scores.risk_level, "is_fraud": scores.is_fraud}, index=features.index)
         if "transaction_id" in features.columns:
             out.insert(0, "transaction_id", features["transaction_id"].to_numpy())
         if contributions:

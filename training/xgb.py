@@ -111,8 +111,6 @@ def fit_xgboost(x: np.ndarray, y: np.ndarray, feature_names: tuple[str, ...], pa
 def _distributed_loop(config: dict[str, Any]) -> None:
     """Ray Train worker: fit on this worker's shard (XGBoost's collective syncs the histograms); rank 0 reports
     the model once at the end, since a report per round is a cross-worker barrier."""
-
-
     shard = ray.train.get_dataset_shard("train").materialize().to_pandas()
     matrix = xgb.DMatrix(shard[list(config["feature_names"])], label=shard[LABEL])
     booster = xgb.train(config["params"], matrix, num_boost_round=config["rounds"])

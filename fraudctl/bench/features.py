@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import tempfile
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,6 @@ from cluster.runtime import aws_endpoint, ray_runtime
 
 def bench_features_online(settings: Settings, rows: int = 200_000, batch_rows: int = 5_000) -> dict[str, Any]:
     """Transactions/s through the state actors in micro-batches, and state memory per 100,000 users."""
-
-
     users = 100_000
     transactions = synthetic_transactions(rows, users=users, merchants=max(rows // 250, 1))
     with aws_endpoint(settings.model_copy(update={"aws_mode": "embedded", "aws_endpoint_url": None})) as live:
@@ -55,10 +52,8 @@ def bench_features_offline(settings: Settings, rows: int = 500_000) -> dict[str,
     build also starts the workers and imports the feature code in them (once per cluster), the second is the
     builder's own throughput.
     """
-
-
     transactions = synthetic_transactions(rows, users=max(rows // 20, 1), merchants=max(rows // 250, 1))
-    label_delay = timedelta(days=settings.label_delay_days)
+    label_delay = settings.label_delay
     started = time.perf_counter()
     build_features(transactions, label_delay=label_delay)
     core_seconds = time.perf_counter() - started

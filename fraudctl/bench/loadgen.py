@@ -12,7 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-import numpy as np
+
+from serve.stats import percentile_summary
 
 
 async def _drive(url: str, bodies: Callable[[int], bytes], *, requests: int, concurrency: int,
@@ -24,7 +25,6 @@ async def _drive(url: str, bodies: Callable[[int], bytes], *, requests: int, con
     deadline = time.perf_counter() + max_seconds
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, headers={"content-type": "application/json", **headers}) as s:
-
         async def worker() -> None:
             nonlocal errors
             for index in counter:
@@ -46,10 +46,8 @@ async def _drive(url: str, bodies: Callable[[int], bytes], *, requests: int, con
 
 def latency_figures(latencies_ms: list[float]) -> dict[str, Any]:
     """How many were timed, and their p50 and p99 in ms."""
-    values = np.asarray(latencies_ms)
-    return {"requests": len(values),
-            "p50_ms": round(float(np.percentile(values, 50)), 2) if len(values) else None,
-            "p99_ms": round(float(np.percentile(values, 99)), 2) if len(values) else None}
+    summary = percentile_summary(latencies_ms)
+    return {"requests": len(latencies_ms), "p50_ms": summary["p50"], "p99_ms": summary["p99"]}
 
 
 def run_load(url: str, bodies: Callable[[int], bytes], *, requests: int, concurrency: int = 1,

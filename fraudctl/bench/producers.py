@@ -13,8 +13,6 @@ from simulation.producers import start_producers
 
 def bench_producers(settings: Settings) -> dict[str, Any]:
     """Sustained rate of the producer actors into the embedded Kinesis, unpaced, for a fixed record count."""
-
-
     records_each, actors = 20_000, 2
     with aws_endpoint(settings.model_copy(update={"aws_mode": "embedded", "aws_endpoint_url": None})) as live:
         with ray_runtime(live):

@@ -20,8 +20,8 @@ import pandas as pd
 import ray
 from ray import serve
 
-from cluster.aws import free_port
 from cluster.config import Settings
+from cluster.waiting import free_port
 from fraudctl.bench.cpu import cpu_by_role, cpu_figures
 from fraudctl.bench.environment import trained_environment
 from fraudctl.bench.loadgen import latency_figures, run_load
@@ -89,8 +89,6 @@ def _sdk_single(settings: Settings, records: list[dict[str, Any]]) -> dict[str, 
     """The SDK (``serve.sdk.FraudDetector``, feature state of its own) scoring one transaction per call, warmed
     like the app: latency percentiles in ms. Run as a Ray task (``SDK_TASK_CPUS``), so the models get the
     threads they get in a replica, not the driver's."""
-
-
     detector = FraudDetector(settings, feature_state="bench-sdk")
     firsts = _firsts(records, "sdk-warm")
     for start in range(0, len(firsts), BATCH_SIZE):

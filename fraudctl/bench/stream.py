@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from cluster.aws import client
@@ -19,8 +18,10 @@ from cluster.kinesis import (
     read_stream,
     to_entries,
 )
+from cluster.waiting import Pacer
 from fraudctl.bench.cpu import cpu_by_role, cpu_figures
 from fraudctl.bench.environment import trained_environment
+from serve.stats import percentile_summary
 from serve.stream import StreamScoring
 
 
@@ -73,8 +74,8 @@ def bench_stream(settings: Settings, *, warmup: int = 2_000, backlog: int = 25_0
         lags = _decision_lags(live)
     for tag, phase in phases.items():
         values = lags.get(tag, [])
-        phase.update(decisions=len(values), p50_ms=round(float(np.percentile(values, 50)), 1) if values else None,
-                     p99_ms=round(float(np.percentile(values, 99)), 1) if values else None)
+        summary = percentile_summary(values, digits=1)
+        phase.update(decisions=len(values), p50_ms=summary["p50"], p99_ms=summary["p99"])
     return {
         "model_version": version,
         "shards": live.stream_shards,
@@ -124,11 +125,12 @@ def _put_at_rate(kinesis: Any, stream: str, frame: Any, tps: float, seconds: flo
     """Put ``frame`` at ``tps`` (packed, ten puts a second) for at most ``seconds``; returns (rows put, seconds)."""
     entries, starts = to_entries(frame), open_shard_starts(kinesis, stream)
     step = max(1, round(tps / 10))
-    sent, began = 0, time.perf_counter()
+    sent, began, pacer = 0, time.perf_counter(), Pacer(tps, max_lag_s=float("inf"))
     while sent < len(entries) and time.perf_counter() - began < seconds:
-        put_records_reliably(kinesis, stream, pack(entries[sent:sent + step], starts))
-        sent += len(entries[sent:sent + step])
-        time.sleep(max(0.0, began + sent / tps - time.perf_counter()))
+        put = entries[sent:sent + step]
+        put_records_reliably(kinesis, stream, pack(put, starts))
+        sent += len(put)
+        pacer.pace(len(put))
     return sent, time.perf_counter() - began
 
 

@@ -19,9 +19,6 @@ from training.baseline import HandbookConfig, baseline_scores, simulate_handbook
 
 def bench_training(settings: Settings) -> dict[str, Any]:
     """`fraudctl bench` section: our backtest against the baseline on the same handbook-style file and window."""
-
-
-
     config = HandbookConfig()
     window = BacktestWindow(**window_of(config))
     with tempfile.TemporaryDirectory() as folder:

@@ -7,9 +7,10 @@ from datetime import datetime, timezone
 import pandas as pd
 import pytest
 
+from cluster.features import haversine_km
 from cluster.schema import validate_frame
 from simulation.generator import ATTACK_WINDOW, SimulationConfig, simulate_attack
-from simulation.scenarios import FRAUD_SCENARIOS, INCIDENT_ROWS, attack_budget, haversine_km
+from simulation.scenarios import FRAUD_SCENARIOS, INCIDENT_ROWS, attack_budget
 
 NOW = datetime(2026, 3, 4, 13, 7, 21, tzinfo=timezone.utc)
 CONFIG = SimulationConfig(n_users=600, days=1, start=NOW, seed=9, partition=(1, 2), id_prefix="p1atk3-20260304")

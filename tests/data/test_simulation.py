@@ -12,12 +12,13 @@ from typer.testing import CliRunner
 
 from cluster.config import Settings
 from cluster.datasets import read_transactions
+from cluster.features import haversine_km
 from cluster.profiles import MERCHANT_PROFILE_COLUMNS, USER_PROFILE_COLUMNS, profile_paths, scan_profiles
 from cluster.schema import CANONICAL_COLUMNS, validate_frame
 from fraudctl.cli import app
 from simulation.generator import CITIES, MCCS, SimulatedHistory, SimulationConfig, build_population, simulate_history
 from simulation.history import run_simulate
-from simulation.scenarios import FRAUD_SCENARIOS, haversine_km
+from simulation.scenarios import FRAUD_SCENARIOS
 
 CONFIG = SimulationConfig(n_users=400, days=21, start=date(2026, 3, 2), seed=7, fraud_rate=0.01)
 

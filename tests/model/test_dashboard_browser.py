@@ -57,7 +57,7 @@ def record_stream_decisions(url: str, history: Any) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def dashboard(served: tuple[str, Settings], small_history: Any) -> Iterator[tuple[str, dict[str, int]]]:
-    from cluster.aws import free_port
+    from cluster.waiting import free_port
     from simulation.dashboard import SimulationControl, serving_dashboard
 
     url, settings = served

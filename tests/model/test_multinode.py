@@ -19,9 +19,9 @@ from typing import Any
 
 import pandas as pd
 
-from cluster.aws import free_port
 from cluster.config import Settings
 from cluster.kinesis import read_stream
+from cluster.waiting import free_port
 from tests.model.test_stream import ledger_ids, stream_settings
 from tests.streams import drain_alerts, subscribe_alert_queue
 from training.registry import registry_for
