@@ -18,6 +18,7 @@ def test_cluster_yaml_is_valid_for_ray_up() -> None:
     assert prepared["provider"]["type"] == "aws"
     head = prepared["available_node_types"][prepared["head_node_type"]]
     assert head["node_config"]["IamInstanceProfile"]["Name"]
-    assert any("ray[serve,data,tune,train]==2.60" in command for command in prepared["setup_commands"])
+    assert prepared["docker"]["image"].startswith("rayproject/ray:")  # Ray's image: its Python and exact Ray
+    assert any("pip install" in command and "-e ~/fraud-analytics" in command for command in prepared["setup_commands"])
     workers = [t for name, t in prepared["available_node_types"].items() if name != prepared["head_node_type"]]
     assert all(t["min_workers"] <= t["max_workers"] for t in workers)
