@@ -10,6 +10,8 @@ import ctypes
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -19,7 +21,7 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 
 from cluster.config import Settings, get_settings
-from cluster.waiting import free_port, port_in_use, wait_until
+from cluster.waiting import backoff_s, free_port, port_in_use, wait_until
 
 EMULATOR_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
@@ -105,6 +107,23 @@ def _cached_client(service: str, region: str, endpoint_url: str | None, emulator
         if emulator_credentials:
             kwargs.update(EMULATOR_CREDENTIALS)
     return boto3.session.Session().client(service, **kwargs)
+
+
+def until_processed(call: Callable[[dict[str, Any]], dict[str, Any]], request_items: dict[str, Any], *,
+                    unprocessed: str, max_attempts: int = 10) -> list[dict[str, Any]]:
+    """A DynamoDB batch call (``batch_write_item`` / ``batch_get_item``) repeated on what it left unprocessed
+    (``UnprocessedItems`` / ``UnprocessedKeys``: partial throttling), backing off between tries; returns every
+    response. Raises if items are still unprocessed after ``max_attempts``."""
+    responses: list[dict[str, Any]] = []
+    pending = request_items
+    for attempt in range(max_attempts):
+        response = call(RequestItems=pending)
+        responses.append(response)
+        pending = response.get(unprocessed) or {}
+        if not pending:
+            return responses
+        time.sleep(backoff_s(attempt))
+    raise RuntimeError(f"DynamoDB left items unprocessed after {max_attempts} attempts ({unprocessed})")
 
 
 @dataclass(frozen=True)

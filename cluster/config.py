@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     # another replica. Serve's default, 30 s, is for load balancers that route to replicas themselves; here it made
     # every shutdown, redeploy and downscale wait 30 s (measured: `serve.shutdown` 30 s, 4.5 s with 2 s).
     serve_drain_s: float = Field(2.0, ge=0)
+    # HAProxy's own listeners (stats page, Prometheus metrics): distinct ports let two runs share a machine
+    serve_haproxy_stats_port: int = Field(8404, ge=1, le=65535)
+    serve_haproxy_metrics_port: int = Field(9101, ge=1, le=65535)
     serve_model_refresh_s: float = Field(10.0, gt=0)
     challenger: str | None = None  # a model version (or "latest") scored beside the champion
     canary_share: float = Field(0.0, ge=0, le=1)  # share of traffic whose answer comes from the challenger

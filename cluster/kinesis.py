@@ -16,7 +16,6 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
-import random
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import pandas as pd
 from cluster.aws import client
 from cluster.config import Settings
 from cluster.schema import TIMESTAMP_FORMAT
+from cluster.waiting import backoff_s
 
 MAX_PACKED_LINES = 100        # user records per Kinesis record: a consumer page of records stays a micro-batch
 MAX_PACKED_BYTES = 512 * 1024  # Kinesis takes up to 1 MiB per record
@@ -143,7 +143,7 @@ def put_records_reliably(kinesis: Any, stream: str, entries: Sequence[dict[str, 
                 raise KinesisPutError(f"non-retryable Kinesis errors: {sorted(fatal)}")
             stats.retried_records += len(failed)
             pending = failed
-            time.sleep(random.uniform(0, min(max_delay_s, base_delay_s * 2**attempt)))
+            time.sleep(backoff_s(attempt, base_s=base_delay_s, cap_s=max_delay_s))
         else:
             raise KinesisPutError(f"{len(pending)} records still failing after {max_attempts} attempts")
         stats.records += len(chunk)

@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from boto3.dynamodb.table import BatchWriter
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from cachetools import TTLCache
 
-from cluster.aws import client
+from cluster.aws import client, until_processed
 from cluster.config import Settings, get_settings
 
 USER_PROFILE_COLUMNS = {
@@ -82,13 +83,10 @@ def _from_item(item: dict[str, Any]) -> dict[str, Any]:
 
 def put_profiles(table: str, frame: pd.DataFrame, settings: Settings | None = None) -> int:
     """Write every row with ``BatchWriteItem`` (25 per call), retrying unprocessed items."""
-    dynamodb = client("dynamodb", settings or get_settings())
     rows = frame.to_dict(orient="records")
-    for start in range(0, len(rows), 25):
-        requests = [{"PutRequest": {"Item": _to_item(row)}} for row in rows[start:start + 25]]
-        pending = {table: requests}
-        while pending:
-            pending = dynamodb.batch_write_item(RequestItems=pending).get("UnprocessedItems") or {}
+    with BatchWriter(table, client("dynamodb", settings or get_settings())) as writer:
+        for row in rows:
+            writer.put_item(_to_item(row))
     return len(rows)
 
 
@@ -121,14 +119,13 @@ class ProfileStore:
         dynamodb = client("dynamodb", self._settings)
         rows: dict[str, dict[str, Any]] = {}
         for start in range(0, len(keys), _BATCH_GET_LIMIT):
-            pending = {self.table: {"Keys": [{self.key: {"S": k}} for k in keys[start:start + _BATCH_GET_LIMIT]]}}
-            while pending:
-                self.dynamodb_calls += 1
-                response = dynamodb.batch_get_item(RequestItems=pending)
+            wanted = {self.table: {"Keys": [{self.key: {"S": k}} for k in keys[start:start + _BATCH_GET_LIMIT]]}}
+            responses = until_processed(dynamodb.batch_get_item, wanted, unprocessed="UnprocessedKeys")
+            self.dynamodb_calls += len(responses)
+            for response in responses:
                 for item in response["Responses"].get(self.table, []):
                     row = _from_item(item)
                     rows[row[self.key]] = row
-                pending = response.get("UnprocessedKeys") or {}
         return rows
 
 

@@ -3,6 +3,7 @@ allows more work (``Pacer``), and whether a loopback port answers."""
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 from collections.abc import Callable
@@ -25,6 +26,11 @@ def wait_until(condition: Callable[[], T], *, timeout_s: float, interval_s: floa
         if clock() >= deadline:
             raise TimeoutError(f"{what() if callable(what) else what} within {timeout_s:g} s")
         sleep(interval_s)
+
+
+def backoff_s(attempt: int, *, base_s: float = 0.05, cap_s: float = 2.0) -> float:
+    """Exponential backoff with full jitter: the pause before retry ``attempt`` (0-based) of throttled work."""
+    return random.uniform(0, min(cap_s, base_s * 2**attempt))
 
 
 class Pacer:

@@ -25,7 +25,7 @@ from typing import Any
 
 import ray
 
-from cluster.aws import client
+from cluster.aws import client, until_processed
 from cluster.config import Settings
 from cluster.runtime import ACTOR_NAMESPACE
 from cluster.schema import LABEL_COLUMN, SCENARIO_COLUMN, Transaction
@@ -118,17 +118,12 @@ class AlertDesk:
     def _alerted(self, ids: Sequence[str]) -> set[str]:
         pending: dict[str, Any] = {self.table: {"Keys": [{"transaction_id": {"S": tid}} for tid in ids],
                                                 "ProjectionExpression": "transaction_id", "ConsistentRead": True}}
-        found: set[str] = set()
-        while pending:
-            response = self.dynamodb.batch_get_item(RequestItems=pending)
-            found.update(item["transaction_id"]["S"] for item in response["Responses"].get(self.table, []))
-            pending = response.get("UnprocessedKeys") or {}
-        return found
+        return {item["transaction_id"]["S"]
+                for response in until_processed(self.dynamodb.batch_get_item, pending, unprocessed="UnprocessedKeys")
+                for item in response["Responses"].get(self.table, [])}
 
     def _write(self, requests: list[dict[str, Any]]) -> None:
-        pending: dict[str, Any] = {self.table: requests}
-        while pending:
-            pending = self.dynamodb.batch_write_item(RequestItems=pending).get("UnprocessedItems") or {}
+        until_processed(self.dynamodb.batch_write_item, {self.table: requests}, unprocessed="UnprocessedItems")
 
     def _release(self, transaction_ids: list[str]) -> None:
         for chunk in _chunks(transaction_ids, WRITES_PER_CALL):

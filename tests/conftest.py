@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from cluster.config import Settings
+from cluster.waiting import free_port
 
 API_KEY = "test-key"
 
@@ -16,7 +17,8 @@ def aws_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]
     """Settings pointing at moto's server on a free loopback port, with every resource bootstrapped."""
     from cluster.runtime import aws_endpoint
 
-    base = Settings(aws_mode="embedded", data_dir=tmp_path_factory.mktemp("fraud-data"))
+    base = Settings(aws_mode="embedded", data_dir=tmp_path_factory.mktemp("fraud-data"),
+                    serve_haproxy_stats_port=free_port(), serve_haproxy_metrics_port=free_port())
     with aws_endpoint(base) as settings:
         yield settings
 

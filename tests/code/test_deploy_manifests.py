@@ -123,9 +123,9 @@ def test_rayservice_env_ha_proxy_and_settings_on_every_pod() -> None:
 
 
 def test_every_ray_pin_and_image_names_the_installed_ray() -> None:
-    from packaging.requirements import Requirement
-
     import tomllib
+
+    from packaging.requirements import Requirement
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     (ray_pin,) = [Requirement(dep) for dep in project["dependencies"] if Requirement(dep).name == "ray"]
