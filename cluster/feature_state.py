@@ -404,7 +404,6 @@ class OnlineFeatures:
     def __init__(self, settings: Settings | None = None, *, partitions: int | None = None, name: str = "features",
                  actor_cpus: float = 0.2, user_store: Any = None, merchant_store: Any = None, restore: bool = True,
                  restore_from: str | None = None):
-
         self.settings = settings or get_settings()
         self.name, self.actor_cpus = name, actor_cpus
         self.restore_from = tuple(dict.fromkeys(n for n in (name, restore_from) if n)) if restore else ()

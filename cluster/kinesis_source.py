@@ -50,7 +50,6 @@ class KinesisDatasource(Datasource):
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context: Any = None) -> list[ReadTask]:
-
         tasks = []
         shards = client("kinesis", self.settings).list_shards(StreamName=self.stream)["Shards"]
         for index, shard in enumerate(sorted(shards, key=lambda s: s["ShardId"])):

@@ -122,11 +122,16 @@ def compare() -> None:
 @app.command()
 def bench(
     only: Annotated[list[str] | None, typer.Option("--only", help="Run only these sections.")] = None,
+    markdown: Annotated[Path | None, typer.Option("--markdown", help="Also write the figures as a table here.")] = None,
 ) -> None:
     """The project's own benchmark; prints one JSON object of figures."""
     from fraudctl.bench import run_bench
+    from fraudctl.bench.report import write_markdown
 
-    typer.echo(json.dumps(run_bench(get_settings(), only=only), indent=2, default=str))
+    figures = run_bench(get_settings(), only=only)
+    if markdown:
+        write_markdown(figures, markdown)
+    typer.echo(json.dumps(figures, indent=2, default=str))
 
 
 if __name__ == "__main__":

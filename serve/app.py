@@ -242,7 +242,6 @@ class Ingress:
 
     def _log_challenger(self, champion: list[dict[str, Any]], challenger: list[dict[str, Any]],
                         served: list[bool]) -> None:
-
         self._in_background(asyncio.to_thread(self.decision_log.add, decision_rows(champion, challenger, served)))
 
     def _in_background(self, work: Any) -> None:

@@ -15,9 +15,9 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
+import httpx
 import numpy as np
 import pandas as pd
-import requests
 from scipy.stats import binomtest, chi2
 
 from cluster.aws import client
@@ -137,9 +137,9 @@ def run_promote(settings: Settings, version: str) -> dict[str, Any]:
     registry_for(settings).promote(version)
     headers = {API_KEY_HEADER: settings.api_key} if settings.api_key else {}
     try:
-        answer = requests.post(f"http://{settings.api_host}:{settings.api_port}/api/admin/reload", headers=headers,
-                               timeout=30)
-        serving = answer.json() if answer.ok else f"reload refused: HTTP {answer.status_code}"
-    except requests.ConnectionError:
+        answer = httpx.post(f"http://{settings.api_host}:{settings.api_port}/api/admin/reload", headers=headers,
+                            timeout=30)
+        serving = answer.json() if answer.is_success else f"reload refused: HTTP {answer.status_code}"
+    except httpx.ConnectError:
         serving = "no app running; it will load the new champion when it starts"
     return {"champion": version, "serving": serving}

@@ -34,7 +34,6 @@ class FraudDetector:
 
     def __init__(self, settings: Settings | None = None, *, model: str = "champion", features: Any = None,
                  feature_state: str = "sdk", restore_from: str | None = None):
-
         self.settings = settings or get_settings()
         models = ModelSet(self.settings)
         version = models.resolve(model)

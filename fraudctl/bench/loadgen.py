@@ -18,7 +18,6 @@ from serve.stats import percentile_summary
 
 async def _drive(url: str, bodies: Callable[[int], bytes], *, requests: int, concurrency: int,
                  max_seconds: float, headers: dict[str, str]) -> dict[str, Any]:
-
     latencies: list[float] = []
     errors = 0
     counter = iter(range(requests))

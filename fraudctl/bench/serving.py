@@ -21,6 +21,7 @@ import ray
 from ray import serve
 
 from cluster.config import Settings
+from cluster.schema import TIMESTAMP_FORMAT
 from cluster.waiting import free_port
 from fraudctl.bench.cpu import cpu_by_role, cpu_figures
 from fraudctl.bench.environment import trained_environment
@@ -108,11 +109,10 @@ def _alerts(base_url: str) -> int:
 
 
 def bench_serving(settings: Settings) -> dict[str, Any]:
-
     base = settings.model_copy(update={"api_port": free_port(), "api_key": "bench", "serve_max_replicas": 1})
     with trained_environment(base) as (live, data, version):
         frame = pd.read_parquet(data).drop(columns=["is_fraud", "fraud_scenario"], errors="ignore")
-        frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True).dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True).dt.strftime(TIMESTAMP_FORMAT)
         records = [{k: v for k, v in row.items() if v is not None and v == v}
                    for row in frame.to_dict(orient="records")]
         bodies = [json.dumps(r).encode() for r in records]

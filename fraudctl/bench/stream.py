@@ -29,7 +29,6 @@ def bench_stream(settings: Settings, *, warmup: int = 2_000, backlog: int = 25_0
                  hold_seconds: float = 20, lag_tps: float = 2_000, lag_seconds: float = 30) -> dict[str, Any]:
     """End-to-end figures through the embedded Kinesis, in one run, after ``warmup`` records have brought the
     consumers up (models loaded, feature state live; how long that took is ``cold_start_s``):
-
     - sustained: a backlog of simulated records put at once, from the first put to the last decision (tx/s),
       beside the emulator's own put rate for the same records (the ceiling), and the CPU each part spent on it;
     - held: the population's traffic, replayed later in time under new ids, put at ``hold_tps`` for

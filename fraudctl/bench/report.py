@@ -1,0 +1,105 @@
+"""The README's figures, written from one ``fraudctl bench`` JSON object: a compact Markdown table, never edited by
+hand (``fraudctl bench --markdown docs/benchmarks.md``, or ``python -m fraudctl.bench.report bench.json OUT.md``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+Row = tuple[str, Callable[[dict[str, Any]], str], str]
+
+
+def _get(figures: dict[str, Any], path: str) -> Any:
+    value: Any = figures
+    for key in path.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def _number(value: Any, unit: str = "", digits: int = 0) -> str:
+    if value is None:
+        return "–"
+    return f"{value:,.{digits}f}{unit}"
+
+
+def _figure(path: str, unit: str = "", digits: int = 0) -> Callable[[dict[str, Any]], str]:
+    return lambda figures: _number(_get(figures, path), unit, digits)
+
+
+def _pair(first: str, second: str, unit: str, digits: int = 1) -> Callable[[dict[str, Any]], str]:
+    return lambda figures: (f"{_number(_get(figures, first), '', digits)} / "
+                            f"{_number(_get(figures, second), '', digits)}{unit}")
+
+
+ROWS: dict[str, list[Row]] = {
+    "features_offline": [
+        ("offline features, Ray Data builder", _figure("features_offline.ray_data_rows_per_s", " rows/s"),
+         "≥ 50,000 rows/s"),
+    ],
+    "features_online": [
+        ("online features through the state actors", _figure("features_online.tx_per_s", " tx/s"), "≥ 20,000 tx/s"),
+        ("online state per 100k users", _figure("features_online.user_state_mb_per_100k_users", " MB", 1), "—"),
+    ],
+    "producers": [
+        ("producers into the embedded Kinesis", _figure("producers.sustained_tps", " tx/s"), "—"),
+    ],
+    "training": [
+        ("backtest AP, ours / the standard baseline (handbook-style data)",
+         _pair("training.ours.average_precision", "training.baseline.average_precision", "", 3), "≥ 1.10×"),
+        ("backtest ROC-AUC, ours / baseline", _pair("training.ours.roc_auc", "training.baseline.roc_auc", "", 3),
+         "ours ≥ baseline"),
+    ],
+    "serving": [
+        ("HTTP c=1 p50, app / composed no-op",
+         _pair("serving.app.concurrency_1.p50_ms", "serving.noop.concurrency_1.p50_ms", " ms"), "ratio ≤ 1.5"),
+        ("HTTP c=1 p50 ratio (floor: no-op + in-process scoring)",
+         lambda f: f"{_number(_get(f, 'serving.p50_ratio_c1'), '×', 2)} "
+                   f"(floor {_number(_get(f, 'serving.p50_ratio_c1_floor'), '×', 2)})", "≤ 1.5×"),
+        ("HTTP c=32 throughput, app / no-op",
+         _pair("serving.app.concurrency_32.rps", "serving.noop.concurrency_32.rps", " req/s", 0), "ratio ≥ 0.6"),
+        ("HTTP batch endpoint (1,000 per request)", _figure("serving.batch.transactions_per_s", " tx/s"),
+         "≥ 20,000 tx/s"),
+    ],
+    "stream": [
+        ("stream end to end, warm consumers", _figure("stream.sustained.end_to_end_tps", " tx/s"), "≥ 5,000 tx/s"),
+        ("stream lag p50 / p99 at the target rate",
+         _pair("stream.lag_at_target.p50_ms", "stream.lag_at_target.p99_ms", " ms", 0), "p99 ≤ 1,000 ms"),
+    ],
+}
+
+
+def markdown(figures: dict[str, Any]) -> str:
+    """One table row per figure of the sections the run measured."""
+    machine = figures.get("machine", {})
+    lines = [f"Measured by `fraudctl bench` on {machine.get('cpus', '?')} cores (Python {machine.get('python', '?')});"
+             " written by `fraudctl/bench/report.py` from the run's JSON.", "",
+             "| figure | measured | goal |", "| --- | --- | --- |"]
+    for section, rows in ROWS.items():
+        if section in figures:
+            lines.extend(f"| {label} | {value(figures)} | {goal} |" for label, value, goal in rows)
+    return "\n".join(lines) + "\n"
+
+
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def write_markdown(figures: dict[str, Any], out: Path) -> None:
+    """The table into ``out``: between its ``START`` and ``END`` markers when it has them (the README), else as the
+    whole file."""
+    table = markdown(figures)
+    text = out.read_text() if out.exists() else ""
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        out.write_text(f"{head}{START}\n{table}{END}{rest.split(END, 1)[1]}")
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("# Benchmarks\n\n" + table)
+
+
+if __name__ == "__main__":
+    write_markdown(json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2]))
