@@ -2,14 +2,15 @@
 
 features (``cluster.feature_state.OnlineFeatures``) -> XGBoost score || autoencoder score -> combine (the bundle's
 ensemble calibration and risk policy; reason codes from XGBoost contributions, computed only for the MEDIUM and HIGH
-rows that show them). Each stage makes exactly the calls ``training.predict.FraudScorer.score`` makes; the Serve graph
-runs the two model stages in parallel deployments.
+rows that show them, and the LOW rows a caller asks to explain). Each stage makes exactly the calls
+``training.predict.FraudScorer.score`` makes; the Serve graph runs the two model stages in parallel deployments.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -75,19 +76,25 @@ def ae_stage(bundle: ModelBundle, x: np.ndarray) -> np.ndarray:
 
 
 def combine(bundle: ModelBundle, transaction_ids: list[str], x: np.ndarray, xgb_score: np.ndarray,
-            ae_score: np.ndarray) -> list[dict[str, Any]]:
+            ae_score: np.ndarray, *, currencies: Sequence[str] | None = None,
+            explain_low: Sequence[bool] | None = None) -> list[dict[str, Any]]:
     """The decision per row: calibrated ensemble score, risk level and alert flag from the policy, and reasons for
-    the MEDIUM and HIGH rows (per-feature XGBoost contributions, ``pred_contribs``); a LOW row has none."""
+    the MEDIUM and HIGH rows (per-feature XGBoost contributions, ``pred_contribs``, quoting amounts in each row's
+    ``currencies``). A LOW row has none unless ``explain_low`` asks for it: then its strongest reasons either way,
+    labelled, so an analyst sees why it passed."""
     ensemble = bundle.ensemble
     fraud_score = ensemble.fraud_score(xgb_score, ae_score)
     levels = ensemble.policy.risk_levels(fraud_score)
     flags = ensemble.policy.is_fraud(fraud_score)
     factors: list[list[str]] = [[] for _ in transaction_ids]
-    explained = np.flatnonzero(levels != "LOW")
+    low = levels == "LOW"
+    explained = np.flatnonzero(~low | (np.asarray(explain_low, bool) if explain_low is not None else False))
     if len(explained):
         contributions = FraudScorer(bundle).contributions(x[explained]).to_numpy(dtype=np.float32)
-        for row, reasons in zip(explained, explain(bundle.feature_names, x[explained], contributions,
-                                                   ae_score[explained], ensemble.ae_weight)):
+        for row, reasons in zip(explained, explain(
+                bundle.feature_names, x[explained], contributions, ae_score[explained], ensemble.ae_weight,
+                currencies=None if currencies is None else [currencies[i] for i in explained],
+                both_ways=low[explained])):
             factors[row] = reasons
     return [{"transaction_id": tid, "fraud_score": float(score), "is_fraud": bool(flag), "risk_level": str(level),
              "factors": reasons, "model_version": bundle.version}
