@@ -627,7 +627,6 @@ def label_keys(events: Columns, rows: Columns, key: str, label_delay_ms: int) ->
     return {"key": keys[found], "known_ms": known, "anchor_ms": label_anchor(tx_ms, known, label_delay_ms)}
 
 
-
 # -- reasons ------------------------------------------------------------------------------------------------------
 # How each feature reads to an analyst (``serve.reasons`` ranks and groups them): a new feature adds its ``Reason``
 # here. A template describes the value seen, whichever way it pushed, and gives None where the value is a stand-in
@@ -717,7 +716,7 @@ def _speed(seen: Seen) -> str | None:
     if seen["prev_location_missing"]:
         return None
     at_least = "at least " if seen.value >= MAX_SPEED_KMH else ""
-    return f"Implied travel at {at_least}{number(seen.value)} km/h since this card's previous purchase"
+    return f"Implied speed of {at_least}{number(seen.value)} km/h since this card's previous purchase"
 
 
 def _merchant_fraud_count(seen: Seen) -> str:

@@ -181,8 +181,9 @@ def test_a_stand_in_for_a_missing_input_gives_no_sentence(name: str, row: dict[s
     ("log_seconds_since_prev", math.log1p(5 * 86400.0), {}, "USD", "Previous purchase by this card 5 days earlier"),
     ("merchant_risk_7d", 0.0048, {}, "USD", "Merchant fraud rate 0.48% over the last 7 days"),
     ("merchant_fraud_count_7d", 1.0, {}, "USD", "Merchant had 1 confirmed fraud in the last 7 days"),
-    ("speed_from_prev_kmh", 20000.0, {}, "USD", "Implied travel at at least 20,000 km/h since this card's previous "
+    ("speed_from_prev_kmh", 20000.0, {}, "USD", "Implied speed of at least 20,000 km/h since this card's previous "
                                                 "purchase"),
+    ("speed_from_prev_kmh", 950.4, {}, "USD", "Implied speed of 950 km/h since this card's previous purchase"),
     ("credit_utilisation_30d", 0.873, {}, "USD", "87% of the credit limit spent in the last 30 days"),
     ("account_age_days", 12.7, {}, "USD", "Account opened 12 days ago"),
     ("first_time_at_merchant", 0.0, {}, "USD", "This card bought at this merchant in the last 30 days"),
