@@ -21,6 +21,7 @@ its fraud share is not diluted by transactions whose verdict is still pending.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -30,6 +31,7 @@ import pandas as pd
 
 from cluster.profiles import MERCHANT_PROFILE_COLUMNS, USER_PROFILE_COLUMNS, conform
 from cluster.schema import REQUIRED_COLUMNS, label_values
+from cluster.wording import Reason, Seen, Template, count, distance, duration, number, relative, share
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
@@ -628,3 +630,184 @@ def label_keys(events: Columns, rows: Columns, key: str, label_delay_ms: int) ->
     known = np.asarray(events["known_ms"], np.int64)[listed][found]
     tx_ms = np.asarray(rows["ts_ms"], np.int64)[position[found]]
     return {"key": keys[found], "known_ms": known, "anchor_ms": label_anchor(tx_ms, known, label_delay_ms)}
+
+
+# -- reasons ------------------------------------------------------------------------------------------------------
+# How each feature reads to an analyst (``serve.reasons`` ranks and groups them): a new feature adds its ``Reason``
+# here. A template describes the value seen, whichever way it pushed, and gives None where the value is a stand-in
+# for a missing input (see ``assemble``), so no sentence claims what was not seen.
+
+_WINDOW_WORDS = {"10m": "10 minutes", "1h": "hour", "24h": "24 hours", "1d": "day", "7d": "7 days", "30d": "30 days"}
+
+
+def _amount(seen: Seen, amount: float) -> str:
+    if amount < TINY_AMOUNT and seen.raises:
+        return f"Tiny amount {seen.money(amount)} — a card-testing probe pattern"
+    return f"Amount {seen.money(amount)}"
+
+
+def _amount_to_user_mean(seen: Seen) -> str | None:
+    if seen["user_no_history_30d"]:
+        return None
+    return f"Amount {seen.money(seen['amount'])} is {relative(seen.value)} this card's 30-day average"
+
+
+def _amount_zscore(seen: Seen) -> str | None:
+    if seen["user_no_history_30d"]:
+        return None
+    amount, z = seen.money(seen["amount"]), seen.value
+    if abs(z) < 0.5:
+        return f"Amount {amount} is close to this card's usual amounts"
+    side = "above" if z > 0 else "below"
+    return f"Amount {amount} is {abs(z):.1f} standard deviations {side} this card's usual (log scale)"
+
+
+def _amount_to_merchant_typical(seen: Seen) -> str | None:
+    if seen["merchant_profile_missing"] or seen.value == 1.0:  # 1.0 stands in for an unknown typical ticket
+        return None
+    return f"Amount {seen.money(seen['amount'])} is {relative(seen.value)} this merchant's typical ticket"
+
+
+def _since_previous(seen: Seen) -> str | None:
+    if seen["user_no_history_30d"]:
+        return None
+    seconds = math.expm1(seen.value)
+    only = "only " if seconds < HOUR_MS / 1000 else ""
+    return f"Previous purchase by this card {only}{duration(seconds)} earlier"
+
+
+def _flag(on: str, off: str | None = None, *, unless: str | None = None) -> Template:
+    """A 0/1 feature: ``on`` when set; ``off`` (if any) when not, unless the ``unless`` flag is set."""
+    def template(seen: Seen) -> str | None:
+        if seen.value >= 0.5:
+            return on
+        return None if off is None or (unless is not None and seen[unless]) else off
+    return template
+
+
+def _unless(missing: str, template: Template) -> Template:
+    """``template`` unless the ``missing`` flag says the value is a stand-in."""
+    return lambda seen: None if seen[missing] else template(seen)
+
+
+def _in_window(noun: str, window: str, *, none: str) -> Template:
+    """A count over a user window that includes this purchase."""
+    def template(seen: Seen) -> str:
+        if seen.value < 1.5:
+            return f"No other {none} by this card in the last {_WINDOW_WORDS[window]}"
+        return f"{count(seen.value, noun)} by this card in the last {_WINDOW_WORDS[window]}, this one included"
+    return template
+
+
+def _hour(seen: Seen) -> str:
+    hour = int(seen.value) % 24
+    return f"Purchase between {hour:02d}:00 and {(hour + 1) % 24:02d}:00 UTC"
+
+
+def _account_age(seen: Seen) -> str | None:
+    days = seen.value
+    if days == NEUTRAL_ACCOUNT_AGE_DAYS:  # the stand-in for an unknown opening date
+        return None
+    if days < 1:
+        return "Account opened less than a day ago"
+    if days < 60:
+        return f"Account opened {count(math.floor(days), 'day')} ago"
+    if days < 730:
+        return f"Account opened {count(math.floor(days / 30.44), 'month')} ago"
+    return f"Account opened {count(math.floor(days / 365.25), 'year')} ago"
+
+
+def _speed(seen: Seen) -> str | None:
+    if seen["prev_location_missing"]:
+        return None
+    at_least = "at least " if seen.value >= MAX_SPEED_KMH else ""
+    return f"Implied speed of {at_least}{number(seen.value)} km/h since this card's previous purchase"
+
+
+def _merchant_fraud_count(seen: Seen) -> str:
+    if seen.value < 0.5:
+        return "No confirmed frauds at this merchant in the last 7 days"
+    return f"Merchant had {count(seen.value, 'confirmed fraud')} in the last 7 days"
+
+
+def _delayed_risk(window: str) -> Template:
+    def template(seen: Seen) -> str | None:
+        if seen[f"merchant_delayed_count_{window}"] < 0.5:  # no settled history: the rate is a stand-in
+            return None
+        return f"Merchant fraud rate {share(seen.value)} over a fully labelled {window[:-1]}-day window"
+    return template
+
+
+def _tiny_count(seen: Seen) -> str:
+    under, this_tiny = f"(under {seen.money(TINY_AMOUNT)})", seen["amount"] < TINY_AMOUNT
+    if seen.value < 0.5:
+        return f"No tiny amounts {under} by this card in the last 10 minutes"
+    if this_tiny and seen.value < 1.5:
+        return f"No other tiny amount {under} by this card in the last 10 minutes"
+    included = ", this one included" if this_tiny else ""
+    return f"{count(seen.value, 'tiny amount')} {under} by this card in the last 10 minutes{included}"
+
+
+REASONS: dict[str, Reason] = {
+    "amount": Reason("amount", lambda seen: _amount(seen, seen.value)),
+    "log_amount": Reason("amount", lambda seen: _amount(seen, math.expm1(seen.value))),
+    "hour_of_day": Reason("time", _hour),
+    "is_night": Reason("time", _flag(f"Night-time purchase ({NIGHT_HOURS[0]:02d}:00–{NIGHT_HOURS[1]:02d}:00 UTC)",
+                                     f"Purchase outside night hours ({NIGHT_HOURS[1]:02d}:00–24:00 UTC)")),
+    "is_weekend": Reason("time", _flag("Weekend purchase", "Weekday purchase")),
+    **{f"user_count_{w}": Reason("velocity", _in_window("purchase", w, none="purchase")) for w in USER_WINDOWS},
+    **{f"user_sum_{w}": Reason("spend", lambda seen, w=w: (
+        f"{seen.money(seen.value)} spent by this card in the last {_WINDOW_WORDS[w]}, this purchase included"))
+       for w in USER_WINDOWS},
+    "amount_to_user_mean_30d": Reason("amount", _amount_to_user_mean),
+    "log_amount_zscore_30d": Reason("amount", _amount_zscore),
+    "user_no_history_30d": Reason("history", _flag("No purchases by this card in the last 30 days",
+                                                   "This card has purchases in the last 30 days")),
+    "log_seconds_since_prev": Reason("velocity", _since_previous),
+    **{f"user_distinct_merchants_{w}": Reason("merchants", _in_window("different merchant", w, none="merchant"))
+       for w in DISTINCT_MERCHANT_WINDOWS},
+    "user_tiny_count_10m": Reason("testing", _tiny_count),
+    "first_time_at_merchant": Reason("merchant_new", _flag("First purchase at this merchant in 30 days",
+                                                           "This card bought at this merchant in the last 30 days")),
+    "new_device": Reason("device", _flag("First purchase from this device on this card in 30 days",
+                                         "Device already used by this card", unless="device_missing")),
+    "device_missing": Reason("device", _flag("No device information", "Device identified")),
+    "distance_from_home_km": Reason("geo", _unless("home_distance_missing", lambda seen: (
+        f"Purchase {distance(seen.value)} from the card holder's home"))),
+    "home_distance_missing": Reason("geo", _flag("Distance from the card holder's home unknown")),
+    "distance_from_prev_km": Reason("travel", _unless("prev_location_missing", lambda seen: (
+        f"Purchase {distance(seen.value)} from this card's previous purchase"))),
+    "speed_from_prev_kmh": Reason("travel", _speed),
+    "prev_location_missing": Reason("travel", _flag("No location for this card's previous purchase")),
+    "location_missing": Reason("geo", _flag("No location for this purchase")),
+    "country_changed": Reason("country", _flag("Country differs from this card's previous purchase")),
+    "country_missing": Reason("country", _flag("No country for this purchase")),
+    "country_differs_from_home": Reason("country", _flag("Purchase outside the card holder's home country")),
+    "channel_card_present": Reason("channel", _flag("Card-present purchase")),
+    "channel_online": Reason("channel", _flag("Online (card-not-present) purchase")),
+    "channel_mobile": Reason("channel", _flag("Mobile purchase")),
+    "channel_missing": Reason("channel", _flag("No channel information")),
+    **{f"merchant_count_{w}": Reason("merchant_volume", lambda seen, w=w: (
+        f"Merchant volume: {count(seen.value, 'purchase')} in the last {_WINDOW_WORDS[w]}"))
+       for w in MERCHANT_COUNT_WINDOWS},
+    **{f"merchant_risk_{w}": Reason("merchant_risk", lambda seen, w=w: (
+        f"Merchant fraud rate {share(seen.value)} over the last {_WINDOW_WORDS[w]}"))
+       for w in MERCHANT_RISK_WINDOWS},
+    "merchant_fraud_count_7d": Reason("merchant_risk", _merchant_fraud_count),
+    **{f"merchant_delayed_risk_{w}": Reason("merchant_risk", _delayed_risk(w)) for w in MERCHANT_DELAYED_WINDOWS},
+    **{f"merchant_delayed_count_{w}": Reason("merchant_volume", lambda seen, w=w: (
+        f"Merchant volume: {count(seen.value, 'purchase')} in a fully labelled {w[:-1]}-day window"))
+       for w in MERCHANT_DELAYED_WINDOWS},
+    **{f"mcc_risk_{w}": Reason("category_risk", _unless("mcc_missing", lambda seen, w=w: (
+        f"Merchant category fraud rate {share(seen.value)} over the last {_WINDOW_WORDS[w]}")))
+       for w in MCC_RISK_WINDOWS},
+    "mcc_missing": Reason("category_risk", _flag("No merchant category")),
+    "account_age_days": Reason("account", _account_age),
+    "credit_utilisation_30d": Reason("credit", lambda seen: (  # 0 stands in for an unknown credit limit
+        f"{share(seen.value)} of the credit limit spent in the last 30 days" if seen.value > 0 else None)),
+    "kyc_level": Reason("kyc", lambda seen: (f"Identity-verification (KYC) level {seen.value:.0f}" if seen.value >= 0.5
+                                             else "No identity-verification (KYC) level")),
+    "user_profile_missing": Reason("account", _flag("No card holder profile")),
+    "amount_to_merchant_typical": Reason("merchant_amount", _amount_to_merchant_typical),
+    "merchant_profile_missing": Reason("merchant_amount", _flag("No merchant profile")),
+}

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
@@ -27,6 +27,9 @@ MAX_BATCH = 1000
 MAX_ERRORS_SHOWN = 100
 API_KEY_HEADER = "X-API-Key"
 TRANSACTION_LIST = TypeAdapter(list[Transaction])
+EXPLAIN = Annotated[bool, Query(description=(
+    "Give LOW decisions their factors too: the strongest reasons either way, each starting \"Raises risk: \" or "
+    "\"Lowers risk: \". MEDIUM and HIGH decisions, and the response without it, are unchanged."))]
 
 
 class ApiError(Exception):

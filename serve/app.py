@@ -35,6 +35,7 @@ from cluster.feature_state import OnlineFeatures
 from serve.alerts import AlertPublisher, AlertPublishError
 from serve.api import (
     BATCH_BODY,
+    EXPLAIN,
     FEEDBACK_BODY,
     TRANSACTION_BODY,
     ApiError,
@@ -155,7 +156,7 @@ class Ingress:
         self._refreshed = 0.0
         self._background: set[asyncio.Task] = set()
         self._flusher: asyncio.Task | None = None
-        self.champion_pass = Coalescer(self._champion_pass, max_size=MAX_BATCH_ROWS, size=len,
+        self.champion_pass = Coalescer(self._champion_pass, max_size=MAX_BATCH_ROWS, size=lambda item: len(item[0]),
                                        concurrency=CHAMPION_PASSES)
 
     async def _flush_logs(self) -> None:
@@ -183,15 +184,15 @@ class Ingress:
     def _features_of(self, records: list[dict[str, Any]]) -> np.ndarray:
         return self.features.matrix(canonical_columns(records))
 
-    async def _champion_pass(self, requests: list[list[dict[str, Any]]]
+    async def _champion_pass(self, requests: list[tuple[list[dict[str, Any]], bool]]
                              ) -> list[tuple[np.ndarray, list[dict[str, Any]]]]:
         """Concurrent requests share one pass (``self.champion_pass`` coalesces them): one call per feature-state
-        partition, then one per model stage, all with the champion of the moment; returns each request's
-        (features, decisions)."""
-        records = [record for block in requests for record in block]
+        partition, then one per model stage, all with the champion of the moment. A request is its records and
+        whether its LOW decisions are explained; returns each request's (features, decisions)."""
+        records = [record for block, _ in requests for record in block]
         x = await asyncio.to_thread(self._features_of, records)
-        decisions = await self._decide(self.champion, [record["transaction_id"] for record in records], x)
-        lengths = [len(block) for block in requests]
+        decisions = await self._decide(self.champion, records, x, [wanted for block, wanted in requests for _ in block])
+        lengths = [len(block) for block, _ in requests]
         bounds = np.cumsum([0, *lengths])
         return [(part, decisions[bounds[i]:bounds[i + 1]]) for i, part in enumerate(split_rows(x, lengths))]
 
@@ -200,27 +201,30 @@ class Ingress:
         frame["known_at"] = pd.to_datetime(frame["known_at"], utc=True)
         return self.features.record_labels(frame)
 
-    async def _decide(self, version: str, ids: list[str], x: np.ndarray) -> list[dict[str, Any]]:
+    async def _decide(self, version: str, records: list[dict[str, Any]], x: np.ndarray,
+                      explain_low: list[bool] | None = None) -> list[dict[str, Any]]:
         (xgb_score,), (ae_score,) = await asyncio.gather(
             self.xgboost.score.remote((version, x)), self.autoencoder.score.remote((version, x)))
-        return await asyncio.to_thread(combine, self.models.scorer(version).bundle, ids, x, xgb_score, ae_score)
+        return await asyncio.to_thread(
+            combine, self.models.scorer(version).bundle, [record["transaction_id"] for record in records], x,
+            xgb_score, ae_score, currencies=[record["currency"] for record in records], explain_low=explain_low)
 
-    async def _score(self, transactions: list[Any]) -> list[dict[str, Any]]:
+    async def _score(self, transactions: list[Any], explain: bool = False) -> list[dict[str, Any]]:
         started = time.perf_counter()
         if self._flusher is None:
             self._flusher = asyncio.ensure_future(self._flush_logs())
         await self._refresh_versions()
         records = [scoring_record(t) for t in transactions]
         ids = [t.transaction_id for t in transactions]
-        x, decisions = await self.champion_pass(records)
+        x, decisions = await self.champion_pass((records, explain))
         if self.challenger is not None:
             canary = [in_canary(tid, self.settings.canary_share) for tid in ids]
             if any(canary):
-                challenger_decisions = await self._decide(self.challenger, ids, x)
+                challenger_decisions = await self._decide(self.challenger, records, x, [explain] * len(records))
                 self._log_challenger(decisions, challenger_decisions, canary)
                 decisions = [b if c else a for a, b, c in zip(decisions, challenger_decisions, canary)]
             else:
-                self._in_background(self._shadow(ids, x, decisions))
+                self._in_background(self._shadow(records, x, decisions))
         alerts = await self._alert(decisions, transactions)
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         for decision in decisions:
@@ -236,9 +240,9 @@ class Ingress:
         except AlertPublishError as exc:  # nothing claimed is left behind: the client's retry alerts
             raise ApiError(503, [{"field": "alerts", "message": str(exc)}], "alerts unavailable, retry") from exc
 
-    async def _shadow(self, ids: list[str], x: np.ndarray, champion: list[dict[str, Any]]) -> None:
-        challenger = await self._decide(self.challenger, ids, x)
-        self._log_challenger(champion, challenger, [False] * len(ids))
+    async def _shadow(self, records: list[dict[str, Any]], x: np.ndarray, champion: list[dict[str, Any]]) -> None:
+        challenger = await self._decide(self.challenger, records, x)
+        self._log_challenger(champion, challenger, [False] * len(records))
 
     def _log_challenger(self, champion: list[dict[str, Any]], challenger: list[dict[str, Any]],
                         served: list[bool]) -> None:
@@ -252,15 +256,15 @@ class Ingress:
     # -- endpoints ------------------------------------------------------------------------------------------
     @api.post("/api/check-fraud", response_model=Decision, openapi_extra=TRANSACTION_BODY,
               summary="Score one transaction")
-    async def check_fraud(self, request: Request) -> Response:
+    async def check_fraud(self, request: Request, explain: EXPLAIN = False) -> Response:
         transaction = parse_transaction(await read_json(request, self.settings.serve_max_body_bytes))
-        return json_response((await self._score([transaction]))[0])
+        return json_response((await self._score([transaction], explain))[0])
 
     @api.post("/api/check-fraud/batch", response_model=BatchDecisions, openapi_extra=BATCH_BODY,
               summary="Score up to 1,000 transactions; results in input order")
-    async def check_fraud_batch(self, request: Request) -> Response:
+    async def check_fraud_batch(self, request: Request, explain: EXPLAIN = False) -> Response:
         transactions = parse_batch(await read_json(request, self.settings.serve_max_body_bytes))
-        return json_response({"results": await self._score(transactions)})
+        return json_response({"results": await self._score(transactions, explain)})
 
     @api.post("/api/feedback", status_code=202, openapi_extra=FEEDBACK_BODY,
               summary="Confirmed label for a transaction (needs the API key)")

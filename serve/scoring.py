@@ -2,13 +2,15 @@
 identical scores: the model cache, transactions as feature-code columns, and decisions with their reasons.
 
 features (``cluster.feature_state.OnlineFeatures``) -> ``xgb_scores`` || ``ae_scores`` -> ``combine`` (``decide``,
-then reason codes from XGBoost contributions, computed only for the MEDIUM and HIGH rows that show them).
+then reason codes from XGBoost contributions, computed only for the MEDIUM and HIGH rows that show them, and the LOW
+rows a caller asks to explain).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -66,17 +68,23 @@ def canonical_columns(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
 
 
 def combine(bundle: ModelBundle, transaction_ids: list[str], x: np.ndarray, xgb_score: np.ndarray,
-            ae_score: np.ndarray) -> list[dict[str, Any]]:
+            ae_score: np.ndarray, *, currencies: Sequence[str] | None = None,
+            explain_low: Sequence[bool] | None = None) -> list[dict[str, Any]]:
     """The decision per row: calibrated ensemble score, risk level and alert flag from the policy, and reasons for
-    the MEDIUM and HIGH rows (per-feature XGBoost contributions, ``pred_contribs``); a LOW row has none."""
+    the MEDIUM and HIGH rows (per-feature XGBoost contributions, ``pred_contribs``, quoting amounts in each row's
+    ``currencies``). A LOW row has none unless ``explain_low`` asks for it: then its strongest reasons either way,
+    labelled, so an analyst sees why it passed."""
     scores = decide(bundle, xgb_score, ae_score)
     fraud_score, levels, flags = scores.fraud_score, scores.risk_level, scores.is_fraud
     factors: list[list[str]] = [[] for _ in transaction_ids]
-    explained = np.flatnonzero(levels != LOW)
+    low = levels == LOW
+    explained = np.flatnonzero(~low | (np.asarray(explain_low, bool) if explain_low is not None else False))
     if len(explained):
         contributions = FraudScorer(bundle).contributions(x[explained]).to_numpy(dtype=np.float32)
-        for row, reasons in zip(explained, explain(bundle.feature_names, x[explained], contributions,
-                                                   ae_score[explained], bundle.ensemble.ae_weight)):
+        for row, reasons in zip(explained, explain(
+                bundle.feature_names, x[explained], contributions, ae_score[explained], bundle.ensemble.ae_weight,
+                currencies=None if currencies is None else [currencies[i] for i in explained],
+                both_ways=low[explained])):
             factors[row] = reasons
     return [{"transaction_id": tid, "fraud_score": float(score), "is_fraud": bool(flag), "risk_level": str(level),
              "factors": reasons, "model_version": bundle.version}

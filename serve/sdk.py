@@ -4,6 +4,7 @@ run (``serve.scoring``), so a transaction gets the same score here as over HTTP 
     detector = FraudDetector()                       # champion from the registry, online feature state "sdk"
     detector.predict({"transaction_id": "t1", ...})  # -> {fraud_score, is_fraud, risk_level, factors, ...}
     detector.predict_batch(frame_or_list)
+    detector.predict(transaction, explain=True)      # LOW decisions get their factors too, labelled either way
 """
 
 from __future__ import annotations
@@ -43,14 +44,16 @@ class FraudDetector:
         self.version = version
         self.features = features or OnlineFeatures(self.settings, name=feature_state, restore_from=restore_from)
 
-    def predict(self, transaction: dict[str, Any]) -> dict[str, Any]:
-        return self.predict_batch([transaction])[0]
+    def predict(self, transaction: dict[str, Any], *, explain: bool = False) -> dict[str, Any]:
+        return self.predict_batch([transaction], explain=explain)[0]
 
-    def predict_batch(self, transactions: list[dict[str, Any]] | pd.DataFrame) -> list[dict[str, Any]]:
-        """Decisions in input order; invalid input raises ``InvalidTransaction`` naming each field."""
+    def predict_batch(self, transactions: list[dict[str, Any]] | pd.DataFrame, *,
+                      explain: bool = False) -> list[dict[str, Any]]:
+        """Decisions in input order; invalid input raises ``InvalidTransaction`` naming each field. ``explain``
+        gives LOW decisions their factors too, as ``?explain=true`` does over HTTP."""
         started = time.perf_counter()
         if isinstance(transactions, pd.DataFrame):
-            return self._decide(validate_frame(transactions), started)
+            return self._decide(validate_frame(transactions), started, explain)
         parsed, errors = [], []
         for index, item in enumerate(transactions):
             try:
@@ -59,17 +62,18 @@ class FraudDetector:
                 errors.extend(exc.errors)
         if errors:
             raise InvalidTransaction(errors)
-        return self._decide(canonical_columns([scoring_record(t) for t in parsed]), started)
+        return self._decide(canonical_columns([scoring_record(t) for t in parsed]), started, explain)
 
     def predict_transactions(self, transactions: list[Transaction]) -> list[dict[str, Any]]:
         """Decisions for transactions the caller has already validated (the stream consumers): no second pass."""
         started = time.perf_counter()
         return self._decide(canonical_columns([scoring_record(t) for t in transactions]), started)
 
-    def _decide(self, batch: Columns, started: float) -> list[dict[str, Any]]:
+    def _decide(self, batch: Columns, started: float, explain: bool = False) -> list[dict[str, Any]]:
         x = self.features.matrix(batch)
         decisions = combine(self.bundle, list(batch["transaction_id"]), x, xgb_scores(self.bundle, x),
-                            ae_scores(self.bundle, x))
+                            ae_scores(self.bundle, x), currencies=list(batch["currency"]),
+                            explain_low=[explain] * len(x) if explain else None)
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         for decision in decisions:
             decision["processing_time_ms"] = round(elapsed_ms, 3)

@@ -225,7 +225,7 @@ def describe_decision(decision: dict[str, Any]) -> str:
     verdict = "flagged as fraud" if decision["is_fraud"] else "not flagged"
     reasons = decision.get("factors") or []
     lines = [f"### fraud_score {decision['fraud_score']:.4f} · {decision['risk_level']} · {verdict}", "",
-             "**Reasons:** " + ("; ".join(reasons) if reasons else "none given (reasons come with MEDIUM and HIGH)"),
+             "**Reasons:** " + ("; ".join(reasons) if reasons else "none given (no feature pushed hard either way)"),
              "", f"model {decision['model_version']} · {decision['processing_time_ms']:.1f} ms · "
                  f"transaction `{decision['transaction_id']}`"]
     return "\n".join(lines)
@@ -240,9 +240,10 @@ def describe_rejection(status: int, body: Any) -> str:
 
 
 def check_transaction(api_url: str, body: dict[str, Any], timeout_s: float = CHECK_TIMEOUT_S) -> str:
-    """POST the transaction to the API; the decision, or the API's own rejection naming each field."""
+    """POST the transaction to the API; the decision (explained even when LOW, so the analyst sees why it passed), or
+    the API's own rejection naming each field."""
     try:
-        response = httpx.post(f"{api_url}/api/check-fraud", json=body, timeout=timeout_s)
+        response = httpx.post(f"{api_url}/api/check-fraud", params={"explain": "true"}, json=body, timeout=timeout_s)
     except httpx.HTTPError as exc:
         return f"### API unreachable\n\n{api_url}: {exc}"
     try:

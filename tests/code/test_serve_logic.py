@@ -29,12 +29,12 @@ def _row(**values: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_reasons_are_sentences_ordered_by_summed_contribution() -> None:
-    x, contributions = _row(amount_to_user_mean_30d=(6.2, 0.9), log_amount=(np.log1p(310.0), 0.4),
+    x, contributions = _row(amount_to_user_mean_30d=(6.2, 0.9), log_amount=(np.log1p(310.0), 0.4), amount=(310.0, 0.0),
                             new_device=(1.0, 1.1), merchant_fraud_count_7d=(4.0, 0.3), is_weekend=(1.0, -0.8),
                             kyc_level=(1.0, 0.01))
     reasons = explain_row(FEATURE_NAMES, x, contributions, ae_score=0.2, ae_weight=0.3)
-    assert reasons == ["Amount 6.2× this user's 30-day average",  # 0.9 + 0.4 from the amount group
-                       "First purchase on a new device",
+    assert reasons == ["Amount $310 is 6.2× this card's 30-day average",  # 0.9 + 0.4 from the amount group
+                       "First purchase from this device on this card in 30 days",
                        "Merchant had 4 confirmed frauds in the last 7 days"]
 
 
@@ -42,8 +42,9 @@ def test_unusual_autoencoder_reason_follows_the_strongest_and_the_list_is_capped
     x, contributions = _row(new_device=(1.0, 2.0), user_count_10m=(7.0, 1.5), speed_from_prev_kmh=(900.0, 1.2),
                             user_tiny_count_10m=(3.0, 1.0), channel_online=(1.0, 0.8), is_night=(1.0, 0.6))
     reasons = explain_row(FEATURE_NAMES, x, contributions, ae_score=0.999, ae_weight=0.3)
-    assert len(reasons) == 5 and reasons[:2] == ["First purchase on a new device", AUTOENCODER_REASON]
-    assert reasons[2] == "7 purchases by this card in the last 10 minutes"
+    assert len(reasons) == 5 and reasons[:2] == ["First purchase from this device on this card in 30 days",
+                                                 AUTOENCODER_REASON]
+    assert reasons[2] == "7 purchases by this card in the last 10 minutes, this one included"
     assert AUTOENCODER_REASON not in explain_row(FEATURE_NAMES, x, contributions, ae_score=0.999, ae_weight=0.0)
 
 

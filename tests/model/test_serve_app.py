@@ -14,6 +14,7 @@ import requests
 
 from cluster.aws import client
 from cluster.config import Settings
+from serve.reasons import LOWERS, RAISES
 from tests.conftest import API_KEY, train_small_bundle
 from tests.streams import drain_alerts, subscribe_alert_queue
 
@@ -60,6 +61,30 @@ def test_batch_results_come_back_in_input_order(served: tuple[str, Settings], sm
     assert response.status_code == 200, response.text
     results = response.json()["results"]
     assert [r["transaction_id"] for r in results] == [t["transaction_id"] for t in sample]
+
+
+def test_explain_gives_low_decisions_their_factors(served: tuple[str, Settings], small_history: Any) -> None:
+    url, _ = served
+    schema = requests.get(f"{url}/openapi.json", timeout=30).json()
+    for path in ("/api/check-fraud", "/api/check-fraud/batch"):
+        assert [p["name"] for p in schema["paths"][path]["post"]["parameters"]] == ["explain"]
+    sample = _records(small_history.transactions.iloc[5::89].head(40))
+    plain = requests.post(f"{url}/api/check-fraud/batch", json={"transactions": sample[:20]}, timeout=60)
+    explained = requests.post(f"{url}/api/check-fraud/batch", params={"explain": "true"},
+                              json={"transactions": sample[20:]}, timeout=60)
+    assert plain.status_code == 200 and explained.status_code == 200, (plain.text, explained.text)
+    plain_results, results = plain.json()["results"], explained.json()["results"]
+    assert all(r["factors"] == [] for r in plain_results if r["risk_level"] == "LOW")
+    assert set(results[0]) == set(plain_results[0])
+    low = [r for r in results if r["risk_level"] == "LOW"]
+    assert any(r["factors"] for r in low)
+    assert all(f.startswith((RAISES, LOWERS)) for r in low for f in r["factors"])
+    assert not any(f.startswith((RAISES, LOWERS)) for r in results if r["risk_level"] != "LOW" for f in r["factors"])
+    one = requests.post(f"{url}/api/check-fraud", params={"explain": "true"},
+                        json={**VALID, "transaction_id": "api-explain"}, timeout=30)
+    assert one.status_code == 200 and set(one.json()) == set(plain_results[0])
+    bad = requests.post(f"{url}/api/check-fraud", params={"explain": "maybe"}, json=VALID, timeout=30)
+    assert bad.status_code == 422 and any("explain" in e["field"] for e in bad.json()["errors"])
 
 
 def _with(**changes: Any) -> dict[str, Any]:
