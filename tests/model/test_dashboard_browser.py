@@ -1,6 +1,6 @@
 """The dashboard in a real browser (headless Chromium through Playwright), against the session's Serve app, the
-cluster's stats actor and a scoreboard joining ground truth: live tiles and charts render, the manual check scores through the API, bad input shows the
-API's error naming the field, and the page logs no error."""
+cluster's stats actor and a scoreboard joining ground truth: live tiles and charts render, the manual check scores
+through the API, bad input shows the API's error naming the field, and the page logs no error."""
 
 from __future__ import annotations
 
