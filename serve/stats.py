@@ -46,7 +46,8 @@ class StatsCollector:
         self.consumers: dict[str, tuple[float, int]] = {}  # shard -> (reported at, Kinesis MillisBehindLatest)
 
     def record(self, *, scored: int = 0, alerts: int = 0, produced: int = 0, latencies_ms: Sequence[float] = (),
-               stream_lags_ms: Sequence[float] = (), flagged: int = 0, alert_details: Sequence[dict[str, Any]] = (), consumers: dict[str, int] | None = None) -> None:
+               stream_lags_ms: Sequence[float] = (), flagged: int = 0, alert_details: Sequence[dict[str, Any]] = (),
+               consumers: dict[str, int] | None = None) -> None:
         now = self.clock()
         self.consumers.update({shard: (now, behind) for shard, behind in (consumers or {}).items()})
         self.totals["scored"] += scored

@@ -2,7 +2,8 @@
 
 Each ``TrafficProducer`` owns one partition of the simulated users and replays their simulated days in time
 order. What enters Kinesis is what a card network would send, without labels: each batch's ground truth goes to
-the simulation's scoreboard (``simulation/scoreboard.py``) first, so it is known before any decision on it. The simulated clock runs faster than the wall clock (a simulated day of a few thousand users passes in
+the simulation's scoreboard (``simulation/scoreboard.py``) first, so it is known before any decision on it.
+The simulated clock runs faster than the wall clock (a simulated day of a few thousand users passes in
 seconds at demo rates), so velocity windows see realistic gaps; stream lag is measured from Kinesis arrival.
 """
 
@@ -101,8 +102,8 @@ class TrafficProducer:
         return asdict(self.stats)
 
     def _report_truth(self, batch: pd.DataFrame) -> None:
-        """The batch's scenarios (``none`` for genuine, as the generator writes them) to the scoreboard, waited for: a decision never comes
-        before its truth."""
+        """The batch's scenarios (``none`` for genuine, as the generator writes them) to the scoreboard, waited for:
+        a decision never comes before its truth."""
         if self.scoreboard is None:
             return
         ray.get(self.scoreboard.report.remote(batch["transaction_id"].tolist(), batch[SCENARIO_COLUMN].tolist()))
