@@ -25,6 +25,7 @@ from simulation.dashboard import SimulationControl, serving_dashboard
 from simulation.generator import SimulationConfig, build_population
 from simulation.history import run_simulate
 from simulation.producers import producer_totals, start_producers
+from simulation.scoreboard import start_scoreboard, stop_scoreboard
 from training.pipeline import TrainOptions, run_train
 from training.registry import FeatureHashMismatch, ModelNotFound, registry_for
 
@@ -91,12 +92,16 @@ def _run(settings: Settings, options: MainJobOptions) -> None:
             print(f"Stream scoring: one consumer per shard of {live.stream_name} -> {live.decisions_stream_name}",
                   flush=True)
         handles: list[Any] = []
-        if options.simulation:
-            handles, _ = start_producers(live, tps=options.tps, n_users=options.users)
+        scoreboard = None
+        if options.simulation:  # the scoreboard first: it must hold a transaction's truth before its decision
+            scoreboard = start_scoreboard(live)
+            running.callback(stop_scoreboard, scoreboard)  # after the producers (callbacks run last-in first-out)
+            handles, _ = start_producers(live, tps=options.tps, n_users=options.users, scoreboard=scoreboard)
             running.callback(_stop_producers, handles)
-            print(f"Simulation: {len(handles)} producer actors at {options.tps:g} tx/s", flush=True)
+            print(f"Simulation: {len(handles)} producer actors at {options.tps:g} tx/s; ground truth joined with "
+                  f"{live.decisions_stream_name} by the scoreboard", flush=True)
         if options.ui:
-            dashboard_url = running.enter_context(serving_dashboard(live, SimulationControl(handles)))
+            dashboard_url = running.enter_context(serving_dashboard(live, SimulationControl(handles, scoreboard)))
             print(f"Dashboard: {dashboard_url}", flush=True)
         print("Running. Ctrl-C or `fraudctl down` stops everything.", flush=True)
         route_stop_signals()  # again: a Ray Tune run during start-up leaves its own SIGINT handler behind

@@ -1,14 +1,13 @@
 """Live counters behind ``GET /api/stats`` and the dashboard: one named Ray actor that every ingress replica (and
 the stream scorer and the producers) reports to, so the figures cover the whole cluster rather than one replica.
 
-Beside the contract's counters it keeps what the dashboard shows: a bounded sample of recent decisions per
-ground-truth class (stream decisions carry the simulator's label and scenario; HTTP decisions carry none),
-seen / flagged counts per simulated scenario, and the latest HIGH decisions with their reasons.
+Only production figures: beside the contract's counters, last-minute flagged and alert counts, how far behind each
+stream consumer is, and the latest HIGH decisions with their reasons. Decisions carry no ground truth; the
+simulation's scoreboard (``simulation/scoreboard.py``) joins it by transaction_id for the dashboard.
 """
 
 from __future__ import annotations
 
-import random
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -19,32 +18,21 @@ import numpy as np
 import ray
 
 from cluster.runtime import ACTOR_NAMESPACE
-from cluster.schema import GENUINE_SCENARIO, LABEL_COLUMN, SCENARIO_COLUMN, Transaction
+from cluster.schema import Transaction
 from training.policy import HIGH
 
 STATS_ACTOR = "serve-stats"
 RESERVOIR = 20_000       # at most this many of the newest latencies / lags feed the percentiles
 PERCENTILE_WINDOW_S = 60.0  # ... and only those of the last minute: start-up backlogs age out
 TPS_WINDOW_S = 10.0
-RATE_WINDOW_S = 60.0     # fraud rates and alerts/min are over the last minute
-SAMPLES_PER_CLASS = 2_000          # decisions kept per ground-truth class for the score distribution
-SAMPLES_PER_FLUSH = 250            # per class and reporter flush: a fair (reservoir) sample of the decisions
+RATE_WINDOW_S = 60.0     # the flagged share and alerts/min are over the last minute
 RECENT_ALERTS = 50
-TRUTH_CLASSES = ("genuine", "fraud", "unlabelled")
 ALERT_FIELDS = ("user_id", "merchant_id", "amount", "currency", "channel", "country")
 
 
-def truth_class(truth: dict[str, Any] | None) -> str:
-    """``fraud`` / ``genuine`` from the simulator's label; ``unlabelled`` when the decision has none."""
-    label = (truth or {}).get(LABEL_COLUMN)
-    if label is None:
-        return "unlabelled"
-    return "fraud" if int(label) == 1 else "genuine"
-
-
 class StatsCollector:
-    """Totals, a sliding window of scored counts for tps, the latest latencies / stream lags, and the dashboard's
-    decision samples, per-scenario counts and recent alerts."""
+    """Totals, a sliding window of scored counts for tps, the latest latencies / stream lags, last-minute flagged
+    and alert counts, and the recent alerts."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
@@ -52,19 +40,14 @@ class StatsCollector:
         self.flagged = 0
         self.latencies = RecentValues()
         self.lags = RecentValues()
-        # (monotonic time, scored, flagged, labelled, truly fraud, alerts) per report, over RATE_WINDOW_S
-        self.recent: deque[tuple[float, int, int, int, int, int]] = deque()
-        self.samples: dict[str, deque[dict[str, Any]]] = {name: deque(maxlen=SAMPLES_PER_CLASS)
-                                                          for name in TRUTH_CLASSES}
-        self.scenarios: dict[str, dict[str, int]] = {}
+        # (monotonic time, scored, flagged, alerts) per report, over RATE_WINDOW_S
+        self.recent: deque[tuple[float, int, int, int]] = deque()
         self.alerts: deque[dict[str, Any]] = deque(maxlen=RECENT_ALERTS)
         self.consumers: dict[str, tuple[float, int]] = {}  # shard -> (reported at, Kinesis MillisBehindLatest)
 
     def record(self, *, scored: int = 0, alerts: int = 0, produced: int = 0, latencies_ms: Sequence[float] = (),
-               stream_lags_ms: Sequence[float] = (), flagged: int = 0,
-               scenarios: dict[str, dict[str, int]] | None = None,
-               samples: dict[str, list[dict[str, Any]]] | None = None,
-               alert_details: Sequence[dict[str, Any]] = (), consumers: dict[str, int] | None = None) -> None:
+               stream_lags_ms: Sequence[float] = (), flagged: int = 0, alert_details: Sequence[dict[str, Any]] = (),
+               consumers: dict[str, int] | None = None) -> None:
         now = self.clock()
         self.consumers.update({shard: (now, behind) for shard, behind in (consumers or {}).items()})
         self.totals["scored"] += scored
@@ -73,18 +56,9 @@ class StatsCollector:
         self.flagged += flagged
         self.latencies.extend(now, latencies_ms)
         self.lags.extend(now, stream_lags_ms)
-        labelled = truly_fraud = 0
-        for name, counts in (scenarios or {}).items():
-            mine = self.scenarios.setdefault(name, {"seen": 0, "flagged": 0})
-            mine["seen"] += counts["seen"]
-            mine["flagged"] += counts["flagged"]
-            labelled += counts["seen"]
-            truly_fraud += counts["seen"] if name != GENUINE_SCENARIO else 0
-        for name, rows in (samples or {}).items():
-            self.samples[name].extend(rows)
         self.alerts.extend(alert_details)
-        if scored or alerts or labelled:
-            self.recent.append((now, scored, flagged, labelled, truly_fraud, alerts))
+        if scored or alerts:
+            self.recent.append((now, scored, flagged, alerts))
 
     def _trim(self, now: float) -> None:
         while self.recent and self.recent[0][0] < now - RATE_WINDOW_S:
@@ -99,16 +73,13 @@ class StatsCollector:
                 "latency_ms": self.latencies.percentiles(now), "stream_lag_ms": self.lags.percentiles(now)}
 
     def dashboard_view(self) -> dict[str, Any]:
-        """Everything the dashboard draws, in one call: the snapshot, last-minute counts, per-scenario counts,
-        decision samples per ground-truth class, the recent alerts (newest first) and how far behind each stream
-        consumer that reported in the last minute is."""
+        """The production figures the dashboard draws, in one call: the snapshot, last-minute counts, the recent
+        alerts (newest first) and how far behind each stream consumer that reported in the last minute is."""
         snapshot, now = self.snapshot(), self.clock()
-        window = dict(zip(("scored", "flagged", "labelled", "truly_fraud", "alerts"),
+        window = dict(zip(("scored", "flagged", "alerts"),
                           (int(sum(column)) for column in list(zip(*self.recent))[1:]) if self.recent
-                          else (0, 0, 0, 0, 0)))
+                          else (0, 0, 0)))
         return {"stats": snapshot, "window_s": RATE_WINDOW_S, "window": window, "flagged": self.flagged,
-                "scenarios": {name: dict(counts) for name, counts in self.scenarios.items()},
-                "samples": {name: list(rows) for name, rows in self.samples.items()},
                 "alerts": list(reversed(self.alerts)),
                 "consumers": {shard: {"millis_behind_latest": behind, "seconds_since_report": round(now - at, 1)}
                               for shard, (at, behind) in sorted(self.consumers.items())
@@ -157,23 +128,20 @@ def stats_actor() -> Any:
 class StatsReporter:
     """Per-replica buffer, flushed to the actor at most once a second so the hot path makes no remote call.
 
-    Counts are exact; decision samples are a uniform reservoir sample per ground-truth class and flush, so a busy
+    Counts are exact; of the decisions only the newest HIGH ones travel (``RECENT_ALERTS`` per flush), so a busy
     consumer sends a bounded amount however many decisions it made.
     """
 
     def __init__(self, flush_every_s: float = 1.0, actor: Any | None = None):
         self.actor = actor or stats_actor()
         self.flush_every_s = flush_every_s
-        self._rng = random.Random()
         self._pending: dict[str, Any] = self._empty()
-        self._seen_per_class: dict[str, int] = dict.fromkeys(TRUTH_CLASSES, 0)
         self._last_flush = time.monotonic()
 
     @staticmethod
     def _empty() -> dict[str, Any]:
-        return {"scored": 0, "alerts": 0, "latencies_ms": [], "stream_lags_ms": [], "flagged": 0, "scenarios": {},
-                "samples": {name: [] for name in TRUTH_CLASSES}, "alert_details": deque(maxlen=RECENT_ALERTS),
-                "consumers": {}}
+        return {"scored": 0, "alerts": 0, "latencies_ms": [], "stream_lags_ms": [], "flagged": 0,
+                "alert_details": deque(maxlen=RECENT_ALERTS), "consumers": {}}
 
     def consumer_behind(self, shard_id: str, millis_behind_latest: int) -> None:
         """How far a stream consumer's shard is ahead of it (Kinesis ``MillisBehindLatest``), sent with the next
@@ -181,10 +149,9 @@ class StatsReporter:
         self._pending["consumers"][shard_id] = millis_behind_latest
 
     def add(self, *, scored: int, alerts: int, latency_ms: float, stream_lags_ms: Sequence[float] = (),
-            decisions: Sequence[dict[str, Any]] = (), transactions: Sequence[Transaction] = (),
-            truths: Sequence[dict[str, Any]] | None = None) -> None:
-        """Count a scored batch. ``decisions`` (with their ``transactions``) feed the dashboard; ``truths`` are the
-        simulator's ground truth per decision (stream scoring only: HTTP callers send none)."""
+            decisions: Sequence[dict[str, Any]] = (), transactions: Sequence[Transaction] = ()) -> None:
+        """Count a scored batch: ``decisions`` give the flagged count, and the HIGH ones (with their
+        ``transactions``) the recent alerts."""
         pending = self._pending
         pending["scored"] += scored
         pending["alerts"] += alerts
@@ -192,50 +159,19 @@ class StatsReporter:
         pending["stream_lags_ms"].extend(stream_lags_ms)
         decided_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         for position, decision in enumerate(decisions):
-            truth = truths[position] if truths is not None else None
-            self._add_decision(decision, transactions[position] if position < len(transactions) else None, truth,
-                               decided_at)
+            pending["flagged"] += bool(decision["is_fraud"])
+            if decision["risk_level"] == HIGH:
+                transaction = transactions[position] if position < len(transactions) else None
+                details = {field: getattr(transaction, field, None) for field in ALERT_FIELDS}
+                pending["alert_details"].append({
+                    "decided_at": decided_at, "transaction_id": decision["transaction_id"],
+                    "fraud_score": decision["fraud_score"], "factors": list(decision.get("factors") or []),
+                    "model_version": decision.get("model_version"), **details})
         if time.monotonic() - self._last_flush >= self.flush_every_s:
             self.flush()
 
-    def _add_decision(self, decision: dict[str, Any], transaction: Transaction | None, truth: dict[str, Any] | None,
-                      decided_at: str) -> None:
-        pending = self._pending
-        flagged = bool(decision["is_fraud"])
-        pending["flagged"] += flagged
-        kind = truth_class(truth)
-        scenario = None
-        if kind != "unlabelled":
-            scenario = str(truth.get(SCENARIO_COLUMN) or ("unknown" if kind == "fraud" else GENUINE_SCENARIO))
-            counts = pending["scenarios"].setdefault(scenario, {"seen": 0, "flagged": 0})
-            counts["seen"] += 1
-            counts["flagged"] += flagged
-        slot = self._reservoir_slot(kind)
-        if slot is not None:
-            rows = pending["samples"][kind]
-            sample = {"fraud_score": decision["fraud_score"], "risk_level": decision["risk_level"],
-                      "is_fraud": flagged, "truth": kind, "scenario": scenario}
-            rows[slot:slot + 1] = [sample]
-        if decision["risk_level"] == HIGH:
-            details = {field: getattr(transaction, field, None) for field in ALERT_FIELDS}
-            pending["alert_details"].append({
-                "decided_at": decided_at, "transaction_id": decision["transaction_id"],
-                "fraud_score": decision["fraud_score"], "factors": list(decision.get("factors") or []),
-                "model_version": decision.get("model_version"), "scenario": scenario, **details})
-
-    def _reservoir_slot(self, kind: str) -> int | None:
-        """Where this flush's sample of ``kind`` takes the next decision (reservoir sampling, Algorithm R): the
-        end while there is room, then a random slot with falling probability, or None (not sampled)."""
-        self._seen_per_class[kind] += 1
-        kept = len(self._pending["samples"][kind])
-        if kept < SAMPLES_PER_FLUSH:
-            return kept
-        slot = self._rng.randrange(self._seen_per_class[kind])
-        return slot if slot < SAMPLES_PER_FLUSH else None
-
     def flush(self) -> Any:
         pending, self._pending = self._pending, self._empty()
-        self._seen_per_class = dict.fromkeys(TRUTH_CLASSES, 0)
         self._last_flush = time.monotonic()
         pending["alert_details"] = list(pending["alert_details"])
         return self.actor.record.remote(**pending)

@@ -37,7 +37,7 @@ from cluster.kinesis import (
     put_records_reliably,
     shard_iterator,
 )
-from cluster.schema import LABEL_COLUMN, SCENARIO_COLUMN, Transaction
+from cluster.schema import Transaction
 from serve.alerts import AlertPublisher
 from serve.sdk import FraudDetector
 from serve.stats import StatsReporter
@@ -60,15 +60,12 @@ class ConsumerStatus:
     finished: bool = False
 
 
-def _decode(line: bytes) -> tuple[Transaction | None, dict[str, Any]]:
-    """(the validated transaction, or None if invalid; the ground truth the simulator attached)."""
+def _decode(line: bytes) -> Transaction | None:
+    """The validated transaction, or None if invalid."""
     try:
-        transaction = Transaction.model_validate_json(line)
+        return Transaction.model_validate_json(line)
     except ValidationError:
-        return None, {}
-    truth = {key: getattr(transaction, key) for key in (LABEL_COLUMN, SCENARIO_COLUMN)
-             if getattr(transaction, key) is not None}
-    return transaction, truth
+        return None
 
 
 class ShardConsumer:
@@ -157,13 +154,12 @@ class ShardConsumer:
         decoded = [(_decode(line), record) for record in records for line in lines(record["Data"])]
         per_record = len(decoded) / len(records)
         self.records_per_call = min(max(round(self.batch_limit / max(per_record, 1.0)), 1), MAX_GET_RECORDS)
-        valid = [(tx, truth, record) for (tx, truth), record in decoded if tx is not None]
-        transactions = [tx for tx, _, _ in valid]
+        valid = [(tx, record) for tx, record in decoded if tx is not None]
+        transactions = [tx for tx, _ in valid]
         decisions = self.detector.predict_transactions(transactions) if valid else []
         decided_at = datetime.now(timezone.utc)
-        lags = [(decided_at - record["ApproximateArrivalTimestamp"]).total_seconds() * 1000.0
-                for _, _, record in valid]
-        return ScoredBatch(transactions=transactions, truths=[truth for _, truth, _ in valid], decisions=decisions,
+        lags = [(decided_at - record["ApproximateArrivalTimestamp"]).total_seconds() * 1000.0 for _, record in valid]
+        return ScoredBatch(transactions=transactions, decisions=decisions,
                            lags_ms=lags, decided_at=decided_at, invalid=len(decoded) - len(valid),
                            checkpoint=records[-1]["SequenceNumber"], started=started)
 
@@ -172,17 +168,16 @@ class ShardConsumer:
         self.status.invalid += batch.invalid
         if batch.decisions:
             decided_at = batch.decided_at.isoformat()
-            entries = [{"Data": orjson.dumps({**decision, **truth, "decided_at": decided_at,
-                                              "stream_lag_ms": round(lag, 1)}),
+            entries = [{"Data": orjson.dumps({**decision, "decided_at": decided_at, "stream_lag_ms": round(lag, 1)}),
                         "PartitionKey": decision["transaction_id"]}
-                       for decision, truth, lag in zip(batch.decisions, batch.truths, batch.lags_ms)]
+                       for decision, lag in zip(batch.decisions, batch.lags_ms)]
             alerts = self.alerts.publish_high(batch.decisions, batch.transactions)
             put_records_reliably(self.kinesis, self.settings.decisions_stream_name, pack(entries))
             elapsed_ms = (time.perf_counter() - batch.started) * 1000.0
             scored = len(batch.decisions)
             self.stats.consumer_behind(self.status.shard_id, self.status.millis_behind_latest)
             self.stats.add(scored=scored, alerts=alerts, latency_ms=elapsed_ms / scored, stream_lags_ms=batch.lags_ms,
-                           decisions=batch.decisions, transactions=batch.transactions, truths=batch.truths)
+                           decisions=batch.decisions, transactions=batch.transactions)
             self.status.scored += scored
             self.status.alerts += alerts
         self.status.batches += 1
@@ -194,7 +189,6 @@ class ShardConsumer:
 class ScoredBatch:
     """One page of a shard, scored, waiting for its outputs to be written."""
     transactions: list[Transaction]
-    truths: list[dict[str, Any]]
     decisions: list[dict[str, Any]]
     lags_ms: list[float]
     decided_at: datetime

@@ -2,8 +2,10 @@
 ground-truth class, detection per simulated scenario, recent alerts, a manual check against the API, simulation
 controls and the models in the registry.
 
-Everything shown is computed by the plain functions at the top from the stats actor's ``dashboard_view()``
-(``serve/stats.py``) and the registry, so it is testable without a browser; ``build_dashboard`` only lays them out.
+Everything shown is computed by the plain functions at the top from one view (``joined_view``): the stats actor's
+production figures (``serve/stats.py``) with the ground truth of the simulation's scoreboard
+(``simulation/scoreboard.py``) joined in by transaction_id, and from the registry; so it is testable without a
+browser, and ``build_dashboard`` only lays them out.
 The app is Gradio mounted in FastAPI, served by uvicorn in a thread of the main job (``serving_dashboard``).
 """
 
@@ -34,6 +36,7 @@ from cluster.schema import CHANNELS, GENUINE_SCENARIO
 from cluster.waiting import port_in_use, wait_until
 from serve.stats import stats_actor
 from simulation.scenarios import FRAUD_SCENARIOS
+from simulation.scoreboard import NO_TRUTH
 from training.registry import ModelNotFound, registry_for
 
 REFRESH_S = 2.0
@@ -48,6 +51,17 @@ View = dict[str, Any]
 
 
 # -- live figures ----------------------------------------------------------------------------------------------
+def joined_view(production: View, truth: View | None = None) -> View:
+    """The stats actor's ``dashboard_view()`` with the scoreboard's ``view()`` of its alerts joined in: last-minute
+    labelled / truly fraudulent counts, per-scenario counts, score samples per class, and each alert's scenario
+    (``truth`` None: the simulation is off, nothing is labelled)."""
+    truth = truth or NO_TRUTH
+    scenarios = truth["alert_scenarios"]
+    return {**production, "window": {**production["window"], **truth["window"]}, "scenarios": truth["scenarios"],
+            "samples": truth["samples"],
+            "alerts": [{**alert, "scenario": scenarios.get(alert["transaction_id"])} for alert in production["alerts"]]}
+
+
 @dataclass(frozen=True)
 class Tile:
     label: str
@@ -312,10 +326,12 @@ def model_section(registry: Any, ref: str, role: str) -> ModelSection | None:
 
 # -- simulation controls ---------------------------------------------------------------------------------------
 class SimulationControl:
-    """The running ``TrafficProducer`` actors as the dashboard drives them (none when simulation is off)."""
+    """The running ``TrafficProducer`` actors as the dashboard drives them, and their ``Scoreboard`` (none when
+    simulation is off)."""
 
-    def __init__(self, producers: Sequence[Any] = ()):
+    def __init__(self, producers: Sequence[Any] = (), scoreboard: Any | None = None):
         self.producers = list(producers)
+        self.scoreboard = scoreboard  # the producers' ground truth, joined with the decisions
 
     @property
     def running(self) -> bool:
@@ -382,10 +398,18 @@ CSS = """
 """
 
 
-def actor_view() -> Callable[[], View]:
-    """A source of ``dashboard_view()`` snapshots from the cluster's stats actor."""
+def actor_view(scoreboard: Any | None = None) -> Callable[[], View]:
+    """A source of views: the cluster's stats actor's ``dashboard_view()`` joined with ``scoreboard``'s truth."""
     actor = stats_actor()
-    return lambda: ray.get(actor.dashboard_view.remote(), timeout=10)
+
+    def view() -> View:
+        production = ray.get(actor.dashboard_view.remote(), timeout=10)
+        if scoreboard is None:
+            return joined_view(production)
+        alert_ids = [alert["transaction_id"] for alert in production["alerts"]]
+        return joined_view(production, ray.get(scoreboard.view.remote(alert_ids), timeout=10))
+
+    return view
 
 
 def build_dashboard(settings: Settings, view_source: Callable[[], View], simulation: SimulationControl,
@@ -397,7 +421,7 @@ def build_dashboard(settings: Settings, view_source: Callable[[], View], simulat
     controls = simulation.running
     with gr.Blocks(title="Fraud analytics", analytics_enabled=False) as demo:
         gr.Markdown(f"## Real-time fraud analytics\nLive from the stats actor every {refresh_s:g} s · API "
-                    f"[{api_url}]({api_url}/docs) · stream decisions carry the simulator's ground truth")
+                    f"[{api_url}]({api_url}/docs) · ground truth from the simulation, joined by transaction_id")
         tiles = gr.HTML(tiles_html([]), elem_id="tiles")
         with gr.Tabs():
             with gr.Tab("Live", id="live"):
@@ -557,7 +581,7 @@ def serving_dashboard(settings: Settings, simulation: SimulationControl, *, port
     host, port = settings.api_host, port or settings.ui_port
     if port_in_use(host, port):
         raise RuntimeError(f"ui_port: {host}:{port} is already in use (set FRAUD_UI_PORT to another port)")
-    view_source = view_source or actor_view()
+    view_source = view_source or actor_view(simulation.scoreboard)
     history, stop = History(min_gap_s=refresh_s / 2), threading.Event()
     sampler = threading.Thread(target=sample_history, args=(history, view_source, refresh_s, stop),
                                name="dashboard-history", daemon=True)

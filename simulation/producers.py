@@ -1,7 +1,9 @@
-"""Simulation actors that drive live, labelled traffic into Kinesis at a target aggregate rate.
+"""Simulation actors that drive live traffic into Kinesis at a target aggregate rate.
 
 Each ``TrafficProducer`` owns one partition of the simulated users and replays their simulated days in time
-order. The simulated clock runs faster than the wall clock (a simulated day of a few thousand users passes in
+order. What enters Kinesis is what a card network would send, without labels: each batch's ground truth goes to
+the simulation's scoreboard (``simulation/scoreboard.py``) first, so it is known before any decision on it.
+The simulated clock runs faster than the wall clock (a simulated day of a few thousand users passes in
 seconds at demo rates), so velocity windows see realistic gaps; stream lag is measured from Kinesis arrival.
 """
 
@@ -20,6 +22,7 @@ import ray
 from cluster.aws import client
 from cluster.config import Settings, get_settings
 from cluster.kinesis import put_frame
+from cluster.schema import LABEL_COLUMN, SCENARIO_COLUMN
 from cluster.waiting import Pacer
 from simulation.generator import SimulationConfig, simulate_attack, simulate_history
 
@@ -45,8 +48,9 @@ class TrafficProducer:
     """One partition of simulated users streaming into Kinesis (run it as a Ray actor: see ``start_producers``)."""
 
     def __init__(self, partition: int, partitions: int, *, n_users: int, seed: int, fraud_rate: float,
-                 tps: float, start: datetime | None = None):
+                 tps: float, start: datetime | None = None, scoreboard: Any | None = None):
         self.settings = get_settings()
+        self.scoreboard = scoreboard  # where each batch's ground truth goes (None: nowhere)
         self.partition, self.partitions = partition, partitions
         self.n_users, self.seed, self.fraud_rate = n_users, seed, fraud_rate
         self.clock = (start or datetime.now(timezone.utc)).replace(microsecond=0)
@@ -97,6 +101,13 @@ class TrafficProducer:
     def get_stats(self) -> dict[str, Any]:
         return asdict(self.stats)
 
+    def _report_truth(self, batch: pd.DataFrame) -> None:
+        """The batch's scenarios (``none`` for genuine, as the generator writes them) to the scoreboard, waited for:
+        a decision never comes before its truth."""
+        if self.scoreboard is None:
+            return
+        ray.get(self.scoreboard.report.remote(batch["transaction_id"].tolist(), batch[SCENARIO_COLUMN].tolist()))
+
     def run(self, max_records: int | None = None, batch_size: int = 250) -> dict[str, Any]:
         """Produce paced at the target rate until stopped or ``max_records`` are in Kinesis."""
         kinesis = client("kinesis", self.settings)
@@ -123,7 +134,8 @@ class TrafficProducer:
                     batch, queue = queue.iloc[:batch_size], queue.iloc[batch_size:]
                     if max_records is not None:
                         batch = batch.iloc[: max_records - self.stats.produced]
-                    put = put_frame(kinesis, stream, batch)
+                    self._report_truth(batch)
+                    put = put_frame(kinesis, stream, batch.drop(columns=[LABEL_COLUMN, SCENARIO_COLUMN]))
                     self.stats.produced += len(batch)
                     self.stats.put_calls += put.calls
                     self.stats.retried_records += put.retried_records
@@ -141,12 +153,13 @@ class TrafficProducer:
 
 
 def start_producers(settings: Settings, *, tps: float, n_users: int = 2000, actors: int | None = None,
-                    max_records_each: int | None = None) -> tuple[list[Any], list[Any]]:
-    """Start one producer actor per partition; returns (actors, their ``run`` futures)."""
+                    max_records_each: int | None = None, scoreboard: Any | None = None) -> tuple[list[Any], list[Any]]:
+    """Start one producer actor per partition, reporting ground truth to ``scoreboard`` (``start_scoreboard``) if
+    given; returns (actors, their ``run`` futures)."""
     count = actors or settings.producer_actors
     remote = ray.remote(num_cpus=0.25, max_concurrency=4, max_restarts=0)(TrafficProducer)
     handles = [remote.remote(i, count, n_users=n_users, seed=settings.seed, fraud_rate=settings.fraud_rate,
-                             tps=tps / count) for i in range(count)]
+                             tps=tps / count, scoreboard=scoreboard) for i in range(count)]
     runs = [handle.run.remote(max_records=max_records_each) for handle in handles]
     return handles, runs
 

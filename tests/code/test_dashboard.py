@@ -1,5 +1,5 @@
-"""The dashboard's figures without a browser: the stats actor's bookkeeping (run in-process) and the plain
-functions that turn its view into tiles, frames and tables."""
+"""The dashboard's figures without a browser: the stats actor's and the scoreboard's bookkeeping (run in-process)
+and the plain functions that turn their joined view into tiles, frames and tables."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cluster.config import Settings
 from cluster.schema import Transaction
-from serve.stats import SAMPLES_PER_FLUSH, StatsCollector, StatsReporter
+from serve.stats import RECENT_ALERTS, StatsCollector, StatsReporter
 from simulation.dashboard import (
     History,
     alerts_table,
@@ -21,6 +22,7 @@ from simulation.dashboard import (
     describe_decision,
     describe_rejection,
     detection_table,
+    joined_view,
     live_tiles,
     model_metrics,
     model_section,
@@ -28,6 +30,7 @@ from simulation.dashboard import (
     tiles_html,
 )
 from simulation.scenarios import FRAUD_SCENARIOS
+from simulation.scoreboard import Scoreboard
 
 CONTRACT_KEYS = {"produced", "scored", "alerts", "tps", "latency_ms", "stream_lag_ms"}
 
@@ -51,45 +54,65 @@ def decision(i: int, score: float, level: str, flagged: bool) -> dict[str, Any]:
             "model_version": "v1", "processing_time_ms": 3.0}
 
 
-def test_reporter_counts_exactly_and_samples_within_bounds() -> None:
+def scoreboard(clock: Any = None) -> Scoreboard:
+    """A scoreboard for in-process joins (its Kinesis client is never called here)."""
+    return Scoreboard(Settings(aws_endpoint_url="http://127.0.0.1:9"), clock=clock or (lambda: 0.0))
+
+
+def test_reporter_counts_exactly_and_keeps_only_production_figures() -> None:
     actor = InProcessActor()
     reporter = StatsReporter(flush_every_s=3600, actor=actor)
-    n = 3 * SAMPLES_PER_FLUSH
+    n = 600
     decisions = [decision(i, 0.01, "LOW", False) for i in range(n)]
-    decisions += [decision(n + i, 0.95, "HIGH", True) for i in range(6)]
-    truths = [{"is_fraud": 0, "fraud_scenario": "none"}] * (n - 2) + [{"is_fraud": 0, "fraud_scenario": "none"}] * 2
-    truths += [{"is_fraud": 1, "fraud_scenario": "card_testing"}] * 4 + [{"is_fraud": 0, "fraud_scenario": "none"}] * 2
+    decisions += [decision(n + i, 0.95, "HIGH", True) for i in range(RECENT_ALERTS + 6)]
     reporter.add(scored=len(decisions), alerts=6, latency_ms=4.0, stream_lags_ms=[120.0, 340.0],
-                 decisions=decisions, transactions=[transaction(i, 10.0 + i) for i in range(len(decisions))],
-                 truths=truths)
+                 decisions=decisions, transactions=[transaction(i, 10.0 + i) for i in range(len(decisions))])
     reporter.add(scored=2, alerts=0, latency_ms=8.0, decisions=[decision(900, 0.5, "MEDIUM", False)] * 2,
-                 transactions=[transaction(900)] * 2)  # HTTP: no ground truth
+                 transactions=[transaction(900)] * 2)
     reporter.flush()
     view = actor.collector.dashboard_view()
 
     assert set(view["stats"]) == CONTRACT_KEYS  # GET /api/stats keeps the contract's shape exactly
-    assert view["stats"]["scored"] == n + 8 and view["stats"]["alerts"] == 6
-    assert view["flagged"] == 6 and view["window"]["flagged"] == 6
-    assert view["scenarios"] == {"none": {"seen": n + 2, "flagged": 2}, "card_testing": {"seen": 4, "flagged": 4}}
-    assert view["window"]["labelled"] == n + 6 and view["window"]["truly_fraud"] == 4
-    assert len(view["samples"]["genuine"]) == SAMPLES_PER_FLUSH  # a bounded sample of the many genuine ones
-    assert len(view["samples"]["fraud"]) == 4 and len(view["samples"]["unlabelled"]) == 2
-    assert {s["scenario"] for s in view["samples"]["fraud"]} == {"card_testing"}
+    assert set(view) == {"stats", "window_s", "window", "flagged", "alerts", "consumers"}  # no ground truth
+    assert view["stats"]["scored"] == len(decisions) + 2 and view["stats"]["alerts"] == 6
+    assert view["flagged"] == RECENT_ALERTS + 6 and view["window"] == {"scored": len(decisions) + 2,
+                                                                      "flagged": RECENT_ALERTS + 6, "alerts": 6}
     newest = view["alerts"][0]
-    assert len(view["alerts"]) == 6 and newest["transaction_id"] == f"t{n + 5}" and newest["scenario"] == "none"
-    assert newest["factors"] == ["amount 9x the card's typical spend", "new device"]
-    assert (newest["user_id"], newest["merchant_id"], newest["amount"]) == (f"u{(n + 5) % 7}", f"m{(n + 5) % 5}",
-                                                                           10.0 + n + 5)
+    assert len(view["alerts"]) == RECENT_ALERTS and newest["transaction_id"] == f"t{len(decisions) - 1}"
+    assert "scenario" not in newest and newest["factors"] == ["amount 9x the card's typical spend", "new device"]
+    last = len(decisions) - 1
+    assert (newest["user_id"], newest["merchant_id"], newest["amount"]) == (f"u{last % 7}", f"m{last % 5}",
+                                                                           10.0 + last)
+
+
+def test_the_scoreboard_joins_truth_by_transaction_id_once_each_within_bounds() -> None:
+    board = scoreboard()
+    board.max_truths = 10
+    board.report([f"t{i}" for i in range(12)], ["none"] * 8 + ["card_testing"] * 4)
+    assert set(board.truths) == {f"t{i}" for i in range(2, 12)}  # the oldest ids evicted beyond the cap
+    decisions = [decision(i, 0.95 if i >= 9 else 0.1, "HIGH" if i >= 9 else "LOW", i >= 9) for i in range(12)]
+    decisions[7] = decision(7, 0.97, "HIGH", True)  # a false positive
+    assert board.join(decisions + decisions[5:8] + [decision(99, 0.9, "HIGH", True)]) == 10  # repeats and strays out
+    view = board.view(alert_ids=["t7", "t10", "t99", "t0"])
+    assert view["scenarios"] == {"none": {"seen": 6, "flagged": 1}, "card_testing": {"seen": 4, "flagged": 3}}
+    assert view["window"] == {"labelled": 10, "truly_fraud": 4}
+    assert len(view["samples"]["genuine"]) == 6 and {s["scenario"] for s in view["samples"]["fraud"]} == {
+        "card_testing"}
+    assert view["alert_scenarios"] == {"t7": "none", "t10": "card_testing"}
 
 
 def test_rates_cover_the_last_minute_only() -> None:
     clock = [1000.0]
     collector = StatsCollector(clock=lambda: clock[0])
-    collector.record(scored=500, alerts=9, flagged=9, scenarios={"none": {"seen": 500, "flagged": 0}})
+    board = scoreboard(clock=lambda: clock[0])
+    board.report([f"old{i}" for i in range(500)], ["none"] * 500)
+    board.join([decision(i, 0.1, "LOW", False) | {"transaction_id": f"old{i}"} for i in range(500)])
+    collector.record(scored=500, alerts=9, flagged=9)
     clock[0] += 61
-    collector.record(scored=100, alerts=2, flagged=3, scenarios={"none": {"seen": 95, "flagged": 1},
-                                                                 "cash_out": {"seen": 5, "flagged": 2}})
-    view = collector.dashboard_view()
+    board.report([f"t{i}" for i in range(100)], ["none"] * 95 + ["cash_out"] * 5)
+    board.join([decision(i, 0.9, "HIGH", i in (94, 95, 96)) for i in range(100)])
+    collector.record(scored=100, alerts=2, flagged=3)
+    view = joined_view(collector.dashboard_view(), board.view())
     assert view["window"] == {"scored": 100, "flagged": 3, "labelled": 100, "truly_fraud": 5, "alerts": 2}
     assert view["stats"]["tps"] == 10.0 and view["stats"]["scored"] == 600
     tiles = {tile.label: tile for tile in live_tiles(view)}
@@ -101,10 +124,20 @@ def test_rates_cover_the_last_minute_only() -> None:
     assert "5.00 %" in page and "&lt;b&gt;down&lt;/b&gt;" in page
 
 
+def test_without_a_scoreboard_nothing_is_labelled_and_alerts_show_no_truth() -> None:
+    collector = StatsCollector()
+    collector.record(scored=10, alerts=1, flagged=1, alert_details=[{"transaction_id": "t1", "fraud_score": 0.9}])
+    view = joined_view(collector.dashboard_view())
+    assert view["window"]["labelled"] == 0 and view["scenarios"] == {} and view["alerts"][0]["scenario"] is None
+    assert {t.label: t for t in live_tiles(view)}["true fraud rate"].value == "–"
+    assert score_distribution(view["samples"])[0].empty
+
+
 def test_the_furthest_behind_stream_consumer_shows_until_it_stops_reporting() -> None:
     clock = [1000.0]
     collector = StatsCollector(clock=lambda: clock[0])
-    assert {t.label: t for t in live_tiles(collector.dashboard_view())}["stream consumers behind"].value == "–"
+    assert {t.label: t for t in live_tiles(joined_view(collector.dashboard_view()))}[
+        "stream consumers behind"].value == "–"
     reporter = StatsReporter(actor=InProcessActor(collector))
     reporter.consumer_behind("shardId-0", 250)
     reporter.consumer_behind("shardId-1", 4_200)
@@ -115,7 +148,7 @@ def test_the_furthest_behind_stream_consumer_shows_until_it_stops_reporting() ->
     assert view["consumers"] == {"shardId-0": {"millis_behind_latest": 300, "seconds_since_report": 0.0},
                                  "shardId-1": {"millis_behind_latest": 4_200, "seconds_since_report": 30.0}}
     assert set(view["stats"]) == CONTRACT_KEYS  # GET /api/stats keeps its shape
-    tile = {t.label: t for t in live_tiles(view)}["stream consumers behind"]
+    tile = {t.label: t for t in live_tiles(joined_view(view))}["stream consumers behind"]
     assert (tile.value, tile.note) == ("4.2 s", "furthest of 2: shardId-1")
     clock[0] += 31  # shard 1 has been silent for over a minute (closed, or its consumer gone)
     assert list(collector.dashboard_view()["consumers"]) == ["shardId-0"]

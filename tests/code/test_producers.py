@@ -1,4 +1,5 @@
-"""Producers against the embedded Kinesis over HTTP: every record arrives exactly once, retries included."""
+"""Producers against the embedded Kinesis over HTTP: every record arrives exactly once, retries included, without
+the simulator's labels, whose truth goes to the scoreboard instead."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from cluster.aws import client
 from cluster.config import Settings
 from cluster.kinesis import KinesisPutError, put_records_reliably, read_stream
+from cluster.schema import GENUINE_SCENARIO, LABEL_COLUMN, SCENARIO_COLUMN
 from tests.streams import create_stream
 
 
@@ -70,13 +72,23 @@ def test_gives_up_loudly_when_records_keep_failing(aws_settings: Settings, fresh
         put_records_reliably(flaky, fresh_stream, entries(10), max_attempts=3, base_delay_s=0.001)
 
 
-def test_producer_actors_deliver_simulated_traffic_exactly_once(ray_session: Settings) -> None:
+@pytest.fixture()
+def scoreboard(ray_session: Settings) -> Any:
+    from simulation.scoreboard import start_scoreboard, stop_scoreboard
+
+    handle = start_scoreboard(ray_session)
+    yield handle
+    stop_scoreboard(handle)
+
+
+def test_producer_actors_deliver_simulated_traffic_exactly_once(ray_session: Settings, scoreboard: Any) -> None:
     import ray
 
     from simulation.producers import start_producers
 
     before = {r["transaction_id"] for r in read_stream(ray_session, ray_session.stream_name)}
-    handles, runs = start_producers(ray_session, tps=50_000, n_users=300, actors=2, max_records_each=700)
+    handles, runs = start_producers(ray_session, tps=50_000, n_users=300, actors=2, max_records_each=700,
+                                    scoreboard=scoreboard)
     results = ray.get(runs, timeout=300)
     for handle in handles:
         ray.kill(handle)
@@ -86,6 +98,11 @@ def test_producer_actors_deliver_simulated_traffic_exactly_once(ray_session: Set
     assert len(ids) == len(set(ids)) == 1_400
     assert {r["user_id"] for r in records}, "records carry their partition key"
     assert all(set(r) >= {"transaction_id", "user_id", "merchant_id", "amount", "timestamp"} for r in records)
+    assert not any({LABEL_COLUMN, SCENARIO_COLUMN} & set(r) for r in records), "no label enters Kinesis"
+    truth = ray.get(scoreboard.truth_of.remote(ids))
+    assert set(truth) == set(ids), "every transaction's truth went to the scoreboard"
+    frauds = sum(scenario != GENUINE_SCENARIO for scenario in truth.values())
+    assert frauds == sum(r["fraud_produced"] for r in results)
 
 
 def _simulated_day(transaction_id: str) -> int:
@@ -94,7 +111,7 @@ def _simulated_day(transaction_id: str) -> int:
     return int(prefix.split("d")[1]) if "d" in prefix else -1
 
 
-def test_dashboard_controls_reach_the_running_producers(ray_session: Settings) -> None:
+def test_dashboard_controls_reach_the_running_producers(ray_session: Settings, scoreboard: Any) -> None:
     """Rate and scenario mix apply to the live producers; a launched attack enters the stream from the simulated
     now on, all of it exactly once."""
     import time
@@ -104,7 +121,7 @@ def test_dashboard_controls_reach_the_running_producers(ray_session: Settings) -
     from simulation.producers import start_producers
 
     before = {r["transaction_id"] for r in read_stream(ray_session, ray_session.stream_name)}
-    handles, _ = start_producers(ray_session, tps=300, n_users=300, actors=2)
+    handles, _ = start_producers(ray_session, tps=300, n_users=300, actors=2, scoreboard=scoreboard)
     try:
         ray.get([handle.set_rate.remote(200.0) for handle in handles])
         with pytest.raises(ray.exceptions.RayTaskError, match="scenario_weights"):
@@ -120,7 +137,9 @@ def test_dashboard_controls_reach_the_running_producers(ray_session: Settings) -
             attack = [r for r in records if r["transaction_id"].startswith("p0atk1-")]
             days = {r["transaction_id"].split("-")[0] for r in records}
             later_days = [r for r in records if _simulated_day(r["transaction_id"]) >= 2]  # after the mix changed
-            if len(attack) >= queued and {"p0d3", "p1d3"} <= days and any(r["is_fraud"] == 1 for r in later_days):
+            truth = ray.get(scoreboard.truth_of.remote([r["transaction_id"] for r in records]))
+            if (len(attack) >= queued and {"p0d3", "p1d3"} <= days
+                    and any(truth[r["transaction_id"]] != GENUINE_SCENARIO for r in later_days)):
                 break
             assert time.monotonic() < deadline, f"{len(attack)} of {queued} attack rows, days {sorted(days)}"
             time.sleep(1)
@@ -133,6 +152,6 @@ def test_dashboard_controls_reach_the_running_producers(ray_session: Settings) -
     assert stats[0]["attacks"] == 1 and stats[0]["attack_rows"] == queued
     ids = [r["transaction_id"] for r in attack]
     assert len(ids) == len(set(ids)) == queued
-    assert {r["fraud_scenario"] for r in attack if r["is_fraud"] == 1} == {"cash_out"}
+    assert {truth[tid] for tid in ids} - {GENUINE_SCENARIO} == {"cash_out"}
     assert min(pd.Timestamp(r["timestamp"]) for r in attack) >= launched_at
-    assert {r["fraud_scenario"] for r in later_days if r["is_fraud"] == 1} == {"card_testing"}
+    assert {truth[r["transaction_id"]] for r in later_days} - {GENUINE_SCENARIO} == {"card_testing"}

@@ -1,6 +1,6 @@
-"""The dashboard in a real browser (headless Chromium through Playwright), against the session's Serve app and the
-cluster's stats actor: live tiles and charts render, the manual check scores through the API, bad input shows the
-API's error naming the field, and the page logs no error."""
+"""The dashboard in a real browser (headless Chromium through Playwright), against the session's Serve app, the
+cluster's stats actor and a scoreboard joining ground truth: live tiles and charts render, the manual check scores
+through the API, bad input shows the API's error naming the field, and the page logs no error."""
 
 from __future__ import annotations
 
@@ -28,30 +28,40 @@ def chromium() -> str:
     return path
 
 
-def record_stream_decisions(url: str, history: Any) -> dict[str, int]:
-    """Score labelled simulated transactions through the API and report them as a stream consumer does: with the
-    simulator's ground truth. Returns the labelled counts per scenario.
+def record_stream_decisions(url: str, settings: Settings, history: Any, scoreboard: Any) -> dict[str, int]:
+    """Score labelled simulated transactions through the API, report them as a stream consumer does (stats without
+    truth, decisions on the decisions stream) and their truth as a producer does (to the scoreboard), and wait until
+    the scoreboard has joined them. Returns the labelled counts per scenario.
 
     The ids are this test's own, so the alert ledger of other tests' transactions is left alone."""
+    import orjson
     import ray
 
+    from cluster.aws import client
+    from cluster.kinesis import pack, put_records_reliably
     from cluster.schema import Transaction
+    from cluster.waiting import wait_until
     from serve.stats import StatsReporter
 
     frame = history.transactions
     sample = pd.concat([frame[frame["is_fraud"] == 1].head(60), frame[frame["is_fraud"] == 0].head(240)])
     sample = sample.assign(timestamp=sample["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
                            transaction_id="dashboard-" + sample["transaction_id"])
-    records = [{k: v for k, v in row.items() if not pd.isna(v)} for row in sample.to_dict(orient="records")]
+    ray.get(scoreboard.report.remote(sample["transaction_id"].tolist(), sample["fraud_scenario"].tolist()))
+    records = [{k: v for k, v in row.items() if not pd.isna(v) and k not in ("is_fraud", "fraud_scenario")}
+               for row in sample.to_dict(orient="records")]
     response = requests.post(f"{url}/api/check-fraud/batch", json={"transactions": records}, timeout=120)
     response.raise_for_status()
     decisions = response.json()["results"]
     transactions = [Transaction.model_validate(r) for r in records]
-    truths = [{"is_fraud": r["is_fraud"], "fraud_scenario": r["fraud_scenario"]} for r in records]
     reporter = StatsReporter()
     reporter.add(scored=len(decisions), alerts=0, latency_ms=5.0, stream_lags_ms=[250.0, 400.0, 900.0],
-                 decisions=decisions, transactions=transactions, truths=truths)
+                 decisions=decisions, transactions=transactions)
     ray.get(reporter.flush())
+    put_records_reliably(client("kinesis", settings), settings.decisions_stream_name,
+                         pack([{"Data": orjson.dumps(d), "PartitionKey": d["transaction_id"]} for d in decisions]))
+    wait_until(lambda: ray.get(scoreboard.view.remote())["window"]["labelled"] >= len(decisions), timeout_s=60,
+               what="the scoreboard's join")
     return sample["fraud_scenario"].value_counts().to_dict()
 
 
@@ -59,11 +69,19 @@ def record_stream_decisions(url: str, history: Any) -> dict[str, int]:
 def dashboard(served: tuple[str, Settings], small_history: Any) -> Iterator[tuple[str, dict[str, int]]]:
     from cluster.waiting import free_port
     from simulation.dashboard import SimulationControl, serving_dashboard
+    from simulation.scoreboard import start_scoreboard, stop_scoreboard
+    from tests.streams import create_stream
 
     url, settings = served
-    labelled = record_stream_decisions(url, small_history)
-    with serving_dashboard(settings, SimulationControl(), port=free_port(), refresh_s=1.0) as dashboard_url:
-        yield dashboard_url, labelled
+    settings = settings.model_copy(update={"decisions_stream_name": create_stream(settings, 1, "decisions")})
+    scoreboard = start_scoreboard(settings)
+    try:
+        labelled = record_stream_decisions(url, settings, small_history, scoreboard)
+        with serving_dashboard(settings, SimulationControl(scoreboard=scoreboard), port=free_port(),
+                               refresh_s=1.0) as dashboard_url:
+            yield dashboard_url, labelled
+    finally:
+        stop_scoreboard(scoreboard)
 
 
 @pytest.fixture()
@@ -104,7 +122,7 @@ def test_dashboard_renders_live_figures_and_checks_a_transaction(dashboard: tupl
     tab.wait_for_function("""() => document.querySelectorAll('#score-plot svg g.mark-line path').length >= 2""")
     assert "fraud" in tab.locator("#score-plot").inner_text()
 
-    # detection per scenario shows what was recorded with ground truth
+    # detection per scenario shows the ground truth the scoreboard joined
     detection = tab.locator("#detection")
     scenario = next(name for name in labelled if name != "none")
     detection.get_by_text(scenario).first.wait_for()

@@ -1,9 +1,11 @@
 """Stream scoring against the embedded Kinesis over HTTP: N produced -> exactly N decisions, through a consumer
-crash and through resharding; never a second alert for a transaction."""
+crash and through resharding; never a second alert for a transaction; no ground truth in decisions or alerts, and
+the simulation's scoreboard joins it back."""
 
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 import pandas as pd
@@ -12,7 +14,7 @@ import pytest
 from cluster.aws import client
 from cluster.config import Settings
 from cluster.kinesis import put_records_reliably, read_stream, to_entries
-from tests.streams import create_stream
+from tests.streams import create_stream, drain_alerts, subscribe_alert_queue
 from training.registry import registry_for
 
 
@@ -72,7 +74,6 @@ def test_every_transaction_gets_exactly_one_decision(ray_session, champion_model
     assert sorted(ids) == sorted(frame["transaction_id"]), "exactly N decisions, none lost, none repeated"
     assert all(0.0 <= d["fraud_score"] <= 1.0 and d["model_version"] == champion for d in decisions)
     assert {d["risk_level"] for d in decisions} <= {"LOW", "MEDIUM", "HIGH"}
-    assert {"is_fraud", "fraud_scenario"} <= set(decisions[0]), "simulator ground truth travels with decisions"
     high = {d["transaction_id"] for d in decisions if d["risk_level"] == "HIGH"}
     assert sorted(ledger_ids(settings, "once-")) == sorted(high)
     status = stream.status()
@@ -117,3 +118,44 @@ def test_resharding_from_two_to_four_shards_loses_nothing(ray_session, champion_
         time.sleep(0.5)
     assert len(stream.finished) == 2, "both parent shards drained and closed"
     assert len(stream.consumers) >= 4
+
+
+def test_decisions_and_alerts_carry_no_ground_truth_and_the_scoreboard_joins_it(
+        ray_session, champion_model, small_history, scoring) -> None:
+    import ray
+
+    from simulation.scoreboard import start_scoreboard, stop_scoreboard
+
+    settings = stream_settings(ray_session, shards=2)
+    queue = subscribe_alert_queue(settings, f"q-{uuid.uuid4().hex[:8]}")
+    history = small_history.transactions
+    frame = traffic(small_history, 500, "truth")
+    frauds = history[history["is_fraud"] == 1].tail(40).assign(
+        transaction_id=[f"truth-fraud-{i}" for i in range(40)])
+    frame = pd.concat([frame, frauds], ignore_index=True)  # labelled, as the simulator's frames are
+    board = start_scoreboard(settings)
+    try:
+        ray.get(board.report.remote(frame["transaction_id"].tolist(), frame["fraud_scenario"].tolist()))
+        produce(settings, frame)
+        scoring(settings)
+        decisions = wait_for_decisions(settings, set(frame["transaction_id"]))
+        assert {d["transaction_id"] for d in decisions} == set(frame["transaction_id"])
+        assert not any("fraud_scenario" in d for d in decisions), "no simulator scenario in a decision"
+        assert all(isinstance(d["is_fraud"], bool) for d in decisions), "is_fraud is the model's flag, not the label"
+
+        messages = [m for m in drain_alerts(settings, queue) if m["transaction"]["transaction_id"].startswith("truth-")]
+        assert {m["transaction"]["transaction_id"] for m in messages} == {
+            d["transaction_id"] for d in decisions if d["risk_level"] == "HIGH"}
+        assert not any({"is_fraud", "fraud_scenario"} & (set(m) | set(m["transaction"])) for m in messages)
+
+        direct = pd.DataFrame(decisions).drop_duplicates("transaction_id").merge(
+            frame[["transaction_id", "fraud_scenario"]], on="transaction_id")
+        expected = {name: {"seen": int(len(rows)), "flagged": int(rows["is_fraud"].sum())}
+                    for name, rows in direct.groupby("fraud_scenario")}
+        deadline = time.monotonic() + 60
+        while (view := ray.get(board.view.remote()))["scenarios"] != expected:
+            assert time.monotonic() < deadline, f"scoreboard {view['scenarios']} != direct join {expected}"
+            time.sleep(1.0)
+        assert view["window"] == {"labelled": len(frame), "truly_fraud": int(frame["is_fraud"].sum())}
+    finally:
+        stop_scoreboard(board)
