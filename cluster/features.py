@@ -21,10 +21,10 @@ its fraud share is not diluted by transactions whose verdict is still pending.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -87,7 +87,27 @@ FEATURE_NAMES: tuple[str, ...] = (
     "amount_to_merchant_typical", "merchant_profile_missing",
 )
 
-FEATURE_CODE_HASH: str = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+# Bump when a feature's meaning changes while its name and parameters stay (a formula, a missing-value rule).
+FEATURE_SPEC_VERSION = "3"
+
+
+def feature_spec() -> dict[str, object]:
+    """What a model's features depend on: the spec version, the feature names and every parameter that changes a
+    feature's value. Comments, reasons and refactors leave it as it is, so they force no retraining."""
+    return {"version": FEATURE_SPEC_VERSION, "features": list(FEATURE_NAMES), "parameters": {
+        "user_windows_ms": USER_WINDOWS, "merchant_count_windows_ms": MERCHANT_COUNT_WINDOWS,
+        "merchant_risk_windows_ms": MERCHANT_RISK_WINDOWS, "merchant_delayed_windows_ms": MERCHANT_DELAYED_WINDOWS,
+        "mcc_risk_windows_ms": MCC_RISK_WINDOWS, "distinct_merchant_windows_ms": DISTINCT_MERCHANT_WINDOWS,
+        "retention_ms": RETENTION_MS, "user_history_cap": USER_HISTORY_CAP,
+        "merchant_history_cap": MERCHANT_HISTORY_CAP, "tiny_amount": TINY_AMOUNT, "night_hours": NIGHT_HOURS,
+        "risk_prior_rate": RISK_PRIOR_RATE, "risk_prior_weight": RISK_PRIOR_WEIGHT, "min_log_std": MIN_LOG_STD,
+        "speed_min_hours": SPEED_MIN_HOURS, "max_speed_kmh": MAX_SPEED_KMH, "earth_radius_km": EARTH_RADIUS_KM,
+        "neutral_account_age_days": NEUTRAL_ACCOUNT_AGE_DAYS,
+        "neutral_seconds_since_prev": NEUTRAL_SECONDS_SINCE_PREV, "channel_codes": CHANNEL_CODES}}
+
+
+# What a model bundle records and the registry checks.
+FEATURE_VERSION: str = hashlib.sha256(json.dumps(feature_spec(), sort_keys=True).encode()).hexdigest()
 
 # Numeric row layout shared by both paths (keys are stable 64-bit hashes; 0 means missing).
 ROW_COLUMNS = ("txn_key", "user_key", "merchant_key", "mcc_key", "device_key", "country_key", "home_country_key",

@@ -27,7 +27,7 @@ from simulation.history import run_simulate
 from simulation.producers import producer_totals, start_producers
 from simulation.scoreboard import start_scoreboard, stop_scoreboard
 from training.pipeline import TrainOptions, run_train
-from training.registry import FeatureHashMismatch, ModelNotFound, registry_for
+from training.registry import FeatureVersionMismatch, ModelNotFound, registry_for
 
 
 @dataclass(frozen=True)
@@ -56,14 +56,14 @@ def run_main_job(settings: Settings, options: MainJobOptions) -> None:
 
 
 def _ensure_model(settings: Settings, users: int) -> str:
-    """The champion's version; when there is none the running feature code can serve, simulate history and train
+    """The champion's version; when there is none the running feature spec can serve, simulate history and train
     one with the default budget."""
     try:
         return registry_for(settings).load("champion").version
     except ModelNotFound:
         reason = "No model in the registry yet"
-    except FeatureHashMismatch:
-        reason = "The champion was trained with other feature code"
+    except FeatureVersionMismatch:
+        reason = "The champion was trained on another feature spec"
     print(f"{reason}: simulating history and training one (default budget)...", flush=True)
     history = Path(settings.data_dir).resolve() / "bootstrap" / "history.parquet"
     run_simulate(settings, out=history, users=users, days=settings.simulated_days, start=settings.simulated_start,

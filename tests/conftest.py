@@ -7,9 +7,16 @@ from collections.abc import Iterator
 import pytest
 
 from cluster.config import Settings
-from cluster.waiting import free_port
+from cluster.waiting import free_port, wait_until
 
 API_KEY = "test-key"
+SLOW_FOLDERS = ("model", "system")  # training, Serve, streams, multi-node, browser: `pytest -m "not slow"` skips them
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.parent.name in SLOW_FOLDERS:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +53,7 @@ def train_small_bundle(settings: Settings, history, *, rounds: int = 60, seed: i
 
     import numpy as np
 
-    from cluster.features import FEATURE_CODE_HASH, FEATURE_NAMES, build_features
+    from cluster.features import FEATURE_NAMES, FEATURE_VERSION, build_features
     from training.autoencoder import AnomalyScorer
     from training.ensemble import fit_ensemble
     from training.registry import ModelBundle, registry_for
@@ -63,7 +70,7 @@ def train_small_bundle(settings: Settings, history, *, rounds: int = 60, seed: i
     ensemble, _ = fit_ensemble(y[cut:], booster.inplace_predict(x[cut:]).astype(np.float64), anomaly.score(x[cut:]),
                                transactions["amount"].to_numpy()[cut:])
     bundle = ModelBundle(booster=booster, anomaly=anomaly, ensemble=ensemble, feature_names=FEATURE_NAMES,
-                         feature_hash=FEATURE_CODE_HASH)
+                         feature_version=FEATURE_VERSION)
     return registry_for(settings).register(bundle, promote=promote)
 
 
@@ -81,7 +88,6 @@ def champion_model(ray_session: Settings, small_history) -> str:
 def served(ray_session: Settings, champion_model: str) -> Iterator[tuple[str, Settings]]:
     """The Serve app on a free port, healthy, for the whole session (its API key is ``API_KEY``; the challenger is
     ``latest``); yields its base URL and settings."""
-    import time
 
     import requests
 
@@ -94,8 +100,6 @@ def served(ray_session: Settings, champion_model: str) -> Iterator[tuple[str, Se
         "serve_target_ongoing_requests": 2.0, "serve_upscale_delay_s": 1.0, "serve_downscale_delay_s": 3.0,
         "serve_max_replicas": 2, "serve_model_refresh_s": 1.0})
     with serving(settings, build_app(settings), name="fraud-test") as url:
-        deadline = time.monotonic() + 120
-        while requests.get(f"{url}/healthz", timeout=30).status_code != 200:
-            assert time.monotonic() < deadline, "the app never became healthy"
-            time.sleep(0.5)
+        wait_until(lambda: requests.get(f"{url}/healthz", timeout=30).status_code == 200, timeout_s=120,
+                   interval_s=0.5, what="the app healthy")
         yield url, settings

@@ -1,4 +1,4 @@
-"""The multi-node scenario behind tests/model/test_multinode.py, in a process of its own: it needs its own Ray (a
+"""The multi-node scenario behind tests/system/test_multinode.py, in a process of its own: it needs its own Ray (a
 head and two worker nodes on this machine, ``ray.cluster_utils.Cluster``) while the rest of the suite shares one
 local Ray per session.
 
@@ -27,7 +27,8 @@ import requests
 
 from cluster.config import Settings, get_settings
 from cluster.kinesis import to_entries
-from tests.model.test_stream import produce, wait_for_decisions
+from cluster.waiting import wait_until
+from tests.system.test_stream import produce, wait_for_decisions
 
 NODE_CPUS = 1
 CONSUMER_CPUS = 0.1
@@ -63,31 +64,37 @@ def placements(settings: Settings) -> dict[str, Any]:
 
 def settled(settings: Settings, gone: str, shards: int, replicas: dict[str, int]) -> dict[str, Any]:
     """Placements once every shard has a live consumer and every deployment its replicas, none on the gone node."""
-    deadline = time.monotonic() + SETTLE_TIMEOUT_S
-    while True:
-        seen = placements(settings)
+    seen: dict[str, Any] = {}
+
+    def settled_now() -> dict[str, Any] | None:
+        seen.update(placements(settings))
         nodes = [*seen["consumers"].values(), *(n for ns in seen["replicas"].values() for n in ns)]
-        if (len(seen["consumers"]) == shards and gone not in nodes
-                and all(len(seen["replicas"].get(name, [])) >= count for name, count in replicas.items())):
-            return seen
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the cluster did not settle within {SETTLE_TIMEOUT_S:.0f} s: {seen}")
-        time.sleep(1.0)
+        complete = (len(seen["consumers"]) == shards and gone not in nodes
+                    and all(len(seen["replicas"].get(name, [])) >= count for name, count in replicas.items()))
+        return dict(seen) if complete else None
+
+    return wait_until(settled_now, timeout_s=SETTLE_TIMEOUT_S, interval_s=1.0,
+                      what=lambda: f"the cluster settled (last seen {seen})")
 
 
 def check_fraud(url: str, transaction: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     """POST the transaction until it gets a 200 (or the time runs out); the last answer and how long it took."""
-    began = time.monotonic()
-    while True:
+    began, answer = time.monotonic(), {}
+
+    def answered() -> bool:
         try:
             response = requests.post(f"{url}/api/check-fraud", json=transaction, timeout=30)
-            answer = {"status": response.status_code, "body": response.json()}
+            answer.update(status=response.status_code, body=response.json())
         except (requests.RequestException, ValueError) as exc:
-            answer = {"status": None, "body": repr(exc)}
+            answer.update(status=None, body=repr(exc))
         answer["seconds"] = round(time.monotonic() - began, 1)
-        if answer["status"] == 200 or answer["seconds"] > timeout_s:
-            return answer
-        time.sleep(1.0)
+        return answer["status"] == 200
+
+    try:
+        wait_until(answered, timeout_s=timeout_s, interval_s=1.0, what="a 200 from /api/check-fraud")
+    except TimeoutError:  # the caller asserts on the last answer
+        pass
+    return answer
 
 
 def api_transaction(frame: pd.DataFrame, transaction_id: str) -> dict[str, Any]:

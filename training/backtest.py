@@ -20,7 +20,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from tqdm.auto import tqdm
 
 from cluster.config import Settings
-from cluster.features import FEATURE_CODE_HASH, FEATURE_NAMES
+from cluster.features import FEATURE_VERSION, FEATURE_NAMES
 from cluster.runtime import ray_runtime
 from cluster.schema import LABEL_COLUMN
 from training.data import featurize, load_profiles, read_labelled, take
@@ -90,7 +90,7 @@ def run_backtest(settings: Settings, *, data: Path, window: BacktestWindow, out:
 
     storage = Path(settings.data_dir).resolve() / "ray_results"
     with ray_runtime(settings):
-        fitted = fit_models(train, valid, FEATURE_NAMES, FEATURE_CODE_HASH,
+        fitted = fit_models(train, valid, FEATURE_NAMES, FEATURE_VERSION,
                             budget=Budget.from_trials(trials, settings.seed), storage=storage,
                             refit_on_validation=True, progress=progress)
     scores = FraudScorer(fitted.bundle).score(features.loc[_mask(transactions, window), :])

@@ -14,7 +14,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cluster.config import Settings
-from cluster.features import FEATURE_CODE_HASH, FEATURE_NAMES
+from cluster.features import FEATURE_VERSION, FEATURE_NAMES
 from cluster.runtime import ray_runtime
 from training.autoencoder import AESearch, AnomalyScorer, fit_scaler, standardise, tune_autoencoder
 from training.data import Split, featurize, load_profiles, read_labelled, take, time_periods
@@ -61,7 +61,7 @@ def _concat(first: Split, second: Split) -> Split:
                  frame=pd.concat([first.frame, second.frame], ignore_index=True))
 
 
-def fit_models(train: Split, valid: Split, feature_names: tuple[str, ...], feature_hash: str, *,
+def fit_models(train: Split, valid: Split, feature_names: tuple[str, ...], feature_version: str, *,
                budget: Budget, storage: Path, objective: Objective = "f1", distributed: bool = False,
                refit_on_validation: bool = False, progress: tqdm | None = None) -> FittedModels:
     """Tune both models on (train, valid), choose the ensemble on valid; Ray must be initialised.
@@ -102,7 +102,7 @@ def fit_models(train: Split, valid: Split, feature_names: tuple[str, ...], featu
         rounds = max(1, round(xgb_tuning.rounds * (len(train) + len(valid)) / len(train)))
         booster, anomaly = fit_both(_concat(train, valid), rounds)
     bundle = ModelBundle(booster=booster, anomaly=anomaly, ensemble=ensemble, feature_names=feature_names,
-                         feature_hash=feature_hash)
+                         feature_version=feature_version)
     details = {
         "xgboost": {"params": xgb_tuning.params, "rounds": xgb_tuning.rounds, "valid_aucpr": xgb_tuning.valid_aucpr,
                     "trials": len(xgb_tuning.trials), "distributed_fit": distributed},
@@ -151,7 +151,7 @@ def run_train(settings: Settings, options: TrainOptions) -> dict[str, Any]:
     budget = Budget.from_trials(options.trials, settings.seed)
     storage = Path(settings.data_dir).resolve() / "ray_results"
     with ray_runtime(settings):
-        fitted = fit_models(splits["train"], splits["validation"], FEATURE_NAMES, FEATURE_CODE_HASH, budget=budget,
+        fitted = fit_models(splits["train"], splits["validation"], FEATURE_NAMES, FEATURE_VERSION, budget=budget,
                             storage=storage, objective=options.objective,  # type: ignore[arg-type]
                             distributed=options.distributed, progress=progress)
     bundle = fitted.bundle

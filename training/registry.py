@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 
 from cluster.aws import client
 from cluster.config import Settings, get_settings
-from cluster.features import FEATURE_CODE_HASH
+from cluster.features import FEATURE_VERSION
 from training.autoencoder import AnomalyScorer
 from training.ensemble import Ensemble
 
@@ -32,8 +32,8 @@ PREFIX = "models"
 CHAMPION_METRIC = "average_precision"
 
 
-class FeatureHashMismatch(ValueError):
-    """The bundle's features were computed by other code than the code running now."""
+class FeatureVersionMismatch(ValueError):
+    """The bundle was trained on another feature spec than the one running now (``cluster.features.FEATURE_VERSION``)."""
 
 
 class ModelNotFound(LookupError):
@@ -46,7 +46,7 @@ class ModelBundle:
     anomaly: AnomalyScorer
     ensemble: Ensemble
     feature_names: tuple[str, ...]
-    feature_hash: str
+    feature_version: str
     metrics: dict[str, Any] = field(default_factory=dict)
     data_summary: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
@@ -56,7 +56,7 @@ class ModelBundle:
     def to_files(self) -> dict[str, bytes]:
         weights, anomaly_meta = self.anomaly.state()
         meta = {"version": self.version, "created_at": self.created_at, "feature_names": list(self.feature_names),
-                "feature_hash": self.feature_hash, "ensemble": self.ensemble.to_dict(), "autoencoder": anomaly_meta,
+                "feature_version": self.feature_version, "ensemble": self.ensemble.to_dict(), "autoencoder": anomaly_meta,
                 "metrics": self.metrics, "data_summary": self.data_summary, "training": self.training}
         return {XGB_FILE: bytes(self.booster.save_raw("ubj")), AE_FILE: weights,
                 META_FILE: json.dumps(meta, indent=2, default=str).encode()}
@@ -68,7 +68,7 @@ class ModelBundle:
         booster.load_model(bytearray(files[XGB_FILE]))
         return cls(booster=booster, anomaly=AnomalyScorer.from_state(files[AE_FILE], meta["autoencoder"]),
                    ensemble=Ensemble.from_dict(meta["ensemble"]), feature_names=tuple(meta["feature_names"]),
-                   feature_hash=meta["feature_hash"], metrics=meta["metrics"], data_summary=meta["data_summary"],
+                   feature_version=meta.get("feature_version", meta.get("feature_hash", "")), metrics=meta["metrics"], data_summary=meta["data_summary"],
                    training=meta.get("training", {}), version=meta["version"], created_at=meta["created_at"])
 
 
@@ -123,8 +123,8 @@ class _LocalStore:
         return sorted(str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file()) if base.exists() else []
 
 
-def current_feature_hash() -> str:
-    return FEATURE_CODE_HASH
+def current_feature_version() -> str:
+    return FEATURE_VERSION
 
 
 class ModelRegistry:
@@ -193,8 +193,8 @@ class ModelRegistry:
         """A file registered beside a version's models (e.g. ``report/evaluation.png``), or None."""
         return self._store.get(f"{PREFIX}/versions/{version}/{name}")
 
-    def load(self, ref: str = "champion", *, expected_feature_hash: str | None = None) -> ModelBundle:
-        """Load a version; refuses one whose feature hash differs from the running feature code's."""
+    def load(self, ref: str = "champion", *, expected_feature_version: str | None = None) -> ModelBundle:
+        """Load a version; refuses one trained on another feature spec than the running one."""
         version = self.resolve(ref)
         if version is None:
             raise ModelNotFound(f"no {ref!r} model in {self.location}; run `fraudctl train` first")
@@ -205,11 +205,11 @@ class ModelRegistry:
                 raise ModelNotFound(f"model version {version!r} in {self.location} has no {name}")
             files[name] = body
         bundle = ModelBundle.from_files(files)
-        expected = expected_feature_hash or current_feature_hash()
-        if bundle.feature_hash != expected:
-            raise FeatureHashMismatch(
-                f"model {version} was trained with feature code {bundle.feature_hash}, but the running feature "
-                f"code is {expected}: retrain with `fraudctl train`")
+        expected = expected_feature_version or current_feature_version()
+        if bundle.feature_version != expected:
+            raise FeatureVersionMismatch(
+                f"model {version} was trained on feature spec {bundle.feature_version}, but the running feature "
+                f"spec is {expected}: retrain with `fraudctl train`")
         return bundle
 
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 from datetime import timedelta
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from cluster.features import FEATURE_CODE_HASH, FEATURE_NAMES, RISK_PRIOR_RATE, RISK_PRIOR_WEIGHT, build_features
+import cluster.features
+from cluster.features import FEATURE_NAMES, FEATURE_VERSION, RISK_PRIOR_RATE, RISK_PRIOR_WEIGHT, build_features
 from cluster.schema import validate_frame
 
 T0 = pd.Timestamp("2026-03-02T12:00:00Z")  # a Monday
@@ -40,7 +44,7 @@ def test_shape_names_and_dtype() -> None:
     assert list(out.columns) == ["transaction_id", *FEATURE_NAMES]
     assert list(out["transaction_id"]) == ["t0", "t1"]
     assert (out[list(FEATURE_NAMES)].dtypes == np.float32).all()
-    assert len(FEATURE_CODE_HASH) == 64
+    assert len(FEATURE_VERSION) == 64
 
 
 def test_velocity_windows_count_and_sum() -> None:
@@ -222,3 +226,24 @@ def test_key_hashes_agree_for_micro_batches_and_whole_tables(recurring: bool) ->
     small = stable_hash(values, recurring=recurring)
     assert small.tolist() == stable_hash(table, recurring=recurring)[:len(values)].tolist()
     assert small[1] == small[3] == 0 and small[0] == small[4] != 0
+
+
+def _features_module_with(old: str, new: str) -> ModuleType:
+    """``cluster/features.py`` loaded afresh as a module of its own, with one text replacement."""
+    source = Path(cluster.features.__file__).read_text()
+    assert old in source
+    spec = importlib.util.spec_from_loader("features_edited", loader=None)
+    module = importlib.util.module_from_spec(spec)
+    exec(compile(source.replace(old, new, 1), "features_edited.py", "exec"), module.__dict__)  # noqa: S102
+    return module
+
+
+def test_feature_version_follows_the_declared_spec_not_the_file_bytes() -> None:
+    commented = _features_module_with("MINUTE_MS = 60_000\n", "MINUTE_MS = 60_000  # a comment changes nothing\n")
+    assert commented.FEATURE_VERSION == FEATURE_VERSION
+    reworded = _features_module_with('"Weekend purchase"', '"A purchase on a weekend"')
+    assert reworded.FEATURE_VERSION == FEATURE_VERSION
+    wider = _features_module_with('"10m": 10 * MINUTE_MS', '"10m": 15 * MINUTE_MS')
+    assert wider.FEATURE_VERSION != FEATURE_VERSION
+    bumped = _features_module_with('FEATURE_SPEC_VERSION = "3"', 'FEATURE_SPEC_VERSION = "4"')
+    assert bumped.FEATURE_VERSION != FEATURE_VERSION

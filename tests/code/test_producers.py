@@ -14,6 +14,7 @@ from cluster.aws import client
 from cluster.config import Settings
 from cluster.kinesis import KinesisPutError, put_records_reliably, read_stream
 from cluster.schema import GENUINE_SCENARIO, LABEL_COLUMN, SCENARIO_COLUMN
+from cluster.waiting import wait_until
 from tests.streams import create_stream
 
 
@@ -114,7 +115,6 @@ def _simulated_day(transaction_id: str) -> int:
 def test_dashboard_controls_reach_the_running_producers(ray_session: Settings, scoreboard: Any) -> None:
     """Rate and scenario mix apply to the live producers; a launched attack enters the stream from the simulated
     now on, all of it exactly once."""
-    import time
 
     import ray
 
@@ -127,22 +127,24 @@ def test_dashboard_controls_reach_the_running_producers(ray_session: Settings, s
         with pytest.raises(ray.exceptions.RayTaskError, match="scenario_weights"):
             ray.get(handles[0].set_scenario_mix.remote({"phishing": 1.0}))
         ray.get([handle.set_scenario_mix.remote({"card_testing": 1.0}) for handle in handles])
-        while not ray.get(handles[0].get_stats.remote())["produced"]:
-            time.sleep(0.1)
+        wait_until(lambda: ray.get(handles[0].get_stats.remote())["produced"], timeout_s=120, what="the first put")
         launched_at = pd.Timestamp(ray.get(handles[0].get_stats.remote())["simulated_time"])
         queued = ray.get(handles[0].launch_attack.remote("cash_out", 2), timeout=120)
-        deadline = time.monotonic() + 120
-        while True:
+        def produced_all() -> list[dict[str, Any]]:
             records = [r for r in read_stream(ray_session, ray_session.stream_name) if r["transaction_id"] not in before]
             attack = [r for r in records if r["transaction_id"].startswith("p0atk1-")]
             days = {r["transaction_id"].split("-")[0] for r in records}
             later_days = [r for r in records if _simulated_day(r["transaction_id"]) >= 2]  # after the mix changed
             truth = ray.get(scoreboard.truth_of.remote([r["transaction_id"] for r in records]))
-            if (len(attack) >= queued and {"p0d3", "p1d3"} <= days
-                    and any(truth[r["transaction_id"]] != GENUINE_SCENARIO for r in later_days)):
-                break
-            assert time.monotonic() < deadline, f"{len(attack)} of {queued} attack rows, days {sorted(days)}"
-            time.sleep(1)
+            done = (len(attack) >= queued and {"p0d3", "p1d3"} <= days
+                    and any(truth[r["transaction_id"]] != GENUINE_SCENARIO for r in later_days))
+            return records if done else []
+
+        records = wait_until(produced_all, timeout_s=120, interval_s=1.0,
+                             what=f"the {queued} attack rows and simulated day 3 of both producers")
+        attack = [r for r in records if r["transaction_id"].startswith("p0atk1-")]
+        later_days = [r for r in records if _simulated_day(r["transaction_id"]) >= 2]
+        truth = ray.get(scoreboard.truth_of.remote([r["transaction_id"] for r in records]))
         stats = [ray.get(handle.get_stats.remote()) for handle in handles]
     finally:
         for handle in handles:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cluster.features import FEATURE_CODE_HASH, FEATURE_NAMES, build_features
+from cluster.features import FEATURE_NAMES, FEATURE_VERSION, build_features
 from cluster.schema import LABEL_COLUMN
 from training.autoencoder import AnomalyScorer
 from training.baseline import HandbookConfig, simulate_handbook
@@ -21,7 +21,7 @@ from training.data import take, time_periods
 from training.ensemble import Calibration, fit_ensemble
 from training.policy import RiskPolicy
 from training.predict import FraudScorer
-from training.registry import FeatureHashMismatch, ModelBundle, ModelRegistry
+from training.registry import FeatureVersionMismatch, ModelBundle, ModelRegistry
 from training.xgb import fit_xgboost
 
 DELAY = timedelta(days=7)
@@ -57,7 +57,7 @@ def bundle(history: pd.DataFrame, features: pd.DataFrame) -> ModelBundle:
     ensemble, _ = fit_ensemble(valid.y, booster.inplace_predict(valid.x).astype(float), anomaly.score(valid.x),
                                valid.frame["amount"].to_numpy())
     return ModelBundle(booster=booster, anomaly=anomaly, ensemble=ensemble, feature_names=FEATURE_NAMES,
-                       feature_hash=FEATURE_CODE_HASH, metrics={"test": {"average_precision": 0.5}})
+                       feature_version=FEATURE_VERSION, metrics={"test": {"average_precision": 0.5}})
 
 
 @pytest.fixture(scope="module")
@@ -133,14 +133,14 @@ def test_registry_round_trip_gives_identical_scores(bundle: ModelBundle, feature
         assert registry.resolve("latest") == version and version in registry.versions()
         loaded = registry.load("latest")
         pd.testing.assert_frame_equal(FraudScorer(loaded).score(features), expected)
-        assert loaded.feature_hash == FEATURE_CODE_HASH and loaded.version == version
+        assert loaded.feature_version == FEATURE_VERSION and loaded.version == version
 
 
 def test_registry_refuses_a_bundle_built_with_other_feature_code(bundle: ModelBundle, tmp_path) -> None:
     registry = ModelRegistry(root=tmp_path)
-    stale = ModelBundle(**{**bundle.__dict__, "feature_hash": "0" * 64})
+    stale = ModelBundle(**{**bundle.__dict__, "feature_version": "0" * 64})
     registry.register(stale)
-    with pytest.raises(FeatureHashMismatch, match="retrain"):
+    with pytest.raises(FeatureVersionMismatch, match="retrain"):
         registry.load("latest")
 
 

@@ -4,7 +4,6 @@ the simulation's scoreboard joins it back."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 from cluster.aws import client
 from cluster.config import Settings
 from cluster.kinesis import put_records_reliably, read_stream, to_entries
+from cluster.waiting import wait_until
 from tests.streams import create_stream, drain_alerts, subscribe_alert_queue
 from training.registry import registry_for
 
@@ -35,12 +35,14 @@ def produce(settings: Settings, frame: pd.DataFrame) -> None:
 
 
 def wait_for_decisions(settings: Settings, expected: set[str], timeout_s: float = 240) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout_s
-    while True:
+    def complete() -> list[dict[str, Any]]:
         decisions = read_stream(settings, settings.decisions_stream_name)
-        if {d["transaction_id"] for d in decisions} >= expected or time.monotonic() > deadline:
-            return decisions
-        time.sleep(1.0)
+        return decisions if {d["transaction_id"] for d in decisions} >= expected else []
+
+    try:
+        return wait_until(complete, timeout_s=timeout_s, interval_s=1.0, what="a decision for every transaction")
+    except TimeoutError:  # the caller's assertion names what is missing
+        return read_stream(settings, settings.decisions_stream_name)
 
 
 def ledger_ids(settings: Settings, prefix: str) -> list[str]:
@@ -97,10 +99,7 @@ def test_a_killed_consumer_restarts_and_nothing_is_lost_or_alerted_twice(
     high = {d["transaction_id"] for d in decisions if d["risk_level"] == "HIGH"}
     alerted = ledger_ids(settings, "crash-")
     assert len(alerted) == len(set(alerted)) and set(alerted) == high
-    deadline = time.monotonic() + 30
-    while stream.restarts == 0 and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert stream.restarts >= 1
+    wait_until(lambda: stream.restarts >= 1, timeout_s=30, interval_s=0.5, what="the supervisor restarting it")
 
 
 def test_resharding_from_two_to_four_shards_loses_nothing(ray_session, champion_model, small_history, scoring) -> None:
@@ -113,10 +112,8 @@ def test_resharding_from_two_to_four_shards_loses_nothing(ray_session, champion_
     produce(settings, frame.iloc[600:])
     decisions = wait_for_decisions(settings, set(frame["transaction_id"]))
     assert {d["transaction_id"] for d in decisions} == set(frame["transaction_id"])
-    deadline = time.monotonic() + 30
-    while len(stream.finished) < 2 and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert len(stream.finished) == 2, "both parent shards drained and closed"
+    wait_until(lambda: len(stream.finished) == 2, timeout_s=30, interval_s=0.5,
+               what="both parent shards drained and closed")
     assert len(stream.consumers) >= 4
 
 
@@ -152,10 +149,8 @@ def test_decisions_and_alerts_carry_no_ground_truth_and_the_scoreboard_joins_it(
             frame[["transaction_id", "fraud_scenario"]], on="transaction_id")
         expected = {name: {"seen": int(len(rows)), "flagged": int(rows["is_fraud"].sum())}
                     for name, rows in direct.groupby("fraud_scenario")}
-        deadline = time.monotonic() + 60
-        while (view := ray.get(board.view.remote()))["scenarios"] != expected:
-            assert time.monotonic() < deadline, f"scoreboard {view['scenarios']} != direct join {expected}"
-            time.sleep(1.0)
+        view = wait_until(lambda: (seen := ray.get(board.view.remote()))["scenarios"] == expected and seen,
+                          timeout_s=60, interval_s=1.0, what=f"the scoreboard's detection equal to {expected}")
         assert view["window"] == {"labelled": len(frame), "truly_fraud": int(frame["is_fraud"].sum())}
     finally:
         stop_scoreboard(board)

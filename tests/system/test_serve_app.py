@@ -4,16 +4,20 @@ SDK/HTTP agreement, autoscaling, champion/challenger. The model is a real (small
 from __future__ import annotations
 
 import json
-import time
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 import requests
+from ray import serve
 
 from cluster.aws import client
 from cluster.config import Settings
+from cluster.waiting import wait_until
+from serve.app import build_app
 from serve.reasons import LOWERS, RAISES
 from tests.conftest import API_KEY, train_small_bundle
 from tests.streams import drain_alerts, subscribe_alert_queue
@@ -170,12 +174,16 @@ def _fraud_heavy_sample(small_history: Any, id_suffix: str = "") -> list[dict[st
 def _arriving_alerts(settings: Settings, queue: str, expected: int, wait_s: float = 20) -> list[dict[str, Any]]:
     """The queue's alert messages once ``expected`` distinct transactions have arrived (or ``wait_s`` passed), and
     whatever followed them: a repeat would be among them."""
-    deadline, messages = time.monotonic() + wait_s, []
-    while time.monotonic() < deadline:
-        messages += drain_alerts(settings, queue)
-        if len({m["transaction"]["transaction_id"] for m in messages}) >= expected:
-            break
-        time.sleep(0.5)
+    messages: list[dict[str, Any]] = []
+
+    def arrived() -> bool:
+        messages.extend(drain_alerts(settings, queue))
+        return len({m["transaction"]["transaction_id"] for m in messages}) >= expected
+
+    try:
+        wait_until(arrived, timeout_s=wait_s, interval_s=0.5, what=f"{expected} alerts")
+    except TimeoutError:  # the caller compares what did arrive
+        pass
     return messages + drain_alerts(settings, queue)
 
 
@@ -252,10 +260,8 @@ def test_autoscaling_goes_up_under_load_and_down_when_idle(served: tuple[str, Se
 
 
 def _wait_for_one_replica_each(timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while max(_replicas().values()) > 1:
-        assert time.monotonic() < deadline, f"still scaled up after idling: {_replicas()}"
-        time.sleep(1)
+    wait_until(lambda: max(_replicas().values()) <= 1, timeout_s=timeout_s, interval_s=1.0,
+               what=lambda: f"one replica each after idling (now {_replicas()})")
 
 
 def test_challenger_shadow_compare_and_promote(served: tuple[str, Settings], small_history: Any) -> None:
@@ -275,10 +281,8 @@ def test_challenger_shadow_compare_and_promote(served: tuple[str, Settings], sma
     for tid, label in zip(labelled["transaction_id"], labelled["is_fraud"]):
         requests.post(f"{url}/api/feedback", json={"transaction_id": tid, "is_fraud": int(label)}, headers=key,
                       timeout=30).raise_for_status()
-    deadline = time.monotonic() + 30
-    while len(read_log(settings, DECISIONS_PREFIX)) < len(sample):
-        assert time.monotonic() < deadline, "challenger decisions were not logged"
-        time.sleep(1)
+    wait_until(lambda: len(read_log(settings, DECISIONS_PREFIX)) >= len(sample), timeout_s=30, interval_s=1.0,
+               what="the challenger's decisions logged")
     report = run_compare(settings)
     assert report["labelled"] >= len(sample) and report["frauds"] == int(labelled["is_fraud"].sum())
     assert report["champion"]["versions"] == [champion] and report["challenger"]["versions"] == [challenger]
@@ -290,15 +294,30 @@ def test_challenger_shadow_compare_and_promote(served: tuple[str, Settings], sma
     assert answer["model_version"] == challenger
 
 
-def test_alerts_unavailable_is_a_503_and_the_retry_alerts_once(served: tuple[str, Settings], small_history: Any) -> None:
+@pytest.fixture()
+def app_with_its_own_topic(served: tuple[str, Settings]) -> Iterator[tuple[str, Settings]]:
+    """A second app beside the session's, alerting to a topic of its own, so a test can take that topic away
+    without touching what the rest of the session shares."""
     url, settings = served
+    own = settings.model_copy(update={"alert_topic": f"alerts-outage-{uuid.uuid4().hex[:8]}"})
+    serve.run(build_app(own), name="fraud-outage", route_prefix="/outage")
+    try:
+        wait_until(lambda: requests.get(f"{url}/outage/healthz", timeout=30).status_code == 200, timeout_s=120,
+                   interval_s=0.5, what="the second app healthy")
+        yield f"{url}/outage", own
+    finally:
+        serve.delete("fraud-outage")
+
+
+def test_alerts_unavailable_is_a_503_and_the_retry_alerts_once(app_with_its_own_topic: tuple[str, Settings],
+                                                                small_history: Any) -> None:
+    url, settings = app_with_its_own_topic
     sample = _fraud_heavy_sample(small_history, id_suffix="-outage")
     sns = client("sns", settings)
     sns.delete_topic(TopicArn=sns.create_topic(Name=settings.alert_topic)["TopicArn"])  # alerts cannot go out
     down = requests.post(f"{url}/api/check-fraud/batch", json={"transactions": sample}, timeout=120)
     assert down.status_code == 503 and down.json()["errors"][0]["field"] == "alerts", down.text
-    queue = subscribe_alert_queue(settings, "alerts-after-outage")  # the topic is back
-    subscribe_alert_queue(settings, "alerts-under-test")            # and the session's queue with it
+    queue = subscribe_alert_queue(settings, f"alerts-after-outage-{uuid.uuid4().hex[:8]}")  # the topic is back
     retried = requests.post(f"{url}/api/check-fraud/batch", json={"transactions": sample}, timeout=120)
     assert retried.status_code == 200
     high = {r["transaction_id"] for r in retried.json()["results"] if r["risk_level"] == "HIGH"}

@@ -22,8 +22,8 @@ import pandas as pd
 from cluster.config import Settings
 from cluster.kinesis import read_stream
 from cluster.waiting import free_port
-from tests.model.test_stream import ledger_ids, stream_settings
 from tests.streams import drain_alerts, subscribe_alert_queue
+from tests.system.test_stream import ledger_ids, stream_settings
 from training.registry import registry_for
 
 ROOT = Path(__file__).resolve().parents[2]
