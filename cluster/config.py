@@ -31,8 +31,8 @@ class Settings(BaseSettings):
     alert_ledger_table: str = "fraud-alert-ledger"
     alert_topic: str = "fraud-alerts"
     model_bucket: str = "fraud-models"
-    # Online feature state: one actor per partition, shared by every replica and consumer (all must agree); one
-    # actor takes ~37,000 tx/s (`fraudctl bench`), and on 2 cores a second one measured slower (one more round trip).
+    # Online feature state: one actor per partition, shared by every replica and consumer (all must agree). More
+    # partitions spread the state over nodes but cost every pass one more round trip (docs/ARCHITECTURE.md).
     feature_partitions: int = Field(1, ge=1, le=256)
     # Each state actor writes its state to S3 this often while it scores (0: only when asked), so a lost actor
     # restarts from at most this long ago.
@@ -52,8 +52,8 @@ class Settings(BaseSettings):
     serve_upscale_delay_s: float = Field(10.0, ge=0)
     serve_downscale_delay_s: float = Field(60.0, ge=0)
     # A stopping ingress replica stays reachable this long, then refuses new connections, which HAProxy retries on
-    # another replica. Serve's default, 30 s, is for load balancers that route to replicas themselves; here it made
-    # every shutdown, redeploy and downscale wait 30 s (measured: `serve.shutdown` 30 s, 4.5 s with 2 s).
+    # another replica. Serve's default (30 s) is for load balancers that route to replicas themselves, and makes every
+    # shutdown, redeploy and downscale wait that long.
     serve_drain_s: float = Field(2.0, ge=0)
     # HAProxy's own listeners (stats page, Prometheus metrics): distinct ports let two runs share a machine
     serve_haproxy_stats_port: int = Field(8404, ge=1, le=65535)

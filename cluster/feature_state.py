@@ -47,7 +47,7 @@ from cluster.profiles import MERCHANT_PROFILE_COLUMNS, USER_PROFILE_COLUMNS
 from cluster.profiles import merchant_store as default_merchant_store
 from cluster.profiles import user_store as default_user_store
 from cluster.runtime import ACTOR_NAMESPACE
-from cluster.schema import label_values
+from cluster.schema import LABEL_EVENT_COLUMNS, label_values, require_columns
 
 log = logging.getLogger(__name__)
 
@@ -456,9 +456,7 @@ class OnlineFeatures:
         Confirmed frauds count from their ``known_at``; genuine verdicts change nothing. Returns how many frauds
         were applied (a transaction no longer retained and without ``merchant_id`` cannot be placed).
         """
-        missing = [c for c in ("transaction_id", "is_fraud", "known_at") if c not in events.columns]
-        if missing:
-            raise ValueError(f"label events lack column(s): {', '.join(missing)}")
+        require_columns(events.columns, LABEL_EVENT_COLUMNS, "label events")
         fraud = events[label_values(events["is_fraud"].to_numpy(dtype=object)) == 1]
         if fraud.empty:
             return 0

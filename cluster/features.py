@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from cluster.profiles import MERCHANT_PROFILE_COLUMNS, USER_PROFILE_COLUMNS, conform
-from cluster.schema import REQUIRED_COLUMNS, label_values
+from cluster.schema import LABEL_EVENT_COLUMNS, REQUIRED_COLUMNS, label_values, require_columns
 from cluster.wording import Reason, Seen, Template, count, distance, duration, number, relative, share
 
 MINUTE_MS = 60_000
@@ -229,19 +229,13 @@ def align_profiles(ids: pd.Series, profiles: pd.DataFrame | None, key: str, colu
     return aligned.reset_index()
 
 
-def require_columns(transactions: Columns) -> None:
-    missing = [c for c in REQUIRED_COLUMNS if c not in transactions]
-    if missing:
-        raise ValueError(f"transactions lack required column(s): {', '.join(missing)}")
-
-
 def prepare_rows(transactions: Columns, users: Columns, merchants: Columns) -> dict[str, np.ndarray]:
     """Numeric rows (``ROW_COLUMNS``) for the passes; ``users``/``merchants`` are profiles aligned with
     ``transactions``. Takes a DataFrame (files, Ray Data blocks) or plain column arrays (micro-batches).
 
     The merchant category is the transaction's ``mcc``, else the merchant profile's.
     """
-    require_columns(transactions)
+    require_columns(transactions, REQUIRED_COLUMNS, "transactions")
     count = len(transactions["transaction_id"])
 
     def column(name: str) -> pd.Series | np.ndarray:
@@ -282,9 +276,7 @@ def label_anchor(tx_ms: np.ndarray, known_ms: np.ndarray, label_delay_ms: int) -
 
 def explicit_label_events(labels: pd.DataFrame) -> pd.DataFrame:
     """Confirmed-fraud events from ``(transaction_id, is_fraud, known_at)`` rows; a fraud counts once, when first known."""
-    missing = [c for c in ("transaction_id", "is_fraud", "known_at") if c not in labels.columns]
-    if missing:
-        raise ValueError(f"labels lack column(s): {', '.join(missing)}")
+    require_columns(labels.columns, LABEL_EVENT_COLUMNS, "labels")
     fraud = label_values(labels["is_fraud"].to_numpy(dtype=object)) == 1
     events = pd.DataFrame({"txn_key": stable_hash(labels["transaction_id"])[fraud],
                            "known_ms": epoch_ms(labels["known_at"])[fraud]})
@@ -601,7 +593,7 @@ def build_features(transactions: pd.DataFrame, *, label_delay: timedelta, labels
     Each row sees only earlier rows (input order breaks time ties) and labels known before its time: the
     explicit ``labels`` events, or else each row's ``is_fraud`` revealed ``label_delay`` after it.
     """
-    require_columns(transactions)
+    require_columns(transactions, REQUIRED_COLUMNS, "transactions")
     transactions = transactions.reset_index(drop=True)
     user_profiles = align_profiles(transactions["user_id"], users, "user_id", USER_PROFILE_COLUMNS)
     merchant_profiles = align_profiles(transactions["merchant_id"], merchants, "merchant_id", MERCHANT_PROFILE_COLUMNS)

@@ -30,6 +30,7 @@ OPTIONAL_COLUMNS = (*OPTIONAL_STRING_COLUMNS, "lat", "lon")
 LABEL_COLUMN = "is_fraud"
 SCENARIO_COLUMN = "fraud_scenario"
 CANONICAL_COLUMNS = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)
+LABEL_EVENT_COLUMNS = ("transaction_id", LABEL_COLUMN, "known_at")  # a confirmed label: which, what, known since
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # how every file, record and response writes a time (UTC)
 
 
@@ -45,6 +46,17 @@ def parse_timestamp(value: Any) -> datetime:
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=timezone.utc)
     return parsed.astimezone(timezone.utc)
+
+
+def missing_columns(columns: Any, required: tuple[str, ...]) -> list[str]:
+    """The required columns a table (or a mapping of column arrays) lacks, in the order required."""
+    return [column for column in required if column not in columns]
+
+
+def require_columns(columns: Any, required: tuple[str, ...], what: str) -> None:
+    missing = missing_columns(columns, required)
+    if missing:
+        raise ValueError(f"{what} lack column(s): {', '.join(missing)}")
 
 
 def label_values(values: Any) -> np.ndarray:
@@ -151,7 +163,7 @@ def validate_frame(frame: pd.DataFrame, *, labelled: bool = False) -> pd.DataFra
         for row in np.flatnonzero(mask)[:100]:
             errors.append({"row": int(row), "field": field, "message": message})
 
-    missing = [c for c in REQUIRED_COLUMNS + ((LABEL_COLUMN,) if labelled else ()) if c not in frame.columns]
+    missing = missing_columns(frame.columns, REQUIRED_COLUMNS + ((LABEL_COLUMN,) if labelled else ()))
     if missing:
         raise FrameValidationError([{"row": -1, "field": c, "message": "column is missing"} for c in missing])
 

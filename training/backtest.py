@@ -20,7 +20,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from tqdm.auto import tqdm
 
 from cluster.config import Settings
-from cluster.features import FEATURE_VERSION, FEATURE_NAMES
+from cluster.features import FEATURE_NAMES, FEATURE_VERSION
 from cluster.runtime import ray_runtime
 from cluster.schema import LABEL_COLUMN
 from training.data import featurize, load_profiles, read_labelled, take
