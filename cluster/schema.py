@@ -127,10 +127,11 @@ def format_timestamp(moment: datetime) -> str:
 
 
 def field_errors(exc: ValidationError) -> list[dict[str, str]]:
-    """Pydantic errors as ``[{field, message}]``; a cross-field error names the field it is about."""
+    """Pydantic errors as ``[{field, message}]``; a cross-field error names the field it is about. The models are
+    flat, so the field is the location's first part (the rest would name a union's members: ``is_fraud.bool``)."""
     errors = []
     for error in exc.errors(include_url=False):
-        location = ".".join(str(part) for part in error["loc"]) or _field_named_in(error["msg"])
+        location = str(error["loc"][0]) if error["loc"] else _field_named_in(error["msg"])
         errors.append({"field": location, "message": error["msg"]})
     return errors
 
@@ -140,7 +141,7 @@ def item_field_errors(exc: ValidationError, prefix: str) -> list[dict[str, str]]
     errors = []
     for error in exc.errors(include_url=False):
         index, *path = error["loc"]
-        field = ".".join(str(part) for part in path) or _field_named_in(error["msg"])
+        field = str(path[0]) if path else _field_named_in(error["msg"])
         errors.append({"field": f"{prefix}{index}" + ("" if field == "__root__" else f".{field}"),
                        "message": error["msg"]})
     return errors

@@ -88,7 +88,8 @@ def served(ray_session: Settings, champion_model: str) -> Iterator[tuple[str, Se
     from serve.runtime import serving
 
     settings = ray_session.model_copy(update={
-        "api_port": free_port(), "api_key": API_KEY, "serve_max_body_bytes": 1_000_000, "challenger": "latest",
+        "api_port": free_port(), "serve_haproxy_stats_port": free_port(), "serve_haproxy_metrics_port": free_port(),
+        "api_key": API_KEY, "serve_max_body_bytes": 1_000_000, "challenger": "latest",
         "serve_target_ongoing_requests": 2.0, "serve_upscale_delay_s": 1.0, "serve_downscale_delay_s": 3.0,
         "serve_max_replicas": 2, "serve_model_refresh_s": 1.0})
     with serving(settings, build_app(settings), name="fraud-test") as url:
