@@ -8,6 +8,7 @@ describes every body through ``openapi_extra``.
 
 from __future__ import annotations
 
+import copy
 import hmac
 import json
 from datetime import datetime, timezone
@@ -19,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster.config import Settings
 from cluster.schema import Identifier, TimestampText, Transaction, field_errors, item_field_errors, parse_timestamp
@@ -163,15 +165,18 @@ def document_security(api: FastAPI, key_configured: bool) -> None:
     """The document asks for the key only where the server checks one: with none configured (embedded mode) the
     write endpoints are open, and the document says so."""
     generate = api.openapi
+    documents: list[dict[str, Any]] = []
 
     def openapi() -> dict[str, Any]:
-        schema = generate()
-        if not key_configured:
-            schema.get("components", {}).pop("securitySchemes", None)
-            for operation in (op for path in schema["paths"].values() for op in path.values()):
-                operation.pop("security", None)
-                operation.get("responses", {}).pop("401", None)
-        return schema
+        if not documents:  # a copy: FastAPI's cached document stays whole
+            schema = copy.deepcopy(generate())
+            if not key_configured:
+                schema.get("components", {}).pop("securitySchemes", None)
+                for operation in (op for path in schema["paths"].values() for op in path.values()):
+                    operation.pop("security", None)
+                    operation.get("responses", {}).pop("401", None)
+            documents.append(schema)
+        return documents[0]
 
     api.openapi = openapi  # type: ignore[method-assign]
 
@@ -288,6 +293,13 @@ def install_error_handlers(api: FastAPI) -> None:
     @api.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """404 and 405 in the same shape (405 keeps its ``Allow`` header)."""
+        field = "method" if exc.status_code == 405 else "path"
+        return JSONResponse(status_code=exc.status_code, headers=exc.headers,
+                            content={"detail": str(exc.detail), "errors": [{"field": field, "message": str(exc.detail)}]})
 
     @api.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

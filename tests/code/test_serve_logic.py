@@ -11,14 +11,18 @@ import jsonschema
 import numpy as np
 import pandas as pd
 import pytest
+from fastapi import FastAPI, Security
 
 from cluster.config import Settings
 from cluster.features import FEATURE_NAMES
 from serve.api import (
+    API_KEY_SCHEME,
     BATCH_BODY,
     FEEDBACK_BODY,
+    KEY_ERRORS,
     TRANSACTION_BODY,
     ApiError,
+    document_security,
     parse_batch,
     parse_feedback,
     parse_json,
@@ -172,6 +176,21 @@ def test_the_openapi_body_schema_accepts_what_the_validator_accepts(extra: dict,
     except ApiError:
         accepted = False
     assert documented == accepted, payload
+
+
+def test_the_document_asks_for_the_key_only_where_one_is_configured() -> None:
+    def document(key_configured: bool) -> dict:
+        app = FastAPI()
+        app.post("/write", responses=KEY_ERRORS, dependencies=[Security(API_KEY_SCHEME)])(lambda: None)
+        document_security(app, key_configured)
+        return app.openapi()
+
+    with_key, without = document(True), document(False)
+    assert with_key["paths"]["/write"]["post"]["security"] == [{"ApiKey": []}]
+    assert with_key["components"]["securitySchemes"]["ApiKey"]["name"] == "X-API-Key"
+    assert "401" in with_key["paths"]["/write"]["post"]["responses"]
+    assert "security" not in without["paths"]["/write"]["post"] and "securitySchemes" not in without["components"]
+    assert "401" not in without["paths"]["/write"]["post"]["responses"]
 
 
 def test_canary_draw_is_stable_and_near_its_share() -> None:
