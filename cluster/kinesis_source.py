@@ -92,7 +92,7 @@ def read_shard(stream: str, bounds: ShardBounds, settings: Settings) -> pd.DataF
         for line in lines(record["Data"]):
             try:
                 row = Transaction.model_validate(json.loads(line)).to_record()
-            except (ValidationError, ValueError):
+            except (ValidationError, ValueError, RecursionError):  # a record nested too deeply is invalid too
                 skipped += 1
                 continue
             row.update(shard_id=bounds.shard_id, sequence_number=record["SequenceNumber"],

@@ -42,10 +42,16 @@ def parse_timestamp(value: Any) -> datetime:
     try:
         parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
     except ValueError as exc:
-        raise ValueError(f"timestamp is not ISO-8601: {value!r}") from exc
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+        raise ValueError(f"timestamp is not ISO-8601: {_shown(value)}") from exc
+    try:
+        return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
+    except OverflowError:  # 0001-01-01T00:00+01:00 or 9999-12-31T23:00-01:00: no UTC datetime holds it
+        raise ValueError(f"timestamp is out of range in UTC: {_shown(value)}") from None
+
+
+def _shown(value: str, limit: int = 80) -> str:
+    """The value for an error message, cut short: a 1 MB string is not echoed back."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value)} characters)"
 
 
 def missing_columns(columns: Any, required: tuple[str, ...]) -> list[str]:
@@ -72,34 +78,52 @@ def _label_to_int(value: Any) -> Any:
     return value
 
 
+# The instants no UTC datetime holds (``parse_timestamp``'s "out of range"): 0001-01-01 east of UTC, 9999-12-31 west.
+# The document's ``date-time`` format says the rest; the validator also takes other ISO-8601 forms ("2026-01-22").
+TIMESTAMP_SCHEMA_PATTERN = r"^(?!\s*0001-01-01T[^Zz]*\+(?!00:00)|\s*9999-12-31T[^Zz]*-(?!00:00))"
+
+
+def _none_is_default_currency(value: Any) -> Any:
+    return DEFAULT_CURRENCY if value is None else value
+
+
 Identifier = Annotated[str, Field(strict=True, pattern=ID_PATTERN)]
+TimestampText = Annotated[str, Field(json_schema_extra={"format": "date-time", "pattern": TIMESTAMP_SCHEMA_PATTERN})]
+CurrencyCode = Annotated[str, Field(strict=True, pattern=CURRENCY_PATTERN)]
+LABEL_TEXT_PATTERN = r"^\s*[01]\s*$"
+# What ``is_fraud`` takes before ``_label_to_int``: the OpenAPI document shows this, not only the 0/1 it becomes.
+LabelInput = Literal[0, 1] | bool | Annotated[str, Field(pattern=LABEL_TEXT_PATTERN)] | None
+COORDINATE_PAIR = ("lat", "lon")
+
+
+def _coordinates_in_pairs_schema(schema: dict[str, Any]) -> None:
+    """JSON Schema for "both or neither": a number in one requires a number in the other (null counts as absent,
+    as in the validator), both ways."""
+    number = {"type": "number"}
+    schema["allOf"] = [{"if": {"required": [given], "properties": {given: number}},
+                        "then": {"required": [needed], "properties": {needed: number}}}
+                       for given, needed in (COORDINATE_PAIR, COORDINATE_PAIR[::-1])]
 
 
 class Transaction(BaseModel):
     """One card transaction. Unknown fields are ignored; optional fields may be absent or null."""
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, json_schema_extra=_coordinates_in_pairs_schema)
 
     transaction_id: Identifier
     user_id: Identifier
     merchant_id: Identifier
     amount: Annotated[float, Field(strict=True, gt=0, le=MAX_AMOUNT, allow_inf_nan=False)]
-    timestamp: Annotated[datetime, BeforeValidator(parse_timestamp)]
-    currency: Annotated[str, Field(strict=True, pattern=CURRENCY_PATTERN)] = DEFAULT_CURRENCY
+    timestamp: Annotated[datetime, BeforeValidator(parse_timestamp, json_schema_input_type=TimestampText)]
+    currency: Annotated[CurrencyCode, BeforeValidator(_none_is_default_currency,
+                                                       json_schema_input_type=CurrencyCode | None)] = DEFAULT_CURRENCY
     device_id: Annotated[str | None, Field(strict=True, pattern=ID_PATTERN)] = None
     channel: Literal["card_present", "online", "mobile"] | None = None
     mcc: Annotated[str | None, Field(strict=True, pattern=MCC_PATTERN)] = None
     country: Annotated[str | None, Field(strict=True, pattern=COUNTRY_PATTERN)] = None
     lat: Annotated[float | None, Field(strict=True, ge=-90, le=90, allow_inf_nan=False)] = None
     lon: Annotated[float | None, Field(strict=True, ge=-180, le=180, allow_inf_nan=False)] = None
-    is_fraud: Annotated[Literal[0, 1] | None, BeforeValidator(_label_to_int)] = None
+    is_fraud: Annotated[Literal[0, 1] | None, BeforeValidator(_label_to_int, json_schema_input_type=LabelInput)] = None
     fraud_scenario: Annotated[str | None, Field(strict=True, max_length=64)] = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _absent_currency_is_default(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("currency") is None and "currency" in data:
-            data = {**data, "currency": DEFAULT_CURRENCY}
-        return data
 
     @model_validator(mode="after")
     def _coordinates_come_in_pairs(self) -> "Transaction":
@@ -120,10 +144,11 @@ def format_timestamp(moment: datetime) -> str:
 
 
 def field_errors(exc: ValidationError) -> list[dict[str, str]]:
-    """Pydantic errors as ``[{field, message}]``; a cross-field error names the field it is about."""
+    """Pydantic errors as ``[{field, message}]``; a cross-field error names the field it is about. The models are
+    flat, so the field is the location's first part (the rest would name a union's members: ``is_fraud.bool``)."""
     errors = []
     for error in exc.errors(include_url=False):
-        location = ".".join(str(part) for part in error["loc"]) or _field_named_in(error["msg"])
+        location = str(error["loc"][0]) if error["loc"] else _field_named_in(error["msg"])
         errors.append({"field": location, "message": error["msg"]})
     return errors
 
@@ -133,7 +158,7 @@ def item_field_errors(exc: ValidationError, prefix: str) -> list[dict[str, str]]
     errors = []
     for error in exc.errors(include_url=False):
         index, *path = error["loc"]
-        field = ".".join(str(part) for part in path) or _field_named_in(error["msg"])
+        field = str(path[0]) if path else _field_named_in(error["msg"])
         errors.append({"field": f"{prefix}{index}" + ("" if field == "__root__" else f".{field}"),
                        "message": error["msg"]})
     return errors

@@ -8,6 +8,7 @@ describes every body through ``openapi_extra``.
 
 from __future__ import annotations
 
+import copy
 import hmac
 import json
 from datetime import datetime, timezone
@@ -17,14 +18,19 @@ import orjson
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster.config import Settings
-from cluster.schema import Identifier, Transaction, field_errors, item_field_errors, parse_timestamp
+from cluster.schema import Identifier, TimestampText, Transaction, field_errors, item_field_errors, parse_timestamp
 from training.policy import RISK_LEVELS
 
 MAX_BATCH = 1000
 MAX_ERRORS_SHOWN = 100
+MAX_JSON_DEPTH = 1024  # orjson's own limit: every body accepted before the limit was named still is
+MAX_INT_DIGITS = 4300  # Python's int() limit for decimal strings (sys.get_int_max_str_digits)
+TOO_DEEP = f"nested too deeply (at most {MAX_JSON_DEPTH} levels)"
 API_KEY_HEADER = "X-API-Key"
 TRANSACTION_LIST = TypeAdapter(list[Transaction])
 EXPLAIN = Annotated[bool, Query(description=(
@@ -49,7 +55,8 @@ class Feedback(BaseModel):
 
     transaction_id: Identifier
     is_fraud: StrictBool | Literal[0, 1]
-    reported_at: Annotated[datetime | None, BeforeValidator(_optional_timestamp)] = None
+    reported_at: Annotated[datetime | None, BeforeValidator(_optional_timestamp,
+                                                            json_schema_input_type=TimestampText | None)] = None
     merchant_id: Identifier | None = None
 
     def record(self) -> dict[str, Any]:
@@ -72,14 +79,110 @@ class BatchDecisions(BaseModel):
     results: list[Decision]
 
 
-def _body_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+class Batch(BaseModel):
+    """The batch body as documented; ``parse_batch`` validates it item by item to name each field."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    transactions: Annotated[list[Transaction], Field(min_length=1, max_length=MAX_BATCH)]
 
 
-TRANSACTION_BODY = _body_schema(Transaction.model_json_schema())
-BATCH_BODY = _body_schema({"type": "object", "required": ["transactions"], "properties": {
-    "transactions": {"type": "array", "maxItems": MAX_BATCH, "items": Transaction.model_json_schema()}}})
-FEEDBACK_BODY = _body_schema(Feedback.model_json_schema())
+class FeedbackAccepted(BaseModel):
+    accepted: bool
+    transaction_id: str
+    merchant_risk_updates: int
+
+
+class Versions(BaseModel):
+    champion: str | None
+    challenger: str | None
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="the offending field (``transactions.3.amount``), ``body`` or a header name")
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/503 of the API: what went wrong and each offending field."""
+
+    detail: str
+    errors: Annotated[list[FieldError], Field(max_length=MAX_ERRORS_SHOWN)]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    champion: str
+    challenger: str | None
+
+
+class Unavailable(BaseModel):
+    status: Literal["unavailable"]
+    errors: list[FieldError]
+
+
+def _inline(schema: dict[str, Any]) -> dict[str, Any]:
+    """A model's JSON schema with its ``$defs`` put in place: a request body in ``openapi_extra`` cannot point to
+    them."""
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        return [resolve(item) for item in node] if isinstance(node, list) else node
+
+    return resolve(schema)
+
+
+def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": _inline(model.model_json_schema())}}}}
+
+
+TRANSACTION_BODY = _body_schema(Transaction)
+BATCH_BODY = _body_schema(Batch)
+FEEDBACK_BODY = _body_schema(Feedback)
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+NOT_READY = {503: _error("no champion model yet, or alerts could not be published: retry")}
+BODY_ERRORS = {
+    400: _error("the body is not JSON (or not UTF-8, or nested deeper than 1024 levels); field `body`"),
+    413: _error("the body exceeds `FRAUD_SERVE_MAX_BODY_BYTES`; field `body`"),
+    422: _error("valid JSON that breaks a rule: each offending field named (at most 100 shown)"),
+}
+SCORING_ERRORS = {**BODY_ERRORS, **NOT_READY}
+KEY_ERRORS = {401: _error(f"missing or wrong `{API_KEY_HEADER}` (when an API key is configured)")}
+HEALTH_RESPONSES = {503: {"model": Unavailable, "description": "not ready: no model loaded, or the feature state is "
+                                                                "unreachable"}}
+API_KEY_SCHEME = APIKeyHeader(name=API_KEY_HEADER, scheme_name="ApiKey", auto_error=False,
+                              description="Needed on write endpoints whenever the server has a key configured")
+
+
+def document_security(api: FastAPI, key_configured: bool) -> None:
+    """The document asks for the key only where the server checks one: with none configured (embedded mode) the
+    write endpoints are open, and the document says so."""
+    generate = api.openapi
+    documents: list[dict[str, Any]] = []
+
+    def openapi() -> dict[str, Any]:
+        if not documents:  # a copy: FastAPI's cached document stays whole
+            schema = copy.deepcopy(generate())
+            if not key_configured:
+                schema.get("components", {}).pop("securitySchemes", None)
+                for operation in (op for path in schema["paths"].values() for op in path.values()):
+                    operation.pop("security", None)
+                    operation.get("responses", {}).pop("401", None)
+            documents.append(schema)
+        return documents[0]
+
+    api.openapi = openapi  # type: ignore[method-assign]
 
 
 async def read_json(request: Request, limit: int) -> Any:
@@ -93,15 +196,38 @@ async def read_json(request: Request, limit: int) -> Any:
         if size > limit:
             raise ApiError(413, [{"field": "body", "message": f"body exceeds {limit} bytes"}], "request too large")
         chunks.append(chunk)
-    body = b"".join(chunks)
+    return parse_json(b"".join(chunks), request.headers.get("content-type"))
+
+
+def _int_or_float(digits: str) -> int | float:
+    """Integers past Python's digit limit become floats (``inf`` when huge), so the schema names their field."""
+    return int(digits) if len(digits) <= MAX_INT_DIGITS else float(digits)
+
+
+def _not_json(message: str, content_type: str | None) -> ApiError:
+    if content_type and "json" not in content_type.lower():
+        message += f" (the body is read as JSON whatever the Content-Type; this one was {content_type!r})"
+    return ApiError(400, [{"field": "body", "message": message}], "invalid JSON")
+
+
+def parse_json(body: bytes, content_type: str | None = None) -> Any:
+    """UTF-8 JSON whatever the Content-Type says; a body that is not JSON, or nests deeper than
+    ``MAX_JSON_DEPTH``, is a 400 naming ``body``. Duplicate keys: the last one wins (as in orjson, Python and
+    JavaScript). NaN, Infinity and numbers out of the double range parse (as NaN/inf) so the schema names the
+    field that carries them."""
     try:
         return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        pass
-    try:  # NaN / Infinity literals: parse them so the schema can name the field that carries them
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, [{"field": "body", "message": f"not valid JSON: {exc}"}], "invalid JSON") from None
+    except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc):
+            raise _not_json(TOO_DEEP, content_type) from None
+    try:  # NaN / Infinity literals, huge numbers, a UTF-8 byte order mark
+        return json.loads(body, parse_int=_int_or_float)
+    except RecursionError:
+        raise _not_json(TOO_DEEP, content_type) from None
+    except UnicodeDecodeError as exc:
+        raise _not_json(f"not valid UTF-8: {exc.reason} at byte {exc.start}", content_type) from None
+    except ValueError as exc:
+        raise _not_json(f"not valid JSON: {exc}", content_type) from None
 
 
 def _invalid(errors: list[dict[str, str]]) -> ApiError:
@@ -171,6 +297,13 @@ def install_error_handlers(api: FastAPI) -> None:
     @api.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """404 and 405 in the same shape (405 keeps its ``Allow`` header)."""
+        field = "method" if exc.status_code == 405 else "path"
+        return JSONResponse(status_code=exc.status_code, headers=exc.headers,
+                            content={"detail": str(exc.detail), "errors": [{"field": field, "message": str(exc.detail)}]})
 
     @api.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

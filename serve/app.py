@@ -26,7 +26,7 @@ import numpy as np
 import orjson
 import pandas as pd
 import torch
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Security
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 
@@ -34,14 +34,24 @@ from cluster.config import Settings, get_settings, use_settings
 from cluster.feature_state import OnlineFeatures
 from serve.alerts import AlertPublisher, AlertPublishError
 from serve.api import (
+    API_KEY_SCHEME,
     BATCH_BODY,
+    BODY_ERRORS,
     EXPLAIN,
     FEEDBACK_BODY,
+    HEALTH_RESPONSES,
+    KEY_ERRORS,
+    NOT_READY,
+    SCORING_ERRORS,
     TRANSACTION_BODY,
     ApiError,
     BatchDecisions,
     Decision,
+    FeedbackAccepted,
+    Health,
+    Versions,
     check_api_key,
+    document_security,
     install_error_handlers,
     parse_batch,
     parse_feedback,
@@ -142,6 +152,7 @@ class AutoencoderStage(_ModelStage):
 class Ingress:
     def __init__(self, settings: Settings, xgboost: Any, autoencoder: Any):
         require_key_configured(settings)
+        document_security(api, key_configured=settings.api_key is not None)
         use_settings(settings)
         self.settings = settings
         self.features = OnlineFeatures(settings, actor_cpus=FEATURE_ACTOR_CPUS)
@@ -254,19 +265,20 @@ class Ingress:
         task.add_done_callback(self._background.discard)
 
     # -- endpoints ------------------------------------------------------------------------------------------
-    @api.post("/api/check-fraud", response_model=Decision, openapi_extra=TRANSACTION_BODY,
+    @api.post("/api/check-fraud", response_model=Decision, openapi_extra=TRANSACTION_BODY, responses=SCORING_ERRORS,
               summary="Score one transaction")
     async def check_fraud(self, request: Request, explain: EXPLAIN = False) -> Response:
         transaction = parse_transaction(await read_json(request, self.settings.serve_max_body_bytes))
         return json_response((await self._score([transaction], explain))[0])
 
     @api.post("/api/check-fraud/batch", response_model=BatchDecisions, openapi_extra=BATCH_BODY,
-              summary="Score up to 1,000 transactions; results in input order")
+              responses=SCORING_ERRORS, summary="Score 1 to 1,000 transactions; results in input order")
     async def check_fraud_batch(self, request: Request, explain: EXPLAIN = False) -> Response:
         transactions = parse_batch(await read_json(request, self.settings.serve_max_body_bytes))
         return json_response({"results": await self._score(transactions, explain)})
 
-    @api.post("/api/feedback", status_code=202, openapi_extra=FEEDBACK_BODY,
+    @api.post("/api/feedback", status_code=202, openapi_extra=FEEDBACK_BODY, response_model=FeedbackAccepted,
+              responses={**KEY_ERRORS, **BODY_ERRORS}, dependencies=[Security(API_KEY_SCHEME)],
               summary="Confirmed label for a transaction (needs the API key)")
     async def feedback(self, request: Request) -> dict[str, Any]:
         check_api_key(self.settings, request)
@@ -276,13 +288,16 @@ class Ingress:
         log.info("feedback for transaction %s", label["transaction_id"])
         return {"accepted": True, "transaction_id": label["transaction_id"], "merchant_risk_updates": applied}
 
-    @api.post("/api/admin/reload", summary="Re-read the champion/challenger pointers now (needs the API key)")
+    @api.post("/api/admin/reload", response_model=Versions, responses={**KEY_ERRORS, **NOT_READY},
+              dependencies=[Security(API_KEY_SCHEME)],
+              summary="Re-read the champion/challenger pointers now (needs the API key)")
     async def reload(self, request: Request) -> dict[str, Any]:
         check_api_key(self.settings, request)
         await self._refresh_versions(force=True)
         return {"champion": self.champion, "challenger": self.challenger}
 
-    @api.get("/healthz", summary="200 once the models are loaded and the pipeline can score")
+    @api.get("/healthz", response_model=Health, responses=HEALTH_RESPONSES,
+             summary="200 once the models are loaded and the pipeline can score")
     async def healthz(self) -> JSONResponse:
         try:
             await self._refresh_versions()

@@ -10,12 +10,12 @@ from cluster.config import Settings
 from cluster.waiting import free_port, wait_until
 
 API_KEY = "test-key"
-SLOW_FOLDERS = ("model", "system")  # training, Serve, streams, multi-node, browser: `pytest -m "not slow"` skips them
+SLOW_FOLDERS = ("model", "system")  # training, Serve, streams, multi-node, browser; and anything needing Ray
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if item.path.parent.name in SLOW_FOLDERS:
+        if item.path.parent.name in SLOW_FOLDERS or "ray_session" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
 
 
@@ -96,7 +96,8 @@ def served(ray_session: Settings, champion_model: str) -> Iterator[tuple[str, Se
     from serve.runtime import serving
 
     settings = ray_session.model_copy(update={
-        "api_port": free_port(), "api_key": API_KEY, "serve_max_body_bytes": 1_000_000, "challenger": "latest",
+        "api_port": free_port(),
+        "api_key": API_KEY, "serve_max_body_bytes": 1_000_000, "challenger": "latest",
         "serve_target_ongoing_requests": 2.0, "serve_upscale_delay_s": 1.0, "serve_downscale_delay_s": 3.0,
         "serve_max_replicas": 2, "serve_model_refresh_s": 1.0})
     with serving(settings, build_app(settings), name="fraud-test") as url:

@@ -3,15 +3,31 @@ Serve mode's environment."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
+import jsonschema
 import numpy as np
 import pandas as pd
 import pytest
+from fastapi import FastAPI, Security
 
 from cluster.config import Settings
 from cluster.features import FEATURE_NAMES
-from serve.api import ApiError, parse_batch, parse_feedback, parse_transaction
+from serve.api import (
+    API_KEY_SCHEME,
+    BATCH_BODY,
+    FEEDBACK_BODY,
+    KEY_ERRORS,
+    TRANSACTION_BODY,
+    ApiError,
+    document_security,
+    parse_batch,
+    parse_feedback,
+    parse_json,
+    parse_transaction,
+)
 from serve.champion import compare, in_canary, mcnemar
 from serve.reasons import AUTOENCODER_REASON, explain_row
 from serve.runtime import serve_env
@@ -59,6 +75,123 @@ def test_parsing_names_every_offending_field() -> None:
         parse_feedback({"transaction_id": "t-1", "is_fraud": 1, "reported_at": 5})
     assert [e["field"] for e in caught.value.errors] == ["reported_at"]
     assert parse_feedback({"transaction_id": "t-1", "is_fraud": True}).record()["is_fraud"] == 1
+
+
+def _raw(**changes: str) -> bytes:
+    """VALID as JSON text with some values replaced by raw JSON text (``amount="1e400"``)."""
+    fields = {key: json.dumps(value) for key, value in VALID.items()} | changes
+    return ("{" + ",".join(f'"{key}":{text}' for key, text in fields.items()) + "}").encode()
+
+
+HOSTILE_BODIES = [
+    ("nested 5,000 levels", b'{"a":' * 5000 + b"1" + b"}" * 5000, 400, "body"),
+    ("nested 1,025 levels of lists", b"[" * 1025 + b"]" * 1025, 400, "body"),
+    ("nested 1,000 levels with a NaN", b'{"x":NaN,"a":' + b"[" * 1000 + b"]" * 1000 + b"}", 400, "body"),
+    ("amount 1e400", _raw(amount="1e400"), 422, "amount"),
+    ("amount -1e400", _raw(amount="-1e400"), 422, "amount"),
+    ("amount of 10,000 digits", _raw(amount="9" * 10_000), 422, "amount"),
+    ("lat of 10,000 digits", _raw(lat="1" * 10_000, lon="1"), 422, "lat"),
+    ("transaction_id of 100,000 characters", _raw(transaction_id=json.dumps("t" * 100_000)), 422, "transaction_id"),
+    ("timestamp of 100,000 characters", _raw(timestamp=json.dumps("2" * 100_000)), 422, "timestamp"),
+    ("invalid UTF-8", _raw(user_id='"u\u00e9"').replace("\u00e9".encode(), b"\xff\xfe"), 400, "body"),
+    ("lone surrogate escape", _raw(user_id='"u\\ud800"'), 422, "user_id"),
+    ("duplicate key, the last one invalid", _raw(amount="10").replace(b"}", b',"amount":-1}'), 422, "amount"),
+    ("empty body", b"", 400, "body"),
+    ("form fields", b"transaction_id=t-1&amount=10", 400, "body"),
+]
+
+
+@pytest.mark.parametrize("case,body,status,field", HOSTILE_BODIES, ids=[c[0] for c in HOSTILE_BODIES])
+def test_hostile_bodies_are_4xx_naming_the_field(case: str, body: bytes, status: int, field: str) -> None:
+    with pytest.raises(ApiError) as caught:
+        parse_transaction(parse_json(body))
+    assert caught.value.status == status
+    assert field in [e["field"] for e in caught.value.errors]
+    assert len(json.dumps(caught.value.errors)) < 1000  # a long value is not echoed back
+
+
+def test_harmless_extras_and_a_valid_last_duplicate_are_accepted() -> None:
+    """Deep nesting within orjson's 1,024 levels, huge numbers and long strings in ignored fields, a duplicate key
+    whose last value is valid (the last one wins), a byte order mark, a lone surrogate escape in an ignored field: all
+    still score."""
+    deep = b'{"a":' * 1000 + b"1" + b"}" * 1000
+    bodies = [_raw(extra=deep.decode()), _raw(extra="9" * 10_000), _raw(extra="1e400"),
+              _raw(extra=json.dumps("x" * 500_000)), _raw(amount="-1").replace(b"}", b',"amount":10}'),
+              b"\xef\xbb\xbf" + _raw(), _raw(extra='"\\ud800"')]
+    for body in bodies:
+        assert parse_transaction(parse_json(body)).amount == 10.0
+
+
+def test_a_non_json_body_names_its_content_type() -> None:
+    with pytest.raises(ApiError) as caught:
+        parse_json(b"a=1&b=2", "application/x-www-form-urlencoded")
+    assert "application/x-www-form-urlencoded" in caught.value.errors[0]["message"]
+    assert parse_json(_raw(), "text/plain")["amount"] == 10.0  # JSON is JSON whatever the header says
+
+
+def _body(extra: dict) -> dict:
+    return extra["requestBody"]["content"]["application/json"]["schema"]
+
+
+SCHEMA_CASES = [
+    (TRANSACTION_BODY, parse_transaction, VALID),
+    (TRANSACTION_BODY, parse_transaction, {**VALID, "is_fraud": False}),
+    (TRANSACTION_BODY, parse_transaction, {**VALID, "is_fraud": " 1 "}),
+    (TRANSACTION_BODY, parse_transaction, {**VALID, "is_fraud": 1.0}),
+    (TRANSACTION_BODY, parse_transaction, {**VALID, "is_fraud": 2}),
+    (TRANSACTION_BODY, parse_transaction, {**VALID, "is_fraud": "true"}),
+    (TRANSACTION_BODY, parse_transaction, {**VALID, "currency": None}),
+    (TRANSACTION_BODY, parse_transaction, {**VALID, "lat": 1.0}),
+    (TRANSACTION_BODY, parse_transaction, {**VALID, "lon": 1.0}),
+    (TRANSACTION_BODY, parse_transaction, {**VALID, "lat": None, "lon": 1.0}),
+    (TRANSACTION_BODY, parse_transaction, {**VALID, "lat": None, "lon": None}),
+    (TRANSACTION_BODY, parse_transaction, {**VALID, "lat": 1.0, "lon": 2.0}),
+    (TRANSACTION_BODY, parse_transaction, {**VALID, "amount": 0}),
+    (TRANSACTION_BODY, parse_transaction, {**VALID, "amount": 1_000_000}),
+    (TRANSACTION_BODY, parse_transaction, {**VALID, "amount": True}),
+    (TRANSACTION_BODY, parse_transaction, {**VALID, "timestamp": "0001-01-01T00:00:00+01:00"}),
+    (TRANSACTION_BODY, parse_transaction, {**VALID, "timestamp": "9999-12-31T23:00:00-01:00"}),
+    (TRANSACTION_BODY, parse_transaction, {**VALID, "timestamp": "0001-01-01T00:00:00Z"}),
+    (TRANSACTION_BODY, parse_transaction, {**VALID, "transaction_id": "x" * 65}),
+    (TRANSACTION_BODY, parse_transaction, {**VALID, "fraud_scenario": "x" * 65}),
+    (TRANSACTION_BODY, parse_transaction, {**VALID, "channel": "fax"}),
+    (BATCH_BODY, parse_batch, {"transactions": []}),
+    (BATCH_BODY, parse_batch, {"transactions": [VALID]}),
+    (BATCH_BODY, parse_batch, {"transactions": [VALID] * 1000}),
+    (BATCH_BODY, parse_batch, {"transactions": [VALID] * 1001}),
+    (BATCH_BODY, parse_batch, {"transactions": [{**VALID, "lat": 3.0}]}),
+    (FEEDBACK_BODY, parse_feedback, {"transaction_id": "t-1", "is_fraud": False}),
+    (FEEDBACK_BODY, parse_feedback, {"transaction_id": "t-1", "is_fraud": "1"}),
+    (FEEDBACK_BODY, parse_feedback, {"transaction_id": "t-1", "is_fraud": 1, "reported_at": None}),
+    (FEEDBACK_BODY, parse_feedback, {"transaction_id": "t-1", "is_fraud": None}),
+]
+
+
+@pytest.mark.parametrize("extra,parse,payload", SCHEMA_CASES, ids=[str(i) for i in range(len(SCHEMA_CASES))])
+def test_the_openapi_body_schema_accepts_what_the_validator_accepts(extra: dict, parse: Any, payload: dict) -> None:
+    """The documented request bodies (generated from the same models) agree with the parser both ways."""
+    documented = jsonschema.Draft202012Validator(_body(extra)).is_valid(payload)
+    try:
+        parse(payload)
+        accepted = True
+    except ApiError:
+        accepted = False
+    assert documented == accepted, payload
+
+
+def test_the_document_asks_for_the_key_only_where_one_is_configured() -> None:
+    def document(key_configured: bool) -> dict:
+        app = FastAPI()
+        app.post("/write", responses=KEY_ERRORS, dependencies=[Security(API_KEY_SCHEME)])(lambda: None)
+        document_security(app, key_configured)
+        return app.openapi()
+
+    with_key, without = document(True), document(False)
+    assert with_key["paths"]["/write"]["post"]["security"] == [{"ApiKey": []}]
+    assert with_key["components"]["securitySchemes"]["ApiKey"]["name"] == "X-API-Key"
+    assert "401" in with_key["paths"]["/write"]["post"]["responses"]
+    assert "security" not in without["paths"]["/write"]["post"] and "securitySchemes" not in without["components"]
+    assert "401" not in without["paths"]["/write"]["post"]["responses"]
 
 
 def test_canary_draw_is_stable_and_near_its_share() -> None:

@@ -146,6 +146,81 @@ def test_malformed_bodies_are_4xx(served: tuple[str, Settings]) -> None:
     assert requests.get(f"{url}/healthz", timeout=30).status_code == 200  # nothing crashed
 
 
+KEY = {"X-API-Key": API_KEY}
+GOOD_BODIES = {"/api/check-fraud": (VALID, "amount"),
+               "/api/check-fraud/batch": ({"transactions": [VALID]}, "transactions.0.amount"),
+               "/api/feedback": ({"transaction_id": "api-1", "is_fraud": 0}, "is_fraud")}
+HOSTILE = [
+    b'{"a":' * 5000 + b"1" + b"}" * 5000,   # nesting (was a 500)
+    b"[" * 2000 + b"]" * 2000,
+    b'{"x":NaN,"a":' + b"[" * 1000 + b"]" * 1000 + b"}",
+    b'{"transaction_id": "\xff\xfe"}',       # invalid UTF-8
+    b"transaction_id=a&amount=1",              # form fields
+    b"",
+]
+
+
+@pytest.mark.parametrize("path", list(GOOD_BODIES))
+def test_hostile_bodies_are_4xx_naming_a_field_on_every_endpoint(served: tuple[str, Settings], path: str) -> None:
+    url, settings = served
+    body, number_field = GOOD_BODIES[path]
+    for raw in HOSTILE:
+        response = requests.post(f"{url}{path}", data=raw, headers=KEY, timeout=30)
+        assert response.status_code == 400, (raw[:30], response.text)
+        assert response.json()["errors"][0]["field"] == "body"
+    for number in ("1e400", "-1e400", "9" * 10_000):  # huge numbers name their field
+        raw = json.dumps(body).replace("42.5", number).replace('"is_fraud": 0', f'"is_fraud": {number}')
+        response = requests.post(f"{url}{path}", data=raw, headers=KEY, timeout=30)
+        assert response.status_code == 422 and number_field in [e["field"] for e in response.json()["errors"]]
+    long_id = json.dumps(body).replace('"api-1"', json.dumps("t" * 100_000))
+    response = requests.post(f"{url}{path}", data=long_id, headers=KEY, timeout=30)
+    assert response.status_code == 422 and len(response.content) < 2000, response.text[:300]
+    too_long = json.dumps({**body, "padding": "x" * settings.serve_max_body_bytes})
+    assert requests.post(f"{url}{path}", data=too_long, headers=KEY, timeout=30).status_code == 413
+    multipart = requests.post(f"{url}{path}", files={"body": json.dumps(body)}, headers=KEY, timeout=30)
+    assert multipart.status_code == 400 and "multipart/form-data" in multipart.json()["errors"][0]["message"]
+    assert requests.get(f"{url}/healthz", timeout=30).status_code == 200  # nothing crashed
+
+
+@pytest.mark.parametrize("path", list(GOOD_BODIES))
+def test_json_is_read_whatever_the_content_type_and_the_last_duplicate_wins(served: tuple[str, Settings],
+                                                                           path: str) -> None:
+    url, _ = served
+    body, _ = GOOD_BODIES[path]
+    raw = json.dumps(body).encode()
+    for content_type in (None, "text/plain", "application/x-www-form-urlencoded", "application/json; charset=utf-8"):
+        headers = {**KEY, **({"Content-Type": content_type} if content_type else {})}
+        response = requests.post(f"{url}{path}", data=raw, headers=headers, timeout=30)
+        assert response.status_code in (200, 202), (content_type, response.text)
+    deep_extra = json.dumps(body)[:-1].encode() + b', "extra": ' + b"[" * 1000 + b"]" * 1000 + b"}"
+    assert requests.post(f"{url}{path}", data=deep_extra, headers=KEY, timeout=30).status_code in (200, 202)
+    first_bad = json.dumps(body)[:-1].replace('"transaction_id": "api-1"', '"transaction_id": "a b"', 1)
+    last_wins = f'{first_bad}, "transaction_id": "api-1"}}' if path != "/api/check-fraud/batch" else None
+    if last_wins:
+        assert requests.post(f"{url}{path}", data=last_wins, headers=KEY, timeout=30).status_code in (200, 202)
+        last_bad = json.dumps(body)[:-1] + ', "transaction_id": "a b"}'
+        response = requests.post(f"{url}{path}", data=last_bad, headers=KEY, timeout=30)
+        assert response.status_code == 422 and response.json()["errors"][0]["field"] == "transaction_id"
+
+
+def test_openapi_documents_errors_limits_and_the_key(served: tuple[str, Settings]) -> None:
+    url, _ = served
+    document = requests.get(f"{url}/openapi.json", timeout=30).json()
+    paths = document["paths"]
+    for path in GOOD_BODIES:
+        assert {"400", "413", "422"} <= set(paths[path]["post"]["responses"])
+    assert "503" in paths["/api/check-fraud"]["post"]["responses"]
+    assert paths["/api/feedback"]["post"]["security"] == [{"ApiKey": []}] and "401" in paths["/api/feedback"]["post"][
+        "responses"]
+    assert "security" not in paths["/api/check-fraud"]["post"]
+    assert document["components"]["securitySchemes"]["ApiKey"] == {
+        "type": "apiKey", "in": "header", "name": "X-API-Key",
+        "description": document["components"]["securitySchemes"]["ApiKey"]["description"]}
+    batch = paths["/api/check-fraud/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert (batch["properties"]["transactions"]["minItems"], batch["properties"]["transactions"]["maxItems"]) == (1, 1000)
+    assert "503" in paths["/healthz"]["get"]["responses"]
+
+
 def test_feedback_needs_the_key_and_is_stored(served: tuple[str, Settings]) -> None:
     from serve.champion import FEEDBACK_PREFIX, read_log
 
