@@ -387,6 +387,9 @@ def app_with_its_own_topic(served: tuple[str, Settings]) -> Iterator[tuple[str, 
 def test_alerts_unavailable_is_a_503_and_the_retry_alerts_once(app_with_its_own_topic: tuple[str, Settings],
                                                                 small_history: Any) -> None:
     url, settings = app_with_its_own_topic
+    warm = requests.post(f"{url}/api/check-fraud/batch", timeout=120,
+                         json={"transactions": _fraud_heavy_sample(small_history, id_suffix="-before-outage")})
+    assert warm.status_code == 200, warm.text  # the app's alert desk is up and publishing to its topic
     sample = _fraud_heavy_sample(small_history, id_suffix="-outage")
     sns = client("sns", settings)
     sns.delete_topic(TopicArn=sns.create_topic(Name=settings.alert_topic)["TopicArn"])  # alerts cannot go out
