@@ -22,6 +22,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 from cluster.config import Settings
 from cluster.schema import Identifier, Transaction, field_errors, item_field_errors, parse_timestamp
 from training.policy import RISK_LEVELS
+from training.rules import ACTIONS, RuleSet, RuleSetBody
 
 MAX_BATCH = 1000
 MAX_ERRORS_SHOWN = 100
@@ -58,6 +59,12 @@ class Feedback(BaseModel):
                 "reported_at": reported.isoformat(), **({"merchant_id": self.merchant_id} if self.merchant_id else {})}
 
 
+class RuleHit(BaseModel):
+    """An active rule that matched the transaction, and its action."""
+    id: str
+    action: Literal[ACTIONS]
+
+
 class Decision(BaseModel):
     transaction_id: str
     fraud_score: float = Field(ge=0, le=1)
@@ -66,6 +73,21 @@ class Decision(BaseModel):
     factors: list[str]
     model_version: str | None
     processing_time_ms: float
+    action: Literal[ACTIONS] = Field(description=(
+        "What to do: the matched active rules' action (see the rule set's mode), else the model's "
+        "(HIGH -> block, MEDIUM -> review, LOW -> allow)."))
+    rules: list[RuleHit] = Field(description="The active rules that matched and decided the action.")
+
+
+class ErrorItem(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx body: what went wrong and each offending field."""
+    detail: str
+    errors: list[ErrorItem]
 
 
 class BatchDecisions(BaseModel):
@@ -80,6 +102,12 @@ TRANSACTION_BODY = _body_schema(Transaction.model_json_schema())
 BATCH_BODY = _body_schema({"type": "object", "required": ["transactions"], "properties": {
     "transactions": {"type": "array", "maxItems": MAX_BATCH, "items": Transaction.model_json_schema()}}})
 FEEDBACK_BODY = _body_schema(Feedback.model_json_schema())
+RULES_BODY = _body_schema(RuleSetBody.model_json_schema())
+WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": f"Missing or wrong {API_KEY_HEADER} (when an API key is configured)"},
+    413: {"model": ErrorBody, "description": "Body too large"},
+    422: {"model": ErrorBody, "description": "Invalid body; each error names its field, e.g. rules.0.expression"},
+}
 
 
 async def read_json(request: Request, limit: int) -> Any:
@@ -144,6 +172,18 @@ def parse_feedback(payload: Any) -> Feedback:
         return Feedback.model_validate(_object(payload, "feedback"))
     except ValidationError as exc:
         raise _invalid(field_errors(exc)) from None
+
+
+def parse_rules(payload: Any) -> RuleSetBody:
+    """A rule set body, every expression compiled: an invalid one is named ``rules.N.expression``."""
+    try:
+        return RuleSetBody.model_validate(_object(payload, "a rule set"))
+    except ValidationError as exc:
+        raise _invalid(field_errors(exc)) from None
+
+
+def rule_set_response(rule_set: RuleSet) -> dict[str, Any]:
+    return {"version": rule_set.version, **rule_set.model_dump(mode="json", exclude={"version"})}
 
 
 def check_api_key(settings: Settings, request: Request) -> None:
