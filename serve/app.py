@@ -295,6 +295,12 @@ class Ingress:
     async def get_rules(self) -> Response:
         return json_response(rule_set_response(await asyncio.to_thread(self.rule_store.get)))
 
+    @api.get("/api/rules/stats", summary="Rows each rule matched (active and shadow), over every replica and "
+                                         "stream consumer since the stats actor started")
+    async def rule_stats(self) -> dict[str, Any]:
+        await self.reporter.flush()
+        return {"rule_matches": await self.reporter.actor.rule_counts.remote()}
+
     @api.put("/api/rules", response_model=RuleSet, openapi_extra=RULES_BODY, responses=WRITE_ERRORS,
              summary="Replace the rule set (needs the API key); every replica and stream consumer applies it "
                      "within 5 s")

@@ -68,14 +68,17 @@ class StatsCollector:
             self.recent.popleft()
 
     def snapshot(self) -> dict[str, Any]:
-        """The ``GET /api/stats`` body: the contract's shape, plus ``rule_matches`` (rows each rule matched since
-        the actor started, by the state the rule had: shadow rules are counted here and nowhere else)."""
+        """The ``GET /api/stats`` body (the contract's shape)."""
         now = self.clock()
         self._trim(now)
         scored = sum(entry[1] for entry in self.recent if entry[0] >= now - TPS_WINDOW_S)
         return {**self.totals, "tps": round(scored / TPS_WINDOW_S, 1),
-                "latency_ms": self.latencies.percentiles(now), "stream_lag_ms": self.lags.percentiles(now),
-                "rule_matches": {rule: dict(counts) for rule, counts in sorted(self.rule_matches.items())}}
+                "latency_ms": self.latencies.percentiles(now), "stream_lag_ms": self.lags.percentiles(now)}
+
+    def rule_counts(self) -> dict[str, dict[str, int]]:
+        """Rows each rule matched since the actor started, by the state the rule had (``GET /api/rules/stats``):
+        a shadow rule's matches are counted here and act nowhere."""
+        return {rule: dict(counts) for rule, counts in sorted(self.rule_matches.items())}
 
     def dashboard_view(self) -> dict[str, Any]:
         """The production figures the dashboard draws, in one call: the snapshot, last-minute counts, the recent
