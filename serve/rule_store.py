@@ -77,6 +77,7 @@ class RuleCache:
         self.refresh_s = settings.rules_refresh_s
         self._compiled = CompiledRules(RuleSet())
         self._checked = -float("inf")
+        self._failing = False
         self._lock = threading.Lock()
 
     def current(self) -> CompiledRules:
@@ -99,6 +100,10 @@ class RuleCache:
         try:
             if self.store.version() != self._compiled.version:
                 self._compiled = CompiledRules(self.store.get())
-        except Exception:  # keep scoring with the last rule set; the next refresh tries again
-            log.exception("rule set refresh failed; still applying version %s", self._compiled.version)
+            self._failing = False
+        except Exception as exc:  # keep scoring with the last rule set; the next refresh tries again
+            if not self._failing:  # once per outage, not once per refresh
+                log.warning("rule set refresh from %s failed (%s); still applying version %s",
+                            self.store.settings.rules_table, exc, self._compiled.version)
+            self._failing = True
         self._checked = time.monotonic()
