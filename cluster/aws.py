@@ -143,6 +143,7 @@ def bootstrap(settings: Settings | None = None) -> Resources:
         (settings.merchant_table, "merchant_id"),
         (settings.lease_table, "shard_id"),
         (settings.alert_ledger_table, "transaction_id"),
+        (settings.rules_table, "name"),
     ):
         _ensure_table(settings, table, key)
     topic_arn = client("sns", settings).create_topic(Name=settings.alert_topic)["TopicArn"]

@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     lease_table: str = "fraud-stream-leases"
     alert_ledger_table: str = "fraud-alert-ledger"
     alert_topic: str = "fraud-alerts"
+    # The rule set (``PUT /api/rules``): every replica and stream consumer re-reads it this often, so a change
+    # applies everywhere within 5 s with no restart.
+    rules_table: str = "fraud-rules"
+    rules_refresh_s: float = Field(1.0, gt=0, le=4)
     model_bucket: str = "fraud-models"
     # Online feature state: one actor per partition, shared by every replica and consumer (all must agree). More
     # partitions spread the state over nodes but cost every pass one more round trip (docs/ARCHITECTURE.md).

@@ -143,14 +143,24 @@ def format_timestamp(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime(TIMESTAMP_FORMAT)
 
 
+_UNION_MEMBER_TAGS = frozenset({"bool", "int", "float", "str", "none", "dict", "list"})
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    """A location as a dotted field path (``rules.1.expression``), without the tags pydantic adds for a union's
+    members (``is_fraud.bool``, ``amount.function-after[...]``)."""
+    parts = []
+    for part in loc:
+        if isinstance(part, str) and ("[" in part or part in _UNION_MEMBER_TAGS):
+            break
+        parts.append(str(part))
+    return ".".join(parts)
+
+
 def field_errors(exc: ValidationError) -> list[dict[str, str]]:
-    """Pydantic errors as ``[{field, message}]``; a cross-field error names the field it is about. The models are
-    flat, so the field is the location's first part (the rest would name a union's members: ``is_fraud.bool``)."""
-    errors = []
-    for error in exc.errors(include_url=False):
-        location = str(error["loc"][0]) if error["loc"] else _field_named_in(error["msg"])
-        errors.append({"field": location, "message": error["msg"]})
-    return errors
+    """Pydantic errors as ``[{field, message}]``; a cross-field error names the field it is about."""
+    return [{"field": _location(error["loc"]) or _field_named_in(error["msg"]), "message": error["msg"]}
+            for error in exc.errors(include_url=False)]
 
 
 def item_field_errors(exc: ValidationError, prefix: str) -> list[dict[str, str]]:

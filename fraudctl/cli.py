@@ -17,6 +17,8 @@ import typer
 from cluster.config import get_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Real-time fraud analytics on Ray.")
+rules_app = typer.Typer(no_args_is_help=True, help="The rules engine: measure a rule set on history.")
+app.add_typer(rules_app, name="rules")
 
 
 @app.callback()
@@ -100,6 +102,30 @@ def backtest(
     window = BacktestWindow(train_start=date.fromisoformat(train_start), train_days=train_days,
                             delay_days=delay_days, test_days=test_days)
     summary = run_backtest(get_settings(), data=data, window=window, out=out)
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@rules_app.command("test")
+def rules_test(
+    rules: Annotated[Path, typer.Option("--rules", exists=True, dir_okay=False, help="Rule set (.json/.yaml), "
+                                        "the PUT /api/rules body.")],
+    data: Annotated[Path, typer.Option("--data", exists=True, dir_okay=False, help="Labelled CSV/Parquet.")],
+    delay_days: Annotated[float, typer.Option("--delay-days", min=0, help="Days until a label is known.")],
+    start: Annotated[str | None, typer.Option("--start", help="First day measured (YYYY-MM-DD); earlier rows are "
+                                              "feature history.")] = None,
+    days: Annotated[int | None, typer.Option("--days", min=1, help="Days measured from --start.")] = None,
+) -> None:
+    """Replay labelled history causally through each rule; print per-rule figures as JSON."""
+    from training.rule_replay import run_rule_test
+
+    try:
+        summary = run_rule_test(get_settings(), rules=rules, data=data, delay_days=delay_days,
+                                start=date.fromisoformat(start) if start else None, days=days)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    for skipped in summary["skipped"]:
+        typer.echo(f"rule {skipped['id']} skipped: {skipped['error']}", err=True)
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 

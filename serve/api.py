@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from cluster.config import Settings
 from cluster.schema import Identifier, TimestampText, Transaction, field_errors, item_field_errors, parse_timestamp
 from training.policy import RISK_LEVELS
+from training.rules import ACTIONS, RuleSet, RuleSetBody
 
 MAX_BATCH = 1000
 MAX_ERRORS_SHOWN = 100
@@ -65,6 +66,12 @@ class Feedback(BaseModel):
                 "reported_at": reported.isoformat(), **({"merchant_id": self.merchant_id} if self.merchant_id else {})}
 
 
+class RuleHit(BaseModel):
+    """An active rule that matched the transaction, and its action."""
+    id: str
+    action: Literal[ACTIONS]
+
+
 class Decision(BaseModel):
     transaction_id: str
     fraud_score: float = Field(ge=0, le=1)
@@ -73,6 +80,10 @@ class Decision(BaseModel):
     factors: list[str]
     model_version: str | None
     processing_time_ms: float
+    action: Literal[ACTIONS] = Field(description=(
+        "What to do: the matched active rules' action (see the rule set's mode), else the model's "
+        "(HIGH -> block, MEDIUM -> review, LOW -> allow)."))
+    rules: list[RuleHit] = Field(description="The active rules that matched and decided the action.")
 
 
 class BatchDecisions(BaseModel):
@@ -145,6 +156,7 @@ def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
 TRANSACTION_BODY = _body_schema(Transaction)
 BATCH_BODY = _body_schema(Batch)
 FEEDBACK_BODY = _body_schema(Feedback)
+RULES_BODY = _body_schema(RuleSetBody)
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -159,6 +171,8 @@ BODY_ERRORS = {
 }
 SCORING_ERRORS = {**BODY_ERRORS, **NOT_READY}
 KEY_ERRORS = {401: _error(f"missing or wrong `{API_KEY_HEADER}` (when an API key is configured)")}
+RULES_ERRORS = {**KEY_ERRORS, **BODY_ERRORS, 422: _error("an invalid rule set: each error names its field, e.g. "
+                                                         "`rules.0.expression`")}
 HEALTH_RESPONSES = {503: {"model": Unavailable, "description": "not ready: no model loaded, or the feature state is "
                                                                 "unreachable"}}
 API_KEY_SCHEME = APIKeyHeader(name=API_KEY_HEADER, scheme_name="ApiKey", auto_error=False,
@@ -270,6 +284,18 @@ def parse_feedback(payload: Any) -> Feedback:
         return Feedback.model_validate(_object(payload, "feedback"))
     except ValidationError as exc:
         raise _invalid(field_errors(exc)) from None
+
+
+def parse_rules(payload: Any) -> RuleSetBody:
+    """A rule set body, every expression compiled: an invalid one is named ``rules.N.expression``."""
+    try:
+        return RuleSetBody.model_validate(_object(payload, "a rule set"))
+    except ValidationError as exc:
+        raise _invalid(field_errors(exc)) from None
+
+
+def rule_set_response(rule_set: RuleSet) -> dict[str, Any]:
+    return {"version": rule_set.version, **rule_set.model_dump(mode="json", exclude={"version"})}
 
 
 def check_api_key(settings: Settings, request: Request) -> None:

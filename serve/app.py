@@ -2,7 +2,8 @@
 
     ingress --(1)--> keyed feature-state actors (online windows + merchant risk; profiles from a DynamoDB cache)
             --(2)--> XGBoost || Autoencoder (parallel deployments, batched, any registry version)
-            -> combine in the ingress (calibration, risk policy, reason codes) -> SNS alert for HIGH
+            -> combine in the ingress (calibration, risk policy, reason codes, the rule set's action)
+            -> SNS alert for HIGH
 
 Two sequential remote calls per pass, and concurrent requests share a pass: the ingress coalesces them (group
 commit, ``serve.coalesce``: a lone request never waits, a loaded replica runs large passes), and ``@serve.batch``
@@ -42,6 +43,8 @@ from serve.api import (
     HEALTH_RESPONSES,
     KEY_ERRORS,
     NOT_READY,
+    RULES_BODY,
+    RULES_ERRORS,
     SCORING_ERRORS,
     TRANSACTION_BODY,
     ApiError,
@@ -55,16 +58,20 @@ from serve.api import (
     install_error_handlers,
     parse_batch,
     parse_feedback,
+    parse_rules,
     parse_transaction,
     read_json,
     require_key_configured,
+    rule_set_response,
 )
 from serve.champion import DECISIONS_PREFIX, FEEDBACK_PREFIX, JsonLinesLog, decision_rows, in_canary
 from serve.coalesce import Coalescer
+from serve.rule_store import RuleCache, RuleStore
 from serve.runtime import serve_env
-from serve.scoring import ModelSet, canonical_columns, combine, scoring_record, split_rows
+from serve.scoring import ModelSet, apply_rules, canonical_columns, combine, scoring_record, split_rows
 from serve.stats import StatsReporter
 from training.predict import ae_scores, xgb_scores
+from training.rules import RuleSet
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +169,8 @@ class Ingress:
         self.reporter = StatsReporter()
         self.decision_log = JsonLinesLog(settings, DECISIONS_PREFIX)
         self.feedback_log = JsonLinesLog(settings, FEEDBACK_PREFIX, max_rows=1)
+        self.rule_store = RuleStore(settings)
+        self.rules = RuleCache(settings, self.rule_store)
         self.champion: str | None = None
         self.challenger: str | None = None
         self._refreshed = 0.0
@@ -236,13 +245,19 @@ class Ingress:
                 decisions = [b if c else a for a, b, c in zip(decisions, challenger_decisions, canary)]
             else:
                 self._in_background(self._shadow(records, x, decisions))
+        rule_matches = await asyncio.to_thread(self._apply_rules, decisions, records, x)
         alerts = await self._alert(decisions, transactions)
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         for decision in decisions:
             decision["processing_time_ms"] = round(elapsed_ms, 3)
         self.reporter.add(scored=len(decisions), alerts=alerts, latency_ms=elapsed_ms, decisions=decisions,
-                          transactions=transactions)
+                          transactions=transactions, rule_matches=rule_matches)
         return decisions
+
+    def _apply_rules(self, decisions: list[dict[str, Any]], records: list[dict[str, Any]],
+                     x: np.ndarray) -> dict[str, dict[str, int]]:
+        rules = self.rules.current()
+        return apply_rules(rules, decisions, canonical_columns(records), x) if rules.rules else {}
 
     async def _alert(self, decisions: list[dict[str, Any]], transactions: list[Any]) -> int:
         call = self.alerts.submit(decisions, transactions)
@@ -287,6 +302,28 @@ class Ingress:
         applied = await asyncio.to_thread(self._record_labels, [label])
         log.info("feedback for transaction %s", label["transaction_id"])
         return {"accepted": True, "transaction_id": label["transaction_id"], "merchant_risk_updates": applied}
+
+    @api.get("/api/rules", response_model=RuleSet, summary="The current rule set and its version")
+    async def get_rules(self) -> Response:
+        return json_response(rule_set_response(await asyncio.to_thread(self.rule_store.get)))
+
+    @api.get("/api/rules/stats", summary="Rows each rule matched (active and shadow), over every replica and "
+                                         "stream consumer since the stats actor started")
+    async def rule_stats(self) -> dict[str, Any]:
+        await self.reporter.flush()
+        return {"rule_matches": await self.reporter.actor.rule_counts.remote()}
+
+    @api.put("/api/rules", response_model=RuleSet, openapi_extra=RULES_BODY, responses=RULES_ERRORS,
+             dependencies=[Security(API_KEY_SCHEME)],
+             summary="Replace the rule set (needs the API key); every replica and stream consumer applies it "
+                     "within 5 s")
+    async def put_rules(self, request: Request) -> Response:
+        check_api_key(self.settings, request)
+        body = parse_rules(await read_json(request, self.settings.serve_max_body_bytes))
+        stored = await asyncio.to_thread(self.rule_store.put, body)
+        self.rules.install(stored)
+        log.info("rule set version %s stored (%d rules)", stored.version, len(stored.rules))
+        return json_response(rule_set_response(stored))
 
     @api.post("/api/admin/reload", response_model=Versions, responses={**KEY_ERRORS, **NOT_READY},
               dependencies=[Security(API_KEY_SCHEME)],

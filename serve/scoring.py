@@ -3,7 +3,7 @@ identical scores: the model cache, transactions as feature-code columns, and dec
 
 features (``cluster.feature_state.OnlineFeatures``) -> ``xgb_scores`` || ``ae_scores`` -> ``combine`` (``decide``,
 then reason codes from XGBoost contributions, computed only for the MEDIUM and HIGH rows that show them, and the LOW
-rows a caller asks to explain).
+rows a caller asks to explain) -> ``apply_rules`` (the rule set's action, ``training.rules``).
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 
 from cluster.config import Settings
-from cluster.features import FEATURE_NAMES
+from cluster.features import FEATURE_NAMES, Columns
 from cluster.schema import CANONICAL_COLUMNS, Transaction
 from serve.reasons import explain
 from training.policy import LOW
 from training.predict import FraudScorer, decide
 from training.registry import ModelBundle, registry_for
+from training.rules import MODEL_ACTIONS, CompiledRules, rule_inputs
 
 
 class ModelSet:
@@ -87,8 +88,26 @@ def combine(bundle: ModelBundle, transaction_ids: list[str], x: np.ndarray, xgb_
                 both_ways=low[explained])):
             factors[row] = reasons
     return [{"transaction_id": tid, "fraud_score": float(score), "is_fraud": bool(flag), "risk_level": str(level),
-             "factors": reasons, "model_version": bundle.version}
+             "factors": reasons, "model_version": bundle.version, "action": MODEL_ACTIONS[str(level)], "rules": []}
             for tid, score, flag, level, reasons in zip(transaction_ids, fraud_score, flags, levels, factors)]
+
+
+def apply_rules(rules: CompiledRules, decisions: list[dict[str, Any]], fields: Columns,
+                x: np.ndarray) -> dict[str, dict[str, int]]:
+    """Set each decision's ``action`` and ``rules`` from the rule set (the model's action where no active rule
+    matched) and put a matched rule's reason first among its ``factors``; returns the per-rule match counts
+    (shadow rules included) for the stats."""
+    if not rules.rules or not decisions:
+        return {}
+    env = rule_inputs(rules.names, fields, x, fraud_score=np.array([d["fraud_score"] for d in decisions]),
+                      risk_level=np.array([d["risk_level"] for d in decisions], dtype=object))
+    outcome = rules.apply(env, np.array([d["risk_level"] for d in decisions], dtype=object))
+    for decision, action, matched in zip(decisions, outcome.action, outcome.matched):
+        decision["action"] = str(action)
+        if matched:
+            decision["rules"] = [{"id": r.rule.id, "action": r.rule.action} for r in matched]
+            decision["factors"] = [r.reason for r in matched] + decision["factors"]
+    return outcome.counts
 
 
 def split_rows(values: np.ndarray, lengths: list[int]) -> list[np.ndarray]:

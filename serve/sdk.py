@@ -19,7 +19,9 @@ from cluster.feature_state import OnlineFeatures
 from cluster.features import Columns
 from cluster.schema import Transaction, validate_frame
 from serve.api import ApiError, parse_transaction
-from serve.scoring import ModelSet, canonical_columns, combine, scoring_record
+from serve.rule_store import RuleCache
+from serve.scoring import ModelSet, apply_rules, canonical_columns, combine, scoring_record
+from serve.stats import add_matches
 from training.predict import ae_scores, xgb_scores
 
 
@@ -31,10 +33,11 @@ class InvalidTransaction(ValueError):
 
 class FraudDetector:
     """Loads a registry bundle (``model``: a version or a pointer) and keeps its own online feature state, named
-    ``feature_state``; ``restore_from="features"`` starts that state from the cluster's last snapshot."""
+    ``feature_state``; ``restore_from="features"`` starts that state from the cluster's last snapshot. Decisions
+    follow the stored rule set (``rules``: a ``RuleCache``, by default over the settings' rules table)."""
 
     def __init__(self, settings: Settings | None = None, *, model: str = "champion", features: Any = None,
-                 feature_state: str = "sdk", restore_from: str | None = None):
+                 feature_state: str = "sdk", restore_from: str | None = None, rules: RuleCache | None = None):
         self.settings = settings or get_settings()
         models = ModelSet(self.settings)
         version = models.resolve(model)
@@ -43,6 +46,8 @@ class FraudDetector:
         self.bundle = models.scorer(version).bundle
         self.version = version
         self.features = features or OnlineFeatures(self.settings, name=feature_state, restore_from=restore_from)
+        self.rules = rules or RuleCache(self.settings)
+        self.rule_matches: dict[str, dict[str, int]] = {}
 
     def predict(self, transaction: dict[str, Any], *, explain: bool = False) -> dict[str, Any]:
         return self.predict_batch([transaction], explain=explain)[0]
@@ -69,11 +74,17 @@ class FraudDetector:
         started = time.perf_counter()
         return self._decide(canonical_columns([scoring_record(t) for t in transactions]), started)
 
+    def take_rule_matches(self) -> dict[str, dict[str, int]]:
+        """The rows each rule matched since the last call (for the stats)."""
+        matches, self.rule_matches = self.rule_matches, {}
+        return matches
+
     def _decide(self, batch: Columns, started: float, explain: bool = False) -> list[dict[str, Any]]:
         x = self.features.matrix(batch)
         decisions = combine(self.bundle, list(batch["transaction_id"]), x, xgb_scores(self.bundle, x),
                             ae_scores(self.bundle, x), currencies=list(batch["currency"]),
                             explain_low=[explain] * len(x) if explain else None)
+        add_matches(self.rule_matches, apply_rules(self.rules.current(), decisions, batch, x))
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         for decision in decisions:
             decision["processing_time_ms"] = round(elapsed_ms, 3)

@@ -44,11 +44,14 @@ class StatsCollector:
         self.recent: deque[tuple[float, int, int, int]] = deque()
         self.alerts: deque[dict[str, Any]] = deque(maxlen=RECENT_ALERTS)
         self.consumers: dict[str, tuple[float, int]] = {}  # shard -> (reported at, Kinesis MillisBehindLatest)
+        self.rule_matches: dict[str, dict[str, int]] = {}  # rule id -> {"active"|"shadow": rows matched}
 
     def record(self, *, scored: int = 0, alerts: int = 0, produced: int = 0, latencies_ms: Sequence[float] = (),
                stream_lags_ms: Sequence[float] = (), flagged: int = 0, alert_details: Sequence[dict[str, Any]] = (),
-               consumers: dict[str, int] | None = None) -> None:
+               consumers: dict[str, int] | None = None,
+               rule_matches: dict[str, dict[str, int]] | None = None) -> None:
         now = self.clock()
+        add_matches(self.rule_matches, rule_matches or {})
         self.consumers.update({shard: (now, behind) for shard, behind in (consumers or {}).items()})
         self.totals["scored"] += scored
         self.totals["alerts"] += alerts
@@ -72,6 +75,11 @@ class StatsCollector:
         return {**self.totals, "tps": round(scored / TPS_WINDOW_S, 1),
                 "latency_ms": self.latencies.percentiles(now), "stream_lag_ms": self.lags.percentiles(now)}
 
+    def rule_counts(self) -> dict[str, dict[str, int]]:
+        """Rows each rule matched since the actor started, by the state the rule had (``GET /api/rules/stats``):
+        a shadow rule's matches are counted here and act nowhere."""
+        return {rule: dict(counts) for rule, counts in sorted(self.rule_matches.items())}
+
     def dashboard_view(self) -> dict[str, Any]:
         """The production figures the dashboard draws, in one call: the snapshot, last-minute counts, the recent
         alerts (newest first) and how far behind each stream consumer that reported in the last minute is."""
@@ -84,6 +92,14 @@ class StatsCollector:
                 "consumers": {shard: {"millis_behind_latest": behind, "seconds_since_report": round(now - at, 1)}
                               for shard, (at, behind) in sorted(self.consumers.items())
                               if at >= now - RATE_WINDOW_S}}
+
+
+def add_matches(total: dict[str, dict[str, int]], matches: dict[str, dict[str, int]]) -> None:
+    """Add per-rule match counts (rule id -> state -> rows) into ``total``."""
+    for rule, counts in matches.items():
+        into = total.setdefault(rule, {})
+        for state, rows in counts.items():
+            into[state] = into.get(state, 0) + rows
 
 
 class RecentValues:
@@ -141,7 +157,7 @@ class StatsReporter:
     @staticmethod
     def _empty() -> dict[str, Any]:
         return {"scored": 0, "alerts": 0, "latencies_ms": [], "stream_lags_ms": [], "flagged": 0,
-                "alert_details": deque(maxlen=RECENT_ALERTS), "consumers": {}}
+                "alert_details": deque(maxlen=RECENT_ALERTS), "consumers": {}, "rule_matches": {}}
 
     def consumer_behind(self, shard_id: str, millis_behind_latest: int) -> None:
         """How far a stream consumer's shard is ahead of it (Kinesis ``MillisBehindLatest``), sent with the next
@@ -149,10 +165,12 @@ class StatsReporter:
         self._pending["consumers"][shard_id] = millis_behind_latest
 
     def add(self, *, scored: int, alerts: int, latency_ms: float, stream_lags_ms: Sequence[float] = (),
-            decisions: Sequence[dict[str, Any]] = (), transactions: Sequence[Transaction] = ()) -> None:
+            decisions: Sequence[dict[str, Any]] = (), transactions: Sequence[Transaction] = (),
+            rule_matches: dict[str, dict[str, int]] | None = None) -> None:
         """Count a scored batch: ``decisions`` give the flagged count, and the HIGH ones (with their
-        ``transactions``) the recent alerts."""
+        ``transactions``) the recent alerts; ``rule_matches`` the rows each rule matched."""
         pending = self._pending
+        add_matches(pending["rule_matches"], rule_matches or {})
         pending["scored"] += scored
         pending["alerts"] += alerts
         pending["latencies_ms"].append(latency_ms)

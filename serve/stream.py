@@ -157,11 +157,12 @@ class ShardConsumer:
         valid = [(tx, record) for tx, record in decoded if tx is not None]
         transactions = [tx for tx, _ in valid]
         decisions = self.detector.predict_transactions(transactions) if valid else []
+        rule_matches = self.detector.take_rule_matches()
         decided_at = datetime.now(timezone.utc)
         lags = [(decided_at - record["ApproximateArrivalTimestamp"]).total_seconds() * 1000.0 for _, record in valid]
         return ScoredBatch(transactions=transactions, decisions=decisions,
                            lags_ms=lags, decided_at=decided_at, invalid=len(decoded) - len(valid),
-                           checkpoint=records[-1]["SequenceNumber"], started=started)
+                           checkpoint=records[-1]["SequenceNumber"], started=started, rule_matches=rule_matches)
 
     def _write(self, batch: ScoredBatch) -> None:
         """Alerts, then decisions, then the checkpoint: a crash in between replays the batch, never skips it."""
@@ -177,7 +178,8 @@ class ShardConsumer:
             scored = len(batch.decisions)
             self.stats.consumer_behind(self.status.shard_id, self.status.millis_behind_latest)
             self.stats.add(scored=scored, alerts=alerts, latency_ms=elapsed_ms / scored, stream_lags_ms=batch.lags_ms,
-                           decisions=batch.decisions, transactions=batch.transactions)
+                           decisions=batch.decisions, transactions=batch.transactions,
+                           rule_matches=batch.rule_matches)
             self.status.scored += scored
             self.status.alerts += alerts
         self.status.batches += 1
@@ -195,6 +197,7 @@ class ScoredBatch:
     invalid: int
     checkpoint: str
     started: float
+    rule_matches: dict[str, dict[str, int]]
 
 
 class StreamScoring:

@@ -52,7 +52,7 @@ def test_healthz_openapi_and_one_transaction(served: tuple[str, Settings]) -> No
     assert response.status_code == 200, response.text
     body = response.json()
     assert set(body) == {"transaction_id", "fraud_score", "is_fraud", "risk_level", "factors", "model_version",
-                         "processing_time_ms"}
+                         "processing_time_ms", "action", "rules"}
     assert body["transaction_id"] == "api-1" and 0.0 <= body["fraud_score"] <= 1.0
     assert body["risk_level"] in ("LOW", "MEDIUM", "HIGH") and isinstance(body["factors"], list)
     assert body["model_version"] == health["champion"] and body["processing_time_ms"] > 0
@@ -301,8 +301,8 @@ def test_sdk_and_http_scores_agree(served: tuple[str, Settings], small_history: 
     for http, sdk in zip(over_http, in_process):
         assert http["transaction_id"] == sdk["transaction_id"]
         assert http["fraud_score"] == pytest.approx(sdk["fraud_score"], abs=1e-9)
-        assert (http["risk_level"], http["factors"], http["model_version"]) == (
-            sdk["risk_level"], sdk["factors"], sdk["model_version"])
+        assert (http["risk_level"], http["factors"], http["model_version"], http["action"], http["rules"]) == (
+            sdk["risk_level"], sdk["factors"], sdk["model_version"], sdk["action"], sdk["rules"])
     detector.features.shutdown()
 
 

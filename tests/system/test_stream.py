@@ -4,6 +4,7 @@ the simulation's scoreboard joins it back."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -154,3 +155,39 @@ def test_decisions_and_alerts_carry_no_ground_truth_and_the_scoreboard_joins_it(
         assert view["window"] == {"labelled": len(frame), "truly_fraud": int(frame["is_fraud"].sum())}
     finally:
         stop_scoreboard(board)
+
+
+def test_stream_decisions_follow_the_rule_set_and_its_changes(ray_session, champion_model, small_history,
+                                                               scoring) -> None:
+    from cluster.aws import bootstrap
+    from serve.api import parse_rules
+    from serve.rule_store import RuleStore
+
+    settings = stream_settings(ray_session, shards=1).model_copy(
+        update={"rules_table": f"rules-{uuid.uuid4().hex[:8]}"})
+    bootstrap(settings)  # this test's own rules table: the session's Serve app keeps its rules
+    store = RuleStore(settings)
+    store.put(parse_rules({"mode": "first_matched", "rules": [
+        {"id": "S1", "expression": "amount > 0", "action": "review", "state": "shadow"},
+        {"id": "B1", "expression": "transaction_id in ('rules-3', 'rules-7')", "action": "block",
+         "description": "two known bad ones"}]}))
+    first = traffic(small_history, 200, "rules")
+    produce(settings, first)
+    scoring(settings)
+    decisions = {d["transaction_id"]: d for d in wait_for_decisions(settings, set(first["transaction_id"]))}
+    model_action = {"LOW": "allow", "MEDIUM": "review", "HIGH": "block"}
+    for tid, decision in decisions.items():
+        if tid in ("rules-3", "rules-7"):
+            assert decision["action"] == "block" and decision["rules"] == [{"id": "B1", "action": "block"}]
+            assert decision["factors"][0] == "Rule B1: two known bad ones"
+        else:
+            assert decision["rules"] == [] and decision["action"] == model_action[decision["risk_level"]]
+
+    store.put(parse_rules({"rules": [{"id": "A1", "expression": "amount > 0", "action": "allow"}]}))
+    time.sleep(5.0)  # every consumer applies a change within 5 s
+    second = traffic(small_history, 50, "rules-v2")
+    produce(settings, second)
+    later = [d for d in wait_for_decisions(settings, set(first["transaction_id"]) | set(second["transaction_id"]))
+             if d["transaction_id"].startswith("rules-v2-")]
+    assert len(later) == 50
+    assert all(d["action"] == "allow" and d["rules"] == [{"id": "A1", "action": "allow"}] for d in later)

@@ -1,0 +1,476 @@
+"""The rule language and rule sets: the one home of "expression text -> vectorised predicate -> action".
+
+An expression is parsed by Python's ``ast`` module (``mode="eval"``) and compiled node by node against an
+allow-list: comparisons (``== != < <= > >=``, ``in`` / ``not in`` against ``@list`` or a literal tuple), ``and`` /
+``or`` / ``not``, arithmetic (``+ - * / %``, ``**`` only with a small constant exponent), bounded constants, and
+the names a rule may read (transaction fields, ``FEATURE_NAMES``, ``fraud_score``, ``risk_level``). Anything else
+(calls, attribute access, subscripts, lambdas, comprehensions, other names) is refused at compile time, so user
+text is never executed: the compiled form is a tree of numpy closures. A maintained evaluator (simpleeval,
+cel-python) was the other option, but both evaluate one row at a time; a micro-batch here is one numpy pass per
+node, and a single request is the same code on a batch of one.
+
+Precedence (documented in docs/API_REFERENCE.md): ``first_matched`` applies the first active rule, in list order,
+whose expression holds (AWS Fraud Detector's default); ``all_matched`` applies every matching active rule, and the
+action is allow over block over review (Stripe Radar's order: an allow rule is an explicit human exception, such as
+a known corporate card, and must override an automated block; a block already stops what a review would look at).
+With no active rule matching, the action follows the model: HIGH -> block, MEDIUM -> review, LOW -> allow.
+Shadow rules are evaluated and counted but never change an action; disabled rules are not evaluated.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import math
+import operator
+import tokenize
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from cluster.features import FEATURE_NAMES
+from cluster.schema import CANONICAL_COLUMNS, ID_PATTERN
+from training.policy import HIGH, LOW, MEDIUM
+
+ALLOW, REVIEW, BLOCK = "allow", "review", "block"
+ACTIONS = (ALLOW, REVIEW, BLOCK)
+MODEL_ACTIONS = {HIGH: BLOCK, MEDIUM: REVIEW, LOW: ALLOW}
+PRECEDENCE = (ALLOW, BLOCK, REVIEW)  # all_matched: the first of these among the matched rules' actions wins
+ACTIVE, SHADOW, DISABLED = "active", "shadow", "disabled"
+FIRST_MATCHED, ALL_MATCHED = "first_matched", "all_matched"
+
+MAX_EXPRESSION_CHARS = 1_000
+MAX_NODES = 200
+MAX_DEPTH = 20
+MAX_CONSTANT = 1e12
+MAX_EXPONENT = 4
+MAX_STRING_CHARS = 256
+MAX_LITERAL_ITEMS = 1_000
+MAX_RULES = 200
+MAX_DESCRIPTION_CHARS = 500
+
+NUMBER, TEXT, BOOL = "number", "text", "bool"
+SCORE_NAMES = ("fraud_score", "risk_level")  # known only once the model has scored
+NUMERIC_FIELDS = ("amount", "lat", "lon")
+TEXT_FIELDS = tuple(c for c in CANONICAL_COLUMNS if c not in NUMERIC_FIELDS and c != "timestamp")
+NAME_TYPES: dict[str, str] = {**{name: NUMBER for name in FEATURE_NAMES}, **{name: NUMBER for name in NUMERIC_FIELDS},
+                              **{name: TEXT for name in TEXT_FIELDS}, "fraud_score": NUMBER, "risk_level": TEXT}
+_LIST_PREFIX = "_list_"  # ``@name`` becomes this name before parsing; no readable name starts with "_"
+
+Values = Any  # a numpy array over the batch, or a scalar (constants)
+Evaluator = Callable[[Mapping[str, Any]], Values]
+
+
+class RuleError(ValueError):
+    """An expression the language refuses, with the reason; raised before anything is evaluated."""
+
+
+@dataclass(frozen=True)
+class Expression:
+    """A compiled expression: ``evaluate(env, rows)`` -> bool array; ``names`` and ``lists`` it reads."""
+
+    text: str
+    names: frozenset[str]
+    lists: frozenset[str]
+    _root: Evaluator
+
+    def evaluate(self, env: Mapping[str, Any], rows: int) -> np.ndarray:
+        with np.errstate(all="ignore"):  # x / 0 is inf or nan, and a comparison with nan is False
+            return np.broadcast_to(_truth(self._root(env)), (rows,)).copy()
+
+
+def compile_expression(text: str, *, lists: Mapping[str, str] | None = None) -> Expression:
+    """Compile ``text`` or raise ``RuleError``; ``lists`` maps the list names that exist to their kind."""
+    if not isinstance(text, str) or not text.strip():
+        raise RuleError("an expression must be non-empty text")
+    if len(text) > MAX_EXPRESSION_CHARS:
+        raise RuleError(f"an expression may have at most {MAX_EXPRESSION_CHARS} characters, this has {len(text)}")
+    source = _substitute_lists(text)
+    try:
+        tree = ast.parse(source, mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+        raise RuleError(f"not a valid expression: {getattr(exc, 'msg', None) or exc}") from None
+    compiler = _Compiler(dict(lists or {}))
+    kind, root = compiler.node(tree.body, 1)
+    if kind == TEXT:
+        raise RuleError("an expression must be a condition (a comparison), not text")
+    return Expression(text=text, names=frozenset(compiler.names), lists=frozenset(compiler.lists), _root=root)
+
+
+def _substitute_lists(text: str) -> str:
+    """``@name`` -> a plain name the compiler resolves to the list (strings are left as they are); brackets,
+    which leave no node in the tree, are bounded here."""
+    out: list[tuple[int, str]] = []
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
+    except (tokenize.TokenError, SyntaxError, IndentationError) as exc:
+        raise RuleError(f"not a valid expression: {exc.args[0] if exc.args else exc}") from None
+    index, nesting = 0, 0
+    while index < len(tokens):
+        token = tokens[index]
+        if token.type == tokenize.OP and token.string in "([{":
+            nesting += 1
+            if nesting > MAX_DEPTH:
+                raise RuleError(f"an expression may nest at most {MAX_DEPTH} levels deep")
+        elif token.type == tokenize.OP and token.string in ")]}":
+            nesting -= 1
+        if token.type == tokenize.NAME and token.string.startswith("_"):
+            raise RuleError(f"unknown name {token.string!r}: names starting with '_' are not allowed")
+        if token.type == tokenize.OP and token.string == "@":
+            following = tokens[index + 1] if index + 1 < len(tokens) else None
+            if following is None or following.type != tokenize.NAME:
+                raise RuleError("'@' must be followed by a list name, as in `user_id in @blocked_cards`")
+            out.append((tokenize.NAME, _LIST_PREFIX + following.string))
+            index += 2
+            continue
+        if token.type in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT):
+            if token.type == tokenize.COMMENT:
+                raise RuleError("comments are not allowed in an expression")
+            index += 1
+            continue
+        out.append((token.type, token.string))
+        index += 1
+    return tokenize.untokenize(out).strip()
+
+
+_REFUSED = {
+    ast.Call: "function calls", ast.Attribute: "attribute access", ast.Subscript: "subscripts",
+    ast.Lambda: "lambdas", ast.ListComp: "comprehensions", ast.SetComp: "comprehensions",
+    ast.DictComp: "comprehensions", ast.GeneratorExp: "comprehensions", ast.NamedExpr: "assignment",
+    ast.Starred: "unpacking", ast.JoinedStr: "f-strings", ast.FormattedValue: "f-strings", ast.Await: "await",
+    ast.Yield: "yield", ast.YieldFrom: "yield", ast.Dict: "dict literals", ast.Slice: "slices",
+    ast.IfExp: "conditional expressions (use and / or)",
+}
+_ARITHMETIC = {ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply, ast.Div: np.true_divide,
+               ast.Mod: np.mod}
+_ORDERING = {ast.Lt: np.less, ast.LtE: np.less_equal, ast.Gt: np.greater, ast.GtE: np.greater_equal}
+_EQUALITY = {ast.Eq: np.equal, ast.NotEq: np.not_equal}
+_TEXT_EQUALITY = {ast.Eq: operator.eq, ast.NotEq: operator.ne}
+
+
+def _truth(values: Values) -> Any:
+    array = np.asarray(values)
+    return array if array.dtype == np.bool_ else array != 0
+
+
+def _numbers(values: Values) -> Any:
+    array = np.asarray(values)
+    return array.astype(np.float64) if array.dtype == np.bool_ else array
+
+
+class _Compiler:
+    """Walks the tree once: checks each node against the allow-list and the bounds, returns (type, evaluator)."""
+
+    def __init__(self, lists: dict[str, str]):
+        self.known_lists = lists
+        self.names: set[str] = set()
+        self.lists: set[str] = set()
+        self.count = 0
+
+    def node(self, node: ast.AST, depth: int) -> tuple[str, Evaluator]:
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise RuleError(f"an expression may have at most {MAX_NODES} parts")
+        if depth > MAX_DEPTH:
+            raise RuleError(f"an expression may nest at most {MAX_DEPTH} levels deep")
+        if type(node) in _REFUSED:
+            raise RuleError(f"not allowed in a rule: {_REFUSED[type(node)]}")
+        handler = getattr(self, f"_{type(node).__name__}", None)
+        if handler is None:
+            raise RuleError(f"{type(node).__name__} is not allowed in a rule")
+        return handler(node, depth)
+
+    def _Constant(self, node: ast.Constant, depth: int) -> tuple[str, Evaluator]:
+        value = node.value
+        if isinstance(value, bool):
+            return BOOL, lambda env: value
+        if isinstance(value, int | float):
+            if not math.isfinite(value) or abs(value) > MAX_CONSTANT:
+                raise RuleError(f"numbers in a rule must be finite and at most {MAX_CONSTANT:g} in size")
+            number = float(value)
+            return NUMBER, lambda env: number
+        if isinstance(value, str):
+            if len(value) > MAX_STRING_CHARS:
+                raise RuleError(f"text in a rule may have at most {MAX_STRING_CHARS} characters")
+            return TEXT, lambda env: value
+        raise RuleError(f"constant {value!r} is not allowed (numbers, text, True and False are)")
+
+    def _Name(self, node: ast.Name, depth: int) -> tuple[str, Evaluator]:
+        name = node.id
+        if name.startswith(_LIST_PREFIX):
+            raise RuleError(f"@{name[len(_LIST_PREFIX):]} is a list: use it as `field in @name`")
+        if name in ("True", "False"):
+            flag = name == "True"
+            return BOOL, lambda env: flag
+        if name not in NAME_TYPES:
+            raise RuleError(f"unknown name {name!r}: a rule reads transaction fields, FEATURE_NAMES, fraud_score "
+                            "and risk_level")
+        self.names.add(name)
+        return NAME_TYPES[name], lambda env: env[name]
+
+    def _UnaryOp(self, node: ast.UnaryOp, depth: int) -> tuple[str, Evaluator]:
+        kind, operand = self.node(node.operand, depth + 1)
+        if isinstance(node.op, ast.Not):
+            self._not_text(kind, "not")
+            return BOOL, lambda env: np.logical_not(_truth(operand(env)))
+        if isinstance(node.op, ast.USub | ast.UAdd):
+            self._number(kind, "a sign")
+            sign = -1.0 if isinstance(node.op, ast.USub) else 1.0
+            return NUMBER, lambda env: sign * _numbers(operand(env))
+        raise RuleError("bitwise operators are not allowed in a rule")
+
+    def _BoolOp(self, node: ast.BoolOp, depth: int) -> tuple[str, Evaluator]:
+        parts = [self.node(value, depth + 1) for value in node.values]
+        word = "and" if isinstance(node.op, ast.And) else "or"
+        for kind, _ in parts:
+            self._not_text(kind, word)
+        combine = np.logical_and if isinstance(node.op, ast.And) else np.logical_or
+        evaluators = [evaluator for _, evaluator in parts]
+
+        def evaluate(env: Mapping[str, Any]) -> Values:
+            result = _truth(evaluators[0](env))
+            for evaluator in evaluators[1:]:
+                result = combine(result, _truth(evaluator(env)))
+            return result
+        return BOOL, evaluate
+
+    def _BinOp(self, node: ast.BinOp, depth: int) -> tuple[str, Evaluator]:
+        (left_kind, left), (right_kind, right) = self.node(node.left, depth + 1), self.node(node.right, depth + 1)
+        symbol = type(node.op).__name__
+        self._number(left_kind, symbol)
+        self._number(right_kind, symbol)
+        if isinstance(node.op, ast.Pow):
+            exponent = node.right
+            if not (isinstance(exponent, ast.Constant) and isinstance(exponent.value, int | float)
+                    and not isinstance(exponent.value, bool) and abs(exponent.value) <= MAX_EXPONENT):
+                raise RuleError(f"** needs a constant exponent of at most {MAX_EXPONENT}")
+            power = float(exponent.value)
+            return NUMBER, lambda env: np.power(_numbers(left(env)), power)
+        function = _ARITHMETIC.get(type(node.op))
+        if function is None:
+            raise RuleError(f"operator {symbol} is not allowed in a rule (+ - * / % ** are)")
+        return NUMBER, lambda env: function(_numbers(left(env)), _numbers(right(env)))
+
+    def _Compare(self, node: ast.Compare, depth: int) -> tuple[str, Evaluator]:
+        left_kind, left = self.node(node.left, depth + 1)
+        steps: list[Evaluator] = []
+        for op, comparator in zip(node.ops, node.comparators):
+            if isinstance(op, ast.In | ast.NotIn):
+                step = self._membership(left_kind, left, comparator, depth + 1, isinstance(op, ast.NotIn))
+                right_kind, right = left_kind, left  # a chain does not continue past a membership test
+            else:
+                right_kind, right = self.node(comparator, depth + 1)
+                step = self._comparison(op, left_kind, left, right_kind, right)
+            steps.append(step)
+            left_kind, left = right_kind, right
+
+        def evaluate(env: Mapping[str, Any]) -> Values:
+            result = steps[0](env)
+            for step in steps[1:]:
+                result = np.logical_and(result, step(env))
+            return result
+        return BOOL, evaluate
+
+    def _comparison(self, op: ast.cmpop, left_kind: str, left: Evaluator, right_kind: str,
+                    right: Evaluator) -> Evaluator:
+        if isinstance(op, ast.Is | ast.IsNot):
+            raise RuleError("`is` is not allowed in a rule (use == or !=)")
+        texts = (left_kind == TEXT, right_kind == TEXT)
+        if any(texts) and not all(texts):
+            raise RuleError("a comparison needs text on both sides or numbers on both sides")
+        if type(op) in _EQUALITY:
+            function = _EQUALITY[type(op)]
+            if all(texts):
+                text_function = _TEXT_EQUALITY[type(op)]
+                return lambda env: text_function(left(env), right(env))
+            return lambda env: function(_numbers(left(env)), _numbers(right(env)))
+        if all(texts):
+            raise RuleError("text can only be compared with ==, !=, in and not in")
+        function = _ORDERING[type(op)]
+        return lambda env: function(_numbers(left(env)), _numbers(right(env)))
+
+    def _membership(self, left_kind: str, left: Evaluator, container: ast.AST, depth: int,
+                    negate: bool) -> Evaluator:
+        self.count += 1
+        if isinstance(container, ast.Name) and container.id.startswith(_LIST_PREFIX):
+            name = container.id[len(_LIST_PREFIX):]
+            if name not in self.known_lists:
+                raise RuleError(f"unknown list @{name}")
+            if left_kind != TEXT:
+                raise RuleError(f"@{name} holds text values: test a text field against it")
+            self.lists.add(name)
+            key = _LIST_PREFIX + name
+            return lambda env: np.isin(left(env), env[key], invert=negate)
+        if not isinstance(container, ast.Tuple | ast.List | ast.Set):
+            raise RuleError("`in` needs a list (`@name`) or a literal tuple such as (\"US\", \"CA\")")
+        if not container.elts or len(container.elts) > MAX_LITERAL_ITEMS:
+            raise RuleError(f"a literal tuple needs 1 to {MAX_LITERAL_ITEMS} items")
+        values = []
+        for element in container.elts:
+            kind, evaluator = self.node(element, depth + 1)
+            if not isinstance(element, ast.Constant | ast.UnaryOp) or kind == BOOL:
+                raise RuleError("a literal tuple may hold only numbers or only text")
+            if (kind == TEXT) != (left_kind == TEXT):
+                raise RuleError("`in` needs text against text items or numbers against number items")
+            values.append(evaluator({}))
+        items = np.asarray(values, dtype=str if left_kind == TEXT else np.float64)
+        if left_kind == TEXT:
+            return lambda env: np.isin(left(env), items, invert=negate)
+        return lambda env: np.isin(_numbers(left(env)), items, invert=negate)
+
+    @staticmethod
+    def _not_text(kind: str, what: str) -> None:
+        if kind == TEXT:
+            raise RuleError(f"{what} needs conditions, not text (compare the text first)")
+
+    @staticmethod
+    def _number(kind: str, what: str) -> None:
+        if kind == TEXT:
+            raise RuleError(f"{what} needs numbers, not text")
+
+
+# -- rule sets ------------------------------------------------------------------------------------------------
+
+RuleId = Annotated[str, Field(pattern=ID_PATTERN, description="1-64 chars of A-Za-z0-9_-.:")]
+
+
+class Rule(BaseModel):
+    """One rule: when ``expression`` holds, ``action`` applies (active), is only counted (shadow), or neither."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: RuleId
+    expression: str = Field(max_length=MAX_EXPRESSION_CHARS, examples=["amount > 1000 and user_count_1h >= 5"])
+    action: Literal[ACTIONS]
+    state: Literal[ACTIVE, SHADOW, DISABLED] = ACTIVE
+    description: str = Field("", max_length=MAX_DESCRIPTION_CHARS)
+
+    @field_validator("expression")
+    @classmethod
+    def _compiles(cls, text: str, info: ValidationInfo) -> str:
+        compile_expression(text, lists=(info.context or {}).get("lists"))
+        return text
+
+
+class RuleSetBody(BaseModel):
+    """What ``PUT /api/rules`` takes and a rules file holds."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    mode: Literal[FIRST_MATCHED, ALL_MATCHED] = FIRST_MATCHED
+    rules: list[Rule] = Field(default_factory=list, max_length=MAX_RULES)
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_ids(cls, rules: list[Rule]) -> list[Rule]:
+        seen: dict[str, int] = {}
+        for index, rule in enumerate(rules):
+            if rule.id in seen:
+                raise ValueError(f"rule id {rule.id!r} of rules.{index}.id is already used by rules.{seen[rule.id]}")
+            seen[rule.id] = index
+        return rules
+
+
+class RuleSet(RuleSetBody):
+    """A stored rule set: its body and the version the store gave it (0: none stored yet)."""
+
+    version: int = Field(0, ge=0)
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    rule: Rule
+    expression: Expression
+
+    @property
+    def reason(self) -> str:
+        return f"Rule {self.rule.id}: {self.rule.description or self.rule.expression}"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A batch's rule results: the action per row, the active rules that decided it, and per-rule match counts."""
+
+    action: np.ndarray                      # object array of ACTIONS
+    matched: list[list[CompiledRule]]       # per row, the active rules that matched (in rule order)
+    counts: dict[str, dict[str, int]]       # rule id -> {"active"|"shadow": rows matched}
+
+
+class CompiledRules:
+    """A rule set compiled once; ``apply`` evaluates it over a batch of rows."""
+
+    def __init__(self, rule_set: RuleSet, *, lists: Mapping[str, str] | None = None):
+        self.rule_set = rule_set
+        self.version, self.mode = rule_set.version, rule_set.mode
+        self.rules = [CompiledRule(rule, compile_expression(rule.expression, lists=lists))
+                      for rule in rule_set.rules if rule.state != DISABLED]
+        self.names = frozenset().union(*(r.expression.names for r in self.rules))
+
+    def apply(self, env: Mapping[str, Any], model_levels: np.ndarray) -> Outcome:
+        """Actions for the rows ``env`` describes (``rule_inputs``), the model's risk levels as the default."""
+        rows = len(model_levels)
+        action = model_actions(model_levels)
+        matched: list[list[CompiledRule]] = [[] for _ in range(rows)]
+        counts: dict[str, dict[str, int]] = {}
+        active: list[tuple[CompiledRule, np.ndarray]] = []
+        for compiled in self.rules:
+            mask = compiled.expression.evaluate(env, rows)
+            counts[compiled.rule.id] = {compiled.rule.state: int(mask.sum())}
+            if compiled.rule.state == ACTIVE:
+                active.append((compiled, mask))
+        if not active:
+            return Outcome(action=action, matched=matched, counts=counts)
+        if self.mode == FIRST_MATCHED:
+            undecided = np.ones(rows, dtype=bool)
+            for compiled, mask in active:
+                takes = undecided & mask
+                action[takes] = compiled.rule.action
+                for row in np.flatnonzero(takes):
+                    matched[row].append(compiled)
+                undecided &= ~mask
+        else:
+            for compiled, mask in active:
+                for row in np.flatnonzero(mask):
+                    matched[row].append(compiled)
+            for row in np.flatnonzero(np.any([mask for _, mask in active], axis=0)):
+                actions = {compiled.rule.action for compiled in matched[row]}
+                action[row] = next(a for a in PRECEDENCE if a in actions)
+        return Outcome(action=action, matched=matched, counts=counts)
+
+
+def model_actions(levels: np.ndarray) -> np.ndarray:
+    """The action the model's risk level implies (HIGH -> block, MEDIUM -> review, LOW -> allow)."""
+    levels = np.asarray(levels, dtype=object)
+    action = np.full(len(levels), ALLOW, dtype=object)
+    action[levels == MEDIUM] = REVIEW
+    action[levels == HIGH] = BLOCK
+    return action
+
+
+def text_values(values: Sequence[Any] | np.ndarray | pd.Series) -> np.ndarray:
+    """A text column as a numpy str array, a missing value as ""."""
+    return np.array(["" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in values],
+                    dtype=str)
+
+
+def rule_inputs(names: frozenset[str], fields: Mapping[str, Any], features: np.ndarray,
+                fraud_score: np.ndarray | None = None, risk_level: np.ndarray | None = None) -> dict[str, Any]:
+    """The arrays the ``names`` a rule set reads: transaction ``fields`` (canonical columns), the (rows x
+    ``FEATURE_NAMES``) ``features`` matrix, and the model's scores when it has run."""
+    env: dict[str, Any] = {}
+    for name in names:
+        if name in NUMERIC_FIELDS:  # the field itself, not its float32 copy among the features
+            env[name] = np.asarray(fields[name], dtype=np.float64)
+        elif name in TEXT_FIELDS:
+            env[name] = text_values(fields[name])
+        elif name == "fraud_score":
+            env[name] = np.asarray(fraud_score, dtype=np.float64)
+        elif name == "risk_level":
+            env[name] = text_values(risk_level)
+        else:
+            env[name] = features[:, FEATURE_NAMES.index(name)].astype(np.float64)
+    return env
