@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from cluster.config import Settings
 from cluster.schema import Identifier, TimestampText, Transaction, field_errors, item_field_errors, parse_timestamp
@@ -36,7 +37,9 @@ API_KEY_HEADER = "X-API-Key"
 TRANSACTION_LIST = TypeAdapter(list[Transaction])
 EXPLAIN = Annotated[bool, Query(description=(
     "Give LOW decisions their factors too: the strongest reasons either way, each starting \"Raises risk: \" or "
-    "\"Lowers risk: \". MEDIUM and HIGH decisions, and the response without it, are unchanged."))]
+    "\"Lowers risk: \". MEDIUM and HIGH decisions, and the response without it, are unchanged."),
+    # explicit: Serve ships the app to its replicas pickled, and an unset example there comes out as `{}`
+    openapi_examples={"explain": {"value": True}})]
 
 
 class ApiError(Exception):
@@ -317,6 +320,16 @@ def error_response(exc: ApiError) -> JSONResponse:
     return JSONResponse(status_code=exc.status, content={"detail": exc.detail, "errors": exc.errors})
 
 
+def _methods_of(api: FastAPI, request: Request) -> list[str]:
+    """Every method some route of the request's path takes."""
+    methods: set[str] = set()
+    for route in api.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match != Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def install_error_handlers(api: FastAPI) -> None:
     """Every error leaves as JSON naming fields; FastAPI's own validation errors too."""
 
@@ -328,7 +341,10 @@ def install_error_handlers(api: FastAPI) -> None:
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         """404 and 405 in the same shape (405 keeps its ``Allow`` header)."""
         field = "method" if exc.status_code == 405 else "path"
-        return JSONResponse(status_code=exc.status_code, headers=exc.headers,
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Starlette names the first route of the path only; a path may have several
+            headers["Allow"] = ", ".join(_methods_of(api, request))
+        return JSONResponse(status_code=exc.status_code, headers=headers,
                             content={"detail": str(exc.detail), "errors": [{"field": field, "message": str(exc.detail)}]})
 
     @api.exception_handler(RequestValidationError)

@@ -9,6 +9,7 @@ import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, settings
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from cluster.config import Settings
 from serve.api import API_KEY_HEADER
@@ -30,7 +31,10 @@ schema = schemathesis.openapi.from_dict(api.openapi())
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large])
 def test_the_api_does_what_its_openapi_document_says(case: schemathesis.Case, served: tuple[str, Settings]) -> None:
     url, _ = served
-    case.call_and_validate(base_url=url, headers={API_KEY_HEADER: API_KEY}, timeout=60)
+    # A rule set's validity (expressions that compile, unique ids) is more than JSON Schema can say: a generated
+    # "valid" rule set may rightly be refused (422 naming the field), so that one check skips that operation.
+    excluded = [positive_data_acceptance] if case.operation.path == "/api/rules" and case.method == "PUT" else []
+    case.call_and_validate(base_url=url, headers={API_KEY_HEADER: API_KEY}, timeout=60, excluded_checks=excluded)
 
 
 def test_the_document_tested_is_the_one_served(served: tuple[str, Settings]) -> None:
