@@ -14,7 +14,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cluster.config import Settings
-from cluster.features import FEATURE_VERSION, FEATURE_NAMES
+from cluster.features import FEATURE_NAMES, FEATURE_VERSION
 from cluster.runtime import ray_runtime
 from training.autoencoder import AESearch, AnomalyScorer, fit_scaler, standardise, tune_autoencoder
 from training.data import Split, featurize, load_profiles, read_labelled, take, time_periods
