@@ -101,14 +101,25 @@ def evaluate_novel(settings: Settings, data: Path, window: BacktestWindow, scena
     xgb_score, ae_score = scores["xgb_score"].to_numpy(), scores["ae_score"].to_numpy()
     variants = {"chosen_ensemble": scores["fraud_score"].to_numpy(), "xgboost_only": xgb_score,
                 "autoencoder_only": ae_score,
-                f"fixed_{DEFAULT_XGB_WEIGHT:g}_blend": DEFAULT_XGB_WEIGHT * xgb_score + (1 - DEFAULT_XGB_WEIGHT) * ae_score}
+                f"fixed_{DEFAULT_XGB_WEIGHT:g}_blend": DEFAULT_XGB_WEIGHT * xgb_score + (1 - DEFAULT_XGB_WEIGHT) * ae_score,
+                "max_blend": max_blend(xgb_score, ae_score)}
     recall = {name: {f"{f:g}": round(recall_at_fpr(y, values, f, novel), 4) for f in FIXED_FPRS}
               for name, values in variants.items()}
+    known = ~novel | (y == 0)
+    known_ap = {name: round(float(average_precision_score(y[known], values[known])), 4)
+                for name, values in variants.items()}
     ensemble = run.fitted.details["ensemble"]
     return {"scenario": scenario, "test_frauds": int(novel.sum()), "ae_weight": ensemble["ae_weight"],
-            "recall_at_fpr": recall,
+            "recall_at_fpr": recall, "known_fraud_average_precision": known_ap,
             "autoencoder_share_at_1pct": round(recall["chosen_ensemble"]["0.01"] - recall["xgboost_only"]["0.01"], 4),
-            "known_fraud_quality": ranking_quality(frame.loc[~novel | (y == 0)], variants["chosen_ensemble"][~novel | (y == 0)])}
+            "known_fraud_quality": ranking_quality(frame.loc[known], variants["chosen_ensemble"][known])}
+
+
+def max_blend(xgb_score: np.ndarray, ae_score: np.ndarray) -> np.ndarray:
+    """The larger of XGBoost's rank among the scored rows (0..1) and the autoencoder's score (already a quantile
+    among genuine rows): a row either model puts in its top tail is in the blend's top tail."""
+    ranks = pd.Series(np.asarray(xgb_score, np.float64)).rank(method="max").to_numpy() / max(len(xgb_score), 1)
+    return np.maximum(ranks, np.asarray(ae_score, np.float64))
 
 
 def run_evaluate(settings: Settings, *, data: Path, window: BacktestWindow, scores: Path | None = None,

@@ -10,7 +10,7 @@ import pytest
 
 from cluster.schema import LABEL_COLUMN, SCENARIO_COLUMN
 from training.backtest import BacktestWindow
-from training.quality import ranking_quality, recall_at_fpr, threshold_at_fpr, without_scenario
+from training.quality import max_blend, ranking_quality, recall_at_fpr, threshold_at_fpr, without_scenario
 
 
 def test_recall_at_a_fixed_false_positive_rate() -> None:
@@ -54,3 +54,9 @@ def test_operating_curves_give_precision_recall_fpr_and_expected_cost_per_thresh
     assert list(curves["recall"]) == pytest.approx([0.5, 0.5, 1, 1])
     assert list(curves["fpr"]) == pytest.approx([0, 0.5, 0.5, 1])
     assert list(curves["expected_cost"]) == pytest.approx([50 + 5, 50 + 10, 15, 20])
+
+
+def test_the_max_blend_keeps_either_models_top_tail() -> None:
+    xgb = np.array([0.9, 0.1, 0.2, 0.3])
+    ae = np.array([0.0, 0.99, 0.1, 0.2])
+    assert list(max_blend(xgb, ae)) == pytest.approx([1.0, 0.99, 0.5, 0.75])
