@@ -85,3 +85,5 @@ def test_online_and_offline_features_are_identical(ray_session: Settings, histor
     assert built["user_profile_missing"].max() == 0
     assert built["distance_from_prev_km"].max() > 0
     assert built["new_device"].sum() > 0
+    assert built["card_fraud_known_30d"].max() > 0  # card state from label feedback (resolved or named)
+    assert built["log_hours_since_card_fraud"].min() < np.log1p(30 * 24) - 0.01  # a known fraud's recency, not neutral
