@@ -143,8 +143,8 @@ def write_report(out_dir: Path, *, title: str, frame: pd.DataFrame, scores: np.n
              *[f"| {name} | {metrics[name]} |" for name in
                ("rows", "frauds", "roc_auc", "average_precision", "threshold", "precision", "recall", "f1",
                 "false_positive_rate", "card_precision_at_100")],
-             "", f"Operating point: the policy's threshold {policy.threshold:.4g} was chosen on validation scores "
-                 f"from the training window (see the ensemble's objective above), never on this period. On this period the "
+             "", f"Operating point: the policy's threshold {policy.threshold:.4g} was chosen on the validation "
+                 f"period's scores (see the ensemble's objective above), never on this period. On this period the "
                  f"least expected cost would sit at {curves['threshold'][least]:.4g} (recall "
                  f"{curves['recall'][least]:.3f}, FPR {curves['fpr'][least]:.4f}); the curves are in the figure.", "",
              "| threshold | precision | recall | FPR | expected cost |", "|---|---|---|---|---|",

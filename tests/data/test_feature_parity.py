@@ -49,7 +49,7 @@ def test_online_and_offline_features_are_identical(ray_session: Settings, histor
     transactions = history.transactions.reset_index(drop=True)
     labels = pd.DataFrame({"transaction_id": transactions["transaction_id"], "is_fraud": transactions["is_fraud"],
                            "known_at": transactions["timestamp"] + LABEL_DELAY,
-                           "merchant_id": transactions["merchant_id"]})
+                           "merchant_id": transactions["merchant_id"], "user_id": transactions["user_id"]})
     labels = labels[labels["is_fraud"] == 1]
 
     online = OnlineFeatures(settings, name="parity", restore=False,
@@ -61,7 +61,8 @@ def test_online_and_offline_features_are_identical(ray_session: Settings, histor
             batch = transactions.iloc[start:start + BATCH_ROWS]
             due = labels[(labels["known_at"] <= batch["timestamp"].max())].iloc[recorded:]
             recorded += len(due)
-            online.record_labels(due.drop(columns="merchant_id") if start % 2 else due)
+            # odd batches name only the transaction (merchant and card resolved from the state), even ones name both
+            online.record_labels(due.drop(columns=["merchant_id", "user_id"]) if start % 2 else due)
             parts.append(online.compute(batch))
         stats = online.stats()
     finally:
