@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 SNAPSHOT_PREFIX = "feature-state"
 KINDS = ("user", "merchant", "mcc")
 _FLOAT_COLUMNS = frozenset({"amount", "lat", "lon"})
-MERCHANT_STATE_COLUMNS = (*EVENT_ROW_COLUMNS, "txn_key", "mcc_key")
+MERCHANT_STATE_COLUMNS = (*EVENT_ROW_COLUMNS, "txn_key", "mcc_key", "user_key")  # what places label feedback
 LABEL_STATE_COLUMNS = ("key", "known_ms", "anchor_ms", "txn_key")
 TAIL_ROWS = 4_096                  # recent arrivals kept unsorted before one merge into the key-sorted body
 REPLAY_MEMORY = 50_000             # transactions per partition whose outputs a replay gets back unchanged
@@ -233,10 +233,11 @@ class FeatureStateCore:
     def _passes(self, rows: Rows) -> np.ndarray:
         keys = rows[self.rows.key]
         history = self.rows.take(keys)
+        labels = self.labels.take(keys)
         if self.kind == "user":
-            return user_pass_values(history, rows)
+            return user_pass_values(history, rows, labels)
         passes = merchant_pass_values if self.kind == "merchant" else mcc_pass_values
-        return passes(history, rows, self.labels.take(keys), self.label_delay_ms)
+        return passes(history, rows, labels, self.label_delay_ms)
 
     def compact(self) -> None:
         self.rows.evict(self.watermark - self.row_retention_ms, self.cap)
@@ -244,12 +245,13 @@ class FeatureStateCore:
         self.rows_since_compact = 0
 
     def resolve(self, txn_keys: np.ndarray) -> pd.DataFrame:
-        """Time, merchant and category of retained transactions (label feedback names only the transaction)."""
+        """Time, merchant, category and card of retained transactions (label feedback names only the transaction)."""
         found = np.isin(self.rows.column("txn_key"), txn_keys)
         return pd.DataFrame({"txn_key": self.rows.column("txn_key")[found],
                              "ts_ms": self.rows.column("ts_ms")[found],
                              "merchant_key": self.rows.column("key")[found],
-                             "mcc_key": self.rows.column("mcc_key")[found]})
+                             "mcc_key": self.rows.column("mcc_key")[found],
+                             "user_key": self.rows.column("user_key")[found]})
 
     def add_labels(self, events: pd.DataFrame) -> int:
         """Remember confirmed frauds (``LABEL_STATE_COLUMNS``); a transaction counts once."""
@@ -275,9 +277,16 @@ class FeatureStateCore:
     def load(self, payload: bytes) -> None:
         with np.load(io.BytesIO(payload)) as arrays:
             self.watermark = int(arrays["watermark"])
-            self.rows.load({c: arrays[f"rows.{c}"] for c in self.rows.columns})
-            self.labels.load({c: arrays[f"labels.{c}"] for c in self.labels.columns})
-            self.recent.load(arrays["recent_keys"], arrays["recent_values"], int(arrays["recent_written"]))
+            self.rows.load(_columns(arrays, "rows", self.rows.columns))
+            self.labels.load(_columns(arrays, "labels", self.labels.columns))
+            if arrays["recent_values"].shape[1] == self.recent.values.shape[1]:  # else an older feature spec's
+                self.recent.load(arrays["recent_keys"], arrays["recent_values"], int(arrays["recent_written"]))
+
+
+def _columns(arrays: Any, prefix: str, columns: tuple[str, ...]) -> Rows:
+    """A snapshot's columns; one an older snapshot lacks reads as zeros (missing: a key hash of 0)."""
+    rows = len(arrays[f"{prefix}.{columns[0]}"])
+    return {c: arrays[f"{prefix}.{c}"] if f"{prefix}.{c}" in arrays else np.zeros(rows, _dtype(c)) for c in columns}
 
 
 def snapshot_folder(name: str) -> str:
@@ -431,7 +440,7 @@ class OnlineFeatures:
         count = len(column["txn_key"])
         inputs = {"user": {c: column[c] for c in (*USER_ROW_COLUMNS, "txn_key")},
                   "merchant": {**event_rows(column, "merchant_key"), "txn_key": column["txn_key"],
-                               "mcc_key": column["mcc_key"]},
+                               "mcc_key": column["mcc_key"], "user_key": column["user_key"]},
                   "mcc": {**event_rows(column, "mcc_key"), "txn_key": column["txn_key"]}}
         owners = {"user": partition_of(column["user_key"], self.partitions),
                   "merchant": partition_of(column["merchant_key"], self.partitions),
@@ -451,18 +460,22 @@ class OnlineFeatures:
         return assemble(column, passes["user"], passes["merchant"], passes["mcc"], users, merchants)
 
     def record_labels(self, events: pd.DataFrame) -> int:
-        """Apply label feedback (``transaction_id, is_fraud, known_at``, optional ``merchant_id``) to merchant risk.
+        """Apply label feedback (``transaction_id, is_fraud, known_at``, optional ``merchant_id``, ``user_id``) to
+        merchant risk and card state.
 
         Confirmed frauds count from their ``known_at``; genuine verdicts change nothing. Returns how many frauds
-        were applied (a transaction no longer retained and without ``merchant_id`` cannot be placed).
+        were applied to merchants (a transaction no longer retained and without ``merchant_id`` cannot be placed;
+        likewise a card without ``user_id``).
         """
         require_columns(events.columns, LABEL_EVENT_COLUMNS, "label events")
         fraud = events[label_values(events["is_fraud"].to_numpy(dtype=object)) == 1]
         if fraud.empty:
             return 0
+        def named(column: str) -> np.ndarray:
+            return stable_hash(fraud[column]) if column in fraud else np.zeros(len(fraud), np.int64)
+
         labels = pd.DataFrame({"txn_key": stable_hash(fraud["transaction_id"]), "known_ms": epoch_ms(fraud["known_at"]),
-                               "named_merchant": stable_hash(fraud["merchant_id"]) if "merchant_id" in fraud
-                               else np.zeros(len(fraud), np.int64)})
+                               "named_merchant": named("merchant_id"), "named_user": named("user_id")})
         named = labels["named_merchant"].to_numpy()
         targets = partition_of(named, self.partitions)
         refs = [actor.resolve.remote(labels["txn_key"].to_numpy()[(named == 0) | (targets == i)])
@@ -472,12 +485,14 @@ class OnlineFeatures:
         labels["merchant_key"] = np.where(labels["named_merchant"] != 0, labels["named_merchant"],
                                           labels["merchant_key"].fillna(0)).astype(np.int64)
         labels["mcc_key"] = labels["mcc_key"].fillna(0).astype(np.int64)
+        labels["user_key"] = np.where(labels["named_user"] != 0, labels["named_user"],
+                                      labels["user_key"].fillna(0)).astype(np.int64)
         delay_ms, known_ms = label_delay_ms(self.settings), labels["known_ms"].to_numpy(np.int64)
         resolved_ms = labels["ts_ms"].to_numpy(np.float64)  # NaN: no longer retained, so too old to matter
         tx_ms = np.where(np.isnan(resolved_ms), known_ms - delay_ms, resolved_ms).astype(np.int64)
         labels["anchor_ms"] = label_anchor(tx_ms, known_ms, delay_ms)
         applied = []
-        for kind, key in (("merchant", "merchant_key"), ("mcc", "mcc_key")):
+        for kind, key in (("merchant", "merchant_key"), ("mcc", "mcc_key"), ("user", "user_key")):
             placed = labels[labels[key] != 0]
             owner = partition_of(placed[key].to_numpy(np.int64), self.partitions)
             for partition, actor in enumerate(self.actors):

@@ -48,7 +48,7 @@ ARRIVAL_SEQ = "arrival_seq"
 READ_BLOCK_ROWS = 125_000
 _BLOCK_BITS = 40  # row_seq = block index << 40 | row in block
 # What each pass reads from a prepared block: its key's row columns and what places labels.
-_PASS_COLUMNS = {"user": USER_ROW_COLUMNS, "merchant": ("merchant_key", "ts_ms", "txn_key", "is_fraud"),
+_PASS_COLUMNS = {"user": (*USER_ROW_COLUMNS, "txn_key", "is_fraud"), "merchant": ("merchant_key", "ts_ms", "txn_key", "is_fraud"),
                  "mcc": ("mcc_key", "ts_ms", "txn_key", "is_fraud")}
 
 
@@ -124,7 +124,7 @@ def _keyed_pass(kind: str, partition: int, partitions: int, label_delay_ms: int,
     if order is not None:
         rows = {c: values[order] for c, values in rows.items()}
         source, position = source[order], position[order]
-    if events is None and kind != "user":
+    if events is None:
         events = default_label_events(rows, rows["is_fraud"], timedelta(milliseconds=label_delay_ms))
     values = keyed_pass_values(kind, rows, events, label_delay_ms).T  # one output per row
     by_block = _sorting(source)

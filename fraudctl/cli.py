@@ -130,6 +130,27 @@ def rules_test(
 
 
 @app.command()
+def evaluate(
+    data: Annotated[Path, typer.Option("--data", exists=True, dir_okay=False)],
+    train_start: Annotated[str, typer.Option("--train-start", help="YYYY-MM-DD")],
+    train_days: Annotated[int, typer.Option("--train-days", min=1)] = 7,
+    delay_days: Annotated[int, typer.Option("--delay-days", min=0)] = 7,
+    test_days: Annotated[int, typer.Option("--test-days", min=1)] = 7,
+    scores: Annotated[Path | None, typer.Option("--scores", exists=True, dir_okay=False,
+                                                help="A backtest's scores CSV, judged against the baseline.")] = None,
+    novel: Annotated[list[str] | None, typer.Option("--novel", help="Scenario to hold out of training (or all).")] = None,
+) -> None:
+    """Judge a backtest against the standard baseline (--scores) and/or recall on fraud never trained on (--novel)."""
+    from training.backtest import BacktestWindow
+    from training.quality import run_evaluate
+
+    window = BacktestWindow(train_start=date.fromisoformat(train_start), train_days=train_days,
+                            delay_days=delay_days, test_days=test_days)
+    summary = run_evaluate(get_settings(), data=data, window=window, scores=scores, novel=novel)
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@app.command()
 def promote(version: Annotated[str, typer.Argument(help="Model version to make the champion.")]) -> None:
     """Make VERSION the champion; a running Serve app switches within its refresh interval (or at once)."""
     from serve.champion import run_promote

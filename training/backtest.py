@@ -23,8 +23,8 @@ from cluster.config import Settings
 from cluster.features import FEATURE_NAMES, FEATURE_VERSION
 from cluster.runtime import ray_runtime
 from cluster.schema import LABEL_COLUMN
-from training.data import featurize, load_profiles, read_labelled, take
-from training.pipeline import Budget, fit_models
+from training.data import Split, featurize, load_profiles, read_labelled, take
+from training.pipeline import Budget, FittedModels, fit_models
 from training.predict import FraudScorer
 
 INNER_VALIDATION_SHARE = 0.3  # the last part of the training window picks rounds, weights and the threshold
@@ -63,37 +63,63 @@ class BacktestWindow:
         return self.train_end - max((span * INNER_VALIDATION_SHARE).floor("h"), pd.Timedelta(hours=1))
 
 
-def run_backtest(settings: Settings, *, data: Path, window: BacktestWindow, out: Path,
-                 trials: int | None = None) -> dict[str, Any]:
-    """Train on the window, score every test transaction, write ``transaction_id,fraud_score`` to ``out``."""
-    started = time.perf_counter()
-    progress = tqdm(total=5, desc="reading data", unit="stage")
-    transactions = read_labelled(data)
+@dataclass
+class BacktestRun:
+    """A trained window: the test rows' scores (``fraud_score``, ``xgb_score``, ``ae_score``, ...), the fitted
+    models, the splits and how many rows were feature history only."""
+
+    scores: pd.DataFrame
+    fitted: FittedModels
+    train: Split
+    valid: Split
+    test: Split
+    history_rows: int
+
+
+def backtest_window(settings: Settings, transactions: pd.DataFrame, *, window: BacktestWindow,
+                    users: pd.DataFrame | None, merchants: pd.DataFrame | None, source: str,
+                    trials: int | None = None, feature_names: tuple[str, ...] = FEATURE_NAMES,
+                    progress: tqdm | None = None) -> BacktestRun:
+    """Features over ``transactions`` (labelled), model selection inside the training window, the final fit on
+    all of it, and the test window scored causally; shared by ``fraudctl backtest`` and ``fraudctl evaluate``."""
     transactions = transactions[transactions["timestamp"] < window.test_end].reset_index(drop=True)
-    users, merchants = load_profiles(data)
     features = featurize(transactions, label_delay=timedelta(days=window.delay_days), users=users,
                          merchants=merchants)
-    progress.set_description("built features")
-    progress.update(1)
+    if progress is not None:
+        progress.set_description("built features")
+        progress.update(1)
 
     inner = window.inner_split()
-    train = take("train", transactions, features, FEATURE_NAMES, (window.start, inner))
-    valid = take("validation", transactions, features, FEATURE_NAMES, (inner, window.train_end))
-    test = take("test", transactions, features, FEATURE_NAMES, (window.test_start, window.test_end))
+    train = take("train", transactions, features, feature_names, (window.start, inner))
+    valid = take("validation", transactions, features, feature_names, (inner, window.train_end))
+    test = take("test", transactions, features, feature_names, (window.test_start, window.test_end))
     for split, period in ((train, (window.start, window.train_end)), (test, (window.test_start, window.test_end))):
         if len(split) == 0:
             raise ValueError(f"--train-start/--*-days: no transactions in the {split.name} window "
-                             f"[{period[0]:%Y-%m-%d}, {period[1]:%Y-%m-%d}) of {data}")
+                             f"[{period[0]:%Y-%m-%d}, {period[1]:%Y-%m-%d}) of {source}")
     if train.fraud_count == 0 or valid.fraud_count == 0:
         raise ValueError(f"is_fraud: the training window [{window.start:%Y-%m-%d}, {window.train_end:%Y-%m-%d}) "
                          "needs frauds in both its first and its last part")
 
     storage = Path(settings.data_dir).resolve() / "ray_results"
     with ray_runtime(settings):
-        fitted = fit_models(train, valid, FEATURE_NAMES, FEATURE_VERSION,
+        fitted = fit_models(train, valid, feature_names, FEATURE_VERSION,
                             budget=Budget.from_trials(trials, settings.seed), storage=storage,
                             refit_on_validation=True, progress=progress)
     scores = FraudScorer(fitted.bundle).score(features.loc[_mask(transactions, window), :])
+    return BacktestRun(scores=scores.reset_index(drop=True), fitted=fitted, train=train, valid=valid, test=test,
+                       history_rows=int((transactions["timestamp"] < window.start).sum()))
+
+
+def run_backtest(settings: Settings, *, data: Path, window: BacktestWindow, out: Path,
+                 trials: int | None = None) -> dict[str, Any]:
+    """Train on the window, score every test transaction, write ``transaction_id,fraud_score`` to ``out``."""
+    started = time.perf_counter()
+    progress = tqdm(total=5, desc="reading data", unit="stage")
+    users, merchants = load_profiles(data)
+    run = backtest_window(settings, read_labelled(data), window=window, users=users, merchants=merchants,
+                          source=str(data), trials=trials, progress=progress)
+    scores, fitted, train, valid, test = run.scores, run.fitted, run.train, run.valid, run.test
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     scores[["transaction_id", "fraud_score"]].to_csv(out, index=False)
@@ -104,8 +130,7 @@ def run_backtest(settings: Settings, *, data: Path, window: BacktestWindow, out:
     y = test.frame[LABEL_COLUMN].to_numpy()
     summary: dict[str, Any] = {
         "out": str(out), "scored": int(len(scores)),
-        "rows": {"history": int((transactions["timestamp"] < window.start).sum()), "train": len(train) + len(valid),
-                 "test": len(test)},
+        "rows": {"history": run.history_rows, "train": len(train) + len(valid), "test": len(test)},
         "frauds": {"train": train.fraud_count + valid.fraud_count, "test": test.fraud_count},
         "window": {"train": [str(window.start), str(window.train_end)],
                    "test": [str(window.test_start), str(window.test_end)], "label_delay_days": window.delay_days},

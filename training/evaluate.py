@@ -20,6 +20,7 @@ from sklearn.metrics import (
 )
 
 from cluster.schema import GENUINE_SCENARIO, LABEL_COLUMN, SCENARIO_COLUMN
+from training.ensemble import REVIEW_COST
 from training.policy import RiskPolicy
 
 CARDS_PER_DAY = 100
@@ -75,10 +76,26 @@ def recall_by_scenario(frame: pd.DataFrame, scores: np.ndarray, predicted: np.nd
     return out
 
 
-def _plots(out_dir: Path, y: np.ndarray, scores: np.ndarray, threshold: float) -> list[str]:
+def operating_curves(y: np.ndarray, scores: np.ndarray, amounts: np.ndarray,
+                     review_cost: float = REVIEW_COST) -> dict[str, np.ndarray]:
+    """Per candidate threshold (alert when score >= it): precision, recall, false-positive rate and the expected
+    cost (missed fraud amount + ``review_cost`` per alert)."""
+    order = np.argsort(-scores, kind="stable")
+    s, fraud = scores[order], y[order].astype(np.float64)
+    last_of_tie = np.r_[s[1:] != s[:-1], True]
+    alerts = np.arange(1, len(s) + 1)[last_of_tie]
+    caught = np.cumsum(fraud)[last_of_tie]
+    caught_amount = np.cumsum(amounts[order] * fraud)[last_of_tie]
+    frauds, genuine = max(fraud.sum(), 1.0), max(len(y) - fraud.sum(), 1.0)
+    return {"threshold": s[last_of_tie], "precision": caught / alerts, "recall": caught / frauds,
+            "fpr": (alerts - caught) / genuine,
+            "expected_cost": float((amounts * y).sum()) - caught_amount + review_cost * alerts}
+
+
+def _plots(out_dir: Path, y: np.ndarray, scores: np.ndarray, threshold: float, amounts: np.ndarray) -> list[str]:
     matplotlib.use("Agg")
 
-    fig, (roc_ax, pr_ax, hist_ax) = plt.subplots(1, 3, figsize=(16, 4.5))
+    fig, (roc_ax, pr_ax, hist_ax, op_ax) = plt.subplots(1, 4, figsize=(21, 4.5))
     fpr, tpr, _ = roc_curve(y, scores)
     roc_ax.plot(fpr, tpr)
     roc_ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
@@ -94,6 +111,15 @@ def _plots(out_dir: Path, y: np.ndarray, scores: np.ndarray, threshold: float) -
     hist_ax.axvline(threshold, color="black", linestyle="--", label="threshold")
     hist_ax.set(title="fraud_score by class", xlabel="fraud_score", ylabel="density (log)")
     hist_ax.legend()
+    curves = operating_curves(y, scores, amounts)
+    for name in ("precision", "recall", "fpr"):
+        op_ax.plot(curves["threshold"], curves[name], label=name)
+    op_ax.axvline(threshold, color="black", linestyle="--", label="chosen threshold")
+    op_ax.set(title="Operating point", xlabel="threshold (fraud_score)", ylabel="rate")
+    cost_ax = op_ax.twinx()
+    cost_ax.plot(curves["threshold"], curves["expected_cost"], color="grey", linestyle=":", label="expected cost")
+    cost_ax.set(ylabel=f"expected cost (missed fraud + {REVIEW_COST:g} per alert)")
+    op_ax.legend(loc="center left")
     fig.tight_layout()
     name = "evaluation.png"
     fig.savefig(out_dir / name, dpi=90)
@@ -105,7 +131,11 @@ def write_report(out_dir: Path, *, title: str, frame: pd.DataFrame, scores: np.n
                  policy: RiskPolicy, notes: list[str], details: dict[str, Any]) -> Path:
     """``report.md`` and its PNG in ``out_dir``; returns the Markdown path."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    images = _plots(out_dir, frame[LABEL_COLUMN].to_numpy().astype(int), scores, policy.threshold)
+    y = frame[LABEL_COLUMN].to_numpy().astype(int)
+    amounts = frame["amount"].to_numpy(np.float64) if "amount" in frame.columns else np.zeros(len(y))
+    images = _plots(out_dir, y, scores, policy.threshold, amounts)
+    curves = operating_curves(y, scores, amounts)
+    least = int(np.argmin(curves["expected_cost"]))
     cm = metrics["confusion_matrix"]
     lines = [f"# {title}", "", *[f"- {note}" for note in notes], "",
              "## Test period", "",
@@ -113,7 +143,15 @@ def write_report(out_dir: Path, *, title: str, frame: pd.DataFrame, scores: np.n
              *[f"| {name} | {metrics[name]} |" for name in
                ("rows", "frauds", "roc_auc", "average_precision", "threshold", "precision", "recall", "f1",
                 "false_positive_rate", "card_precision_at_100")],
-             "", "Confusion matrix at the threshold:", "",
+             "", f"Operating point: the policy's threshold {policy.threshold:.4g} was chosen on the validation "
+                 f"period's scores (see the ensemble's objective above), never on this period. On this period the "
+                 f"least expected cost would sit at {curves['threshold'][least]:.4g} (recall "
+                 f"{curves['recall'][least]:.3f}, FPR {curves['fpr'][least]:.4f}); the curves are in the figure.", "",
+             "| threshold | precision | recall | FPR | expected cost |", "|---|---|---|---|---|",
+             *[f"| {curves['threshold'][i]:.4g} | {curves['precision'][i]:.3f} | {curves['recall'][i]:.3f} | "
+               f"{curves['fpr'][i]:.4f} | {curves['expected_cost'][i]:.0f} |"
+               for i in _curve_rows(curves["fpr"])], "",
+             "Confusion matrix at the threshold:", "",
              "| | predicted genuine | predicted fraud |", "|---|---|---|",
              f"| genuine | {cm['tn']} | {cm['fp']} |", f"| fraud | {cm['fn']} | {cm['tp']} |", ""]
     if metrics.get("recall_by_scenario"):
@@ -129,3 +167,8 @@ def write_report(out_dir: Path, *, title: str, frame: pd.DataFrame, scores: np.n
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _curve_rows(fpr: np.ndarray, levels: tuple[float, ...] = (0.001, 0.005, 0.01, 0.02, 0.05)) -> list[int]:
+    """Curve positions of the last threshold at or below each false-positive rate."""
+    return sorted({max(int(np.searchsorted(fpr, level, side="right")) - 1, 0) for level in levels})

@@ -79,7 +79,7 @@ def test_merchant_state_keeps_thirty_days_plus_the_label_delay() -> None:
     rows = prepare_rows(transactions, align_profiles(transactions["user_id"], None, "user_id", USER_PROFILE_COLUMNS),
                         align_profiles(transactions["merchant_id"], None, "merchant_id", MERCHANT_PROFILE_COLUMNS))
     batch = {"key": rows["merchant_key"], "ts_ms": rows["ts_ms"], "txn_key": rows["txn_key"],
-             "mcc_key": rows["mcc_key"]}
+             "mcc_key": rows["mcc_key"], "user_key": rows["user_key"]}
     merchant = FeatureStateCore("merchant", label_delay_ms=7 * DAY_MS)
     streamed = []
     for i in range(len(transactions)):

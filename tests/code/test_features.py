@@ -247,3 +247,22 @@ def test_feature_version_follows_the_declared_spec_not_the_file_bytes() -> None:
     assert wider.FEATURE_VERSION != FEATURE_VERSION
     bumped = _features_module_with('FEATURE_SPEC_VERSION = "3"', 'FEATURE_SPEC_VERSION = "4"')
     assert bumped.FEATURE_VERSION != FEATURE_VERSION
+
+
+def test_card_state_counts_the_cards_known_frauds_only_after_their_delay() -> None:
+    hour, day = 60, 24 * 60
+    out = features([{"at": 0, "is_fraud": 1}, {"at": hour}, {"at": day + hour}, {"at": day + hour, "user_id": "u2"},
+                    {"at": day + 3 * hour, "is_fraud": 1}, {"at": 2 * day + 4 * hour}, {"at": 33 * day}],
+                   label_delay=timedelta(days=1))
+    # t0 is known at day 0 + 24 h, t4 at day 2 + 3 h; u2 never had a fraud; by day 33 both left the 30-day window
+    assert list(out["card_fraud_known_30d"]) == [0, 0, 1, 0, 1, 2, 0]
+    hours = np.expm1(out["log_hours_since_card_fraud"].to_numpy(np.float64))
+    assert hours[2] == pytest.approx(1.0, rel=1e-4) and hours[4] == pytest.approx(3.0, rel=1e-4)
+    assert hours[5] == pytest.approx(1.0, rel=1e-4)  # the latest known fraud, not the first
+    assert hours[0] == hours[1] == hours[3] == hours[6] == pytest.approx(30 * 24)  # none known: the neutral lookback
+    explicit = features([{"at": 0}, {"at": 2 * hour}],
+                        labels=pd.DataFrame({"transaction_id": ["t0"], "is_fraud": [1],
+                                             "known_at": [T0 + pd.Timedelta(hours=1)]}))
+    assert list(explicit["card_fraud_known_30d"]) == [0, 1]  # an analyst's early verdict counts when known
+    unlabelled = features([{"at": 0}, {"at": 2 * day}])
+    assert list(unlabelled["card_fraud_known_30d"]) == [0, 0]

@@ -22,13 +22,15 @@ KINDS = {
     "count": (*(f"user_count_{w}" for w in ("10m", "1h", "24h", "7d", "30d")), "user_distinct_merchants_1h",
               "user_distinct_merchants_24h", "user_tiny_count_10m", "merchant_count_1h", "merchant_count_24h",
               "merchant_count_7d", "merchant_fraud_count_7d", "merchant_delayed_count_1d", "merchant_delayed_count_7d",
-              "merchant_delayed_count_30d", "kyc_level"),
+              "merchant_delayed_count_30d", "kyc_level",
+              "card_fraud_known_30d"),
     "share": ("merchant_risk_1d", "merchant_risk_7d", "merchant_risk_30d", "merchant_delayed_risk_1d",
               "merchant_delayed_risk_7d", "merchant_delayed_risk_30d", "mcc_risk_7d", "mcc_risk_30d",
               "credit_utilisation_30d"),
     "km": ("distance_from_home_km", "distance_from_prev_km"),
     "speed": ("speed_from_prev_kmh",),
     "seconds": ("log_seconds_since_prev",),
+    "hours": ("log_hours_since_card_fraud",),
     "hour": ("hour_of_day",),
     "days": ("account_age_days",),
 }
@@ -36,7 +38,8 @@ VALUES = {
     "money": (1.0, 42.5, 1487.0, 987654.321), "log_money": tuple(np.log1p([1.0, 42.5, 1487.0, 987654.321])),
     "ratio": (0.003, 0.08, 1.02, 8.0, 250.0), "zscore": (-4.2, 0.1, 0.5, 6.35), "count": (0, 1, 7, 12000),
     "share": (0.0, 0.0048, 0.052, 1.0), "km": (0.0, 3.24, 12000.0), "speed": (0.0, 95.5, 20000.0),
-    "seconds": tuple(np.log1p([0.4, 45.0, 5400.0, 2e6])), "hour": (0, 14, 23), "days": (0.2, 12.7, 400.2, 9000.0),
+    "seconds": tuple(np.log1p([0.4, 45.0, 5400.0, 2e6])),
+    "hours": tuple(np.log1p([0.0001, 0.02, 1.0, 30.0, 720.0])), "hour": (0, 14, 23), "days": (0.2, 12.7, 400.2, 9000.0),
     "flag": (0.0, 1.0),
 }
 KIND_OF = {name: kind for kind, names in KINDS.items() for name in names}
@@ -44,7 +47,8 @@ KIND_OF = {name: kind for kind, names in KINDS.items() for name in names}
 TYPICAL = {name: 0.0 for name in FEATURE_NAMES} | {
     "amount": 42.5, "log_amount": math.log1p(42.5), "hour_of_day": 14.0, "user_count_30d": 12.0,
     "merchant_delayed_count_1d": 40.0, "merchant_delayed_count_7d": 300.0, "merchant_delayed_count_30d": 1200.0,
-    "account_age_days": 400.0, "kyc_level": 2.0, "amount_to_user_mean_30d": 1.0, "amount_to_merchant_typical": 1.3}
+    "account_age_days": 400.0, "kyc_level": 2.0, "amount_to_user_mean_30d": 1.0, "amount_to_merchant_typical": 1.3,
+    "card_fraud_known_30d": 1.0}
 UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 NUMBER = r"(\d[\d,]*(?:\.\d+)?)"
 
@@ -97,6 +101,11 @@ def _check_quotes(kind: str, value: float, sentence: str) -> None:
         assert (seconds < 1 and "under a second" in sentence) or \
             _close(_number(quoted[1]) * UNIT_SECONDS[quoted[2]], seconds, 0.05), sentence
         assert ("only" in sentence) == (seconds < 3600), sentence
+    elif kind == "hours":
+        seconds = math.expm1(value) * 3600
+        quoted = re.search(NUMBER + r" (second|minute|hour|day)s?\b", sentence)
+        assert (seconds < 1 and "under a second" in sentence) or \
+            _close(_number(quoted[1]) * UNIT_SECONDS[quoted[2]], seconds, 0.05), sentence
     elif kind == "hour":
         assert f"between {int(value):02d}:00" in sentence
     elif kind == "days":
@@ -149,6 +158,7 @@ def test_every_sentence_is_true_for_the_value_it_quotes(name: str, value: float,
     ("credit_utilisation_30d", {"credit_utilisation_30d": 0.0}),
     ("account_age_days", {"account_age_days": NEUTRAL_ACCOUNT_AGE_DAYS}),
     ("new_device", {"new_device": 0.0, "device_missing": 1.0}),
+    ("log_hours_since_card_fraud", {"card_fraud_known_30d": 0.0}),
 ])
 def test_a_stand_in_for_a_missing_input_gives_no_sentence(name: str, row: dict[str, float]) -> None:
     assert _render(name, row.get(name, TYPICAL[name]), row) is None
@@ -187,6 +197,10 @@ def test_a_stand_in_for_a_missing_input_gives_no_sentence(name: str, row: dict[s
     ("credit_utilisation_30d", 0.873, {}, "USD", "87% of the credit limit spent in the last 30 days"),
     ("account_age_days", 12.7, {}, "USD", "Account opened 12 days ago"),
     ("first_time_at_merchant", 0.0, {}, "USD", "This card bought at this merchant in the last 30 days"),
+    ("card_fraud_known_30d", 2.0, {}, "USD", "2 confirmed frauds on this card in the last 30 days"),
+    ("card_fraud_known_30d", 0.0, {}, "USD", "No confirmed fraud on this card in the last 30 days"),
+    ("log_hours_since_card_fraud", math.log1p(3.0), {}, "USD",
+     "Latest confirmed fraud on this card became known 3 hours ago"),
 ])
 def test_sentences_read_well(name: str, value: float, row: dict[str, float], currency: str, sentence: str) -> None:
     assert _render(name, value, row, currency) == sentence

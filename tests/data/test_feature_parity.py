@@ -49,7 +49,7 @@ def test_online_and_offline_features_are_identical(ray_session: Settings, histor
     transactions = history.transactions.reset_index(drop=True)
     labels = pd.DataFrame({"transaction_id": transactions["transaction_id"], "is_fraud": transactions["is_fraud"],
                            "known_at": transactions["timestamp"] + LABEL_DELAY,
-                           "merchant_id": transactions["merchant_id"]})
+                           "merchant_id": transactions["merchant_id"], "user_id": transactions["user_id"]})
     labels = labels[labels["is_fraud"] == 1]
 
     online = OnlineFeatures(settings, name="parity", restore=False,
@@ -61,7 +61,8 @@ def test_online_and_offline_features_are_identical(ray_session: Settings, histor
             batch = transactions.iloc[start:start + BATCH_ROWS]
             due = labels[(labels["known_at"] <= batch["timestamp"].max())].iloc[recorded:]
             recorded += len(due)
-            online.record_labels(due.drop(columns="merchant_id") if start % 2 else due)
+            # odd batches name only the transaction (merchant and card resolved from the state), even ones name both
+            online.record_labels(due.drop(columns=["merchant_id", "user_id"]) if start % 2 else due)
             parts.append(online.compute(batch))
         stats = online.stats()
     finally:
@@ -85,3 +86,5 @@ def test_online_and_offline_features_are_identical(ray_session: Settings, histor
     assert built["user_profile_missing"].max() == 0
     assert built["distance_from_prev_km"].max() > 0
     assert built["new_device"].sum() > 0
+    assert built["card_fraud_known_30d"].max() > 0  # card state from label feedback (resolved or named)
+    assert built["log_hours_since_card_fraud"].min() < np.log1p(30 * 24) - 0.01  # a known fraud's recency, not neutral

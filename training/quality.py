@@ -1,0 +1,140 @@
+"""``fraudctl evaluate``: judging detection quality one way for every before/after figure.
+
+- ``judge_scores``: a backtest's scores file - AP, ROC-AUC, recall at fixed false-positive rates overall and per
+  scenario - next to the standard baseline (``training.baseline``) on the same window;
+- ``evaluate_novel``: fraud the model never saw - one scenario removed from training and feature history, then its
+  recall at fixed FPRs with the chosen ensemble, XGBoost alone and the autoencoder alone (the autoencoder's share).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import average_precision_score, roc_auc_score
+from tqdm.auto import tqdm
+
+from cluster.config import Settings
+from cluster.datasets import read_transactions
+from cluster.schema import GENUINE_SCENARIO, LABEL_COLUMN, SCENARIO_COLUMN
+from training.backtest import BacktestWindow, backtest_window
+from training.baseline import baseline_scores
+from training.data import load_profiles, read_labelled
+from training.ensemble import DEFAULT_XGB_WEIGHT
+
+FIXED_FPRS = (0.005, 0.01, 0.02)
+
+
+def threshold_at_fpr(y: np.ndarray, scores: np.ndarray, fpr: float) -> float:
+    """The lowest score that flags at most ``fpr`` of the genuine rows (alert when score > it)."""
+    genuine = np.sort(np.asarray(scores, np.float64)[np.asarray(y) == 0])
+    if not len(genuine):
+        return float("-inf")
+    return float(genuine[min(len(genuine) - 1, int(np.ceil(len(genuine) * (1 - fpr))) - 1)])
+
+
+def recall_at_fpr(y: np.ndarray, scores: np.ndarray, fpr: float, among: np.ndarray | None = None) -> float:
+    """Share of the frauds (``among`` selects a subset, e.g. one scenario) scored above the ``fpr`` threshold."""
+    y, scores = np.asarray(y), np.asarray(scores, np.float64)
+    fraud = (y == 1) if among is None else ((y == 1) & np.asarray(among))
+    if not fraud.any():
+        return float("nan")
+    return float((scores[fraud] > threshold_at_fpr(y, scores, fpr)).mean())
+
+
+def ranking_quality(frame: pd.DataFrame, scores: np.ndarray, fprs: tuple[float, ...] = FIXED_FPRS) -> dict[str, Any]:
+    """AP, ROC-AUC, recall at each FPR, and per scenario (when the frame has ``fraud_scenario``)."""
+    y = frame[LABEL_COLUMN].to_numpy().astype(int)
+    out: dict[str, Any] = {"rows": int(len(y)), "frauds": int(y.sum()),
+                           "average_precision": round(float(average_precision_score(y, scores)), 4),
+                           "roc_auc": round(float(roc_auc_score(y, scores)), 4),
+                           "recall_at_fpr": {f"{f:g}": round(recall_at_fpr(y, scores, f), 4) for f in fprs}}
+    if SCENARIO_COLUMN in frame.columns:
+        scenario = frame[SCENARIO_COLUMN].to_numpy()
+        out["recall_at_1pct_fpr_by_scenario"] = {
+            str(name): round(recall_at_fpr(y, scores, 0.01, scenario == name), 4)
+            for name in sorted(set(scenario[y == 1]) - {GENUINE_SCENARIO})}
+    return out
+
+
+def judge_scores(data: Path, scores_csv: Path, window: BacktestWindow) -> dict[str, Any]:
+    """Our scores file and the standard baseline on the same test window, side by side."""
+    transactions = read_transactions(data, labelled=True)
+    transactions = transactions[transactions["timestamp"] < window.test_end].reset_index(drop=True)
+    ours = pd.read_csv(scores_csv, dtype={"transaction_id": str})
+    base = baseline_scores(transactions, train=(window.start, window.train_end),
+                           test=(window.test_start, window.test_end), delay_days=window.delay_days)
+    indexed = transactions.set_index("transaction_id")
+    ours_quality = ranking_quality(indexed.loc[ours["transaction_id"]], ours["fraud_score"].to_numpy())
+    base_quality = ranking_quality(indexed.loc[base["transaction_id"]], base["fraud_score"].to_numpy())
+    return {"ours": ours_quality, "baseline": base_quality,
+            "ap_ratio_to_baseline": round(ours_quality["average_precision"] / base_quality["average_precision"], 4),
+            "auc_difference": round(ours_quality["roc_auc"] - base_quality["roc_auc"], 4)}
+
+
+def without_scenario(transactions: pd.DataFrame, scenario: str, window: BacktestWindow) -> pd.DataFrame:
+    """The scenario's rows leave everything before the test window (training rows and feature history alike), so
+    neither the model nor a label-driven feature has seen it; in the test window it stays."""
+    if SCENARIO_COLUMN not in transactions.columns:
+        raise ValueError(f"--novel needs the {SCENARIO_COLUMN} column (simulator output)")
+    if scenario not in set(transactions[SCENARIO_COLUMN]):
+        raise ValueError(f"--novel: no {scenario!r} rows; the data holds {sorted(set(transactions[SCENARIO_COLUMN]))}")
+    keep = (transactions[SCENARIO_COLUMN] != scenario) | (transactions["timestamp"] >= window.test_start)
+    return transactions[keep.to_numpy()].reset_index(drop=True)
+
+
+def evaluate_novel(settings: Settings, data: Path, window: BacktestWindow, scenario: str,
+                   trials: int | None = None) -> dict[str, Any]:
+    """Train without ``scenario``; its recall at fixed FPRs among the genuine test rows, with and without the
+    autoencoder."""
+    users, merchants = load_profiles(data)
+    transactions = without_scenario(read_labelled(data), scenario, window)
+    run = backtest_window(settings, transactions, window=window, users=users, merchants=merchants,
+                          source=str(data), trials=trials)
+    frame, scores = run.test.frame, run.scores
+    y = frame[LABEL_COLUMN].to_numpy().astype(int)
+    novel = frame[SCENARIO_COLUMN].to_numpy() == scenario
+    if not novel.any():
+        raise ValueError(f"--novel: no {scenario!r} fraud in the test window")
+    xgb_score, ae_score = scores["xgb_score"].to_numpy(), scores["ae_score"].to_numpy()
+    variants = {"chosen_ensemble": scores["fraud_score"].to_numpy(), "xgboost_only": xgb_score,
+                "autoencoder_only": ae_score,
+                f"fixed_{DEFAULT_XGB_WEIGHT:g}_blend": DEFAULT_XGB_WEIGHT * xgb_score + (1 - DEFAULT_XGB_WEIGHT) * ae_score,
+                "max_blend": max_blend(xgb_score, ae_score)}
+    recall = {name: {f"{f:g}": round(recall_at_fpr(y, values, f, novel), 4) for f in FIXED_FPRS}
+              for name, values in variants.items()}
+    known = ~novel | (y == 0)
+    known_ap = {name: round(float(average_precision_score(y[known], values[known])), 4)
+                for name, values in variants.items()}
+    ensemble = run.fitted.details["ensemble"]
+    return {"scenario": scenario, "test_frauds": int(novel.sum()), "ae_weight": ensemble["ae_weight"],
+            "recall_at_fpr": recall, "known_fraud_average_precision": known_ap,
+            "autoencoder_share_at_1pct": round(recall["chosen_ensemble"]["0.01"] - recall["xgboost_only"]["0.01"], 4),
+            "known_fraud_quality": ranking_quality(frame.loc[known], variants["chosen_ensemble"][known])}
+
+
+def max_blend(xgb_score: np.ndarray, ae_score: np.ndarray) -> np.ndarray:
+    """The larger of XGBoost's rank among the scored rows (0..1) and the autoencoder's score (already a quantile
+    among genuine rows): a row either model puts in its top tail is in the blend's top tail."""
+    ranks = pd.Series(np.asarray(xgb_score, np.float64)).rank(method="max").to_numpy() / max(len(xgb_score), 1)
+    return np.maximum(ranks, np.asarray(ae_score, np.float64))
+
+
+def run_evaluate(settings: Settings, *, data: Path, window: BacktestWindow, scores: Path | None = None,
+                 novel: list[str] | None = None, trials: int | None = None) -> dict[str, Any]:
+    """What ``fraudctl evaluate`` prints: the scores file judged against the baseline, and each novel scenario."""
+    out: dict[str, Any] = {}
+    if scores is not None:
+        out["scores"] = judge_scores(data, scores, window)
+    if novel:
+        if novel == ["all"]:
+            labelled = read_transactions(data, labelled=True)
+            novel = sorted(set(labelled.get(SCENARIO_COLUMN, pd.Series(dtype=str))) - {GENUINE_SCENARIO})
+        out["novel"] = {}
+        for scenario in tqdm(novel, desc="novel scenarios", unit="scenario"):
+            out["novel"][scenario] = evaluate_novel(settings, data, window, scenario, trials)
+    if not out:
+        raise ValueError("evaluate: give --scores FILE and/or --novel SCENARIO (or all)")
+    return out
