@@ -67,12 +67,8 @@ EARTH_RADIUS_KM = 6371.0088
 NEUTRAL_ACCOUNT_AGE_DAYS = 365.0
 NEUTRAL_SECONDS_SINCE_PREV = RETENTION_MS / 1000.0
 CHANNEL_CODES = {"card_present": 1, "online": 2, "mobile": 3}
-# Card-not-present habits were tried in issue 17 and left out: a trailing share of the card's spend that was remote
-# follows the population's channel mix over time (on the external 2021 sample it climbs from 0 to 0.36 over three
-# months for genuine rows), so a model learns the calendar instead of the card (test AP 0.92 -> 0.79); the amount
-# against the card's remote mean and the first remote purchase in a category moved the rolling folds inside the
-# training window by less than their noise, and each lowered a test figure on one measured dataset (the simulator's
-# AP, resp. its second seed's AP by 0.001 and AUC by 0.008), so neither passed the no-regression bar.
+# No card-not-present habit features: a trailing share of a card's remote spend follows the population's channel
+# mix over the calendar, so a model learns the date instead of the card (docs/MODEL_DETAILS.md has the figures).
 NEUTRAL_HOURS_SINCE_CARD_FRAUD = RETENTION_MS / HOUR_MS  # a card without a known fraud in the lookback
 
 FEATURE_NAMES: tuple[str, ...] = (

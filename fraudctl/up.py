@@ -39,7 +39,7 @@ class MainJobOptions:
     stream: bool = True
 
 
-def _publish_profiles(settings: Settings, users: int) -> int:
+def _publish_simulated_population(settings: Settings, users: int) -> int:
     user_frame, merchant_frame = build_population(SimulationConfig(n_users=users, seed=settings.seed))
     put_profiles(settings.merchant_table, merchant_frame, settings)
     return put_profiles(settings.user_table, user_frame, settings)
@@ -80,7 +80,7 @@ def _run(settings: Settings, options: MainJobOptions) -> None:
         mode = f"embedded AWS (moto) at {live.aws_endpoint_url}" if live.embedded_aws else "real AWS"
         print(f"AWS: {mode}; stream {live.stream_name} ({live.stream_shards} shards)", flush=True)
         if options.simulation:  # the simulated users' profiles; real ones come from the operator's own data
-            print(f"Profiles: {_publish_profiles(live, options.users)} users written to DynamoDB", flush=True)
+            print(f"Profiles: {_publish_simulated_population(live, options.users)} users written to DynamoDB", flush=True)
         print(f"Model: champion {_ensure_model(live, options.users)}", flush=True)
         api_url = running.enter_context(serving(live, build_app(live)))
         if not live.embedded_aws:  # the embedded S3 ends with this run: nothing to keep there

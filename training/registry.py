@@ -68,7 +68,7 @@ class ModelBundle:
         booster.load_model(bytearray(files[XGB_FILE]))
         return cls(booster=booster, anomaly=AnomalyScorer.from_state(files[AE_FILE], meta["autoencoder"]),
                    ensemble=Ensemble.from_dict(meta["ensemble"]), feature_names=tuple(meta["feature_names"]),
-                   feature_version=meta.get("feature_version", meta.get("feature_hash", "")), metrics=meta["metrics"], data_summary=meta["data_summary"],
+                   feature_version=meta.get("feature_version", ""),  # a bundle from before specs: refused as a mismatch metrics=meta["metrics"], data_summary=meta["data_summary"],
                    training=meta.get("training", {}), version=meta["version"], created_at=meta["created_at"])
 
 
@@ -121,10 +121,6 @@ class _LocalStore:
     def keys(self, prefix: str) -> list[str]:
         base = self.root / prefix
         return sorted(str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file()) if base.exists() else []
-
-
-def current_feature_version() -> str:
-    return FEATURE_VERSION
 
 
 class ModelRegistry:
@@ -205,7 +201,7 @@ class ModelRegistry:
                 raise ModelNotFound(f"model version {version!r} in {self.location} has no {name}")
             files[name] = body
         bundle = ModelBundle.from_files(files)
-        expected = expected_feature_version or current_feature_version()
+        expected = expected_feature_version or FEATURE_VERSION
         if bundle.feature_version != expected:
             raise FeatureVersionMismatch(
                 f"model {version} was trained on feature spec {bundle.feature_version}, but the running feature "

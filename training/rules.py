@@ -444,11 +444,7 @@ class CompiledRules:
 
 def model_actions(levels: np.ndarray) -> np.ndarray:
     """The action the model's risk level implies (HIGH -> block, MEDIUM -> review, LOW -> allow)."""
-    levels = np.asarray(levels, dtype=object)
-    action = np.full(len(levels), ALLOW, dtype=object)
-    action[levels == MEDIUM] = REVIEW
-    action[levels == HIGH] = BLOCK
-    return action
+    return np.array([MODEL_ACTIONS[str(level)] for level in levels], dtype=object)
 
 
 def text_values(values: Sequence[Any] | np.ndarray | pd.Series) -> np.ndarray:

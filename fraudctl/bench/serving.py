@@ -4,7 +4,7 @@ One run, one Ray, one Serve: latency p50/p99 and throughput at concurrency 1 and
 endpoint in transactions per second with the CPU each part of the system spent on it. Beside them, the scoring core
 in-process (the SDK, one transaction at a time): what the app adds to the no-op's composition at least, as its
 work is a feature-state round trip, the features and both models for the transaction, then the decision.
-Everything runs in `fraudctl.bench.trained_environment`: embedded AWS, simulated history with its profiles in
+Everything runs in `fraudctl.bench.environment.trained_environment`: embedded AWS, simulated history with its profiles in
 DynamoDB, and a small model trained for the run.
 """
 

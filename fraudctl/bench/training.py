@@ -7,14 +7,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-from sklearn.metrics import average_precision_score, roc_auc_score
-
 from cluster.config import Settings
 from cluster.datasets import read_transactions, write_transactions
 from cluster.schema import LABEL_COLUMN
 from training.backtest import BacktestWindow, run_backtest
-from training.baseline import HandbookConfig, baseline_scores, simulate_handbook, window_of
+from training.baseline import HandbookConfig, simulate_handbook, window_of
+from training.quality import judge_scores
 
 
 def bench_training(settings: Settings) -> dict[str, Any]:
@@ -28,20 +26,9 @@ def bench_training(settings: Settings) -> dict[str, Any]:
         started = time.perf_counter()
         ours = run_backtest(settings, data=data, window=window, out=out)
         backtest_seconds = time.perf_counter() - started
-        scored = pd.read_csv(out, dtype={"transaction_id": str})
-    base = baseline_scores(transactions, train=(window.start, window.train_end),
-                           test=(window.test_start, window.test_end), delay_days=window.delay_days)
-    labels = transactions.set_index("transaction_id")[LABEL_COLUMN]
-
-    def quality(scores: pd.DataFrame) -> dict[str, float]:
-        y = labels.loc[scores["transaction_id"]].to_numpy()
-        return {"average_precision": round(float(average_precision_score(y, scores["fraud_score"])), 4),
-                "roc_auc": round(float(roc_auc_score(y, scores["fraud_score"])), 4)}
-
-    ours_quality, base_quality = quality(scored), quality(base)
+        judged = judge_scores(data, out, window)
     return {"dataset": {"rows": len(transactions), "customers": config.customers, "terminals": config.terminals,
                         "days": config.days, "fraud_rate": round(float(transactions[LABEL_COLUMN].mean()), 5)},
-            "window": ours["window"], "ours": ours_quality, "baseline": base_quality,
-            "average_precision_gain": round(ours_quality["average_precision"] / base_quality["average_precision"] - 1,
-                                            4),
+            "window": ours["window"], "ours": judged["ours"], "baseline": judged["baseline"],
+            "average_precision_gain": round(judged["ap_ratio_to_baseline"] - 1, 4),
             "backtest_seconds": round(backtest_seconds, 1)}
