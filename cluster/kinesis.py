@@ -24,10 +24,11 @@ from typing import Any
 
 import orjson
 import pandas as pd
+from pydantic import ValidationError
 
 from cluster.aws import client
 from cluster.config import Settings
-from cluster.schema import TIMESTAMP_FORMAT
+from cluster.schema import TIMESTAMP_FORMAT, Transaction
 from cluster.waiting import backoff_s
 
 MAX_PACKED_LINES = 100        # user records per Kinesis record: a consumer page of records stays a micro-batch
@@ -45,6 +46,15 @@ def lines(data: bytes) -> list[bytes]:
     if len(parts) > 1 and not parts[0].rstrip().endswith(b"}"):
         return [data]
     return [part for part in parts if part.strip()]
+
+
+def decode_transaction(line: bytes) -> Transaction | None:
+    """One user record as a validated transaction; None for anything invalid (bad JSON, nested too deeply, a rule
+    broken), which a reader counts and skips rather than failing the shard."""
+    try:
+        return Transaction.model_validate_json(line)
+    except (ValidationError, ValueError, RecursionError):
+        return None
 
 
 def open_shard_starts(kinesis: Any, stream: str) -> list[int]:

@@ -7,7 +7,6 @@ live stream is finite and repeatable. Records are canonical transaction JSON; in
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -15,14 +14,12 @@ from typing import Any
 
 import pandas as pd
 import ray
-from pydantic import ValidationError
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from cluster.aws import client
 from cluster.config import Settings, get_settings
-from cluster.kinesis import MAX_GET_RECORDS, lines, pages, shard_iterator
-from cluster.schema import Transaction
+from cluster.kinesis import MAX_GET_RECORDS, decode_transaction, lines, pages, shard_iterator
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +87,11 @@ def read_shard(stream: str, bounds: ShardBounds, settings: Settings) -> pd.DataF
     rows, skipped = [], 0
     for record in _records(client("kinesis", settings), stream, bounds):
         for line in lines(record["Data"]):
-            try:
-                row = Transaction.model_validate(json.loads(line)).to_record()
-            except (ValidationError, ValueError, RecursionError):  # a record nested too deeply is invalid too
+            transaction = decode_transaction(line)
+            if transaction is None:
                 skipped += 1
                 continue
+            row = transaction.to_record()
             row.update(shard_id=bounds.shard_id, sequence_number=record["SequenceNumber"],
                        arrival_seq=(bounds.index << 40) | len(rows),
                        arrival_ms=int(record["ApproximateArrivalTimestamp"].timestamp() * 1000))

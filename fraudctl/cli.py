@@ -32,6 +32,8 @@ def up(
     no_ui: Annotated[bool, typer.Option("--no-ui", help="Do not start the Gradio dashboard.")] = False,
     no_simulation: Annotated[bool, typer.Option("--no-simulation", help="Do not start simulated traffic.")] = False,
     no_stream: Annotated[bool, typer.Option("--no-stream", help="Do not start Kinesis stream scoring.")] = False,
+    no_serve: Annotated[bool, typer.Option("--no-serve", help="Do not start the Serve app (a cluster's head "
+                                                               "deploys it with `serve deploy`).")] = False,
     tps: Annotated[float | None, typer.Option("--tps", help="Simulated transactions per second.")] = None,
 ) -> None:
     """Run the whole system locally until Ctrl-C or `fraudctl down`."""
@@ -39,7 +41,8 @@ def up(
 
     settings = get_settings()
     run_main_job(settings, MainJobOptions(ui=not no_ui, simulation=not no_simulation, stream=not no_stream,
-                                          tps=tps or settings.target_tps, users=settings.simulated_users))
+                                          serve=not no_serve, tps=tps or settings.target_tps,
+                                          users=settings.simulated_users))
 
 
 @app.command()
@@ -139,6 +142,7 @@ def evaluate(
     scores: Annotated[Path | None, typer.Option("--scores", exists=True, dir_okay=False,
                                                 help="A backtest's scores CSV, judged against the baseline.")] = None,
     novel: Annotated[list[str] | None, typer.Option("--novel", help="Scenario to hold out of training (or all).")] = None,
+    trials: Annotated[int | None, typer.Option("--trials", min=1, help="Ray Tune trials per model.")] = None,
 ) -> None:
     """Judge a backtest against the standard baseline (--scores) and/or recall on fraud never trained on (--novel)."""
     from training.backtest import BacktestWindow
@@ -146,7 +150,7 @@ def evaluate(
 
     window = BacktestWindow(train_start=date.fromisoformat(train_start), train_days=train_days,
                             delay_days=delay_days, test_days=test_days)
-    summary = run_evaluate(get_settings(), data=data, window=window, scores=scores, novel=novel)
+    summary = run_evaluate(get_settings(), data=data, window=window, scores=scores, novel=novel, trials=trials)
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 

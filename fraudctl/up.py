@@ -37,6 +37,7 @@ class MainJobOptions:
     ui: bool = True
     simulation: bool = True
     stream: bool = True
+    serve: bool = True
 
 
 def _publish_simulated_population(settings: Settings, users: int) -> int:
@@ -82,10 +83,14 @@ def _run(settings: Settings, options: MainJobOptions) -> None:
         if options.simulation:  # the simulated users' profiles; real ones come from the operator's own data
             print(f"Profiles: {_publish_simulated_population(live, options.users)} users written to DynamoDB", flush=True)
         print(f"Model: champion {_ensure_model(live, options.users)}", flush=True)
-        api_url = running.enter_context(serving(live, build_app(live)))
+        if options.serve:
+            api_url = running.enter_context(serving(live, build_app(live)))
+        else:  # the Serve app is someone else's (`serve deploy serve/serve_config.yaml` on a cluster)
+            api_url = f"http://{live.api_host}:{live.api_port}"
         if not live.embedded_aws:  # the embedded S3 ends with this run: nothing to keep there
             running.callback(_save_feature_state, live)  # runs once the stream and producers have stopped
-        print(f"API: {api_url}/api/check-fraud  (docs {api_url}/docs, stats {api_url}/api/stats)", flush=True)
+        if options.serve:
+            print(f"API: {api_url}/api/check-fraud  (docs {api_url}/docs, stats {api_url}/api/stats)", flush=True)
         if options.stream:
             stream = StreamScoring(live).start()
             running.callback(stream.stop)

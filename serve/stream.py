@@ -23,7 +23,6 @@ from typing import Any
 
 import orjson
 import ray
-from pydantic import ValidationError
 
 from cluster.aws import client
 from cluster.config import Settings, use_settings
@@ -32,6 +31,7 @@ from cluster.kinesis import (
     MAX_PACKED_LINES,
     SHARD_END,
     LeaseTable,
+    decode_transaction,
     lines,
     pack,
     put_records_reliably,
@@ -58,14 +58,6 @@ class ConsumerStatus:
     checkpoint: str | None = None
     millis_behind_latest: int = 0
     finished: bool = False
-
-
-def _decode(line: bytes) -> Transaction | None:
-    """The validated transaction, or None if invalid."""
-    try:
-        return Transaction.model_validate_json(line)
-    except ValidationError:
-        return None
 
 
 class ShardConsumer:
@@ -151,7 +143,7 @@ class ShardConsumer:
 
     def _score(self, records: list[dict[str, Any]]) -> ScoredBatch:
         started = time.perf_counter()
-        decoded = [(_decode(line), record) for record in records for line in lines(record["Data"])]
+        decoded = [(decode_transaction(line), record) for record in records for line in lines(record["Data"])]
         per_record = len(decoded) / len(records)
         self.records_per_call = min(max(round(self.batch_limit / max(per_record, 1.0)), 1), MAX_GET_RECORDS)
         valid = [(tx, record) for tx, record in decoded if tx is not None]
