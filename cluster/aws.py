@@ -146,6 +146,7 @@ def bootstrap(settings: Settings | None = None) -> Resources:
         (settings.rules_table, "name"),
     ):
         _ensure_table(settings, table, key)
+    _ensure_table(settings, settings.lists_table, "list", sort_key="value")
     topic_arn = client("sns", settings).create_topic(Name=settings.alert_topic)["TopicArn"]
     _ensure_bucket(settings, settings.model_bucket)
     return Resources(stream_arn=stream_arn, decisions_stream_arn=decisions_arn, topic_arn=topic_arn)
@@ -162,13 +163,14 @@ def _ensure_stream(settings: Settings, name: str, shards: int) -> str:
     return kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]["StreamARN"]
 
 
-def _ensure_table(settings: Settings, name: str, key: str) -> None:
+def _ensure_table(settings: Settings, name: str, key: str, *, sort_key: str | None = None) -> None:
     dynamodb = client("dynamodb", settings)
+    keys = [(key, "HASH")] + ([(sort_key, "RANGE")] if sort_key else [])
     try:
         dynamodb.create_table(
             TableName=name,
-            KeySchema=[{"AttributeName": key, "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": key, "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": k, "KeyType": kind} for k, kind in keys],
+            AttributeDefinitions=[{"AttributeName": k, "AttributeType": "S"} for k, _ in keys],
             BillingMode="PAY_PER_REQUEST",
         )
     except ClientError as exc:

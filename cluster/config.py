@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     # applies everywhere within 5 s with no restart.
     rules_table: str = "fraud-rules"
     rules_refresh_s: float = Field(1.0, gt=0, le=4)
+    # Allow/deny lists (``@name`` in a rule): one item per (list, value), re-read as often as the rule set.
+    lists_table: str = "fraud-lists"
     model_bucket: str = "fraud-models"
     # Online feature state: one actor per partition, shared by every replica and consumer (all must agree). More
     # partitions spread the state over nodes but cost every pass one more round trip (docs/ARCHITECTURE.md).

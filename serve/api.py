@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hmac
 import json
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
@@ -289,10 +290,12 @@ def parse_feedback(payload: Any) -> Feedback:
         raise _invalid(field_errors(exc)) from None
 
 
-def parse_rules(payload: Any) -> RuleSetBody:
-    """A rule set body, every expression compiled: an invalid one is named ``rules.N.expression``."""
+def parse_rules(payload: Any, lists: Mapping[str, str] | None = None) -> RuleSetBody:
+    """A rule set body, every expression compiled: an invalid one is named ``rules.N.expression``. With ``lists``
+    (name -> kind: the stored lists) every ``@name`` must be one of them, tested by the field of its kind."""
     try:
-        return RuleSetBody.model_validate(_object(payload, "a rule set"))
+        context = None if lists is None else {"lists": lists}
+        return RuleSetBody.model_validate(_object(payload, "a rule set"), context=context)
     except ValidationError as exc:
         raise _invalid(field_errors(exc)) from None
 

@@ -66,6 +66,7 @@ from serve.api import (
 )
 from serve.champion import DECISIONS_PREFIX, FEEDBACK_PREFIX, JsonLinesLog, decision_rows, in_canary
 from serve.coalesce import Coalescer
+from serve.lists import ListCache, ListStore
 from serve.rule_store import RuleCache, RuleStore
 from serve.runtime import serve_env
 from serve.scoring import ModelSet, apply_rules, canonical_columns, combine, scoring_record, split_rows
@@ -170,7 +171,8 @@ class Ingress:
         self.decision_log = JsonLinesLog(settings, DECISIONS_PREFIX)
         self.feedback_log = JsonLinesLog(settings, FEEDBACK_PREFIX, max_rows=1)
         self.rule_store = RuleStore(settings)
-        self.rules = RuleCache(settings, self.rule_store)
+        self.list_store = ListStore(settings)
+        self.rules = RuleCache(settings, self.rule_store, ListCache(settings, self.list_store))
         self.champion: str | None = None
         self.challenger: str | None = None
         self._refreshed = 0.0
@@ -319,7 +321,8 @@ class Ingress:
                      "within 5 s")
     async def put_rules(self, request: Request) -> Response:
         check_api_key(self.settings, request)
-        body = parse_rules(await read_json(request, self.settings.serve_max_body_bytes))
+        payload = await read_json(request, self.settings.serve_max_body_bytes)
+        body = parse_rules(payload, lists=await asyncio.to_thread(self.list_store.kinds))
         stored = await asyncio.to_thread(self.rule_store.put, body)
         self.rules.install(stored)
         log.info("rule set version %s stored (%d rules)", stored.version, len(stored.rules))

@@ -21,7 +21,8 @@ from botocore.exceptions import ClientError
 
 from cluster.aws import client
 from cluster.config import Settings
-from training.rules import CompiledRules, RuleSet, RuleSetBody
+from serve.lists import ListCache, Lists
+from training.rules import CompiledRules, RuleError, RuleSet, RuleSetBody, lenient_lists
 
 log = logging.getLogger(__name__)
 
@@ -70,36 +71,52 @@ class RuleStore:
 
 
 class RuleCache:
-    """The compiled current rule set, re-read every ``rules_refresh_s`` by whichever caller finds it stale."""
+    """The compiled current rule set, re-read every ``rules_refresh_s`` by whichever caller finds it stale, bound
+    to the current lists (``ListCache``): compiled again when a list's kind changes, re-bound when its values do."""
 
-    def __init__(self, settings: Settings, store: RuleStore | None = None):
+    def __init__(self, settings: Settings, store: RuleStore | None = None, lists: ListCache | None = None):
         self.store = store or RuleStore(settings)
+        self.lists = lists or ListCache(settings)
         self.refresh_s = settings.rules_refresh_s
         self._compiled = CompiledRules(RuleSet())
+        self._bound, self._bound_to = self._compiled, Lists()
         self._checked = -float("inf")
         self._failing = False
         self._lock = threading.Lock()
 
     def current(self) -> CompiledRules:
-        if time.monotonic() - self._checked < self.refresh_s:
-            return self._compiled
-        with self._lock:
-            if time.monotonic() - self._checked >= self.refresh_s:
-                self._refresh()
-        return self._compiled
+        lists = self.lists.current()
+        if time.monotonic() - self._checked >= self.refresh_s:
+            with self._lock:
+                if time.monotonic() - self._checked >= self.refresh_s:
+                    self._refresh(lists)
+        if lists is not self._bound_to or self._bound.version != self._compiled.version:
+            with self._lock:
+                self._bind(lists)
+        return self._bound
 
     def install(self, rule_set: RuleSet) -> CompiledRules:
         """Use ``rule_set`` at once (the replica that stored it need not wait for its next refresh)."""
         with self._lock:
             if rule_set.version >= self._compiled.version:
-                self._compiled = CompiledRules(rule_set)
+                self._compiled = CompiledRules(rule_set, lists=lenient_lists(self._bound_to.kinds))
             self._checked = time.monotonic()
-            return self._compiled
+            self._bind(self._bound_to)
+            return self._bound
 
-    def _refresh(self) -> None:
+    def _bind(self, lists: Lists) -> None:
+        if lists.kinds != self._compiled.list_kinds:
+            try:
+                self._compiled = CompiledRules(self._compiled.rule_set, lists=lenient_lists(lists.kinds))
+            except RuleError as exc:  # a list changed kind under a rule: keep the rules as they compiled
+                log.warning("rule set version %s does not compile with the current lists (%s); keeping it as it "
+                            "was compiled", self._compiled.version, exc)
+        self._bound, self._bound_to = self._compiled.with_values(lists.values), lists
+
+    def _refresh(self, lists: Lists) -> None:
         try:
             if self.store.version() != self._compiled.version:
-                self._compiled = CompiledRules(self.store.get())
+                self._compiled = CompiledRules(self.store.get(), lists=lenient_lists(lists.kinds))
             self._failing = False
         except Exception as exc:  # keep scoring with the last rule set; the next refresh tries again
             if not self._failing:  # once per outage, not once per refresh

@@ -22,7 +22,7 @@ from serve.reasons import explain
 from training.policy import LOW
 from training.predict import FraudScorer, decide
 from training.registry import ModelBundle, registry_for
-from training.rules import MODEL_ACTIONS, CompiledRules, rule_inputs
+from training.rules import MODEL_ACTIONS, CompiledRules
 
 
 class ModelSet:
@@ -99,8 +99,8 @@ def apply_rules(rules: CompiledRules, decisions: list[dict[str, Any]], fields: C
     (shadow rules included) for the stats."""
     if not rules.rules or not decisions:
         return {}
-    env = rule_inputs(rules.names, fields, x, fraud_score=np.array([d["fraud_score"] for d in decisions]),
-                      risk_level=np.array([d["risk_level"] for d in decisions], dtype=object))
+    env = rules.inputs(fields, x, fraud_score=np.array([d["fraud_score"] for d in decisions]),
+                       risk_level=np.array([d["risk_level"] for d in decisions], dtype=object))
     outcome = rules.apply(env, np.array([d["risk_level"] for d in decisions], dtype=object))
     for decision, action, matched in zip(decisions, outcome.action, outcome.matched):
         decision["action"] = str(action)

@@ -20,6 +20,7 @@ Shadow rules are evaluated and counted but never change an action; disabled rule
 from __future__ import annotations
 
 import ast
+import copy
 import io
 import math
 import operator
@@ -60,6 +61,37 @@ TEXT_FIELDS = tuple(c for c in CANONICAL_COLUMNS if c not in NUMERIC_FIELDS and 
 NAME_TYPES: dict[str, str] = {**{name: NUMBER for name in FEATURE_NAMES}, **{name: NUMBER for name in NUMERIC_FIELDS},
                               **{name: TEXT for name in TEXT_FIELDS}, "fraud_score": NUMBER, "risk_level": TEXT}
 _LIST_PREFIX = "_list_"  # ``@name`` becomes this name before parsing; no readable name starts with "_"
+LIST_KINDS = ("user_id", "merchant_id", "device_id", "country")  # a list holds values of one of these fields
+
+
+
+class _UncheckedLists(Mapping[str, Any]):
+    """The ``known`` lists with their kinds, and any other name as a list of whichever kind the expression tests it
+    as (``None``): for a rule set read back from its store, checked against the lists when it was put (a list this
+    process has not read yet is empty until it has)."""
+
+    def __init__(self, known: Mapping[str, str] | None = None):
+        self.known = dict(known or {})
+
+    def __getitem__(self, name: str) -> str | None:
+        return self.known.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.known)
+
+    def __len__(self) -> int:
+        return len(self.known)
+
+
+UNCHECKED_LISTS: Mapping[str, Any] = _UncheckedLists()
+
+
+def lenient_lists(known: Mapping[str, str]) -> Mapping[str, Any]:
+    """``known`` for ``compile_expression``, any other list name accepted (see ``_UncheckedLists``)."""
+    return _UncheckedLists(known)
 
 Values = Any  # a numpy array over the batch, or a scalar (constants)
 Evaluator = Callable[[Mapping[str, Any]], Values]
@@ -94,7 +126,7 @@ def compile_expression(text: str, *, lists: Mapping[str, str] | None = None) -> 
         tree = ast.parse(source, mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
         raise RuleError(f"not a valid expression: {getattr(exc, 'msg', None) or exc}") from None
-    compiler = _Compiler(dict(lists or {}))
+    compiler = _Compiler(lists if isinstance(lists, _UncheckedLists) else dict(lists or {}))
     kind, root = compiler.node(tree.body, 1)
     if kind == TEXT:
         raise RuleError("an expression must be a condition (a comparison), not text")
@@ -165,7 +197,7 @@ def _numbers(values: Values) -> Any:
 class _Compiler:
     """Walks the tree once: checks each node against the allow-list and the bounds, returns (type, evaluator)."""
 
-    def __init__(self, lists: dict[str, str]):
+    def __init__(self, lists: Mapping[str, str]):
         self.known_lists = lists
         self.names: set[str] = set()
         self.lists: set[str] = set()
@@ -257,10 +289,13 @@ class _Compiler:
 
     def _Compare(self, node: ast.Compare, depth: int) -> tuple[str, Evaluator]:
         left_kind, left = self.node(node.left, depth + 1)
+        steps_left = left  # the chain's first operand: the only one a list's kind can be checked against
         steps: list[Evaluator] = []
         for op, comparator in zip(node.ops, node.comparators):
             if isinstance(op, ast.In | ast.NotIn):
-                step = self._membership(left_kind, left, comparator, depth + 1, isinstance(op, ast.NotIn))
+                field = node.left.id if isinstance(node.left, ast.Name) and left is steps_left else None
+                step = self._membership(left_kind, left, comparator, depth + 1, isinstance(op, ast.NotIn),
+                                        field=field)
                 right_kind, right = left_kind, left  # a chain does not continue past a membership test
             else:
                 right_kind, right = self.node(comparator, depth + 1)
@@ -294,14 +329,19 @@ class _Compiler:
         return lambda env: function(_numbers(left(env)), _numbers(right(env)))
 
     def _membership(self, left_kind: str, left: Evaluator, container: ast.AST, depth: int,
-                    negate: bool) -> Evaluator:
+                    negate: bool, field: str | None = None) -> Evaluator:
         self.count += 1
         if isinstance(container, ast.Name) and container.id.startswith(_LIST_PREFIX):
             name = container.id[len(_LIST_PREFIX):]
             if name not in self.known_lists:
                 raise RuleError(f"unknown list @{name}")
-            if left_kind != TEXT:
-                raise RuleError(f"@{name} holds text values: test a text field against it")
+            kind = self.known_lists[name]
+            if kind is None:  # UNCHECKED_LISTS: any list, of the kind it is tested as
+                if field not in LIST_KINDS:
+                    raise RuleError(f"@{name}: a list holds {', '.join(LIST_KINDS)} values: test one of those fields")
+                kind = field
+            if field != kind:
+                raise RuleError(f"@{name} is a {kind} list: test it as `{kind} in @{name}`")
             self.lists.add(name)
             key = _LIST_PREFIX + name
             return lambda env: np.isin(left(env), env[key], invert=negate)
@@ -352,7 +392,7 @@ class Rule(BaseModel):
     @field_validator("expression")
     @classmethod
     def _compiles(cls, text: str, info: ValidationInfo) -> str:
-        compile_expression(text, lists=(info.context or {}).get("lists"))
+        compile_expression(text, lists=(info.context or {}).get("lists", UNCHECKED_LISTS))
         return text
 
 
@@ -403,12 +443,28 @@ class Outcome:
 class CompiledRules:
     """A rule set compiled once; ``apply`` evaluates it over a batch of rows."""
 
-    def __init__(self, rule_set: RuleSet, *, lists: Mapping[str, str] | None = None):
+    def __init__(self, rule_set: RuleSet, *, lists: Mapping[str, str] | None = None,
+                 list_values: Mapping[str, np.ndarray] | None = None):
         self.rule_set = rule_set
         self.version, self.mode = rule_set.version, rule_set.mode
-        self.rules = [CompiledRule(rule, compile_expression(rule.expression, lists=lists))
+        self.list_kinds = dict(lists or {})
+        self.rules = [CompiledRule(rule, compile_expression(rule.expression, lists=self.list_kinds))
                       for rule in rule_set.rules if rule.state != DISABLED]
         self.names = frozenset().union(*(r.expression.names for r in self.rules))
+        self.lists = frozenset().union(*(r.expression.lists for r in self.rules))
+        self.list_values: Mapping[str, np.ndarray] = list_values or {}
+
+    def with_values(self, list_values: Mapping[str, np.ndarray]) -> CompiledRules:
+        """The same compiled rules over other current list values (no recompiling when only the items change)."""
+        bound = copy.copy(self)
+        bound.list_values = list_values
+        return bound
+
+    def inputs(self, fields: Mapping[str, Any], features: np.ndarray, fraud_score: np.ndarray | None = None,
+               risk_level: np.ndarray | None = None) -> dict[str, Any]:
+        """``rule_inputs`` for what these rules read, the lists' current values included."""
+        return rule_inputs(self.names, fields, features, fraud_score, risk_level,
+                           lists={name: self.list_values.get(name, _EMPTY) for name in self.lists})
 
     def apply(self, env: Mapping[str, Any], model_levels: np.ndarray) -> Outcome:
         """Actions for the rows ``env`` describes (``rule_inputs``), the model's risk levels as the default."""
@@ -453,11 +509,16 @@ def text_values(values: Sequence[Any] | np.ndarray | pd.Series) -> np.ndarray:
                     dtype=str)
 
 
+_EMPTY = np.array([], dtype=str)
+
+
 def rule_inputs(names: frozenset[str], fields: Mapping[str, Any], features: np.ndarray,
-                fraud_score: np.ndarray | None = None, risk_level: np.ndarray | None = None) -> dict[str, Any]:
+                fraud_score: np.ndarray | None = None, risk_level: np.ndarray | None = None,
+                lists: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The arrays the ``names`` a rule set reads: transaction ``fields`` (canonical columns), the (rows x
-    ``FEATURE_NAMES``) ``features`` matrix, and the model's scores when it has run."""
-    env: dict[str, Any] = {}
+    ``FEATURE_NAMES``) ``features`` matrix, the model's scores when it has run, and each list's current values
+    (``lists``: name -> values) as ``_list_<name>``."""
+    env: dict[str, Any] = {_LIST_PREFIX + name: np.asarray(values, dtype=str) for name, values in (lists or {}).items()}
     for name in names:
         if name in NUMERIC_FIELDS:  # the field itself, not its float32 copy among the features
             env[name] = np.asarray(fields[name], dtype=np.float64)
