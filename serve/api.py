@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hmac
 import json
+import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
@@ -20,14 +21,34 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from cluster.config import Settings
-from cluster.schema import Identifier, TimestampText, Transaction, field_errors, item_field_errors, parse_timestamp
+from cluster.schema import (
+    COUNTRY_PATTERN,
+    ID_PATTERN,
+    Identifier,
+    TimestampText,
+    Transaction,
+    field_errors,
+    item_field_errors,
+    parse_timestamp,
+)
 from training.policy import RISK_LEVELS
-from training.rules import ACTIONS, RuleSet, RuleSetBody
+from training.rules import ACTIONS, LIST_KINDS, RuleSet, RuleSetBody
 
 MAX_BATCH = 1000
 MAX_ERRORS_SHOWN = 100
@@ -298,6 +319,99 @@ def parse_rules(payload: Any, lists: Mapping[str, str] | None = None) -> RuleSet
         return RuleSetBody.model_validate(_object(payload, "a rule set"), context=context)
     except ValidationError as exc:
         raise _invalid(field_errors(exc)) from None
+
+
+MAX_LIST_VALUES = 100_000  # values in one list (and so in one request)
+MAX_LIST_TTL_S = 10 * 365 * 86_400.0
+_LIST_NAME = re.compile(ID_PATTERN)
+_VALUE_PATTERNS = {kind: re.compile(COUNTRY_PATTERN if kind == "country" else ID_PATTERN) for kind in LIST_KINDS}
+
+
+def _valid_values(values: list[str], kind: str) -> list[str]:
+    pattern = _VALUE_PATTERNS[kind]
+    for index, value in enumerate(values):
+        if not pattern.match(value):
+            shape = "2 capital letters (ISO 3166-1)" if kind == "country" else "1-64 chars of A-Za-z0-9_-.:"
+            raise ValueError(f"values.{index}: {value[:70]!r} is not a {kind} ({shape})")
+    return list(dict.fromkeys(values))
+
+
+class ListItems(BaseModel):
+    """What ``POST /api/lists/{name}/items`` takes: values of the list's kind, expiring after ``ttl_s`` if given."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    values: list[StrictStr] = Field(min_length=1, max_length=MAX_LIST_VALUES)
+    ttl_s: float | None = Field(None, gt=0, le=MAX_LIST_TTL_S)
+
+    @field_validator("values")
+    @classmethod
+    def _of_kind(cls, values: list[str], info: ValidationInfo) -> list[str]:
+        return _valid_values(values, (info.context or {}).get("kind", "user_id"))
+
+
+class ListBody(BaseModel):
+    """What ``PUT /api/lists/{name}`` takes: the list's kind and all its values (replacing any before)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    kind: Literal[LIST_KINDS]
+    values: list[StrictStr] = Field(max_length=MAX_LIST_VALUES)
+    ttl_s: float | None = Field(None, gt=0, le=MAX_LIST_TTL_S)
+
+    @field_validator("values")
+    @classmethod
+    def _of_kind(cls, values: list[str], info: ValidationInfo) -> list[str]:
+        if "kind" not in info.data:
+            return values  # the kind's own error says what is wrong
+        return _valid_values(values, info.data["kind"])
+
+
+LIST_BODY = _body_schema(ListBody)
+LIST_ITEMS_BODY = _body_schema(ListItems)
+LIST_ERRORS = {**KEY_ERRORS, **BODY_ERRORS, 409: _error("the rule set tests the list by the field of another kind"),
+               422: _error("an invalid list: each error names its field, e.g. `values.3` (a value not of the kind)")}
+LIST_ITEM_ERRORS = {**KEY_ERRORS, 404: _error("no such list, or no such value in it")}
+
+
+def parse_list_name(name: str) -> str:
+    if not _LIST_NAME.match(name):
+        raise ApiError(422, [{"field": "name", "message": "a list name is 1-64 chars of A-Za-z0-9_-.:"}],
+                       "invalid request")
+    return name
+
+
+def parse_list(payload: Any) -> ListBody:
+    """``PUT /api/lists/{name}``'s body; each offending field named (``values.N`` for a value not of the kind)."""
+    try:
+        return ListBody.model_validate(_object(payload, "a list"))
+    except ValidationError as exc:
+        raise _invalid(_value_fields(field_errors(exc))) from None
+
+
+def _value_fields(errors: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Name a value not of the list's kind ``values.N`` (its validator sees the whole list)."""
+    named = []
+    for error in errors:
+        found = re.search(r"\b(values\.\d+): ", error["message"]) if error["field"] == "values" else None
+        named.append({"field": found.group(1), "message": error["message"]} if found else error)
+    return named
+
+
+def parse_list_items(payload: Any, kind: str) -> ListItems:
+    """``POST /api/lists/{name}/items``'s body, its values checked against the list's ``kind``."""
+    try:
+        return ListItems.model_validate(_object(payload, "the list items"), context={"kind": kind})
+    except ValidationError as exc:
+        raise _invalid(_value_fields(field_errors(exc))) from None
+
+
+def parse_list_value(value: str, kind: str) -> str:
+    try:
+        return _valid_values([value], kind)[0]
+    except ValueError as exc:
+        raise ApiError(422, [{"field": "value", "message": str(exc).removeprefix("values.0: ")}],
+                       "invalid request") from None
 
 
 def rule_set_response(rule_set: RuleSet) -> dict[str, Any]:

@@ -42,6 +42,11 @@ from serve.api import (
     FEEDBACK_BODY,
     HEALTH_RESPONSES,
     KEY_ERRORS,
+    LIST_BODY,
+    LIST_ERRORS,
+    LIST_ITEM_ERRORS,
+    LIST_ITEMS_BODY,
+    MAX_LIST_VALUES,
     NOT_READY,
     RULES_BODY,
     RULES_ERRORS,
@@ -58,6 +63,10 @@ from serve.api import (
     install_error_handlers,
     parse_batch,
     parse_feedback,
+    parse_list,
+    parse_list_items,
+    parse_list_name,
+    parse_list_value,
     parse_rules,
     parse_transaction,
     read_json,
@@ -72,7 +81,7 @@ from serve.runtime import serve_env
 from serve.scoring import ModelSet, apply_rules, canonical_columns, combine, scoring_record, split_rows
 from serve.stats import StatsReporter
 from training.predict import ae_scores, xgb_scores
-from training.rules import RuleSet
+from training.rules import CompiledRules, RuleError, RuleSet, lenient_lists
 
 log = logging.getLogger(__name__)
 
@@ -327,6 +336,59 @@ class Ingress:
         self.rules.install(stored)
         log.info("rule set version %s stored (%d rules)", stored.version, len(stored.rules))
         return json_response(rule_set_response(stored))
+
+    @api.get("/api/lists", summary="Every allow/deny list: its name, kind and number of unexpired values")
+    async def get_lists(self) -> dict[str, Any]:
+        return {"lists": await asyncio.to_thread(self.list_store.summary)}
+
+    @api.put("/api/lists/{name}", dependencies=[Security(API_KEY_SCHEME)], responses=LIST_ERRORS,
+             openapi_extra=LIST_BODY,
+             summary="Create or replace a list (needs the API key); rules apply it within 5 s")
+    async def put_list(self, name: str, request: Request) -> dict[str, Any]:
+        check_api_key(self.settings, request)
+        name = parse_list_name(name)
+        body = parse_list(await read_json(request, self.settings.serve_max_body_bytes))
+        await asyncio.to_thread(self._check_rules_with, name, body.kind)
+        await asyncio.to_thread(self.list_store.put, name, body.kind, body.values, body.ttl_s)
+        log.info("list %s stored (%s, %d values)", name, body.kind, len(body.values))
+        return {"name": name, "kind": body.kind, "size": len(body.values)}
+
+    @api.post("/api/lists/{name}/items", dependencies=[Security(API_KEY_SCHEME)],
+              responses={**LIST_ERRORS, **LIST_ITEM_ERRORS}, openapi_extra=LIST_ITEMS_BODY,
+              summary="Add values to a list (needs the API key)")
+    async def add_list_items(self, name: str, request: Request) -> dict[str, Any]:
+        check_api_key(self.settings, request)
+        kind = await self._list_kind(parse_list_name(name))
+        body = parse_list_items(await read_json(request, self.settings.serve_max_body_bytes), kind)
+        size = len(set(await asyncio.to_thread(self.list_store.values, name)) | set(body.values))
+        if size > MAX_LIST_VALUES:
+            raise ApiError(422, [{"field": "values", "message": f"a list holds at most {MAX_LIST_VALUES} values"}],
+                           "invalid request")
+        await asyncio.to_thread(self.list_store.add, name, body.values, body.ttl_s)
+        return {"name": name, "kind": kind, "size": size}
+
+    @api.delete("/api/lists/{name}/items/{value}", dependencies=[Security(API_KEY_SCHEME)], responses=LIST_ITEM_ERRORS,
+                summary="Remove one value from a list (needs the API key)")
+    async def remove_list_item(self, name: str, value: str, request: Request) -> dict[str, Any]:
+        check_api_key(self.settings, request)
+        kind = await self._list_kind(parse_list_name(name))
+        if not await asyncio.to_thread(self.list_store.remove, name, parse_list_value(value, kind)):
+            raise ApiError(404, [{"field": "value", "message": f"{value!r} is not in list {name}"}], "not found")
+        return {"name": name, "kind": kind, "removed": value}
+
+    async def _list_kind(self, name: str) -> str:
+        kind = (await asyncio.to_thread(self.list_store.kinds)).get(name)
+        if kind is None:
+            raise ApiError(404, [{"field": "name", "message": f"no list {name}"}], "not found")
+        return kind
+
+    def _check_rules_with(self, name: str, kind: str) -> None:
+        """A list may change kind only if the stored rule set still compiles with it (409 otherwise)."""
+        try:
+            CompiledRules(self.rule_store.get(), lists=lenient_lists({**self.list_store.kinds(), name: kind}))
+        except RuleError as exc:
+            raise ApiError(409, [{"field": "kind", "message": f"the rule set uses @{name} otherwise: {exc}"}],
+                           "conflict with the rule set") from None
 
     @api.post("/api/admin/reload", response_model=Versions, responses={**KEY_ERRORS, **NOT_READY},
               dependencies=[Security(API_KEY_SCHEME)],

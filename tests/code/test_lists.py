@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from cluster.features import FEATURE_NAMES
-from serve.api import ApiError, parse_rules
+from serve.api import (
+    MAX_LIST_VALUES,
+    ApiError,
+    parse_list,
+    parse_list_items,
+    parse_list_name,
+    parse_list_value,
+    parse_rules,
+)
 from serve.lists import ListCache, ListStore
 from serve.rule_store import RuleCache, RuleStore
 from serve.scoring import apply_rules
@@ -159,3 +167,38 @@ def test_a_put_rule_set_is_checked_against_the_stored_lists() -> None:
         parse_rules(body, lists={})
     assert "unknown list @cards" in unknown.value.errors[0]["message"]
     assert parse_rules(body, lists={"cards": "merchant_id"}).rules[1].expression == "merchant_id in @cards"
+
+
+def test_list_bodies_are_validated_and_size_limited() -> None:
+    body = parse_list({"kind": "country", "values": ["US", "GB", "US"], "ttl_s": 60})
+    assert (body.kind, body.values, body.ttl_s) == ("country", ["US", "GB"], 60)
+    assert parse_list({"kind": "user_id", "values": []}).values == []  # a put may empty a list
+    cases = [
+        ({"kind": "email", "values": []}, "kind"),
+        ({"kind": "country", "values": ["US", "usa"]}, "values.1"),
+        ({"kind": "user_id", "values": ["ok", "not ok"]}, "values.1"),
+        ({"kind": "user_id", "values": [7]}, "values.0"),
+        ({"kind": "user_id", "values": ["x" * 65]}, "values.0"),
+        ({"kind": "user_id", "values": ["u1"], "ttl_s": 0}, "ttl_s"),
+        ({"kind": "user_id", "values": ["u1"] * (MAX_LIST_VALUES + 1)}, "values"),
+        ({"kind": "user_id"}, "values"),
+        (["u1"], "body"),
+    ]
+    for payload, field in cases:
+        with pytest.raises(ApiError) as invalid:
+            parse_list(payload)
+        assert invalid.value.status == 422 and invalid.value.errors[0]["field"] == field, payload
+    items = parse_list_items({"values": ["m1", "m2"], "ttl_s": 3600}, "merchant_id")
+    assert (items.values, items.ttl_s) == (["m1", "m2"], 3600)
+    for payload, kind, field in (({"values": []}, "user_id", "values"), ({"values": ["GB", "x"]}, "country", "values.1"),
+                                 ({"values": ["d1"], "ttl_s": -5}, "device_id", "ttl_s")):
+        with pytest.raises(ApiError) as invalid:
+            parse_list_items(payload, kind)
+        assert invalid.value.errors[0]["field"] == field
+    assert parse_list_name("blocked_cards") == "blocked_cards" and parse_list_value("u-1", "user_id") == "u-1"
+    for bad in ("#lists", "", "a/b", "x" * 65):
+        with pytest.raises(ApiError):
+            parse_list_name(bad)
+    with pytest.raises(ApiError) as value:
+        parse_list_value("usa", "country")
+    assert value.value.errors[0]["field"] == "value"
