@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
@@ -336,12 +336,18 @@ def _valid_values(values: list[str], kind: str) -> list[str]:
     return list(dict.fromkeys(values))
 
 
+# Every kind's values are identifiers (a country's two capital letters are one too): the document says that much,
+# and the validator then checks the kind's own pattern.
+ListValue = Annotated[StrictStr, Field(pattern=ID_PATTERN)]
+ListName = Annotated[str, Path(pattern=ID_PATTERN, openapi_examples={"name": {"value": "blocked_cards"}})]  # explicit: see EXPLAIN
+
+
 class ListItems(BaseModel):
     """What ``POST /api/lists/{name}/items`` takes: values of the list's kind, expiring after ``ttl_s`` if given."""
 
     model_config = ConfigDict(extra="ignore")
 
-    values: list[StrictStr] = Field(min_length=1, max_length=MAX_LIST_VALUES)
+    values: list[ListValue] = Field(min_length=1, max_length=MAX_LIST_VALUES)
     ttl_s: float | None = Field(None, gt=0, le=MAX_LIST_TTL_S)
 
     @field_validator("values")
@@ -356,7 +362,7 @@ class ListBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     kind: Literal[LIST_KINDS]
-    values: list[StrictStr] = Field(max_length=MAX_LIST_VALUES)
+    values: list[ListValue] = Field(max_length=MAX_LIST_VALUES)
     ttl_s: float | None = Field(None, gt=0, le=MAX_LIST_TTL_S)
 
     @field_validator("values")
@@ -371,7 +377,8 @@ LIST_BODY = _body_schema(ListBody)
 LIST_ITEMS_BODY = _body_schema(ListItems)
 LIST_ERRORS = {**KEY_ERRORS, **BODY_ERRORS, 409: _error("the rule set tests the list by the field of another kind"),
                422: _error("an invalid list: each error names its field, e.g. `values.3` (a value not of the kind)")}
-LIST_ITEM_ERRORS = {**KEY_ERRORS, 404: _error("no such list, or no such value in it")}
+LIST_ITEM_ERRORS = {**KEY_ERRORS, 404: _error("no such list, or no such value in it"),
+                    422: _error("a name or value that breaks its pattern, or a value not of the list's kind")}
 
 
 def parse_list_name(name: str) -> str:

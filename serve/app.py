@@ -57,6 +57,7 @@ from serve.api import (
     Decision,
     FeedbackAccepted,
     Health,
+    ListName,
     Versions,
     check_api_key,
     document_security,
@@ -344,7 +345,7 @@ class Ingress:
     @api.put("/api/lists/{name}", dependencies=[Security(API_KEY_SCHEME)], responses=LIST_ERRORS,
              openapi_extra=LIST_BODY,
              summary="Create or replace a list (needs the API key); rules apply it within 5 s")
-    async def put_list(self, name: str, request: Request) -> dict[str, Any]:
+    async def put_list(self, name: ListName, request: Request) -> dict[str, Any]:
         check_api_key(self.settings, request)
         name = parse_list_name(name)
         body = parse_list(await read_json(request, self.settings.serve_max_body_bytes))
@@ -356,7 +357,7 @@ class Ingress:
     @api.post("/api/lists/{name}/items", dependencies=[Security(API_KEY_SCHEME)],
               responses={**LIST_ERRORS, **LIST_ITEM_ERRORS}, openapi_extra=LIST_ITEMS_BODY,
               summary="Add values to a list (needs the API key)")
-    async def add_list_items(self, name: str, request: Request) -> dict[str, Any]:
+    async def add_list_items(self, name: ListName, request: Request) -> dict[str, Any]:
         check_api_key(self.settings, request)
         kind = await self._list_kind(parse_list_name(name))
         body = parse_list_items(await read_json(request, self.settings.serve_max_body_bytes), kind)
@@ -369,7 +370,7 @@ class Ingress:
 
     @api.delete("/api/lists/{name}/items/{value}", dependencies=[Security(API_KEY_SCHEME)], responses=LIST_ITEM_ERRORS,
                 summary="Remove one value from a list (needs the API key)")
-    async def remove_list_item(self, name: str, value: str, request: Request) -> dict[str, Any]:
+    async def remove_list_item(self, name: ListName, value: ListName, request: Request) -> dict[str, Any]:
         check_api_key(self.settings, request)
         kind = await self._list_kind(parse_list_name(name))
         if not await asyncio.to_thread(self.list_store.remove, name, parse_list_value(value, kind)):

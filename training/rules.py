@@ -447,7 +447,7 @@ class CompiledRules:
                  list_values: Mapping[str, np.ndarray] | None = None):
         self.rule_set = rule_set
         self.version, self.mode = rule_set.version, rule_set.mode
-        self.list_kinds = dict(lists or {})
+        self.list_kinds: Mapping[str, Any] = lists if lists is not None else {}  # kept lenient if it was
         self.rules = [CompiledRule(rule, compile_expression(rule.expression, lists=self.list_kinds))
                       for rule in rule_set.rules if rule.state != DISABLED]
         self.names = frozenset().union(*(r.expression.names for r in self.rules))

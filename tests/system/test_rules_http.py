@@ -116,3 +116,30 @@ def test_rules_are_in_the_openapi_document(served: tuple[str, Settings]) -> None
     assert "expression" in str(rules["put"]["requestBody"])
     decision = schema["components"]["schemas"]["Decision"]["properties"]
     assert {"action", "rules"} <= set(decision)
+
+
+def test_a_deny_listed_card_is_blocked_within_5_s_and_released_when_removed(rules_api: str) -> None:
+    url = rules_api
+    name = f"blocked_cards_{int(time.time() * 1000)}"
+    card = f"u-denied-{name[-6:]}"
+    listed = requests.put(f"{url}/api/lists/{name}", json={"kind": "user_id", "values": ["u-other"]}, headers=KEY,
+                          timeout=30)
+    assert listed.status_code == 200, listed.text
+    assert _put(url, {"mode": "first_matched", "rules": [
+        {"id": "DENY", "expression": f"user_id in @{name}", "action": "block", "state": "active",
+         "description": "card on the deny list"}]}).status_code == 200
+    assert _check(url, "deny-before", user_id=card)["rules"] == []
+    added = requests.post(f"{url}/api/lists/{name}/items", json={"values": [card]}, headers=KEY, timeout=30)
+    assert added.status_code == 200, added.text
+    listed_at = time.monotonic()
+    decision = wait_until(lambda: (d := _check(url, f"deny-{time.monotonic_ns()}", user_id=card))["rules"] and d,
+                          timeout_s=5, interval_s=0.25, what="the listed card blocked")
+    assert time.monotonic() - listed_at <= 5
+    assert decision["action"] == "block" and decision["rules"] == [{"id": "DENY", "action": "block"}]
+    assert decision["factors"][0] == "Rule DENY: card on the deny list"
+    lists = requests.get(f"{url}/api/lists", timeout=30).json()["lists"]
+    assert {"name": name, "kind": "user_id", "size": 2} in lists
+    removed = requests.delete(f"{url}/api/lists/{name}/items/{card}", headers=KEY, timeout=30)
+    assert removed.status_code == 200, removed.text
+    wait_until(lambda: _check(url, f"deny-after-{time.monotonic_ns()}", user_id=card)["rules"] == [], timeout_s=5,
+               interval_s=0.25, what="the card released once removed from the list")
