@@ -4,6 +4,7 @@ rule set's precedence, shadow and disabled states, and the store's versions."""
 from __future__ import annotations
 
 import builtins
+import time
 
 import numpy as np
 import pytest
@@ -243,7 +244,6 @@ def test_the_store_versions_each_put_and_a_cache_follows(aws_settings) -> None:
     assert cache.current().version == first.version
     second = store.put(parse_rules({"rules": []}))
     assert second.version == first.version + 1
-    import time
     time.sleep(0.1)
     assert cache.current().version == second.version and cache.current().rules == []
 
