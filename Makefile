@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run-local test test-quick lint install install-dev browser bench clean
+.PHONY: run-local test test-quick lint install install-dev browser wrk bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,12 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { echo "Installing Chromium for the dashboard's browser test..."; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
 
-install-dev: $(VENV)/.installed-dev browser
+# wrk loads the HTTP app from outside Python in `fraudctl bench` (and its wrapper's test).
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { echo "Installing wrk for the HTTP benchmark..."; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk; }
+
+install-dev: $(VENV)/.installed-dev browser wrk
 
 run-local: install
 	$(BIN)/fraudctl up
@@ -43,7 +48,7 @@ lint: install-dev
 	$(BIN)/ruff check cluster training serve simulation fraudctl tests
 	$(BIN)/lint-imports
 
-bench: install
+bench: install wrk
 	$(BIN)/fraudctl bench
 
 clean:

@@ -20,7 +20,8 @@ CPU_ROLES: dict[str, tuple[str, ...]] = {
     "alert desk": ("AlertDesk",),
     "stats": ("StatsCollector",),
     "aws emulator": ("moto.server",),
-    "no-op app": ("ServeReplica:noop:",),  # the serving bench's yardstick
+    "no-op apps": ("ServeReplica:noop:", "ServeReplica:noop_single:"),  # the serving bench's yardsticks
+    "load generator": ("wrk_scoring.lua",),  # wrk, named by its script
 }
 DRIVER_ROLE = "bench driver"
 SYSTEM_ROLE = "ray and serve"

@@ -1,5 +1,6 @@
-"""The benchmark's yardstick: a composed no-op app with the real app's shape (ingress -> two deployments in
-parallel) and the same Serve mode, so ``fraudctl bench`` can report what the scoring itself costs.
+"""The benchmark's yardsticks, in the scoring app's Serve mode: a composed no-op app with the real app's shape
+(ingress -> two deployments in parallel), so ``fraudctl bench`` can report what the scoring itself costs, and a
+single no-op deployment, the least a Serve request can cost.
 
 No ``from __future__ import annotations``: FastAPI must see real annotations on the ingress methods.
 """
@@ -14,6 +15,7 @@ from cluster.config import Settings
 from serve.runtime import serve_env
 
 noop_api = FastAPI(title="no-op yardstick")
+single_api = FastAPI(title="single no-op yardstick")
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=512)
 class NoOpStage:
@@ -31,6 +33,18 @@ class NoOpIngress:
         body = await request.json()
         await asyncio.gather(self.left.remote(1), self.right.remote(2))
         return {"transaction_id": body.get("transaction_id")}
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.2}, max_ongoing_requests=512)
+@serve.ingress(single_api)
+class SingleNoOp:
+    @single_api.post("/api/check-fraud")
+    async def check(self, request: Request) -> dict[str, Any]:
+        body = await request.json()
+        return {"transaction_id": body.get("transaction_id")}
+
+def build_single_noop_app(settings: Settings) -> Any:
+    return SingleNoOp.options(ray_actor_options={"num_cpus": 0.2,
+                                                 "runtime_env": {"env_vars": serve_env(settings)}}).bind()
 
 def build_noop_app(settings: Settings) -> Any:
     """The yardstick in the scoring app's Serve mode (the same replica environment)."""
