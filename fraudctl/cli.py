@@ -10,7 +10,7 @@ import json
 import logging
 from datetime import date
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -35,6 +35,7 @@ def up(
     no_serve: Annotated[bool, typer.Option("--no-serve", help="Do not start the Serve app (a cluster's head "
                                                                "deploys it with `serve deploy`).")] = False,
     tps: Annotated[float | None, typer.Option("--tps", help="Simulated transactions per second.")] = None,
+    shift: Annotated[str | None, typer.Option("--shift", help=SHIFT_HELP)] = None,
 ) -> None:
     """Run the whole system locally until Ctrl-C or `fraudctl down`."""
     from fraudctl.up import MainJobOptions, run_main_job
@@ -42,7 +43,28 @@ def up(
     settings = get_settings()
     run_main_job(settings, MainJobOptions(ui=not no_ui, simulation=not no_simulation, stream=not no_stream,
                                           serve=not no_serve, tps=tps or settings.target_tps,
-                                          users=settings.simulated_users))
+                                          users=settings.simulated_users, shift=_world_shift(shift)))
+
+
+SHIFT_HELP = ("Shift the simulated world for drift, e.g. 'amount_factor=3,share=0.5' or "
+              "'missing=device_id+lat,country=BR,new_merchants=50'.")
+
+
+def _world_shift(text: str | None) -> Any:
+    """``--shift`` parsed, a bad key or value named as the option's error."""
+    if text is None:
+        return None
+    from pydantic import ValidationError
+
+    from simulation.world_shift import parse_shift
+
+    try:
+        return parse_shift(text)
+    except ValidationError as exc:
+        raise typer.BadParameter("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()),
+                                 param_hint="--shift") from None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--shift") from None
 
 
 @app.command()
@@ -61,6 +83,9 @@ def simulate(
     start: Annotated[str | None, typer.Option("--start", help="First simulated day (YYYY-MM-DD).")] = None,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
     fraud_rate: Annotated[float | None, typer.Option("--fraud-rate", min=0.0001, max=0.2)] = None,
+    shift: Annotated[str | None, typer.Option("--shift", help=SHIFT_HELP)] = None,
+    shift_from: Annotated[str | None, typer.Option("--shift-from", help="First shifted day (YYYY-MM-DD); "
+                                                                        "default: every day.")] = None,
 ) -> None:
     """Write labelled history with canonical columns, plus the user and merchant profiles beside it."""
     from simulation.history import run_simulate
@@ -71,6 +96,7 @@ def simulate(
         start=date.fromisoformat(start) if start else settings.simulated_start,
         seed=settings.seed if seed is None else seed,
         fraud_rate=settings.fraud_rate if fraud_rate is None else fraud_rate,
+        shift=_world_shift(shift), shift_from=date.fromisoformat(shift_from) if shift_from else None,
     )
     typer.echo(json.dumps(summary, indent=2, default=str))
 

@@ -26,6 +26,7 @@ from simulation.generator import SimulationConfig, build_population
 from simulation.history import run_simulate
 from simulation.producers import producer_totals, start_producers
 from simulation.scoreboard import start_scoreboard, stop_scoreboard
+from simulation.world_shift import WorldShift
 from training.pipeline import TrainOptions, run_train
 from training.registry import FeatureVersionMismatch, ModelNotFound, registry_for
 
@@ -38,6 +39,7 @@ class MainJobOptions:
     simulation: bool = True
     stream: bool = True
     serve: bool = True
+    shift: WorldShift | None = None  # the simulated world shifted from the start (drift to watch)
 
 
 def _publish_simulated_population(settings: Settings, users: int) -> int:
@@ -101,10 +103,12 @@ def _run(settings: Settings, options: MainJobOptions) -> None:
         if options.simulation:  # the scoreboard first: it must hold a transaction's truth before its decision
             scoreboard = start_scoreboard(live)
             running.callback(stop_scoreboard, scoreboard)  # after the producers (callbacks run last-in first-out)
-            handles, _ = start_producers(live, tps=options.tps, n_users=options.users, scoreboard=scoreboard)
+            handles, _ = start_producers(live, tps=options.tps, n_users=options.users, scoreboard=scoreboard,
+                                         shift=options.shift)
             running.callback(_stop_producers, handles)
             print(f"Simulation: {len(handles)} producer actors at {options.tps:g} tx/s; ground truth joined with "
-                  f"{live.decisions_stream_name} by the scoreboard", flush=True)
+                  f"{live.decisions_stream_name} by the scoreboard"
+                  + (f"; world shift: {options.shift.describe()}" if options.shift else ""), flush=True)
         if options.ui:
             dashboard_url = running.enter_context(serving_dashboard(live, SimulationControl(handles, scoreboard)))
             print(f"Dashboard: {dashboard_url}", flush=True)

@@ -30,13 +30,15 @@ import ray
 import uvicorn
 from fastapi import FastAPI
 from PIL import Image
+from pydantic import ValidationError
 
 from cluster.config import Settings
-from cluster.schema import CHANNELS, GENUINE_SCENARIO
+from cluster.schema import CHANNELS, GENUINE_SCENARIO, OPTIONAL_COLUMNS
 from cluster.waiting import port_in_use, wait_until
 from serve.stats import stats_actor
 from simulation.scenarios import FRAUD_SCENARIOS
 from simulation.scoreboard import NO_TRUTH
+from simulation.world_shift import WorldShift
 from training.registry import ModelNotFound, registry_for
 
 REFRESH_S = 2.0
@@ -352,7 +354,8 @@ class SimulationControl:
         return (f"{len(stats)} producers · target {sum(s['target_tps'] for s in stats):,.0f} tx/s · "
                 f"{sum(s['produced'] for s in stats):,} produced ({sum(s['fraud_produced'] for s in stats):,} fraud) · "
                 f"{sum(s['attack_rows'] for s in stats):,} attack rows injected · scenario mix "
-                f"{'even' if not mix else ', '.join(f'{k} {v:g}' for k, v in mix.items() if v)}")
+                f"{'even' if not mix else ', '.join(f'{k} {v:g}' for k, v in mix.items() if v)} · "
+                f"world shift: {stats[0]['world_shift']}")
 
     def set_rate(self, tps: float) -> str:
         """Split ``tps`` evenly over the producers."""
@@ -382,6 +385,21 @@ class SimulationControl:
                        timeout=120)
         return (f"Attack launched: {scenario}, about {incidents} incidents — {sum(rows):,} rows (the fraud and the "
                 f"victims' own card use) entering the stream now.")
+
+    def shift_world(self, share: float, amount_factor: float, new_merchants: int, country: str,
+                    missing: Sequence[str]) -> str:
+        """Shift the simulated world from the producers' next batch on (all defaults: back to the world as
+        simulated), to watch drift monitoring react; a bad value is named, not raised."""
+        if not self.running:
+            return self.status()
+        try:
+            shift = WorldShift(share=share, amount_factor=amount_factor, new_merchants=int(new_merchants),
+                               country=country.strip().upper() or None, missing=tuple(missing))
+        except ValidationError as exc:
+            return "World shift not applied: " + "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        described = self._all("set_world_shift", None if shift.changes_nothing else shift)[0]
+        return f"World shift applied from the next batch: {described}."
 
 
 # -- the app ---------------------------------------------------------------------------------------------------
@@ -485,7 +503,20 @@ def build_dashboard(settings: Settings, view_source: Callable[[], View], simulat
                                            interactive=controls)
                     incidents = gr.Slider(1, 50, value=10, step=1, label="incidents", interactive=controls)
                     attack_button = gr.Button("Launch attack", variant="stop", interactive=controls)
-                control_result = gr.Markdown("")
+                gr.Markdown("**Shift the world** (drift: the Monitoring figures should move; labels stay as they "
+                            "were)")
+                with gr.Row():
+                    shift_share = gr.Slider(0.05, 1, value=0.5, step=0.05, label="share of traffic",
+                                            interactive=controls)
+                    shift_amount = gr.Slider(0.25, 10, value=1, step=0.25, label="amount ×", interactive=controls)
+                    shift_merchants = gr.Number(value=0, precision=0, minimum=0, label="new merchants",
+                                                interactive=controls)
+                    shift_country = gr.Textbox(value="", max_length=2, label="country (ISO, optional)",
+                                               interactive=controls)
+                    shift_missing = gr.CheckboxGroup(list(OPTIONAL_COLUMNS), label="fields going missing",
+                                                     interactive=controls)
+                shift_button = gr.Button("Apply world shift", interactive=controls, elem_id="shift-button")
+                control_result = gr.Markdown("", elem_id="control-result")
             with gr.Tab("Models", id="models"):
                 models_button = gr.Button("Reload from the registry")
                 model_outputs = []
@@ -550,6 +581,8 @@ def build_dashboard(settings: Settings, view_source: Callable[[], View], simulat
         mix_button.click(lambda *w: simulation.set_mix(dict(zip(FRAUD_SCENARIOS, w))), inputs=weights,
                          outputs=control_result)
         attack_button.click(simulation.launch_attack, inputs=[scenario, incidents], outputs=control_result)
+        shift_button.click(simulation.shift_world, inputs=[shift_share, shift_amount, shift_merchants, shift_country,
+                                                           shift_missing], outputs=control_result)
     return demo
 
 

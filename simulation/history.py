@@ -8,6 +8,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from botocore.exceptions import ClientError
 from tqdm import tqdm
 
@@ -16,14 +17,16 @@ from cluster.datasets import write_transactions
 from cluster.profiles import profile_paths, put_profiles
 from cluster.schema import SCENARIO_COLUMN
 from simulation.generator import SimulationConfig, simulate_history
+from simulation.world_shift import WorldShift
 
 STAGES = ("population", "genuine traffic", "fraud scenarios", "validation", "transactions file", "profile files",
           "DynamoDB profiles")
 
 
 def run_simulate(settings: Settings, *, out: Path, users: int, days: int, start: date, seed: int,
-                 fraud_rate: float) -> dict[str, Any]:
-    """Simulate, write everything, and return a short summary (rows, fraud rate, rows per scenario, files)."""
+                 fraud_rate: float, shift: WorldShift | None = None, shift_from: date | None = None) -> dict[str, Any]:
+    """Simulate, write everything, and return a short summary (rows, fraud rate, rows per scenario, files).
+    ``shift`` changes the world from ``shift_from`` on (default: the first day), for drift to measure offline."""
     out = Path(out)
     if out.suffix.lower() not in (".csv", ".parquet"):
         raise ValueError(f"out: unsupported file type {out.suffix!r}; use .csv or .parquet")
@@ -35,7 +38,8 @@ def run_simulate(settings: Settings, *, out: Path, users: int, days: int, start:
             bar.update()
 
         history = simulate_history(config, progress=advance)
-        write_transactions(history.transactions, out)
+        transactions = _shifted(history.transactions, shift, shift_from)
+        write_transactions(transactions, out)
         advance("transactions file")
         users_path, merchants_path = profile_paths(out)
         history.users.to_parquet(users_path, index=False)
@@ -44,7 +48,6 @@ def run_simulate(settings: Settings, *, out: Path, users: int, days: int, start:
         profiles = _publish_profiles(settings, history.users, history.merchants)
         advance("DynamoDB profiles")
 
-    transactions = history.transactions
     return {
         "rows": len(transactions),
         "users": users,
@@ -55,10 +58,22 @@ def run_simulate(settings: Settings, *, out: Path, users: int, days: int, start:
         "fraud_rate": round(float(transactions["is_fraud"].mean()), 5),
         "fraud_rows": int(transactions["is_fraud"].sum()),
         "rows_per_scenario": transactions[SCENARIO_COLUMN].value_counts().sort_index().to_dict(),
+        "world_shift": (shift or WorldShift()).describe() + (f" from {shift_from}" if shift and shift_from else ""),
         "seconds": round(time.perf_counter() - began, 1),
         "files": {"transactions": str(out), "users": str(users_path), "merchants": str(merchants_path)},
         "profiles": profiles,
     }
+
+
+def _shifted(transactions: pd.DataFrame, shift: WorldShift | None, shift_from: date | None) -> pd.DataFrame:
+    if shift is None:
+        return transactions
+    if shift_from is None:
+        return shift.apply(transactions)
+    later = pd.to_datetime(transactions["timestamp"], utc=True) >= pd.Timestamp(shift_from, tz="UTC")
+    shifted = transactions.copy()
+    shifted.loc[later] = shift.apply(transactions.loc[later])
+    return shifted
 
 
 def _publish_profiles(settings: Settings, users: Any, merchants: Any) -> str:

@@ -25,6 +25,7 @@ from cluster.kinesis import put_frame
 from cluster.schema import LABEL_COLUMN, SCENARIO_COLUMN
 from cluster.waiting import Pacer
 from simulation.generator import SimulationConfig, simulate_attack, simulate_history
+from simulation.world_shift import WorldShift
 
 
 @dataclass
@@ -41,6 +42,7 @@ class ProducerStats:
     attacks: int = 0
     attack_rows: int = 0
     scenario_weights: dict[str, float] | None = None
+    world_shift: str = "no shift"
     error: str = ""
 
 
@@ -48,7 +50,8 @@ class TrafficProducer:
     """One partition of simulated users streaming into Kinesis (run it as a Ray actor: see ``start_producers``)."""
 
     def __init__(self, partition: int, partitions: int, *, n_users: int, seed: int, fraud_rate: float,
-                 tps: float, start: datetime | None = None, scoreboard: Any | None = None):
+                 tps: float, start: datetime | None = None, scoreboard: Any | None = None,
+                 shift: WorldShift | None = None):
         self.settings = get_settings()
         self.scoreboard = scoreboard  # where each batch's ground truth goes (None: nowhere)
         self.partition, self.partitions = partition, partitions
@@ -59,6 +62,8 @@ class TrafficProducer:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._injected = pd.DataFrame()  # launched attacks' rows not produced yet, in time order
+        self.shift = WorldShift()
+        self.set_world_shift(shift)
 
     def set_rate(self, tps: float) -> None:
         if not tps > 0:
@@ -69,6 +74,12 @@ class TrafficProducer:
         """Scenario weights for the simulated days from the next one on (``None``: all scenarios alike)."""
         SimulationConfig(n_users=self.n_users, scenario_weights=weights)  # bad weights name the field here
         self.stats.scenario_weights = dict(weights) if weights else None
+
+    def set_world_shift(self, shift: WorldShift | None) -> str:
+        """Shift the world from the next batch on (``None``: back to the world as simulated); says what it does."""
+        self.shift = shift or WorldShift()
+        self.stats.world_shift = self.shift.describe()
+        return self.stats.world_shift
 
     def launch_attack(self, scenario: str, incidents: int) -> int:
         """Inject about ``incidents`` incidents of ``scenario`` into the live traffic from the simulated now on;
@@ -134,6 +145,7 @@ class TrafficProducer:
                     batch, queue = queue.iloc[:batch_size], queue.iloc[batch_size:]
                     if max_records is not None:
                         batch = batch.iloc[: max_records - self.stats.produced]
+                    batch = self.shift.apply(batch)
                     self._report_truth(batch)
                     put = put_frame(kinesis, stream, batch.drop(columns=[LABEL_COLUMN, SCENARIO_COLUMN]))
                     self.stats.produced += len(batch)
@@ -153,13 +165,14 @@ class TrafficProducer:
 
 
 def start_producers(settings: Settings, *, tps: float, n_users: int = 2000, actors: int | None = None,
-                    max_records_each: int | None = None, scoreboard: Any | None = None) -> tuple[list[Any], list[Any]]:
+                    max_records_each: int | None = None, scoreboard: Any | None = None,
+                    shift: WorldShift | None = None) -> tuple[list[Any], list[Any]]:
     """Start one producer actor per partition, reporting ground truth to ``scoreboard`` (``start_scoreboard``) if
     given; returns (actors, their ``run`` futures)."""
     count = actors or settings.producer_actors
     remote = ray.remote(num_cpus=0.25, max_concurrency=4, max_restarts=0)(TrafficProducer)
     handles = [remote.remote(i, count, n_users=n_users, seed=settings.seed, fraud_rate=settings.fraud_rate,
-                             tps=tps / count, scoreboard=scoreboard) for i in range(count)]
+                             tps=tps / count, scoreboard=scoreboard, shift=shift) for i in range(count)]
     runs = [handle.run.remote(max_records=max_records_each) for handle in handles]
     return handles, runs
 

@@ -15,6 +15,7 @@ from cluster.config import Settings
 from cluster.kinesis import KinesisPutError, put_records_reliably, read_stream
 from cluster.schema import GENUINE_SCENARIO, LABEL_COLUMN, SCENARIO_COLUMN
 from cluster.waiting import wait_until
+from simulation.world_shift import WorldShift
 from tests.streams import create_stream
 
 
@@ -130,6 +131,8 @@ def test_dashboard_controls_reach_the_running_producers(ray_session: Settings, s
         wait_until(lambda: ray.get(handles[0].get_stats.remote())["produced"], timeout_s=120, what="the first put")
         launched_at = pd.Timestamp(ray.get(handles[0].get_stats.remote())["simulated_time"])
         queued = ray.get(handles[0].launch_attack.remote("cash_out", 2), timeout=120)
+        shifted = ray.get([handle.set_world_shift.remote(WorldShift(share=1.0, country="ZZ")) for handle in handles])
+
         def produced_all() -> list[dict[str, Any]]:
             records = [r for r in read_stream(ray_session, ray_session.stream_name) if r["transaction_id"] not in before]
             attack = [r for r in records if r["transaction_id"].startswith("p0atk1-")]
@@ -137,7 +140,8 @@ def test_dashboard_controls_reach_the_running_producers(ray_session: Settings, s
             later_days = [r for r in records if _simulated_day(r["transaction_id"]) >= 2]  # after the mix changed
             truth = ray.get(scoreboard.truth_of.remote([r["transaction_id"] for r in records]))
             done = (len(attack) >= queued and {"p0d3", "p1d3"} <= days
-                    and any(truth[r["transaction_id"]] != GENUINE_SCENARIO for r in later_days))
+                    and any(truth[r["transaction_id"]] != GENUINE_SCENARIO for r in later_days)
+                    and {r.get("country") for r in records if _simulated_day(r["transaction_id"]) == 3} == {"ZZ"})
             return records if done else []
 
         records = wait_until(produced_all, timeout_s=120, interval_s=1.0,
@@ -151,6 +155,7 @@ def test_dashboard_controls_reach_the_running_producers(ray_session: Settings, s
             handle.stop.remote()
             ray.kill(handle)
     assert [s["target_tps"] for s in stats] == [200.0, 200.0]
+    assert shifted == [s["world_shift"] for s in stats] == ["country ZZ on 100% of the traffic"] * 2
     assert stats[0]["attacks"] == 1 and stats[0]["attack_rows"] == queued
     ids = [r["transaction_id"] for r in attack]
     assert len(ids) == len(set(ids)) == queued
