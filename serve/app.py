@@ -3,7 +3,7 @@
     ingress --(1)--> keyed feature-state actors (online windows + merchant risk; profiles from a DynamoDB cache)
             --(2)--> XGBoost || Autoencoder (parallel deployments, batched, any registry version)
             -> combine in the ingress (calibration, risk policy, reason codes, the rule set's action)
-            -> SNS alert for HIGH
+            -> SNS alert for HIGH, a review case for "review" (``serve.cases``, after the answer)
 
 Two sequential remote calls per pass, and concurrent requests share a pass: the ingress coalesces them (group
 commit, ``serve.coalesce``: a lone request never waits, a loaded replica runs large passes), and ``@serve.batch``
