@@ -37,17 +37,17 @@ from cluster.aws import CASES_BY_RISK, CASES_BY_SINCE, client
 from cluster.config import Settings
 from cluster.schema import Transaction, format_timestamp
 from cluster.waiting import backoff_s
+from training.rules import REVIEW
 
 log = logging.getLogger(__name__)
 
 OPEN, CLOSED = "open", "closed"
 STATUSES = (OPEN, CLOSED)
-REVIEW = "review"
 CASE_ID_PATTERN = r"^case-[0-9a-f]{20}$"
 IO_THREADS = 4
 PUT_ATTEMPTS = 6           # per case, on top of boto3's own retries of throttling
 BACKGROUND_ATTEMPTS = 12   # the ingress's cases: nobody waits for them, so they may wait longer for DynamoDB
-AMOUNT_DIGITS = 16         # 1,000,000.0000 (the schema's largest amount) zero-padded with room to spare
+AMOUNT_WIDTH = 16          # characters of a zero-padded amount: the schema's largest, 1000000.0000, takes 12
 
 
 class CaseNotFound(KeyError):
@@ -73,7 +73,7 @@ def case_id(transaction_id: str) -> str:
 
 def risk_rank(fraud_score: float, amount: float) -> str:
     """Text that sorts as (fraud_score, amount) do."""
-    return f"{fraud_score:.12f}#{amount:0{AMOUNT_DIGITS + 5}.4f}"
+    return f"{fraud_score:.12f}#{amount:0{AMOUNT_WIDTH}.4f}"
 
 
 def new_cases(decisions: Sequence[dict[str, Any]], transactions: Sequence[Transaction],

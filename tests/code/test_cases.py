@@ -1,5 +1,5 @@
 """The review queue's store against the embedded DynamoDB: a case per review decision opened once, a replay that
-neither duplicates nor reopens, the queue's order and counts, and a decision that closes a case exactly once."""
+neither duplicates nor reopens, the queue's order and counts, a decision that closes a case exactly once, and a case that cannot be stored retried, logged by id, opened on replay."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from cluster.aws import bootstrap
 from cluster.config import Settings
 from cluster.schema import Transaction
-from serve.cases import CaseClosed, CaseNotFound, CaseStore, case_id, new_cases
+from serve.cases import CaseClosed, CaseNotFound, CasesNotOpened, CaseStore, case_id, new_cases
 
 START = datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc)
 
@@ -134,3 +134,15 @@ def test_only_review_decisions_become_cases() -> None:
     batch = [scored("a", "allow"), scored("b", "review"), scored("c", "block"), scored("b")]
     made = new_cases([d for d, _ in batch], [t for _, t in batch], START)
     assert [c["transaction_id"] for c in made] == ["b"] and "reasons" not in made[0]
+
+
+def test_a_case_that_cannot_be_stored_is_retried_logged_by_id_and_opened_on_the_replay(aws_settings, caplog) -> None:
+    settings = aws_settings.model_copy(update={"cases_table": f"cases-missing-{uuid.uuid4().hex[:8]}"})
+    cases = CaseStore(settings)
+    batch = [scored("lost-1", amount=4321.0)]
+    with caplog.at_level("ERROR", logger="serve.cases"), pytest.raises(CasesNotOpened):
+        open_all(cases, batch)  # no table yet: every attempt fails
+    [record] = [r for r in caplog.records if r.name == "serve.cases"]
+    assert "lost-1" in record.getMessage() and "4321" not in record.getMessage(), "logged by id only"
+    bootstrap(settings)
+    assert open_all(cases, batch) == 1, "the replay (the stream's, or a retried batch) opens it"
