@@ -1,5 +1,6 @@
 """The review queue's store against the embedded DynamoDB: a case per review decision opened once, a replay that
-neither duplicates nor reopens, the queue's order and counts, a decision that closes a case exactly once, and a case that cannot be stored retried, logged by id, opened on replay."""
+neither duplicates nor reopens, the queue's order and counts, a decision that closes a case exactly once, and a
+case that cannot be stored retried, logged by id and opened on the replay."""
 
 from __future__ import annotations
 
