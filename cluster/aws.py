@@ -24,6 +24,9 @@ from cluster.config import Settings, get_settings
 from cluster.waiting import backoff_s, free_port, port_in_use, wait_until
 
 EMULATOR_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+# The review queue's indexes (``serve.cases``): both keyed by a case's status, sorted by the named attribute
+CASES_BY_RISK, CASES_BY_SINCE = "by-risk", "by-since"
+CASE_INDEXES = {CASES_BY_RISK: "risk_rank", CASES_BY_SINCE: "since"}
 
 
 class EmbeddedAWS:
@@ -147,6 +150,8 @@ def bootstrap(settings: Settings | None = None) -> Resources:
     ):
         _ensure_table(settings, table, key)
     _ensure_table(settings, settings.lists_table, "list", sort_key="value")
+    _ensure_table(settings, settings.cases_table, "case_id", indexes={
+        name: ("status", sort_key) for name, sort_key in CASE_INDEXES.items()})
     topic_arn = client("sns", settings).create_topic(Name=settings.alert_topic)["TopicArn"]
     _ensure_bucket(settings, settings.model_bucket)
     return Resources(stream_arn=stream_arn, decisions_stream_arn=decisions_arn, topic_arn=topic_arn)
@@ -163,15 +168,24 @@ def _ensure_stream(settings: Settings, name: str, shards: int) -> str:
     return kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]["StreamARN"]
 
 
-def _ensure_table(settings: Settings, name: str, key: str, *, sort_key: str | None = None) -> None:
+def _ensure_table(settings: Settings, name: str, key: str, *, sort_key: str | None = None,
+                  indexes: dict[str, tuple[str, str]] | None = None) -> None:
+    """A table keyed by string attributes, with global secondary ``indexes`` (name -> hash and range key, every
+    attribute projected)."""
     dynamodb = client("dynamodb", settings)
     keys = [(key, "HASH")] + ([(sort_key, "RANGE")] if sort_key else [])
+    indexed = {attribute for pair in (indexes or {}).values() for attribute in pair}
+    extra: dict[str, Any] = {"GlobalSecondaryIndexes": [
+        {"IndexName": index, "Projection": {"ProjectionType": "ALL"},
+         "KeySchema": [{"AttributeName": hash_key, "KeyType": "HASH"}, {"AttributeName": range_key, "KeyType": "RANGE"}]}
+        for index, (hash_key, range_key) in indexes.items()]} if indexes else {}
     try:
         dynamodb.create_table(
             TableName=name,
             KeySchema=[{"AttributeName": k, "KeyType": kind} for k, kind in keys],
-            AttributeDefinitions=[{"AttributeName": k, "AttributeType": "S"} for k, _ in keys],
-            BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[{"AttributeName": k, "AttributeType": "S"}
+                                  for k in dict.fromkeys([k for k, _ in keys] + sorted(indexed))],
+            BillingMode="PAY_PER_REQUEST", **extra,
         )
     except ClientError as exc:
         if exc.response["Error"]["Code"] != "ResourceInUseException":

@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     rules_refresh_s: float = Field(1.0, gt=0, le=4)
     # Allow/deny lists (``@name`` in a rule): one item per (list, value), re-read as often as the rule set.
     lists_table: str = "fraud-lists"
+    # The review queue: a case per "review" decision, once per transaction_id, closed by an analyst's label.
+    cases_table: str = "fraud-cases"
     model_bucket: str = "fraud-models"
     # Online feature state: one actor per partition, shared by every replica and consumer (all must agree). More
     # partitions spread the state over nodes but cost every pass one more round trip (docs/ARCHITECTURE.md).

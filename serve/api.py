@@ -47,6 +47,7 @@ from cluster.schema import (
     item_field_errors,
     parse_timestamp,
 )
+from serve.cases import CASE_ID_PATTERN, STATUSES
 from training.policy import RISK_LEVELS
 from training.rules import ACTIONS, LIST_KINDS, RuleSet, RuleSetBody
 
@@ -419,6 +420,77 @@ def parse_list_value(value: str, kind: str) -> str:
     except ValueError as exc:
         raise ApiError(422, [{"field": "value", "message": str(exc).removeprefix("values.0: ")}],
                        "invalid request") from None
+
+
+MAX_CASES_LISTED = 500
+MAX_ANALYST_CHARS = 128
+MAX_NOTE_CHARS = 4000
+CaseStatus = Annotated[Literal[STATUSES], Query(
+    description="Which cases: `open` (the queue, highest fraud score then amount first) or `closed` (latest "
+                "closed first)", openapi_examples={"status": {"value": "open"}})]  # explicit: see EXPLAIN
+CaseLimit = Annotated[int, Query(ge=1, le=MAX_CASES_LISTED, description="At most this many cases",
+                                 openapi_examples={"limit": {"value": 50}})]
+CaseId = Annotated[str, Path(pattern=CASE_ID_PATTERN, description="A case's id, as `GET /api/cases` lists it",
+                             openapi_examples={"case_id": {"value": "case-0123456789abcdef0123"}})]
+
+
+class Case(BaseModel):
+    """A review decision waiting for (or decided by) an analyst: the decision, the transaction, and once closed the
+    analyst's label."""
+
+    case_id: str
+    transaction_id: str
+    opened_at: str
+    fraud_score: float = Field(ge=0, le=1)
+    risk_level: Literal[RISK_LEVELS]
+    factors: list[str]
+    rules: list[RuleHit]
+    action: Literal[ACTIONS]
+    status: Literal[STATUSES]
+    user_id: str
+    merchant_id: str
+    amount: float
+    currency: str
+    timestamp: str
+    reasons: list[str] | None = Field(None, description="The decision's plain-language reasons, when it had them")
+    closed_at: str | None = None
+    analyst: str | None = None
+    is_fraud: bool | None = Field(None, description="The analyst's label, once closed")
+    note: str | None = None
+
+
+class CaseQueue(BaseModel):
+    cases: list[Case]
+    open: int = Field(ge=0, description="How many cases are open (whatever `status` and `limit` asked for)")
+    oldest_open_at: str | None = Field(description="When the longest-waiting open case opened; null with none open")
+
+
+class CaseDecision(BaseModel):
+    """What ``POST /api/cases/{case_id}/decision`` takes: the analyst's label for the case's transaction."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    is_fraud: StrictBool
+    analyst: Annotated[StrictStr, Field(min_length=1, max_length=MAX_ANALYST_CHARS, pattern=r"\S",
+                                        description="who decided (not only spaces)")]
+    note: Annotated[StrictStr | None, Field(max_length=MAX_NOTE_CHARS)] = None
+
+
+CASE_DECISION_BODY = _body_schema(CaseDecision)
+CASES_ERRORS = {422: _error("`status` is not open or closed, or `limit` not 1-500: the field named, e.g. "
+                            "`query.limit`")}
+CASE_DECISION_ERRORS = {**KEY_ERRORS, **BODY_ERRORS, 404: _error("no such case; field `case_id`"),
+                        409: _error("the case was decided already; field `case_id`"),
+                        422: _error("a malformed case id (`path.case_id`), or a body breaking a rule: each "
+                                    "offending field named, e.g. `analyst`"),
+                        503: _error("the label could not be applied; the case stays open: retry")}
+
+
+def parse_case_decision(payload: Any) -> CaseDecision:
+    try:
+        return CaseDecision.model_validate(_object(payload, "a case decision"))
+    except ValidationError as exc:
+        raise _invalid(field_errors(exc)) from None
 
 
 def rule_set_response(rule_set: RuleSet) -> dict[str, Any]:

@@ -38,6 +38,9 @@ from serve.api import (
     API_KEY_SCHEME,
     BATCH_BODY,
     BODY_ERRORS,
+    CASE_DECISION_BODY,
+    CASE_DECISION_ERRORS,
+    CASES_ERRORS,
     EXPLAIN,
     FEEDBACK_BODY,
     HEALTH_RESPONSES,
@@ -54,7 +57,13 @@ from serve.api import (
     TRANSACTION_BODY,
     ApiError,
     BatchDecisions,
+    Case,
+    CaseId,
+    CaseLimit,
+    CaseQueue,
+    CaseStatus,
     Decision,
+    Feedback,
     FeedbackAccepted,
     Health,
     ListName,
@@ -63,6 +72,7 @@ from serve.api import (
     document_security,
     install_error_handlers,
     parse_batch,
+    parse_case_decision,
     parse_feedback,
     parse_list,
     parse_list_items,
@@ -74,6 +84,7 @@ from serve.api import (
     require_key_configured,
     rule_set_response,
 )
+from serve.cases import CaseClosed, CaseNotFound, CaseStore
 from serve.champion import DECISIONS_PREFIX, FEEDBACK_PREFIX, JsonLinesLog, decision_rows, in_canary
 from serve.coalesce import Coalescer
 from serve.lists import ListCache, ListStore
@@ -183,6 +194,7 @@ class Ingress:
         self.rule_store = RuleStore(settings)
         self.list_store = ListStore(settings)
         self.rules = RuleCache(settings, self.rule_store, ListCache(settings, self.list_store))
+        self.cases = CaseStore(settings)
         self.champion: str | None = None
         self.challenger: str | None = None
         self._refreshed = 0.0
@@ -233,6 +245,16 @@ class Ingress:
         frame["known_at"] = pd.to_datetime(frame["known_at"], utc=True)
         return self.features.record_labels(frame)
 
+    async def _apply_label(self, label: Feedback) -> dict[str, Any]:
+        """A confirmed label, however it came (``/api/feedback``, an analyst's case decision): kept in the feedback
+        log (retraining, the champion/challenger comparison) and applied to merchant risk and card state. Returns
+        the label's record and how many merchant risk updates it made."""
+        record = label.record()
+        await asyncio.to_thread(self.feedback_log.add, [record])
+        applied = await asyncio.to_thread(self._record_labels, [record])
+        log.info("label for transaction %s", record["transaction_id"])
+        return {"transaction_id": record["transaction_id"], "merchant_risk_updates": applied}
+
     async def _decide(self, version: str, records: list[dict[str, Any]], x: np.ndarray,
                       explain_low: list[bool] | None = None) -> list[dict[str, Any]]:
         (xgb_score,), (ae_score,) = await asyncio.gather(
@@ -258,6 +280,7 @@ class Ingress:
             else:
                 self._in_background(self._shadow(records, x, decisions))
         rule_matches = await asyncio.to_thread(self._apply_rules, decisions, records, x)
+        self.cases.open_later(decisions, transactions)  # not awaited: the answer does not depend on the case
         alerts = await self._alert(decisions, transactions)
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         for decision in decisions:
@@ -309,11 +332,39 @@ class Ingress:
               summary="Confirmed label for a transaction (needs the API key)")
     async def feedback(self, request: Request) -> dict[str, Any]:
         check_api_key(self.settings, request)
-        label = parse_feedback(await read_json(request, self.settings.serve_max_body_bytes)).record()
-        await asyncio.to_thread(self.feedback_log.add, [label])
-        applied = await asyncio.to_thread(self._record_labels, [label])
-        log.info("feedback for transaction %s", label["transaction_id"])
-        return {"accepted": True, "transaction_id": label["transaction_id"], "merchant_risk_updates": applied}
+        label = parse_feedback(await read_json(request, self.settings.serve_max_body_bytes))
+        return {"accepted": True, **await self._apply_label(label)}
+
+    @api.get("/api/cases", response_model=CaseQueue, responses=CASES_ERRORS,
+             summary="The review queue: a case per \"review\" decision, once per transaction_id")
+    async def list_cases(self, status: CaseStatus = "open", limit: CaseLimit = 50) -> Response:
+        return json_response(await asyncio.to_thread(self.cases.queue, status, limit))
+
+    @api.post("/api/cases/{case_id}/decision", response_model=Case, openapi_extra=CASE_DECISION_BODY,
+              responses=CASE_DECISION_ERRORS, dependencies=[Security(API_KEY_SCHEME)],
+              summary="An analyst's label closes an open case (needs the API key); the label goes the way of "
+                      "/api/feedback")
+    async def decide_case(self, case_id: CaseId, request: Request) -> Response:
+        check_api_key(self.settings, request)
+        body = parse_case_decision(await read_json(request, self.settings.serve_max_body_bytes))
+        try:
+            case = await asyncio.to_thread(self.cases.decide, case_id, body.is_fraud, body.analyst, body.note)
+        except CaseNotFound:
+            raise ApiError(404, [{"field": "case_id", "message": f"no case {case_id}"}], "not found") from None
+        except CaseClosed as exc:
+            raise ApiError(409, [{"field": "case_id", "message": f"case {case_id} was decided at "
+                                                                  f"{exc.case.get('closed_at')}"}],
+                           "case closed already") from None
+        label = Feedback.model_validate({"transaction_id": case["transaction_id"], "is_fraud": body.is_fraud,
+                                         "reported_at": case["closed_at"], "merchant_id": case["merchant_id"]})
+        try:
+            await self._apply_label(label)
+        except Exception as exc:  # an unlabelled closed case would never be labelled: reopen it for the retry
+            await asyncio.to_thread(self.cases.reopen, case_id)
+            raise ApiError(503, [{"field": "is_fraud", "message": f"the label was not applied ({type(exc).__name__})"}],
+                           "label not applied, retry") from exc
+        log.info("case %s closed by an analyst", case_id)
+        return json_response(case)
 
     @api.get("/api/rules", response_model=RuleSet, summary="The current rule set and its version")
     async def get_rules(self) -> Response:

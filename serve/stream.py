@@ -2,10 +2,11 @@
 
 Each ``ShardConsumer`` polls its shard, scores micro-batches with the same in-process scoring core the Serve
 replicas and the SDK run (``serve.sdk.FraudDetector``: online features, XGBoost, autoencoder, combiner),
-publishes HIGH decisions to SNS (exactly once per transaction_id through the alert ledger), writes every
-decision to the output stream, and only then checkpoints the shard's last sequence number in the DynamoDB lease table. A
-restarted consumer resumes after its checkpoint; a replayed record can repeat a decision record (keyed by
-transaction_id) but never an alert: effectively once.
+publishes HIGH decisions to SNS (exactly once per transaction_id through the alert ledger), opens a review case per
+"review" decision (once per transaction_id, ``serve.cases``), writes every decision to the output stream, and only
+then checkpoints the shard's last sequence number in the DynamoDB lease table. A restarted consumer resumes after its
+checkpoint; a replayed record can repeat a decision record (keyed by transaction_id) but never an alert nor a case:
+effectively once.
 
 ``StreamScoring`` follows the stream's shard set: a child shard (after resharding) starts once its parents are
 drained, as the Kinesis Client Library does, so each user's transactions stay in order.
@@ -39,6 +40,7 @@ from cluster.kinesis import (
 )
 from cluster.schema import Transaction
 from serve.alerts import AlertPublisher
+from serve.cases import CaseStore
 from serve.sdk import FraudDetector
 from serve.stats import StatsReporter
 
@@ -70,6 +72,7 @@ class ShardConsumer:
         self.leases = LeaseTable(self.settings)
         self.detector = FraudDetector(self.settings, model=model, feature_state="features")
         self.alerts = AlertPublisher(self.settings)
+        self.cases = CaseStore(self.settings)
         self.stats = StatsReporter()
         self.batch_limit = batch_limit  # transactions per micro-batch, about
         # Kinesis records per GetRecords, following how densely they are packed (first guess: fully packed, so a
@@ -157,7 +160,8 @@ class ShardConsumer:
                            checkpoint=records[-1]["SequenceNumber"], started=started, rule_matches=rule_matches)
 
     def _write(self, batch: ScoredBatch) -> None:
-        """Alerts, then decisions, then the checkpoint: a crash in between replays the batch, never skips it."""
+        """Alerts and review cases, then decisions, then the checkpoint: a crash (or a case that could not be
+        opened) in between replays the batch, never skips it; alerts and cases are once per transaction_id."""
         self.status.invalid += batch.invalid
         if batch.decisions:
             decided_at = batch.decided_at.isoformat()
@@ -165,6 +169,7 @@ class ShardConsumer:
                         "PartitionKey": decision["transaction_id"]}
                        for decision, lag in zip(batch.decisions, batch.lags_ms)]
             alerts = self.alerts.publish_high(batch.decisions, batch.transactions)
+            self.cases.open_many(batch.decisions, batch.transactions)
             put_records_reliably(self.kinesis, self.settings.decisions_stream_name, pack(entries))
             elapsed_ms = (time.perf_counter() - batch.started) * 1000.0
             scored = len(batch.decisions)

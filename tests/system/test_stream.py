@@ -1,6 +1,6 @@
 """Stream scoring against the embedded Kinesis over HTTP: N produced -> exactly N decisions, through a consumer
-crash and through resharding; never a second alert for a transaction; no ground truth in decisions or alerts, and
-the simulation's scoreboard joins it back."""
+crash and through resharding; never a second alert nor a second review case for a transaction; no ground truth in
+decisions or alerts, and the simulation's scoreboard joins it back."""
 
 from __future__ import annotations
 
@@ -191,3 +191,41 @@ def test_stream_decisions_follow_the_rule_set_and_its_changes(ray_session, champ
              if d["transaction_id"].startswith("rules-v2-")]
     assert len(later) == 50
     assert all(d["action"] == "allow" and d["rules"] == [{"id": "A1", "action": "allow"}] for d in later)
+
+
+def test_a_case_is_opened_exactly_once_under_a_stream_replay(ray_session, champion_model, small_history,
+                                                             scoring) -> None:
+    from cluster.aws import bootstrap
+    from serve.api import parse_rules
+    from serve.cases import CaseStore, case_id
+    from serve.rule_store import RuleStore
+
+    tag = uuid.uuid4().hex[:8]
+    settings = stream_settings(ray_session, shards=1).model_copy(
+        update={"rules_table": f"rules-{tag}", "cases_table": f"cases-{tag}"})
+    bootstrap(settings)  # this test's own rules and cases: the session's Serve app keeps its own
+    RuleStore(settings).put(parse_rules({"rules": [
+        {"id": "R1", "expression": "amount > 0", "action": "review", "description": "every transaction"}]}))
+    frame = traffic(small_history, 150, "cases")
+    ids = set(frame["transaction_id"])
+    produce(settings, frame)
+    scoring(settings)
+    decisions = wait_for_decisions(settings, ids)
+    assert {d["action"] for d in decisions} == {"review"}
+    cases = CaseStore(settings)
+    first = {c["transaction_id"]: c for c in cases.list(limit=500)}
+    assert set(first) == ids, "a case per review decision, written before the checkpoint"
+    closed = cases.decide(case_id("cases-7"), is_fraud=True, analyst="ana")
+
+    produce(settings, frame)  # delivered again, as an at-least-once producer or a replayed shard does
+
+    def replayed() -> list[dict[str, Any]]:
+        seen = [d for d in read_stream(settings, settings.decisions_stream_name)
+                if d["transaction_id"].startswith("cases-")]
+        return seen if len(seen) >= 2 * len(frame) else []
+    wait_until(replayed, timeout_s=240, interval_s=1.0, what="every transaction decided a second time")
+    after = {c["transaction_id"]: c for c in cases.list(limit=500)}
+    assert set(after) == ids - {"cases-7"} and all(after[t] == first[t] for t in after), "no case opened again"
+    assert cases.get(case_id("cases-7")) == closed, "the closed case stays closed"
+    assert cases.open_count() == len(frame) - 1
+    assert len(cases.list("closed", limit=500)) == 1
