@@ -790,7 +790,7 @@ def build_dashboard(settings: Settings, view_source: Callable[[], View], simulat
                     with gr.Column(scale=3):
                         queue_status = gr.Markdown("", elem_id="review-summary")
                     queue_limit = gr.Number(label="cases shown", value=REVIEW_LIMIT, precision=0, minimum=1,
-                                            maximum=MAX_REVIEW_LIMIT, scale=1)
+                                            maximum=MAX_REVIEW_LIMIT, scale=1, elem_id="review-limit")
                     queue_button = gr.Button("Refresh the queue", elem_id="review-refresh", scale=1)
                 queue = gr.Dataframe(queue_table([]), label="Open cases: highest score first, then largest amount",
                                      interactive=False, wrap=True, max_height=360, elem_id="review-queue")
