@@ -266,22 +266,6 @@ def describe_rejection(status: int, body: Any, title: str = "Rejected") -> str:
     return describe_field_errors(f"{title} ({status})", errors)
 
 
-def check_transaction(api_url: str, body: dict[str, Any], timeout_s: float = CHECK_TIMEOUT_S) -> str:
-    """POST the transaction to the API; the decision (explained even when LOW, so the analyst sees why it passed), or
-    the API's own rejection naming each field."""
-    try:
-        response = httpx.post(f"{api_url}/api/check-fraud", params={"explain": "true"}, json=body, timeout=timeout_s)
-    except httpx.HTTPError as exc:
-        return f"### API unreachable\n\n{api_url}: {exc}"
-    try:
-        answer = response.json()
-    except ValueError:
-        answer = response.text
-    if response.is_success:
-        return describe_decision(answer)
-    return describe_rejection(response.status_code, answer)
-
-
 # -- HTTP to the API -------------------------------------------------------------------------------------------
 def api_headers(settings: Settings) -> dict[str, str]:
     """The API key header for write endpoints, when the API has a key configured."""
@@ -298,6 +282,18 @@ def call_api(method: str, url: str, *, timeout_s: float = CHECK_TIMEOUT_S, **req
         return response.status_code, response.json()
     except ValueError:
         return response.status_code, response.text
+
+
+def check_transaction(api_url: str, body: dict[str, Any], timeout_s: float = CHECK_TIMEOUT_S) -> str:
+    """POST the transaction to the API; the decision (explained even when LOW, so the analyst sees why it passed), or
+    the API's own rejection naming each field."""
+    status, answer = call_api("POST", f"{api_url}/api/check-fraud", timeout_s=timeout_s, params={"explain": "true"},
+                              json=body)
+    if status is None:
+        return f"### API unreachable\n\n{answer}"
+    if 200 <= status < 300:
+        return describe_decision(answer)
+    return describe_rejection(status, answer)
 
 
 def describe_failure(what: str, status: int | None, body: Any) -> str:
@@ -376,14 +372,14 @@ def describe_untested(exc: ValueError) -> str:
 
 
 def rule_test_window(start: str, days: float | None) -> tuple[date | None, int | None]:
-    """The form's first day and number of days measured (blank: the whole history)."""
+    """The form's first day and number of days measured (blank and 0: the whole history)."""
     start = (start or "").strip()
     try:
         first = date.fromisoformat(start) if start else None
     except ValueError:
         raise ValueError(f"first day: {start!r} is not a date (YYYY-MM-DD)") from None
-    if days is not None and days < 1:
-        raise ValueError(f"days: must be at least 1, got {days:g}")
+    if days is not None and days < 0:
+        raise ValueError(f"days: must be 0 (all) or more, got {days:g}")
     return first, int(days) if days else None
 
 
@@ -776,7 +772,7 @@ def build_dashboard(settings: Settings, view_source: Callable[[], View], simulat
                         reload_button = gr.Button("Reload the active rule set", elem_id="rules-reload")
                         delay = gr.Number(label="label delay (days)", value=settings.label_delay_days, minimum=0)
                         test_start = gr.Textbox(label="first day measured (YYYY-MM-DD; blank: the first)")
-                        test_days = gr.Number(label="days measured (blank: all)", value=None, precision=0)
+                        test_days = gr.Number(label="days measured (0: all)", value=0, precision=0, minimum=0)
                         test_button = gr.Button("Test on the simulated history", elem_id="rules-test")
                 save_result = gr.Markdown("", elem_id="rules-save-result")
                 test_summary = gr.Markdown("", elem_id="rules-test-summary")

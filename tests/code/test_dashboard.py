@@ -333,12 +333,12 @@ def test_an_invalid_editor_rule_set_names_each_field_plainly() -> None:
 
 
 def test_the_rule_test_window_comes_from_the_form() -> None:
-    assert rule_test_window("", None) == (None, None)
+    assert rule_test_window("", None) == (None, None) == rule_test_window(" ", 0)
     assert rule_test_window(" 2026-01-08 ", 10.0) == (date(2026, 1, 8), 10)
     with pytest.raises(ValueError, match="first day"):
         rule_test_window("8 January", None)
     with pytest.raises(ValueError, match="days"):
-        rule_test_window("", 0)
+        rule_test_window("", -1)
 
 
 def test_the_api_key_goes_with_writes_only_when_configured() -> None:
