@@ -306,7 +306,7 @@ def describe_failure(what: str, status: int | None, body: Any) -> str:
 # -- rules -----------------------------------------------------------------------------------------------------
 RULE_COLUMNS = ["id", "state", "action", "expression", "description"]
 RULE_TEST_COLUMNS = ["rule", "state", "action", "matched", "frauds", "genuine", "precision", "recall",
-                     "fraud amount", "genuine amount", "also flagged by model", "frauds the model missed"]
+                     "fraud amount", "genuine amount", "model flags too", "frauds model missed"]
 
 
 def rules_table(rule_set: dict[str, Any]) -> pd.DataFrame:
@@ -418,8 +418,8 @@ def rule_test_table(summary: dict[str, Any]) -> pd.DataFrame:
                      "precision": _rate(figures["precision"]), "recall": _rate(figures["recall"]),
                      "fraud amount": _amount(figures["fraud_amount"]),
                      "genuine amount": _amount(figures["genuine_amount"]),
-                     "also flagged by model": overlap.get("also_flagged_by_model", "–"),
-                     "frauds the model missed": overlap.get("frauds_the_model_missed", "–")})
+                     "model flags too": overlap.get("also_flagged_by_model", "–"),
+                     "frauds model missed": overlap.get("frauds_the_model_missed", "–")})
     return pd.DataFrame(rows, columns=RULE_TEST_COLUMNS)
 
 
@@ -776,10 +776,10 @@ def build_dashboard(settings: Settings, view_source: Callable[[], View], simulat
                         test_button = gr.Button("Test on the simulated history", elem_id="rules-test")
                 save_result = gr.Markdown("", elem_id="rules-save-result")
                 test_summary = gr.Markdown("", elem_id="rules-test-summary")
-                test_table = gr.Dataframe(pd.DataFrame(columns=RULE_TEST_COLUMNS), interactive=False, wrap=True,
+                test_table = gr.Dataframe(pd.DataFrame(columns=RULE_TEST_COLUMNS), interactive=False,
                                           label="Per rule on the history (each rule alone, whatever its state)",
                                           elem_id="rules-test-table")
-                per_day_plot = gr.LinePlot(x="day", y="matched", color="rule", title="Matches per day",
+                per_day_plot = gr.LinePlot(x="day", y="matched", color="rule", title="Matches per day (UTC)",
                                            x_title="day", height=260, elem_id="rules-per-day")
             with gr.Tab("Review", id="review") as review_tab:
                 with gr.Row():

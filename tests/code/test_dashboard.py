@@ -370,8 +370,8 @@ REPLAY = {"rows": 1200, "frauds": 30,
 def test_rule_test_results_read_as_a_table_a_chart_and_a_summary() -> None:
     table = rule_test_table(REPLAY).set_index("rule")
     assert table.loc["R1", "matched"] == 12 and table.loc["R1", "precision"] == "75.0 %"
-    assert table.loc["R1", "fraud amount"] == "12,345.50" and table.loc["R1", "also flagged by model"] == 8
-    assert table.loc["R2", "precision"] == "–" and table.loc["R2", "frauds the model missed"] == "–"
+    assert table.loc["R1", "fraud amount"] == "12,345.50" and table.loc["R1", "model flags too"] == 8
+    assert table.loc["R2", "precision"] == "–" and table.loc["R2", "frauds model missed"] == "–"
     per_day = rule_test_per_day(REPLAY)
     assert list(per_day.columns) == ["day", "matched", "rule"] and len(per_day) == 4
     assert str(per_day["day"].dtype).startswith("datetime64")
