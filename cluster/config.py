@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     simulated_days: int = Field(60, ge=1)  # of history, when ``up`` has no model yet and trains one
     simulated_start: date = date(2026, 1, 1)
     label_delay_days: float = Field(7.0, ge=0)
+    # The labelled history the dashboard's rule test replays; unset: ``bootstrap_history``, simulated there with the
+    # settings above on first use when missing.
+    rule_test_data: Path | None = None
     producer_actors: int = Field(2, ge=1)
     target_tps: float = Field(200.0, gt=0)
     # Set by cluster.runtime.aws_endpoint once it has started moto for this run (and exported to Ray workers).
@@ -87,6 +90,11 @@ class Settings(BaseSettings):
     @property
     def label_delay(self) -> timedelta:
         return timedelta(days=self.label_delay_days)
+
+    @property
+    def bootstrap_history(self) -> Path:
+        """Where ``fraudctl up`` simulates the history its first model trains on."""
+        return Path(self.data_dir).resolve() / "bootstrap" / "history.parquet"
 
     @property
     def uses_real_aws(self) -> bool:

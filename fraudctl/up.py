@@ -6,7 +6,6 @@ import sys
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -68,7 +67,7 @@ def _ensure_model(settings: Settings, users: int) -> str:
     except FeatureVersionMismatch:
         reason = "The champion was trained on another feature spec"
     print(f"{reason}: simulating history and training one (default budget)...", flush=True)
-    history = Path(settings.data_dir).resolve() / "bootstrap" / "history.parquet"
+    history = settings.bootstrap_history
     run_simulate(settings, out=history, users=users, days=settings.simulated_days, start=settings.simulated_start,
                  seed=settings.seed,
                  fraud_rate=settings.fraud_rate)

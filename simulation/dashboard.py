@@ -19,7 +19,8 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -28,6 +29,7 @@ import numpy as np
 import pandas as pd
 import ray
 import uvicorn
+import yaml
 from fastapi import FastAPI
 from PIL import Image
 from pydantic import ValidationError
@@ -35,16 +37,23 @@ from pydantic import ValidationError
 from cluster.config import Settings
 from cluster.schema import CHANNELS, GENUINE_SCENARIO, OPTIONAL_COLUMNS
 from cluster.waiting import port_in_use, wait_until
+from serve.api import API_KEY_HEADER
 from serve.stats import stats_actor
+from simulation.generator import Progress, SimulationConfig, simulate_history
+from simulation.history import HISTORY_STAGES, write_history
 from simulation.scenarios import FRAUD_SCENARIOS
 from simulation.scoreboard import NO_TRUTH
 from simulation.world_shift import WorldShift
 from training.registry import ModelNotFound, registry_for
+from training.rule_replay import RuleSetError, parse_rule_set, replay_rules, replay_steps
+from training.rules import ACTIONS, ACTIVE, DISABLED, FIRST_MATCHED, SHADOW, RuleSetBody
 
 REFRESH_S = 2.0
 HISTORY_POINTS = 900          # 30 minutes of 2-second points
 SCORE_BINS = 20
 CHECK_TIMEOUT_S = 30.0
+REVIEW_LIMIT = 50  # open cases shown at once
+MAX_REVIEW_LIMIT = 500
 METRIC_ROWS = ("roc_auc", "average_precision", "precision", "recall", "f1", "false_positive_rate", "threshold",
                "card_precision_at_100", "rows", "frauds")
 CLASS_COLOURS = {"genuine": "#2563eb", "fraud": "#dc2626"}
@@ -247,28 +256,309 @@ def describe_decision(decision: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def describe_rejection(status: int, body: Any) -> str:
+def describe_field_errors(title: str, errors: Sequence[dict[str, Any]]) -> str:
+    """A heading and one plain line per offending field, as the API names it (``rules.0.expression: ...``)."""
+    return "\n".join([f"### {title}", "", *[f"- `{e.get('field', '?')}`: {e.get('message', '')}" for e in errors]])
+
+
+def describe_rejection(status: int, body: Any, title: str = "Rejected") -> str:
     errors = body.get("errors") if isinstance(body, dict) else None
     if not errors:
-        return f"### Rejected ({status})\n\n{body}"
-    return "\n".join([f"### Rejected ({status})", "",
-                      *[f"- `{e.get('field', '?')}`: {e.get('message', '')}" for e in errors]])
+        return f"### {title} ({status})\n\n{body}"
+    return describe_field_errors(f"{title} ({status})", errors)
+
+
+# -- HTTP to the API -------------------------------------------------------------------------------------------
+def api_headers(settings: Settings) -> dict[str, str]:
+    """The API key header for write endpoints, when the API has a key configured."""
+    return {API_KEY_HEADER: settings.api_key} if settings.api_key else {}
+
+
+def call_api(method: str, url: str, *, timeout_s: float = CHECK_TIMEOUT_S, **request: Any) -> tuple[int | None, Any]:
+    """One request: its status and its JSON (or text) body; status None and the error when the API is unreachable."""
+    try:
+        response = httpx.request(method, url, timeout=timeout_s, **request)
+    except httpx.HTTPError as exc:
+        return None, f"{url}: {exc}"
+    try:
+        return response.status_code, response.json()
+    except ValueError:
+        return response.status_code, response.text
 
 
 def check_transaction(api_url: str, body: dict[str, Any], timeout_s: float = CHECK_TIMEOUT_S) -> str:
     """POST the transaction to the API; the decision (explained even when LOW, so the analyst sees why it passed), or
     the API's own rejection naming each field."""
-    try:
-        response = httpx.post(f"{api_url}/api/check-fraud", params={"explain": "true"}, json=body, timeout=timeout_s)
-    except httpx.HTTPError as exc:
-        return f"### API unreachable\n\n{api_url}: {exc}"
-    try:
-        answer = response.json()
-    except ValueError:
-        answer = response.text
-    if response.is_success:
+    status, answer = call_api("POST", f"{api_url}/api/check-fraud", timeout_s=timeout_s, params={"explain": "true"},
+                              json=body)
+    if status is None:
+        return f"### API unreachable\n\n{answer}"
+    if 200 <= status < 300:
         return describe_decision(answer)
-    return describe_rejection(response.status_code, answer)
+    return describe_rejection(status, answer)
+
+
+def describe_failure(what: str, status: int | None, body: Any) -> str:
+    """An unreachable API, or its 4xx with each field it names."""
+    if status is None:
+        return f"### {what}: API unreachable\n\n{body}"
+    return describe_rejection(status, body, title=f"{what}: rejected")
+
+
+# -- rules -----------------------------------------------------------------------------------------------------
+RULE_COLUMNS = ["id", "state", "action", "expression", "description"]
+RULE_TEST_COLUMNS = ["rule", "state", "action", "matched", "frauds", "genuine", "precision", "recall",
+                     "fraud amount", "genuine amount", "model flags too", "frauds model missed"]
+
+
+def rules_table(rule_set: dict[str, Any]) -> pd.DataFrame:
+    """The rule set's rules in their order (the order ``first_matched`` applies them in)."""
+    return pd.DataFrame([{c: rule.get(c, "") for c in RULE_COLUMNS} for rule in rule_set.get("rules", [])],
+                        columns=RULE_COLUMNS)
+
+
+def rules_caption(rule_set: dict[str, Any]) -> str:
+    rules = rule_set.get("rules", [])
+    states = ", ".join(f"{sum(r.get('state') == s for r in rules)} {s}" for s in (ACTIVE, SHADOW, DISABLED))
+    return (f"**Active rule set: version {rule_set.get('version', 0)}** · mode `{rule_set.get('mode', FIRST_MATCHED)}`"
+            f" · {len(rules)} rules ({states})")
+
+
+def rules_text(rule_set: dict[str, Any]) -> str:
+    """The rule set as YAML for the editor: the ``PUT /api/rules`` body (no version)."""
+    body = {"mode": rule_set.get("mode", FIRST_MATCHED),
+            "rules": [{c: rule[c] for c in RULE_COLUMNS if rule.get(c) not in (None, "")}
+                      for rule in rule_set.get("rules", [])]}
+    return yaml.safe_dump(body, sort_keys=False, allow_unicode=True, width=1000)
+
+
+def editor_payload(text: str) -> Any:
+    """The editor's YAML or JSON (JSON is YAML too) as data; a syntax error says where."""
+    try:
+        return yaml.safe_load(text or "")
+    except yaml.YAMLError as exc:
+        raise ValueError(f"the editor's text is neither YAML nor JSON: {exc}") from None
+
+
+def save_rules(api_url: str, headers: dict[str, str], text: str) -> tuple[str, dict[str, Any] | None]:
+    """PUT the editor's rule set; a message, and the stored rule set when the API took it."""
+    try:
+        payload = editor_payload(text)
+    except ValueError as exc:
+        return f"### Not saved\n\n{exc}", None
+    status, answer = call_api("PUT", f"{api_url}/api/rules", json=payload, headers=headers)
+    if status == 200:
+        return (f"### Saved: version {answer['version']}\n\nEvery replica and stream consumer applies it within "
+                f"5 s.", answer)
+    return describe_failure("Not saved", status, answer), None
+
+
+def load_rules(api_url: str) -> tuple[str, dict[str, Any] | None]:
+    status, answer = call_api("GET", f"{api_url}/api/rules")
+    if status == 200:
+        return rules_caption(answer), answer
+    return describe_failure("Rules unavailable", status, answer), None
+
+
+def editor_rules(text: str) -> RuleSetBody:
+    """The editor's rule set, checked as the API checks it (without the stored lists): errors name
+    ``rules.N.field``."""
+    return parse_rule_set(editor_payload(text), source="the editor")
+
+
+def describe_untested(exc: ValueError) -> str:
+    """Why the rule test did not run: each invalid field of the rule set, or the problem with its input."""
+    if isinstance(exc, RuleSetError):
+        return describe_field_errors("Not tested: the rule set is invalid", exc.errors)
+    return f"### Not tested\n\n{exc}"
+
+
+def rule_test_window(start: str, days: float | None) -> tuple[date | None, int | None]:
+    """The form's first day and number of days measured (blank and 0: the whole history)."""
+    start = (start or "").strip()
+    try:
+        first = date.fromisoformat(start) if start else None
+    except ValueError:
+        raise ValueError(f"first day: {start!r} is not a date (YYYY-MM-DD)") from None
+    if days is not None and days < 0:
+        raise ValueError(f"days: must be 0 (all) or more, got {days:g}")
+    return first, int(days) if days else None
+
+
+def rule_test_history(settings: Settings, progress: Progress | None = None) -> Path:
+    """The labelled history the rule test replays: ``FRAUD_RULE_TEST_DATA``, else the simulated history ``fraudctl
+    up`` trains its first model on, simulated there now (the simulated world's settings) when missing."""
+    if settings.rule_test_data is not None:
+        path = Path(settings.rule_test_data)
+        if not path.exists():
+            raise ValueError(f"rule_test_data: {path} does not exist (FRAUD_RULE_TEST_DATA)")
+        return path
+    path = settings.bootstrap_history
+    if not path.exists():
+        config = SimulationConfig(n_users=settings.simulated_users, days=settings.simulated_days,
+                                  start=settings.simulated_start, seed=settings.seed, fraud_rate=settings.fraud_rate)
+        write_history(simulate_history(config, progress=progress), path, progress=progress)
+    return path
+
+
+def _amount(value: float | None) -> str:
+    return "" if value is None else f"{value:,.2f}"
+
+
+def _rate(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f} %"
+
+
+def rule_test_table(summary: dict[str, Any]) -> pd.DataFrame:
+    """One row per measured rule: what it matched, frauds caught, genuine (false positives), amounts, and how much
+    of it the model already flags."""
+    rows = []
+    for rule_id, figures in summary["rules"].items():
+        overlap = figures.get("model_overlap") or {}
+        rows.append({"rule": rule_id, "state": figures["state"], "action": figures["action"],
+                     "matched": figures["matched"], "frauds": figures["frauds"], "genuine": figures["genuine"],
+                     "precision": _rate(figures["precision"]), "recall": _rate(figures["recall"]),
+                     "fraud amount": _amount(figures["fraud_amount"]),
+                     "genuine amount": _amount(figures["genuine_amount"]),
+                     "model flags too": overlap.get("also_flagged_by_model", "–"),
+                     "frauds model missed": overlap.get("frauds_the_model_missed", "–")})
+    return pd.DataFrame(rows, columns=RULE_TEST_COLUMNS)
+
+
+def rule_test_per_day(summary: dict[str, Any]) -> pd.DataFrame:
+    """Matches per day and rule in long form (day, matched, rule) for the line plot."""
+    rows = [{"day": day, "matched": float(counts["matched"]), "rule": rule_id}
+            for rule_id, figures in summary["rules"].items() for day, counts in figures["per_day"].items()]
+    frame = pd.DataFrame(rows, columns=["day", "matched", "rule"])
+    frame["day"] = pd.to_datetime(frame["day"], utc=True)
+    return frame
+
+
+def rule_test_summary(summary: dict[str, Any]) -> str:
+    """The replay's window, the model it compared with, skipped rules, and the rule set against the model alone."""
+    window, model = summary["window"], summary["model"]
+    lines = [f"### Rule test: {summary['rows']:,} transactions, {summary['frauds']:,} frauds",
+             f"{window['start'][:10]} to {window['end'][:10]} · labels known {window['label_delay_days']:g} days "
+             f"later · {summary['seconds']:.1f} s", ""]
+    if model["version"]:
+        lines.append(f"Model `{model['version']}` flagged {model['flagged']:,} (of them {model['frauds_flagged']:,} "
+                     "frauds).")
+    else:
+        lines.append(f"No model to compare with: {model['reason']}.")
+    lines += [f"- rule `{s['id']}` skipped: {s['error']}" for s in summary["skipped"]]
+    rule_set = summary.get("rule_set")
+    if rule_set:
+        with_rules, alone = rule_set["with_rules"], rule_set["model_only"]
+        lines += ["", f"**The rule set ({rule_set['mode']}, {rule_set['active_rules']} active)** changes "
+                      f"{rule_set['changed']:,} actions: " + " · ".join(
+                          f"{a} {alone[a]['count']:,} → {with_rules[a]['count']:,} "
+                          f"({with_rules[a]['frauds']:,} frauds)" for a in ACTIONS)]
+    return "\n".join(lines)
+
+
+def stage_counter(report: Callable[..., Any], total: int, what: str) -> Progress:
+    """A ``progress(stage)`` callback that moves ``report`` (a ``gr.Progress``) one of ``total`` steps per stage."""
+    done = [0]
+
+    def advance(stage: str) -> None:
+        done[0] += 1
+        report(min(done[0] / total, 1.0), desc=f"{what}: {stage}")
+
+    return advance
+
+
+# -- review queue ----------------------------------------------------------------------------------------------
+QUEUE_COLUMNS = ["score", "risk", "amount", "user", "merchant", "rules", "opened (UTC)", "case"]
+
+
+def queue_order(cases: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Highest score first, then the largest amount: what an analyst should look at next."""
+    return sorted(cases, key=lambda c: (-float(c.get("fraud_score") or 0.0), -float(c.get("amount") or 0.0)))
+
+
+def _rule_ids(case: dict[str, Any]) -> str:
+    return ", ".join(f"{r['id']} ({r['action']})" for r in case.get("rules") or [])
+
+
+def queue_table(cases: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    rows = [{"score": round(float(c["fraud_score"]), 3), "risk": c.get("risk_level", ""),
+             "amount": "" if c.get("amount") is None else f"{c['amount']:,.2f} {c.get('currency') or ''}".strip(),
+             "user": c.get("user_id") or "", "merchant": c.get("merchant_id") or "", "rules": _rule_ids(c),
+             "opened (UTC)": str(c.get("opened_at", ""))[:19].replace("T", " "), "case": c["case_id"]}
+            for c in cases]
+    return pd.DataFrame(rows, columns=QUEUE_COLUMNS)
+
+
+def case_choices(cases: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The dropdown's (label, case_id) pairs, in queue order."""
+    return [(f"{c['fraud_score']:.3f} · {_amount(c.get('amount'))} {c.get('currency') or ''} · {c['transaction_id']}",
+             c["case_id"]) for c in cases]
+
+
+def _age(seconds: float) -> str:
+    minutes = int(max(seconds, 0) // 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours < 48 else f"{hours // 24} days {hours % 24} h"
+
+
+def queue_summary(queue: dict[str, Any], now: datetime) -> str:
+    """The queue's size and the age of its oldest open case."""
+    count, oldest = queue.get("open", len(queue.get("cases", []))), queue.get("oldest_open_at")
+    if not count:
+        return "**No open cases**: every review decision has been decided."
+    age = _age((now - datetime.fromisoformat(oldest)).total_seconds()) if oldest else "–"
+    return f"**{count:,} open cases** · the oldest waits for {age}"
+
+
+def describe_case(case: dict[str, Any] | None) -> str:
+    """The case's transaction, why it is in review (the model's reasons and the matched rules)."""
+    if case is None:
+        return "Select a case in the queue."
+    reasons = case.get("reasons") or []
+    factors = case.get("factors") or []
+    rules = case.get("rules") or []
+    amount = case.get("amount")
+    lines = [f"### fraud_score {case['fraud_score']:.4f} · {case.get('risk_level', '')} · action "
+             f"{case.get('action', '')}", "",
+             f"**Transaction** `{case['transaction_id']}` · "
+             + ("" if amount is None else f"{amount:,.2f} {case.get('currency') or ''} · ")
+             + f"user `{case.get('user_id', '')}` · merchant `{case.get('merchant_id', '')}` · "
+               f"{case.get('timestamp', '')}", "",
+             "**Rules matched:** " + (_rule_ids(case) if rules else "none (the model's score sent it to review)"),
+             "", "**Reasons:** " + ("; ".join([*reasons, *[f for f in factors if f not in reasons]])
+                                    if reasons or factors else "none given"), "",
+             f"case `{case['case_id']}` opened {str(case.get('opened_at', ''))[:19].replace('T', ' ')} UTC"]
+    return "\n".join(lines)
+
+
+def decision_body(*, is_fraud: bool, analyst: str, note: str = "") -> dict[str, Any]:
+    """The analyst's decision as ``POST /api/cases/{id}/decision`` takes it (the API names a missing analyst)."""
+    body: dict[str, Any] = {"is_fraud": bool(is_fraud), "analyst": (analyst or "").strip()}
+    if note and note.strip():
+        body["note"] = note.strip()
+    return body
+
+
+def load_queue(api_url: str, limit: int) -> tuple[dict[str, Any] | None, str]:
+    """The open cases (ordered for review) and the queue's summary, or why there is none."""
+    status, answer = call_api("GET", f"{api_url}/api/cases", params={"status": "open", "limit": int(limit)})
+    if status != 200:
+        return None, describe_failure("Review queue unavailable", status, answer)
+    return {**answer, "cases": queue_order(answer["cases"])}, queue_summary(answer, datetime.now(timezone.utc))
+
+
+def decide_case(api_url: str, headers: dict[str, str], case_id: str | None, body: dict[str, Any]) -> str:
+    if not case_id:
+        return "### Not decided\n\nSelect a case first."
+    status, answer = call_api("POST", f"{api_url}/api/cases/{case_id}/decision", json=body, headers=headers)
+    verdict = "fraud" if body["is_fraud"] else "genuine"
+    if status == 200:
+        return f"### Decided: `{case_id}` is {verdict}\n\nThe label goes the way of `/api/feedback`."
+    if status == 409:
+        return f"### Already decided\n\n`{case_id}` was closed before (another analyst, or another tab)."
+    return describe_failure("Not decided", status, answer)
 
 
 # -- models ----------------------------------------------------------------------------------------------------
@@ -411,6 +701,7 @@ CSS = """
              letter-spacing: 0.04em;}
 .tile-value {font-size: 1.7rem; font-weight: 700; line-height: 1.25; margin: 4px 0;}
 .tile-note {font-size: 0.8rem; color: var(--body-text-color-subdued);}
+.mono textarea {font-family: ui-monospace, monospace; font-size: 0.85rem;}
 .tile-problem {background: #fef3c7; color: #92400e; padding: 8px 12px; border-radius: 8px; margin-bottom: 8px;}
 @media (max-width: 1100px) {.tiles {grid-template-columns: repeat(3, minmax(0, 1fr));}}
 """
@@ -432,9 +723,10 @@ def actor_view(scoreboard: Any | None = None) -> Callable[[], View]:
 
 def build_dashboard(settings: Settings, view_source: Callable[[], View], simulation: SimulationControl,
                     *, refresh_s: float = REFRESH_S, history: History | None = None) -> Any:
-    """The Blocks UI (tabs: live, check a transaction, simulation, models). Open pages add to ``history`` too, so
+    """The Blocks UI (tabs: live, check a transaction, rules, review, simulation, models). Open pages add to ``history`` too, so
     charts move even without ``sample_history`` running."""
     api_url = f"http://{settings.api_host}:{settings.api_port}"
+    headers = api_headers(settings)
     history = history or History(min_gap_s=refresh_s / 2)
     controls = simulation.running
     with gr.Blocks(title="Fraud analytics", analytics_enabled=False) as demo:
@@ -484,6 +776,50 @@ def build_dashboard(settings: Settings, view_source: Callable[[], View], simulat
                             lon = gr.Textbox(label="lon (optional)", value="")
                 check_button = gr.Button("Check transaction", variant="primary", elem_id="check-button")
                 check_result = gr.Markdown("", elem_id="check-result")
+            with gr.Tab("Rules", id="rules"):
+                rules_status = gr.Markdown("", elem_id="rules-status")
+                rules_view = gr.Dataframe(rules_table({}), label="The active rules, in the order they apply",
+                                          interactive=False, wrap=True, elem_id="rules-table",
+                                          column_widths=["10%", "8%", "8%", "44%", "30%"])
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        editor = gr.Textbox(label="Rule set: YAML or JSON, the PUT /api/rules body", lines=14,
+                                            max_lines=40, elem_id="rules-editor", elem_classes=["mono"])
+                    with gr.Column(scale=1):
+                        save_button = gr.Button("Save", variant="primary", elem_id="rules-save")
+                        reload_button = gr.Button("Reload the active rule set", elem_id="rules-reload")
+                        delay = gr.Number(label="label delay (days)", value=settings.label_delay_days, minimum=0)
+                        test_start = gr.Textbox(label="first day measured (YYYY-MM-DD; blank: the first)")
+                        test_days = gr.Number(label="days measured (0: all)", value=0, precision=0, minimum=0)
+                        test_button = gr.Button("Test on the simulated history", elem_id="rules-test")
+                save_result = gr.Markdown("", elem_id="rules-save-result")
+                test_summary = gr.Markdown("", elem_id="rules-test-summary")
+                test_table = gr.Dataframe(pd.DataFrame(columns=RULE_TEST_COLUMNS), interactive=False,
+                                          label="Per rule on the history (each rule alone, whatever its state)",
+                                          elem_id="rules-test-table")
+                per_day_plot = gr.LinePlot(x="day", y="matched", color="rule", title="Matches per day (UTC)",
+                                           x_title="day", height=260, elem_id="rules-per-day")
+            with gr.Tab("Review", id="review") as review_tab:
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        queue_status = gr.Markdown("", elem_id="review-summary")
+                    queue_limit = gr.Number(label="cases shown", value=REVIEW_LIMIT, precision=0, minimum=1,
+                                            maximum=MAX_REVIEW_LIMIT, scale=1, elem_id="review-limit")
+                    queue_button = gr.Button("Refresh the queue", elem_id="review-refresh", scale=1)
+                queue = gr.Dataframe(queue_table([]), label="Open cases: highest score first, then largest amount",
+                                     interactive=False, wrap=True, max_height=360, elem_id="review-queue")
+                queue_cases = gr.State([])
+                with gr.Row():
+                    with gr.Column(scale=2):
+                        case_pick = gr.Dropdown(label="case (or click its row)", choices=[], elem_id="review-case")
+                        case_details = gr.Markdown(describe_case(None), elem_id="review-details")
+                    with gr.Column(scale=1):
+                        analyst = gr.Textbox(label="analyst", elem_id="review-analyst")
+                        note = gr.Textbox(label="note (optional)", lines=2, elem_id="review-note")
+                        with gr.Row():
+                            fraud_button = gr.Button("Fraud", variant="stop", elem_id="review-fraud")
+                            genuine_button = gr.Button("Genuine", elem_id="review-genuine")
+                        decision_result = gr.Markdown("", elem_id="review-result")
             with gr.Tab("Simulation", id="simulation"):
                 simulation_status = gr.Markdown(simulation.status() if not controls else "", elem_id="sim-status")
                 with gr.Row():
@@ -571,6 +907,54 @@ def build_dashboard(settings: Settings, view_source: Callable[[], View], simulat
                             gr.Image(value=section.image, visible=section.image is not None)]
             return out
 
+        def show_rules() -> list[Any]:
+            caption, rule_set = load_rules(api_url)
+            if rule_set is None:
+                return [caption, gr.skip(), gr.skip()]
+            return [caption, rules_table(rule_set), rules_text(rule_set)]
+
+        def save(text: str) -> list[Any]:
+            message, rule_set = save_rules(api_url, headers, text)
+            if rule_set is None:
+                return [message, gr.skip(), gr.skip()]
+            return [message, rules_caption(rule_set), rules_table(rule_set)]
+
+        def test_rules(text: str, delay_days: float | None, start: str, days: float | None,
+                       progress: gr.Progress = gr.Progress()) -> list[Any]:
+            try:
+                body = editor_rules(text)
+                first_day, day_count = rule_test_window(start, days)
+                history = rule_test_history(settings, stage_counter(progress, len(HISTORY_STAGES),
+                                                                    "simulating the history"))
+                summary = replay_rules(settings, body, data=history, delay_days=float(delay_days or 0),
+                                       start=first_day, days=day_count,
+                                       progress=stage_counter(progress, replay_steps(body), "rule test"))
+            except ValueError as exc:
+                return [describe_untested(exc), gr.skip(), gr.skip()]
+            return [rule_test_summary(summary), rule_test_table(summary), rule_test_per_day(summary)]
+
+        def show_queue(limit: float | None) -> list[Any]:
+            loaded, summary = load_queue(api_url, int(limit or REVIEW_LIMIT))
+            if loaded is None:
+                return [summary, gr.skip(), gr.skip(), gr.skip(), gr.skip()]
+            cases = loaded["cases"]
+            first = cases[0] if cases else None
+            return [summary, queue_table(cases), cases,
+                    gr.Dropdown(choices=case_choices(cases), value=first and first["case_id"]), describe_case(first)]
+
+        def show_case(case_id: str | None, cases: list[dict[str, Any]]) -> str:
+            return describe_case(next((c for c in cases if c["case_id"] == case_id), None))
+
+        def pick_row(cases: list[dict[str, Any]], event: gr.SelectData) -> Any:
+            row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
+            return cases[row]["case_id"] if 0 <= row < len(cases) else gr.skip()
+
+        def decider(is_fraud: bool) -> Callable[..., list[Any]]:
+            def decide(case_id: str | None, analyst_name: str, note_text: str, limit: float | None) -> list[Any]:
+                body = decision_body(is_fraud=is_fraud, analyst=analyst_name, note=note_text)
+                return [decide_case(api_url, headers, case_id, body), *show_queue(limit)]
+            return decide
+
         timer.tick(refresh, outputs=live_outputs, show_progress="hidden")
         demo.load(refresh, outputs=live_outputs, show_progress="hidden")
         demo.load(models, outputs=model_outputs)
@@ -583,6 +967,20 @@ def build_dashboard(settings: Settings, view_source: Callable[[], View], simulat
         attack_button.click(simulation.launch_attack, inputs=[scenario, incidents], outputs=control_result)
         shift_button.click(simulation.shift_world, inputs=[shift_share, shift_amount, shift_merchants, shift_country,
                                                            shift_missing], outputs=control_result)
+        rules_outputs = [rules_status, rules_view, editor]
+        demo.load(show_rules, outputs=rules_outputs)
+        reload_button.click(show_rules, outputs=rules_outputs)
+        save_button.click(save, inputs=editor, outputs=[save_result, rules_status, rules_view])
+        test_button.click(test_rules, inputs=[editor, delay, test_start, test_days],
+                          outputs=[test_summary, test_table, per_day_plot])
+        queue_outputs = [queue_status, queue, queue_cases, case_pick, case_details]
+        review_tab.select(show_queue, inputs=queue_limit, outputs=queue_outputs)
+        queue_button.click(show_queue, inputs=queue_limit, outputs=queue_outputs)
+        case_pick.change(show_case, inputs=[case_pick, queue_cases], outputs=case_details)
+        queue.select(pick_row, inputs=queue_cases, outputs=case_pick)
+        for button, is_fraud in ((fraud_button, True), (genuine_button, False)):
+            button.click(decider(is_fraud), inputs=[case_pick, analyst, note, queue_limit],
+                         outputs=[decision_result, *queue_outputs])
     return demo
 
 

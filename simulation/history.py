@@ -16,11 +16,12 @@ from cluster.config import Settings
 from cluster.datasets import write_transactions
 from cluster.profiles import profile_paths, put_profiles
 from cluster.schema import SCENARIO_COLUMN
-from simulation.generator import SimulationConfig, simulate_history
+from simulation.generator import Progress, SimulatedHistory, SimulationConfig, simulate_history
 from simulation.world_shift import WorldShift
 
-STAGES = ("population", "genuine traffic", "fraud scenarios", "validation", "transactions file", "profile files",
-          "DynamoDB profiles")
+HISTORY_STAGES = ("population", "genuine traffic", "fraud scenarios", "validation",  # simulate_history
+                  "transactions file", "profile files")  # write_history
+STAGES = (*HISTORY_STAGES, "DynamoDB profiles")
 
 
 def run_simulate(settings: Settings, *, out: Path, users: int, days: int, start: date, seed: int,
@@ -38,13 +39,8 @@ def run_simulate(settings: Settings, *, out: Path, users: int, days: int, start:
             bar.update()
 
         history = simulate_history(config, progress=advance)
-        transactions = _shifted(history.transactions, shift, shift_from)
-        write_transactions(transactions, out)
-        advance("transactions file")
-        users_path, merchants_path = profile_paths(out)
-        history.users.to_parquet(users_path, index=False)
-        history.merchants.to_parquet(merchants_path, index=False)
-        advance("profile files")
+        history.transactions = transactions = _shifted(history.transactions, shift, shift_from)
+        users_path, merchants_path = write_history(history, out, progress=advance)
         profiles = _publish_profiles(settings, history.users, history.merchants)
         advance("DynamoDB profiles")
 
@@ -74,6 +70,19 @@ def _shifted(transactions: pd.DataFrame, shift: WorldShift | None, shift_from: d
     shifted = transactions.copy()
     shifted.loc[later] = shift.apply(transactions.loc[later])
     return shifted
+
+
+def write_history(history: SimulatedHistory, out: Path, progress: Progress | None = None) -> tuple[Path, Path]:
+    """The transactions to ``out`` and the profiles beside it, where ``fraudctl train`` and ``rules test`` read them;
+    returns the users' and merchants' paths. ``progress`` hears "transactions file" and "profile files"."""
+    done = progress or (lambda stage: None)
+    write_transactions(history.transactions, out)
+    done("transactions file")
+    users_path, merchants_path = profile_paths(out)
+    history.users.to_parquet(users_path, index=False)
+    history.merchants.to_parquet(merchants_path, index=False)
+    done("profile files")
+    return users_path, merchants_path
 
 
 def _publish_profiles(settings: Settings, users: Any, merchants: Any) -> str:

@@ -11,7 +11,9 @@ as a whole, by its mode and precedence, is compared with the model's own actions
 from __future__ import annotations
 
 import json
+import sys
 import time
+from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import numpy as np
 import pandas as pd
 import yaml
 from pydantic import ValidationError
+from tqdm import tqdm
 
 from cluster.config import Settings
 from cluster.features import FEATURE_NAMES, FEATURE_VERSION
@@ -40,6 +43,8 @@ from training.rules import (
     rule_inputs,
 )
 
+Progress = Callable[[str], None]
+
 
 def read_rules_file(path: Path) -> RuleSetBody:
     """A rules file (.json, .yaml or .yml) holding the ``PUT /api/rules`` body; errors name ``rules.N.field``."""
@@ -51,18 +56,51 @@ def read_rules_file(path: Path) -> RuleSetBody:
         payload = yaml.safe_load(text)
     else:
         raise ValueError(f"--rules: {path} must be .json, .yaml or .yml")
+    return parse_rule_set(payload, source=f"--rules {path}")
+
+
+class RuleSetError(ValueError):
+    """A rule set that breaks the ``PUT /api/rules`` body's rules; ``errors`` are its ``{"field", "message"}``."""
+
+    def __init__(self, source: str, errors: list[dict[str, str]]):
+        super().__init__(f"{source}: " + "; ".join(f"{e['field']}: {e['message']}" for e in errors))
+        self.errors = errors
+
+
+def parse_rule_set(payload: Any, source: str) -> RuleSetBody:
+    """The ``PUT /api/rules`` body from parsed JSON/YAML (a bare list is the rules); errors name ``rules.N.field``."""
     try:
         return RuleSetBody.model_validate(payload if isinstance(payload, dict) else {"rules": payload})
     except ValidationError as exc:
-        raise ValueError(f"--rules {path}: " + "; ".join(f"{e['field']}: {e['message']}"
-                                                         for e in field_errors(exc))) from None
+        raise RuleSetError(source, field_errors(exc)) from None
 
 
 def run_rule_test(settings: Settings, *, rules: Path, data: Path, delay_days: float, start: date | None = None,
                   days: int | None = None) -> dict[str, Any]:
-    """Replay ``data`` causally through each rule of ``rules``; the figures of each and of the whole set."""
-    started = time.perf_counter()
+    """``fraudctl rules test``: the rules file replayed over ``data`` (see ``replay_rules``), with a progress bar."""
     body = read_rules_file(rules)
+    with tqdm(total=replay_steps(body), desc="rules test", unit="step", file=sys.stderr) as bar:
+        def advance(stage: str) -> None:
+            bar.set_postfix_str(stage)
+            bar.update()
+
+        return replay_rules(settings, body, data=data, delay_days=delay_days, start=start, days=days,
+                            progress=advance)
+
+
+REPLAY_STAGES = ("history", "causal features", "model scores")  # then one step per rule, then the rule set
+
+
+def replay_steps(body: RuleSetBody) -> int:
+    return len(REPLAY_STAGES) + len(body.rules) + 1
+
+
+def replay_rules(settings: Settings, body: RuleSetBody, *, data: Path, delay_days: float, start: date | None = None,
+                 days: int | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    """Replay ``data`` causally through each rule of ``body``; the figures of each and of the whole set.
+    ``progress(stage)`` hears of each of the ``replay_steps(body)`` steps as it ends (a long replay shows them)."""
+    started = time.perf_counter()
+    step = progress or (lambda stage: None)
     transactions = read_labelled(data)
     begin = pd.Timestamp(start, tz="UTC") if start else transactions["timestamp"].min()
     end = begin + pd.Timedelta(days=days) if days else None
@@ -71,11 +109,14 @@ def run_rule_test(settings: Settings, *, rules: Path, data: Path, delay_days: fl
     window = (transactions["timestamp"] >= begin).to_numpy()
     if not window.any():
         raise ValueError(f"--start/--days: no transactions of {data} in the window from {begin:%Y-%m-%d}")
+    step("history")
     users, merchants = load_profiles(data)
     features = featurize(transactions, label_delay=timedelta(days=delay_days), users=users, merchants=merchants)
+    step("causal features")
     frame = transactions.loc[window].reset_index(drop=True)
     x = features.loc[window, list(FEATURE_NAMES)].to_numpy(dtype=np.float32)
     model = _champion_scores(settings, x)
+    step("model scores")
     fields = {c: frame[c].to_numpy() if c in frame.columns else np.full(len(frame), None, object)
               for c in CANONICAL_COLUMNS}
     is_fraud = frame[LABEL_COLUMN].to_numpy(dtype=np.int8).astype(bool)
@@ -92,11 +133,13 @@ def run_rule_test(settings: Settings, *, rules: Path, data: Path, delay_days: fl
         if needs and not model:
             skipped.append({"id": rule.id, "error": f"reads {', '.join(needs)}, but the registry has no usable "
                                                     f"champion model ({model_reason(settings)})"})
+            step(f"rule {rule.id}")
             continue
         env = rule_inputs(expression.names, fields, x, **(_score_inputs(model) if model else {}))
         matched = expression.evaluate(env, len(frame))
         results[rule.id] = {"state": rule.state, "action": rule.action,
                             **_figures(matched, is_fraud, amount, day_index, day_labels, flagged)}
+        step(f"rule {rule.id}")
 
     summary: dict[str, Any] = {
         "rows": int(window.sum()), "frauds": int(is_fraud.sum()),
@@ -109,6 +152,7 @@ def run_rule_test(settings: Settings, *, rules: Path, data: Path, delay_days: fl
     }
     if model and not skipped:
         summary["rule_set"] = _rule_set_figures(body, fields, x, model, is_fraud, amount)
+    step("rule set")
     summary["seconds"] = round(time.perf_counter() - started, 2)
     return summary
 

@@ -3,7 +3,7 @@ and the plain functions that turn their joined view into tiles, frames and table
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -18,19 +18,41 @@ from serve.stats import RECENT_ALERTS, StatsCollector, StatsReporter
 from simulation.dashboard import (
     History,
     alerts_table,
+    api_headers,
+    case_choices,
     check_body,
+    decision_body,
+    describe_case,
     describe_decision,
+    describe_failure,
     describe_rejection,
+    describe_untested,
     detection_table,
+    editor_payload,
+    editor_rules,
     joined_view,
     live_tiles,
     model_metrics,
     model_section,
+    queue_order,
+    queue_summary,
+    queue_table,
+    rule_test_history,
+    rule_test_per_day,
+    rule_test_summary,
+    rule_test_table,
+    rule_test_window,
+    rules_caption,
+    rules_table,
+    rules_text,
     score_distribution,
+    stage_counter,
     tiles_html,
 )
+from simulation.history import HISTORY_STAGES
 from simulation.scenarios import FRAUD_SCENARIOS
 from simulation.scoreboard import Scoreboard
+from training.rule_replay import RuleSetError, replay_rules, replay_steps
 
 CONTRACT_KEYS = {"produced", "scored", "alerts", "tps", "latency_ms", "stream_lag_ms"}
 
@@ -268,3 +290,167 @@ def test_model_view_reads_metrics_and_report_image_from_the_registry(tmp_path: P
     assert "0.80 XGBoost + 0.20 autoencoder" in section.summary and "≥ 0.700" in section.summary
     assert model_section(registry, "latest", "Challenger") is None
     assert isinstance(section.metrics, pd.DataFrame) and not section.scenarios.empty
+
+
+# -- rules tab -------------------------------------------------------------------------------------------------
+RULE_SET = {"version": 3, "mode": "all_matched", "rules": [
+    {"id": "R1", "expression": "amount > 1000 and user_count_1h >= 5", "action": "block", "state": "active",
+     "description": "big and fast"},
+    {"id": "R2", "expression": "user_id in @vip", "action": "allow", "state": "shadow", "description": ""}]}
+
+
+def test_the_rule_set_shows_as_a_table_and_round_trips_through_the_editor() -> None:
+    table = rules_table(RULE_SET)
+    assert list(table.columns) == ["id", "state", "action", "expression", "description"]
+    assert table["id"].tolist() == ["R1", "R2"] and table.loc[1, "expression"] == "user_id in @vip"
+    assert rules_table({}).empty
+    caption = rules_caption(RULE_SET)
+    assert "version 3" in caption and "`all_matched`" in caption and "1 active, 1 shadow, 0 disabled" in caption
+    text = rules_text(RULE_SET)
+    assert "version" not in text
+    assert editor_payload(text) == {"mode": "all_matched", "rules": [
+        {k: v for k, v in rule.items() if v} for rule in RULE_SET["rules"]]}
+    assert editor_rules(text).rules[1].state == "shadow"
+    assert editor_payload('{"rules": []}') == {"rules": []}  # JSON is YAML too
+    with pytest.raises(ValueError, match="neither YAML nor JSON"):
+        editor_payload("rules: [\n  - id: R1\n   bad")
+
+
+def test_an_invalid_editor_rule_set_names_each_field_plainly() -> None:
+    with pytest.raises(RuleSetError) as raised:
+        editor_rules("rules:\n  - id: R1\n    expression: amount.__class__\n    action: block\n"
+                     "  - id: R2\n    expression: amount > 1\n    action: hold\n")
+    text = describe_untested(raised.value)
+    assert "rule set is invalid" in text
+    assert "- `rules.0.expression`: " in text and "- `rules.1.action`: " in text
+    assert describe_untested(ValueError("first day: 'x' is not a date (YYYY-MM-DD)")).endswith(
+        "first day: 'x' is not a date (YYYY-MM-DD)")
+    rejected = describe_failure("Not saved", 422, {"detail": "invalid", "errors": [
+        {"field": "rules.0.expression", "message": "unknown name 'amont'"}]})
+    assert rejected.startswith("### Not saved: rejected (422)")
+    assert "- `rules.0.expression`: unknown name 'amont'" in rejected
+    assert "API unreachable" in describe_failure("Not saved", None, "connection refused")
+
+
+def test_the_rule_test_window_comes_from_the_form() -> None:
+    assert rule_test_window("", None) == (None, None) == rule_test_window(" ", 0)
+    assert rule_test_window(" 2026-01-08 ", 10.0) == (date(2026, 1, 8), 10)
+    with pytest.raises(ValueError, match="first day"):
+        rule_test_window("8 January", None)
+    with pytest.raises(ValueError, match="days"):
+        rule_test_window("", -1)
+
+
+def test_the_api_key_goes_with_writes_only_when_configured() -> None:
+    assert api_headers(Settings(api_key="k")) == {"X-API-Key": "k"} and api_headers(Settings()) == {}
+
+
+REPLAY = {"rows": 1200, "frauds": 30,
+          "window": {"start": "2026-01-08 00:01:00+00:00", "end": "2026-01-09 23:59:00+00:00", "label_delay_days": 7},
+          "model": {"version": "v4", "flagged": 25, "frauds_flagged": 20},
+          "rules": {"R1": {"state": "active", "action": "block", "matched": 12, "frauds": 9, "genuine": 3,
+                           "precision": 0.75, "recall": 0.3, "fraud_amount": 12345.5, "genuine_amount": 99.0,
+                           "per_day": {"2026-01-08": {"matched": 5, "frauds": 4, "genuine": 1},
+                                       "2026-01-09": {"matched": 7, "frauds": 5, "genuine": 2}},
+                           "model_overlap": {"also_flagged_by_model": 8, "frauds_the_model_missed": 2,
+                                             "fraud_amount_the_model_missed": 100.0}},
+                    "R2": {"state": "shadow", "action": "allow", "matched": 0, "frauds": 0, "genuine": 0,
+                           "precision": None, "recall": 0.0, "fraud_amount": 0.0, "genuine_amount": 0.0,
+                           "per_day": {"2026-01-08": {"matched": 0, "frauds": 0, "genuine": 0},
+                                       "2026-01-09": {"matched": 0, "frauds": 0, "genuine": 0}}}},
+          "skipped": [{"id": "R3", "error": "reads fraud_score, but the registry has no usable champion model"}],
+          "rule_set": {"mode": "all_matched", "active_rules": 1, "changed": 4,
+                       "with_rules": {a: {"count": c, "frauds": f, "fraud_amount": 0.0}
+                                      for a, c, f in (("allow", 1160, 1), ("review", 20, 5), ("block", 20, 24))},
+                       "model_only": {a: {"count": c, "frauds": f, "fraud_amount": 0.0}
+                                      for a, c, f in (("allow", 1155, 2), ("review", 20, 8), ("block", 25, 20))}},
+          "seconds": 1.234}
+
+
+def test_rule_test_results_read_as_a_table_a_chart_and_a_summary() -> None:
+    table = rule_test_table(REPLAY).set_index("rule")
+    assert table.loc["R1", "matched"] == 12 and table.loc["R1", "precision"] == "75.0 %"
+    assert table.loc["R1", "fraud amount"] == "12,345.50" and table.loc["R1", "model flags too"] == 8
+    assert table.loc["R2", "precision"] == "–" and table.loc["R2", "frauds model missed"] == "–"
+    per_day = rule_test_per_day(REPLAY)
+    assert list(per_day.columns) == ["day", "matched", "rule"] and len(per_day) == 4
+    assert str(per_day["day"].dtype).startswith("datetime64")
+    assert per_day[per_day["rule"] == "R1"]["matched"].tolist() == [5.0, 7.0]
+    text = rule_test_summary(REPLAY)
+    assert "1,200 transactions, 30 frauds" in text and "2026-01-08 to 2026-01-09" in text
+    assert "Model `v4` flagged 25" in text and "rule `R3` skipped" in text
+    assert "changes 4 actions" in text and "block 25 → 20 (24 frauds)" in text
+    empty = rule_test_per_day({"rules": {}})
+    assert empty.empty and list(empty.columns) == ["day", "matched", "rule"]
+
+
+def test_the_rule_test_simulates_its_history_once_and_replays_the_editor_rules(tmp_path: Path) -> None:
+    settings = Settings(aws_mode="embedded", data_dir=tmp_path, simulated_users=60, simulated_days=4)
+    stages: list[str] = []
+    path = rule_test_history(settings, stages.append)
+    assert path == settings.bootstrap_history and path.exists() and stages[-1] == "profile files"
+    assert rule_test_history(settings, stages.append) == path and len(stages) == len(HISTORY_STAGES)
+    body = editor_rules("rules:\n  - {id: big, expression: amount > 100, action: review}\n"
+                        "  - {id: scored, expression: fraud_score > 0.5, action: block}\n")
+    steps: list[str] = []
+    summary = replay_rules(settings, body, data=path, delay_days=1, progress=steps.append)
+    assert len(steps) == replay_steps(body) and steps[-1] == "rule set"
+    assert summary["rules"]["big"]["matched"] > 0 and [s["id"] for s in summary["skipped"]] == ["scored"]
+    assert rule_test_table(summary)["rule"].tolist() == ["big"]
+    with pytest.raises(ValueError, match="FRAUD_RULE_TEST_DATA"):
+        rule_test_history(settings.model_copy(update={"rule_test_data": tmp_path / "missing.parquet"}))
+
+
+def test_stage_counter_moves_a_progress_bar_one_step_per_stage() -> None:
+    seen: list[tuple[float, str]] = []
+    advance = stage_counter(lambda fraction, desc: seen.append((fraction, desc)), 4, "rule test")
+    for stage in ("history", "causal features", "model scores", "rule R1", "rule set"):
+        advance(stage)
+    assert seen[0] == (0.25, "rule test: history") and seen[-1] == (1.0, "rule test: rule set")
+
+
+# -- review tab ------------------------------------------------------------------------------------------------
+def case(case_id: str, score: float, amount: float | None, **fields: Any) -> dict[str, Any]:
+    return {"case_id": case_id, "transaction_id": f"tx-{case_id}", "opened_at": "2026-03-01T12:00:00+00:00",
+            "fraud_score": score, "risk_level": "MEDIUM", "factors": ["new device"], "rules": [], "action": "review",
+            "status": "open", "user_id": "u1", "merchant_id": "m1", "amount": amount, "currency": "USD",
+            "timestamp": "2026-03-01T11:59:58+00:00", **fields}
+
+
+def test_the_queue_is_ordered_by_score_then_amount() -> None:
+    cases = queue_order([case("a", 0.6, 10.0), case("b", 0.9, 5.0), case("c", 0.6, 900.0), case("d", 0.6, None)])
+    assert [c["case_id"] for c in cases] == ["b", "c", "a", "d"]
+    table = queue_table([case("r", 0.61234, 1234.5, rules=[{"id": "R7", "action": "review"}])])
+    assert table.to_dict(orient="records") == [{"score": 0.612, "risk": "MEDIUM", "amount": "1,234.50 USD",
+                                                "user": "u1", "merchant": "m1", "rules": "R7 (review)",
+                                                "opened (UTC)": "2026-03-01 12:00:00", "case": "r"}]
+    assert queue_table([]).empty and list(queue_table([]).columns)[-1] == "case"
+    assert case_choices([case("x", 0.5, 20.0)]) == [("0.500 · 20.00 USD · tx-x", "x")]
+    assert case_choices([case("y", 0.5, None)])[0][1] == "y"
+
+
+def test_the_queue_summary_gives_its_size_and_oldest_age() -> None:
+    now = datetime(2026, 3, 1, 14, 5, 30, tzinfo=timezone.utc)
+    assert queue_summary({"cases": [case("a", 0.5, 1.0)] * 2, "open": 17,
+                          "oldest_open_at": "2026-03-01T12:00:00+00:00"}, now) == (
+        "**17 open cases** · the oldest waits for 2 h 5 min")
+    assert "4 min" in queue_summary({"cases": [], "open": 1, "oldest_open_at": "2026-03-01T14:01:00Z"}, now)
+    assert "3 days 2 h" in queue_summary({"cases": [], "open": 1, "oldest_open_at": "2026-02-26T12:00:00Z"}, now)
+    assert queue_summary({"cases": [], "open": 0, "oldest_open_at": None}, now).startswith("**No open cases**")
+
+
+def test_a_case_shows_its_transaction_reasons_and_rules() -> None:
+    text = describe_case(case("c1", 0.73, 980.0, rules=[{"id": "R12", "action": "review"}],
+                              reasons=["Rule R12: amount over $500 at a new merchant"]))
+    assert "fraud_score 0.7300 · MEDIUM · action review" in text and "`tx-c1`" in text and "980.00 USD" in text
+    assert "R12 (review)" in text and "Rule R12: amount over $500 at a new merchant; new device" in text
+    assert "user `u1`" in text and "case `c1`" in text
+    assert "the model's score sent it to review" in describe_case(case("c2", 0.5, None))
+    assert describe_case(None) == "Select a case in the queue."
+
+
+def test_a_decision_body_is_what_the_api_takes() -> None:
+    assert decision_body(is_fraud=True, analyst=" ana ", note="  ") == {"is_fraud": True, "analyst": "ana"}
+    assert decision_body(is_fraud=False, analyst="bo", note=" called the customer ") == {
+        "is_fraud": False, "analyst": "bo", "note": "called the customer"}
+    assert decision_body(is_fraud=False, analyst="")["analyst"] == ""  # the API names the missing analyst

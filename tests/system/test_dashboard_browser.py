@@ -1,12 +1,17 @@
 """The dashboard in a real browser (headless Chromium through Playwright), against the session's Serve app, the
 cluster's stats actor and a scoreboard joining ground truth: live tiles and charts render, the manual check scores
-through the API, bad input shows the API's error naming the field, and the page logs no error."""
+through the API, bad input shows the API's error naming the field; the Rules tab saves a rule (and shows a 422's
+field), and tests the rule set on the simulated history as a table and a chart; the Review tab decides a case; and
+the page logs no error. Each test that changes the rule set puts back the one it found (other system tests share
+it)."""
 
 from __future__ import annotations
 
 import re
 import shutil
+import uuid
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from typing import Any
 
 import pandas as pd
@@ -14,7 +19,11 @@ import pytest
 import requests
 
 from cluster.config import Settings
+from cluster.schema import format_timestamp
+from cluster.waiting import wait_until
+from tests.conftest import API_KEY
 
+KEY = {"X-API-Key": API_KEY}
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 WAIT_MS = 90_000
@@ -66,14 +75,20 @@ def record_stream_decisions(url: str, settings: Settings, history: Any, scoreboa
 
 
 @pytest.fixture(scope="module")
-def dashboard(served: tuple[str, Settings], small_history: Any) -> Iterator[tuple[str, dict[str, int]]]:
+def dashboard(served: tuple[str, Settings], small_history: Any, tmp_path_factory: pytest.TempPathFactory
+              ) -> Iterator[tuple[str, dict[str, int]]]:
+    """The dashboard on a free port; its rule test replays the session's small simulated history."""
     from cluster.waiting import free_port
     from simulation.dashboard import SimulationControl, serving_dashboard
+    from simulation.history import write_history
     from simulation.scoreboard import start_scoreboard, stop_scoreboard
     from tests.streams import create_stream
 
     url, settings = served
-    settings = settings.model_copy(update={"decisions_stream_name": create_stream(settings, 1, "decisions")})
+    history_file = tmp_path_factory.mktemp("rule-test") / "history.parquet"
+    write_history(small_history, history_file)
+    settings = settings.model_copy(update={"decisions_stream_name": create_stream(settings, 1, "decisions"),
+                                           "rule_test_data": history_file})
     scoreboard = start_scoreboard(settings)
     try:
         labelled = record_stream_decisions(url, settings, small_history, scoreboard)
@@ -146,4 +161,136 @@ def test_dashboard_renders_live_figures_and_checks_a_transaction(dashboard: tupl
     tab.wait_for_function("() => /Rejected/.test(document.querySelector('#check-result')?.textContent || '')")
     assert "Rejected (422)" in result.inner_text() and "amount" in result.inner_text()
 
+    assert errors == [], errors
+
+
+@pytest.fixture()
+def rules_put_back(served: tuple[str, Settings]) -> Iterator[str]:
+    """The API's URL; the rule set this test found is put back afterwards."""
+    url, _ = served
+    found = requests.get(f"{url}/api/rules", timeout=30).json()
+    yield url
+    body = {"mode": found["mode"], "rules": found["rules"]}
+    response = requests.put(f"{url}/api/rules", json=body, headers=KEY, timeout=30)
+    assert response.status_code == 200, response.text
+
+
+def _text(tab: Any, selector: str, pattern: str) -> str:
+    """The element's text once ``pattern`` (a JS regex) matches it."""
+    tab.wait_for_function("([selector, pattern]) => new RegExp(pattern).test("
+                          "document.querySelector(selector)?.textContent || '')", arg=[selector, pattern])
+    return tab.locator(selector).inner_text()
+
+
+def test_rules_tab_saves_a_rule_and_tests_the_rule_set_on_history(dashboard: tuple[str, dict[str, int]],
+                                                                   rules_put_back: str,
+                                                                   page: tuple[Any, list[str]]) -> None:
+    url, _ = dashboard
+    api = rules_put_back
+    tab, errors = page
+    tab.goto(url)
+    tab.get_by_role("tab", name="Rules").click()
+    _text(tab, "#rules-status", "Active rule set: version")
+    editor = tab.locator("#rules-editor textarea")
+
+    # an invalid expression: the API's 422 names the field
+    editor.fill("mode: all_matched\nrules:\n  - id: dash-bad\n    expression: amount.__class__\n"
+                "    action: block\n")
+    tab.locator("#rules-save").click()
+    rejected = _text(tab, "#rules-save-result", "rejected")
+    assert "rejected (422)" in rejected and "rules.0.expression" in rejected
+
+    # a valid rule set is saved through the API and shown as the active one
+    editor.fill("mode: all_matched\nrules:\n"
+                "  - id: dash-large\n    expression: amount > 300\n    action: review\n"
+                "    description: large amount\n"
+                "  - id: dash-night\n    expression: hour_of_day < 5 and amount > 100\n    action: block\n"
+                "    state: shadow\n")
+    tab.locator("#rules-save").click()
+    saved = _text(tab, "#rules-save-result", "Saved: version")
+    version = int(re.search(r"version (\d+)", saved).group(1))
+    stored = requests.get(f"{api}/api/rules", timeout=30).json()
+    assert stored["version"] == version and [r["id"] for r in stored["rules"]] == ["dash-large", "dash-night"]
+    assert stored["rules"][1]["state"] == "shadow"
+    _text(tab, "#rules-status", f"version {version}")
+    assert "dash-night" in tab.locator("#rules-table").inner_text()
+
+    # the rule test replays the simulated history: a row per rule and matches per day on a chart
+    tab.locator("#rules-test").click()
+    summary = _text(tab, "#rules-test-summary", "Rule test:|Not tested")
+    assert re.search(r"Rule test: [0-9,]+ transactions", summary), summary
+    table = tab.locator("#rules-test-table")
+    table.get_by_text("dash-large").filter(visible=True).first.wait_for()  # (a hidden copy measures the cells)
+    assert "dash-night" in table.inner_text() and "shadow" in table.inner_text()
+    tab.wait_for_function("""() => Array.from(document.querySelectorAll('#rules-per-day svg g.mark-line path'))
+                                 .some(path => (path.getAttribute('d') || '').includes('L'))""")
+
+    # an invalid editor rule set is not tested, and its field is named
+    editor.fill("rules:\n  - {id: dash-bad, expression: 'amount >', action: block}\n")
+    tab.locator("#rules-test").click()
+    untested = _text(tab, "#rules-test-summary", "Not tested")
+    assert "rules.0.expression" in untested
+
+    assert errors == [], errors
+
+
+def _open_case(url: str, user_id: str) -> dict[str, Any]:
+    """A review decision for ``user_id`` (a rule sends the user to review) and the case it opens."""
+    rules = {"mode": "first_matched", "rules": [
+        {"id": "dash-review", "expression": f"user_id == '{user_id}'", "action": "review",
+         "description": "the dashboard test's user"}]}
+    assert requests.put(f"{url}/api/rules", json=rules, headers=KEY, timeout=30).status_code == 200
+    decided: list[dict[str, Any]] = []
+
+    def reviewed() -> bool:
+        body = {"transaction_id": f"{user_id}-{uuid.uuid4().hex[:8]}", "user_id": user_id, "merchant_id": "m000017",
+                "amount": 432.1, "currency": "USD", "timestamp": format_timestamp(datetime.now(timezone.utc)),
+                "channel": "online", "country": "US"}
+        response = requests.post(f"{url}/api/check-fraud", json=body, timeout=30)
+        assert response.status_code == 200, response.text
+        decided.append(response.json())
+        return decided[-1]["action"] == "review"
+
+    wait_until(reviewed, timeout_s=15, interval_s=0.3, what="the review rule applied")
+    transaction_id = decided[-1]["transaction_id"]
+
+    def opened() -> dict[str, Any] | None:
+        queue = requests.get(f"{url}/api/cases", params={"status": "open", "limit": 500}, timeout=30).json()
+        return next((c for c in queue["cases"] if c["transaction_id"] == transaction_id), None)
+
+    wait_until(lambda: opened() is not None, timeout_s=30, interval_s=0.3, what="the case opened")
+    return opened()
+
+
+def test_review_tab_decides_a_case(dashboard: tuple[str, dict[str, int]], rules_put_back: str,
+                                   page: tuple[Any, list[str]]) -> None:
+    url, _ = dashboard
+    api = rules_put_back
+    case = _open_case(api, f"u-dash-{uuid.uuid4().hex[:8]}")
+    tab, errors = page
+    tab.goto(url)
+    tab.get_by_role("tab", name="Review").click()
+    tab.locator("#review-limit input").fill("500")
+    tab.locator("#review-refresh").click()
+    summary = _text(tab, "#review-summary", "open case")
+    assert re.search(r"[0-9,]+ open cases? · the oldest waits for", summary), summary
+
+    # the case's row in the queue selects it: its transaction, reasons and the rule that sent it
+    queue = tab.locator("#review-queue")
+    queue.get_by_text(case["case_id"]).filter(visible=True).first.click()
+    details = _text(tab, "#review-details", case["transaction_id"])
+    assert "dash-review (review)" in details and f"user {case['user_id']}" in details  # markdown as rendered
+
+    tab.locator("#review-analyst input").fill("dashboard-test")
+    tab.locator("#review-note textarea").fill("confirmed by the browser test")
+    tab.locator("#review-fraud").click()
+    result = _text(tab, "#review-result", "Decided|rejected|Already|unreachable")
+    assert f"Decided: `{case['case_id']}` is fraud" in result, result
+
+    closed = requests.get(f"{api}/api/cases", params={"status": "closed", "limit": 500}, timeout=30).json()
+    decided = next(c for c in closed["cases"] if c["case_id"] == case["case_id"])
+    assert (decided["is_fraud"], decided["analyst"], decided["note"]) == (
+        True, "dashboard-test", "confirmed by the browser test")
+    tab.wait_for_function("(id) => !(document.querySelector('#review-queue')?.textContent || '').includes(id)",
+                          arg=case["case_id"])
     assert errors == [], errors
