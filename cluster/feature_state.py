@@ -4,16 +4,28 @@ Each actor keeps, per key, the rows the feature windows can still see (30 days, 
 at most the per-key cap) and runs the very same passes as the offline builder (``cluster.features``) on history +
 micro-batch. Idle keys expire with their last row; state snapshots to S3 and restores, so a restarted actor loses
 nothing. ``OnlineFeatures`` is the one public coordinator: ``compute`` (features for a batch), ``record_labels``
-(label feedback), ``snapshot``, ``restore``.
+(label feedback), ``snapshot``, ``restore``, ``summary``.
+
+Exactly once for the stream, as Flink aligns keyed state with its sources: every stream batch carries each row's
+position (shard, sequence number, line), an actor remembers per shard the last position it applied, and a snapshot
+holds those positions with the state, in one S3 object per actor (so they always agree). A restarted actor loads
+its snapshot and replays every shard from the snapshot's positions before it takes a call (Ray holds the callers'
+calls meanwhile), so it comes back with every transaction it had applied, and a row at or before an applied
+position never joins the state twice (a restarted consumer re-sends from its lease checkpoint). The first rows of a
+shard the state has not seen snapshot it first, so no shard's start is ever lost.
 """
 
 from __future__ import annotations
 
 import functools
+import heapq
 import io
+import json
 import logging
 import time
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -43,11 +55,12 @@ from cluster.features import (
     stable_hash,
     user_pass_values,
 )
+from cluster.kinesis import decode_transaction, lines_after
 from cluster.profiles import MERCHANT_PROFILE_COLUMNS, USER_PROFILE_COLUMNS
 from cluster.profiles import merchant_store as default_merchant_store
 from cluster.profiles import user_store as default_user_store
 from cluster.runtime import ACTOR_NAMESPACE
-from cluster.schema import LABEL_EVENT_COLUMNS, label_values, require_columns
+from cluster.schema import LABEL_EVENT_COLUMNS, canonical_columns, label_values, require_columns, scoring_record
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +71,8 @@ MERCHANT_STATE_COLUMNS = (*EVENT_ROW_COLUMNS, "txn_key", "mcc_key", "user_key") 
 LABEL_STATE_COLUMNS = ("key", "known_ms", "anchor_ms", "txn_key")
 TAIL_ROWS = 4_096                  # recent arrivals kept unsorted before one merge into the key-sorted body
 REPLAY_MEMORY = 50_000             # transactions per partition whose outputs a replay gets back unchanged
+RECOVERY_BATCH = 2_000             # stream transactions per pass while a restarted actor replays
+MISSING_OBJECT = ("NoSuchKey", "404", "NoSuchBucket")
 
 Rows = dict[str, np.ndarray]
 
@@ -207,17 +222,21 @@ class FeatureStateCore:
         self.watermark = np.iinfo(np.int64).min + self.label_retention_ms
         self.rows_since_compact = 0
 
-    def process(self, batch: Rows) -> np.ndarray:
+    def process(self, batch: Rows, applied: np.ndarray | None = None) -> np.ndarray:
         """``PASS_OUTPUTS[kind]`` of these rows (``txn_key`` + the state columns) given the retained history; new
         transactions then join the state, ones seen before (replays, retries, repeats in the batch) get their
-        first outputs again and leave the state as it was."""
+        first outputs again and leave the state as it was. ``applied`` marks rows the state took in before (by
+        their stream position): one no longer remembered gets outputs from the state as it is, and stays out."""
         txn_keys = np.asarray(batch["txn_key"], np.int64)
         unique, first, inverse = np.unique(txn_keys, return_index=True, return_inverse=True)
         slots = self.recent.slots(unique)
         values = np.empty((len(unique), len(PASS_OUTPUTS[self.kind])))
         known = slots >= 0
         values[known] = self.recent.values[slots[known]]
-        fresh = np.flatnonzero(~known)
+        again = ~known & (np.asarray(applied, bool)[first] if applied is not None else False)
+        if again.any():
+            values[again] = self._passes({c: np.asarray(batch[c], _dtype(c))[first[again]] for c in self.rows.columns})
+        fresh = np.flatnonzero(~known & ~again)
         fresh = fresh[np.argsort(first[fresh])]  # in batch order
         if len(fresh):
             rows = {c: np.asarray(batch[c], _dtype(c))[first[fresh]] for c in self.rows.columns}
@@ -264,23 +283,21 @@ class FeatureStateCore:
         return {"rows": len(self.rows), "keys": self.rows.key_count, "labels": len(self.labels),
                 "bytes": self.rows.nbytes + self.labels.nbytes + self.recent.values.nbytes + self.recent.keys.nbytes}
 
-    def dump(self) -> bytes:
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The whole state as named arrays (what a snapshot stores)."""
         self.rows.flush()
         self.labels.flush()
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, watermark=np.int64(self.watermark), recent_written=np.int64(self.recent.written),
-                            recent_keys=self.recent.keys, recent_values=self.recent.values,
-                            **{f"rows.{c}": v for c, v in self.rows.data.items()},
-                            **{f"labels.{c}": v for c, v in self.labels.data.items()})
-        return buffer.getvalue()
+        return {"watermark": np.int64(self.watermark), "recent_written": np.int64(self.recent.written),
+                "recent_keys": self.recent.keys, "recent_values": self.recent.values,
+                **{f"rows.{c}": v for c, v in self.rows.data.items()},
+                **{f"labels.{c}": v for c, v in self.labels.data.items()}}
 
-    def load(self, payload: bytes) -> None:
-        with np.load(io.BytesIO(payload)) as arrays:
-            self.watermark = int(arrays["watermark"])
-            self.rows.load(_columns(arrays, "rows", self.rows.columns))
-            self.labels.load(_columns(arrays, "labels", self.labels.columns))
-            if arrays["recent_values"].shape[1] == self.recent.values.shape[1]:  # else an older feature spec's
-                self.recent.load(arrays["recent_keys"], arrays["recent_values"], int(arrays["recent_written"]))
+    def load_arrays(self, arrays: Any) -> None:
+        self.watermark = int(arrays["watermark"])
+        self.rows.load(_columns(arrays, "rows", self.rows.columns))
+        self.labels.load(_columns(arrays, "labels", self.labels.columns))
+        if arrays["recent_values"].shape[1] == self.recent.values.shape[1]:  # else an older feature spec's
+            self.recent.load(arrays["recent_keys"], arrays["recent_values"], int(arrays["recent_written"]))
 
 
 def _columns(arrays: Any, prefix: str, columns: tuple[str, ...]) -> Rows:
@@ -294,32 +311,118 @@ def snapshot_folder(name: str) -> str:
     return f"{SNAPSHOT_PREFIX}/{name}"
 
 
+@dataclass(frozen=True)
+class StreamPlacement:
+    """Where each row of a stream batch sits: its shard (``cluster.kinesis.shard_key``) and ``position``; and per
+    shard the position the batch was read after (``cluster.kinesis.after_record``)."""
+    shards: list[str]
+    positions: list[int]
+    starts: dict[str, int]
+
+    def part(self, rows: np.ndarray) -> tuple[list[str], list[int]]:
+        return [self.shards[i] for i in rows], [self.positions[i] for i in rows]
+
+    def ends(self) -> dict[str, int]:
+        """The last position of each shard in the batch."""
+        last: dict[str, int] = {}
+        for shard, at in zip(self.shards, self.positions):
+            last[shard] = max(last.get(shard, at), at)
+        return last
+
+
+@dataclass(frozen=True)
+class PartitionPlacement:
+    """One actor's share of a ``StreamPlacement``: per kind, its rows' shards and positions."""
+    starts: dict[str, int]
+    ends: dict[str, int]
+    rows: dict[str, tuple[list[str], list[int]]]
+
+
+class Prepared(NamedTuple):
+    """A canonical batch as the state actors take it: per kind the state rows, and which partition owns each."""
+    column: dict[str, Any]
+    users: dict[str, Any]
+    merchants: dict[str, Any]
+    inputs: dict[str, Rows]
+    owners: dict[str, np.ndarray]
+
+
+def prepare(batch: Columns, user_store: Any, merchant_store: Any, partitions: int) -> Prepared:
+    users = aligned_profiles(user_store, batch["user_id"], USER_PROFILE_COLUMNS)
+    merchants = aligned_profiles(merchant_store, batch["merchant_id"], MERCHANT_PROFILE_COLUMNS)
+    column = prepare_rows(batch, users, merchants)
+    inputs = {"user": {c: column[c] for c in (*USER_ROW_COLUMNS, "txn_key")},
+              "merchant": {**event_rows(column, "merchant_key"), "txn_key": column["txn_key"],
+                           "mcc_key": column["mcc_key"], "user_key": column["user_key"]},
+              "mcc": {**event_rows(column, "mcc_key"), "txn_key": column["txn_key"]}}
+    owners = {"user": partition_of(column["user_key"], partitions),
+              "merchant": partition_of(column["merchant_key"], partitions),
+              "mcc": np.where(column["mcc_key"] != 0, partition_of(column["mcc_key"], partitions), -1)}
+    return Prepared(column, users, merchants, inputs, owners)
+
+
+def partition_share(prepared: Prepared, partition: int, placement: StreamPlacement | None
+                    ) -> tuple[dict[str, np.ndarray], dict[str, Rows], PartitionPlacement | None]:
+    """The rows of each kind that ``partition`` owns (their indices, the rows), and where they sit in the stream."""
+    selected = {kind: np.flatnonzero(owner == partition) for kind, owner in prepared.owners.items()}
+    parts = {kind: {c: values[selected[kind]] for c, values in prepared.inputs[kind].items()}
+             for kind in KINDS if len(selected[kind])}
+    share = None if placement is None else PartitionPlacement(
+        placement.starts, placement.ends(), {kind: placement.part(selected[kind]) for kind in parts})
+    return selected, parts, share
+
+
 class FeatureStateActor:
     """Partition ``i`` of every key kind in one Ray actor, so a batch costs one call per actor, not per kind.
 
-    Snapshots go to ``s3://{model_bucket}/feature-state/{name}/{kind}-{i}-of-{n}.npz``: each named state (the
-    cluster's, an SDK's) keeps its own, so one never restores or overwrites another's.
+    Snapshots go to ``s3://{model_bucket}/feature-state/{name}/{i}-of-{n}.npz``, every kind and the stream
+    positions in one object: each named state (the cluster's, an SDK's) keeps its own, so one never restores or
+    overwrites another's.
     """
 
     def __init__(self, name: str, partition: int, partitions: int, settings: Settings,
                  restore_from: tuple[str, ...] = ()):
         """``restore_from``: the states whose last snapshot a fresh actor takes, the first one found (its own name
-        first, so an actor Ray restarts continues from its own)."""
+        first, so an actor Ray restarts continues from its own); it then replays the stream from that snapshot's
+        positions before it takes any call."""
         self.cores = {kind: FeatureStateCore(kind, label_delay_ms(settings)) for kind in KINDS}
         self.settings = settings
-        self.partition, self.partitions = partition, partitions
-        self.object_keys = self._keys(name)
+        self.name, self.partition, self.partitions = name, partition, partitions
+        self.object_key = self._key(name)
+        self.positions: dict[str, int] = {}  # per shard, the last position applied
         self.snapshotted = time.monotonic()
-        for source in restore_from:
-            if self.restore(source):
-                break
+        self.snapshotted_at: float | None = None
+        self.recoveries, self.replayed, self.recovery_s = 0, 0, None
+        if restore_from:
+            self.recover(restore_from)
 
-    def _keys(self, name: str) -> dict[str, str]:
-        return {kind: f"{snapshot_folder(name)}/{kind}-{self.partition}-of-{self.partitions}.npz" for kind in KINDS}
+    def _key(self, name: str) -> str:
+        return f"{snapshot_folder(name)}/{self.partition}-of-{self.partitions}.npz"
 
-    def process(self, parts: dict[str, Rows]) -> dict[str, np.ndarray]:
-        outputs = {kind: self.cores[kind].process(rows) for kind, rows in parts.items()}
+    @functools.cached_property
+    def profile_stores(self) -> tuple[Any, Any]:
+        return default_user_store(self.settings), default_merchant_store(self.settings)
+
+    def process(self, parts: dict[str, Rows], placement: PartitionPlacement | None = None) -> dict[str, np.ndarray]:
+        outputs = self._apply(parts, placement)
         self._snapshot_if_due()
+        return outputs
+
+    def _apply(self, parts: dict[str, Rows], placement: PartitionPlacement | None) -> dict[str, np.ndarray]:
+        if placement is None:
+            return {kind: self.cores[kind].process(rows) for kind, rows in parts.items()}
+        unseen = {shard: start for shard, start in placement.starts.items() if shard not in self.positions}
+        if unseen:  # where these shards start goes to S3 before any of their rows join: a replay begins there
+            self.positions.update(unseen)
+            self.snapshot()
+        outputs = {}
+        for kind, rows in parts.items():
+            shards, positions = placement.rows[kind]
+            applied = np.fromiter((at <= self.positions[shard] for shard, at in zip(shards, positions)), bool,
+                                  len(positions))
+            outputs[kind] = self.cores[kind].process(rows, applied)
+        for shard, last in placement.ends.items():
+            self.positions[shard] = max(self.positions.get(shard, last), last)
         return outputs
 
     def _snapshot_if_due(self) -> None:
@@ -343,30 +446,122 @@ class FeatureStateActor:
     def stats(self) -> dict[str, dict[str, int]]:
         return {kind: core.stats() for kind, core in self.cores.items()}
 
+    def summary(self) -> dict[str, Any]:
+        """Rows, keys, the last snapshot's time (epoch seconds) and the recoveries of this partition."""
+        return {"rows": sum(len(core.rows) for core in self.cores.values()),
+                "keys": {kind: self.cores[kind].rows.key_count for kind in ("user", "merchant")},
+                "last_snapshot_at": self.snapshotted_at, "recoveries": self.recoveries, "replayed": self.replayed,
+                "last_recovery_s": self.recovery_s, "shards": len(self.positions)}
+
+    def dump(self, taken_at: float) -> bytes:
+        """Every kind and the stream positions as one compressed npz."""
+        arrays = {f"{kind}.{name}": values for kind, core in self.cores.items() for name, values in core.arrays().items()}
+        meta = {"positions": {shard: str(at) for shard, at in self.positions.items()}, "taken_at": taken_at,
+                "recoveries": self.recoveries, "replayed": self.replayed, "recovery_s": self.recovery_s}
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+        return buffer.getvalue()
+
+    def load(self, payload: bytes, *, own: bool = True) -> None:
+        """State and positions from ``dump``; ``own``: this state's snapshot, so its counters continue too."""
+        with np.load(io.BytesIO(payload)) as arrays:
+            meta = json.loads(arrays["meta"].tobytes())
+            for kind, core in self.cores.items():
+                core.load_arrays({name.removeprefix(f"{kind}."): arrays[name]
+                                  for name in arrays.files if name.startswith(f"{kind}.")})
+        self.positions = {shard: int(at) for shard, at in meta["positions"].items()}
+        if own:
+            self.snapshotted_at = meta["taken_at"]
+            self.recoveries, self.replayed, self.recovery_s = meta["recoveries"], meta["replayed"], meta["recovery_s"]
+
     def snapshot(self) -> list[str]:
-        s3 = client("s3", self.settings)
-        for kind, core in self.cores.items():
+        for core in self.cores.values():
             core.compact()
-            s3.put_object(Bucket=self.settings.model_bucket, Key=self.object_keys[kind], Body=core.dump())
+        taken_at = time.time()
+        client("s3", self.settings).put_object(Bucket=self.settings.model_bucket, Key=self.object_key,
+                                               Body=self.dump(taken_at))
+        self.snapshotted_at = taken_at
         self.snapshotted = time.monotonic()
-        return list(self.object_keys.values())
+        return [self.object_key]
 
     def restore(self, source: str | None = None) -> bool:
-        """Reload each kind from the last snapshot of the state named ``source`` (this one's by default); False
-        when there was none."""
+        """Reload the last snapshot of the state named ``source`` (this one's by default); False when there was
+        none. A snapshot from before positions were kept (one object per kind) loads without them."""
         s3 = client("s3", self.settings)
-        keys = self._keys(source) if source else self.object_keys
+        name = source or self.name
+        try:
+            payload = s3.get_object(Bucket=self.settings.model_bucket, Key=self._key(name))["Body"].read()
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] not in MISSING_OBJECT:
+                raise
+            return self._restore_per_kind(s3, name)
+        self.load(payload, own=name == self.name)
+        return True
+
+    def _restore_per_kind(self, s3: Any, name: str) -> bool:
         restored = False
         for kind, core in self.cores.items():
+            key = f"{snapshot_folder(name)}/{kind}-{self.partition}-of-{self.partitions}.npz"
             try:
-                body = s3.get_object(Bucket=self.settings.model_bucket, Key=keys[kind])
+                payload = s3.get_object(Bucket=self.settings.model_bucket, Key=key)["Body"].read()
             except ClientError as exc:
-                if exc.response["Error"]["Code"] in ("NoSuchKey", "404", "NoSuchBucket"):
+                if exc.response["Error"]["Code"] in MISSING_OBJECT:
                     continue
                 raise
-            core.load(body["Body"].read())
+            with np.load(io.BytesIO(payload)) as arrays:
+                core.load_arrays(arrays)
             restored = True
         return restored
+
+    def recover(self, sources: tuple[str, ...] = ()) -> bool:
+        """The first of ``sources`` (this state's own by default) with a snapshot, then every shard replayed from
+        its positions; the time it took and the rows replayed are counted, logged and snapshotted (so a second
+        crash does not replay them again). False when there was nothing to recover."""
+        started = time.monotonic()
+        restored = any(self.restore(source) for source in sources or (self.name,))
+        replayed = self._replay()
+        if not restored and not replayed:
+            return False
+        self.recoveries += 1
+        self.replayed += replayed
+        self.recovery_s = round(time.monotonic() - started, 3)
+        log.warning("feature state %s partition %d of %d recovered in %.2f s: %s, %d stream transactions replayed "
+                    "from %d shards", self.name, self.partition, self.partitions, self.recovery_s,
+                    "its last snapshot" if restored else "no snapshot", replayed, len(self.positions))
+        self.snapshot()
+        return True
+
+    def _replay(self) -> int:
+        """Every stream transaction after the positions this state has applied, in arrival order across shards
+        (each shard's in sequence); returns how many joined this partition's user state."""
+        kinesis = client("kinesis", self.settings)
+        shards = []
+        for shard, after in list(self.positions.items()):
+            try:
+                shards.append([(arrival, shard, at, line) for at, line, arrival in lines_after(kinesis, shard, after)])
+            except ClientError as exc:
+                log.error("cannot replay %s after position %d (%s): its transactions are missing from the state",
+                          shard, after, exc.response["Error"]["Code"])
+        pending = list(heapq.merge(*shards, key=lambda item: item[0]))
+        replayed = 0
+        for start in range(0, len(pending), RECOVERY_BATCH):
+            chunk = pending[start:start + RECOVERY_BATCH]
+            decoded = [(decode_transaction(line), shard, at) for _, shard, at, line in chunk]
+            valid = [(tx, shard, at) for tx, shard, at in decoded if tx is not None]
+            placement = StreamPlacement([shard for _, shard, _ in valid], [at for _, _, at in valid], {})
+            if valid:
+                prepared = prepare(canonical_columns([scoring_record(tx) for tx, _, _ in valid]),
+                                   *self.profile_stores, self.partitions)
+                _, parts, share = partition_share(prepared, self.partition, placement)
+                self._apply(parts, share)
+                replayed += len(parts.get("user", {}).get("txn_key", ()))
+            for _, shard, at, _ in chunk:  # invalid lines too: nothing before them is left to replay
+                self.positions[shard] = max(self.positions[shard], at)
+        return replayed
+
+
+def snapshot_time(epoch_s: float | None) -> str | None:
+    return None if epoch_s is None else datetime.fromtimestamp(epoch_s, timezone.utc).isoformat()
 
 
 def label_delay_ms(settings: Settings) -> int:
@@ -431,27 +626,19 @@ class OnlineFeatures:
         """``transaction_id`` + ``FEATURE_NAMES`` for a canonical batch, in its order (see ``matrix``)."""
         return feature_frame(batch["transaction_id"], self.matrix(batch))
 
-    def matrix(self, batch: Columns) -> np.ndarray:
+    def matrix(self, batch: Columns, placement: StreamPlacement | None = None) -> np.ndarray:
         """The (rows x ``FEATURE_NAMES``) matrix of a canonical batch (a DataFrame or column arrays), in its order;
-        new transactions join the state, and one seen recently gets the features it got then."""
-        users = aligned_profiles(self.user_store, batch["user_id"], USER_PROFILE_COLUMNS)
-        merchants = aligned_profiles(self.merchant_store, batch["merchant_id"], MERCHANT_PROFILE_COLUMNS)
-        column = prepare_rows(batch, users, merchants)
+        new transactions join the state, and one seen recently gets the features it got then. ``placement``:
+        where a stream batch's rows sit in their shards, so a replayed row never joins twice and a restarted
+        actor can replay what its snapshot misses."""
+        prepared = prepare(batch, self.user_store, self.merchant_store, self.partitions)
+        column, users, merchants = prepared.column, prepared.users, prepared.merchants
         count = len(column["txn_key"])
-        inputs = {"user": {c: column[c] for c in (*USER_ROW_COLUMNS, "txn_key")},
-                  "merchant": {**event_rows(column, "merchant_key"), "txn_key": column["txn_key"],
-                               "mcc_key": column["mcc_key"], "user_key": column["user_key"]},
-                  "mcc": {**event_rows(column, "mcc_key"), "txn_key": column["txn_key"]}}
-        owners = {"user": partition_of(column["user_key"], self.partitions),
-                  "merchant": partition_of(column["merchant_key"], self.partitions),
-                  "mcc": np.where(column["mcc_key"] != 0, partition_of(column["mcc_key"], self.partitions), -1)}
         requests = []
         for partition, actor in enumerate(self.actors):
-            selected = {kind: np.flatnonzero(owner == partition) for kind, owner in owners.items()}
-            parts = {kind: {c: values[selected[kind]] for c, values in inputs[kind].items()}
-                     for kind in KINDS if len(selected[kind])}
+            selected, parts, share = partition_share(prepared, partition, placement)
             if parts:
-                requests.append((selected, actor.process.remote(parts)))
+                requests.append((selected, actor.process.remote(parts, share)))
         outputs = {kind: np.zeros((count, len(PASS_OUTPUTS[kind]))) for kind in KINDS}  # no category: zeros
         for (selected, _), result in zip(requests, ray.get([ref for _, ref in requests])):
             for kind, values in result.items():
@@ -510,8 +697,23 @@ class OnlineFeatures:
         return [key for keys in ray.get([actor.snapshot.remote() for actor in self.actors]) for key in keys]
 
     def restore(self) -> list[bool]:
-        """Reload every partition from its last snapshot (a partition without one keeps its state)."""
-        return ray.get([actor.restore.remote() for actor in self.actors])
+        """Reload every partition from its last snapshot and replay the stream from its positions (a partition
+        without a snapshot keeps its state)."""
+        return ray.get([actor.recover.remote() for actor in self.actors])
+
+    def summary(self) -> dict[str, Any]:
+        """The state summed over its partitions (``GET /api/state``): rows, keys per kind, recoveries and the
+        stream transactions they replayed; ``last_snapshot_at`` is the oldest partition's last snapshot (null
+        while one has none), the time from which a crash replays."""
+        parts = ray.get([actor.summary.remote() for actor in self.actors])
+        taken = [p["last_snapshot_at"] for p in parts]
+        recovery_s = [p["last_recovery_s"] for p in parts if p["last_recovery_s"] is not None]
+        return {"rows": sum(p["rows"] for p in parts),
+                "keys": {kind: sum(p["keys"][kind] for p in parts) for kind in ("user", "merchant")},
+                "last_snapshot_at": snapshot_time(None if None in taken else min(taken)),
+                "recoveries": sum(p["recoveries"] for p in parts), "replayed": sum(p["replayed"] for p in parts),
+                "last_recovery_s": max(recovery_s, default=None), "partitions": self.partitions,
+                "shards": max(p["shards"] for p in parts)}
 
     def stats(self) -> dict[str, dict[str, int]]:
         parts = ray.get([actor.stats.remote() for actor in self.actors])
