@@ -5,7 +5,9 @@ replicas and the SDK run (``serve.sdk.FraudDetector``: online features, XGBoost,
 publishes HIGH decisions to SNS (exactly once per transaction_id through the alert ledger), writes every
 decision to the output stream, and only then checkpoints the shard's last sequence number in the DynamoDB lease table. A
 restarted consumer resumes after its checkpoint; a replayed record can repeat a decision record (keyed by
-transaction_id) but never an alert: effectively once.
+transaction_id) but never an alert: effectively once. Each row goes to the feature state with its stream position
+(``cluster.feature_state.StreamPlacement``), so the state applies it exactly once and a restarted state actor
+replays what its snapshot misses.
 
 ``StreamScoring`` follows the stream's shard set: a child shard (after resharding) starts once its parents are
 drained, as the Kinesis Client Library does, so each user's transactions stay in order.
