@@ -22,6 +22,7 @@ import heapq
 import io
 import json
 import logging
+import struct
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -29,6 +30,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import ray
 from botocore.exceptions import ClientError
 
@@ -55,7 +57,7 @@ from cluster.features import (
     stable_hash,
     user_pass_values,
 )
-from cluster.kinesis import decode_transaction, lines_after
+from cluster.kinesis import LINE_SLOTS, decode_transaction, lines_after
 from cluster.profiles import MERCHANT_PROFILE_COLUMNS, USER_PROFILE_COLUMNS
 from cluster.profiles import merchant_store as default_merchant_store
 from cluster.profiles import user_store as default_user_store
@@ -73,6 +75,10 @@ TAIL_ROWS = 4_096                  # recent arrivals kept unsorted before one me
 REPLAY_MEMORY = 50_000             # transactions per partition whose outputs a replay gets back unchanged
 RECOVERY_BATCH = 2_000             # stream transactions per pass while a restarted actor replays
 MISSING_OBJECT = ("NoSuchKey", "404", "NoSuchBucket")
+# A snapshot blocks its actor while it is written, so it is compressed for speed: zstd at level 1 (pyarrow's)
+# comes close to numpy's zlib in size at a small fraction of the time. The header holds the uncompressed size.
+SNAPSHOT_CODEC = pa.Codec("zstd", compression_level=1)
+SNAPSHOT_HEADER = struct.Struct("<Q")
 
 Rows = dict[str, np.ndarray]
 
@@ -313,29 +319,56 @@ def snapshot_folder(name: str) -> str:
 
 @dataclass(frozen=True)
 class StreamPlacement:
-    """Where each row of a stream batch sits: its shard (``cluster.kinesis.shard_key``) and ``position``; and per
-    shard the position the batch was read after (``cluster.kinesis.after_record``)."""
-    shards: list[str]
-    positions: list[int]
+    """Where each row of a stream batch sits: the Kinesis records it came in (each one's shard, as
+    ``cluster.kinesis.shard_key``, and the position of its line 0) and each row's record and line; and per shard the
+    position the batch was read after (``cluster.kinesis.after_record``). Rows are numpy arrays, so placing a batch
+    costs per record, not per row (positions are wider than 64 bits)."""
+    records: list[tuple[str, int]]
+    record_of_row: np.ndarray
+    line_of_row: np.ndarray
     starts: dict[str, int]
 
-    def part(self, rows: np.ndarray) -> tuple[list[str], list[int]]:
-        return [self.shards[i] for i in rows], [self.positions[i] for i in rows]
+    @classmethod
+    def of(cls, shards: list[str], positions: list[int], starts: dict[str, int]) -> StreamPlacement:
+        """From each row's shard and ``cluster.kinesis.position``."""
+        index: dict[tuple[str, int], int] = {}
+        record_of_row = np.empty(len(positions), np.int64)
+        line_of_row = np.empty(len(positions), np.int64)
+        for row, (shard, at) in enumerate(zip(shards, positions)):
+            line = at % LINE_SLOTS
+            record_of_row[row] = index.setdefault((shard, at - line), len(index))
+            line_of_row[row] = line
+        return cls(list(index), record_of_row, line_of_row, starts)
+
+    def __len__(self) -> int:
+        return len(self.record_of_row)
+
+    def part(self, rows: np.ndarray) -> StreamPlacement:
+        return StreamPlacement(self.records, self.record_of_row[rows], self.line_of_row[rows], self.starts)
 
     def ends(self) -> dict[str, int]:
         """The last position of each shard in the batch."""
+        last_line = np.full(len(self.records), -1, np.int64)
+        np.maximum.at(last_line, self.record_of_row, self.line_of_row)
         last: dict[str, int] = {}
-        for shard, at in zip(self.shards, self.positions):
-            last[shard] = max(last.get(shard, at), at)
+        for (shard, first), line in zip(self.records, last_line.tolist()):
+            if line >= 0:
+                last[shard] = max(last.get(shard, first + line), first + line)
         return last
+
+    def applied(self, positions: dict[str, int]) -> np.ndarray:
+        """Rows at or before their shard's position in ``positions`` (applied already)."""
+        margin = np.array([min(max(positions[shard] - first, -1), LINE_SLOTS) for shard, first in self.records],
+                          np.int64)
+        return self.line_of_row <= margin[self.record_of_row] if len(margin) else np.zeros(len(self), bool)
 
 
 @dataclass(frozen=True)
 class PartitionPlacement:
-    """One actor's share of a ``StreamPlacement``: per kind, its rows' shards and positions."""
+    """One actor's share of a ``StreamPlacement``: per kind, its rows' placement; and the batch's last positions."""
     starts: dict[str, int]
     ends: dict[str, int]
-    rows: dict[str, tuple[list[str], list[int]]]
+    rows: dict[str, StreamPlacement]
 
 
 class Prepared(NamedTuple):
@@ -375,7 +408,7 @@ def partition_share(prepared: Prepared, partition: int, placement: StreamPlaceme
 class FeatureStateActor:
     """Partition ``i`` of every key kind in one Ray actor, so a batch costs one call per actor, not per kind.
 
-    Snapshots go to ``s3://{model_bucket}/feature-state/{name}/{i}-of-{n}.npz``, every kind and the stream
+    Snapshots go to ``s3://{model_bucket}/feature-state/{name}/{i}-of-{n}.npz.zst``, every kind and the stream
     positions in one object: each named state (the cluster's, an SDK's) keeps its own, so one never restores or
     overwrites another's.
     """
@@ -383,8 +416,8 @@ class FeatureStateActor:
     def __init__(self, name: str, partition: int, partitions: int, settings: Settings,
                  restore_from: tuple[str, ...] = ()):
         """``restore_from``: the states whose last snapshot a fresh actor takes, the first one found (its own name
-        first, so an actor Ray restarts continues from its own); it then replays the stream from that snapshot's
-        positions before it takes any call."""
+        first); it then replays the stream from that snapshot's positions before it takes any call. An actor Ray
+        restarts always recovers, from its own snapshot first, whatever it was created with."""
         self.cores = {kind: FeatureStateCore(kind, label_delay_ms(settings)) for kind in KINDS}
         self.settings = settings
         self.name, self.partition, self.partitions = name, partition, partitions
@@ -393,11 +426,13 @@ class FeatureStateActor:
         self.snapshotted = time.monotonic()
         self.snapshotted_at: float | None = None
         self.recoveries, self.replayed, self.recovery_s = 0, 0, None
+        if ray.get_runtime_context().was_current_actor_reconstructed:
+            restore_from = tuple(dict.fromkeys((name, *restore_from)))
         if restore_from:
             self.recover(restore_from)
 
     def _key(self, name: str) -> str:
-        return f"{snapshot_folder(name)}/{self.partition}-of-{self.partitions}.npz"
+        return f"{snapshot_folder(name)}/{self.partition}-of-{self.partitions}.npz.zst"
 
     @functools.cached_property
     def profile_stores(self) -> tuple[Any, Any]:
@@ -417,10 +452,7 @@ class FeatureStateActor:
             self.snapshot()
         outputs = {}
         for kind, rows in parts.items():
-            shards, positions = placement.rows[kind]
-            applied = np.fromiter((at <= self.positions[shard] for shard, at in zip(shards, positions)), bool,
-                                  len(positions))
-            outputs[kind] = self.cores[kind].process(rows, applied)
+            outputs[kind] = self.cores[kind].process(rows, placement.rows[kind].applied(self.positions))
         for shard, last in placement.ends.items():
             self.positions[shard] = max(self.positions.get(shard, last), last)
         return outputs
@@ -454,17 +486,21 @@ class FeatureStateActor:
                 "last_recovery_s": self.recovery_s, "shards": len(self.positions)}
 
     def dump(self, taken_at: float) -> bytes:
-        """Every kind and the stream positions as one compressed npz."""
+        """Every kind and the stream positions as one npz, compressed (``SNAPSHOT_CODEC``)."""
         arrays = {f"{kind}.{name}": values for kind, core in self.cores.items() for name, values in core.arrays().items()}
         meta = {"positions": {shard: str(at) for shard, at in self.positions.items()}, "taken_at": taken_at,
                 "recoveries": self.recoveries, "replayed": self.replayed, "recovery_s": self.recovery_s}
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
-        return buffer.getvalue()
+        np.savez(buffer, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+        raw = buffer.getbuffer()
+        return SNAPSHOT_HEADER.pack(len(raw)) + SNAPSHOT_CODEC.compress(raw, asbytes=True)
 
     def load(self, payload: bytes, *, own: bool = True) -> None:
         """State and positions from ``dump``; ``own``: this state's snapshot, so its counters continue too."""
-        with np.load(io.BytesIO(payload)) as arrays:
+        size, = SNAPSHOT_HEADER.unpack_from(payload)
+        raw = SNAPSHOT_CODEC.decompress(memoryview(payload)[SNAPSHOT_HEADER.size:], decompressed_size=size,
+                                        asbytes=True)
+        with np.load(io.BytesIO(raw)) as arrays:
             meta = json.loads(arrays["meta"].tobytes())
             for kind, core in self.cores.items():
                 core.load_arrays({name.removeprefix(f"{kind}."): arrays[name]
@@ -548,7 +584,7 @@ class FeatureStateActor:
             chunk = pending[start:start + RECOVERY_BATCH]
             decoded = [(decode_transaction(line), shard, at) for _, shard, at, line in chunk]
             valid = [(tx, shard, at) for tx, shard, at in decoded if tx is not None]
-            placement = StreamPlacement([shard for _, shard, _ in valid], [at for _, _, at in valid], {})
+            placement = StreamPlacement.of([shard for _, shard, _ in valid], [at for _, _, at in valid], {})
             if valid:
                 prepared = prepare(canonical_columns([scoring_record(tx) for tx, _, _ in valid]),
                                    *self.profile_stores, self.partitions)
@@ -601,8 +637,9 @@ class OnlineFeatures:
     per actor. A fresh actor restores its partitions from its state's last S3 snapshot, or if there is none from
     ``restore_from``'s (an SDK can start from a copy of the cluster's state). The actors are detached, so they
     outlive whichever consumer or replica happened to create them (a downscaled or lost replica would otherwise take
-    the shared state with it); ``shutdown`` stops them. Ray restarts one whose node is lost, from the snapshot, and
-    retries the calls in flight on it (a retried batch meets the restored state, never the state it already changed).
+    the shared state with it); ``shutdown`` stops them. Ray restarts one that is killed or whose node is lost: it loads
+    its snapshot and replays the stream from the snapshot's positions, then Ray retries the calls in flight on it (a
+    retried stream batch is already in the replayed state and gets the features it got first).
     """
 
     def __init__(self, settings: Settings | None = None, *, partitions: int | None = None, name: str = "features",

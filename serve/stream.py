@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 import orjson
 import ray
 
@@ -153,19 +154,22 @@ class ShardConsumer:
 
     def _score(self, records: list[dict[str, Any]]) -> ScoredBatch:
         started = time.perf_counter()
-        decoded = [(decode_transaction(line), record, position(record["SequenceNumber"], line_no))
-                   for record in records for line_no, line in enumerate(lines(record["Data"]))]
+        decoded = [(decode_transaction(line), record, index, line_no)
+                   for index, record in enumerate(records) for line_no, line in enumerate(lines(record["Data"]))]
         per_record = len(decoded) / len(records)
         self.records_per_call = min(max(round(self.batch_limit / max(per_record, 1.0)), 1), MAX_GET_RECORDS)
-        valid = [(tx, record, at) for tx, record, at in decoded if tx is not None]
-        transactions = [tx for tx, _, _ in valid]
-        placement = StreamPlacement([self.shard] * len(valid), [at for _, _, at in valid], {self.shard: self.read_after})
+        valid = [(tx, record, index, line_no) for tx, record, index, line_no in decoded if tx is not None]
+        transactions = [tx for tx, _, _, _ in valid]
+        placement = StreamPlacement([(self.shard, position(r["SequenceNumber"], 0)) for r in records],
+                                    np.array([index for _, _, index, _ in valid], np.int64),
+                                    np.array([line_no for _, _, _, line_no in valid], np.int64),
+                                    {self.shard: self.read_after})
         decisions = self.detector.predict_transactions(transactions, placement) if valid else []
         self.read_after = after_record(records[-1]["SequenceNumber"])
         rule_matches = self.detector.take_rule_matches()
         decided_at = datetime.now(timezone.utc)
         lags = [(decided_at - record["ApproximateArrivalTimestamp"]).total_seconds() * 1000.0
-                for _, record, _ in valid]
+                for _, record, _, _ in valid]
         return ScoredBatch(transactions=transactions, decisions=decisions,
                            lags_ms=lags, decided_at=decided_at, invalid=len(decoded) - len(valid),
                            checkpoint=records[-1]["SequenceNumber"], started=started, rule_matches=rule_matches)

@@ -73,7 +73,7 @@ def bench_feature_state(settings: Settings, *, users: int = 100_000, rows: int =
             before_kill = online.summary()
             recovery_s, recovered = _kill_and_recover(online)
             online.shutdown()
-    applied = sum(len(p.positions) for _, p in head[1:])
+    applied = sum(len(p) for _, p in head[1:])
     off_tps, on_tps = applied / min(seconds["off"]), applied / min(seconds["on"])
     per_100k = 100_000 / max(summary["keys"]["user"], 1)
     snapshot_each_s = median(snapshot_s)
@@ -111,7 +111,8 @@ def _stream_batches(settings: Settings, transactions: Any, batch_rows: int) -> l
         decoded = [(decode_transaction(line), position(record["SequenceNumber"], n))
                    for record in page for n, line in enumerate(lines(record["Data"]))]
         batch = canonical_columns([scoring_record(tx) for tx, _ in decoded])
-        batches.append((batch, StreamPlacement([shard] * len(decoded), [at for _, at in decoded], {shard: after})))
+        placement = StreamPlacement.of([shard] * len(decoded), [at for _, at in decoded], {shard: after})
+        batches.append((batch, placement))
         after = after_record(page[-1]["SequenceNumber"])
     return batches
 
@@ -122,7 +123,7 @@ def _split(batches: list[Batch], rows: int) -> tuple[list[Batch], list[Batch]]:
         if counted >= rows:
             cut = index
             break
-        counted += len(placement.positions)
+        counted += len(placement)
     return batches[:cut], batches[cut:]
 
 

@@ -92,9 +92,12 @@ def test_stream_positions_order_records_and_their_lines() -> None:
     second = "49650000000000000000000000000000000000000000000000000010"
     assert BEFORE_FIRST < position(first, 0) < position(first, 99) < after_record(first) < position(second, 0)
     assert after_record(None) == BEFORE_FIRST
-    placement = StreamPlacement(["s/a", "s/b", "s/a"], [position(first, 3), 7, position(second, 0)], {"s/a": -1})
-    assert placement.ends() == {"s/a": position(second, 0), "s/b": 7}
-    assert placement.part(np.array([2, 1])) == (["s/a", "s/b"], [position(second, 0), 7])
+    placement = StreamPlacement.of(["s/a", "s/b", "s/a", "s/a"],
+                                   [position(first, 3), 7, position(second, 0), position(first, 1)], {"s/a": -1})
+    assert len(placement.records) == 3 and placement.ends() == {"s/a": position(second, 0), "s/b": 7}
+    assert placement.applied({"s/a": position(first, 2), "s/b": 7}).tolist() == [False, True, False, True]
+    assert placement.applied({"s/a": after_record(first), "s/b": 6}).tolist() == [True, False, False, True]
+    assert placement.part(np.array([2, 1])).applied({"s/a": BEFORE_FIRST, "s/b": 9}).tolist() == [False, True]
 
 
 def test_merchant_state_keeps_thirty_days_plus_the_label_delay() -> None:
@@ -134,7 +137,7 @@ def test_restarted_actors_continue_from_their_snapshot(ray_session: Settings) ->
     expected = build_features(transactions, label_delay=timedelta(days=1))
     first = OnlineFeatures(ray_session, name="restart", restore=False)
     head = first.compute(transactions.iloc[:2_000])
-    assert first.snapshot() == ["feature-state/restart/0-of-1.npz"]  # every kind and the positions, one object
+    assert first.snapshot() == ["feature-state/restart/0-of-1.npz.zst"]  # every kind and the positions, one object
     first.shutdown()
     another = OnlineFeatures(ray_session, name="restart-another")  # its own snapshots: none yet
     copy = OnlineFeatures(ray_session, name="restart-copy", restore_from="restart")

@@ -95,6 +95,7 @@ def test_a_killed_state_actor_comes_back_with_its_windows_exact(chaos_run: dict[
     producer = produce_slowly(settings, chaos_run["frame"])
     wait_until(lambda: decided(settings) >= kill_after, timeout_s=240, interval_s=0.2,
                what=f"{kill_after} decisions before the kill")
+    print(f"killing the state actor after {kill_after} decisions")  # shown with a failure: the point to retry
     ray.kill(ray.get_actor(f"{state}-0", namespace=ACTOR_NAMESPACE), no_restart=False)
     producer.join()
     assert_as_if_uninterrupted(chaos_run, repeats_allowed=False)
@@ -110,6 +111,7 @@ def test_a_killed_consumer_resends_from_its_checkpoint_and_nothing_counts_twice(
     producer = produce_slowly(settings, chaos_run["frame"])
     wait_until(lambda: decided(settings) >= kill_after, timeout_s=240, interval_s=0.2,
                what=f"{kill_after} decisions before the kill")
+    print(f"killing the consumer after {kill_after} decisions")
     ray.kill(next(iter(chaos_run["stream"].consumers.values())), no_restart=False)
     producer.join()
     decisions = assert_as_if_uninterrupted(chaos_run, repeats_allowed=True)
