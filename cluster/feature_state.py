@@ -73,7 +73,7 @@ MERCHANT_STATE_COLUMNS = (*EVENT_ROW_COLUMNS, "txn_key", "mcc_key", "user_key") 
 LABEL_STATE_COLUMNS = ("key", "known_ms", "anchor_ms", "txn_key")
 TAIL_ROWS = 4_096                  # recent arrivals kept unsorted before one merge into the key-sorted body
 REPLAY_MEMORY = 50_000             # transactions per partition whose outputs a replay gets back unchanged
-RECOVERY_BATCH = 2_000             # stream transactions per pass while a restarted actor replays
+RECOVERY_BATCH = 10_000            # stream transactions per pass while a restarted actor replays
 MISSING_OBJECT = ("NoSuchKey", "404", "NoSuchBucket")
 # A snapshot blocks its actor while it is written, so it is compressed for speed: zstd at level 1 (pyarrow's)
 # comes close to numpy's zlib in size at a small fraction of the time. The header holds the uncompressed size.
