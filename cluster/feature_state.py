@@ -4,19 +4,33 @@ Each actor keeps, per key, the rows the feature windows can still see (30 days, 
 at most the per-key cap) and runs the very same passes as the offline builder (``cluster.features``) on history +
 micro-batch. Idle keys expire with their last row; state snapshots to S3 and restores, so a restarted actor loses
 nothing. ``OnlineFeatures`` is the one public coordinator: ``compute`` (features for a batch), ``record_labels``
-(label feedback), ``snapshot``, ``restore``.
+(label feedback), ``snapshot``, ``restore``, ``summary``.
+
+Exactly once for the stream, as Flink aligns keyed state with its sources: every stream batch carries each row's
+position (shard, sequence number, line), an actor remembers per shard the last position it applied, and a snapshot
+holds those positions with the state, in one S3 object per actor (so they always agree). A restarted actor loads
+its snapshot and replays every shard from the snapshot's positions before it takes a call (Ray holds the callers'
+calls meanwhile), so it comes back with every transaction it had applied, and a row at or before an applied
+position never joins the state twice (a restarted consumer re-sends from its lease checkpoint). The first rows of a
+shard the state has not seen snapshot it first, so no shard's start is ever lost.
 """
 
 from __future__ import annotations
 
 import functools
+import heapq
 import io
+import json
 import logging
+import struct
 import time
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import ray
 from botocore.exceptions import ClientError
 
@@ -43,11 +57,12 @@ from cluster.features import (
     stable_hash,
     user_pass_values,
 )
+from cluster.kinesis import LINE_SLOTS, decode_transaction, lines_after
 from cluster.profiles import MERCHANT_PROFILE_COLUMNS, USER_PROFILE_COLUMNS
 from cluster.profiles import merchant_store as default_merchant_store
 from cluster.profiles import user_store as default_user_store
 from cluster.runtime import ACTOR_NAMESPACE
-from cluster.schema import LABEL_EVENT_COLUMNS, label_values, require_columns
+from cluster.schema import LABEL_EVENT_COLUMNS, canonical_columns, label_values, require_columns, scoring_record
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +73,12 @@ MERCHANT_STATE_COLUMNS = (*EVENT_ROW_COLUMNS, "txn_key", "mcc_key", "user_key") 
 LABEL_STATE_COLUMNS = ("key", "known_ms", "anchor_ms", "txn_key")
 TAIL_ROWS = 4_096                  # recent arrivals kept unsorted before one merge into the key-sorted body
 REPLAY_MEMORY = 50_000             # transactions per partition whose outputs a replay gets back unchanged
+RECOVERY_BATCH = 10_000            # stream transactions per pass while a restarted actor replays
+MISSING_OBJECT = ("NoSuchKey", "404", "NoSuchBucket")
+# A snapshot blocks its actor while it is written, so it is compressed for speed: zstd at level 1 (pyarrow's)
+# comes close to numpy's zlib in size at a small fraction of the time. The header holds the uncompressed size.
+SNAPSHOT_CODEC = pa.Codec("zstd", compression_level=1)
+SNAPSHOT_HEADER = struct.Struct("<Q")
 
 Rows = dict[str, np.ndarray]
 
@@ -207,17 +228,21 @@ class FeatureStateCore:
         self.watermark = np.iinfo(np.int64).min + self.label_retention_ms
         self.rows_since_compact = 0
 
-    def process(self, batch: Rows) -> np.ndarray:
+    def process(self, batch: Rows, applied: np.ndarray | None = None) -> np.ndarray:
         """``PASS_OUTPUTS[kind]`` of these rows (``txn_key`` + the state columns) given the retained history; new
         transactions then join the state, ones seen before (replays, retries, repeats in the batch) get their
-        first outputs again and leave the state as it was."""
+        first outputs again and leave the state as it was. ``applied`` marks rows the state took in before (by
+        their stream position): one no longer remembered gets outputs from the state as it is, and stays out."""
         txn_keys = np.asarray(batch["txn_key"], np.int64)
         unique, first, inverse = np.unique(txn_keys, return_index=True, return_inverse=True)
         slots = self.recent.slots(unique)
         values = np.empty((len(unique), len(PASS_OUTPUTS[self.kind])))
         known = slots >= 0
         values[known] = self.recent.values[slots[known]]
-        fresh = np.flatnonzero(~known)
+        again = ~known & (np.asarray(applied, bool)[first] if applied is not None else False)
+        if again.any():
+            values[again] = self._passes({c: np.asarray(batch[c], _dtype(c))[first[again]] for c in self.rows.columns})
+        fresh = np.flatnonzero(~known & ~again)
         fresh = fresh[np.argsort(first[fresh])]  # in batch order
         if len(fresh):
             rows = {c: np.asarray(batch[c], _dtype(c))[first[fresh]] for c in self.rows.columns}
@@ -264,23 +289,21 @@ class FeatureStateCore:
         return {"rows": len(self.rows), "keys": self.rows.key_count, "labels": len(self.labels),
                 "bytes": self.rows.nbytes + self.labels.nbytes + self.recent.values.nbytes + self.recent.keys.nbytes}
 
-    def dump(self) -> bytes:
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The whole state as named arrays (what a snapshot stores)."""
         self.rows.flush()
         self.labels.flush()
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, watermark=np.int64(self.watermark), recent_written=np.int64(self.recent.written),
-                            recent_keys=self.recent.keys, recent_values=self.recent.values,
-                            **{f"rows.{c}": v for c, v in self.rows.data.items()},
-                            **{f"labels.{c}": v for c, v in self.labels.data.items()})
-        return buffer.getvalue()
+        return {"watermark": np.int64(self.watermark), "recent_written": np.int64(self.recent.written),
+                "recent_keys": self.recent.keys, "recent_values": self.recent.values,
+                **{f"rows.{c}": v for c, v in self.rows.data.items()},
+                **{f"labels.{c}": v for c, v in self.labels.data.items()}}
 
-    def load(self, payload: bytes) -> None:
-        with np.load(io.BytesIO(payload)) as arrays:
-            self.watermark = int(arrays["watermark"])
-            self.rows.load(_columns(arrays, "rows", self.rows.columns))
-            self.labels.load(_columns(arrays, "labels", self.labels.columns))
-            if arrays["recent_values"].shape[1] == self.recent.values.shape[1]:  # else an older feature spec's
-                self.recent.load(arrays["recent_keys"], arrays["recent_values"], int(arrays["recent_written"]))
+    def load_arrays(self, arrays: Any) -> None:
+        self.watermark = int(arrays["watermark"])
+        self.rows.load(_columns(arrays, "rows", self.rows.columns))
+        self.labels.load(_columns(arrays, "labels", self.labels.columns))
+        if arrays["recent_values"].shape[1] == self.recent.values.shape[1]:  # else an older feature spec's
+            self.recent.load(arrays["recent_keys"], arrays["recent_values"], int(arrays["recent_written"]))
 
 
 def _columns(arrays: Any, prefix: str, columns: tuple[str, ...]) -> Rows:
@@ -294,32 +317,144 @@ def snapshot_folder(name: str) -> str:
     return f"{SNAPSHOT_PREFIX}/{name}"
 
 
+@dataclass(frozen=True)
+class StreamPlacement:
+    """Where each row of a stream batch sits: the Kinesis records it came in (each one's shard, as
+    ``cluster.kinesis.shard_key``, and the position of its line 0) and each row's record and line; and per shard the
+    position the batch was read after (``cluster.kinesis.after_record``). Rows are numpy arrays, so placing a batch
+    costs per record, not per row (positions are wider than 64 bits)."""
+    records: list[tuple[str, int]]
+    record_of_row: np.ndarray
+    line_of_row: np.ndarray
+    starts: dict[str, int]
+
+    @classmethod
+    def of(cls, shards: list[str], positions: list[int], starts: dict[str, int]) -> StreamPlacement:
+        """From each row's shard and ``cluster.kinesis.position``."""
+        index: dict[tuple[str, int], int] = {}
+        record_of_row = np.empty(len(positions), np.int64)
+        line_of_row = np.empty(len(positions), np.int64)
+        for row, (shard, at) in enumerate(zip(shards, positions)):
+            line = at % LINE_SLOTS
+            record_of_row[row] = index.setdefault((shard, at - line), len(index))
+            line_of_row[row] = line
+        return cls(list(index), record_of_row, line_of_row, starts)
+
+    def __len__(self) -> int:
+        return len(self.record_of_row)
+
+    def part(self, rows: np.ndarray) -> StreamPlacement:
+        return StreamPlacement(self.records, self.record_of_row[rows], self.line_of_row[rows], self.starts)
+
+    def ends(self) -> dict[str, int]:
+        """The last position of each shard in the batch."""
+        last_line = np.full(len(self.records), -1, np.int64)
+        np.maximum.at(last_line, self.record_of_row, self.line_of_row)
+        last: dict[str, int] = {}
+        for (shard, first), line in zip(self.records, last_line.tolist()):
+            if line >= 0:
+                last[shard] = max(last.get(shard, first + line), first + line)
+        return last
+
+    def applied(self, positions: dict[str, int]) -> np.ndarray:
+        """Rows at or before their shard's position in ``positions`` (applied already)."""
+        margin = np.array([min(max(positions[shard] - first, -1), LINE_SLOTS) for shard, first in self.records],
+                          np.int64)
+        return self.line_of_row <= margin[self.record_of_row] if len(margin) else np.zeros(len(self), bool)
+
+
+@dataclass(frozen=True)
+class PartitionPlacement:
+    """One actor's share of a ``StreamPlacement``: per kind, its rows' placement; and the batch's last positions."""
+    starts: dict[str, int]
+    ends: dict[str, int]
+    rows: dict[str, StreamPlacement]
+
+
+class Prepared(NamedTuple):
+    """A canonical batch as the state actors take it: per kind the state rows, and which partition owns each."""
+    column: dict[str, Any]
+    users: dict[str, Any]
+    merchants: dict[str, Any]
+    inputs: dict[str, Rows]
+    owners: dict[str, np.ndarray]
+
+
+def prepare(batch: Columns, user_store: Any, merchant_store: Any, partitions: int) -> Prepared:
+    users = aligned_profiles(user_store, batch["user_id"], USER_PROFILE_COLUMNS)
+    merchants = aligned_profiles(merchant_store, batch["merchant_id"], MERCHANT_PROFILE_COLUMNS)
+    column = prepare_rows(batch, users, merchants)
+    inputs = {"user": {c: column[c] for c in (*USER_ROW_COLUMNS, "txn_key")},
+              "merchant": {**event_rows(column, "merchant_key"), "txn_key": column["txn_key"],
+                           "mcc_key": column["mcc_key"], "user_key": column["user_key"]},
+              "mcc": {**event_rows(column, "mcc_key"), "txn_key": column["txn_key"]}}
+    owners = {"user": partition_of(column["user_key"], partitions),
+              "merchant": partition_of(column["merchant_key"], partitions),
+              "mcc": np.where(column["mcc_key"] != 0, partition_of(column["mcc_key"], partitions), -1)}
+    return Prepared(column, users, merchants, inputs, owners)
+
+
+def partition_share(prepared: Prepared, partition: int, placement: StreamPlacement | None
+                    ) -> tuple[dict[str, np.ndarray], dict[str, Rows], PartitionPlacement | None]:
+    """The rows of each kind that ``partition`` owns (their indices, the rows), and where they sit in the stream."""
+    selected = {kind: np.flatnonzero(owner == partition) for kind, owner in prepared.owners.items()}
+    parts = {kind: {c: values[selected[kind]] for c, values in prepared.inputs[kind].items()}
+             for kind in KINDS if len(selected[kind])}
+    share = None if placement is None else PartitionPlacement(
+        placement.starts, placement.ends(), {kind: placement.part(selected[kind]) for kind in parts})
+    return selected, parts, share
+
+
 class FeatureStateActor:
     """Partition ``i`` of every key kind in one Ray actor, so a batch costs one call per actor, not per kind.
 
-    Snapshots go to ``s3://{model_bucket}/feature-state/{name}/{kind}-{i}-of-{n}.npz``: each named state (the
-    cluster's, an SDK's) keeps its own, so one never restores or overwrites another's.
+    Snapshots go to ``s3://{model_bucket}/feature-state/{name}/{i}-of-{n}.npz.zst``, every kind and the stream
+    positions in one object: each named state (the cluster's, an SDK's) keeps its own, so one never restores or
+    overwrites another's.
     """
 
     def __init__(self, name: str, partition: int, partitions: int, settings: Settings,
                  restore_from: tuple[str, ...] = ()):
         """``restore_from``: the states whose last snapshot a fresh actor takes, the first one found (its own name
-        first, so an actor Ray restarts continues from its own)."""
+        first); it then replays the stream from that snapshot's positions before it takes any call. An actor Ray
+        restarts always recovers, from its own snapshot first, whatever it was created with."""
         self.cores = {kind: FeatureStateCore(kind, label_delay_ms(settings)) for kind in KINDS}
         self.settings = settings
-        self.partition, self.partitions = partition, partitions
-        self.object_keys = self._keys(name)
+        self.name, self.partition, self.partitions = name, partition, partitions
+        self.object_key = self._key(name)
+        self.positions: dict[str, int] = {}  # per shard, the last position applied
         self.snapshotted = time.monotonic()
-        for source in restore_from:
-            if self.restore(source):
-                break
+        self.snapshotted_at: float | None = None
+        self.recoveries, self.replayed, self.recovery_s = 0, 0, None
+        if ray.get_runtime_context().was_current_actor_reconstructed:
+            restore_from = tuple(dict.fromkeys((name, *restore_from)))
+        if restore_from:
+            self.recover(restore_from)
 
-    def _keys(self, name: str) -> dict[str, str]:
-        return {kind: f"{snapshot_folder(name)}/{kind}-{self.partition}-of-{self.partitions}.npz" for kind in KINDS}
+    def _key(self, name: str) -> str:
+        return f"{snapshot_folder(name)}/{self.partition}-of-{self.partitions}.npz.zst"
 
-    def process(self, parts: dict[str, Rows]) -> dict[str, np.ndarray]:
-        outputs = {kind: self.cores[kind].process(rows) for kind, rows in parts.items()}
+    @functools.cached_property
+    def profile_stores(self) -> tuple[Any, Any]:
+        return default_user_store(self.settings), default_merchant_store(self.settings)
+
+    def process(self, parts: dict[str, Rows], placement: PartitionPlacement | None = None) -> dict[str, np.ndarray]:
+        outputs = self._apply(parts, placement)
         self._snapshot_if_due()
+        return outputs
+
+    def _apply(self, parts: dict[str, Rows], placement: PartitionPlacement | None) -> dict[str, np.ndarray]:
+        if placement is None:
+            return {kind: self.cores[kind].process(rows) for kind, rows in parts.items()}
+        unseen = {shard: start for shard, start in placement.starts.items() if shard not in self.positions}
+        if unseen:  # where these shards start goes to S3 before any of their rows join: a replay begins there
+            self.positions.update(unseen)
+            self.snapshot()
+        outputs = {}
+        for kind, rows in parts.items():
+            outputs[kind] = self.cores[kind].process(rows, placement.rows[kind].applied(self.positions))
+        for shard, last in placement.ends.items():
+            self.positions[shard] = max(self.positions.get(shard, last), last)
         return outputs
 
     def _snapshot_if_due(self) -> None:
@@ -343,30 +478,126 @@ class FeatureStateActor:
     def stats(self) -> dict[str, dict[str, int]]:
         return {kind: core.stats() for kind, core in self.cores.items()}
 
+    def summary(self) -> dict[str, Any]:
+        """Rows, keys, the last snapshot's time (epoch seconds) and the recoveries of this partition."""
+        return {"rows": sum(len(core.rows) for core in self.cores.values()),
+                "keys": {kind: self.cores[kind].rows.key_count for kind in ("user", "merchant")},
+                "last_snapshot_at": self.snapshotted_at, "recoveries": self.recoveries, "replayed": self.replayed,
+                "last_recovery_s": self.recovery_s, "shards": len(self.positions)}
+
+    def dump(self, taken_at: float) -> bytes:
+        """Every kind and the stream positions as one npz, compressed (``SNAPSHOT_CODEC``)."""
+        arrays = {f"{kind}.{name}": values for kind, core in self.cores.items() for name, values in core.arrays().items()}
+        meta = {"positions": {shard: str(at) for shard, at in self.positions.items()}, "taken_at": taken_at,
+                "recoveries": self.recoveries, "replayed": self.replayed, "recovery_s": self.recovery_s}
+        buffer = io.BytesIO()
+        np.savez(buffer, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+        raw = buffer.getbuffer()
+        return SNAPSHOT_HEADER.pack(len(raw)) + SNAPSHOT_CODEC.compress(raw, asbytes=True)
+
+    def load(self, payload: bytes, *, own: bool = True) -> None:
+        """State and positions from ``dump``; ``own``: this state's snapshot, so its counters continue too."""
+        size, = SNAPSHOT_HEADER.unpack_from(payload)
+        raw = SNAPSHOT_CODEC.decompress(memoryview(payload)[SNAPSHOT_HEADER.size:], decompressed_size=size,
+                                        asbytes=True)
+        with np.load(io.BytesIO(raw)) as arrays:
+            meta = json.loads(arrays["meta"].tobytes())
+            for kind, core in self.cores.items():
+                core.load_arrays({name.removeprefix(f"{kind}."): arrays[name]
+                                  for name in arrays.files if name.startswith(f"{kind}.")})
+        self.positions = {shard: int(at) for shard, at in meta["positions"].items()}
+        if own:
+            self.snapshotted_at = meta["taken_at"]
+            self.recoveries, self.replayed, self.recovery_s = meta["recoveries"], meta["replayed"], meta["recovery_s"]
+
     def snapshot(self) -> list[str]:
-        s3 = client("s3", self.settings)
-        for kind, core in self.cores.items():
+        for core in self.cores.values():
             core.compact()
-            s3.put_object(Bucket=self.settings.model_bucket, Key=self.object_keys[kind], Body=core.dump())
+        taken_at = time.time()
+        client("s3", self.settings).put_object(Bucket=self.settings.model_bucket, Key=self.object_key,
+                                               Body=self.dump(taken_at))
+        self.snapshotted_at = taken_at
         self.snapshotted = time.monotonic()
-        return list(self.object_keys.values())
+        return [self.object_key]
 
     def restore(self, source: str | None = None) -> bool:
-        """Reload each kind from the last snapshot of the state named ``source`` (this one's by default); False
-        when there was none."""
+        """Reload the last snapshot of the state named ``source`` (this one's by default); False when there was
+        none. A snapshot from before positions were kept (one object per kind) loads without them."""
         s3 = client("s3", self.settings)
-        keys = self._keys(source) if source else self.object_keys
+        name = source or self.name
+        try:
+            payload = s3.get_object(Bucket=self.settings.model_bucket, Key=self._key(name))["Body"].read()
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] not in MISSING_OBJECT:
+                raise
+            return self._restore_per_kind(s3, name)
+        self.load(payload, own=name == self.name)
+        return True
+
+    def _restore_per_kind(self, s3: Any, name: str) -> bool:
         restored = False
         for kind, core in self.cores.items():
+            key = f"{snapshot_folder(name)}/{kind}-{self.partition}-of-{self.partitions}.npz"
             try:
-                body = s3.get_object(Bucket=self.settings.model_bucket, Key=keys[kind])
+                payload = s3.get_object(Bucket=self.settings.model_bucket, Key=key)["Body"].read()
             except ClientError as exc:
-                if exc.response["Error"]["Code"] in ("NoSuchKey", "404", "NoSuchBucket"):
+                if exc.response["Error"]["Code"] in MISSING_OBJECT:
                     continue
                 raise
-            core.load(body["Body"].read())
+            with np.load(io.BytesIO(payload)) as arrays:
+                core.load_arrays(arrays)
             restored = True
         return restored
+
+    def recover(self, sources: tuple[str, ...] = ()) -> bool:
+        """The first of ``sources`` (this state's own by default) with a snapshot, then every shard replayed from
+        its positions; the time it took and the rows replayed are counted, logged and snapshotted (so a second
+        crash does not replay them again). False when there was nothing to recover."""
+        started = time.monotonic()
+        restored = any(self.restore(source) for source in sources or (self.name,))
+        replayed = self._replay()
+        if not restored and not replayed:
+            return False
+        self.recoveries += 1
+        self.replayed += replayed
+        self.recovery_s = round(time.monotonic() - started, 3)
+        log.warning("feature state %s partition %d of %d recovered in %.2f s: %s, %d stream transactions replayed "
+                    "from %d shards", self.name, self.partition, self.partitions, self.recovery_s,
+                    "its last snapshot" if restored else "no snapshot", replayed, len(self.positions))
+        self.snapshot()
+        return True
+
+    def _replay(self) -> int:
+        """Every stream transaction after the positions this state has applied, in arrival order across shards
+        (each shard's in sequence); returns how many joined this partition's user state."""
+        kinesis = client("kinesis", self.settings)
+        shards = []
+        for shard, after in list(self.positions.items()):
+            try:
+                shards.append([(arrival, shard, at, line) for at, line, arrival in lines_after(kinesis, shard, after)])
+            except ClientError as exc:
+                log.error("cannot replay %s after position %d (%s): its transactions are missing from the state",
+                          shard, after, exc.response["Error"]["Code"])
+        pending = list(heapq.merge(*shards, key=lambda item: item[0]))
+        replayed = 0
+        for start in range(0, len(pending), RECOVERY_BATCH):
+            chunk = pending[start:start + RECOVERY_BATCH]
+            decoded = [(decode_transaction(line), shard, at) for _, shard, at, line in chunk]
+            valid = [(tx, shard, at) for tx, shard, at in decoded if tx is not None]
+            placement = StreamPlacement.of([shard for _, shard, _ in valid], [at for _, _, at in valid], {})
+            if valid:
+                prepared = prepare(canonical_columns([scoring_record(tx) for tx, _, _ in valid]),
+                                   *self.profile_stores, self.partitions)
+                _, parts, share = partition_share(prepared, self.partition, placement)
+                self._apply(parts, share)
+                replayed += len(parts.get("user", {}).get("txn_key", ()))
+            for _, shard, at, _ in chunk:  # invalid lines too: nothing before them is left to replay
+                self.positions[shard] = max(self.positions[shard], at)
+        return replayed
+
+
+def snapshot_time(epoch_s: float | None) -> str | None:
+    return None if epoch_s is None else datetime.fromtimestamp(epoch_s, timezone.utc).isoformat()
 
 
 def label_delay_ms(settings: Settings) -> int:
@@ -406,8 +637,9 @@ class OnlineFeatures:
     per actor. A fresh actor restores its partitions from its state's last S3 snapshot, or if there is none from
     ``restore_from``'s (an SDK can start from a copy of the cluster's state). The actors are detached, so they
     outlive whichever consumer or replica happened to create them (a downscaled or lost replica would otherwise take
-    the shared state with it); ``shutdown`` stops them. Ray restarts one whose node is lost, from the snapshot, and
-    retries the calls in flight on it (a retried batch meets the restored state, never the state it already changed).
+    the shared state with it); ``shutdown`` stops them. Ray restarts one that is killed or whose node is lost: it loads
+    its snapshot and replays the stream from the snapshot's positions, then Ray retries the calls in flight on it (a
+    retried stream batch is already in the replayed state and gets the features it got first).
     """
 
     def __init__(self, settings: Settings | None = None, *, partitions: int | None = None, name: str = "features",
@@ -431,27 +663,19 @@ class OnlineFeatures:
         """``transaction_id`` + ``FEATURE_NAMES`` for a canonical batch, in its order (see ``matrix``)."""
         return feature_frame(batch["transaction_id"], self.matrix(batch))
 
-    def matrix(self, batch: Columns) -> np.ndarray:
+    def matrix(self, batch: Columns, placement: StreamPlacement | None = None) -> np.ndarray:
         """The (rows x ``FEATURE_NAMES``) matrix of a canonical batch (a DataFrame or column arrays), in its order;
-        new transactions join the state, and one seen recently gets the features it got then."""
-        users = aligned_profiles(self.user_store, batch["user_id"], USER_PROFILE_COLUMNS)
-        merchants = aligned_profiles(self.merchant_store, batch["merchant_id"], MERCHANT_PROFILE_COLUMNS)
-        column = prepare_rows(batch, users, merchants)
+        new transactions join the state, and one seen recently gets the features it got then. ``placement``:
+        where a stream batch's rows sit in their shards, so a replayed row never joins twice and a restarted
+        actor can replay what its snapshot misses."""
+        prepared = prepare(batch, self.user_store, self.merchant_store, self.partitions)
+        column, users, merchants = prepared.column, prepared.users, prepared.merchants
         count = len(column["txn_key"])
-        inputs = {"user": {c: column[c] for c in (*USER_ROW_COLUMNS, "txn_key")},
-                  "merchant": {**event_rows(column, "merchant_key"), "txn_key": column["txn_key"],
-                               "mcc_key": column["mcc_key"], "user_key": column["user_key"]},
-                  "mcc": {**event_rows(column, "mcc_key"), "txn_key": column["txn_key"]}}
-        owners = {"user": partition_of(column["user_key"], self.partitions),
-                  "merchant": partition_of(column["merchant_key"], self.partitions),
-                  "mcc": np.where(column["mcc_key"] != 0, partition_of(column["mcc_key"], self.partitions), -1)}
         requests = []
         for partition, actor in enumerate(self.actors):
-            selected = {kind: np.flatnonzero(owner == partition) for kind, owner in owners.items()}
-            parts = {kind: {c: values[selected[kind]] for c, values in inputs[kind].items()}
-                     for kind in KINDS if len(selected[kind])}
+            selected, parts, share = partition_share(prepared, partition, placement)
             if parts:
-                requests.append((selected, actor.process.remote(parts)))
+                requests.append((selected, actor.process.remote(parts, share)))
         outputs = {kind: np.zeros((count, len(PASS_OUTPUTS[kind]))) for kind in KINDS}  # no category: zeros
         for (selected, _), result in zip(requests, ray.get([ref for _, ref in requests])):
             for kind, values in result.items():
@@ -510,8 +734,23 @@ class OnlineFeatures:
         return [key for keys in ray.get([actor.snapshot.remote() for actor in self.actors]) for key in keys]
 
     def restore(self) -> list[bool]:
-        """Reload every partition from its last snapshot (a partition without one keeps its state)."""
-        return ray.get([actor.restore.remote() for actor in self.actors])
+        """Reload every partition from its last snapshot and replay the stream from its positions (a partition
+        without a snapshot keeps its state)."""
+        return ray.get([actor.recover.remote() for actor in self.actors])
+
+    def summary(self) -> dict[str, Any]:
+        """The state summed over its partitions (``GET /api/state``): rows, keys per kind, recoveries and the
+        stream transactions they replayed; ``last_snapshot_at`` is the oldest partition's last snapshot (null
+        while one has none), the time from which a crash replays."""
+        parts = ray.get([actor.summary.remote() for actor in self.actors])
+        taken = [p["last_snapshot_at"] for p in parts]
+        recovery_s = [p["last_recovery_s"] for p in parts if p["last_recovery_s"] is not None]
+        return {"rows": sum(p["rows"] for p in parts),
+                "keys": {kind: sum(p["keys"][kind] for p in parts) for kind in ("user", "merchant")},
+                "last_snapshot_at": snapshot_time(None if None in taken else min(taken)),
+                "recoveries": sum(p["recoveries"] for p in parts), "replayed": sum(p["replayed"] for p in parts),
+                "last_recovery_s": max(recovery_s, default=None), "partitions": self.partitions,
+                "shards": max(p["shards"] for p in parts)}
 
     def stats(self) -> dict[str, dict[str, int]]:
         parts = ray.get([actor.stats.remote() for actor in self.actors])

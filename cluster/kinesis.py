@@ -38,6 +38,8 @@ MAX_BYTES_PER_CALL = 5 * 1024 * 1024
 MAX_GET_RECORDS = 10_000       # GetRecords' per-call cap
 RETRYABLE_CODES = {"ProvisionedThroughputExceededException", "InternalFailure", "KMSThrottlingException"}
 SHARD_END = "SHARD_END"        # the checkpoint of a closed shard that has been read to its end
+LINE_SLOTS = 1 << 20           # positions per record: more than the lines a 1 MiB record can hold
+BEFORE_FIRST = -1              # the position before a shard's first record (read from the trim horizon)
 
 
 def lines(data: bytes) -> list[bytes]:
@@ -189,6 +191,36 @@ def pages(kinesis: Any, iterator: str | None, limit: int = MAX_GET_RECORDS) -> I
         elif page.get("MillisBehindLatest", 0) == 0:
             return
         iterator = page.get("NextShardIterator")
+
+
+def shard_key(stream: str, shard_id: str) -> str:
+    """A shard named across streams (neither a stream name nor a shard id holds a slash)."""
+    return f"{stream}/{shard_id}"
+
+
+def position(sequence_number: str, line: int) -> int:
+    """A user record's place in its shard, ordered like the stream: its Kinesis record's sequence number, then its
+    line in that record (records pack many lines)."""
+    return int(sequence_number) * LINE_SLOTS + line
+
+
+def after_record(sequence_number: str | None) -> int:
+    """The position of a record's last possible line: everything up to and including that record
+    (``BEFORE_FIRST`` for none, a read from the trim horizon)."""
+    return BEFORE_FIRST if sequence_number is None else position(sequence_number, LINE_SLOTS - 1)
+
+
+def lines_after(kinesis: Any, key: str, after: int) -> Iterator[tuple[int, bytes, datetime]]:
+    """(position, user record, arrival time) of every line of a shard (``shard_key``) after ``after``, up to the
+    shard's latest record. Raises botocore's ClientError when the stream is gone or the position is trimmed."""
+    stream, shard_id = key.split("/", 1)
+    record = None if after < 0 else str(after // LINE_SLOTS)  # read from the record holding ``after``, then skip
+    for page in pages(kinesis, shard_iterator(kinesis, stream, shard_id, at=record)):
+        for item in page:
+            for line_no, line in enumerate(lines(item["Data"])):
+                at = position(item["SequenceNumber"], line_no)
+                if at > after:
+                    yield at, line, item["ApproximateArrivalTimestamp"]
 
 
 def read_stream(settings: Settings, stream: str) -> list[dict[str, Any]]:

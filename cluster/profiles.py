@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ MERCHANT_PROFILE_COLUMNS = {
     "typical_ticket": "float64",
 }
 _BATCH_GET_LIMIT = 100
+_PARALLEL_GETS = 8  # BatchGetItem calls in flight for one cold lookup (a restarted state actor's replay)
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 
@@ -116,11 +118,21 @@ class ProfileStore:
         return found
 
     def _fetch(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """Batches of ``_BATCH_GET_LIMIT`` keys, up to ``_PARALLEL_GETS`` at once (one round trip each)."""
         dynamodb = client("dynamodb", self._settings)
+
+        def fetch(chunk: list[str]) -> list[dict[str, Any]]:
+            wanted = {self.table: {"Keys": [{self.key: {"S": k}} for k in chunk]}}
+            return until_processed(dynamodb.batch_get_item, wanted, unprocessed="UnprocessedKeys")
+
+        chunks = [keys[start:start + _BATCH_GET_LIMIT] for start in range(0, len(keys), _BATCH_GET_LIMIT)]
+        if len(chunks) == 1:
+            answers = [fetch(chunks[0])]
+        else:
+            with ThreadPoolExecutor(min(_PARALLEL_GETS, len(chunks)), thread_name_prefix="profiles") as pool:
+                answers = list(pool.map(fetch, chunks))
         rows: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(keys), _BATCH_GET_LIMIT):
-            wanted = {self.table: {"Keys": [{self.key: {"S": k}} for k in keys[start:start + _BATCH_GET_LIMIT]]}}
-            responses = until_processed(dynamodb.batch_get_item, wanted, unprocessed="UnprocessedKeys")
+        for responses in answers:
             self.dynamodb_calls += len(responses)
             for response in responses:
                 for item in response["Responses"].get(self.table, []):

@@ -139,6 +139,22 @@ class Transaction(BaseModel):
         return record
 
 
+def scoring_record(transaction: Transaction) -> dict[str, Any]:
+    """What scoring uses of a transaction: labels and scenario names never reach the features."""
+    return {column: getattr(transaction, column) for column in CANONICAL_COLUMNS}
+
+
+def canonical_columns(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Transactions the pydantic model has validated (``scoring_record``) as the column arrays the feature code
+    takes; they are not validated a second time (nor put in a DataFrame: pandas per call costs more than the
+    features of a micro-batch)."""
+    columns = {name: np.array([r[name] for r in records], dtype=object) for name in CANONICAL_COLUMNS}
+    columns["amount"] = columns["amount"].astype(np.float64)
+    for name in ("lat", "lon"):
+        columns[name] = np.array([np.nan if v is None else v for v in columns[name]], dtype=np.float64)
+    return columns
+
+
 def format_timestamp(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime(TIMESTAMP_FORMAT)
 

@@ -147,6 +147,25 @@ class ErrorBody(BaseModel):
     errors: Annotated[list[FieldError], Field(max_length=MAX_ERRORS_SHOWN)]
 
 
+class StateKeys(BaseModel):
+    user: int = Field(ge=0, description="cards with retained history")
+    merchant: int = Field(ge=0, description="merchants with retained history")
+
+
+class FeatureState(BaseModel):
+    """The online feature state, summed over its partitions (``OnlineFeatures.summary``)."""
+    rows: int = Field(ge=0, description="retained history rows over every key kind (user, merchant, category)")
+    keys: StateKeys
+    last_snapshot_at: datetime | None = Field(description=(
+        "the oldest partition's last snapshot to S3 (null while a partition has none): a lost actor comes back "
+        "from it and replays the stream from the positions it holds"))
+    recoveries: int = Field(ge=0, description="times a state actor came back from a snapshot or a stream replay")
+    replayed: int = Field(ge=0, description="stream transactions those recoveries re-applied")
+    last_recovery_s: float | None = Field(description="how long the latest recovery took (load + replay), seconds")
+    partitions: int = Field(ge=1)
+    shards: int = Field(ge=0, description="stream shards whose positions a partition tracks (the most of any)")
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     champion: str

@@ -63,6 +63,7 @@ from serve.api import (
     CaseQueue,
     CaseStatus,
     Decision,
+    FeatureState,
     Feedback,
     FeedbackAccepted,
     Health,
@@ -462,6 +463,11 @@ class Ingress:
             return JSONResponse(status_code=503, content={"status": "unavailable",
                                                           "errors": [{"field": "model", "message": str(exc)}]})
         return JSONResponse({"status": "ok", "champion": self.champion, "challenger": self.challenger})
+
+    @api.get("/api/state", response_model=FeatureState,
+             summary="The online feature state summed over its partitions: rows, keys, last snapshot, recoveries")
+    async def state(self) -> dict[str, Any]:
+        return await asyncio.to_thread(self.features.summary)
 
     @api.get("/api/stats", summary="Live counters")
     async def stats(self) -> dict[str, Any]:

@@ -17,7 +17,8 @@ import numpy as np
 
 from cluster.config import Settings
 from cluster.features import FEATURE_NAMES, Columns
-from cluster.schema import CANONICAL_COLUMNS, Transaction
+from cluster.schema import canonical_columns as canonical_columns  # re-exported: both front ends import it here
+from cluster.schema import scoring_record as scoring_record
 from serve.reasons import explain
 from training.policy import LOW
 from training.predict import FraudScorer, decide
@@ -50,22 +51,6 @@ class ModelSet:
             while len(self._scorers) > self.capacity:
                 self._scorers.popitem(last=False)
         return scorer
-
-
-def scoring_record(transaction: Transaction) -> dict[str, Any]:
-    """What scoring uses of a transaction: labels and scenario names never reach the features."""
-    return {column: getattr(transaction, column) for column in CANONICAL_COLUMNS}
-
-
-def canonical_columns(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """Transactions the pydantic model has validated (``scoring_record``) as the column arrays the feature code
-    takes; they are not validated a second time (nor put in a DataFrame: pandas per call costs more than the
-    features of a micro-batch)."""
-    columns = {name: np.array([r[name] for r in records], dtype=object) for name in CANONICAL_COLUMNS}
-    columns["amount"] = columns["amount"].astype(np.float64)
-    for name in ("lat", "lon"):
-        columns[name] = np.array([np.nan if v is None else v for v in columns[name]], dtype=np.float64)
-    return columns
 
 
 def combine(bundle: ModelBundle, transaction_ids: list[str], x: np.ndarray, xgb_score: np.ndarray,

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from cluster.config import Settings, get_settings
-from cluster.feature_state import OnlineFeatures
+from cluster.feature_state import OnlineFeatures, StreamPlacement
 from cluster.features import Columns
 from cluster.schema import Transaction, validate_frame
 from serve.api import ApiError, parse_transaction
@@ -69,18 +69,22 @@ class FraudDetector:
             raise InvalidTransaction(errors)
         return self._decide(canonical_columns([scoring_record(t) for t in parsed]), started, explain)
 
-    def predict_transactions(self, transactions: list[Transaction]) -> list[dict[str, Any]]:
-        """Decisions for transactions the caller has already validated (the stream consumers): no second pass."""
+    def predict_transactions(self, transactions: list[Transaction],
+                             placement: StreamPlacement | None = None) -> list[dict[str, Any]]:
+        """Decisions for transactions the caller has already validated (the stream consumers): no second pass.
+        ``placement``: where they sit in their stream, so the feature state applies each exactly once."""
         started = time.perf_counter()
-        return self._decide(canonical_columns([scoring_record(t) for t in transactions]), started)
+        return self._decide(canonical_columns([scoring_record(t) for t in transactions]), started,
+                            placement=placement)
 
     def take_rule_matches(self) -> dict[str, dict[str, int]]:
         """The rows each rule matched since the last call (for the stats)."""
         matches, self.rule_matches = self.rule_matches, {}
         return matches
 
-    def _decide(self, batch: Columns, started: float, explain: bool = False) -> list[dict[str, Any]]:
-        x = self.features.matrix(batch)
+    def _decide(self, batch: Columns, started: float, explain: bool = False,
+                placement: StreamPlacement | None = None) -> list[dict[str, Any]]:
+        x = self.features.matrix(batch, placement)
         decisions = combine(self.bundle, list(batch["transaction_id"]), x, xgb_scores(self.bundle, x),
                             ae_scores(self.bundle, x), currencies=list(batch["currency"]),
                             explain_low=[explain] * len(x) if explain else None)

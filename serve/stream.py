@@ -6,7 +6,9 @@ publishes HIGH decisions to SNS (exactly once per transaction_id through the ale
 "review" decision (once per transaction_id, ``serve.cases``), writes every decision to the output stream, and only
 then checkpoints the shard's last sequence number in the DynamoDB lease table. A restarted consumer resumes after its
 checkpoint; a replayed record can repeat a decision record (keyed by transaction_id) but never an alert nor a case:
-effectively once.
+effectively once. Each row goes to the feature state with its stream position
+(``cluster.feature_state.StreamPlacement``), so the state applies it exactly once and a restarted state actor
+replays what its snapshot misses.
 
 ``StreamScoring`` follows the stream's shard set: a child shard (after resharding) starts once its parents are
 drained, as the Kinesis Client Library does, so each user's transactions stay in order.
@@ -22,21 +24,26 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 import orjson
 import ray
 
 from cluster.aws import client
 from cluster.config import Settings, use_settings
+from cluster.feature_state import StreamPlacement
 from cluster.kinesis import (
     MAX_GET_RECORDS,
     MAX_PACKED_LINES,
     SHARD_END,
     LeaseTable,
+    after_record,
     decode_transaction,
     lines,
     pack,
+    position,
     put_records_reliably,
     shard_iterator,
+    shard_key,
 )
 from cluster.schema import Transaction
 from serve.alerts import AlertPublisher
@@ -65,12 +72,13 @@ class ConsumerStatus:
 class ShardConsumer:
     """Scores one shard from its checkpoint onwards (run it as a restartable Ray actor: ``StreamScoring``)."""
 
-    def __init__(self, shard_id: str, settings: Settings, *, model: str = "champion", batch_limit: int = 1_000):
+    def __init__(self, shard_id: str, settings: Settings, *, model: str = "champion", batch_limit: int = 1_000,
+                 feature_state: str = "features"):
         use_settings(settings)
         self.settings = settings
         self.kinesis = client("kinesis", self.settings)
         self.leases = LeaseTable(self.settings)
-        self.detector = FraudDetector(self.settings, model=model, feature_state="features")
+        self.detector = FraudDetector(self.settings, model=model, feature_state=feature_state)
         self.alerts = AlertPublisher(self.settings)
         self.cases = CaseStore(self.settings)
         self.stats = StatsReporter()
@@ -79,6 +87,9 @@ class ShardConsumer:
         # backlog's first page is one micro-batch, not the whole shard)
         self.records_per_call = max(1, batch_limit // MAX_PACKED_LINES)
         self.status = ConsumerStatus(shard_id=shard_id, checkpoint=self.leases.checkpoint_of(shard_id))
+        self.shard = shard_key(settings.stream_name, shard_id)
+        checkpoint = self.status.checkpoint
+        self.read_after = after_record(None if checkpoint == SHARD_END else checkpoint)  # where the next page starts
         self._stop = threading.Event()
 
     def get_status(self) -> dict[str, Any]:
@@ -146,15 +157,22 @@ class ShardConsumer:
 
     def _score(self, records: list[dict[str, Any]]) -> ScoredBatch:
         started = time.perf_counter()
-        decoded = [(decode_transaction(line), record) for record in records for line in lines(record["Data"])]
+        decoded = [(decode_transaction(line), record, index, line_no)
+                   for index, record in enumerate(records) for line_no, line in enumerate(lines(record["Data"]))]
         per_record = len(decoded) / len(records)
         self.records_per_call = min(max(round(self.batch_limit / max(per_record, 1.0)), 1), MAX_GET_RECORDS)
-        valid = [(tx, record) for tx, record in decoded if tx is not None]
-        transactions = [tx for tx, _ in valid]
-        decisions = self.detector.predict_transactions(transactions) if valid else []
+        valid = [(tx, record, index, line_no) for tx, record, index, line_no in decoded if tx is not None]
+        transactions = [tx for tx, _, _, _ in valid]
+        placement = StreamPlacement([(self.shard, position(r["SequenceNumber"], 0)) for r in records],
+                                    np.array([index for _, _, index, _ in valid], np.int64),
+                                    np.array([line_no for _, _, _, line_no in valid], np.int64),
+                                    {self.shard: self.read_after})
+        decisions = self.detector.predict_transactions(transactions, placement) if valid else []
+        self.read_after = after_record(records[-1]["SequenceNumber"])
         rule_matches = self.detector.take_rule_matches()
         decided_at = datetime.now(timezone.utc)
-        lags = [(decided_at - record["ApproximateArrivalTimestamp"]).total_seconds() * 1000.0 for _, record in valid]
+        lags = [(decided_at - record["ApproximateArrivalTimestamp"]).total_seconds() * 1000.0
+                for _, record, _, _ in valid]
         return ScoredBatch(transactions=transactions, decisions=decisions,
                            lags_ms=lags, decided_at=decided_at, invalid=len(decoded) - len(valid),
                            checkpoint=records[-1]["SequenceNumber"], started=started, rule_matches=rule_matches)
@@ -201,9 +219,11 @@ class StreamScoring:
     """Starts a consumer per shard, restarts dead ones, follows resharding (children after their parents)."""
 
     def __init__(self, settings: Settings, *, model: str = "champion", consumer_cpus: float = 0.25,
-                 poll_shards_s: float = 2.0):
+                 poll_shards_s: float = 2.0, feature_state: str = "features"):
+        """``feature_state``: the online state the consumers share (the Serve app's by default)."""
         self.settings = settings
         self.model = model
+        self.feature_state = feature_state
         self.consumer_cpus = consumer_cpus
         self.poll_shards_s = poll_shards_s
         self.consumers: dict[str, Any] = {}
@@ -259,7 +279,7 @@ class StreamScoring:
                 consumer = ray.remote(ShardConsumer).options(
                     num_cpus=self.consumer_cpus, max_restarts=-1, max_concurrency=4, scheduling_strategy="SPREAD",
                     name=f"consumer-{self.settings.stream_name}-{shard_id}", get_if_exists=True,
-                ).remote(shard_id, self.settings, model=self.model)
+                ).remote(shard_id, self.settings, model=self.model, feature_state=self.feature_state)
                 self.consumers[shard_id] = consumer
                 self.runs[shard_id] = consumer.run.remote()
 

@@ -17,6 +17,7 @@ from cluster.config import Settings
 from fraudctl.bench.features import bench_features_offline, bench_features_online
 from fraudctl.bench.producers import bench_producers
 from fraudctl.bench.serving import bench_serving
+from fraudctl.bench.state import bench_feature_state
 from fraudctl.bench.stream import bench_stream
 from fraudctl.bench.training import bench_training
 
@@ -27,6 +28,7 @@ SECTIONS: dict[str, Callable[[Settings], dict[str, Any]]] = {
     "serving": bench_serving,
     "features_offline": bench_features_offline,
     "features_online": bench_features_online,
+    "feature_state": bench_feature_state,
     "stream": bench_stream,
 }
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from cluster.config import Settings
-from cluster.feature_state import TAIL_ROWS, FeatureStateCore, KeyedHistory
+from cluster.feature_state import TAIL_ROWS, FeatureStateCore, KeyedHistory, RecentTransactions, StreamPlacement
 from cluster.features import (
     DAY_MS,
     FEATURE_NAMES,
@@ -69,6 +69,37 @@ def test_a_replayed_batch_gets_the_same_features_and_leaves_the_state_unchanged(
     np.testing.assert_allclose(first[:, 0], expected["user_count_10m"].to_numpy()[:400])
 
 
+def test_a_row_applied_before_never_joins_again_even_once_forgotten() -> None:
+    transactions = synthetic_transactions(300, users=10, merchants=3, days=1, seed=9)
+    rows = dict(prepare_rows(transactions, align_profiles(transactions["user_id"], None, "user_id",
+                                                          USER_PROFILE_COLUMNS),
+                             align_profiles(transactions["merchant_id"], None, "merchant_id",
+                                            MERCHANT_PROFILE_COLUMNS)))
+    user = FeatureStateCore("user", label_delay_ms=DAY_MS)
+    user.process(rows)
+    user.recent = RecentTransactions(user.recent.values.shape[1], capacity=1)  # their outputs forgotten
+    state = user.rows.to_frame().copy()
+    user.process(rows, applied=np.ones(len(transactions), bool))
+    assert user.rows.to_frame().equals(state), "a row at or before an applied position stays out"
+    user.process(rows)
+    assert len(user.rows) == 2 * len(transactions), "without its position the forgotten row joins again"
+
+
+def test_stream_positions_order_records_and_their_lines() -> None:
+    from cluster.kinesis import BEFORE_FIRST, after_record, position
+
+    first = "49650000000000000000000000000000000000000000000000000002"  # Kinesis sequence numbers: 56 digits
+    second = "49650000000000000000000000000000000000000000000000000010"
+    assert BEFORE_FIRST < position(first, 0) < position(first, 99) < after_record(first) < position(second, 0)
+    assert after_record(None) == BEFORE_FIRST
+    placement = StreamPlacement.of(["s/a", "s/b", "s/a", "s/a"],
+                                   [position(first, 3), 7, position(second, 0), position(first, 1)], {"s/a": -1})
+    assert len(placement.records) == 3 and placement.ends() == {"s/a": position(second, 0), "s/b": 7}
+    assert placement.applied({"s/a": position(first, 2), "s/b": 7}).tolist() == [False, True, False, True]
+    assert placement.applied({"s/a": after_record(first), "s/b": 6}).tolist() == [True, False, False, True]
+    assert placement.part(np.array([2, 1])).applied({"s/a": BEFORE_FIRST, "s/b": 9}).tolist() == [False, True]
+
+
 def test_merchant_state_keeps_thirty_days_plus_the_label_delay() -> None:
     delay = timedelta(days=7)
     start = pd.Timestamp("2026-01-01T00:00:00Z")
@@ -106,7 +137,7 @@ def test_restarted_actors_continue_from_their_snapshot(ray_session: Settings) ->
     expected = build_features(transactions, label_delay=timedelta(days=1))
     first = OnlineFeatures(ray_session, name="restart", restore=False)
     head = first.compute(transactions.iloc[:2_000])
-    assert any(key.startswith("feature-state/restart/user-") for key in first.snapshot())
+    assert first.snapshot() == ["feature-state/restart/0-of-1.npz.zst"]  # every kind and the positions, one object
     first.shutdown()
     another = OnlineFeatures(ray_session, name="restart-another")  # its own snapshots: none yet
     copy = OnlineFeatures(ray_session, name="restart-copy", restore_from="restart")

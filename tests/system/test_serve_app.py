@@ -288,6 +288,26 @@ def test_stats_count_what_was_scored(served: tuple[str, Settings]) -> None:
     assert after["scored"] >= before["scored"] + 1 and after["latency_ms"]["p50"] > 0
 
 
+def test_state_counts_what_the_feature_state_holds(served: tuple[str, Settings]) -> None:
+    from cluster.feature_state import OnlineFeatures
+
+    url, settings = served
+    before = requests.get(f"{url}/api/state", timeout=30).json()
+    assert set(before) >= {"rows", "keys", "last_snapshot_at", "recoveries", "replayed"}
+    assert set(before["keys"]) == {"user", "merchant"}
+    cards = [f"state-card-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    batch = [_with(transaction_id=f"{card}-tx{i}", user_id=card, merchant_id=f"state-shop-{card}")
+             for card in cards for i in range(2)]
+    requests.post(f"{url}/api/check-fraud/batch", json={"transactions": batch}, timeout=30).raise_for_status()
+    OnlineFeatures(settings, actor_cpus=0.1).snapshot()
+    after = requests.get(f"{url}/api/state", timeout=30).json()
+    assert after["keys"]["user"] >= before["keys"]["user"] + 3 and after["keys"]["merchant"] >= before["keys"][
+        "merchant"] + 3
+    assert after["rows"] >= before["rows"] + len(batch) * 2  # each joins the card's and the merchant's history
+    assert after["last_snapshot_at"] is not None and after["last_snapshot_at"] != before["last_snapshot_at"]
+    assert after["recoveries"] >= before["recoveries"] and after["replayed"] >= before["replayed"]
+
+
 def test_sdk_and_http_scores_agree(served: tuple[str, Settings], small_history: Any) -> None:
     from cluster.feature_state import OnlineFeatures
     from serve.sdk import FraudDetector

@@ -1,0 +1,122 @@
+"""Exactly-once feature state under chaos: a stream of N simulated transactions is scored while a state actor (and,
+separately, a consumer) is killed at a random point; afterwards every transaction's features and score equal those
+of an uninterrupted run of the same stream, there is one decision per transaction, and every HIGH alerted once."""
+
+from __future__ import annotations
+
+import random
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import ray
+
+from cluster.config import Settings
+from cluster.feature_state import OnlineFeatures
+from cluster.features import FEATURE_NAMES
+from cluster.kinesis import read_stream
+from cluster.runtime import ACTOR_NAMESPACE
+from cluster.waiting import wait_until
+from serve.sdk import FraudDetector
+from serve.stream import StreamScoring
+from tests.system.test_stream import ledger_ids, produce, stream_settings, traffic, wait_for_decisions
+
+N = 1_500
+CHUNK = 50  # transactions per put: the consumer scores many small batches, so the kill lands mid-stream
+
+
+@pytest.fixture()
+def chaos_run(ray_session: Settings, champion_model: str, small_history: Any) -> Iterator[dict[str, Any]]:
+    """A one-shard stream (so its order is the stream's one order), its own feature state, and an uninterrupted
+    reference: the same transactions in the same order through a fresh state."""
+    state = f"chaos-{uuid.uuid4().hex[:8]}"
+    settings = stream_settings(ray_session, shards=1).model_copy(update={"feature_snapshot_interval_s": 3600.0})
+    frame = traffic(small_history, N, state)
+    unlabelled = frame.drop(columns=["is_fraud", "fraud_scenario"])
+    reference = OnlineFeatures(settings, name=f"{state}-reference", restore=False)
+    detector = FraudDetector(settings, features=reference)
+    expected = [d for start in range(0, N, CHUNK) for d in detector.predict_batch(unlabelled.iloc[start:start + CHUNK])]
+    stream = StreamScoring(settings, poll_shards_s=0.5, feature_state=state).start()
+    try:
+        yield {"state": state, "settings": settings, "frame": frame, "unlabelled": unlabelled, "stream": stream,
+               "reference": reference, "expected": expected}
+    finally:
+        stream.stop()
+        reference.shutdown()
+        OnlineFeatures(settings, name=state, restore=False).shutdown()
+
+
+def produce_slowly(settings: Settings, frame: pd.DataFrame) -> threading.Thread:
+    def run() -> None:
+        for start in range(0, len(frame), CHUNK):
+            produce(settings, frame.iloc[start:start + CHUNK])
+            threading.Event().wait(0.1)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def decided(settings: Settings) -> int:
+    return len(read_stream(settings, settings.decisions_stream_name))
+
+
+def assert_as_if_uninterrupted(run: dict[str, Any], *, repeats_allowed: bool) -> list[dict[str, Any]]:
+    settings, frame = run["settings"], run["frame"]
+    ids = set(frame["transaction_id"])
+    decisions = wait_for_decisions(settings, ids)
+    seen = [d["transaction_id"] for d in decisions]
+    assert set(seen) == ids, f"{len(ids - set(seen))} transactions without a decision"
+    if not repeats_allowed:
+        assert len(seen) == N, "exactly N decisions"
+    first = {d["transaction_id"]: d for d in reversed(decisions)}
+    for want in run["expected"]:
+        got = first[want["transaction_id"]]
+        assert got["fraud_score"] == pytest.approx(want["fraud_score"], abs=1e-9), want["transaction_id"]
+        assert (got["risk_level"], got["factors"]) == (want["risk_level"], want["factors"])
+    recovered = OnlineFeatures(settings, name=run["state"], restore=False)
+    got = recovered.compute(run["unlabelled"])  # what each transaction got: the state remembers it
+    want = run["reference"].compute(run["unlabelled"])
+    np.testing.assert_allclose(got[list(FEATURE_NAMES)], want[list(FEATURE_NAMES)], rtol=1e-9, atol=1e-9)
+    assert recovered.summary()["keys"] == run["reference"].summary()["keys"]
+    high = {d["transaction_id"] for d in run["expected"] if d["risk_level"] == "HIGH"}
+    alerted = ledger_ids(settings, f"{run['state']}-")
+    assert len(alerted) == len(set(alerted)) and set(alerted) == high, "every HIGH alerted once"
+    return decisions
+
+
+def test_a_killed_state_actor_comes_back_with_its_windows_exact(chaos_run: dict[str, Any]) -> None:
+    settings, state = chaos_run["settings"], chaos_run["state"]
+    kill_after = random.randint(N // 5, 3 * N // 5)
+    producer = produce_slowly(settings, chaos_run["frame"])
+    wait_until(lambda: decided(settings) >= kill_after, timeout_s=240, interval_s=0.2,
+               what=f"{kill_after} decisions before the kill")
+    print(f"killing the state actor after {kill_after} decisions")  # shown with a failure: the point to retry
+    ray.kill(ray.get_actor(f"{state}-0", namespace=ACTOR_NAMESPACE), no_restart=False)
+    producer.join()
+    assert_as_if_uninterrupted(chaos_run, repeats_allowed=False)
+    summary = OnlineFeatures(settings, name=state, restore=False).summary()
+    assert summary["recoveries"] == 1
+    assert summary["replayed"] >= kill_after, "everything applied before the kill came back from the stream"
+    assert summary["last_recovery_s"] > 0 and summary["last_snapshot_at"] is not None
+
+
+def test_a_killed_consumer_resends_from_its_checkpoint_and_nothing_counts_twice(chaos_run: dict[str, Any]) -> None:
+    settings = chaos_run["settings"]
+    kill_after = random.randint(N // 5, 3 * N // 5)
+    producer = produce_slowly(settings, chaos_run["frame"])
+    wait_until(lambda: decided(settings) >= kill_after, timeout_s=240, interval_s=0.2,
+               what=f"{kill_after} decisions before the kill")
+    print(f"killing the consumer after {kill_after} decisions")
+    ray.kill(next(iter(chaos_run["stream"].consumers.values())), no_restart=False)
+    producer.join()
+    decisions = assert_as_if_uninterrupted(chaos_run, repeats_allowed=True)
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for decision in decisions:
+        by_id.setdefault(decision["transaction_id"], []).append(decision)
+    for repeated in (group for group in by_id.values() if len(group) > 1):  # a re-sent batch repeats its decisions
+        assert len({(d["fraud_score"], d["risk_level"]) for d in repeated}) == 1
