@@ -24,6 +24,7 @@ from cluster.config import Settings, get_settings
 from cluster.waiting import backoff_s, free_port, port_in_use, wait_until
 
 EMULATOR_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+LIST_EXPIRY_ATTRIBUTE = "expires_at"  # a list value's expiry (epoch seconds): the lists table's TTL attribute
 
 
 class EmbeddedAWS:
@@ -147,6 +148,7 @@ def bootstrap(settings: Settings | None = None) -> Resources:
     ):
         _ensure_table(settings, table, key)
     _ensure_table(settings, settings.lists_table, "list", sort_key="value")
+    _ensure_time_to_live(settings, settings.lists_table, LIST_EXPIRY_ATTRIBUTE)
     topic_arn = client("sns", settings).create_topic(Name=settings.alert_topic)["TopicArn"]
     _ensure_bucket(settings, settings.model_bucket)
     return Resources(stream_arn=stream_arn, decisions_stream_arn=decisions_arn, topic_arn=topic_arn)
@@ -177,6 +179,17 @@ def _ensure_table(settings: Settings, name: str, key: str, *, sort_key: str | No
         if exc.response["Error"]["Code"] != "ResourceInUseException":
             raise
     dynamodb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 120})
+
+
+def _ensure_time_to_live(settings: Settings, table: str, attribute: str) -> None:
+    """DynamoDB deletes an item some time after the epoch seconds in ``attribute`` pass (readers still filter by
+    expiry: the deletion can lag by days). Enabling it twice is an error on AWS, so it is enabled only when off."""
+    dynamodb = client("dynamodb", settings)
+    status = dynamodb.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
+    if status.get("TimeToLiveStatus") in ("ENABLED", "ENABLING"):
+        return
+    dynamodb.update_time_to_live(TableName=table,
+                                 TimeToLiveSpecification={"Enabled": True, "AttributeName": attribute})
 
 
 def _ensure_bucket(settings: Settings, name: str) -> None:

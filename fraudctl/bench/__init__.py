@@ -16,6 +16,7 @@ from typing import Any
 from cluster.config import Settings
 from fraudctl.bench.features import bench_features_offline, bench_features_online
 from fraudctl.bench.producers import bench_producers
+from fraudctl.bench.rules import bench_rules
 from fraudctl.bench.serving import bench_serving
 from fraudctl.bench.stream import bench_stream
 from fraudctl.bench.training import bench_training
@@ -28,6 +29,7 @@ SECTIONS: dict[str, Callable[[Settings], dict[str, Any]]] = {
     "features_offline": bench_features_offline,
     "features_online": bench_features_online,
     "stream": bench_stream,
+    "rules": bench_rules,
 }
 
 

@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 
+from cluster.aws import LIST_EXPIRY_ATTRIBUTE, bootstrap, client
 from cluster.features import FEATURE_NAMES
 from serve.api import (
     MAX_LIST_VALUES,
@@ -72,6 +73,18 @@ def test_a_ttl_value_expires_at_read_time(aws_settings) -> None:
     assert cache.current().values["t_ttl"].tolist() == ["d-forever"]
     assert store.values("t_ttl") == ["d-forever"]
     assert {"name": "t_ttl", "kind": "device_id", "size": 1} in store.summary()
+
+
+def test_the_lists_table_has_dynamodb_ttl_on_the_expiry_attribute(aws_settings) -> None:
+    """Read-time filtering hides an expired value; the table's TTL is what deletes it on real AWS."""
+    bootstrap(aws_settings)  # a second bootstrap leaves the enabled TTL as it is (AWS refuses enabling it twice)
+    description = client("dynamodb", aws_settings).describe_time_to_live(
+        TableName=aws_settings.lists_table)["TimeToLiveDescription"]
+    assert description == {"TimeToLiveStatus": "ENABLED", "AttributeName": LIST_EXPIRY_ATTRIBUTE}
+    ListStore(aws_settings).put("t_ttl_attr", "user_id", ["u-brief"], ttl_s=60)
+    item = client("dynamodb", aws_settings).get_item(
+        TableName=aws_settings.lists_table, Key={"list": {"S": "t_ttl_attr"}, "value": {"S": "u-brief"}})["Item"]
+    assert float(item[LIST_EXPIRY_ATTRIBUTE]["N"]) > time.time() + 50
 
 
 def test_the_cache_follows_writes_within_its_refresh(aws_settings) -> None:
