@@ -21,7 +21,7 @@ from serve.api import (
 from serve.lists import ListCache, ListStore
 from serve.rule_store import RuleCache, RuleStore
 from serve.scoring import apply_rules
-from training.rules import CompiledRules, RuleError, RuleSet, compile_expression
+from training.rules import CompiledRules, ListValues, RuleError, RuleSet, compile_expression
 
 
 class Clock:
@@ -112,6 +112,17 @@ def test_a_list_must_be_tested_by_the_field_of_its_kind() -> None:
     RuleSet.model_validate({"rules": [{"id": "R1", "expression": "user_id in @cards", "action": "block"}]})
     with pytest.raises(ValueError):
         RuleSet.model_validate({"rules": [{"id": "R1", "expression": "channel in @cards", "action": "block"}]})
+
+
+def test_list_membership_by_binary_search_equals_isin() -> None:
+    values = np.array([f"u{i:06d}" for i in range(0, 200_000, 2)], dtype=str)  # 100k, unsorted below
+    listed = ListValues(np.random.default_rng(1).permutation(values))
+    probe = np.array([f"u{i:06d}" for i in range(0, 1_000)] + ["", "u999999", "a", "zzz", "u"], dtype=str)
+    assert len(listed) == 100_000
+    assert (listed.contains(probe) == np.isin(probe, values)).all()
+    assert (listed.contains(probe, invert=True) == ~np.isin(probe, values)).all()
+    empty = ListValues([])
+    assert not empty.contains(probe).any() and empty.contains(probe, invert=True).all()
 
 
 def _decisions(levels: list[str]) -> list[dict]:
