@@ -117,7 +117,8 @@ class ListStore:
         return old is not None
 
     def _write(self, name: str, values: list[str], ttl_s: float | None) -> None:
-        extra = {} if ttl_s is None else {EXPIRES: {"N": repr(float(self.clock() + ttl_s))}}
+        # whole epoch seconds, rounded up: the form DynamoDB's TTL documents
+        extra = {} if ttl_s is None else {EXPIRES: {"N": str(math.ceil(self.clock() + ttl_s))}}
         self._batch([{"PutRequest": {"Item": {**self._key(name, value), **extra}}} for value in values])
 
     def _batch(self, requests: list[dict[str, Any]]) -> None:
