@@ -3,13 +3,13 @@
 Scoring: the in-process core the stream consumers run and the batch endpoint composes (``FraudDetector``:
 features from the online state actors -> XGBoost and the autoencoder -> ``combine`` -> ``apply_rules``), on
 micro-batches of simulated traffic in time order, with 0, 20 and 200 active rules and with one rule reading a
-100,000-value deny list, all in one run against one feature state. The configurations take turns batch by batch
-(each round in another order), so the machine's load and the state's growth fall on all of them alike; each
+100,000-value deny list, all in one run against one feature state. Each round scores one batch once per
+configuration (each round in another order), so the machine's load and the batch's weight fall on all alike; each
 figure is the median batch, and its cost is the median ratio to the 0-rule batch of the same round, in CPU time
 (wall time beside it: on a shared machine it swings with everyone else's load). In process rather than over
 HTTP, so the ratio is about rules and not request noise. The rules stage alone (``apply_rules`` on one scored
-batch, repeated) is timed beside it. Rule sets and the list go through the real stores and caches (``RuleStore``, ``ListStore``,
-``RuleCache``) as on a replica.
+batch, repeated) is timed beside it. Rule sets and the list go through the real stores and caches
+(``RuleStore``, ``ListStore``, ``RuleCache``) as on a replica.
 
 Rule testing: ``training.rule_replay.run_rule_test`` (features rebuilt causally, the champion's scores, every rule
 measured) over a simulated history of about 500,000 rows, in rows per second.
@@ -49,7 +49,7 @@ DENY_LIST_VALUES = 100_000
 DENY_SHARE_OF_USERS = 0.02     # simulated cards on the deny list, so the rule matches now and then
 BATCH_ROWS = 1_000             # a stream consumer's micro-batch (``ShardConsumer.batch_limit``)
 WARMUP_BATCHES = 3
-ROUNDS = 15                    # batches per configuration
+ROUNDS = 20                    # batches per configuration
 STAGE_REPEATS = 30             # ``apply_rules`` alone, per configuration
 REPLAY_USERS = 6_800           # about 500,000 simulated rows over REPLAY_DAYS (74 a user)
 REPLAY_DAYS = 30
@@ -150,26 +150,27 @@ def _scoring_costs(live: Settings, history: pd.DataFrame) -> dict[str, Any]:
 
     detector = FraudDetector(live, model="champion", feature_state="bench-rules", rules=caches["rules_0"])
     names = list(sets)
-    traffic = _traffic(history, WARMUP_BATCHES + ROUNDS * len(names))
+    traffic = _traffic(history, WARMUP_BATCHES + ROUNDS)
+    # each round scores one batch once per configuration (under ids of its own), so a heavier batch weighs on all
+    copies = [{name: [t.model_copy(update={"transaction_id": f"{t.transaction_id}-k{index}"}) for t in batch]
+               for index, name in enumerate(names)} for batch in traffic[WARMUP_BATCHES:]]
     batch_ms: dict[str, list[float]] = {name: [] for name in names}
     cpu_ms: dict[str, list[float]] = {name: [] for name in names}
     matched: dict[str, int] = dict.fromkeys(names, 0)
     try:
         for batch in traffic[:WARMUP_BATCHES]:
             detector.predict_transactions(batch)
-        position = WARMUP_BATCHES
         with tqdm(total=ROUNDS * len(names), desc="bench rules: scoring", unit="batch") as bar:
-            for round_ in range(ROUNDS):
+            for round_, batches in enumerate(copies):
                 for name in names[round_ % len(names):] + names[:round_ % len(names)]:
                     detector.rules = caches[name]
                     started, cpu_started = time.perf_counter(), time.process_time()
-                    decisions = detector.predict_transactions(traffic[position])
+                    decisions = detector.predict_transactions(batches[name])
                     batch_ms[name].append((time.perf_counter() - started) * 1000.0)
                     cpu_ms[name].append((time.process_time() - cpu_started) * 1000.0)
                     matched[name] += sum(bool(d["rules"]) for d in decisions)
-                    position += 1
                     bar.update()
-        stage_ms = _rules_stage(detector, caches, traffic[position - 1])
+        stage_ms = _rules_stage(detector, caches, copies[-1][names[0]])
     finally:
         detector.features.shutdown()
     def paired(samples: dict[str, list[float]], name: str) -> float:
