@@ -27,6 +27,7 @@ EMULATOR_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key":
 # The review queue's indexes (``serve.cases``): both keyed by a case's status, sorted by the named attribute
 CASES_BY_RISK, CASES_BY_SINCE = "by-risk", "by-since"
 CASE_INDEXES = {CASES_BY_RISK: "risk_rank", CASES_BY_SINCE: "since"}
+LIST_EXPIRY_ATTRIBUTE = "expires_at"  # a list value's expiry (epoch seconds): the lists table's TTL attribute
 
 
 class EmbeddedAWS:
@@ -150,6 +151,7 @@ def bootstrap(settings: Settings | None = None) -> Resources:
     ):
         _ensure_table(settings, table, key)
     _ensure_table(settings, settings.lists_table, "list", sort_key="value")
+    _ensure_time_to_live(settings, settings.lists_table, LIST_EXPIRY_ATTRIBUTE)
     _ensure_table(settings, settings.cases_table, "case_id", indexes={
         name: ("status", sort_key) for name, sort_key in CASE_INDEXES.items()})
     topic_arn = client("sns", settings).create_topic(Name=settings.alert_topic)["TopicArn"]
@@ -191,6 +193,17 @@ def _ensure_table(settings: Settings, name: str, key: str, *, sort_key: str | No
         if exc.response["Error"]["Code"] != "ResourceInUseException":
             raise
     dynamodb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 120})
+
+
+def _ensure_time_to_live(settings: Settings, table: str, attribute: str) -> None:
+    """DynamoDB deletes an item some time after the epoch seconds in ``attribute`` pass (readers still filter by
+    expiry: the deletion can lag by days). Enabling it twice is an error on AWS, so it is enabled only when off."""
+    dynamodb = client("dynamodb", settings)
+    status = dynamodb.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
+    if status.get("TimeToLiveStatus") in ("ENABLED", "ENABLING"):
+        return
+    dynamodb.update_time_to_live(TableName=table,
+                                 TimeToLiveSpecification={"Enabled": True, "AttributeName": attribute})
 
 
 def _ensure_bucket(settings: Settings, name: str) -> None:

@@ -143,13 +143,15 @@ def rules_test(
     start: Annotated[str | None, typer.Option("--start", help="First day measured (YYYY-MM-DD); earlier rows are "
                                               "feature history.")] = None,
     days: Annotated[int | None, typer.Option("--days", min=1, help="Days measured from --start.")] = None,
+    lists: Annotated[Path | None, typer.Option("--lists", exists=True, dir_okay=False, help="Lists the rules read "
+                                               "as @name (.json/.yaml): {name: {kind, values}}.")] = None,
 ) -> None:
     """Replay labelled history causally through each rule; print per-rule figures as JSON."""
     from training.rule_replay import run_rule_test
 
     try:
         summary = run_rule_test(get_settings(), rules=rules, data=data, delay_days=delay_days,
-                                start=date.fromisoformat(start) if start else None, days=days)
+                                start=date.fromisoformat(start) if start else None, days=days, lists=lists)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

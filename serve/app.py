@@ -33,6 +33,7 @@ from ray import serve
 
 from cluster.config import Settings, get_settings, use_settings
 from cluster.feature_state import OnlineFeatures
+from cluster.features import Columns
 from serve.alerts import AlertPublisher, AlertPublishError
 from serve.api import (
     API_KEY_SCHEME,
@@ -226,20 +227,24 @@ class Ingress:
         self._refreshed = time.monotonic()
 
     # -- scoring --------------------------------------------------------------------------------------------
-    def _features_of(self, records: list[dict[str, Any]]) -> np.ndarray:
-        return self.features.matrix(canonical_columns(records))
+    def _features_of(self, records: list[dict[str, Any]]) -> tuple[Columns, np.ndarray]:
+        columns = canonical_columns(records)
+        return columns, self.features.matrix(columns)
 
     async def _champion_pass(self, requests: list[tuple[list[dict[str, Any]], bool]]
-                             ) -> list[tuple[np.ndarray, list[dict[str, Any]]]]:
+                             ) -> list[tuple[np.ndarray, list[dict[str, Any]], Columns]]:
         """Concurrent requests share one pass (``self.champion_pass`` coalesces them): one call per feature-state
         partition, then one per model stage, all with the champion of the moment. A request is its records and
-        whether its LOW decisions are explained; returns each request's (features, decisions)."""
+        whether its LOW decisions are explained; returns each request's (features, decisions, canonical columns:
+        built once per pass, the rules read them too)."""
         records = [record for block, _ in requests for record in block]
-        x = await asyncio.to_thread(self._features_of, records)
+        columns, x = await asyncio.to_thread(self._features_of, records)
         decisions = await self._decide(self.champion, records, x, [wanted for block, wanted in requests for _ in block])
         lengths = [len(block) for block, _ in requests]
         bounds = np.cumsum([0, *lengths])
-        return [(part, decisions[bounds[i]:bounds[i + 1]]) for i, part in enumerate(split_rows(x, lengths))]
+        return [(part, decisions[bounds[i]:bounds[i + 1]],
+                 {name: values[bounds[i]:bounds[i + 1]] for name, values in columns.items()})
+                for i, part in enumerate(split_rows(x, lengths))]
 
     def _record_labels(self, events: list[dict[str, Any]]) -> int:
         frame = pd.DataFrame(events).rename(columns={"reported_at": "known_at"})
@@ -271,7 +276,7 @@ class Ingress:
         await self._refresh_versions()
         records = [scoring_record(t) for t in transactions]
         ids = [t.transaction_id for t in transactions]
-        x, decisions = await self.champion_pass((records, explain))
+        x, decisions, columns = await self.champion_pass((records, explain))
         if self.challenger is not None:
             canary = [in_canary(tid, self.settings.canary_share) for tid in ids]
             if any(canary):
@@ -280,7 +285,7 @@ class Ingress:
                 decisions = [b if c else a for a, b, c in zip(decisions, challenger_decisions, canary)]
             else:
                 self._in_background(self._shadow(records, x, decisions))
-        rule_matches = await asyncio.to_thread(self._apply_rules, decisions, records, x)
+        rule_matches = await asyncio.to_thread(self._apply_rules, decisions, columns, x)
         self.cases.open_later(decisions, transactions)  # not awaited: the answer does not depend on the case
         alerts = await self._alert(decisions, transactions)
         elapsed_ms = (time.perf_counter() - started) * 1000.0
@@ -290,10 +295,10 @@ class Ingress:
                           transactions=transactions, rule_matches=rule_matches)
         return decisions
 
-    def _apply_rules(self, decisions: list[dict[str, Any]], records: list[dict[str, Any]],
+    def _apply_rules(self, decisions: list[dict[str, Any]], columns: Columns,
                      x: np.ndarray) -> dict[str, dict[str, int]]:
         rules = self.rules.current()
-        return apply_rules(rules, decisions, canonical_columns(records), x) if rules.rules else {}
+        return apply_rules(rules, decisions, columns, x) if rules.rules else {}
 
     async def _alert(self, decisions: list[dict[str, Any]], transactions: list[Any]) -> int:
         call = self.alerts.submit(decisions, transactions)

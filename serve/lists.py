@@ -4,7 +4,8 @@ The table (``lists_table``) is keyed by (``list``, ``value``): one item per list
 100k small items, read a page at a time by ``Query``. Each list's kind and version live in a catalog item
 (``list = "#lists"``, ``value = <name>``; ``#`` is in no valid list name or value): every write bumps the version,
 so a refresh reads the small catalog and re-reads only the lists that changed. A value may carry ``expires_at``
-(epoch seconds, from ``ttl_s``); an expired value is ignored at read time, whether or not it is still stored.
+(epoch seconds, from ``ttl_s``); an expired value is ignored at read time, whether or not it is still stored
+(the table's DynamoDB TTL on that attribute deletes it eventually, within days on AWS).
 
 ``ListCache.current()`` re-reads the catalog at most every ``rules_refresh_s`` (bounded staleness, as for the rule
 set) and re-filters the expired values whenever the next expiry passes. A failed read keeps the last lists.
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from cluster.aws import LIST_EXPIRY_ATTRIBUTE as EXPIRES
 from cluster.aws import client, until_processed
 from cluster.config import Settings
 from training.rules import LIST_KINDS
@@ -59,8 +61,8 @@ class ListStore:
 
     def entries(self, name: str) -> list[tuple[str, float]]:
         """A list's stored values and when each expires (``inf``: never), expired ones included."""
-        return [(item["value"]["S"], float(item["expires_at"]["N"]) if "expires_at" in item else math.inf)
-                for item in self._query(name, "#v, expires_at")]
+        return [(item["value"]["S"], float(item[EXPIRES]["N"]) if EXPIRES in item else math.inf)
+                for item in self._query(name, f"#v, {EXPIRES}")]
 
     def values(self, name: str) -> list[str]:
         """A list's values that have not expired."""
@@ -115,7 +117,8 @@ class ListStore:
         return old is not None
 
     def _write(self, name: str, values: list[str], ttl_s: float | None) -> None:
-        extra = {} if ttl_s is None else {"expires_at": {"N": repr(float(self.clock() + ttl_s))}}
+        # whole epoch seconds, rounded up: the form DynamoDB's TTL documents
+        extra = {} if ttl_s is None else {EXPIRES: {"N": str(math.ceil(self.clock() + ttl_s))}}
         self._batch([{"PutRequest": {"Item": {**self._key(name, value), **extra}}} for value in values])
 
     def _batch(self, requests: list[dict[str, Any]]) -> None:

@@ -16,17 +16,17 @@ import time
 from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, RootModel, StrictStr, StringConstraints, ValidationError
 from tqdm import tqdm
 
 from cluster.config import Settings
 from cluster.features import FEATURE_NAMES, FEATURE_VERSION
-from cluster.schema import CANONICAL_COLUMNS, LABEL_COLUMN, field_errors
+from cluster.schema import CANONICAL_COLUMNS, ID_PATTERN, LABEL_COLUMN, field_errors
 from training.data import featurize, load_profiles, read_labelled
 from training.policy import HIGH
 from training.predict import FraudScorer
@@ -34,8 +34,12 @@ from training.registry import FeatureVersionMismatch, registry_for
 from training.rules import (
     ACTIONS,
     ACTIVE,
+    LIST_KINDS,
     SCORE_NAMES,
     CompiledRules,
+    Expression,
+    ListValues,
+    Rule,
     RuleSet,
     RuleSetBody,
     compile_expression,
@@ -44,19 +48,30 @@ from training.rules import (
 )
 
 Progress = Callable[[str], None]
+LIST_HINT = " (a rule reading @name needs the list's values: --lists FILE)"
 
 
-def read_rules_file(path: Path) -> RuleSetBody:
-    """A rules file (.json, .yaml or .yml) holding the ``PUT /api/rules`` body; errors name ``rules.N.field``."""
+def _read_payload(path: Path, option: str) -> Any:
     path = Path(path)
     text = path.read_text()
     if path.suffix.lower() == ".json":
-        payload = json.loads(text)
-    elif path.suffix.lower() in (".yaml", ".yml"):
-        payload = yaml.safe_load(text)
-    else:
-        raise ValueError(f"--rules: {path} must be .json, .yaml or .yml")
-    return parse_rule_set(payload, source=f"--rules {path}")
+        return json.loads(text)
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return yaml.safe_load(text)
+    raise ValueError(f"{option}: {path} must be .json, .yaml or .yml")
+
+
+def read_rules_file(path: Path, *, lists: dict[str, str] | None = None) -> RuleSetBody:
+    """A rules file (.json, .yaml or .yml) holding the ``PUT /api/rules`` body; errors name ``rules.N.field``.
+    ``lists`` (name -> kind) are the lists its expressions may read."""
+    source = f"--rules {path}"
+    try:
+        return parse_rule_set(_read_payload(path, "--rules"), source=source, lists=lists)
+    except RuleSetError as exc:
+        if lists:
+            raise
+        raise RuleSetError(source + LIST_HINT if any("@" in e["message"] for e in exc.errors) else source,
+                           exc.errors) from None
 
 
 class RuleSetError(ValueError):
@@ -67,25 +82,52 @@ class RuleSetError(ValueError):
         self.errors = errors
 
 
-def parse_rule_set(payload: Any, source: str) -> RuleSetBody:
-    """The ``PUT /api/rules`` body from parsed JSON/YAML (a bare list is the rules); errors name ``rules.N.field``."""
+def parse_rule_set(payload: Any, source: str, lists: dict[str, str] | None = None) -> RuleSetBody:
+    """The ``PUT /api/rules`` body from parsed JSON/YAML (a bare list is the rules); errors name ``rules.N.field``.
+    ``lists`` (name -> kind) are the lists its expressions may read."""
     try:
-        return RuleSetBody.model_validate(payload if isinstance(payload, dict) else {"rules": payload})
+        return RuleSetBody.model_validate(payload if isinstance(payload, dict) else {"rules": payload},
+                                          context={"lists": lists or {}})
     except ValidationError as exc:
         raise RuleSetError(source, field_errors(exc)) from None
 
 
+class ListFileEntry(BaseModel):
+    """One list of a lists file: its kind and values, as ``PUT /api/lists/{name}`` takes them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal[LIST_KINDS]
+    values: list[StrictStr]
+
+
+class ListsFile(RootModel[dict[Annotated[str, StringConstraints(pattern=ID_PATTERN)], ListFileEntry]]):
+    """``{name: {"kind": ..., "values": [...]}}``: the lists a rules file's ``@name`` reads during a test."""
+
+
+def read_lists_file(path: Path) -> dict[str, ListFileEntry]:
+    """A lists file (.json, .yaml or .yml); errors name ``NAME.field``."""
+    payload = _read_payload(path, "--lists")
+    try:
+        return ListsFile.model_validate(payload).root
+    except ValidationError as exc:
+        raise ValueError(f"--lists {path}: " + "; ".join(f"{e['field'] or 'the file'}: {e['message']}"
+                                                         for e in field_errors(exc))) from None
+
+
 def run_rule_test(settings: Settings, *, rules: Path, data: Path, delay_days: float, start: date | None = None,
-                  days: int | None = None) -> dict[str, Any]:
-    """``fraudctl rules test``: the rules file replayed over ``data`` (see ``replay_rules``), with a progress bar."""
-    body = read_rules_file(rules)
+                  days: int | None = None, lists: Path | None = None) -> dict[str, Any]:
+    """``fraudctl rules test``: the rules file replayed over ``data`` (see ``replay_rules``) with its ``@name``
+    lists from ``lists``, with a progress bar."""
+    named_lists = read_lists_file(lists) if lists else {}
+    body = read_rules_file(rules, lists={name: entry.kind for name, entry in named_lists.items()})
     with tqdm(total=replay_steps(body), desc="rules test", unit="step", file=sys.stderr) as bar:
         def advance(stage: str) -> None:
             bar.set_postfix_str(stage)
             bar.update()
 
         return replay_rules(settings, body, data=data, delay_days=delay_days, start=start, days=days,
-                            progress=advance)
+                            lists=named_lists, progress=advance)
 
 
 REPLAY_STAGES = ("history", "causal features", "model scores")  # then one step per rule, then the rule set
@@ -96,11 +138,15 @@ def replay_steps(body: RuleSetBody) -> int:
 
 
 def replay_rules(settings: Settings, body: RuleSetBody, *, data: Path, delay_days: float, start: date | None = None,
-                 days: int | None = None, progress: Progress | None = None) -> dict[str, Any]:
-    """Replay ``data`` causally through each rule of ``body``; the figures of each and of the whole set.
-    ``progress(stage)`` hears of each of the ``replay_steps(body)`` steps as it ends (a long replay shows them)."""
+                 days: int | None = None, lists: dict[str, ListFileEntry] | None = None,
+                 progress: Progress | None = None) -> dict[str, Any]:
+    """Replay ``data`` causally through each rule of ``body`` (reading ``lists``); the figures of each and of the
+    whole set. ``progress(stage)`` hears of each of the ``replay_steps(body)`` steps as it ends."""
     started = time.perf_counter()
     step = progress or (lambda stage: None)
+    named_lists = lists or {}
+    kinds = {name: entry.kind for name, entry in named_lists.items()}
+    list_values = {name: ListValues(entry.values) for name, entry in named_lists.items()}
     transactions = read_labelled(data)
     begin = pd.Timestamp(start, tz="UTC") if start else transactions["timestamp"].min()
     end = begin + pd.Timedelta(days=days) if days else None
@@ -125,17 +171,23 @@ def replay_rules(settings: Settings, body: RuleSetBody, *, data: Path, delay_day
     day_labels, day_index = np.unique(day, return_inverse=True)
     flagged = model["risk_level"] == HIGH if model else None
 
-    results: dict[str, Any] = {}
+    measured: list[tuple[Rule, Expression]] = []
     skipped = []
     for rule in body.rules:
-        expression = compile_expression(rule.expression)
+        expression = compile_expression(rule.expression, lists=kinds)
         needs = sorted(expression.names & set(SCORE_NAMES))
         if needs and not model:
             skipped.append({"id": rule.id, "error": f"reads {', '.join(needs)}, but the registry has no usable "
                                                     f"champion model ({model_reason(settings)})"})
             step(f"rule {rule.id}")
             continue
-        env = rule_inputs(expression.names, fields, x, **(_score_inputs(model) if model else {}))
+        measured.append((rule, expression))
+    # the inputs every measured rule reads, converted once for all of them
+    env = rule_inputs(frozenset().union(*(e.names for _, e in measured)), fields, x,
+                      **(_score_inputs(model) if model else {}),
+                      lists={name: list_values[name] for _, e in measured for name in e.lists})
+    results: dict[str, Any] = {}
+    for rule, expression in measured:
         matched = expression.evaluate(env, len(frame))
         results[rule.id] = {"state": rule.state, "action": rule.action,
                             **_figures(matched, is_fraud, amount, day_index, day_labels, flagged)}
@@ -148,10 +200,11 @@ def replay_rules(settings: Settings, body: RuleSetBody, *, data: Path, delay_day
         "model": ({"version": model["version"], "flagged": int(flagged.sum()),
                    "frauds_flagged": int((flagged & is_fraud).sum())} if model
                   else {"version": None, "reason": model_reason(settings)}),
+        "lists": {name: {"kind": entry.kind, "size": len(list_values[name])} for name, entry in named_lists.items()},
         "rules": results, "skipped": skipped,
     }
     if model and not skipped:
-        summary["rule_set"] = _rule_set_figures(body, fields, x, model, is_fraud, amount)
+        summary["rule_set"] = _rule_set_figures(body, fields, x, model, is_fraud, amount, kinds, list_values)
     step("rule set")
     summary["seconds"] = round(time.perf_counter() - started, 2)
     return summary
@@ -179,10 +232,12 @@ def _figures(matched: np.ndarray, is_fraud: np.ndarray, amount: np.ndarray, day_
 
 
 def _rule_set_figures(body: RuleSetBody, fields: dict[str, np.ndarray], x: np.ndarray, model: dict[str, Any],
-                      is_fraud: np.ndarray, amount: np.ndarray) -> dict[str, Any]:
+                      is_fraud: np.ndarray, amount: np.ndarray, kinds: dict[str, str],
+                      list_values: dict[str, ListValues]) -> dict[str, Any]:
     """The active rules together (mode and precedence as live) against the model alone: rows and frauds per action."""
-    compiled = CompiledRules(RuleSet.model_validate({**body.model_dump(), "version": 0}))
-    outcome = compiled.apply(rule_inputs(compiled.names, fields, x, **_score_inputs(model)), model["risk_level"])
+    compiled = CompiledRules(RuleSet.model_validate({**body.model_dump(), "version": 0}), lists=kinds,
+                             list_values=list_values)
+    outcome = compiled.apply(compiled.inputs(fields, x, **_score_inputs(model)), model["risk_level"])
 
     def by_action(actions: np.ndarray) -> dict[str, Any]:
         return {a: {"count": int((actions == a).sum()), "frauds": int(((actions == a) & is_fraud).sum()),

@@ -27,6 +27,7 @@ import operator
 import tokenize
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -97,6 +98,26 @@ Values = Any  # a numpy array over the batch, or a scalar (constants)
 Evaluator = Callable[[Mapping[str, Any]], Values]
 
 
+class ListValues:
+    """A list's values sorted once, so a batch tests membership by binary search: ``np.isin`` sorts the whole list
+    again on every call, which for a list of 100k values is a large share of a batch's scoring time, and of a single
+    request's."""
+
+    def __init__(self, values: Sequence[str] | np.ndarray):
+        self.sorted = np.unique(np.asarray(values, dtype=str))
+
+    def __len__(self) -> int:
+        return len(self.sorted)
+
+    def contains(self, values: np.ndarray, *, invert: bool = False) -> np.ndarray:
+        values = np.asarray(values, dtype=str)
+        if not len(self.sorted):
+            return np.full(values.shape, invert)
+        positions = np.minimum(np.searchsorted(self.sorted, values), len(self.sorted) - 1)
+        found = self.sorted[positions] == values
+        return ~found if invert else found
+
+
 class RuleError(ValueError):
     """An expression the language refuses, with the reason; raised before anything is evaluated."""
 
@@ -112,11 +133,22 @@ class Expression:
 
     def evaluate(self, env: Mapping[str, Any], rows: int) -> np.ndarray:
         with np.errstate(all="ignore"):  # x / 0 is inf or nan, and a comparison with nan is False
-            return np.broadcast_to(_truth(self._root(env)), (rows,)).copy()
+            return self.mask(env, rows).copy()
+
+    def mask(self, env: Mapping[str, Any], rows: int) -> np.ndarray:
+        """``evaluate`` for a caller that has set ``np.errstate`` itself (once for a whole rule set)."""
+        return np.broadcast_to(_truth(self._root(env)), (rows,))
 
 
-def compile_expression(text: str, *, lists: Mapping[str, str] | None = None) -> Expression:
-    """Compile ``text`` or raise ``RuleError``; ``lists`` maps the list names that exist to their kind."""
+SharedParts = dict[str, Evaluator]
+_RESULTS = "_results"  # in an env: each shared part's values for this batch (no readable name starts with "_")
+
+
+def compile_expression(text: str, *, lists: Mapping[str, str] | None = None,
+                       shared: SharedParts | None = None) -> Expression:
+    """Compile ``text`` or raise ``RuleError``; ``lists`` maps the list names that exist to their kind. Expressions
+    compiled with one ``shared`` dict evaluate a sub-expression they have in common (``country != 'US'``) once per
+    batch when the env carries a results dict (``CompiledRules.apply``)."""
     if not isinstance(text, str) or not text.strip():
         raise RuleError("an expression must be non-empty text")
     if len(text) > MAX_EXPRESSION_CHARS:
@@ -126,7 +158,7 @@ def compile_expression(text: str, *, lists: Mapping[str, str] | None = None) -> 
         tree = ast.parse(source, mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
         raise RuleError(f"not a valid expression: {getattr(exc, 'msg', None) or exc}") from None
-    compiler = _Compiler(lists if isinstance(lists, _UncheckedLists) else dict(lists or {}))
+    compiler = _Compiler(lists if isinstance(lists, _UncheckedLists) else dict(lists or {}), shared)
     kind, root = compiler.node(tree.body, 1)
     if kind == TEXT:
         raise RuleError("an expression must be a condition (a comparison), not text")
@@ -184,6 +216,20 @@ _EQUALITY = {ast.Eq: np.equal, ast.NotEq: np.not_equal}
 _TEXT_EQUALITY = {ast.Eq: operator.eq, ast.NotEq: operator.ne}
 
 
+_SHAREABLE = (ast.Compare, ast.BoolOp, ast.BinOp, ast.UnaryOp)  # names and constants cost less than a lookup
+
+
+def _once_per_batch(key: str, evaluator: Evaluator) -> Evaluator:
+    def evaluate(env: Mapping[str, Any]) -> Values:
+        results = env.get(_RESULTS)
+        if results is None:
+            return evaluator(env)
+        if key not in results:
+            results[key] = evaluator(env)
+        return results[key]
+    return evaluate
+
+
 def _truth(values: Values) -> Any:
     array = np.asarray(values)
     return array if array.dtype == np.bool_ else array != 0
@@ -197,8 +243,9 @@ def _numbers(values: Values) -> Any:
 class _Compiler:
     """Walks the tree once: checks each node against the allow-list and the bounds, returns (type, evaluator)."""
 
-    def __init__(self, lists: Mapping[str, str]):
+    def __init__(self, lists: Mapping[str, str], shared: SharedParts | None = None):
         self.known_lists = lists
+        self.shared = shared
         self.names: set[str] = set()
         self.lists: set[str] = set()
         self.count = 0
@@ -214,7 +261,11 @@ class _Compiler:
         handler = getattr(self, f"_{type(node).__name__}", None)
         if handler is None:
             raise RuleError(f"{type(node).__name__} is not allowed in a rule")
-        return handler(node, depth)
+        kind, evaluator = handler(node, depth)
+        if self.shared is not None and isinstance(node, _SHAREABLE):
+            key = ast.dump(node)
+            evaluator = self.shared.setdefault(key, _once_per_batch(key, evaluator))
+        return kind, evaluator
 
     def _Constant(self, node: ast.Constant, depth: int) -> tuple[str, Evaluator]:
         value = node.value
@@ -344,7 +395,7 @@ class _Compiler:
                 raise RuleError(f"@{name} is a {kind} list: test it as `{kind} in @{name}`")
             self.lists.add(name)
             key = _LIST_PREFIX + name
-            return lambda env: np.isin(left(env), env[key], invert=negate)
+            return lambda env: env[key].contains(left(env), invert=negate)
         if not isinstance(container, ast.Tuple | ast.List | ast.Set):
             raise RuleError("`in` needs a list (`@name`) or a literal tuple such as (\"US\", \"CA\")")
         if not container.elts or len(container.elts) > MAX_LITERAL_ITEMS:
@@ -426,7 +477,7 @@ class CompiledRule:
     rule: Rule
     expression: Expression
 
-    @property
+    @cached_property
     def reason(self) -> str:
         return f"Rule {self.rule.id}: {self.rule.description or self.rule.expression}"
 
@@ -448,54 +499,66 @@ class CompiledRules:
         self.rule_set = rule_set
         self.version, self.mode = rule_set.version, rule_set.mode
         self.list_kinds: Mapping[str, Any] = lists if lists is not None else {}  # kept lenient if it was
-        self.rules = [CompiledRule(rule, compile_expression(rule.expression, lists=self.list_kinds))
+        shared: SharedParts = {}
+        self.rules = [CompiledRule(rule, compile_expression(rule.expression, lists=self.list_kinds, shared=shared))
                       for rule in rule_set.rules if rule.state != DISABLED]
         self.names = frozenset().union(*(r.expression.names for r in self.rules))
         self.lists = frozenset().union(*(r.expression.lists for r in self.rules))
-        self.list_values: Mapping[str, np.ndarray] = list_values or {}
+        self.list_values: Mapping[str, ListValues] = _sorted_lists(list_values or {}, self.lists)
 
-    def with_values(self, list_values: Mapping[str, np.ndarray]) -> CompiledRules:
-        """The same compiled rules over other current list values (no recompiling when only the items change)."""
+    def with_values(self, list_values: Mapping[str, np.ndarray | ListValues]) -> CompiledRules:
+        """The same compiled rules over other current list values (no recompiling when only the items change);
+        the lists the rules read are sorted here, once per change, not once per batch."""
         bound = copy.copy(self)
-        bound.list_values = list_values
+        bound.list_values = _sorted_lists(list_values, self.lists)
         return bound
 
     def inputs(self, fields: Mapping[str, Any], features: np.ndarray, fraud_score: np.ndarray | None = None,
                risk_level: np.ndarray | None = None) -> dict[str, Any]:
         """``rule_inputs`` for what these rules read, the lists' current values included."""
         return rule_inputs(self.names, fields, features, fraud_score, risk_level,
-                           lists={name: self.list_values.get(name, _EMPTY) for name in self.lists})
+                           lists={name: self.list_values.get(name, _EMPTY_LIST) for name in self.lists})
 
     def apply(self, env: Mapping[str, Any], model_levels: np.ndarray) -> Outcome:
-        """Actions for the rows ``env`` describes (``rule_inputs``), the model's risk levels as the default."""
+        """Actions for the rows ``env`` describes (``rule_inputs``), the model's risk levels as the default. The
+        per-rule masks are one (rules x rows) matrix: the deciding rule of every row is found at once, and only
+        rows that some active rule matched are visited one by one (to list their rules)."""
         rows = len(model_levels)
         action = model_actions(model_levels)
         matched: list[list[CompiledRule]] = [[] for _ in range(rows)]
-        counts: dict[str, dict[str, int]] = {}
-        active: list[tuple[CompiledRule, np.ndarray]] = []
-        for compiled in self.rules:
-            mask = compiled.expression.evaluate(env, rows)
-            counts[compiled.rule.id] = {compiled.rule.state: int(mask.sum())}
-            if compiled.rule.state == ACTIVE:
-                active.append((compiled, mask))
-        if not active:
+        batch = {**env, _RESULTS: {}}
+        with np.errstate(all="ignore"):  # x / 0 is inf or nan, and a comparison with nan is False
+            masks = np.stack([compiled.expression.mask(batch, rows) for compiled in self.rules]) if self.rules \
+                else np.zeros((0, rows), dtype=bool)
+        counts = {compiled.rule.id: {compiled.rule.state: int(count)}
+                  for compiled, count in zip(self.rules, masks.sum(axis=1))}
+        is_active = np.array([compiled.rule.state == ACTIVE for compiled in self.rules], dtype=bool)
+        if not is_active.any():
             return Outcome(action=action, matched=matched, counts=counts)
+        active = [compiled for compiled, on in zip(self.rules, is_active) if on]
+        active_masks = masks[is_active]
+        rule_actions = np.array([compiled.rule.action for compiled in active], dtype=object)
+        decided = active_masks.any(axis=0)
+        rows_decided = np.flatnonzero(decided)
         if self.mode == FIRST_MATCHED:
-            undecided = np.ones(rows, dtype=bool)
-            for compiled, mask in active:
-                takes = undecided & mask
-                action[takes] = compiled.rule.action
-                for row in np.flatnonzero(takes):
-                    matched[row].append(compiled)
-                undecided &= ~mask
+            first = active_masks.argmax(axis=0)
+            action[decided] = rule_actions[first[decided]]
+            for row in rows_decided:
+                matched[row].append(active[first[row]])
         else:
-            for compiled, mask in active:
-                for row in np.flatnonzero(mask):
-                    matched[row].append(compiled)
-            for row in np.flatnonzero(np.any([mask for _, mask in active], axis=0)):
-                actions = {compiled.rule.action for compiled in matched[row]}
-                action[row] = next(a for a in PRECEDENCE if a in actions)
+            undecided = decided.copy()
+            for candidate in PRECEDENCE:
+                takes = undecided & active_masks[rule_actions == candidate].any(axis=0)
+                action[takes] = candidate
+                undecided &= ~takes
+            for row in rows_decided:
+                matched[row].extend(active[index] for index in np.flatnonzero(active_masks[:, row]))
         return Outcome(action=action, matched=matched, counts=counts)
+
+
+def _sorted_lists(values: Mapping[str, np.ndarray | ListValues], names: frozenset[str]) -> dict[str, ListValues]:
+    return {name: values[name] if isinstance(values[name], ListValues) else ListValues(values[name])
+            for name in names if name in values}
 
 
 def model_actions(levels: np.ndarray) -> np.ndarray:
@@ -504,12 +567,16 @@ def model_actions(levels: np.ndarray) -> np.ndarray:
 
 
 def text_values(values: Sequence[Any] | np.ndarray | pd.Series) -> np.ndarray:
-    """A text column as a numpy str array, a missing value as ""."""
-    return np.array(["" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in values],
-                    dtype=str)
+    """A text column as a numpy str array, a missing value (None, NaN) as ""; converted in numpy's loop, not
+    Python's."""
+    column = np.asarray(values, dtype=object)
+    missing = pd.isna(column)
+    if missing.any():
+        column = np.where(missing, "", column)
+    return column.astype(str)
 
 
-_EMPTY = np.array([], dtype=str)
+_EMPTY_LIST = ListValues([])
 
 
 def rule_inputs(names: frozenset[str], fields: Mapping[str, Any], features: np.ndarray,
@@ -518,7 +585,8 @@ def rule_inputs(names: frozenset[str], fields: Mapping[str, Any], features: np.n
     """The arrays the ``names`` a rule set reads: transaction ``fields`` (canonical columns), the (rows x
     ``FEATURE_NAMES``) ``features`` matrix, the model's scores when it has run, and each list's current values
     (``lists``: name -> values) as ``_list_<name>``."""
-    env: dict[str, Any] = {_LIST_PREFIX + name: np.asarray(values, dtype=str) for name, values in (lists or {}).items()}
+    env: dict[str, Any] = {_LIST_PREFIX + name: values if isinstance(values, ListValues) else ListValues(values)
+                           for name, values in (lists or {}).items()}
     for name in names:
         if name in NUMERIC_FIELDS:  # the field itself, not its float32 copy among the features
             env[name] = np.asarray(fields[name], dtype=np.float64)

@@ -16,6 +16,7 @@ from typing import Any
 from cluster.config import Settings
 from fraudctl.bench.features import bench_features_offline, bench_features_online
 from fraudctl.bench.producers import bench_producers
+from fraudctl.bench.rules import bench_rules
 from fraudctl.bench.serving import bench_serving
 from fraudctl.bench.state import bench_feature_state
 from fraudctl.bench.stream import bench_stream
@@ -30,6 +31,7 @@ SECTIONS: dict[str, Callable[[Settings], dict[str, Any]]] = {
     "features_online": bench_features_online,
     "feature_state": bench_feature_state,
     "stream": bench_stream,
+    "rules": bench_rules,
 }
 
 

@@ -77,6 +77,17 @@ ROWS: dict[str, list[Row]] = {
         ("HTTP batch endpoint (1,000 per request)", _figure("serving.batch.transactions_per_s", " tx/s"),
          "≥ 20,000 tx/s (aim 40,000)"),
     ],
+    "rules": [
+        ("scoring core, 1,000-row batches: 0 / 200 active rules",
+         _pair("rules.scoring.rules_0.tx_per_s", "rules.scoring.rules_200.tx_per_s", " tx/s", 0), "—"),
+        ("cost of 20 / 200 active rules (batch time ÷ 0 rules)",
+         _pair("rules.scoring.rules_20.cost_ratio_to_0_rules", "rules.scoring.rules_200.cost_ratio_to_0_rules",
+               "×", 3), "—"),
+        ("cost of a rule over a 100,000-value deny list",
+         _figure("rules.scoring.deny_list_100k.cost_ratio_to_0_rules", "×", 3), "not measurable (≤ 1.05×)"),
+        ("rule testing on 500k simulated rows", _figure("rules.rule_testing.rows_per_s", " rows/s"),
+         "500k rows in < 2 min"),
+    ],
     "stream": [
         ("stream end to end, warm consumers", _figure("stream.sustained.end_to_end_tps", " tx/s"), "≥ 5,000 tx/s"),
         ("stream lag p50 / p99 at the target rate",

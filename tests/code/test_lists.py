@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 
+from cluster.aws import LIST_EXPIRY_ATTRIBUTE, bootstrap, client
 from cluster.features import FEATURE_NAMES
 from serve.api import (
     MAX_LIST_VALUES,
@@ -20,7 +21,7 @@ from serve.api import (
 from serve.lists import ListCache, ListStore
 from serve.rule_store import RuleCache, RuleStore
 from serve.scoring import apply_rules
-from training.rules import CompiledRules, RuleError, RuleSet, compile_expression
+from training.rules import CompiledRules, ListValues, RuleError, RuleSet, compile_expression
 
 
 class Clock:
@@ -74,6 +75,18 @@ def test_a_ttl_value_expires_at_read_time(aws_settings) -> None:
     assert {"name": "t_ttl", "kind": "device_id", "size": 1} in store.summary()
 
 
+def test_the_lists_table_has_dynamodb_ttl_on_the_expiry_attribute(aws_settings) -> None:
+    """Read-time filtering hides an expired value; the table's TTL is what deletes it on real AWS."""
+    bootstrap(aws_settings)  # a second bootstrap leaves the enabled TTL as it is (AWS refuses enabling it twice)
+    description = client("dynamodb", aws_settings).describe_time_to_live(
+        TableName=aws_settings.lists_table)["TimeToLiveDescription"]
+    assert description == {"TimeToLiveStatus": "ENABLED", "AttributeName": LIST_EXPIRY_ATTRIBUTE}
+    ListStore(aws_settings).put("t_ttl_attr", "user_id", ["u-brief"], ttl_s=60)
+    item = client("dynamodb", aws_settings).get_item(
+        TableName=aws_settings.lists_table, Key={"list": {"S": "t_ttl_attr"}, "value": {"S": "u-brief"}})["Item"]
+    assert float(item[LIST_EXPIRY_ATTRIBUTE]["N"]) > time.time() + 50
+
+
 def test_the_cache_follows_writes_within_its_refresh(aws_settings) -> None:
     settings = _settings(aws_settings)
     store = ListStore(settings)
@@ -99,6 +112,17 @@ def test_a_list_must_be_tested_by_the_field_of_its_kind() -> None:
     RuleSet.model_validate({"rules": [{"id": "R1", "expression": "user_id in @cards", "action": "block"}]})
     with pytest.raises(ValueError):
         RuleSet.model_validate({"rules": [{"id": "R1", "expression": "channel in @cards", "action": "block"}]})
+
+
+def test_list_membership_by_binary_search_equals_isin() -> None:
+    values = np.array([f"u{i:06d}" for i in range(0, 200_000, 2)], dtype=str)  # 100k, unsorted below
+    listed = ListValues(np.random.default_rng(1).permutation(values))
+    probe = np.array([f"u{i:06d}" for i in range(0, 1_000)] + ["", "u999999", "a", "zzz", "u"], dtype=str)
+    assert len(listed) == 100_000
+    assert (listed.contains(probe) == np.isin(probe, values)).all()
+    assert (listed.contains(probe, invert=True) == ~np.isin(probe, values)).all()
+    empty = ListValues([])
+    assert not empty.contains(probe).any() and empty.contains(probe, invert=True).all()
 
 
 def _decisions(levels: list[str]) -> list[dict]:

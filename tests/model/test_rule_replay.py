@@ -104,3 +104,46 @@ def test_an_invalid_rules_file_names_the_expression(history_file: Path, tmp_path
     result = _run(Settings(aws_mode="embedded", data_dir=tmp_path / "empty"), monkeypatch, "--rules", str(rules),
                   "--data", str(history_file), "--delay-days", "7")
     assert result.exit_code == 2 and "rules.0.expression" in result.output
+
+
+def test_rules_reading_lists_are_measured_with_a_lists_file(small_history, history_file: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    transactions = small_history.transactions
+    denied = sorted(transactions["user_id"].unique())[:5]
+    lists = tmp_path / "lists.yaml"
+    lists.write_text("blocked_cards:\n  kind: user_id\n  values: [" + ", ".join(denied) + ", u-not-seen]\n"
+                     "risky_countries:\n  kind: country\n  values: [NG, BR]\n")
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps({"rules": [
+        {"id": "DENY", "expression": "user_id in @blocked_cards", "action": "block"},
+        {"id": "ABROAD", "expression": "country in @risky_countries and amount > 50", "action": "review"},
+        {"id": "OTHERS", "expression": "user_id not in @blocked_cards", "action": "allow", "state": "shadow"}]}))
+    settings = Settings(aws_mode="embedded", data_dir=tmp_path / "empty")
+    result = _run(settings, monkeypatch, "--rules", str(rules), "--data", str(history_file), "--delay-days", "7",
+                  "--lists", str(lists))
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["lists"] == {"blocked_cards": {"kind": "user_id", "size": 6},
+                                "risky_countries": {"kind": "country", "size": 2}}
+    listed = transactions["user_id"].isin(denied).to_numpy()
+    abroad = (transactions["country"].isin(["NG", "BR"]) & (transactions["amount"] > 50)).to_numpy()
+    fraud = transactions["is_fraud"].to_numpy(bool)
+    for rule_id, matched in (("DENY", listed), ("ABROAD", abroad), ("OTHERS", ~listed)):
+        figures = summary["rules"][rule_id]
+        assert (figures["matched"], figures["frauds"]) == (matched.sum(), (matched & fraud).sum()), rule_id
+    assert summary["rules"]["DENY"]["matched"] > 0 and summary["rules"]["ABROAD"]["matched"] > 0
+
+    # the contract's command line, unchanged: without --lists a rule reading a list is refused by its position
+    result = _run(settings, monkeypatch, "--rules", str(rules), "--data", str(history_file), "--delay-days", "7")
+    assert result.exit_code == 2 and "rules.0.expression" in result.output and "--lists" in result.output
+    # a list of the wrong kind for the field, and a malformed lists file, name what is wrong
+    lists.write_text(json.dumps({"blocked_cards": {"kind": "merchant_id", "values": ["m1"]},
+                                 "risky_countries": {"kind": "country", "values": ["NG"]}}))
+    lists.rename(wrong := tmp_path / "lists.json")
+    result = _run(settings, monkeypatch, "--rules", str(rules), "--data", str(history_file), "--delay-days", "7",
+                  "--lists", str(wrong))
+    assert result.exit_code == 2 and "rules.0.expression" in result.output and "merchant_id" in result.output
+    wrong.write_text(json.dumps({"blocked_cards": {"kind": "email", "values": ["a"]}}))
+    result = _run(settings, monkeypatch, "--rules", str(rules), "--data", str(history_file), "--delay-days", "7",
+                  "--lists", str(wrong))
+    assert result.exit_code == 2 and "blocked_cards.kind" in result.output

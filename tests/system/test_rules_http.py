@@ -143,3 +143,32 @@ def test_a_deny_listed_card_is_blocked_within_5_s_and_released_when_removed(rule
     assert removed.status_code == 200, removed.text
     wait_until(lambda: _check(url, f"deny-after-{time.monotonic_ns()}", user_id=card)["rules"] == [], timeout_s=5,
                interval_s=0.25, what="the card released once removed from the list")
+
+
+def test_a_ttl_item_blocks_until_it_expires(rules_api: str) -> None:
+    url = rules_api
+    name = f"brief_cards_{int(time.time() * 1000)}"
+    card, ttl_s = f"u-brief-{name[-6:]}", 8.0
+    listed = requests.put(f"{url}/api/lists/{name}", json={"kind": "user_id", "values": ["u-kept"]}, headers=KEY,
+                          timeout=30)
+    assert listed.status_code == 200, listed.text
+    assert _put(url, {"mode": "first_matched", "rules": [
+        {"id": "BRIEF", "expression": f"user_id in @{name}", "action": "block", "description": "briefly denied"}]}
+                ).status_code == 200
+    before_add = time.time()
+    added = requests.post(f"{url}/api/lists/{name}/items", json={"values": [card], "ttl_s": ttl_s}, headers=KEY,
+                          timeout=30)
+    assert added.status_code == 200, added.text
+
+    def decided(tag: str) -> dict[str, Any]:
+        return _check(url, f"ttl-{tag}-{time.monotonic_ns()}", user_id=card)
+    blocked = wait_until(lambda: (d := decided("in"))["rules"] and d, timeout_s=5, interval_s=0.25,
+                         what="the card blocked while its item lives")
+    assert blocked["action"] == "block" and blocked["rules"] == [{"id": "BRIEF", "action": "block"}]
+    wait_until(lambda: decided("out")["rules"] == [], timeout_s=ttl_s + 10, interval_s=0.25,
+               what="the card released once its item expired")
+    assert time.time() >= before_add + ttl_s, "released only once the item's ttl_s had passed"
+    sizes = {entry["name"]: entry["size"] for entry in requests.get(f"{url}/api/lists", timeout=30).json()["lists"]}
+    assert sizes[name] == 1, "the expired value is no longer counted; the one without ttl_s stays"
+    assert _check(url, f"ttl-kept-{time.monotonic_ns()}", user_id="u-kept")["rules"] == [
+        {"id": "BRIEF", "action": "block"}]

@@ -229,3 +229,50 @@ def test_a_case_is_opened_exactly_once_under_a_stream_replay(ray_session, champi
     assert cases.get(case_id("cases-7")) == closed, "the closed case stays closed"
     assert cases.open_count() == len(frame) - 1
     assert len(cases.list("closed", limit=500)) == 1
+
+
+def test_a_deny_listed_card_is_blocked_on_the_stream_within_5_s_of_the_list_change(
+        ray_session, champion_model, small_history, scoring) -> None:
+    from cluster.aws import bootstrap
+    from serve.api import parse_rules
+    from serve.lists import ListStore
+    from serve.rule_store import RuleStore
+
+    suffix = uuid.uuid4().hex[:8]
+    settings = stream_settings(ray_session, shards=1).model_copy(
+        update={"rules_table": f"rules-{suffix}", "lists_table": f"lists-{suffix}"})
+    bootstrap(settings)  # this test's own rules and lists: the session's Serve app keeps its own
+    lists, rules = ListStore(settings), RuleStore(settings)
+    try:
+        lists.put("stream_blocked", "user_id", ["u-someone-else"])
+        rules.put(parse_rules({"rules": [{"id": "DENY", "expression": "user_id in @stream_blocked",
+                                          "action": "block", "description": "card on the deny list"}]},
+                              lists=lists.kinds()))
+        first = traffic(small_history, 200, "deny-v1")
+        card = first["user_id"].value_counts().index[0]
+        produce(settings, first)
+        scoring(settings)
+        decisions = wait_for_decisions(settings, set(first["transaction_id"]))
+        assert {d["transaction_id"] for d in decisions} >= set(first["transaction_id"])
+        assert not any(d["rules"] for d in decisions), "the card is not listed yet"
+
+        lists.add("stream_blocked", [card])
+        changed_at = time.monotonic()
+        time.sleep(max(0.0, changed_at + 5.0 - time.monotonic()))  # the contract's bound, and no longer
+        second = traffic(small_history, 200, "deny-v2")
+        produce(settings, second)
+        expected = set(first["transaction_id"]) | set(second["transaction_id"])
+        later = [d for d in wait_for_decisions(settings, expected) if d["transaction_id"].startswith("deny-v2-")]
+        assert {d["transaction_id"] for d in later} == set(second["transaction_id"])
+        of_card = set(second.loc[second["user_id"] == card, "transaction_id"])
+        assert of_card, "the card has transactions in the second batch"
+        for decision in later:
+            if decision["transaction_id"] in of_card:
+                assert decision["action"] == "block" and decision["rules"] == [{"id": "DENY", "action": "block"}]
+                assert decision["factors"][0] == "Rule DENY: card on the deny list"
+            else:
+                assert decision["rules"] == [], "only the listed card is blocked by the rule"
+    finally:
+        dynamodb = client("dynamodb", settings)
+        for table in (settings.rules_table, settings.lists_table):
+            dynamodb.delete_table(TableName=table)
