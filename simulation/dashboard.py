@@ -38,6 +38,7 @@ from cluster.config import Settings
 from cluster.schema import CHANNELS, GENUINE_SCENARIO, OPTIONAL_COLUMNS
 from cluster.waiting import port_in_use, wait_until
 from serve.api import API_KEY_HEADER
+from serve.lists import ListStore
 from serve.stats import stats_actor
 from simulation.generator import Progress, SimulationConfig, simulate_history
 from simulation.history import HISTORY_STAGES, write_history
@@ -45,7 +46,7 @@ from simulation.scenarios import FRAUD_SCENARIOS
 from simulation.scoreboard import NO_TRUTH
 from simulation.world_shift import WorldShift
 from training.registry import ModelNotFound, registry_for
-from training.rule_replay import RuleSetError, parse_rule_set, replay_rules, replay_steps
+from training.rule_replay import ListFileEntry, RuleSetError, parse_rule_set, replay_rules, replay_steps
 from training.rules import ACTIONS, ACTIVE, DISABLED, FIRST_MATCHED, SHADOW, RuleSetBody
 
 REFRESH_S = 2.0
@@ -360,10 +361,16 @@ def load_rules(api_url: str) -> tuple[str, dict[str, Any] | None]:
     return describe_failure("Rules unavailable", status, answer), None
 
 
-def editor_rules(text: str) -> RuleSetBody:
-    """The editor's rule set, checked as the API checks it (without the stored lists): errors name
-    ``rules.N.field``."""
-    return parse_rule_set(editor_payload(text), source="the editor")
+def editor_rules(text: str, lists: dict[str, str] | None = None) -> RuleSetBody:
+    """The editor's rule set, checked as the API checks it against the stored lists' kinds (name -> kind): errors
+    name ``rules.N.field``."""
+    return parse_rule_set(editor_payload(text), source="the editor", lists=lists)
+
+
+def stored_lists(settings: Settings) -> dict[str, ListFileEntry]:
+    """The allow/deny lists as stored now, so a rule test reads the values the live rules would."""
+    store = ListStore(settings)
+    return {name: ListFileEntry(kind=kind, values=store.values(name)) for name, kind in store.kinds().items()}
 
 
 def describe_untested(exc: ValueError) -> str:
@@ -922,12 +929,13 @@ def build_dashboard(settings: Settings, view_source: Callable[[], View], simulat
         def test_rules(text: str, delay_days: float | None, start: str, days: float | None,
                        progress: gr.Progress = gr.Progress()) -> list[Any]:
             try:
-                body = editor_rules(text)
+                lists = stored_lists(settings)
+                body = editor_rules(text, {name: entry.kind for name, entry in lists.items()})
                 first_day, day_count = rule_test_window(start, days)
                 history = rule_test_history(settings, stage_counter(progress, len(HISTORY_STAGES),
                                                                     "simulating the history"))
                 summary = replay_rules(settings, body, data=history, delay_days=float(delay_days or 0),
-                                       start=first_day, days=day_count,
+                                       start=first_day, days=day_count, lists=lists,
                                        progress=stage_counter(progress, replay_steps(body), "rule test"))
             except ValueError as exc:
                 return [describe_untested(exc), gr.skip(), gr.skip()]

@@ -66,7 +66,7 @@ def read_rules_file(path: Path, *, lists: dict[str, str] | None = None) -> RuleS
     ``lists`` (name -> kind) are the lists its expressions may read."""
     source = f"--rules {path}"
     try:
-        return parse_rule_set(_read_payload(path, "--rules"), source=source, lists=lists)
+        return parse_rule_set(_read_payload(path, "--rules"), source=source, lists=lists or {})
     except RuleSetError as exc:
         if lists:
             raise
@@ -84,10 +84,10 @@ class RuleSetError(ValueError):
 
 def parse_rule_set(payload: Any, source: str, lists: dict[str, str] | None = None) -> RuleSetBody:
     """The ``PUT /api/rules`` body from parsed JSON/YAML (a bare list is the rules); errors name ``rules.N.field``.
-    ``lists`` (name -> kind) are the lists its expressions may read."""
+    ``lists`` (name -> kind) are the lists its expressions may read; ``None``: any list of a fitting field."""
     try:
         return RuleSetBody.model_validate(payload if isinstance(payload, dict) else {"rules": payload},
-                                          context={"lists": lists or {}})
+                                          context=None if lists is None else {"lists": lists})
     except ValidationError as exc:
         raise RuleSetError(source, field_errors(exc)) from None
 

@@ -14,6 +14,7 @@ import pytest
 
 from cluster.config import Settings
 from cluster.schema import Transaction
+from serve.lists import ListStore
 from serve.stats import RECENT_ALERTS, StatsCollector, StatsReporter
 from simulation.dashboard import (
     History,
@@ -47,6 +48,7 @@ from simulation.dashboard import (
     rules_text,
     score_distribution,
     stage_counter,
+    stored_lists,
     tiles_html,
 )
 from simulation.history import HISTORY_STAGES
@@ -314,6 +316,18 @@ def test_the_rule_set_shows_as_a_table_and_round_trips_through_the_editor() -> N
     assert editor_payload('{"rules": []}') == {"rules": []}  # JSON is YAML too
     with pytest.raises(ValueError, match="neither YAML nor JSON"):
         editor_payload("rules: [\n  - id: R1\n   bad")
+
+
+def test_the_rule_test_reads_the_stored_lists(aws_settings) -> None:
+    store = ListStore(aws_settings)
+    store.put("dash_blocked", "user_id", ["u1", "u2"])
+    lists = stored_lists(aws_settings)
+    assert lists["dash_blocked"].kind == "user_id" and sorted(lists["dash_blocked"].values) == ["u1", "u2"]
+    text = "rules:\n  - {id: DENY, expression: user_id in @dash_blocked, action: block}\n"
+    assert editor_rules(text, {"dash_blocked": "user_id"}).rules[0].id == "DENY"
+    with pytest.raises(RuleSetError) as unknown:
+        editor_rules(text, {})  # no such list stored: named by the expression's field, as the API does
+    assert unknown.value.errors[0]["field"] == "rules.0.expression"
 
 
 def test_an_invalid_editor_rule_set_names_each_field_plainly() -> None:
