@@ -39,6 +39,7 @@ from cluster.kinesis import (
 )
 from cluster.schema import Transaction
 from serve.alerts import AlertPublisher
+from serve.monitoring import MonitoringReporter
 from serve.sdk import FraudDetector
 from serve.stats import StatsReporter
 
@@ -68,7 +69,8 @@ class ShardConsumer:
         self.settings = settings
         self.kinesis = client("kinesis", self.settings)
         self.leases = LeaseTable(self.settings)
-        self.detector = FraudDetector(self.settings, model=model, feature_state="features")
+        self.monitor = MonitoringReporter(self.settings)
+        self.detector = FraudDetector(self.settings, model=model, feature_state="features", monitor=self.monitor)
         self.alerts = AlertPublisher(self.settings)
         self.stats = StatsReporter()
         self.batch_limit = batch_limit  # transactions per micro-batch, about
@@ -139,6 +141,7 @@ class ShardConsumer:
             self.leases.save(self.status.shard_id, SHARD_END)
             self.status.checkpoint, self.status.finished = SHARD_END, True
         self.stats.flush()
+        self.monitor.flush()
         return self.get_status()
 
     def _score(self, records: list[dict[str, Any]]) -> ScoredBatch:
@@ -174,6 +177,8 @@ class ShardConsumer:
                            rule_matches=batch.rule_matches)
             self.status.scored += scored
             self.status.alerts += alerts
+            if self.monitor.due():  # binned here, in the writer thread, while the next batch is scored
+                self.monitor.flush()
         self.status.batches += 1
         self.status.checkpoint = batch.checkpoint
         self.leases.save(self.status.shard_id, self.status.checkpoint)

@@ -15,6 +15,7 @@ from typing import Any
 
 from cluster.config import Settings
 from fraudctl.bench.features import bench_features_offline, bench_features_online
+from fraudctl.bench.monitoring import bench_monitoring
 from fraudctl.bench.producers import bench_producers
 from fraudctl.bench.serving import bench_serving
 from fraudctl.bench.stream import bench_stream
@@ -28,6 +29,7 @@ SECTIONS: dict[str, Callable[[Settings], dict[str, Any]]] = {
     "features_offline": bench_features_offline,
     "features_online": bench_features_online,
     "stream": bench_stream,
+    "monitoring": bench_monitoring,
 }
 
 

@@ -1,0 +1,87 @@
+"""``fraudctl bench`` section "monitoring": scoring throughput with drift monitoring on and off, in one run.
+
+The same app is deployed alternately with ``FRAUD_MONITORING_ENABLED`` off and on (``ROUNDS`` times each, so a
+machine that slows down during the run weighs on both), and each deployment is measured on the batch endpoint
+(1,000 transactions a request) and on single transactions at concurrency 32, all transactions it has not seen.
+The cost is ``1 - on / off`` of the median throughputs; the goal is at most 5 %.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import urllib.request
+from typing import Any
+
+from ray import serve
+
+from cluster.config import Settings
+from cluster.waiting import free_port
+from fraudctl.bench.environment import trained_environment
+from fraudctl.bench.loadgen import run_load
+from fraudctl.bench.serving import (
+    BATCH_CONCURRENCY,
+    BATCH_SIZE,
+    batch_bodies,
+    history_records,
+    measured_load,
+    warm_profiles,
+)
+from serve.app import build_app
+from serve.runtime import start_serve, stop_serve
+
+ROUNDS = 2
+BATCH_REQUESTS = 24
+SINGLE_REQUESTS = 1500
+SINGLE_CONCURRENCY = 32
+MAX_SECONDS = 60.0
+COST_GOAL = 0.05
+
+
+def _measure(base_url: str, batches: list[bytes], singles: list[bytes]) -> dict[str, Any]:
+    run_load(f"{base_url}/api/check-fraud/batch", lambda i: batches[i], requests=1)  # warm-up of the new replicas
+    batch = measured_load(f"{base_url}/api/check-fraud/batch", lambda i: batches[1 + i], requests=BATCH_REQUESTS,
+                          concurrency=BATCH_CONCURRENCY, max_seconds=MAX_SECONDS * 2,
+                          transactions_per_request=BATCH_SIZE)
+    single = measured_load(f"{base_url}/api/check-fraud", lambda i: singles[i], requests=SINGLE_REQUESTS,
+                           concurrency=SINGLE_CONCURRENCY, max_seconds=MAX_SECONDS)
+    return {"batch_tx_per_s": round(batch["rps"] * BATCH_SIZE, 0) if batch["rps"] else None,
+            "single_c32_rps": single["rps"], "single_c32_p99_ms": single.get("p99_ms"),
+            "errors": batch["errors"] + single["errors"]}
+
+
+def _cost(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    medians = {state: statistics.median(run[key] for run in runs if run["monitoring"] == state and run[key])
+               for state in ("off", "on")}
+    return {**medians, "cost": round(1 - medians["on"] / medians["off"], 3)}
+
+
+def bench_monitoring(settings: Settings) -> dict[str, Any]:
+    base = settings.model_copy(update={"api_port": free_port(), "api_key": "bench", "serve_max_replicas": 1})
+    with trained_environment(base) as (live, data, version):
+        records = history_records(data)
+        base_url = f"http://{live.api_host}:{live.api_port}"
+        runs: list[dict[str, Any]] = []
+        plan = [enabled for _ in range(ROUNDS) for enabled in (False, True)]
+        batches = batch_bodies(records, len(plan) * (BATCH_REQUESTS + 1))
+        start_serve(live)
+        try:
+            for index, enabled in enumerate(plan):
+                serve.run(build_app(live.model_copy(update={"monitoring_enabled": enabled})), name="fraud",
+                          route_prefix="/")
+                if index == 0:
+                    warm_profiles(base_url, records)
+                mine = batches[index * (BATCH_REQUESTS + 1):(index + 1) * (BATCH_REQUESTS + 1)]
+                singles = [json.dumps({**r, "transaction_id": f"{r['transaction_id']}-m{index}"}).encode()
+                           for r in records[-SINGLE_REQUESTS:]]
+                runs.append({"monitoring": "on" if enabled else "off", **_measure(base_url, mine, singles)})
+            with urllib.request.urlopen(f"{base_url}/api/monitoring", timeout=60) as response:
+                view = json.load(response)
+        finally:
+            stop_serve(live)
+    batch, single = _cost(runs, "batch_tx_per_s"), _cost(runs, "single_c32_rps")
+    return {"model_version": version, "runs": runs, "batch_tx_per_s": batch, "single_c32_rps": single,
+            "monitoring_view": {"scored": view["scored"], "compared_rows": view["compared_rows"],
+                                "drifted": view["drifted"], "score_psi": view["score"]["psi"]},
+            "goals": {"cost_max": COST_GOAL},
+            "within_goal": batch["cost"] <= COST_GOAL and single["cost"] <= COST_GOAL}
