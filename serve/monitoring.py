@@ -427,10 +427,14 @@ class MonitoringReporter:
 
     def rejected(self, errors: Sequence[Mapping[str, str]]) -> None:
         """Count the fields of a 4xx answer to a scoring request (each field once per request)."""
+        if not self.enabled:
+            return
         with self._lock:
             self._rejected.update({rejected_field(error["field"]) for error in errors})
 
     def label(self, transaction_id: str, is_fraud: bool) -> None:
+        if not self.enabled:
+            return
         with self._lock:
             self._labels.append((transaction_id, bool(is_fraud)))
 

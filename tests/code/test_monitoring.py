@@ -200,6 +200,19 @@ def test_reporter_bins_at_flush_and_counts_rejected_fields_and_labels() -> None:
     assert rejected_field("transactions") == "transactions" and rejected_field("body") == "body"
 
 
+def test_monitoring_switched_off_notes_nothing() -> None:
+    clock, sent = Clock(), []
+    monitor = collector(reference_of(), clock, sent)
+    reporter = MonitoringReporter(settings(monitoring_enabled=False),
+                                  actor=SimpleNamespace(record=SimpleNamespace(remote=monitor.record)))
+    x, scores, columns = world(10, np.random.default_rng(5))
+    reporter.add(SimpleNamespace(version="v1", reference=None), x,
+                 [{"transaction_id": "t", "fraud_score": 0.1, "is_fraud": False}] * 10, columns)
+    reporter.rejected([{"field": "amount", "message": "x"}])
+    reporter.label("t", True)
+    assert reporter.flush() is None and monitor.view()["scored"] == 0
+
+
 def test_labelled_metrics_equal_scikit_learns_on_the_same_decisions() -> None:
     rng = np.random.default_rng(11)
     rows = 5_000
