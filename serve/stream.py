@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 import ray
+from pydantic import ValidationError
 
 from cluster.aws import client
 from cluster.config import Settings, use_settings
@@ -37,7 +38,7 @@ from cluster.kinesis import (
     put_records_reliably,
     shard_iterator,
 )
-from cluster.schema import Transaction
+from cluster.schema import Transaction, field_errors
 from serve.alerts import AlertPublisher
 from serve.monitoring import MonitoringReporter
 from serve.sdk import FraudDetector
@@ -150,6 +151,9 @@ class ShardConsumer:
         per_record = len(decoded) / len(records)
         self.records_per_call = min(max(round(self.batch_limit / max(per_record, 1.0)), 1), MAX_GET_RECORDS)
         valid = [(tx, record) for tx, record in decoded if tx is not None]
+        if len(valid) < len(decoded):
+            self._note_rejected([line for record in records for line in lines(record["Data"])],
+                                [tx for tx, _ in decoded])
         transactions = [tx for tx, _ in valid]
         decisions = self.detector.predict_transactions(transactions) if valid else []
         rule_matches = self.detector.take_rule_matches()
@@ -158,6 +162,13 @@ class ShardConsumer:
         return ScoredBatch(transactions=transactions, decisions=decisions,
                            lags_ms=lags, decided_at=decided_at, invalid=len(decoded) - len(valid),
                            checkpoint=records[-1]["SequenceNumber"], started=started, rule_matches=rule_matches)
+
+    def _note_rejected(self, raw: list[bytes], decoded: list[Transaction | None]) -> None:
+        """The fields of each invalid record, for monitoring's rejected inputs (invalid records are rare: each is
+        validated again here to name them)."""
+        for line, transaction in zip(raw, decoded):
+            if transaction is None:
+                self.monitor.rejected(record_errors(line))
 
     def _write(self, batch: ScoredBatch) -> None:
         """Alerts, then decisions, then the checkpoint: a crash in between replays the batch, never skips it."""
@@ -182,6 +193,17 @@ class ShardConsumer:
         self.status.batches += 1
         self.status.checkpoint = batch.checkpoint
         self.leases.save(self.status.shard_id, self.status.checkpoint)
+
+
+def record_errors(line: bytes) -> list[dict[str, str]]:
+    """Why a stream record is no valid transaction, field by field (``body`` when it is no JSON object)."""
+    try:
+        Transaction.model_validate_json(line)
+    except ValidationError as exc:
+        return [{**error, "field": "body"} if error["field"] == "__root__" else error for error in field_errors(exc)]
+    except (ValueError, RecursionError) as exc:
+        return [{"field": "body", "message": str(exc)}]
+    return []
 
 
 @dataclass

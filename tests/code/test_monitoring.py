@@ -22,6 +22,7 @@ from serve.monitoring import (
     psi,
     rejected_field,
 )
+from serve.stream import record_errors
 from tests.streams import drain_alerts, subscribe_alert_queue
 from training.reference import bin_counts, bin_edges, bin_matrix, build_reference, input_missing_rates
 
@@ -247,3 +248,10 @@ def test_a_drift_episode_publishes_one_message_to_the_drift_topic(aws_settings: 
     messages = drain_alerts(aws_settings, queue)
     assert len(messages) == 1
     assert set(messages[0]["features"]) == {"amount", "log_amount"} and messages[0]["rows"] >= 1000
+
+
+def test_an_invalid_stream_record_names_its_fields_for_the_rejected_inputs() -> None:
+    fields = {error["field"] for error in record_errors(b'{"transaction_id": "t", "amount": -1}')}
+    assert {"amount", "user_id", "timestamp"} <= fields
+    assert [error["field"] for error in record_errors(b"not json")] == ["body"]
+    assert [error["field"] for error in record_errors(b"[1]")] == ["body"]
