@@ -330,11 +330,19 @@ class Ingress:
     async def feedback(self, request: Request) -> dict[str, Any]:
         check_api_key(self.settings, request)
         label = parse_feedback(await read_json(request, self.settings.serve_max_body_bytes)).record()
-        await asyncio.to_thread(self.feedback_log.add, [label])
-        applied = await asyncio.to_thread(self._record_labels, [label])
-        self.monitor.label(label["transaction_id"], bool(label["is_fraud"]))
+        applied = await self._accept_labels([label])
         log.info("feedback for transaction %s", label["transaction_id"])
         return {"accepted": True, "transaction_id": label["transaction_id"], "merchant_risk_updates": applied}
+
+    async def _accept_labels(self, labels: list[dict[str, Any]]) -> int:
+        """Every confirmed label's path (feedback, and any other source of labels): stored for retraining, into the
+        merchant risk of the feature state, and joined to the kept decisions by monitoring; returns the merchant
+        risk updates applied."""
+        await asyncio.to_thread(self.feedback_log.add, labels)
+        applied = await asyncio.to_thread(self._record_labels, labels)
+        for label in labels:
+            self.monitor.label(label["transaction_id"], bool(label["is_fraud"]))
+        return applied
 
     @api.get("/api/rules", response_model=RuleSet, summary="The current rule set and its version")
     async def get_rules(self) -> Response:

@@ -242,6 +242,7 @@ class MonitoringCollector:
         self._notify = notify or DriftNotifier(settings)
         self._references: dict[str, Reference | None] = {}
         self.version: str | None = None  # the reference version of the newest rows: the champion
+        self.serving_version: str | None = None  # the newest rows' model, with a reference or not
         self.evaluated_at: float | None = None
         self.notifications = 0
         self.decisions: OrderedDict[str, tuple[float, bool, str]] = OrderedDict()  # id -> (score, flagged, day)
@@ -265,10 +266,11 @@ class MonitoringCollector:
 
     def record(self, *, counts: Mapping[str, WindowCounts] | None = None, scored: int = 0,
                rejected: Mapping[str, int] | None = None, decisions: Sequence[tuple[str, float, bool, str]] = (),
-               labels: Sequence[tuple[str, bool]] = ()) -> None:
+               labels: Sequence[tuple[str, bool]] = (), model_version: str | None = None) -> None:
         """One reporter's flush: counts per reference version, rows scored, rejected fields, decisions kept for
-        labels (id, score, flagged, UTC day) and labels (id, is_fraud)."""
+        labels (id, score, flagged, UTC day), labels (id, is_fraud) and the model of its newest rows."""
         now = self.clock()
+        self.serving_version = model_version or self.serving_version
         bucket = self._bucket(now)
         bucket.scored += scored
         bucket.rejected.update(rejected or {})
@@ -344,7 +346,7 @@ class MonitoringCollector:
                          "reference_missing_rate": _rounded(rate)}
                   for name, rate in (reference.inputs if reference is not None else {}).items()}
         policy = self.tracker.policy
-        return {"reference": {"model_version": reference.version if reference else self.version,
+        return {"reference": {"model_version": reference.version if reference else self.serving_version,
                               "rows": reference.rows if reference else None},
                 "window_s": self.window_s, "scored": sum(bucket.scored for bucket in self.buckets),
                 "compared_rows": rows, "features": features, "score": {"psi": score_psi},
@@ -450,9 +452,10 @@ class MonitoringReporter:
         counts: dict[str, WindowCounts] = {}
         kept: list[tuple[str, float, bool, str]] = []
         day = datetime.now(timezone.utc).date().isoformat()
-        scored = 0
+        scored, model_version = 0, None
         for bundle, x, decisions, columns in batches:
             scored += len(decisions)
+            model_version = bundle.version
             scores = np.fromiter((d["fraud_score"] for d in decisions), np.float64, len(decisions))
             kept.extend((d["transaction_id"], float(d["fraud_score"]), bool(d["is_fraud"]), day) for d in decisions)
             reference = self._reference(bundle)
@@ -466,7 +469,7 @@ class MonitoringReporter:
         if not (scored or rejected or labels):
             return None
         return self.actor.record.remote(counts=counts, scored=scored, rejected=dict(rejected), decisions=kept,
-                                        labels=labels)
+                                        labels=labels, model_version=model_version)
 
     def _reference(self, bundle: Any) -> Reference | None:
         if bundle.version not in self._references:

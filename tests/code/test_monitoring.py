@@ -164,9 +164,9 @@ def test_nothing_is_judged_below_the_minimum_rows_nor_without_a_reference() -> N
     assert sent == [] and monitor.view()["features"]["amount"]["psi"] > 0.25 and monitor.view()["drifted"] == []
     clock, messages = Clock(), []
     blind = collector(None, clock, messages)
-    blind.record(scored=10)
+    blind.record(scored=10, model_version="old")
     view = blind.view()
-    assert view["reference"] == {"model_version": None, "rows": None} and view["features"] == {}
+    assert view["reference"] == {"model_version": "old", "rows": None} and view["features"] == {}
     assert view["scored"] == 10 and view["score"] == {"psi": None}
 
 
