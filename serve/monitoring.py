@@ -55,7 +55,6 @@ WINDOW_BUCKETS = 30          # the window is a ring of this many time buckets
 MAX_PENDING_ROWS = 50_000    # a reporter bins what it holds once it holds this many rows, whenever its flush is due
 MAX_KEPT_DECISIONS = 200_000  # decisions kept for the labels that arrive days later (the newest ones)
 MAX_KEPT_LABELS = 200_000
-ALL_ROWS = "__all__"
 
 
 def psi(reference: np.ndarray, window: np.ndarray, epsilon: float = PSI_EPSILON) -> float | None:
