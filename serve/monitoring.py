@@ -125,13 +125,11 @@ class WindowCounts:
 
 
 def count_rows(reference: Reference, x: np.ndarray, scores: np.ndarray,
-               columns: Mapping[str, Sequence[Any]] | None = None) -> WindowCounts:
+               columns: Mapping[str, Sequence[Any]]) -> WindowCounts:
     """Bin a scored (rows x features) matrix and its scores into ``reference``'s bins; count absent optional
     fields of the transactions' ``columns``."""
-    missing = {}
-    for name in OPTIONAL_INPUTS:
-        if columns is not None and name in columns:
-            missing[name] = int(pd.isna(np.asarray(columns[name], dtype=object)).sum())
+    missing = {name: int(pd.isna(np.asarray(columns[name], dtype=object)).sum())
+               for name in OPTIONAL_INPUTS if name in columns}
     score = bin_matrix(np.asarray(scores, np.float64)[:, None], [reference.score_edges],
                        len(reference.score_edges) + 2)[0]
     return WindowCounts(rows=len(x), features=bin_matrix(x, reference.edges, reference.width), score=score,
@@ -418,7 +416,7 @@ class MonitoringReporter:
         self._last_flush = time.monotonic()
 
     def add(self, bundle: Any, x: np.ndarray, decisions: Sequence[dict[str, Any]],
-            columns: Mapping[str, Sequence[Any]] | None = None) -> None:
+            columns: Mapping[str, Sequence[Any]]) -> None:
         """Note a scored batch of ``bundle`` (its features ``x``, its decisions, the transactions' columns)."""
         if not self.enabled or not len(decisions):
             return
@@ -448,27 +446,25 @@ class MonitoringReporter:
             batches, rejected, labels = self._batches, self._rejected, self._labels
             self._batches, self._pending_rows, self._rejected, self._labels = [], 0, Counter(), []
             self._last_flush = time.monotonic()
-        counts: dict[str, WindowCounts] = {}
-        kept: list[tuple[str, float, bool, str]] = []
         day = datetime.now(timezone.utc).date().isoformat()
-        scored, model_version = 0, None
-        for bundle, x, decisions, columns in batches:
-            scored += len(decisions)
-            model_version = bundle.version
-            scores = np.fromiter((d["fraud_score"] for d in decisions), np.float64, len(decisions))
-            kept.extend((d["transaction_id"], float(d["fraud_score"]), bool(d["is_fraud"]), day) for d in decisions)
-            reference = self._reference(bundle)
-            if reference is None:
-                continue
-            part = count_rows(reference, x, scores, columns)
-            if reference.version in counts:
-                counts[reference.version].add(part)
-            else:
-                counts[reference.version] = part
-        if not (scored or rejected or labels):
+        kept = [(d["transaction_id"], float(d["fraud_score"]), bool(d["is_fraud"]), day)
+                for _, _, decisions, _ in batches for d in decisions]
+        if not (kept or rejected or labels):
             return None
-        return self.actor.record.remote(counts=counts, scored=scored, rejected=dict(rejected), decisions=kept,
-                                        labels=labels, model_version=model_version)
+        by_version: dict[str, list[tuple[Any, np.ndarray, Sequence[dict[str, Any]], Any]]] = {}
+        for batch in batches:
+            by_version.setdefault(batch[0].version, []).append(batch)
+        counts = {}
+        for version, group in by_version.items():  # one binning per model version: per batch would cost more
+            reference = self._reference(group[0][0])
+            if reference is not None:
+                counts[version] = count_rows(
+                    reference, np.concatenate([x for _, x, _, _ in group]),
+                    np.array([d["fraud_score"] for _, _, decisions, _ in group for d in decisions], np.float64),
+                    {name: np.concatenate([np.asarray(columns[name], dtype=object) for _, _, _, columns in group])
+                     for name in OPTIONAL_INPUTS if all(name in columns for _, _, _, columns in group)})
+        return self.actor.record.remote(counts=counts, scored=len(kept), rejected=dict(rejected), decisions=kept,
+                                        labels=labels, model_version=batches[-1][0].version if batches else None)
 
     def _reference(self, bundle: Any) -> Reference | None:
         if bundle.version not in self._references:

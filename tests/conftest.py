@@ -73,8 +73,8 @@ def train_small_bundle(settings: Settings, history, *, rounds: int = 60, seed: i
                                transactions["amount"].to_numpy()[cut:])
     bundle = ModelBundle(booster=booster, anomaly=anomaly, ensemble=ensemble, feature_names=FEATURE_NAMES,
                          feature_version=FEATURE_VERSION)
-    train_scores = FraudScorer(bundle).score(features.iloc[:cut])["fraud_score"].to_numpy()
-    bundle.reference = build_reference(x[:cut], FEATURE_NAMES, train_scores,
+    held_out_scores = FraudScorer(bundle).score(features.iloc[cut:])["fraud_score"].to_numpy()
+    bundle.reference = build_reference(x[:cut], FEATURE_NAMES, held_out_scores,
                                        inputs=input_missing_rates(transactions.iloc[:cut]))
     return registry_for(settings).register(bundle, promote=promote)
 

@@ -166,11 +166,9 @@ def run_train(settings: Settings, options: TrainOptions) -> dict[str, Any]:
     bundle.data_summary = {"source": str(options.data), "label_delay_days": settings.label_delay_days,
                            "periods": {name: split.summary() for name, split in splits.items()}}
     bundle.training = fitted.details
-    train = splits["train"]
+    train = splits["train"]  # features and inputs of the training period; scores of validation, never trained on
     train_inputs = transactions.loc[transactions["timestamp"].between(*periods.train, inclusive="left")]
-    bundle.reference = build_reference(
-        train.x, FEATURE_NAMES, scorer.score(_features_frame(train, FEATURE_NAMES))["fraud_score"].to_numpy(),
-        inputs=input_missing_rates(train_inputs))
+    bundle.reference = build_reference(train.x, FEATURE_NAMES, valid_scores, inputs=input_missing_rates(train_inputs))
     progress.set_description("evaluated")
     progress.update(1)
 

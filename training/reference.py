@@ -2,6 +2,9 @@
 against (``serve/monitoring.py``): per feature fixed bins with their counts and the missing rate, the same for the
 calibrated score, and the missing rate of each optional transaction field.
 
+The score's reference comes from rows the models did not train on (the validation period): scores of the training
+rows themselves are in-sample, far more confident than any live score, so every live window would look drifted.
+
 Bins are fixed at training so a window of live rows is summarised by counts alone (one ``np.searchsorted`` per
 column): a feature with at most ``BINS`` distinct values gets a bin per value, any other gets ``BINS`` quantile bins.
 Every binning has one bin below the first edge and a last bin for missing (NaN) values, so counts always have
@@ -61,7 +64,8 @@ def input_missing_rates(columns: Mapping[str, Sequence[Any]]) -> dict[str, float
 
 def build_reference(x: np.ndarray, feature_names: Sequence[str], scores: np.ndarray, *,
                     inputs: Mapping[str, float] | None = None) -> dict[str, Any]:
-    """The JSON-ready reference of a training matrix (rows x ``feature_names``) and its calibrated scores."""
+    """The JSON-ready reference of a training matrix (rows x ``feature_names``) and calibrated ``scores`` of rows
+    the models never trained on."""
     def summary(values: np.ndarray) -> dict[str, Any]:
         edges = bin_edges(values)
         counts = bin_counts(values, edges)
