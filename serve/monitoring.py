@@ -124,6 +124,25 @@ class WindowCounts:
             self.inputs_missing[name] = self.inputs_missing.get(name, 0) + count
 
 
+@dataclass
+class DecisionBlock:
+    """One flush's decisions, kept for the labels: ids, calibrated scores, alert flags and the UTC day decided."""
+
+    transaction_ids: list[str]
+    scores: np.ndarray
+    flagged: np.ndarray
+    day: str
+
+    @classmethod
+    def of(cls, decisions: Sequence[dict[str, Any]], day: str) -> "DecisionBlock":
+        return cls(transaction_ids=[d["transaction_id"] for d in decisions],
+                   scores=np.array([d["fraud_score"] for d in decisions], np.float64),
+                   flagged=np.array([d["is_fraud"] for d in decisions], bool), day=day)
+
+    def __len__(self) -> int:
+        return len(self.transaction_ids)
+
+
 def count_rows(reference: Reference, x: np.ndarray, scores: np.ndarray,
                columns: Mapping[str, Sequence[Any]]) -> WindowCounts:
     """Bin a scored (rows x features) matrix and its scores into ``reference``'s bins; count absent optional
@@ -242,7 +261,8 @@ class MonitoringCollector:
         self.serving_version: str | None = None  # the newest rows' model, with a reference or not
         self.evaluated_at: float | None = None
         self.notifications = 0
-        self.decisions: OrderedDict[str, tuple[float, bool, str]] = OrderedDict()  # id -> (score, flagged, day)
+        self.decisions: deque[DecisionBlock] = deque()  # the newest blocks, about MAX_KEPT_DECISIONS rows
+        self.kept = 0
         self.labels: OrderedDict[str, bool] = OrderedDict()
 
     def reference(self, version: str | None) -> Reference | None:
@@ -262,10 +282,10 @@ class MonitoringCollector:
         return self.buckets[-1]
 
     def record(self, *, counts: Mapping[str, WindowCounts] | None = None, scored: int = 0,
-               rejected: Mapping[str, int] | None = None, decisions: Sequence[tuple[str, float, bool, str]] = (),
+               rejected: Mapping[str, int] | None = None, decisions: DecisionBlock | None = None,
                labels: Sequence[tuple[str, bool]] = (), model_version: str | None = None) -> None:
         """One reporter's flush: counts per reference version, rows scored, rejected fields, decisions kept for
-        labels (id, score, flagged, UTC day), labels (id, is_fraud) and the model of its newest rows."""
+        labels, labels (id, is_fraud) and the model of its newest rows."""
         now = self.clock()
         self.serving_version = model_version or self.serving_version
         bucket = self._bucket(now)
@@ -280,11 +300,11 @@ class MonitoringCollector:
                 bucket.counts[version].add(part)
             else:
                 bucket.counts[version] = part
-        for transaction_id, score, flagged, day in decisions:
-            self.decisions[transaction_id] = (score, flagged, day)
-            self.decisions.move_to_end(transaction_id)
-        while len(self.decisions) > MAX_KEPT_DECISIONS:
-            self.decisions.popitem(last=False)
+        if decisions is not None and len(decisions):
+            self.decisions.append(decisions)
+            self.kept += len(decisions)
+            while self.kept - len(self.decisions[0]) >= MAX_KEPT_DECISIONS:
+                self.kept -= len(self.decisions.popleft())
         for transaction_id, label in labels:
             self.labels[transaction_id] = bool(label)
             self.labels.move_to_end(transaction_id)
@@ -356,15 +376,23 @@ class MonitoringCollector:
                 "notifications": self.notifications}
 
     def labelled(self) -> dict[str, Any]:
-        """Performance on the kept decisions that have a label, overall and per UTC day of the decision."""
-        joined = [(score, flagged, day, self.labels[tid]) for tid, (score, flagged, day) in self.decisions.items()
-                  if tid in self.labels]
-        overall = _performance(joined, len(self.decisions))
-        per_day = {}
-        scored_per_day = Counter(day for _, _, day in self.decisions.values())
-        for day in sorted(scored_per_day):
-            per_day[day] = _performance([row for row in joined if row[2] == day], scored_per_day[day])
-        return {**overall, "kept_decisions": len(self.decisions), "per_day": per_day}
+        """Performance on the kept decisions that have a label, overall and per UTC day of the decision (a
+        transaction decided twice, e.g. replayed, counts once: its newest decision)."""
+        seen: set[str] = set()
+        joined: list[tuple[float, bool, str, bool]] = []
+        scored_per_day: Counter = Counter()
+        for block in reversed(self.decisions):
+            for tid, score, flagged in zip(block.transaction_ids, block.scores, block.flagged):
+                if tid in seen:
+                    continue
+                seen.add(tid)
+                scored_per_day[block.day] += 1
+                if tid in self.labels:
+                    joined.append((float(score), bool(flagged), block.day, self.labels[tid]))
+        overall = _performance(joined, len(seen))
+        per_day = {day: _performance([row for row in joined if row[2] == day], scored_per_day[day])
+                   for day in sorted(scored_per_day)}
+        return {**overall, "kept_decisions": len(seen), "per_day": per_day}
 
 
 def _performance(joined: list[tuple[float, bool, str, bool]], scored: int) -> dict[str, Any]:
@@ -446,11 +474,10 @@ class MonitoringReporter:
             batches, rejected, labels = self._batches, self._rejected, self._labels
             self._batches, self._pending_rows, self._rejected, self._labels = [], 0, Counter(), []
             self._last_flush = time.monotonic()
-        day = datetime.now(timezone.utc).date().isoformat()
-        kept = [(d["transaction_id"], float(d["fraud_score"]), bool(d["is_fraud"]), day)
-                for _, _, decisions, _ in batches for d in decisions]
-        if not (kept or rejected or labels):
+        every = [d for _, _, decisions, _ in batches for d in decisions]
+        if not (every or rejected or labels):
             return None
+        kept = DecisionBlock.of(every, datetime.now(timezone.utc).date().isoformat())
         by_version: dict[str, list[tuple[Any, np.ndarray, Sequence[dict[str, Any]], Any]]] = {}
         for batch in batches:
             by_version.setdefault(batch[0].version, []).append(batch)
@@ -460,6 +487,7 @@ class MonitoringReporter:
             if reference is not None:
                 counts[version] = count_rows(
                     reference, np.concatenate([x for _, x, _, _ in group]),
+                    kept.scores if len(group) == len(batches) else
                     np.array([d["fraud_score"] for _, _, decisions, _ in group for d in decisions], np.float64),
                     {name: np.concatenate([np.asarray(columns[name], dtype=object) for _, _, _, columns in group])
                      for name in OPTIONAL_INPUTS if all(name in columns for _, _, _, columns in group)})

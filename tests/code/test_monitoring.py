@@ -12,6 +12,7 @@ from sklearn.metrics import average_precision_score, confusion_matrix, precision
 
 from cluster.config import Settings
 from serve.monitoring import (
+    DecisionBlock,
     DriftNotifier,
     DriftPolicy,
     DriftTracker,
@@ -223,8 +224,11 @@ def test_labelled_metrics_equal_scikit_learns_on_the_same_decisions() -> None:
     clock, sent = Clock(), []
     monitor = collector(None, clock, sent)
     days = np.where(np.arange(rows) < rows // 2, "2026-12-01", "2026-12-02")
-    monitor.record(scored=rows, decisions=[(f"t{i}", float(s), bool(f), str(d))
-                                           for i, (s, f, d) in enumerate(zip(scores, flagged, days))])
+    for day in ("2026-12-01", "2026-12-02"):
+        rows_of_day = np.flatnonzero(days == day)
+        monitor.record(scored=len(rows_of_day), decisions=DecisionBlock(
+            transaction_ids=[f"t{i}" for i in rows_of_day], scores=scores[rows_of_day], flagged=flagged[rows_of_day],
+            day=day))
     labelled_rows = rng.random(rows) < 0.6  # labels arrive for some decisions only
     monitor.record(labels=[(f"t{i}", bool(labels[i])) for i in np.flatnonzero(labelled_rows)]
                    + [("never-scored", True)])
@@ -255,3 +259,15 @@ def test_an_invalid_stream_record_names_its_fields_for_the_rejected_inputs() -> 
     assert {"amount", "user_id", "timestamp"} <= fields
     assert [error["field"] for error in record_errors(b"not json")] == ["body"]
     assert [error["field"] for error in record_errors(b"[1]")] == ["body"]
+
+
+def test_a_decision_replayed_is_counted_once_by_its_newest_decision() -> None:
+    clock, sent = Clock(), []
+    monitor = collector(None, clock, sent)
+    for score, flagged in ((0.9, True), (0.1, False)):
+        monitor.record(scored=1, decisions=DecisionBlock(transaction_ids=["t1"], scores=np.array([score]),
+                                                         flagged=np.array([flagged]), day="2026-12-01"))
+    monitor.record(labels=[("t1", True)])
+    labelled = monitor.view()["labelled"]
+    assert labelled["count"] == 1 and labelled["kept_decisions"] == 1
+    assert labelled["confusion"] == {"tp": 0, "fp": 0, "fn": 1, "tn": 0} and labelled["recall"] == 0.0
