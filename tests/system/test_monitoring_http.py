@@ -1,5 +1,6 @@
 """GET /api/monitoring on the session's Serve app: a scored batch shows up as scored rows and per-feature figures
-against the champion's reference, a rejected request counts its field, and feedback moves the labelled count."""
+against the champion's reference, a rejected request counts its field, and feedback moves the labelled count; the
+stream's consumers report to the same monitoring actor, invalid records by field."""
 
 from __future__ import annotations
 
@@ -7,12 +8,18 @@ import uuid
 from typing import Any
 
 import numpy as np
+import ray
 import requests
 
+from cluster.aws import client
 from cluster.config import Settings
 from cluster.features import FEATURE_NAMES
+from cluster.kinesis import put_records_reliably, read_stream, to_entries
 from cluster.waiting import wait_until
+from serve.monitoring import monitoring_actor
+from serve.stream import StreamScoring
 from tests.conftest import API_KEY
+from tests.streams import create_stream
 
 
 def _monitoring(url: str) -> dict[str, Any]:
@@ -57,3 +64,29 @@ def test_scored_rows_feature_drift_rejected_fields_and_labels_show_in_monitoring
     labelled = wait_until(lambda: (v := _monitoring(url))["labelled"]["count"] >= view["labelled"]["count"] + 6
                           and v, timeout_s=30, interval_s=0.5, what="the labels joined in /api/monitoring")
     assert labelled["labelled"]["coverage"] > 0 and labelled["labelled"]["recall"] is not None
+
+
+def test_stream_scored_rows_and_invalid_records_reach_the_monitoring_actor(ray_session: Settings, champion_model: str,
+                                                                          small_history: Any) -> None:
+    settings = ray_session.model_copy(update={"stream_name": create_stream(ray_session, 1, "mon-in"),
+                                              "decisions_stream_name": create_stream(ray_session, 1, "mon-out")})
+    actor = monitoring_actor(settings)
+    before = ray.get(actor.view.remote())
+    frame = small_history.transactions.tail(200).reset_index(drop=True).copy()
+    frame["transaction_id"] = [f"mon-stream-{uuid.uuid4().hex[:6]}-{i}" for i in range(len(frame))]
+    kinesis = client("kinesis", settings)
+    put_records_reliably(kinesis, settings.stream_name, to_entries(frame))
+    put_records_reliably(kinesis, settings.stream_name, [{"Data": b'{"transaction_id": "bad", "amount": -1}',
+                                                          "PartitionKey": "bad"}])
+    stream = StreamScoring(settings, poll_shards_s=0.5).start()
+    try:
+        wait_until(lambda: len(read_stream(settings, settings.decisions_stream_name)) >= len(frame), timeout_s=240,
+                   interval_s=1.0, what="a decision for every streamed transaction")
+    finally:
+        stream.stop()  # a stopping consumer flushes what it noted
+    view = wait_until(lambda: (v := ray.get(actor.view.remote()))["scored"] >= before["scored"] + len(frame) and v,
+                      timeout_s=30, interval_s=0.5, what="the stream's rows in the monitoring actor")
+    assert view["compared_rows"] >= before["compared_rows"] + len(frame)
+    by_field, earlier = view["rejected_inputs"]["by_field"], before["rejected_inputs"]["by_field"]
+    assert by_field.get("amount", 0) == earlier.get("amount", 0) + 1
+    assert by_field.get("user_id", 0) == earlier.get("user_id", 0) + 1
