@@ -147,3 +147,19 @@ def test_dashboard_renders_live_figures_and_checks_a_transaction(dashboard: tupl
     assert "Rejected (422)" in result.inner_text() and "amount" in result.inner_text()
 
     assert errors == [], errors
+
+
+def test_monitoring_tab_shows_the_window_the_worst_features_and_their_drift_over_time(
+        dashboard: tuple[str, dict[str, int]], page: tuple[Any, list[str]]) -> None:
+    url, _ = dashboard
+    tab, errors = page
+    tab.goto(url)
+    tab.get_by_role("tab", name="Monitoring").click()
+    tab.wait_for_function("() => /transactions scored in the last/.test("
+                          "document.querySelector('#monitoring-summary')?.textContent || '')")
+    summary = tab.locator("#monitoring-summary").inner_text()
+    assert "training reference of" in summary and "Labelled decisions" in summary
+    worst = tab.locator("#worst-features")
+    worst.get_by_text("psi").first.wait_for()
+    tab.wait_for_function("""() => document.querySelectorAll('#drift-plot svg g.mark-line path').length >= 1""")
+    assert errors == [], errors
