@@ -135,6 +135,7 @@ class Resources:
     stream_arn: str
     decisions_stream_arn: str
     topic_arn: str
+    drift_topic_arn: str
 
 
 def bootstrap(settings: Settings | None = None) -> Resources:
@@ -154,9 +155,12 @@ def bootstrap(settings: Settings | None = None) -> Resources:
     _ensure_time_to_live(settings, settings.lists_table, LIST_EXPIRY_ATTRIBUTE)
     _ensure_table(settings, settings.cases_table, "case_id", indexes={
         name: ("status", sort_key) for name, sort_key in CASE_INDEXES.items()})
-    topic_arn = client("sns", settings).create_topic(Name=settings.alert_topic)["TopicArn"]
+    sns = client("sns", settings)
+    topic_arn = sns.create_topic(Name=settings.alert_topic)["TopicArn"]
+    drift_topic_arn = sns.create_topic(Name=settings.drift_topic)["TopicArn"]
     _ensure_bucket(settings, settings.model_bucket)
-    return Resources(stream_arn=stream_arn, decisions_stream_arn=decisions_arn, topic_arn=topic_arn)
+    return Resources(stream_arn=stream_arn, decisions_stream_arn=decisions_arn, topic_arn=topic_arn,
+                     drift_topic_arn=drift_topic_arn)
 
 
 def _ensure_stream(settings: Settings, name: str, shards: int) -> str:

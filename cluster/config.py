@@ -39,6 +39,18 @@ class Settings(BaseSettings):
     # The review queue: a case per "review" decision, once per transaction_id, closed by an analyst's label.
     cases_table: str = "fraud-cases"
     model_bucket: str = "fraud-models"
+    # Monitoring (serve/monitoring.py): every scored row counted into fixed bins over a sliding window, compared with
+    # the champion's training reference. A feature is drifted once its PSI is above ``drift_psi_threshold`` for
+    # ``drift_consecutive`` evaluations in a row with at least ``drift_min_rows`` in the window, and clear again only
+    # below ``drift_psi_clear`` (hysteresis); each feature's drift episode sends one message to ``drift_topic``.
+    monitoring_enabled: bool = True
+    monitoring_window_s: float = Field(900.0, gt=0)
+    monitoring_evaluate_s: float = Field(10.0, gt=0)
+    drift_topic: str = "fraud-drift"
+    drift_psi_threshold: float = Field(0.25, gt=0)
+    drift_psi_clear: float = Field(0.1, ge=0)
+    drift_consecutive: int = Field(3, ge=1)
+    drift_min_rows: int = Field(1000, ge=1)
     # Online feature state: one actor per partition, shared by every replica and consumer (all must agree). More
     # partitions spread the state over nodes but cost every pass one more round trip (docs/ARCHITECTURE.md).
     feature_partitions: int = Field(1, ge=1, le=256)

@@ -166,6 +166,78 @@ class FeatureState(BaseModel):
     shards: int = Field(ge=0, description="stream shards whose positions a partition tracks (the most of any)")
 
 
+class MonitoredReference(BaseModel):
+    model_version: str | None = Field(description="the champion whose training reference the window is compared "
+                                                  "with (None before any scoring)")
+    rows: int | None = Field(description="training rows behind the reference (None: the bundle has no reference)")
+
+
+class FeatureMonitoring(BaseModel):
+    psi: float | None = Field(description="population stability index of the window against the reference bins")
+    missing_rate: float | None = Field(description="share of the window's rows where the feature is NaN")
+
+
+class ScoreMonitoring(BaseModel):
+    psi: float | None
+
+
+class InputMonitoring(BaseModel):
+    missing_rate: float | None = Field(description="share of the window's transactions without this field")
+    reference_missing_rate: float | None
+
+
+class RejectedInputs(BaseModel):
+    count: int = Field(description="fields named by 4xx answers to scoring requests in the window")
+    by_field: dict[str, int] = Field(description="per field, `transactions.3.amount` counted as `amount`")
+
+
+class Confusion(BaseModel):
+    tp: int
+    fp: int
+    fn: int
+    tn: int
+
+
+class LabelledDay(BaseModel):
+    count: int
+    coverage: float | None
+    precision: float | None
+    recall: float | None
+    average_precision: float | None
+    confusion: Confusion
+
+
+class LabelledPerformance(LabelledDay):
+    """Kept decisions joined to the labels of ``POST /api/feedback``, at the champion's threshold."""
+    kept_decisions: int = Field(description="decisions kept for labels (the newest 200,000)")
+    per_day: dict[str, LabelledDay] = Field(description="by the decision's UTC day")
+
+
+class DriftPolicyView(BaseModel):
+    psi_threshold: float
+    psi_clear: float
+    consecutive: int
+    min_rows: int
+    psi_formula: str
+
+
+class Monitoring(BaseModel):
+    """Every scored transaction (HTTP and stream) of the last ``window_s`` against the champion's reference."""
+    reference: MonitoredReference
+    window_s: float
+    scored: int = Field(description="transactions scored in the window")
+    compared_rows: int = Field(description="of them, scored by the reference's model and binned against it")
+    features: dict[str, FeatureMonitoring]
+    score: ScoreMonitoring
+    drifted: list[str] = Field(description="features in a drift episode now (hysteresis, see drift_policy)")
+    rejected_inputs: RejectedInputs
+    inputs: dict[str, InputMonitoring] = Field(description="optional transaction fields' missing rates")
+    labelled: LabelledPerformance
+    drift_policy: DriftPolicyView
+    notifications: int = Field(description="drift notifications sent since the monitoring actor started")
+    enabled: bool = Field(description="false when `FRAUD_MONITORING_ENABLED` is off on this replica")
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     champion: str

@@ -69,6 +69,7 @@ from serve.api import (
     FeedbackAccepted,
     Health,
     ListName,
+    Monitoring,
     Versions,
     check_api_key,
     document_security,
@@ -90,6 +91,7 @@ from serve.cases import CaseClosed, CaseNotFound, CaseStore
 from serve.champion import DECISIONS_PREFIX, FEEDBACK_PREFIX, JsonLinesLog, decision_rows, in_canary
 from serve.coalesce import Coalescer
 from serve.lists import ListCache, ListStore
+from serve.monitoring import MonitoringReporter
 from serve.rule_store import RuleCache, RuleStore
 from serve.runtime import serve_env
 from serve.scoring import ModelSet, apply_rules, canonical_columns, combine, scoring_record, split_rows
@@ -191,6 +193,7 @@ class Ingress:
         self.models = ModelSet(settings)
         self.alerts = AlertPublisher(settings)
         self.reporter = StatsReporter()
+        self.monitor = MonitoringReporter(settings)
         self.decision_log = JsonLinesLog(settings, DECISIONS_PREFIX)
         self.feedback_log = JsonLinesLog(settings, FEEDBACK_PREFIX, max_rows=1)
         self.rule_store = RuleStore(settings)
@@ -201,7 +204,7 @@ class Ingress:
         self.challenger: str | None = None
         self._refreshed = 0.0
         self._background: set[asyncio.Task] = set()
-        self._flusher: asyncio.Task | None = None
+        self._flushers: list[asyncio.Task] = []
         self.champion_pass = Coalescer(self._champion_pass, max_size=MAX_BATCH_ROWS, size=lambda item: len(item[0]),
                                        concurrency=CHAMPION_PASSES)
 
@@ -211,6 +214,12 @@ class Ingress:
             await asyncio.sleep(self.decision_log.max_age_s)
             await asyncio.to_thread(self.decision_log.flush)
             self.reporter.flush()
+
+    async def _flush_monitoring(self) -> None:
+        """Scored batches are binned and sent to the monitoring actor here, in a thread, never in a request."""
+        while True:
+            await asyncio.sleep(self.monitor.flush_every_s)
+            await asyncio.to_thread(self.monitor.flush)
 
     # -- models ---------------------------------------------------------------------------------------------
     async def _refresh_versions(self, force: bool = False) -> None:
@@ -239,7 +248,9 @@ class Ingress:
         built once per pass, the rules read them too)."""
         records = [record for block, _ in requests for record in block]
         columns, x = await asyncio.to_thread(self._features_of, records)
-        decisions = await self._decide(self.champion, records, x, [wanted for block, wanted in requests for _ in block])
+        champion = self.champion
+        decisions = await self._decide(champion, records, x, [wanted for block, wanted in requests for _ in block])
+        self.monitor.add(self.models.scorer(champion).bundle, x, decisions, columns)
         lengths = [len(block) for block, _ in requests]
         bounds = np.cumsum([0, *lengths])
         return [(part, decisions[bounds[i]:bounds[i + 1]],
@@ -253,11 +264,13 @@ class Ingress:
 
     async def _apply_label(self, label: Feedback) -> dict[str, Any]:
         """A confirmed label, however it came (``/api/feedback``, an analyst's case decision): kept in the feedback
-        log (retraining, the champion/challenger comparison) and applied to merchant risk and card state. Returns
-        the label's record and how many merchant risk updates it made."""
+        log (retraining, the champion/challenger comparison), applied to merchant risk and card state, and joined
+        to the kept decisions by monitoring. Returns the label's record and how many merchant risk updates it
+        made."""
         record = label.record()
         await asyncio.to_thread(self.feedback_log.add, [record])
         applied = await asyncio.to_thread(self._record_labels, [record])
+        self.monitor.label(record["transaction_id"], bool(record["is_fraud"]))
         log.info("label for transaction %s", record["transaction_id"])
         return {"transaction_id": record["transaction_id"], "merchant_risk_updates": applied}
 
@@ -271,8 +284,8 @@ class Ingress:
 
     async def _score(self, transactions: list[Any], explain: bool = False) -> list[dict[str, Any]]:
         started = time.perf_counter()
-        if self._flusher is None:
-            self._flusher = asyncio.ensure_future(self._flush_logs())
+        if not self._flushers:
+            self._flushers = [asyncio.ensure_future(self._flush_logs()), asyncio.ensure_future(self._flush_monitoring())]
         await self._refresh_versions()
         records = [scoring_record(t) for t in transactions]
         ids = [t.transaction_id for t in transactions]
@@ -324,14 +337,22 @@ class Ingress:
     @api.post("/api/check-fraud", response_model=Decision, openapi_extra=TRANSACTION_BODY, responses=SCORING_ERRORS,
               summary="Score one transaction")
     async def check_fraud(self, request: Request, explain: EXPLAIN = False) -> Response:
-        transaction = parse_transaction(await read_json(request, self.settings.serve_max_body_bytes))
+        transaction = await self._parse_scoring(request, parse_transaction)
         return json_response((await self._score([transaction], explain))[0])
 
     @api.post("/api/check-fraud/batch", response_model=BatchDecisions, openapi_extra=BATCH_BODY,
               responses=SCORING_ERRORS, summary="Score 1 to 1,000 transactions; results in input order")
     async def check_fraud_batch(self, request: Request, explain: EXPLAIN = False) -> Response:
-        transactions = parse_batch(await read_json(request, self.settings.serve_max_body_bytes))
+        transactions = await self._parse_scoring(request, parse_batch)
         return json_response({"results": await self._score(transactions, explain)})
+
+    async def _parse_scoring(self, request: Request, parse: Callable[[Any], Any]) -> Any:
+        """A scoring body, parsed; a rejected one counts its fields for monitoring before its 4xx leaves."""
+        try:
+            return parse(await read_json(request, self.settings.serve_max_body_bytes))
+        except ApiError as exc:
+            self.monitor.rejected(exc.errors)
+            raise
 
     @api.post("/api/feedback", status_code=202, openapi_extra=FEEDBACK_BODY, response_model=FeedbackAccepted,
               responses={**KEY_ERRORS, **BODY_ERRORS}, dependencies=[Security(API_KEY_SCHEME)],
@@ -478,6 +499,15 @@ class Ingress:
     async def stats(self) -> dict[str, Any]:
         await self.reporter.flush()
         return await self.reporter.actor.snapshot.remote()
+
+
+    @api.get("/api/monitoring", response_model=Monitoring,
+             summary="Drift per feature and of the score, missing rates, rejected inputs and performance on labelled "
+                     "decisions, over the last window_s against the champion's training reference")
+    async def monitoring(self) -> Response:
+        await asyncio.to_thread(self.monitor.flush)
+        view = await self.monitor.actor.view.remote()
+        return json_response({**view, "enabled": self.monitor.enabled})
 
 
 def build_app(settings: Settings | None = None) -> Any:

@@ -19,6 +19,7 @@ from cluster.feature_state import OnlineFeatures, StreamPlacement
 from cluster.features import Columns
 from cluster.schema import Transaction, validate_frame
 from serve.api import ApiError, parse_transaction
+from serve.monitoring import MonitoringReporter
 from serve.rule_store import RuleCache
 from serve.scoring import ModelSet, apply_rules, canonical_columns, combine, scoring_record
 from serve.stats import add_matches
@@ -34,10 +35,12 @@ class InvalidTransaction(ValueError):
 class FraudDetector:
     """Loads a registry bundle (``model``: a version or a pointer) and keeps its own online feature state, named
     ``feature_state``; ``restore_from="features"`` starts that state from the cluster's last snapshot. Decisions
-    follow the stored rule set (``rules``: a ``RuleCache``, by default over the settings' rules table)."""
+    follow the stored rule set (``rules``: a ``RuleCache``, by default over the settings' rules table); with a
+    ``monitor`` every scored batch is noted for drift monitoring (the stream consumers pass theirs)."""
 
     def __init__(self, settings: Settings | None = None, *, model: str = "champion", features: Any = None,
-                 feature_state: str = "sdk", restore_from: str | None = None, rules: RuleCache | None = None):
+                 feature_state: str = "sdk", restore_from: str | None = None, rules: RuleCache | None = None,
+                 monitor: MonitoringReporter | None = None):
         self.settings = settings or get_settings()
         models = ModelSet(self.settings)
         version = models.resolve(model)
@@ -48,6 +51,7 @@ class FraudDetector:
         self.features = features or OnlineFeatures(self.settings, name=feature_state, restore_from=restore_from)
         self.rules = rules or RuleCache(self.settings)
         self.rule_matches: dict[str, dict[str, int]] = {}
+        self.monitor = monitor
 
     def predict(self, transaction: dict[str, Any], *, explain: bool = False) -> dict[str, Any]:
         return self.predict_batch([transaction], explain=explain)[0]
@@ -88,6 +92,8 @@ class FraudDetector:
         decisions = combine(self.bundle, list(batch["transaction_id"]), x, xgb_scores(self.bundle, x),
                             ae_scores(self.bundle, x), currencies=list(batch["currency"]),
                             explain_low=[explain] * len(x) if explain else None)
+        if self.monitor is not None:
+            self.monitor.add(self.bundle, x, decisions, batch)
         add_matches(self.rule_matches, apply_rules(self.rules.current(), decisions, batch, x))
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         for decision in decisions:

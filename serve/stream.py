@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import orjson
 import ray
+from pydantic import ValidationError
 
 from cluster.aws import client
 from cluster.config import Settings, use_settings
@@ -45,9 +46,10 @@ from cluster.kinesis import (
     shard_iterator,
     shard_key,
 )
-from cluster.schema import Transaction
+from cluster.schema import Transaction, field_errors
 from serve.alerts import AlertPublisher
 from serve.cases import CaseStore
+from serve.monitoring import MonitoringReporter
 from serve.sdk import FraudDetector
 from serve.stats import StatsReporter
 
@@ -78,7 +80,8 @@ class ShardConsumer:
         self.settings = settings
         self.kinesis = client("kinesis", self.settings)
         self.leases = LeaseTable(self.settings)
-        self.detector = FraudDetector(self.settings, model=model, feature_state=feature_state)
+        self.monitor = MonitoringReporter(self.settings)
+        self.detector = FraudDetector(self.settings, model=model, feature_state=feature_state, monitor=self.monitor)
         self.alerts = AlertPublisher(self.settings)
         self.cases = CaseStore(self.settings)
         self.stats = StatsReporter()
@@ -153,6 +156,7 @@ class ShardConsumer:
             self.leases.save(self.status.shard_id, SHARD_END)
             self.status.checkpoint, self.status.finished = SHARD_END, True
         self.stats.flush()
+        self.monitor.flush()
         return self.get_status()
 
     def _score(self, records: list[dict[str, Any]]) -> ScoredBatch:
@@ -162,6 +166,9 @@ class ShardConsumer:
         per_record = len(decoded) / len(records)
         self.records_per_call = min(max(round(self.batch_limit / max(per_record, 1.0)), 1), MAX_GET_RECORDS)
         valid = [(tx, record, index, line_no) for tx, record, index, line_no in decoded if tx is not None]
+        if len(valid) < len(decoded):
+            self._note_rejected([line for record in records for line in lines(record["Data"])],
+                                [tx for tx, *_ in decoded])
         transactions = [tx for tx, _, _, _ in valid]
         placement = StreamPlacement([(self.shard, position(r["SequenceNumber"], 0)) for r in records],
                                     np.array([index for _, _, index, _ in valid], np.int64),
@@ -176,6 +183,13 @@ class ShardConsumer:
         return ScoredBatch(transactions=transactions, decisions=decisions,
                            lags_ms=lags, decided_at=decided_at, invalid=len(decoded) - len(valid),
                            checkpoint=records[-1]["SequenceNumber"], started=started, rule_matches=rule_matches)
+
+    def _note_rejected(self, raw: list[bytes], decoded: list[Transaction | None]) -> None:
+        """The fields of each invalid record, for monitoring's rejected inputs (invalid records are rare: each is
+        validated again here to name them)."""
+        for line, transaction in zip(raw, decoded):
+            if transaction is None:
+                self.monitor.rejected(record_errors(line))
 
     def _write(self, batch: ScoredBatch) -> None:
         """Alerts and review cases, then decisions, then the checkpoint: a crash (or a case that could not be
@@ -197,9 +211,22 @@ class ShardConsumer:
                            rule_matches=batch.rule_matches)
             self.status.scored += scored
             self.status.alerts += alerts
+            if self.monitor.due():  # binned here, in the writer thread, while the next batch is scored
+                self.monitor.flush()
         self.status.batches += 1
         self.status.checkpoint = batch.checkpoint
         self.leases.save(self.status.shard_id, self.status.checkpoint)
+
+
+def record_errors(line: bytes) -> list[dict[str, str]]:
+    """Why a stream record is no valid transaction, field by field (``body`` when it is no JSON object)."""
+    try:
+        Transaction.model_validate_json(line)
+    except ValidationError as exc:
+        return [{**error, "field": "body"} if error["field"] == "__root__" else error for error in field_errors(exc)]
+    except (ValueError, RecursionError) as exc:
+        return [{"field": "body", "message": str(exc)}]
+    return []
 
 
 @dataclass

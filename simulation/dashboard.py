@@ -62,6 +62,77 @@ SERIES_COLOURS = {"p50": "#0f766e", "p99": "#ea580c"}
 View = dict[str, Any]
 
 
+# -- monitoring (GET /api/monitoring) -----------------------------------------------------------------------
+MONITORING_REFRESH_S = 10.0
+WORST_FEATURES = 8
+
+
+def fetch_monitoring(api_url: str, timeout_s: float = CHECK_TIMEOUT_S) -> View:
+    """The API's monitoring view, read like any client's."""
+    response = httpx.get(f"{api_url}/api/monitoring", timeout=timeout_s)
+    response.raise_for_status()
+    return response.json()
+
+
+def monitoring_summary(view: View) -> str:
+    """One paragraph: what the window is compared with, the score's drift, drifted features and labelled figures."""
+    reference, labelled = view["reference"], view["labelled"]
+    if reference["rows"] is None:
+        against = f"model {reference['model_version'] or '(none yet)'} has no training reference: no drift figures"
+    else:
+        against = f"the training reference of {reference['model_version']} ({reference['rows']:,} rows)"
+    drifted = ", ".join(view["drifted"]) or "none"
+    return (f"**{view['scored']:,}** transactions scored in the last {view['window_s']:g} s, compared with {against}. "
+            f"Score PSI **{_figure(view['score']['psi'])}** · drifted features: **{drifted}** · drift "
+            f"notifications sent: {view['notifications']}.\n\nLabelled decisions: {labelled['count']:,} "
+            f"(coverage {_figure(labelled['coverage'])}) · precision {_figure(labelled['precision'])} "
+            f"· recall {_figure(labelled['recall'])} · average precision "
+            f"{_figure(labelled['average_precision'])}")
+
+
+def _figure(value: Any) -> str:
+    return "n/a" if value is None else _format_metric(value)
+
+
+def worst_features(view: View, count: int = WORST_FEATURES) -> pd.DataFrame:
+    """The features furthest from their reference (highest PSI first), with their missing rate."""
+    rows = [{"feature": name, "psi": figures["psi"], "missing_rate": figures["missing_rate"],
+             "drifted": name in view["drifted"]} for name, figures in view["features"].items()]
+    frame = pd.DataFrame(rows, columns=["feature", "psi", "missing_rate", "drifted"])
+    return frame.sort_values("psi", ascending=False, na_position="last").head(count).reset_index(drop=True)
+
+
+def inputs_table(view: View) -> pd.DataFrame:
+    return pd.DataFrame([{"field": name, "missing_rate": figures["missing_rate"],
+                          "at training": figures["reference_missing_rate"]} for name, figures in view["inputs"].items()],
+                        columns=["field", "missing_rate", "at training"])
+
+
+def rejected_table(view: View) -> pd.DataFrame:
+    return pd.DataFrame(list(view["rejected_inputs"]["by_field"].items()), columns=["field", "rejected"])
+
+
+class DriftHistory:
+    """Each feature's PSI over time, kept in the dashboard process (bounded), for the worst features' chart."""
+
+    def __init__(self, points: int = HISTORY_POINTS):
+        self.points: deque[tuple[datetime, dict[str, float | None]]] = deque(maxlen=points)
+        self._lock = threading.Lock()
+
+    def observe(self, view: View, at: datetime) -> None:
+        with self._lock:
+            self.points.append((at, {name: figures["psi"] for name, figures in view["features"].items()}))
+
+    def frame(self, features: Sequence[str]) -> pd.DataFrame:
+        """(time, feature, psi) in long form for ``features``."""
+        with self._lock:
+            rows = [{"time": at, "feature": name, "psi": psi[name]} for at, psi in self.points for name in features
+                    if psi.get(name) is not None]
+        frame = pd.DataFrame(rows, columns=["time", "feature", "psi"])
+        frame["time"] = pd.to_datetime(frame["time"], utc=True)
+        return frame.astype({"psi": float})
+
+
 # -- live figures ----------------------------------------------------------------------------------------------
 def joined_view(production: View, truth: View | None = None) -> View:
     """The stats actor's ``dashboard_view()`` with the scoreboard's ``view()`` of its alerts joined in: last-minute
@@ -730,7 +801,7 @@ def actor_view(scoreboard: Any | None = None) -> Callable[[], View]:
 
 def build_dashboard(settings: Settings, view_source: Callable[[], View], simulation: SimulationControl,
                     *, refresh_s: float = REFRESH_S, history: History | None = None) -> Any:
-    """The Blocks UI (tabs: live, check a transaction, rules, review, simulation, models). Open pages add to ``history`` too, so
+    """The Blocks UI (tabs: live, check a transaction, rules, review, simulation, monitoring, models). Open pages add to ``history`` too, so
     charts move even without ``sample_history`` running."""
     api_url = f"http://{settings.api_host}:{settings.api_port}"
     headers = api_headers(settings)
@@ -860,6 +931,17 @@ def build_dashboard(settings: Settings, view_source: Callable[[], View], simulat
                                                      interactive=controls)
                 shift_button = gr.Button("Apply world shift", interactive=controls, elem_id="shift-button")
                 control_result = gr.Markdown("", elem_id="control-result")
+            with gr.Tab("Monitoring", id="monitoring"):
+                monitoring_text = gr.Markdown("", elem_id="monitoring-summary")
+                drift_plot = gr.LinePlot(x="time", y="psi", color="feature", x_axis_format="%H:%M:%S", height=260,
+                                         title="PSI of the worst features over time", elem_id="drift-plot")
+                with gr.Row():
+                    worst_table = gr.Dataframe(worst_features({"features": {}, "drifted": []}), interactive=False,
+                                               label="Worst features (PSI, missing rate)", elem_id="worst-features")
+                    missing_table = gr.Dataframe(inputs_table({"inputs": {}}), interactive=False,
+                                                 label="Optional fields missing (window vs training)")
+                    rejected = gr.Dataframe(rejected_table({"rejected_inputs": {"by_field": {}}}), interactive=False,
+                                            label="Rejected inputs by field")
             with gr.Tab("Models", id="models"):
                 models_button = gr.Button("Reload from the registry")
                 model_outputs = []
@@ -963,6 +1045,22 @@ def build_dashboard(settings: Settings, view_source: Callable[[], View], simulat
                 return [decide_case(api_url, headers, case_id, body), *show_queue(limit)]
             return decide
 
+        drift_history = DriftHistory()
+        monitoring_outputs = [monitoring_text, drift_plot, worst_table, missing_table, rejected]
+
+        def monitoring() -> list[Any]:
+            try:
+                view = fetch_monitoring(api_url)
+            except Exception as exc:  # the API restarting: say so, keep the last figures
+                return [f"Monitoring unavailable: {type(exc).__name__}: {exc}",
+                        *[gr.skip()] * (len(monitoring_outputs) - 1)]
+            drift_history.observe(view, datetime.now(timezone.utc))
+            worst = worst_features(view)
+            return [monitoring_summary(view), drift_history.frame(list(worst["feature"])), worst, inputs_table(view),
+                    rejected_table(view)]
+
+        gr.Timer(MONITORING_REFRESH_S).tick(monitoring, outputs=monitoring_outputs, show_progress="hidden")
+        demo.load(monitoring, outputs=monitoring_outputs, show_progress="hidden")
         timer.tick(refresh, outputs=live_outputs, show_progress="hidden")
         demo.load(refresh, outputs=live_outputs, show_progress="hidden")
         demo.load(models, outputs=model_outputs)

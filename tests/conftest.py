@@ -56,6 +56,8 @@ def train_small_bundle(settings: Settings, history, *, rounds: int = 60, seed: i
     from cluster.features import FEATURE_NAMES, FEATURE_VERSION, build_features
     from training.autoencoder import AnomalyScorer
     from training.ensemble import fit_ensemble
+    from training.predict import FraudScorer
+    from training.reference import build_reference, input_missing_rates
     from training.registry import ModelBundle, registry_for
     from training.xgb import fit_xgboost
 
@@ -71,6 +73,9 @@ def train_small_bundle(settings: Settings, history, *, rounds: int = 60, seed: i
                                transactions["amount"].to_numpy()[cut:])
     bundle = ModelBundle(booster=booster, anomaly=anomaly, ensemble=ensemble, feature_names=FEATURE_NAMES,
                          feature_version=FEATURE_VERSION)
+    held_out_scores = FraudScorer(bundle).score(features.iloc[cut:])["fraud_score"].to_numpy()
+    bundle.reference = build_reference(x[:cut], FEATURE_NAMES, held_out_scores,
+                                       inputs=input_missing_rates(transactions.iloc[:cut]))
     return registry_for(settings).register(bundle, promote=promote)
 
 

@@ -18,13 +18,13 @@ def create_stream(settings: Settings, shards: int, prefix: str = "test") -> str:
     return name
 
 
-def subscribe_alert_queue(settings: Settings, name: str) -> str:
-    """An SQS queue subscribed to the alert topic: every alert published from now on lands there."""
+def subscribe_alert_queue(settings: Settings, name: str, topic: str | None = None) -> str:
+    """An SQS queue subscribed to the alert topic (or ``topic``): every message published from now on lands there."""
     sqs, sns = client("sqs", settings), client("sns", settings)
     queue_url = sqs.create_queue(QueueName=name)["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    topic = sns.create_topic(Name=settings.alert_topic)["TopicArn"]
-    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"})
+    topic_arn = sns.create_topic(Name=topic or settings.alert_topic)["TopicArn"]
+    sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"})
     return queue_url
 
 

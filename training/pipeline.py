@@ -21,6 +21,7 @@ from training.data import Split, featurize, load_profiles, read_labelled, take, 
 from training.ensemble import Objective, fit_ensemble
 from training.evaluate import evaluate, write_report
 from training.predict import FraudScorer
+from training.reference import build_reference, input_missing_rates
 from training.registry import ModelBundle, registry_for
 from training.xgb import XGBSearch, fit_xgboost, fit_xgboost_distributed, tune_xgboost
 
@@ -165,6 +166,9 @@ def run_train(settings: Settings, options: TrainOptions) -> dict[str, Any]:
     bundle.data_summary = {"source": str(options.data), "label_delay_days": settings.label_delay_days,
                            "periods": {name: split.summary() for name, split in splits.items()}}
     bundle.training = fitted.details
+    train = splits["train"]  # features and inputs of the training period; scores of validation, never trained on
+    train_inputs = transactions.loc[transactions["timestamp"].between(*periods.train, inclusive="left")]
+    bundle.reference = build_reference(train.x, FEATURE_NAMES, valid_scores, inputs=input_missing_rates(train_inputs))
     progress.set_description("evaluated")
     progress.update(1)
 

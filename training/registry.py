@@ -2,7 +2,7 @@
 
 A bundle is everything scoring needs: the XGBoost model (UBJ), the autoencoder weights, its scaler and error
 quantiles, the feature list and the hash of the feature code, the ensemble (weights, calibration, cut points),
-metrics and a data summary. ``latest`` and ``champion`` pointers name versions. Loading refuses a bundle built
+metrics, a data summary and the training period's reference distributions (for drift monitoring). ``latest`` and ``champion`` pointers name versions. Loading refuses a bundle built
 with different feature code: its model would silently receive features it was never trained on.
 """
 
@@ -50,6 +50,8 @@ class ModelBundle:
     metrics: dict[str, Any] = field(default_factory=dict)
     data_summary: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
+    # the training period's distributions (``training.reference.build_reference``) that monitoring compares against
+    reference: dict[str, Any] | None = None
     version: str | None = None
     created_at: str | None = None
 
@@ -57,7 +59,8 @@ class ModelBundle:
         weights, anomaly_meta = self.anomaly.state()
         meta = {"version": self.version, "created_at": self.created_at, "feature_names": list(self.feature_names),
                 "feature_version": self.feature_version, "ensemble": self.ensemble.to_dict(), "autoencoder": anomaly_meta,
-                "metrics": self.metrics, "data_summary": self.data_summary, "training": self.training}
+                "metrics": self.metrics, "data_summary": self.data_summary, "training": self.training,
+                "reference": self.reference}
         return {XGB_FILE: bytes(self.booster.save_raw("ubj")), AE_FILE: weights,
                 META_FILE: json.dumps(meta, indent=2, default=str).encode()}
 
@@ -68,8 +71,11 @@ class ModelBundle:
         booster.load_model(bytearray(files[XGB_FILE]))
         return cls(booster=booster, anomaly=AnomalyScorer.from_state(files[AE_FILE], meta["autoencoder"]),
                    ensemble=Ensemble.from_dict(meta["ensemble"]), feature_names=tuple(meta["feature_names"]),
-                   feature_version=meta.get("feature_version", ""),  # a bundle from before specs: refused as a mismatch metrics=meta["metrics"], data_summary=meta["data_summary"],
-                   training=meta.get("training", {}), version=meta["version"], created_at=meta["created_at"])
+                   # a bundle from before specs: refused as a mismatch
+                   feature_version=meta.get("feature_version", ""),
+                   metrics=meta["metrics"], data_summary=meta["data_summary"], training=meta.get("training", {}),
+                   reference=meta.get("reference"),  # None in a bundle from before monitoring
+                   version=meta["version"], created_at=meta["created_at"])
 
 
 class _Store(Protocol):

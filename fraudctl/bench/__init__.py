@@ -15,6 +15,7 @@ from typing import Any
 
 from cluster.config import Settings
 from fraudctl.bench.features import bench_features_offline, bench_features_online
+from fraudctl.bench.monitoring import bench_monitoring
 from fraudctl.bench.producers import bench_producers
 from fraudctl.bench.rules import bench_rules
 from fraudctl.bench.serving import bench_serving
@@ -32,6 +33,7 @@ SECTIONS: dict[str, Callable[[Settings], dict[str, Any]]] = {
     "feature_state": bench_feature_state,
     "stream": bench_stream,
     "rules": bench_rules,
+    "monitoring": bench_monitoring,
 }
 
 

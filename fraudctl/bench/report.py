@@ -93,7 +93,16 @@ ROWS: dict[str, list[Row]] = {
         ("stream lag p50 / p99 at the target rate",
          _pair("stream.lag_at_target.p50_ms", "stream.lag_at_target.p99_ms", " ms", 0), "p99 ≤ 1,000 ms"),
     ],
+    "monitoring": [
+        ("throughput cost of drift monitoring, batch / HTTP c=32 (1 - on / off, same run)",
+         lambda f: (f"{_number(_percent(_get(f, 'monitoring.batch_tx_per_s.cost')), ' %', 1)} / "
+                    f"{_number(_percent(_get(f, 'monitoring.single_c32_rps.cost')), ' %', 1)}"), "≤ 5 %"),
+    ],
 }
+
+
+def _percent(share: float | None) -> float | None:
+    return None if share is None else share * 100
 
 
 def markdown(figures: dict[str, Any]) -> str:

@@ -47,7 +47,14 @@ BATCH_CONCURRENCY = 8  # batches in flight: fewer leave the pipeline's stages id
 MAX_SECONDS = 30.0
 
 
-def _with_cpu(load: Callable[[], dict[str, Any]], transactions_per_request: int = 1) -> dict[str, Any]:
+def history_records(data: Path) -> list[dict[str, Any]]:
+    """The simulated history as API transactions: no labels, canonical timestamps, absent fields left out."""
+    frame = pd.read_parquet(data).drop(columns=["is_fraud", "fraud_scenario"], errors="ignore")
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True).dt.strftime(TIMESTAMP_FORMAT)
+    return [{k: v for k, v in row.items() if v is not None and v == v} for row in frame.to_dict(orient="records")]
+
+
+def with_cpu(load: Callable[[], dict[str, Any]], transactions_per_request: int = 1) -> dict[str, Any]:
     """A load's figures with the CPU each role spent per 1,000 transactions while it ran."""
     with cpu_by_role() as cpu:
         result = load()
@@ -60,18 +67,18 @@ def _single_load(url: str, records: list[dict[str, Any]], workdir: Path, tag: st
     if wrk_path() is not None:
         bodies = write_bodies(records, workdir / f"{tag}.bodies")
         run_wrk(url, bodies, connections=4, seconds=WRK_WARMUP_S, tag=f"{tag}-warm")
-        return {f"concurrency_{c}": _with_cpu(lambda c=c: run_wrk(url, bodies, connections=c, seconds=WRK_SECONDS,
+        return {f"concurrency_{c}": with_cpu(lambda c=c: run_wrk(url, bodies, connections=c, seconds=WRK_SECONDS,
                                                                   tag=f"{tag}-c{c}"))
                 for c in SINGLE_REQUESTS}
     encoded = [json.dumps(r).encode() for r in records]
     run_load(url, lambda i: encoded[i % len(encoded)], requests=50, concurrency=4)  # warm-up
-    return {f"concurrency_{c}": {**_with_cpu(lambda c=c, n=n: run_load(
+    return {f"concurrency_{c}": {**with_cpu(lambda c=c, n=n: run_load(
                 url, lambda i, o=c * 100_000: encoded[(o + i) % len(encoded)], requests=n, concurrency=c,
                 max_seconds=MAX_SECONDS)), "load_generator": "python (wrk not installed)"}
             for c, n in SINGLE_REQUESTS.items()}
 
 
-def _batch_bodies(records: list[dict[str, Any]], count: int) -> list[bytes]:
+def batch_bodies(records: list[dict[str, Any]], count: int) -> list[bytes]:
     """``count`` batch bodies of transactions the app has not seen (ids made unique per body): a repeated id would
     be a replay, which the feature state answers from memory."""
     bodies = []
@@ -94,7 +101,7 @@ def _firsts(records: list[dict[str, Any]], tag: str) -> list[dict[str, Any]]:
     return firsts
 
 
-def _warm_profiles(base_url: str, records: list[dict[str, Any]]) -> None:
+def warm_profiles(base_url: str, records: list[dict[str, Any]]) -> None:
     firsts = _firsts(records, "warm")
     bodies = [json.dumps({"transactions": firsts[i:i + BATCH_SIZE]}).encode() for i in range(0, len(firsts), BATCH_SIZE)]
     run_load(f"{base_url}/api/check-fraud/batch", lambda i: bodies[i], requests=len(bodies))
@@ -125,10 +132,7 @@ def _alerts(base_url: str) -> int:
 def bench_serving(settings: Settings) -> dict[str, Any]:
     base = settings.model_copy(update={"api_port": free_port(), "api_key": "bench", "serve_max_replicas": 1})
     with trained_environment(base) as (live, data, version), tempfile.TemporaryDirectory() as workdir:
-        frame = pd.read_parquet(data).drop(columns=["is_fraud", "fraud_scenario"], errors="ignore")
-        frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True).dt.strftime(TIMESTAMP_FORMAT)
-        records = [{k: v for k, v in row.items() if v is not None and v == v}
-                   for row in frame.to_dict(orient="records")]
+        records = history_records(data)
         base_url = f"http://{live.api_host}:{live.api_port}"
         single_url = f"{base_url}/api/check-fraud"
         start_serve(live)
@@ -140,13 +144,13 @@ def bench_serving(settings: Settings) -> dict[str, Any]:
             noop = _single_load(single_url, records, Path(workdir), "noop")
             serve.delete("noop")
             serve.run(build_app(live), name="fraud", route_prefix="/")
-            _warm_profiles(base_url, records)
+            warm_profiles(base_url, records)
             app = _single_load(single_url, records, Path(workdir), "app")
-            batches = _batch_bodies(records, BATCH_WARMUP + BATCH_REQUESTS)
+            batches = batch_bodies(records, BATCH_WARMUP + BATCH_REQUESTS)
             run_load(f"{base_url}/api/check-fraud/batch", lambda i: batches[i], requests=BATCH_WARMUP,
                      concurrency=BATCH_CONCURRENCY)
             alerts_before = _alerts(base_url)
-            batch = _with_cpu(lambda: run_load(
+            batch = with_cpu(lambda: run_load(
                 f"{base_url}/api/check-fraud/batch", lambda i: batches[BATCH_WARMUP + i], requests=BATCH_REQUESTS,
                 concurrency=BATCH_CONCURRENCY, max_seconds=120), transactions_per_request=BATCH_SIZE)
             batch["alerts"] = _alerts(base_url) - alerts_before

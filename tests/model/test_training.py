@@ -21,6 +21,7 @@ from training.data import take, time_periods
 from training.ensemble import Calibration, fit_ensemble
 from training.policy import RiskPolicy
 from training.predict import FraudScorer
+from training.reference import build_reference, input_missing_rates
 from training.registry import FeatureVersionMismatch, ModelBundle, ModelRegistry
 from training.xgb import fit_xgboost
 
@@ -244,3 +245,22 @@ def test_evaluation_report_has_every_figure(tmp_path) -> None:
                     "evaluation.png"):
         assert heading in text
     assert (tmp_path / "evaluation.png").stat().st_size > 10_000
+
+
+def test_bundle_keeps_its_reference_and_a_bundle_from_before_references_still_loads(
+        bundle: ModelBundle, history: pd.DataFrame, features: pd.DataFrame, tmp_path) -> None:
+    x = features[list(FEATURE_NAMES)].to_numpy(np.float32)
+    scores = FraudScorer(bundle).score(features)["fraud_score"].to_numpy()
+    referenced = ModelBundle(**{**bundle.__dict__, "reference": build_reference(
+        x, FEATURE_NAMES, scores, inputs=input_missing_rates(history))})
+    registry = ModelRegistry(root=tmp_path)
+    version = registry.register(referenced)
+    loaded = registry.load(version)
+    assert loaded.reference["rows"] == len(x) and set(loaded.reference["features"]) == set(FEATURE_NAMES)
+    assert sum(loaded.reference["score"]["counts"]) == len(x)
+    assert loaded.metrics == referenced.metrics
+    meta_path = tmp_path / "models" / "versions" / version / "bundle.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["reference"]
+    meta_path.write_text(json.dumps(meta))
+    assert registry.load(version).reference is None

@@ -293,4 +293,19 @@ def test_review_tab_decides_a_case(dashboard: tuple[str, dict[str, int]], rules_
         True, "dashboard-test", "confirmed by the browser test")
     tab.wait_for_function("(id) => !(document.querySelector('#review-queue')?.textContent || '').includes(id)",
                           arg=case["case_id"])
+
+
+def test_monitoring_tab_shows_the_window_the_worst_features_and_their_drift_over_time(
+        dashboard: tuple[str, dict[str, int]], page: tuple[Any, list[str]]) -> None:
+    url, _ = dashboard
+    tab, errors = page
+    tab.goto(url)
+    tab.get_by_role("tab", name="Monitoring").click()
+    tab.wait_for_function("() => /transactions scored in the last/.test("
+                          "document.querySelector('#monitoring-summary')?.textContent || '')")
+    summary = tab.locator("#monitoring-summary").inner_text()
+    assert "training reference of" in summary and "Labelled decisions" in summary
+    worst = tab.locator("#worst-features")
+    worst.get_by_text("psi").first.wait_for()
+    tab.wait_for_function("""() => document.querySelectorAll('#drift-plot svg g.mark-line path').length >= 1""")
     assert errors == [], errors
