@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     monitoring_enabled: bool = True
     monitoring_window_s: float = Field(900.0, gt=0)
     monitoring_evaluate_s: float = Field(10.0, gt=0)
+    monitoring_card_precision_k: int = Field(100, ge=1)  # CP@k per day on labelled decisions
     drift_topic: str = "fraud-drift"
     drift_psi_threshold: float = Field(0.25, gt=0)
     drift_psi_clear: float = Field(0.1, ge=0)

@@ -198,6 +198,13 @@ class Confusion(BaseModel):
     tn: int
 
 
+class CardPrecision(BaseModel):
+    k: int = Field(description="cards judged: the day's k highest-scored (FRAUD_MONITORING_CARD_PRECISION_K)")
+    cards: int
+    labelled_cards: int = Field(description="of them, cards with any label yet (labels arrive days late)")
+    cp_at_k: float | None = Field(description="share of those cards with a labelled fraud that day")
+
+
 class LabelledDay(BaseModel):
     count: int
     coverage: float | None
@@ -205,6 +212,7 @@ class LabelledDay(BaseModel):
     recall: float | None
     average_precision: float | None
     confusion: Confusion
+    card_precision: CardPrecision | None = Field(None, description="per day only: card precision at k (CP@k)")
 
 
 class LabelledPerformance(LabelledDay):

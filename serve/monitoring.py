@@ -126,18 +126,21 @@ class WindowCounts:
 
 @dataclass
 class DecisionBlock:
-    """One flush's decisions, kept for the labels: ids, calibrated scores, alert flags and the UTC day decided."""
+    """One flush's decisions, kept for the labels: ids, calibrated scores, alert flags, cards and the UTC day
+    decided."""
 
     transaction_ids: list[str]
     scores: np.ndarray
     flagged: np.ndarray
     day: str
+    cards: list[str] | None = None  # user_id of each decision, for card precision at k
 
     @classmethod
-    def of(cls, decisions: Sequence[dict[str, Any]], day: str) -> "DecisionBlock":
+    def of(cls, decisions: Sequence[dict[str, Any]], day: str, cards: Sequence[str] | None = None) -> "DecisionBlock":
         return cls(transaction_ids=[d["transaction_id"] for d in decisions],
                    scores=np.array([d["fraud_score"] for d in decisions], np.float64),
-                   flagged=np.array([d["is_fraud"] for d in decisions], bool), day=day)
+                   flagged=np.array([d["is_fraud"] for d in decisions], bool), day=day,
+                   cards=None if cards is None else [str(card) for card in cards])
 
     def __len__(self) -> int:
         return len(self.transaction_ids)
@@ -213,6 +216,22 @@ def labelled_performance(scores: np.ndarray, flagged: np.ndarray, labels: np.nda
             "precision": tp / (tp + fp) if tp + fp else None, "recall": tp / (tp + fn) if tp + fn else None,
             "average_precision": float(average_precision_score(labels, scores)) if tp + fn else None,
             "confusion": {"tp": tp, "fp": fp, "fn": fn, "tn": tn}}
+
+
+def card_precision_at_k(cards: Sequence[str], scores: np.ndarray, labels: Mapping[int, bool], k: int
+                        ) -> dict[str, Any]:
+    """Card precision at ``k`` for one day (the Fraud Detection Handbook's CP@k): of the ``k`` cards with the
+    highest score that day, the share with a fraud among their labelled transactions. Labels arrive late, so
+    ``labelled_cards`` says how many of those cards have any label yet; ``labels`` maps row -> is_fraud."""
+    best: dict[str, float] = {}
+    for card, score in zip(cards, scores):
+        if score > best.get(card, -1.0):
+            best[card] = float(score)
+    top = set(sorted(best, key=best.__getitem__, reverse=True)[:k])
+    fraud_cards = {cards[row] for row, is_fraud in labels.items() if is_fraud and cards[row] in top}
+    labelled_cards = {cards[row] for row in labels if cards[row] in top}
+    return {"k": k, "cards": len(top), "labelled_cards": len(labelled_cards),
+            "cp_at_k": round(len(fraud_cards) / len(top), 6) if top else None}
 
 
 class DriftNotifier:
@@ -390,9 +409,31 @@ class MonitoringCollector:
                 if tid in self.labels:
                     joined.append((float(score), bool(flagged), block.day, self.labels[tid]))
         overall = _performance(joined, len(seen))
-        per_day = {day: _performance([row for row in joined if row[2] == day], scored_per_day[day])
+        per_day = {day: {**_performance([row for row in joined if row[2] == day], scored_per_day[day]),
+                         "card_precision": self._card_precision(day)}
                    for day in sorted(scored_per_day)}
         return {**overall, "kept_decisions": len(seen), "per_day": per_day}
+
+    def _card_precision(self, day: str) -> dict[str, Any] | None:
+        """CP@k over the day's kept decisions that name their card (each transaction once, its newest decision)."""
+        cards: list[str] = []
+        scores: list[float] = []
+        labels: dict[int, bool] = {}
+        seen: set[str] = set()
+        for block in reversed(self.decisions):
+            if block.day != day or block.cards is None:
+                continue
+            for tid, score, card in zip(block.transaction_ids, block.scores, block.cards):
+                if tid in seen:
+                    continue
+                seen.add(tid)
+                if tid in self.labels:
+                    labels[len(cards)] = self.labels[tid]
+                cards.append(card)
+                scores.append(float(score))
+        if not cards:
+            return None
+        return card_precision_at_k(cards, np.array(scores), labels, self.settings.monitoring_card_precision_k)
 
 
 def _performance(joined: list[tuple[float, bool, str, bool]], scored: int) -> dict[str, Any]:
@@ -477,7 +518,9 @@ class MonitoringReporter:
         every = [d for _, _, decisions, _ in batches for d in decisions]
         if not (every or rejected or labels):
             return None
-        kept = DecisionBlock.of(every, datetime.now(timezone.utc).date().isoformat())
+        named = batches and all("user_id" in columns for _, _, _, columns in batches)
+        kept = DecisionBlock.of(every, datetime.now(timezone.utc).date().isoformat(), np.concatenate(
+            [np.asarray(columns["user_id"], dtype=object) for _, _, _, columns in batches]) if named else None)
         by_version: dict[str, list[tuple[Any, np.ndarray, Sequence[dict[str, Any]], Any]]] = {}
         for batch in batches:
             by_version.setdefault(batch[0].version, []).append(batch)

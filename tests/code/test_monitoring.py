@@ -19,6 +19,7 @@ from serve.monitoring import (
     MonitoringCollector,
     MonitoringReporter,
     Reference,
+    card_precision_at_k,
     count_rows,
     psi,
     rejected_field,
@@ -271,3 +272,23 @@ def test_a_decision_replayed_is_counted_once_by_its_newest_decision() -> None:
     labelled = monitor.view()["labelled"]
     assert labelled["count"] == 1 and labelled["kept_decisions"] == 1
     assert labelled["confusion"] == {"tp": 0, "fp": 0, "fn": 1, "tn": 0} and labelled["recall"] == 0.0
+
+
+def test_card_precision_at_k_per_day_counts_the_top_cards_with_a_labelled_fraud() -> None:
+    # six cards; by their best score of the day: c0 > c1 > ... > c5; k = 3 takes c0, c1, c2
+    cards = ["c0", "c0", "c1", "c2", "c3", "c4", "c5", "c2"]
+    scores = np.array([0.9, 0.2, 0.8, 0.1, 0.6, 0.5, 0.4, 0.7])
+    labels = {1: True, 3: False, 4: True}  # c0 fraud (a low-scored transaction of a top card), c2 genuine, c3 fraud
+    figures = card_precision_at_k(cards, scores, labels, k=3)
+    assert figures == {"k": 3, "cards": 3, "labelled_cards": 2, "cp_at_k": pytest.approx(1 / 3)}
+    assert card_precision_at_k(cards, scores, {}, k=10)["cards"] == 6
+
+    clock, sent = Clock(), []
+    monitor = MonitoringCollector(settings(monitoring_card_precision_k=3), clock=clock, references=lambda v: None,
+                                  notify=sent.append)
+    monitor.record(scored=len(cards), decisions=DecisionBlock(
+        transaction_ids=[f"t{i}" for i in range(len(cards))], scores=scores, flagged=scores > 0.5, day="2026-12-01",
+        cards=cards))
+    monitor.record(labels=[(f"t{row}", label) for row, label in labels.items()])
+    day = monitor.view()["labelled"]["per_day"]["2026-12-01"]
+    assert day["card_precision"]["cp_at_k"] == pytest.approx(1 / 3) and day["count"] == 3
