@@ -39,6 +39,9 @@ from cluster.kinesis import (
 )
 from cluster.schema import Transaction
 from serve.alerts import AlertPublisher
+from serve.champion import DECISIONS_PREFIX, TRANSACTIONS_PREFIX, JsonLinesLog, transaction_rows
+from serve.rollout import RolloutStore, guard_actor, read_routing
+from serve.scoring import scoring_record
 from serve.sdk import FraudDetector
 from serve.stats import StatsReporter
 
@@ -69,6 +72,11 @@ class ShardConsumer:
         self.kinesis = client("kinesis", self.settings)
         self.leases = LeaseTable(self.settings)
         self.detector = FraudDetector(self.settings, model=model, feature_state="features")
+        # following the champion pointer and the rollout unless pinned to a version
+        self.rollout = RolloutStore(self.settings) if model == "champion" else None
+        self._routing_read = 0.0
+        self.decision_log = JsonLinesLog(self.settings, DECISIONS_PREFIX)
+        self.transaction_log = JsonLinesLog(self.settings, TRANSACTIONS_PREFIX)
         self.alerts = AlertPublisher(self.settings)
         self.stats = StatsReporter()
         self.batch_limit = batch_limit  # transactions per micro-batch, about
@@ -139,7 +147,17 @@ class ShardConsumer:
             self.leases.save(self.status.shard_id, SHARD_END)
             self.status.checkpoint, self.status.finished = SHARD_END, True
         self.stats.flush()
+        self.decision_log.flush()
+        self.transaction_log.flush()
         return self.get_status()
+
+    def _follow_rollout(self) -> None:
+        """Re-read the champion and the rollout as the ingress does (every ``serve_model_refresh_s``), so a
+        transaction gets the same model here as over HTTP."""
+        if self.rollout is None or time.monotonic() - self._routing_read < self.settings.serve_model_refresh_s:
+            return
+        self.detector.follow(read_routing(self.rollout, self.detector.models))
+        self._routing_read = time.monotonic()
 
     def _score(self, records: list[dict[str, Any]]) -> ScoredBatch:
         started = time.perf_counter()
@@ -148,13 +166,16 @@ class ShardConsumer:
         self.records_per_call = min(max(round(self.batch_limit / max(per_record, 1.0)), 1), MAX_GET_RECORDS)
         valid = [(tx, record) for tx, record in decoded if tx is not None]
         transactions = [tx for tx, _ in valid]
+        self._follow_rollout()
         decisions = self.detector.predict_transactions(transactions) if valid else []
+        challenger_rows, challenger_errors = self.detector.take_challenger_log()
         rule_matches = self.detector.take_rule_matches()
         decided_at = datetime.now(timezone.utc)
         lags = [(decided_at - record["ApproximateArrivalTimestamp"]).total_seconds() * 1000.0 for _, record in valid]
         return ScoredBatch(transactions=transactions, decisions=decisions,
                            lags_ms=lags, decided_at=decided_at, invalid=len(decoded) - len(valid),
-                           checkpoint=records[-1]["SequenceNumber"], started=started, rule_matches=rule_matches)
+                           checkpoint=records[-1]["SequenceNumber"], started=started, rule_matches=rule_matches,
+                           challenger_rows=challenger_rows, challenger_errors=challenger_errors)
 
     def _write(self, batch: ScoredBatch) -> None:
         """Alerts, then decisions, then the checkpoint: a crash in between replays the batch, never skips it."""
@@ -172,6 +193,11 @@ class ShardConsumer:
             self.stats.add(scored=scored, alerts=alerts, latency_ms=elapsed_ms / scored, stream_lags_ms=batch.lags_ms,
                            decisions=batch.decisions, transactions=batch.transactions,
                            rule_matches=batch.rule_matches)
+            for version, rows in batch.challenger_errors.items():
+                self.stats.model_errors(version, rows)
+            self.decision_log.add(batch.challenger_rows)
+            self.transaction_log.add(transaction_rows([scoring_record(t) for t in batch.transactions],
+                                                      batch.decisions))
             self.status.scored += scored
             self.status.alerts += alerts
         self.status.batches += 1
@@ -190,6 +216,8 @@ class ScoredBatch:
     checkpoint: str
     started: float
     rule_matches: dict[str, dict[str, int]]
+    challenger_rows: list[dict[str, Any]]
+    challenger_errors: dict[str, int]
 
 
 class StreamScoring:
@@ -209,6 +237,7 @@ class StreamScoring:
         self._thread: threading.Thread | None = None
 
     def start(self) -> "StreamScoring":
+        guard_actor(self.settings)  # the cluster's one rollout guard (the app may have started it already)
         self._reconcile()
         self._thread = threading.Thread(target=self._supervise, name="stream-supervisor", daemon=True)
         self._thread.start()
