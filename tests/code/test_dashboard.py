@@ -14,6 +14,7 @@ import pytest
 
 from cluster.config import Settings
 from cluster.schema import Transaction
+from serve.rollout import RolloutState, roll_back, start_rollout
 from serve.stats import RECENT_ALERTS, StatsCollector, StatsReporter
 from simulation.dashboard import (
     History,
@@ -26,6 +27,7 @@ from simulation.dashboard import (
     live_tiles,
     model_metrics,
     model_section,
+    rollout_view,
     score_distribution,
     tiles_html,
 )
@@ -268,3 +270,13 @@ def test_model_view_reads_metrics_and_report_image_from_the_registry(tmp_path: P
     assert "0.80 XGBoost + 0.20 autoencoder" in section.summary and "≥ 0.700" in section.summary
     assert model_section(registry, "latest", "Challenger") is None
     assert isinstance(section.metrics, pd.DataFrame) and not section.scenarios.empty
+
+
+def test_the_models_tab_shows_the_rollout_and_its_changes_newest_first() -> None:
+    state = roll_back(start_rollout(None, "v2", 0.3, "by hand", "2026-12-01T10:00:00+00:00"), "guardrail: alert rate",
+                      "2026-12-01T10:05:00+00:00")
+    line, events = rollout_view(state)
+    assert line == "**Rollout**: `v2` rolled back, share 0, since 2026-12-01 10:05:00 UTC"
+    assert list(events["to"]) == ["rolled_back", "canary"] and events["reason"].iloc[0] == "guardrail: alert rate"
+    static, none = rollout_view(RolloutState(version="latest", share=0.0, mode="shadow", since=None))
+    assert "static settings" in static and none.empty

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import requests
@@ -20,7 +22,7 @@ from cluster.aws import client
 from cluster.config import Settings, get_settings, use_settings
 from cluster.kinesis import put_records_reliably, read_stream, to_entries
 from cluster.waiting import wait_until
-from serve.champion import in_canary
+from serve.champion import TRANSACTIONS_PREFIX, in_canary, read_log
 from serve.rollout import RolloutStore, served_rows_since
 from tests.conftest import API_KEY
 from tests.streams import create_stream
@@ -44,7 +46,8 @@ def fraudctl(settings: Settings, *args: str) -> dict[str, Any]:
     finally:
         use_settings(previous)
     assert result.exit_code == 0, result.output
-    return json.loads(result.stdout[result.stdout.index("{"):])
+    text = result.stdout  # Ray Tune may print before the answer: the answer is the last top-level object
+    return json.loads(text[text.rfind("\n{\n") + 1:] if "\n{\n" in text else text)
 
 
 def records(frame: pd.DataFrame, tag: str) -> list[dict[str, Any]]:
@@ -53,7 +56,8 @@ def records(frame: pd.DataFrame, tag: str) -> list[dict[str, Any]]:
     if tag:
         out["transaction_id"] = [f"{tag}-{i}" for i in range(len(out))]
     out["timestamp"] = out["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return [{k: v for k, v in row.items() if v is not None and v == v} for row in out.to_dict(orient="records")]
+    return [{k: v for k, v in row.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
+            for row in out.to_dict(orient="records")]
 
 
 def score(url: str, transactions: list[dict[str, Any]], batch: int = 100) -> list[dict[str, Any]]:
@@ -165,8 +169,10 @@ def test_a_challenger_the_significance_test_prefers_is_promoted(lifecycle: tuple
                                                                 small_history: Any) -> None:
     url, settings = lifecycle
     registry = registry_for(settings)
-    policy = registry.load("champion").ensemble.policy
-    wider = register_variant(settings, RiskPolicy(threshold=policy.medium, medium=policy.medium / 2))
+    # a challenger that alerts on the top tenth of the champion's scores on this traffic: the two disagree often
+    preview = score(url, records(small_history.transactions.tail(400), "promotion-preview"))
+    cut = float(np.quantile([r["fraud_score"] for r in preview], 0.9))
+    wider = register_variant(settings, RiskPolicy(threshold=cut, medium=cut / 2))
     state = fraudctl(settings, "rollout", wider, "--share", "0")  # shadow: only logged, never answered
     assert state["mode"] == "shadow" and reload(url)["challenger"] == wider
     transactions = records(small_history.transactions.tail(400), "promotion")
@@ -183,7 +189,7 @@ def test_a_challenger_the_significance_test_prefers_is_promoted(lifecycle: tuple
     for tid, label in zip(logged["transaction_id"], logged["challenger_is_fraud"]):
         requests.post(f"{url}/api/feedback", json={"transaction_id": tid, "is_fraud": int(label)}, headers=KEY,
                       timeout=30).raise_for_status()
-    wait_until(lambda: registry.resolve("champion") == wider, timeout_s=60 + settings.rollout_promote_check_s,
+    wait_until(lambda: registry.resolve("champion") == wider, timeout_s=120,
                interval_s=1.0, what="the significance test promoting the challenger")
     promoted = RolloutStore(settings).current()
     assert promoted.mode == "promoted" and promoted.events[-1]["reason"].startswith("significance: McNemar")
@@ -206,7 +212,8 @@ def test_retraining_from_kept_transactions_and_feedback_starts_a_challenger_in_s
     for tid in frauds:
         requests.post(f"{url}/api/feedback", json={"transaction_id": tid, "is_fraud": 1}, headers=KEY,
                       timeout=30).raise_for_status()
-    time.sleep(settings.serve_model_refresh_s + 6)  # the transaction log flushes every 5 s
+    wait_until(lambda: set(recent["transaction_id"]) <= set(read_log(settings, TRANSACTIONS_PREFIX)["transaction_id"]),
+               timeout_s=60, interval_s=2.0, what="every scored transaction kept")
 
     summary = fraudctl(settings.model_copy(update={"bootstrap_history": bootstrap}), "retrain", "--trials", "1")
     assert summary["history"]["bootstrap"] == int((history["timestamp"] < cut).sum())
