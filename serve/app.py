@@ -190,6 +190,7 @@ class Ingress:
         self.decision_log = JsonLinesLog(settings, DECISIONS_PREFIX)
         self.feedback_log = JsonLinesLog(settings, FEEDBACK_PREFIX, max_rows=1)
         self.transaction_log = JsonLinesLog(settings, TRANSACTIONS_PREFIX)
+        self._kept: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]] = []  # (records, decisions) to log
         self.rollout = RolloutStore(settings)
         self.guard = guard_actor(settings)  # the cluster's one rollout guard, started with the app
         self.rule_store = RuleStore(settings)
@@ -209,7 +210,8 @@ class Ingress:
         while True:
             await asyncio.sleep(self.decision_log.max_age_s)
             await asyncio.to_thread(self.decision_log.flush)
-            await asyncio.to_thread(self.transaction_log.flush)
+            kept, self._kept = self._kept, []
+            await asyncio.to_thread(self._keep_transactions, kept)
             self.reporter.flush()
 
     # -- models ---------------------------------------------------------------------------------------------
@@ -276,8 +278,13 @@ class Ingress:
             decision["processing_time_ms"] = round(elapsed_ms, 3)
         self.reporter.add(scored=len(decisions), alerts=alerts, latency_ms=elapsed_ms, decisions=decisions,
                           transactions=transactions, rule_matches=rule_matches)
-        self.transaction_log.append(transaction_rows(records, decisions))
+        self._kept.append((records, decisions))  # turned into log rows and written by _flush_logs
         return decisions
+
+    def _keep_transactions(self, kept: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]]) -> None:
+        self.transaction_log.append([row for records, decisions in kept
+                                     for row in transaction_rows(records, decisions)])
+        self.transaction_log.flush()
 
     async def _canary(self, records: list[dict[str, Any]], x: np.ndarray, decisions: list[dict[str, Any]],
                       canary: list[bool], explain: bool) -> list[dict[str, Any]]:

@@ -236,13 +236,13 @@ class RolloutGuard:
         self.models = ModelSet(settings)
         self.bounds = GuardBounds.from_settings(settings)
         self.stats = stats_actor()
-        self._stop = threading.Event()
         self._last_promotion_check = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name="rollout-guard", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.settings.rollout_guard_interval_s):
+        while True:
+            time.sleep(self.settings.rollout_guard_interval_s)
             try:
                 self.check_guardrails()
                 if time.monotonic() - self._last_promotion_check >= self.settings.rollout_promote_check_s:
@@ -283,14 +283,6 @@ class RolloutGuard:
             self.models.registry.promote(state.version)
             self.store.promoted(state.version, f"significance: {reason}")
         return reason
-
-    def status(self) -> dict[str, Any]:
-        state = self.store.current()
-        champion, challenger = self.measured(state)
-        return {"state": state.to_dict(), "champion": champion, "challenger": challenger}
-
-    def stop(self) -> None:
-        self._stop.set()
 
 
 def guard_actor(settings: Settings) -> Any:
