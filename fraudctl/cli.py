@@ -239,8 +239,8 @@ def retrain(
 
 @app.command()
 def compare() -> None:
-    """Champion vs challenger on labelled feedback: precision, recall and McNemar's test."""
-    from serve.champion import run_compare
+    """Champion vs the rollout's challenger on labelled feedback: precision, recall and McNemar's test."""
+    from serve.rollout import run_compare
 
     typer.echo(json.dumps(run_compare(get_settings()), indent=2, default=str))
 

@@ -144,7 +144,3 @@ def compare(decisions: pd.DataFrame, feedback: pd.DataFrame, alpha: float = 0.05
             "challenger": {"versions": sorted(joined["challenger_version"].unique()),
                            **_precision_recall(challenger, truth)},
             "significance": {**test, "alpha": alpha, "significant": test["p_value"] < alpha}}
-
-
-def run_compare(settings: Settings) -> dict[str, Any]:
-    return compare(read_log(settings, DECISIONS_PREFIX), read_log(settings, FEEDBACK_PREFIX))

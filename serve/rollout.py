@@ -292,6 +292,16 @@ def guard_actor(settings: Settings) -> Any:
         lifetime="detached", num_cpus=0, max_restarts=-1, max_concurrency=4).remote(settings)
 
 
+def run_compare(settings: Settings) -> dict[str, Any]:
+    """``fraudctl compare``: the champion against the rollout's challenger (or the settings' one), on the labelled
+    transactions both decided since that rollout started."""
+    state = RolloutStore(settings).current()
+    version = registry_for(settings).resolve(state.version) if state.version else None
+    if version is None:
+        return {"labelled": 0, "note": "no challenger: start one with fraudctl rollout"}
+    return compare(served_rows_since(settings, version, state.since), read_log(settings, FEEDBACK_PREFIX))
+
+
 def rollout_status(settings: Settings) -> dict[str, Any]:
     """``fraudctl rollout --status``: the state (stored, or the settings' default) and the champion."""
     store = RolloutStore(settings)

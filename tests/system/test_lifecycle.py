@@ -50,7 +50,7 @@ def fraudctl(settings: Settings, *args: str) -> dict[str, Any]:
     return json.loads(text[text.rfind("\n{\n") + 1:] if "\n{\n" in text else text)
 
 
-def records(frame: pd.DataFrame, tag: str) -> list[dict[str, Any]]:
+def records(frame: pd.DataFrame, tag: str | None) -> list[dict[str, Any]]:
     """Transactions as HTTP bodies, ids made unique to the test (``tag``; None keeps the simulated ids)."""
     out = frame.drop(columns=["is_fraud", "fraud_scenario"], errors="ignore").reset_index(drop=True).copy()
     if tag:
@@ -206,8 +206,9 @@ def test_retraining_from_kept_transactions_and_feedback_starts_a_challenger_in_s
     history = small_history.transactions
     cut = history["timestamp"].min() + pd.Timedelta(days=12)
     bootstrap = write_transactions(history[history["timestamp"] < cut], tmp_path / "bootstrap.parquet")
-    recent = history[history["timestamp"] >= cut]
-    score(url, records(recent, ""), batch=1000)  # kept by the app's transaction log
+    recent = history[history["timestamp"] >= cut].reset_index(drop=True)
+    recent["transaction_id"] = [f"retrain-{i}" for i in range(len(recent))]  # ids of this test's own: alerts once
+    score(url, records(recent, None), batch=1000)  # kept by the app's transaction log
     frauds = recent.loc[recent["is_fraud"] == 1, "transaction_id"]
     for tid in frauds:
         requests.post(f"{url}/api/feedback", json={"transaction_id": tid, "is_fraud": 1}, headers=KEY,
