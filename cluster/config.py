@@ -83,6 +83,25 @@ class Settings(BaseSettings):
     serve_model_refresh_s: float = Field(10.0, gt=0)
     challenger: str | None = None  # a model version (or "latest") scored beside the champion
     canary_share: float = Field(0.0, ge=0, le=1)  # share of traffic whose answer comes from the challenger
+    # Guarded rollout (serve/rollout.py): a stored rollout state (``fraudctl rollout``) overrides the two settings
+    # above. The guard compares the challenger's served rows with the champion's over the last
+    # ``rollout_window_s`` once both have ``rollout_min_rows``, and rolls back when a rate leaves its bound
+    # (challenger <= factor x champion + slack).
+    rollout_guard_interval_s: float = Field(2.0, gt=0)
+    rollout_window_s: float = Field(600.0, gt=0)
+    rollout_min_rows: int = Field(200, ge=1)
+    rollout_rate_factor: float = Field(2.0, ge=1)      # alert (HIGH) and review (MEDIUM) rates
+    rollout_rate_slack: float = Field(0.02, ge=0)
+    rollout_error_slack: float = Field(0.01, ge=0)     # challenger error rate <= champion's + this
+    rollout_latency_factor: float = Field(3.0, ge=1)   # p99: a canary request runs two model passes
+    rollout_latency_slack_ms: float = Field(100.0, ge=0)
+    # Promotion on labelled feedback: McNemar's test on the transactions both models decided, every this often
+    rollout_promote_check_s: float = Field(60.0, gt=0)
+    rollout_promote_min_labels: int = Field(200, ge=1)
+    rollout_promote_alpha: float = Field(0.05, gt=0, lt=1)
+    # ``fraudctl retrain`` adds this labelled history to the kept transactions; unset: ``bootstrap_history`` (the
+    # one ``fraudctl up`` trained its first model on) when it exists
+    retrain_history: Path | None = None
     ui_port: int = 7860
     data_dir: Path = Path(".fraud")
 

@@ -184,16 +184,65 @@ def evaluate(
 
 @app.command()
 def promote(version: Annotated[str, typer.Argument(help="Model version to make the champion.")]) -> None:
-    """Make VERSION the champion; a running Serve app switches within its refresh interval (or at once)."""
-    from serve.champion import run_promote
+    """Make VERSION the champion (recorded in the rollout state); a running Serve app switches within its refresh
+    interval (or at once)."""
+    from serve.rollout import run_promote
 
     typer.echo(json.dumps(run_promote(get_settings(), version), indent=2))
 
 
 @app.command()
+def rollout(
+    version: Annotated[str | None, typer.Argument(metavar="VERSION", help="Model version (or 'latest') to serve beside the "
+                                                       "champion.")] = None,
+    share: Annotated[float | None, typer.Option("--share", min=0.0, max=1.0,
+                                                help="Share of traffic it answers, by transaction_id hash "
+                                                     "(0: shadow, scored and logged only).")] = None,
+    status: Annotated[bool, typer.Option("--status", help="Print the rollout state as JSON.")] = False,
+) -> None:
+    """Serve a share of traffic from VERSION, with guardrails that roll it back by themselves."""
+    from serve.rollout import rollout_status, run_rollout
+    from training.registry import ModelNotFound
+
+    settings = get_settings()
+    if status:
+        typer.echo(json.dumps(rollout_status(settings), indent=2))
+        return
+    if version is None or share is None:
+        raise typer.BadParameter("give VERSION and --share F, or --status", param_hint="VERSION")
+    try:
+        typer.echo(json.dumps(run_rollout(settings, version, share), indent=2))
+    except ModelNotFound as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def retrain(
+    since: Annotated[str | None, typer.Option("--since", help="Oldest transaction used (YYYY-MM-DD).")] = None,
+    trials: Annotated[int | None, typer.Option("--trials", min=1, help="Ray Tune trials per model (default: "
+                                                                       "fraudctl train's budget).")] = None,
+    objective: Annotated[str, typer.Option("--objective", help="Threshold policy: f1 or cost.")] = "f1",
+) -> None:
+    """Train on the kept transactions plus feedback labels, register a challenger and start it in shadow."""
+    from serve.retrain import run_retrain
+
+    try:
+        summary = run_retrain(get_settings(), since=date.fromisoformat(since) if since else None, trials=trials,
+                              objective=objective)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    history = summary["history"]
+    typer.echo(f"challenger {summary['version']} in shadow: {history['rows']} rows ({history['frauds']} frauds), "
+               f"test AP {summary['metrics'].get('average_precision')}", err=True)
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@app.command()
 def compare() -> None:
-    """Champion vs challenger on labelled feedback: precision, recall and McNemar's test."""
-    from serve.champion import run_compare
+    """Champion vs the rollout's challenger on labelled feedback: precision, recall and McNemar's test."""
+    from serve.rollout import run_compare
 
     typer.echo(json.dumps(run_compare(get_settings()), indent=2, default=str))
 

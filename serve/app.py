@@ -88,10 +88,19 @@ from serve.api import (
     rule_set_response,
 )
 from serve.cases import CaseClosed, CaseNotFound, CaseStore
-from serve.champion import DECISIONS_PREFIX, FEEDBACK_PREFIX, JsonLinesLog, decision_rows, in_canary
+from serve.champion import (
+    DECISIONS_PREFIX,
+    FEEDBACK_PREFIX,
+    TRANSACTIONS_PREFIX,
+    JsonLinesLog,
+    decision_rows,
+    in_canary,
+    transaction_rows,
+)
 from serve.coalesce import Coalescer
 from serve.lists import ListCache, ListStore
 from serve.monitoring import MonitoringReporter
+from serve.rollout import RolloutStore, guard_actor, read_routing
 from serve.rule_store import RuleCache, RuleStore
 from serve.runtime import serve_env
 from serve.scoring import ModelSet, apply_rules, canonical_columns, combine, scoring_record, split_rows
@@ -196,12 +205,17 @@ class Ingress:
         self.monitor = MonitoringReporter(settings)
         self.decision_log = JsonLinesLog(settings, DECISIONS_PREFIX)
         self.feedback_log = JsonLinesLog(settings, FEEDBACK_PREFIX, max_rows=1)
+        self.transaction_log = JsonLinesLog(settings, TRANSACTIONS_PREFIX)
+        self._kept: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]] = []  # (records, decisions) to log
+        self.rollout = RolloutStore(settings)
+        self.guard = guard_actor(settings)  # the cluster's one rollout guard, started with the app
         self.rule_store = RuleStore(settings)
         self.list_store = ListStore(settings)
         self.rules = RuleCache(settings, self.rule_store, ListCache(settings, self.list_store))
         self.cases = CaseStore(settings)
         self.champion: str | None = None
         self.challenger: str | None = None
+        self.canary_share = 0.0
         self._refreshed = 0.0
         self._background: set[asyncio.Task] = set()
         self._flushers: list[asyncio.Task] = []
@@ -213,6 +227,8 @@ class Ingress:
         while True:
             await asyncio.sleep(self.decision_log.max_age_s)
             await asyncio.to_thread(self.decision_log.flush)
+            kept, self._kept = self._kept, []
+            await asyncio.to_thread(self._keep_transactions, kept)
             self.reporter.flush()
 
     async def _flush_monitoring(self) -> None:
@@ -225,14 +241,14 @@ class Ingress:
     async def _refresh_versions(self, force: bool = False) -> None:
         if not force and time.monotonic() - self._refreshed < self.settings.serve_model_refresh_s:
             return
-        champion = await asyncio.to_thread(self.models.resolve, "champion")
-        challenger = self.settings.challenger and await asyncio.to_thread(self.models.resolve, self.settings.challenger)
+        routing = await asyncio.to_thread(read_routing, self.rollout, self.models)
+        champion, challenger = routing.champion, routing.challenger
         if champion is None:
             raise ApiError(503, [{"field": "model", "message": "no champion model in the registry"}], "no model")
         for version in {champion, challenger} - {None}:
             await asyncio.to_thread(self.models.scorer, version)
             await asyncio.gather(self.xgboost.ready.remote(version), self.autoencoder.ready.remote(version))
-        self.champion, self.challenger = champion, (challenger if challenger != champion else None)
+        self.champion, self.challenger, self.canary_share = champion, challenger, routing.share
         self._refreshed = time.monotonic()
 
     # -- scoring --------------------------------------------------------------------------------------------
@@ -291,11 +307,9 @@ class Ingress:
         ids = [t.transaction_id for t in transactions]
         x, decisions, columns = await self.champion_pass((records, explain))
         if self.challenger is not None:
-            canary = [in_canary(tid, self.settings.canary_share) for tid in ids]
+            canary = [in_canary(tid, self.canary_share) for tid in ids]
             if any(canary):
-                challenger_decisions = await self._decide(self.challenger, records, x, [explain] * len(records))
-                self._log_challenger(decisions, challenger_decisions, canary)
-                decisions = [b if c else a for a, b, c in zip(decisions, challenger_decisions, canary)]
+                decisions = await self._canary(records, x, decisions, canary, explain)
             else:
                 self._in_background(self._shadow(records, x, decisions))
         rule_matches = await asyncio.to_thread(self._apply_rules, decisions, columns, x)
@@ -306,7 +320,27 @@ class Ingress:
             decision["processing_time_ms"] = round(elapsed_ms, 3)
         self.reporter.add(scored=len(decisions), alerts=alerts, latency_ms=elapsed_ms, decisions=decisions,
                           transactions=transactions, rule_matches=rule_matches)
+        self._kept.append((records, decisions))  # turned into log rows and written by _flush_logs
         return decisions
+
+    def _keep_transactions(self, kept: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]]) -> None:
+        self.transaction_log.append([row for records, decisions in kept
+                                     for row in transaction_rows(records, decisions)])
+        self.transaction_log.flush()
+
+    async def _canary(self, records: list[dict[str, Any]], x: np.ndarray, decisions: list[dict[str, Any]],
+                      canary: list[bool], explain: bool) -> list[dict[str, Any]]:
+        """The canary rows answered by the challenger; if it fails they keep the champion's answers, and the
+        failure counts against the challenger (the rollout guard's error rate)."""
+        challenger = self.challenger
+        try:
+            challenger_decisions = await self._decide(challenger, records, x, [explain] * len(records))
+        except Exception:
+            log.exception("challenger %s failed on %d rows; the champion answers them", challenger, sum(canary))
+            self.reporter.model_errors(challenger, sum(canary))
+            return decisions
+        self._log_challenger(decisions, challenger_decisions, canary)
+        return [b if c else a for a, b, c in zip(decisions, challenger_decisions, canary)]
 
     def _apply_rules(self, decisions: list[dict[str, Any]], columns: Columns,
                      x: np.ndarray) -> dict[str, dict[str, int]]:

@@ -2,7 +2,9 @@
 precision/recall of each on the labelled transactions with McNemar's test (paired: same transactions).
 
 Logs and labels are JSON-lines objects in the model bucket (``decisions/`` and ``feedback/``), written in batches,
-so the comparison sees every replica's decisions and labels survive restarts (they also feed retraining).
+so the comparison sees every replica's decisions and labels survive restarts. ``transactions/`` keeps every scored
+transaction (canonical fields, score, risk level, model version): with the labels, the history ``fraudctl
+retrain`` trains on.
 """
 
 from __future__ import annotations
@@ -15,18 +17,17 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-import httpx
 import numpy as np
 import pandas as pd
 from scipy.stats import binomtest, chi2
 
 from cluster.aws import client
 from cluster.config import Settings
-from serve.api import API_KEY_HEADER
-from training.registry import registry_for
+from cluster.schema import format_timestamp
 
 DECISIONS_PREFIX = "decisions/"
 FEEDBACK_PREFIX = "feedback/"
+TRANSACTIONS_PREFIX = "transactions/"  # every scored transaction with its decision: history for retraining
 
 
 def in_canary(transaction_id: str, share: float) -> bool:
@@ -47,6 +48,11 @@ class JsonLinesLog:
         self._since = time.monotonic()
         self._lock = threading.Lock()
 
+    def append(self, rows: list[dict[str, Any]]) -> None:
+        """Buffer only, never write: for the hot path, with a background task calling ``flush``."""
+        with self._lock:
+            self._rows.extend(rows)
+
     def add(self, rows: list[dict[str, Any]]) -> None:
         with self._lock:
             self._rows.extend(rows)
@@ -66,11 +72,15 @@ class JsonLinesLog:
         return len(rows)
 
 
-def read_log(settings: Settings, prefix: str) -> pd.DataFrame:
+def read_log(settings: Settings, prefix: str, since: str | None = None) -> pd.DataFrame:
+    """Every row under ``prefix``; with ``since`` (an ISO time) only the files of that day and later."""
     s3 = client("s3", settings)
     rows: list[dict[str, Any]] = []
+    first_day = f"{prefix}{since[:10]}" if since else ""
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=settings.model_bucket, Prefix=prefix):
         for item in page.get("Contents", []):
+            if item["Key"] < first_day:
+                continue
             body = s3.get_object(Bucket=settings.model_bucket, Key=item["Key"])["Body"].read().decode()
             rows.extend(json.loads(line) for line in body.splitlines() if line.strip())
     return pd.DataFrame(rows)
@@ -84,6 +94,14 @@ def decision_rows(champion: list[dict[str, Any]], challenger: list[dict[str, Any
              "challenger_version": b["model_version"], "challenger_score": b["fraud_score"],
              "challenger_is_fraud": b["is_fraud"], "served": "challenger" if served else "champion"}
             for a, b, served in zip(champion, challenger, served_by_challenger)]
+
+
+def transaction_rows(records: list[dict[str, Any]], decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What the transaction log keeps of each scored transaction: its canonical fields and the answer it got."""
+    logged_at = datetime.now(timezone.utc).isoformat()
+    return [{**record, "timestamp": format_timestamp(record["timestamp"]), "fraud_score": decision["fraud_score"],
+             "risk_level": decision["risk_level"], "model_version": decision["model_version"], "logged_at": logged_at}
+            for record, decision in zip(records, decisions)]
 
 
 def mcnemar(champion_correct: np.ndarray, challenger_correct: np.ndarray) -> dict[str, Any]:
@@ -126,20 +144,3 @@ def compare(decisions: pd.DataFrame, feedback: pd.DataFrame, alpha: float = 0.05
             "challenger": {"versions": sorted(joined["challenger_version"].unique()),
                            **_precision_recall(challenger, truth)},
             "significance": {**test, "alpha": alpha, "significant": test["p_value"] < alpha}}
-
-
-def run_compare(settings: Settings) -> dict[str, Any]:
-    return compare(read_log(settings, DECISIONS_PREFIX), read_log(settings, FEEDBACK_PREFIX))
-
-
-def run_promote(settings: Settings, version: str) -> dict[str, Any]:
-    """Move the champion pointer, then ask a running app (if any) to switch now rather than at its next refresh."""
-    registry_for(settings).promote(version)
-    headers = {API_KEY_HEADER: settings.api_key} if settings.api_key else {}
-    try:
-        answer = httpx.post(f"http://{settings.api_host}:{settings.api_port}/api/admin/reload", headers=headers,
-                            timeout=30)
-        serving = answer.json() if answer.is_success else f"reload refused: HTTP {answer.status_code}"
-    except httpx.ConnectError:
-        serving = "no app running; it will load the new champion when it starts"
-    return {"champion": version, "serving": serving}

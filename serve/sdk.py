@@ -5,10 +5,15 @@ run (``serve.scoring``), so a transaction gets the same score here as over HTTP 
     detector.predict({"transaction_id": "t1", ...})  # -> {fraud_score, is_fraud, risk_level, factors, ...}
     detector.predict_batch(frame_or_list)
     detector.predict(transaction, explain=True)      # LOW decisions get their factors too, labelled either way
+
+A stream consumer makes it ``follow`` the rollout (``serve.rollout.Routing``): the canary share of transactions
+(by transaction_id, as over HTTP) is answered by the challenger, and every challenger decision is kept for the
+champion/challenger log.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -19,11 +24,16 @@ from cluster.feature_state import OnlineFeatures, StreamPlacement
 from cluster.features import Columns
 from cluster.schema import Transaction, validate_frame
 from serve.api import ApiError, parse_transaction
+from serve.champion import decision_rows, in_canary
 from serve.monitoring import MonitoringReporter
+from serve.rollout import Routing
 from serve.rule_store import RuleCache
 from serve.scoring import ModelSet, apply_rules, canonical_columns, combine, scoring_record
 from serve.stats import add_matches
 from training.predict import ae_scores, xgb_scores
+from training.registry import ModelBundle
+
+log = logging.getLogger(__name__)
 
 
 class InvalidTransaction(ValueError):
@@ -42,12 +52,16 @@ class FraudDetector:
                  feature_state: str = "sdk", restore_from: str | None = None, rules: RuleCache | None = None,
                  monitor: MonitoringReporter | None = None):
         self.settings = settings or get_settings()
-        models = ModelSet(self.settings)
-        version = models.resolve(model)
+        self.models = ModelSet(self.settings)
+        version = self.models.resolve(model)
         if version is None:
             raise LookupError(f"no {model!r} model in the registry; run `fraudctl train` first")
-        self.bundle = models.scorer(version).bundle
+        self.bundle = self.models.scorer(version).bundle
         self.version = version
+        self.challenger: ModelBundle | None = None
+        self.canary_share = 0.0
+        self.challenger_rows: list[dict[str, Any]] = []  # champion/challenger pairs (``serve.champion``)
+        self.challenger_errors: dict[str, int] = {}  # version -> rows it failed to score
         self.features = features or OnlineFeatures(self.settings, name=feature_state, restore_from=restore_from)
         self.rules = rules or RuleCache(self.settings)
         self.rule_matches: dict[str, dict[str, int]] = {}
@@ -81,19 +95,51 @@ class FraudDetector:
         return self._decide(canonical_columns([scoring_record(t) for t in transactions]), started,
                             placement=placement)
 
+    def follow(self, routing: Routing) -> None:
+        """Answer from the routing's champion, and its canary share from the challenger (None: no challenger)."""
+        if routing.champion is not None and routing.champion != self.version:
+            self.bundle, self.version = self.models.scorer(routing.champion).bundle, routing.champion
+        self.challenger = self.models.scorer(routing.challenger).bundle if routing.challenger else None
+        self.canary_share = routing.share
+
+    def take_challenger_log(self) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        """The champion/challenger decision pairs and the challenger's failed rows since the last call."""
+        rows, errors = self.challenger_rows, self.challenger_errors
+        self.challenger_rows, self.challenger_errors = [], {}
+        return rows, errors
+
     def take_rule_matches(self) -> dict[str, dict[str, int]]:
         """The rows each rule matched since the last call (for the stats)."""
         matches, self.rule_matches = self.rule_matches, {}
         return matches
 
+    def _combine(self, bundle: ModelBundle, batch: Columns, x: Any, explain: bool) -> list[dict[str, Any]]:
+        return combine(bundle, list(batch["transaction_id"]), x, xgb_scores(bundle, x), ae_scores(bundle, x),
+                       currencies=list(batch["currency"]), explain_low=[explain] * len(x) if explain else None)
+
+    def _with_challenger(self, batch: Columns, x: Any, decisions: list[dict[str, Any]],
+                         explain: bool) -> list[dict[str, Any]]:
+        """Every row scored by the challenger too (shadow), its canary share answered by it; a failure leaves the
+        champion's answers and counts against the challenger."""
+        challenger = self.challenger
+        canary = [in_canary(tid, self.canary_share) for tid in batch["transaction_id"]]
+        try:
+            challenger_decisions = self._combine(challenger, batch, x, explain)
+        except Exception:
+            log.exception("challenger %s failed on %d rows; the champion answers them", challenger.version, len(x))
+            self.challenger_errors[challenger.version] = self.challenger_errors.get(challenger.version, 0) + sum(canary)
+            return decisions
+        self.challenger_rows.extend(decision_rows(decisions, challenger_decisions, canary))
+        return [b if c else a for a, b, c in zip(decisions, challenger_decisions, canary)]
+
     def _decide(self, batch: Columns, started: float, explain: bool = False,
                 placement: StreamPlacement | None = None) -> list[dict[str, Any]]:
         x = self.features.matrix(batch, placement)
-        decisions = combine(self.bundle, list(batch["transaction_id"]), x, xgb_scores(self.bundle, x),
-                            ae_scores(self.bundle, x), currencies=list(batch["currency"]),
-                            explain_low=[explain] * len(x) if explain else None)
+        decisions = self._combine(self.bundle, batch, x, explain)
         if self.monitor is not None:
             self.monitor.add(self.bundle, x, decisions, batch)
+        if self.challenger is not None:
+            decisions = self._with_challenger(batch, x, decisions, explain)
         add_matches(self.rule_matches, apply_rules(self.rules.current(), decisions, batch, x))
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         for decision in decisions:

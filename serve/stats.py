@@ -2,7 +2,8 @@
 the stream scorer and the producers) reports to, so the figures cover the whole cluster rather than one replica.
 
 Only production figures: beside the contract's counters, last-minute flagged and alert counts, how far behind each
-stream consumer is, and the latest HIGH decisions with their reasons. Decisions carry no ground truth; the
+stream consumer is, the latest HIGH decisions with their reasons, and per serving model version the decisions,
+HIGH (alert) and MEDIUM (review) counts, errors and latencies that the rollout guard (``serve/rollout.py``) compares. Decisions carry no ground truth; the
 simulation's scoreboard (``simulation/scoreboard.py``) joins it by transaction_id for the dashboard.
 """
 
@@ -19,7 +20,7 @@ import ray
 
 from cluster.runtime import ACTOR_NAMESPACE
 from cluster.schema import Transaction
-from training.policy import HIGH
+from training.policy import HIGH, MEDIUM
 
 STATS_ACTOR = "serve-stats"
 RESERVOIR = 20_000       # at most this many of the newest latencies / lags feed the percentiles
@@ -28,14 +29,17 @@ TPS_WINDOW_S = 10.0
 RATE_WINDOW_S = 60.0     # the flagged share and alerts/min are over the last minute
 RECENT_ALERTS = 50
 ALERT_FIELDS = ("user_id", "merchant_id", "amount", "currency", "channel", "country")
+MODEL_WINDOW_S = 3600.0  # per-model counts are kept this long (the guard reads a window within it)
+MODEL_COUNTS = ("decisions", "high", "review", "errors")
 
 
 class StatsCollector:
     """Totals, a sliding window of scored counts for tps, the latest latencies / stream lags, last-minute flagged
     and alert counts, and the recent alerts."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
+    def __init__(self, clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time
+                 ) -> None:
+        self.clock, self.wall_clock = clock, wall_clock
         self.totals = {"produced": 0, "scored": 0, "alerts": 0}
         self.flagged = 0
         self.latencies = RecentValues()
@@ -45,12 +49,18 @@ class StatsCollector:
         self.alerts: deque[dict[str, Any]] = deque(maxlen=RECENT_ALERTS)
         self.consumers: dict[str, tuple[float, int]] = {}  # shard -> (reported at, Kinesis MillisBehindLatest)
         self.rule_matches: dict[str, dict[str, int]] = {}  # rule id -> {"active"|"shadow": rows matched}
+        # per report and model version, over MODEL_WINDOW_S: (wall time, version, MODEL_COUNTS...) and latencies
+        self.model_counts: deque[tuple[float, str, int, int, int, int]] = deque()
+        self.model_latencies: deque[tuple[float, str, np.ndarray]] = deque()
 
     def record(self, *, scored: int = 0, alerts: int = 0, produced: int = 0, latencies_ms: Sequence[float] = (),
                stream_lags_ms: Sequence[float] = (), flagged: int = 0, alert_details: Sequence[dict[str, Any]] = (),
                consumers: dict[str, int] | None = None,
-               rule_matches: dict[str, dict[str, int]] | None = None) -> None:
+               rule_matches: dict[str, dict[str, int]] | None = None,
+               models: dict[str, Sequence[int]] | None = None,
+               model_latencies: dict[str, Sequence[float]] | None = None) -> None:
         now = self.clock()
+        self._record_models(models or {}, model_latencies or {})
         add_matches(self.rule_matches, rule_matches or {})
         self.consumers.update({shard: (now, behind) for shard, behind in (consumers or {}).items()})
         self.totals["scored"] += scored
@@ -62,6 +72,38 @@ class StatsCollector:
         self.alerts.extend(alert_details)
         if scored or alerts:
             self.recent.append((now, scored, flagged, alerts))
+
+    def _record_models(self, models: dict[str, Sequence[int]], latencies: dict[str, Sequence[float]]) -> None:
+        at = self.wall_clock()
+        for version, counts in models.items():
+            self.model_counts.append((at, version, *(int(c) for c in counts)))
+        for version, values in latencies.items():
+            if len(values):
+                self.model_latencies.append((at, version, np.asarray(values, dtype=np.float64)))
+        for entries in (self.model_counts, self.model_latencies):
+            while entries and entries[0][0] < at - MODEL_WINDOW_S:
+                entries.popleft()
+
+    def models_since(self, start: float) -> dict[str, dict[str, Any]]:
+        """Per model version, what it served since ``start`` (a wall-clock time): rows (decisions + errors), the
+        counts, alert / review / error rates and the latency p99 of the requests or batches it answered."""
+        totals: dict[str, list[int]] = {}
+        for at, version, *counts in self.model_counts:
+            if at >= start:
+                into = totals.setdefault(version, [0] * len(MODEL_COUNTS))
+                for i, count in enumerate(counts):
+                    into[i] += count
+        figures = {}
+        for version, counts in totals.items():
+            decisions, high, review, errors = counts
+            latencies = [values for at, v, values in self.model_latencies if v == version and at >= start]
+            figures[version] = {
+                "rows": decisions + errors, **dict(zip(MODEL_COUNTS, counts)),
+                "alert_rate": round(high / decisions, 6) if decisions else 0.0,
+                "review_rate": round(review / decisions, 6) if decisions else 0.0,
+                "error_rate": round(errors / (decisions + errors), 6) if decisions + errors else 0.0,
+                "latency_p99_ms": percentile_summary(np.concatenate(latencies) if latencies else [])["p99"]}
+        return figures
 
     def _trim(self, now: float) -> None:
         while self.recent and self.recent[0][0] < now - RATE_WINDOW_S:
@@ -157,7 +199,12 @@ class StatsReporter:
     @staticmethod
     def _empty() -> dict[str, Any]:
         return {"scored": 0, "alerts": 0, "latencies_ms": [], "stream_lags_ms": [], "flagged": 0,
-                "alert_details": deque(maxlen=RECENT_ALERTS), "consumers": {}, "rule_matches": {}}
+                "alert_details": deque(maxlen=RECENT_ALERTS), "consumers": {}, "rule_matches": {},
+                "models": {}, "model_latencies": {}}
+
+    def model_errors(self, version: str, rows: int) -> None:
+        """Rows a model version failed to score (they were answered by the champion instead)."""
+        self._pending["models"].setdefault(version, [0] * len(MODEL_COUNTS))[3] += rows
 
     def consumer_behind(self, shard_id: str, millis_behind_latest: int) -> None:
         """How far a stream consumer's shard is ahead of it (Kinesis ``MillisBehindLatest``), sent with the next
@@ -176,8 +223,16 @@ class StatsReporter:
         pending["latencies_ms"].append(latency_ms)
         pending["stream_lags_ms"].extend(stream_lags_ms)
         decided_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        served: set[str] = set()
         for position, decision in enumerate(decisions):
             pending["flagged"] += bool(decision["is_fraud"])
+            version = decision.get("model_version")
+            if version is not None:
+                counts = pending["models"].setdefault(version, [0] * len(MODEL_COUNTS))
+                counts[0] += 1
+                counts[1] += decision["risk_level"] == HIGH
+                counts[2] += decision["risk_level"] == MEDIUM
+                served.add(version)
             if decision["risk_level"] == HIGH:
                 transaction = transactions[position] if position < len(transactions) else None
                 details = {field: getattr(transaction, field, None) for field in ALERT_FIELDS}
@@ -185,6 +240,8 @@ class StatsReporter:
                     "decided_at": decided_at, "transaction_id": decision["transaction_id"],
                     "fraud_score": decision["fraud_score"], "factors": list(decision.get("factors") or []),
                     "model_version": decision.get("model_version"), **details})
+        for version in served:  # a batch answered by two models took as long for both
+            pending["model_latencies"].setdefault(version, []).append(latency_ms)
         if time.monotonic() - self._last_flush >= self.flush_every_s:
             self.flush()
 

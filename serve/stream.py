@@ -49,7 +49,10 @@ from cluster.kinesis import (
 from cluster.schema import Transaction, field_errors
 from serve.alerts import AlertPublisher
 from serve.cases import CaseStore
+from serve.champion import DECISIONS_PREFIX, TRANSACTIONS_PREFIX, JsonLinesLog, transaction_rows
 from serve.monitoring import MonitoringReporter
+from serve.rollout import RolloutStore, guard_actor, read_routing
+from serve.scoring import scoring_record
 from serve.sdk import FraudDetector
 from serve.stats import StatsReporter
 
@@ -82,6 +85,11 @@ class ShardConsumer:
         self.leases = LeaseTable(self.settings)
         self.monitor = MonitoringReporter(self.settings)
         self.detector = FraudDetector(self.settings, model=model, feature_state=feature_state, monitor=self.monitor)
+        # following the champion pointer and the rollout unless pinned to a version
+        self.rollout = RolloutStore(self.settings) if model == "champion" else None
+        self._routing_read = 0.0
+        self.decision_log = JsonLinesLog(self.settings, DECISIONS_PREFIX)
+        self.transaction_log = JsonLinesLog(self.settings, TRANSACTIONS_PREFIX)
         self.alerts = AlertPublisher(self.settings)
         self.cases = CaseStore(self.settings)
         self.stats = StatsReporter()
@@ -157,7 +165,17 @@ class ShardConsumer:
             self.status.checkpoint, self.status.finished = SHARD_END, True
         self.stats.flush()
         self.monitor.flush()
+        self.decision_log.flush()
+        self.transaction_log.flush()
         return self.get_status()
+
+    def _follow_rollout(self) -> None:
+        """Re-read the champion and the rollout as the ingress does (every ``serve_model_refresh_s``), so a
+        transaction gets the same model here as over HTTP."""
+        if self.rollout is None or time.monotonic() - self._routing_read < self.settings.serve_model_refresh_s:
+            return
+        self.detector.follow(read_routing(self.rollout, self.detector.models))
+        self._routing_read = time.monotonic()
 
     def _score(self, records: list[dict[str, Any]]) -> ScoredBatch:
         started = time.perf_counter()
@@ -170,19 +188,22 @@ class ShardConsumer:
             self._note_rejected([line for record in records for line in lines(record["Data"])],
                                 [tx for tx, *_ in decoded])
         transactions = [tx for tx, _, _, _ in valid]
+        self._follow_rollout()
         placement = StreamPlacement([(self.shard, position(r["SequenceNumber"], 0)) for r in records],
                                     np.array([index for _, _, index, _ in valid], np.int64),
                                     np.array([line_no for _, _, _, line_no in valid], np.int64),
                                     {self.shard: self.read_after})
         decisions = self.detector.predict_transactions(transactions, placement) if valid else []
         self.read_after = after_record(records[-1]["SequenceNumber"])
+        challenger_rows, challenger_errors = self.detector.take_challenger_log()
         rule_matches = self.detector.take_rule_matches()
         decided_at = datetime.now(timezone.utc)
         lags = [(decided_at - record["ApproximateArrivalTimestamp"]).total_seconds() * 1000.0
                 for _, record, _, _ in valid]
         return ScoredBatch(transactions=transactions, decisions=decisions,
                            lags_ms=lags, decided_at=decided_at, invalid=len(decoded) - len(valid),
-                           checkpoint=records[-1]["SequenceNumber"], started=started, rule_matches=rule_matches)
+                           checkpoint=records[-1]["SequenceNumber"], started=started, rule_matches=rule_matches,
+                           challenger_rows=challenger_rows, challenger_errors=challenger_errors)
 
     def _note_rejected(self, raw: list[bytes], decoded: list[Transaction | None]) -> None:
         """The fields of each invalid record, for monitoring's rejected inputs (invalid records are rare: each is
@@ -209,6 +230,11 @@ class ShardConsumer:
             self.stats.add(scored=scored, alerts=alerts, latency_ms=elapsed_ms / scored, stream_lags_ms=batch.lags_ms,
                            decisions=batch.decisions, transactions=batch.transactions,
                            rule_matches=batch.rule_matches)
+            for version, rows in batch.challenger_errors.items():
+                self.stats.model_errors(version, rows)
+            self.decision_log.add(batch.challenger_rows)
+            self.transaction_log.add(transaction_rows([scoring_record(t) for t in batch.transactions],
+                                                      batch.decisions))
             self.status.scored += scored
             self.status.alerts += alerts
             if self.monitor.due():  # binned here, in the writer thread, while the next batch is scored
@@ -240,6 +266,8 @@ class ScoredBatch:
     checkpoint: str
     started: float
     rule_matches: dict[str, dict[str, int]]
+    challenger_rows: list[dict[str, Any]]
+    challenger_errors: dict[str, int]
 
 
 class StreamScoring:
@@ -261,6 +289,7 @@ class StreamScoring:
         self._thread: threading.Thread | None = None
 
     def start(self) -> "StreamScoring":
+        guard_actor(self.settings)  # the cluster's one rollout guard (the app may have started it already)
         self._reconcile()
         self._thread = threading.Thread(target=self._supervise, name="stream-supervisor", daemon=True)
         self._thread.start()

@@ -39,6 +39,7 @@ from cluster.schema import CHANNELS, GENUINE_SCENARIO, OPTIONAL_COLUMNS
 from cluster.waiting import port_in_use, wait_until
 from serve.api import API_KEY_HEADER
 from serve.lists import ListStore
+from serve.rollout import RolloutState, RolloutStore
 from serve.stats import stats_actor
 from simulation.generator import Progress, SimulationConfig, simulate_history
 from simulation.history import HISTORY_STAGES, write_history
@@ -694,6 +695,19 @@ def model_section(registry: Any, ref: str, role: str) -> ModelSection | None:
                         scenarios=per_scenario, image=image)
 
 
+def rollout_view(state: RolloutState) -> tuple[str, pd.DataFrame]:
+    """The models tab's rollout line and its state changes, newest first."""
+    if state.since is None:
+        line = (f"**Rollout**: none stored; static settings: challenger `{state.version}` in {state.mode}"
+                if state.version else "**Rollout**: none (no challenger)")
+    else:
+        line = (f"**Rollout**: `{state.version}` {state.mode.replace('_', ' ')}, share {state.share:g}, "
+                f"since {state.since[:19].replace('T', ' ')} UTC")
+    events = pd.DataFrame(list(reversed(state.events)),
+                          columns=["at", "from", "to", "version", "share", "reason"])
+    return line, events
+
+
 # -- simulation controls ---------------------------------------------------------------------------------------
 class SimulationControl:
     """The running ``TrafficProducer`` actors as the dashboard drives them, and their ``Scoreboard`` (none when
@@ -944,7 +958,9 @@ def build_dashboard(settings: Settings, view_source: Callable[[], View], simulat
                                             label="Rejected inputs by field")
             with gr.Tab("Models", id="models"):
                 models_button = gr.Button("Reload from the registry")
-                model_outputs = []
+                rollout_line = gr.Markdown(elem_id="rollout-state")
+                rollout_events = gr.Dataframe(interactive=False, label="rollout state changes (newest first)")
+                model_outputs = [rollout_line, rollout_events]
                 for _ in ("champion", "challenger"):
                     with gr.Group():
                         title = gr.Markdown()
@@ -980,13 +996,14 @@ def build_dashboard(settings: Settings, view_source: Callable[[], View], simulat
         def models() -> list[Any]:
             registry = registry_for(settings)
             champion = model_section(registry, "champion", "Champion")
-            challenger_version = settings.challenger and registry.resolve(settings.challenger)
+            state = RolloutStore(settings).current()
+            challenger_version = state.serving and registry.resolve(state.version)
             challenger = (model_section(registry, challenger_version, "Challenger")
                           if challenger_version and challenger_version != registry.resolve("champion") else None)
-            out: list[Any] = []
+            out: list[Any] = list(rollout_view(state))
             for section, empty in ((champion, "### Champion\nNo champion in the registry yet."),
-                                   (challenger, "### Challenger\nNone configured (`FRAUD_CHALLENGER`), or it is "
-                                                "the champion.")):
+                                   (challenger, "### Challenger\nNone serving (`fraudctl rollout`, "
+                                                "`FRAUD_CHALLENGER`), or it is the champion.")):
                 if section is None:
                     out += [empty, "", gr.Dataframe(visible=False), gr.Dataframe(visible=False),
                             gr.Image(value=None, visible=False)]

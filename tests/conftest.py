@@ -92,7 +92,8 @@ def champion_model(ray_session: Settings, small_history) -> str:
 @pytest.fixture(scope="session")
 def served(ray_session: Settings, champion_model: str) -> Iterator[tuple[str, Settings]]:
     """The Serve app on a free port, healthy, for the whole session (its API key is ``API_KEY``; the challenger is
-    ``latest``); yields its base URL and settings."""
+    ``latest`` while no rollout state is stored; its rollout guard checks twice a second and tries promotion every
+    2 s); yields its base URL and settings."""
 
     import requests
 
@@ -104,7 +105,8 @@ def served(ray_session: Settings, champion_model: str) -> Iterator[tuple[str, Se
         "api_port": free_port(),
         "api_key": API_KEY, "serve_max_body_bytes": 1_000_000, "challenger": "latest",
         "serve_target_ongoing_requests": 2.0, "serve_upscale_delay_s": 1.0, "serve_downscale_delay_s": 3.0,
-        "serve_max_replicas": 2, "serve_model_refresh_s": 1.0})
+        "serve_max_replicas": 2, "serve_model_refresh_s": 1.0,
+        "rollout_guard_interval_s": 0.5, "rollout_promote_check_s": 2.0})
     with serving(settings, build_app(settings), name="fraud-test") as url:
         wait_until(lambda: requests.get(f"{url}/healthz", timeout=30).status_code == 200, timeout_s=120,
                    interval_s=0.5, what="the app healthy")

@@ -35,6 +35,7 @@ class TrainOptions:
     trials: int | None = None
     distributed: bool = False
     objective: str = "f1"
+    promote: bool | None = None  # None: when it beats the champion's test AP (``ModelRegistry.register``)
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,7 @@ def run_train(settings: Settings, options: TrainOptions) -> dict[str, Any]:
                           notes=ensemble_notes(fitted.details), details={"training": fitted.details,
                                                                         "data": bundle.data_summary})
     attachments = {f"report/{path.name}": path.read_bytes() for path in report_dir.iterdir() if path.is_file()}
-    version = registry.register(bundle, attachments=attachments)
+    version = registry.register(bundle, promote=options.promote, attachments=attachments)
     final_dir = report_dir.with_name(version)
     report_dir.rename(final_dir)
     progress.set_description(f"registered {version}")

@@ -28,6 +28,7 @@ XGB_FILE = "xgboost.ubj"
 AE_FILE = "autoencoder.pt"
 META_FILE = "bundle.json"
 POINTERS = ("latest", "champion")
+ROLLOUT_FILE = "rollout.json"  # beside the pointers: which challenger serves how much traffic (serve/rollout.py)
 PREFIX = "models"
 CHAMPION_METRIC = "average_precision"
 
@@ -83,6 +84,7 @@ class _Store(Protocol):
 
     def put(self, key: str, body: bytes) -> None: ...
     def get(self, key: str) -> bytes | None: ...
+    def delete(self, key: str) -> None: ...
     def keys(self, prefix: str) -> list[str]: ...
 
 
@@ -102,6 +104,9 @@ class _S3Store:
             if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
                 return None
             raise
+
+    def delete(self, key: str) -> None:
+        self._s3.delete_object(Bucket=self.bucket, Key=key)
 
     def keys(self, prefix: str) -> list[str]:
         pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
@@ -123,6 +128,9 @@ class _LocalStore:
     def get(self, key: str) -> bytes | None:
         path = self.root / key
         return path.read_bytes() if path.is_file() else None
+
+    def delete(self, key: str) -> None:
+        (self.root / key).unlink(missing_ok=True)
 
     def keys(self, prefix: str) -> list[str]:
         base = self.root / prefix
@@ -172,6 +180,19 @@ class ModelRegistry:
         if version not in self.versions():
             raise ModelNotFound(f"no model version {version!r} in {self.location}")
         self._point("champion", version)
+
+    def rollout(self) -> dict[str, Any] | None:
+        """The stored rollout state (a JSON object beside the pointers), or None when no rollout was ever set."""
+        raw = self._store.get(f"{PREFIX}/pointers/{ROLLOUT_FILE}")
+        return json.loads(raw) if raw else None
+
+    def put_rollout(self, state: dict[str, Any] | None) -> None:
+        """Store the rollout state; None removes it (the settings' static challenger applies again)."""
+        key = f"{PREFIX}/pointers/{ROLLOUT_FILE}"
+        if state is None:
+            self._store.delete(key)
+        else:
+            self._store.put(key, json.dumps(state, indent=2).encode())
 
     def resolve(self, ref: str) -> str | None:
         """A pointer name or a version -> the version, or None when there is no such pointer."""

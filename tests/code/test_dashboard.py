@@ -15,6 +15,7 @@ import pytest
 from cluster.config import Settings
 from cluster.schema import Transaction
 from serve.lists import ListStore
+from serve.rollout import RolloutState, roll_back, start_rollout
 from serve.stats import RECENT_ALERTS, StatsCollector, StatsReporter
 from simulation.dashboard import (
     History,
@@ -38,6 +39,7 @@ from simulation.dashboard import (
     queue_order,
     queue_summary,
     queue_table,
+    rollout_view,
     rule_test_history,
     rule_test_per_day,
     rule_test_summary,
@@ -468,3 +470,13 @@ def test_a_decision_body_is_what_the_api_takes() -> None:
     assert decision_body(is_fraud=False, analyst="bo", note=" called the customer ") == {
         "is_fraud": False, "analyst": "bo", "note": "called the customer"}
     assert decision_body(is_fraud=False, analyst="")["analyst"] == ""  # the API names the missing analyst
+
+
+def test_the_models_tab_shows_the_rollout_and_its_changes_newest_first() -> None:
+    state = roll_back(start_rollout(None, "v2", 0.3, "by hand", "2026-12-01T10:00:00+00:00"), "guardrail: alert rate",
+                      "2026-12-01T10:05:00+00:00")
+    line, events = rollout_view(state)
+    assert line == "**Rollout**: `v2` rolled back, share 0, since 2026-12-01 10:05:00 UTC"
+    assert list(events["to"]) == ["rolled_back", "canary"] and events["reason"].iloc[0] == "guardrail: alert rate"
+    static, none = rollout_view(RolloutState(version="latest", share=0.0, mode="shadow", since=None))
+    assert "static settings" in static and none.empty

@@ -360,7 +360,7 @@ def _wait_for_one_replica_each(timeout_s: float = 90) -> None:
 
 
 def test_challenger_shadow_compare_and_promote(served: tuple[str, Settings], small_history: Any) -> None:
-    from serve.champion import DECISIONS_PREFIX, read_log, run_compare
+    from serve.rollout import run_compare, served_rows_since
     from training.registry import registry_for
 
     url, settings = served
@@ -376,8 +376,8 @@ def test_challenger_shadow_compare_and_promote(served: tuple[str, Settings], sma
     for tid, label in zip(labelled["transaction_id"], labelled["is_fraud"]):
         requests.post(f"{url}/api/feedback", json={"transaction_id": tid, "is_fraud": int(label)}, headers=key,
                       timeout=30).raise_for_status()
-    wait_until(lambda: len(read_log(settings, DECISIONS_PREFIX)) >= len(sample), timeout_s=30, interval_s=1.0,
-               what="the challenger's decisions logged")
+    wait_until(lambda: len(served_rows_since(settings, challenger, None)) >= len(sample), timeout_s=30,
+               interval_s=1.0, what="the challenger's decisions logged")
     report = run_compare(settings)
     assert report["labelled"] >= len(sample) and report["frauds"] == int(labelled["is_fraud"].sum())
     assert report["champion"]["versions"] == [champion] and report["challenger"]["versions"] == [challenger]
