@@ -162,8 +162,6 @@ def test_http_scored_transactions_still_count_after_a_state_actor_kill(served: t
     ray.kill(ray.get_actor(f"{state.name}-0", namespace=ACTOR_NAMESPACE), no_restart=False)
     score(rounds[4:])  # waits through the recovery
     after = state.summary()
-    assert after["recoveries"] == before["recoveries"] + 1
-    assert after["replayed_http"] - before["replayed_http"] >= sum(map(len, rounds[2:4])), "rounds 3-4 replayed"
 
     reference = OnlineFeatures(settings, name=f"{tag}-reference", restore=False)
     try:
@@ -174,3 +172,5 @@ def test_http_scored_transactions_still_count_after_a_state_actor_kill(served: t
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
     count_1h = list(FEATURE_NAMES).index("user_count_1h")
     assert got[-5:, count_1h].tolist() == [6.0] * 5, "the last round counts each card's six in the hour"
+    assert after["recoveries"] == before["recoveries"] + 1
+    assert after["replayed_http"] - before["replayed_http"] >= sum(map(len, rounds[2:4])), "rounds 3-4 replayed"
