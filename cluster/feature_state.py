@@ -606,16 +606,17 @@ class FeatureStateActor:
                 seconds=self.settings.feature_ingest_margin_s)
             for stream in sorted(self.logs):
                 try:
-                    sources.append(sorted(((arrival, None, 0, line) for arrival, line in lines_since(kinesis, stream, since)),
-                                          key=lambda item: item[0]))  # the shards' lines, interleaved by arrival
+                    logged = [(arrival, None, 0, line) for arrival, line in lines_since(kinesis, stream, since)]
+                    sources.append(sorted(logged, key=lambda item: item[0]))  # its shards' lines interleaved
                 except ClientError as exc:
                     log.error("cannot replay ingest stream %s since %s (%s): HTTP-scored transactions are missing "
                               "from the state", stream, since.isoformat(), exc.response["Error"]["Code"])
         pending = list(heapq.merge(*sources, key=lambda item: item[0]))
         joined = {"stream": 0, "logged": 0}
         for start in range(0, len(pending), RECOVERY_BATCH):
-            for logged, run in itertools.groupby(pending[start:start + RECOVERY_BATCH], key=lambda item: item[1] is None):
-                joined["logged" if logged else "stream"] += self._replay_run(list(run), logged)
+            chunk = pending[start:start + RECOVERY_BATCH]
+            for from_log, run in itertools.groupby(chunk, key=lambda item: item[1] is None):
+                joined["logged" if from_log else "stream"] += self._replay_run(list(run), from_log)
         return joined["stream"], joined["logged"]
 
     def _replay_run(self, items: list[tuple[datetime, str | None, int, bytes]], logged: bool) -> int:
@@ -785,8 +786,8 @@ class OnlineFeatures:
 
     def summary(self) -> dict[str, Any]:
         """The state summed over its partitions (``GET /api/state``): rows, keys per kind, recoveries and the
-        transactions they replayed (``replayed_http`` of them from the ingest stream); ``last_snapshot_at`` is the oldest partition's last snapshot (null
-        while one has none), the time from which a crash replays."""
+        transactions they replayed (``replayed_http`` of them from the ingest stream); ``last_snapshot_at`` is the
+        oldest partition's last snapshot (null while one has none), the time from which a crash replays."""
         parts = ray.get([actor.summary.remote() for actor in self.actors])
         taken = [p["last_snapshot_at"] for p in parts]
         recovery_s = [p["last_recovery_s"] for p in parts if p["last_recovery_s"] is not None]

@@ -461,7 +461,8 @@ def test_ingest_log_unavailable_is_a_503_and_the_retry_counts_once(
     for body in (first, second):
         response = requests.post(f"{url}/api/check-fraud", json=body, timeout=120)
         assert response.status_code == 200, response.text
-    logged = [json.loads(line)["transaction_id"] for _, line in lines_since(kinesis, settings.ingest_stream_name, since)]
+    logged = [json.loads(line)["transaction_id"]
+              for _, line in lines_since(kinesis, settings.ingest_stream_name, since)]
     assert logged == [first["transaction_id"], second["transaction_id"]]
     features = OnlineFeatures(settings, actor_cpus=0.1).matrix(
         canonical_columns([scoring_record(Transaction.model_validate(body)) for body in (first, second)]))
