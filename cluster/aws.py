@@ -134,6 +134,7 @@ def until_processed(call: Callable[[dict[str, Any]], dict[str, Any]], request_it
 class Resources:
     stream_arn: str
     decisions_stream_arn: str
+    ingest_stream_arn: str
     topic_arn: str
     drift_topic_arn: str
 
@@ -143,6 +144,7 @@ def bootstrap(settings: Settings | None = None) -> Resources:
     settings = settings or get_settings()
     stream_arn = _ensure_stream(settings, settings.stream_name, settings.stream_shards)
     decisions_arn = _ensure_stream(settings, settings.decisions_stream_name, settings.stream_shards)
+    ingest_arn = _ensure_stream(settings, settings.ingest_stream_name, settings.stream_shards)
     for table, key in (
         (settings.user_table, "user_id"),
         (settings.merchant_table, "merchant_id"),
@@ -159,8 +161,8 @@ def bootstrap(settings: Settings | None = None) -> Resources:
     topic_arn = sns.create_topic(Name=settings.alert_topic)["TopicArn"]
     drift_topic_arn = sns.create_topic(Name=settings.drift_topic)["TopicArn"]
     _ensure_bucket(settings, settings.model_bucket)
-    return Resources(stream_arn=stream_arn, decisions_stream_arn=decisions_arn, topic_arn=topic_arn,
-                     drift_topic_arn=drift_topic_arn)
+    return Resources(stream_arn=stream_arn, decisions_stream_arn=decisions_arn, ingest_stream_arn=ingest_arn,
+                     topic_arn=topic_arn, drift_topic_arn=drift_topic_arn)
 
 
 def _ensure_stream(settings: Settings, name: str, shards: int) -> str:

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     stream_name: str = "fraud-transactions"
     stream_shards: int = Field(2, ge=1, le=500)
     decisions_stream_name: str = "fraud-decisions"
+    # The HTTP scoring requests' log: the ingress appends every transaction it scores (in the same pass as the
+    # feature-state call), so a restarted state actor replays what its snapshot misses (docs/ARCHITECTURE.md).
+    ingest_stream_name: str = "fraud-ingest"
     user_table: str = "fraud-user-profiles"
     merchant_table: str = "fraud-merchant-profiles"
     lease_table: str = "fraud-stream-leases"
@@ -59,6 +62,10 @@ class Settings(BaseSettings):
     # the stream since its last snapshot, so this bounds the replay (recovery time), against the snapshot's share of
     # the actor's time; `fraudctl bench --only feature_state` measures both.
     feature_snapshot_interval_s: float = Field(60.0, ge=0)
+    # A restarted actor replays the ingest stream from its snapshot's time minus this: a request logged before the
+    # snapshot may reach the state after it (queued behind the snapshot or other calls, clocks apart). Replayed
+    # rows the snapshot already holds are recognised by transaction_id.
+    feature_ingest_margin_s: float = Field(30.0, ge=0)
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000

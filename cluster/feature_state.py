@@ -13,6 +13,12 @@ its snapshot and replays every shard from the snapshot's positions before it tak
 calls meanwhile), so it comes back with every transaction it had applied, and a row at or before an applied
 position never joins the state twice (a restarted consumer re-sends from its lease checkpoint). The first rows of a
 shard the state has not seen snapshot it first, so no shard's start is ever lost.
+
+HTTP requests are logged too: the ingress appends a pass's transactions to the ingest stream while it calls the
+state (``cluster.kinesis.put_transactions``) and answers once both are done. Several replicas write that stream
+at once, so its order is not the order the state applied: a restarted actor replays it by time, from its
+snapshot's time minus ``feature_ingest_margin_s``, and the transaction ids the snapshot remembers keep what it
+already holds from joining twice.
 """
 
 from __future__ import annotations
@@ -20,12 +26,13 @@ from __future__ import annotations
 import functools
 import heapq
 import io
+import itertools
 import json
 import logging
 import struct
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -57,7 +64,7 @@ from cluster.features import (
     stable_hash,
     user_pass_values,
 )
-from cluster.kinesis import LINE_SLOTS, decode_transaction, lines_after
+from cluster.kinesis import LINE_SLOTS, decode_transaction, lines_after, lines_since
 from cluster.profiles import MERCHANT_PROFILE_COLUMNS, USER_PROFILE_COLUMNS
 from cluster.profiles import merchant_store as default_merchant_store
 from cluster.profiles import user_store as default_user_store
@@ -423,9 +430,11 @@ class FeatureStateActor:
         self.name, self.partition, self.partitions = name, partition, partitions
         self.object_key = self._key(name)
         self.positions: dict[str, int] = {}  # per shard, the last position applied
+        self.logs: set[str] = set()  # the ingest streams (HTTP requests) this state took rows from
+        self.covered_at: float | None = None  # when the loaded snapshot was taken: the ingest replay starts there
         self.snapshotted = time.monotonic()
         self.snapshotted_at: float | None = None
-        self.recoveries, self.replayed, self.recovery_s = 0, 0, None
+        self.recoveries, self.replayed, self.replayed_http, self.recovery_s = 0, 0, 0, None
         if ray.get_runtime_context().was_current_actor_reconstructed:
             restore_from = tuple(dict.fromkeys((name, *restore_from)))
         if restore_from:
@@ -438,7 +447,14 @@ class FeatureStateActor:
     def profile_stores(self) -> tuple[Any, Any]:
         return default_user_store(self.settings), default_merchant_store(self.settings)
 
-    def process(self, parts: dict[str, Rows], placement: PartitionPlacement | None = None) -> dict[str, np.ndarray]:
+    def process(self, parts: dict[str, Rows], placement: PartitionPlacement | None = None,
+                logged_in: str | None = None) -> dict[str, np.ndarray]:
+        """Outputs for a batch that joins the state; ``placement`` for stream rows, ``logged_in`` for rows the
+        caller appends to that ingest stream meanwhile (the first such rows snapshot first, so a replay of the
+        stream has a start)."""
+        if logged_in is not None and logged_in not in self.logs:
+            self.logs.add(logged_in)
+            self.snapshot()
         outputs = self._apply(parts, placement)
         self._snapshot_if_due()
         return outputs
@@ -483,13 +499,14 @@ class FeatureStateActor:
         return {"rows": sum(len(core.rows) for core in self.cores.values()),
                 "keys": {kind: self.cores[kind].rows.key_count for kind in ("user", "merchant")},
                 "last_snapshot_at": self.snapshotted_at, "recoveries": self.recoveries, "replayed": self.replayed,
-                "last_recovery_s": self.recovery_s, "shards": len(self.positions)}
+                "replayed_http": self.replayed_http, "last_recovery_s": self.recovery_s, "shards": len(self.positions)}
 
     def dump(self, taken_at: float) -> bytes:
         """Every kind and the stream positions as one npz, compressed (``SNAPSHOT_CODEC``)."""
         arrays = {f"{kind}.{name}": values for kind, core in self.cores.items() for name, values in core.arrays().items()}
-        meta = {"positions": {shard: str(at) for shard, at in self.positions.items()}, "taken_at": taken_at,
-                "recoveries": self.recoveries, "replayed": self.replayed, "recovery_s": self.recovery_s}
+        meta = {"positions": {shard: str(at) for shard, at in self.positions.items()}, "logs": sorted(self.logs),
+                "taken_at": taken_at, "recoveries": self.recoveries, "replayed": self.replayed,
+                "replayed_http": self.replayed_http, "recovery_s": self.recovery_s}
         buffer = io.BytesIO()
         np.savez(buffer, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
         raw = buffer.getbuffer()
@@ -506,9 +523,11 @@ class FeatureStateActor:
                 core.load_arrays({name.removeprefix(f"{kind}."): arrays[name]
                                   for name in arrays.files if name.startswith(f"{kind}.")})
         self.positions = {shard: int(at) for shard, at in meta["positions"].items()}
+        self.logs, self.covered_at = set(meta.get("logs", ())), meta["taken_at"]
         if own:
             self.snapshotted_at = meta["taken_at"]
             self.recoveries, self.replayed, self.recovery_s = meta["recoveries"], meta["replayed"], meta["recovery_s"]
+            self.replayed_http = meta.get("replayed_http", 0)
 
     def snapshot(self) -> list[str]:
         for core in self.cores.values():
@@ -555,45 +574,69 @@ class FeatureStateActor:
         crash does not replay them again). False when there was nothing to recover."""
         started = time.monotonic()
         restored = any(self.restore(source) for source in sources or (self.name,))
-        replayed = self._replay()
-        if not restored and not replayed:
+        streamed, logged = self._replay()
+        if not restored and not streamed + logged:
             return False
         self.recoveries += 1
-        self.replayed += replayed
+        self.replayed += streamed + logged
+        self.replayed_http += logged
         self.recovery_s = round(time.monotonic() - started, 3)
         log.warning("feature state %s partition %d of %d recovered in %.2f s: %s, %d stream transactions replayed "
-                    "from %d shards", self.name, self.partition, self.partitions, self.recovery_s,
-                    "its last snapshot" if restored else "no snapshot", replayed, len(self.positions))
+                    "from %d shards, %d HTTP-scored ones from %d ingest streams", self.name, self.partition,
+                    self.partitions, self.recovery_s, "its last snapshot" if restored else "no snapshot", streamed,
+                    len(self.positions), logged, len(self.logs))
         self.snapshot()
         return True
 
-    def _replay(self) -> int:
-        """Every stream transaction after the positions this state has applied, in arrival order across shards
-        (each shard's in sequence); returns how many joined this partition's user state."""
+    def _replay(self) -> tuple[int, int]:
+        """Every stream transaction after the positions this state has applied, and every ingest-stream one since
+        its snapshot's time minus the margin, in arrival order across shards and streams (each shard's stream
+        rows in sequence); returns how many of each joined this partition's user state (logged ones the
+        snapshot held already are recognised by id and do not)."""
         kinesis = client("kinesis", self.settings)
-        shards = []
+        sources = []
         for shard, after in list(self.positions.items()):
             try:
-                shards.append([(arrival, shard, at, line) for at, line, arrival in lines_after(kinesis, shard, after)])
+                sources.append([(arrival, shard, at, line) for at, line, arrival in lines_after(kinesis, shard, after)])
             except ClientError as exc:
                 log.error("cannot replay %s after position %d (%s): its transactions are missing from the state",
                           shard, after, exc.response["Error"]["Code"])
-        pending = list(heapq.merge(*shards, key=lambda item: item[0]))
-        replayed = 0
+        if self.covered_at is not None:
+            since = datetime.fromtimestamp(self.covered_at, timezone.utc) - timedelta(
+                seconds=self.settings.feature_ingest_margin_s)
+            for stream in sorted(self.logs):
+                try:
+                    logged = [(arrival, None, 0, line) for arrival, line in lines_since(kinesis, stream, since)]
+                    sources.append(sorted(logged, key=lambda item: item[0]))  # its shards' lines interleaved
+                except ClientError as exc:
+                    log.error("cannot replay ingest stream %s since %s (%s): HTTP-scored transactions are missing "
+                              "from the state", stream, since.isoformat(), exc.response["Error"]["Code"])
+        pending = list(heapq.merge(*sources, key=lambda item: item[0]))
+        joined = {"stream": 0, "logged": 0}
         for start in range(0, len(pending), RECOVERY_BATCH):
             chunk = pending[start:start + RECOVERY_BATCH]
-            decoded = [(decode_transaction(line), shard, at) for _, shard, at, line in chunk]
-            valid = [(tx, shard, at) for tx, shard, at in decoded if tx is not None]
-            placement = StreamPlacement.of([shard for _, shard, _ in valid], [at for _, _, at in valid], {})
-            if valid:
-                prepared = prepare(canonical_columns([scoring_record(tx) for tx, _, _ in valid]),
-                                   *self.profile_stores, self.partitions)
-                _, parts, share = partition_share(prepared, self.partition, placement)
-                self._apply(parts, share)
-                replayed += len(parts.get("user", {}).get("txn_key", ()))
-            for _, shard, at, _ in chunk:  # invalid lines too: nothing before them is left to replay
+            for from_log, run in itertools.groupby(chunk, key=lambda item: item[1] is None):
+                joined["logged" if from_log else "stream"] += self._replay_run(list(run), from_log)
+        return joined["stream"], joined["logged"]
+
+    def _replay_run(self, items: list[tuple[datetime, str | None, int, bytes]], logged: bool) -> int:
+        """Apply consecutive replayed lines of one kind of source (stream shards, or ingest streams); returns how
+        many transactions joined this partition's user state."""
+        decoded = [(decode_transaction(line), shard, at) for _, shard, at, line in items]
+        valid = [(tx, shard, at) for tx, shard, at in decoded if tx is not None]
+        users = self.cores["user"].recent
+        before = users.written
+        if valid:
+            placement = None if logged else StreamPlacement.of([shard for _, shard, _ in valid],
+                                                               [at for _, _, at in valid], {})
+            prepared = prepare(canonical_columns([scoring_record(tx) for tx, _, _ in valid]),
+                               *self.profile_stores, self.partitions)
+            _, parts, share = partition_share(prepared, self.partition, placement)
+            self._apply(parts, share)
+        if not logged:
+            for _, shard, at, _ in items:  # invalid lines too: nothing before them is left to replay
                 self.positions[shard] = max(self.positions[shard], at)
-        return replayed
+        return users.written - before
 
 
 def snapshot_time(epoch_s: float | None) -> str | None:
@@ -638,8 +681,9 @@ class OnlineFeatures:
     ``restore_from``'s (an SDK can start from a copy of the cluster's state). The actors are detached, so they
     outlive whichever consumer or replica happened to create them (a downscaled or lost replica would otherwise take
     the shared state with it); ``shutdown`` stops them. Ray restarts one that is killed or whose node is lost: it loads
-    its snapshot and replays the stream from the snapshot's positions, then Ray retries the calls in flight on it (a
-    retried stream batch is already in the replayed state and gets the features it got first).
+    its snapshot and replays the stream from the snapshot's positions (and the ingest stream from its time), then
+    Ray retries the calls in flight on it (a retried batch is already in the replayed state and gets the features
+    it got first).
     """
 
     def __init__(self, settings: Settings | None = None, *, partitions: int | None = None, name: str = "features",
@@ -663,11 +707,13 @@ class OnlineFeatures:
         """``transaction_id`` + ``FEATURE_NAMES`` for a canonical batch, in its order (see ``matrix``)."""
         return feature_frame(batch["transaction_id"], self.matrix(batch))
 
-    def matrix(self, batch: Columns, placement: StreamPlacement | None = None) -> np.ndarray:
+    def matrix(self, batch: Columns, placement: StreamPlacement | None = None,
+               logged_in: str | None = None) -> np.ndarray:
         """The (rows x ``FEATURE_NAMES``) matrix of a canonical batch (a DataFrame or column arrays), in its order;
         new transactions join the state, and one seen recently gets the features it got then. ``placement``:
         where a stream batch's rows sit in their shards, so a replayed row never joins twice and a restarted
-        actor can replay what its snapshot misses."""
+        actor can replay what its snapshot misses; ``logged_in``: the ingest stream the caller appends this batch
+        to meanwhile (HTTP requests), which a restarted actor replays by time."""
         prepared = prepare(batch, self.user_store, self.merchant_store, self.partitions)
         column, users, merchants = prepared.column, prepared.users, prepared.merchants
         count = len(column["txn_key"])
@@ -675,7 +721,7 @@ class OnlineFeatures:
         for partition, actor in enumerate(self.actors):
             selected, parts, share = partition_share(prepared, partition, placement)
             if parts:
-                requests.append((selected, actor.process.remote(parts, share)))
+                requests.append((selected, actor.process.remote(parts, share, logged_in)))
         outputs = {kind: np.zeros((count, len(PASS_OUTPUTS[kind]))) for kind in KINDS}  # no category: zeros
         for (selected, _), result in zip(requests, ray.get([ref for _, ref in requests])):
             for kind, values in result.items():
@@ -740,8 +786,8 @@ class OnlineFeatures:
 
     def summary(self) -> dict[str, Any]:
         """The state summed over its partitions (``GET /api/state``): rows, keys per kind, recoveries and the
-        stream transactions they replayed; ``last_snapshot_at`` is the oldest partition's last snapshot (null
-        while one has none), the time from which a crash replays."""
+        transactions they replayed (``replayed_http`` of them from the ingest stream); ``last_snapshot_at`` is the
+        oldest partition's last snapshot (null while one has none), the time from which a crash replays."""
         parts = ray.get([actor.summary.remote() for actor in self.actors])
         taken = [p["last_snapshot_at"] for p in parts]
         recovery_s = [p["last_recovery_s"] for p in parts if p["last_recovery_s"] is not None]
@@ -749,6 +795,7 @@ class OnlineFeatures:
                 "keys": {kind: sum(p["keys"][kind] for p in parts) for kind in ("user", "merchant")},
                 "last_snapshot_at": snapshot_time(None if None in taken else min(taken)),
                 "recoveries": sum(p["recoveries"] for p in parts), "replayed": sum(p["replayed"] for p in parts),
+                "replayed_http": sum(p["replayed_http"] for p in parts),
                 "last_recovery_s": max(recovery_s, default=None), "partitions": self.partitions,
                 "shards": max(p["shards"] for p in parts)}
 

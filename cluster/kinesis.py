@@ -167,6 +167,17 @@ def put_frame(kinesis: Any, stream: str, transactions: pd.DataFrame) -> PutStats
     return put_records_reliably(kinesis, stream, pack(to_entries(transactions), open_shard_starts(kinesis, stream)))
 
 
+def put_transactions(kinesis: Any, stream: str, records: Sequence[dict[str, Any]]) -> PutStats:
+    """Put validated transactions (``cluster.schema.scoring_record``s) packed, in as few records as the limits allow.
+
+    For a log replayed by time and transaction_id (the ingest stream), not by shard order: members of a record need
+    not share a shard, so nothing is looked up before the put.
+    """
+    entries = [{"Data": orjson.dumps(record, option=orjson.OPT_UTC_Z), "PartitionKey": record["user_id"]}
+               for record in records]
+    return put_records_reliably(kinesis, stream, pack(entries))
+
+
 def shard_iterator(kinesis: Any, stream: str, shard_id: str, *, after: str | None = None, at: str | None = None,
                    since: datetime | None = None) -> str:
     """An iterator after (or at) a sequence number, at a timestamp, or from the trim horizon."""
@@ -221,6 +232,16 @@ def lines_after(kinesis: Any, key: str, after: int) -> Iterator[tuple[int, bytes
                 at = position(item["SequenceNumber"], line_no)
                 if at > after:
                     yield at, line, item["ApproximateArrivalTimestamp"]
+
+
+def lines_since(kinesis: Any, stream: str, since: datetime) -> Iterator[tuple[datetime, bytes]]:
+    """(arrival time, user record) of every line that reached any shard of ``stream`` (closed ones included) at or
+    after ``since``, shard after shard. Raises botocore's ClientError when the stream is gone."""
+    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
+        for page in pages(kinesis, shard_iterator(kinesis, stream, shard["ShardId"], since=since)):
+            for item in page:
+                for line in lines(item["Data"]):
+                    yield item["ApproximateArrivalTimestamp"], line
 
 
 def read_stream(settings: Settings, stream: str) -> list[dict[str, Any]]:

@@ -91,7 +91,8 @@ def _run(settings: Settings, options: MainJobOptions) -> None:
         if not live.embedded_aws:  # the embedded S3 ends with this run: nothing to keep there
             running.callback(_save_feature_state, live)  # runs once the stream and producers have stopped
         if options.serve:
-            print(f"API: {api_url}/api/check-fraud  (docs {api_url}/docs, stats {api_url}/api/stats)", flush=True)
+            print(f"API: {api_url}/api/check-fraud  (docs {api_url}/docs, stats {api_url}/api/stats); scored "
+                  f"requests logged to {live.ingest_stream_name}", flush=True)
         if options.stream:
             stream = StreamScoring(live).start()
             running.callback(stream.stop)

@@ -160,7 +160,9 @@ class FeatureState(BaseModel):
         "the oldest partition's last snapshot to S3 (null while a partition has none): a lost actor comes back "
         "from it and replays the stream from the positions it holds"))
     recoveries: int = Field(ge=0, description="times a state actor came back from a snapshot or a stream replay")
-    replayed: int = Field(ge=0, description="stream transactions those recoveries re-applied")
+    replayed: int = Field(ge=0, description="transactions those recoveries re-applied (stream and HTTP-scored)")
+    replayed_http: int = Field(ge=0, description=(
+        "of those, transactions scored over HTTP, read back from the ingest stream the ingress appends them to"))
     last_recovery_s: float | None = Field(description="how long the latest recovery took (load + replay), seconds")
     partitions: int = Field(ge=1)
     shards: int = Field(ge=0, description="stream shards whose positions a partition tracks (the most of any)")
@@ -288,7 +290,8 @@ def _error(description: str) -> dict[str, Any]:
     return {"model": ErrorBody, "description": description}
 
 
-NOT_READY = {503: _error("no champion model yet, or alerts could not be published: retry")}
+NOT_READY = {503: _error("no champion model yet, or alerts could not be published, or the ingest log could not "
+                         "be written: retry")}
 BODY_ERRORS = {
     400: _error("the body is not JSON (or not UTF-8, or nested deeper than 1024 levels); field `body`"),
     413: _error("the body exceeds `FRAUD_SERVE_MAX_BODY_BYTES`; field `body`"),

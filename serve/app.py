@@ -5,7 +5,8 @@
             -> combine in the ingress (calibration, risk policy, reason codes, the rule set's action)
             -> SNS alert for HIGH, a review case for "review" (``serve.cases``, after the answer)
 
-Two sequential remote calls per pass, and concurrent requests share a pass: the ingress coalesces them (group
+Two sequential remote calls per pass (the pass's transactions go to the ingest stream alongside the first, so a
+restarted state actor can replay them), and concurrent requests share a pass: the ingress coalesces them (group
 commit, ``serve.coalesce``: a lone request never waits, a loaded replica runs large passes), and ``@serve.batch``
 merges the calls of several ingress replicas in the model stages. The feature
 stage is the partitioned state actors themselves (``cluster.feature_state.OnlineFeatures``; a partition per actor,
@@ -27,13 +28,16 @@ import numpy as np
 import orjson
 import pandas as pd
 import torch
+from botocore.exceptions import BotoCoreError, ClientError
 from fastapi import FastAPI, Request, Security
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 
+from cluster.aws import client
 from cluster.config import Settings, get_settings, use_settings
 from cluster.feature_state import OnlineFeatures
 from cluster.features import Columns
+from cluster.kinesis import KinesisPutError, put_transactions
 from serve.alerts import AlertPublisher, AlertPublishError
 from serve.api import (
     API_KEY_SCHEME,
@@ -198,6 +202,7 @@ class Ingress:
         use_settings(settings)
         self.settings = settings
         self.features = OnlineFeatures(settings, actor_cpus=FEATURE_ACTOR_CPUS)
+        self.kinesis = client("kinesis", settings)
         self.xgboost, self.autoencoder = xgboost, autoencoder
         self.models = ModelSet(settings)
         self.alerts = AlertPublisher(settings)
@@ -254,16 +259,28 @@ class Ingress:
     # -- scoring --------------------------------------------------------------------------------------------
     def _features_of(self, records: list[dict[str, Any]]) -> tuple[Columns, np.ndarray]:
         columns = canonical_columns(records)
-        return columns, self.features.matrix(columns)
+        return columns, self.features.matrix(columns, logged_in=self.settings.ingest_stream_name)
+
+    def _log_ingest(self, records: list[dict[str, Any]]) -> None:
+        """The pass's transactions appended to the ingest stream, which a restarted state actor replays: a
+        request is answered only once its transactions are there."""
+        try:
+            put_transactions(self.kinesis, self.settings.ingest_stream_name, records)
+        except (KinesisPutError, ClientError, BotoCoreError) as exc:
+            raise ApiError(503, [{"field": "transactions", "message": f"the ingest log is unavailable "
+                                                                       f"({type(exc).__name__})"}],
+                           "ingest log unavailable, retry") from exc
 
     async def _champion_pass(self, requests: list[tuple[list[dict[str, Any]], bool]]
                              ) -> list[tuple[np.ndarray, list[dict[str, Any]], Columns]]:
         """Concurrent requests share one pass (``self.champion_pass`` coalesces them): one call per feature-state
         partition, then one per model stage, all with the champion of the moment. A request is its records and
         whether its LOW decisions are explained; returns each request's (features, decisions, canonical columns:
-        built once per pass, the rules read them too)."""
+        built once per pass, the rules read them too). The pass is logged to the ingest stream while the state
+        computes its features, not after: the put costs a request only what it takes beyond the state call."""
         records = [record for block, _ in requests for record in block]
-        columns, x = await asyncio.to_thread(self._features_of, records)
+        (columns, x), _ = await asyncio.gather(asyncio.to_thread(self._features_of, records),
+                                               asyncio.to_thread(self._log_ingest, records))
         champion = self.champion
         decisions = await self._decide(champion, records, x, [wanted for block, wanted in requests for _ in block])
         self.monitor.add(self.models.scorer(champion).bundle, x, decisions, columns)

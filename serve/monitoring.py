@@ -160,10 +160,12 @@ def count_rows(reference: Reference, x: np.ndarray, scores: np.ndarray,
 
 @dataclass(frozen=True)
 class DriftPolicy:
-    threshold: float = 0.25
-    clear_below: float = 0.1
-    consecutive: int = 3
-    min_rows: int = 1000
+    """When a feature drifts (its defaults are the settings': ``DriftPolicy.of``)."""
+
+    threshold: float
+    clear_below: float
+    consecutive: int
+    min_rows: int
 
     @classmethod
     def of(cls, settings: Settings) -> "DriftPolicy":

@@ -15,6 +15,7 @@ from typing import Any
 
 from cluster.config import Settings
 from fraudctl.bench.features import bench_features_offline, bench_features_online
+from fraudctl.bench.ingest import bench_ingest_log
 from fraudctl.bench.monitoring import bench_monitoring
 from fraudctl.bench.producers import bench_producers
 from fraudctl.bench.rules import bench_rules
@@ -31,6 +32,7 @@ SECTIONS: dict[str, Callable[[Settings], dict[str, Any]]] = {
     "features_offline": bench_features_offline,
     "features_online": bench_features_online,
     "feature_state": bench_feature_state,
+    "ingest_log": bench_ingest_log,
     "stream": bench_stream,
     "rules": bench_rules,
     "monitoring": bench_monitoring,

@@ -1,12 +1,26 @@
-"""The packed record format: what goes in comes out, per shard, in order, within the limits."""
+"""The packed record format: what goes in comes out, per shard, in order, within the limits; the ingest log gives
+back, by time, the transactions put in it."""
 
 from __future__ import annotations
 
 import hashlib
+import uuid
+from datetime import datetime, timedelta, timezone
 
 import orjson
 
-from cluster.kinesis import MAX_PACKED_BYTES, MAX_PACKED_LINES, lines, pack
+from cluster.aws import client
+from cluster.config import Settings
+from cluster.kinesis import (
+    MAX_PACKED_BYTES,
+    MAX_PACKED_LINES,
+    decode_transaction,
+    lines,
+    lines_since,
+    pack,
+    put_transactions,
+)
+from cluster.schema import Transaction, scoring_record
 
 TWO_SHARDS = (0, 2**127)  # the starting hash keys Kinesis gives a 2-shard stream
 
@@ -43,3 +57,23 @@ def test_a_plain_record_is_one_user_record_even_pretty_printed() -> None:
     assert [orjson.loads(line) for line in lines(record)] == [{"transaction_id": "t1", "note": "a\nb"}]
     pretty = orjson.dumps({"transaction_id": "t2", "amount": 5}, option=orjson.OPT_INDENT_2)
     assert [orjson.loads(line) for line in lines(pretty)] == [{"transaction_id": "t2", "amount": 5}]
+
+
+def test_the_ingest_log_gives_back_by_time_every_transaction_put(aws_settings: Settings) -> None:
+    kinesis = client("kinesis", aws_settings)
+    stream = f"ingest-test-{uuid.uuid4().hex[:8]}"
+    kinesis.create_stream(StreamName=stream, ShardCount=2)
+    kinesis.get_waiter("stream_exists").wait(StreamName=stream, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    records = [scoring_record(Transaction.model_validate(
+        {"transaction_id": f"t{i}", "user_id": f"u{i % 13}", "merchant_id": "m", "amount": 1.5 + i,
+         "timestamp": f"2026-01-22T10:{i % 60:02d}:00.250Z", "channel": "online"})) for i in range(250)]
+    before = datetime.now(timezone.utc) - timedelta(seconds=5)
+    put_transactions(kinesis, stream, records[:1])
+    put_transactions(kinesis, stream, records[1:])  # packed: 100 per Kinesis record, any shard
+    back = [(arrival, decode_transaction(line)) for arrival, line in lines_since(kinesis, stream, before)]
+    assert sorted((scoring_record(tx) for _, tx in back), key=lambda r: r["transaction_id"]) == sorted(
+        records, key=lambda r: r["transaction_id"])
+    assert all(arrival >= before for arrival, _ in back)
+    later = datetime.now(timezone.utc) + timedelta(minutes=5)
+    assert list(lines_since(kinesis, stream, later)) == []
+    kinesis.delete_stream(StreamName=stream)

@@ -421,3 +421,49 @@ def test_alerts_unavailable_is_a_503_and_the_retry_alerts_once(app_with_its_own_
     high = {r["transaction_id"] for r in retried.json()["results"] if r["risk_level"] == "HIGH"}
     alerted = [m["transaction"]["transaction_id"] for m in _arriving_alerts(settings, queue, len(high))]
     assert high and sorted(alerted) == sorted(high)  # nothing was left claimed by the failed attempt
+
+
+@pytest.fixture()
+def app_with_its_own_ingest_stream(served: tuple[str, Settings]) -> Iterator[tuple[str, Settings]]:
+    """A second app beside the session's, logging its requests to an ingest stream that does not exist yet."""
+    url, settings = served
+    own = settings.model_copy(update={"ingest_stream_name": f"ingest-outage-{uuid.uuid4().hex[:8]}"})
+    serve.run(build_app(own), name="fraud-ingest-outage", route_prefix="/ingest-outage")
+    try:
+        wait_until(lambda: requests.get(f"{url}/ingest-outage/healthz", timeout=30).status_code == 200,
+                   timeout_s=120, interval_s=0.5, what="the second app healthy")
+        yield f"{url}/ingest-outage", own
+    finally:
+        serve.delete("fraud-ingest-outage")
+        kinesis = client("kinesis", own)
+        if own.ingest_stream_name in kinesis.list_streams()["StreamNames"]:
+            kinesis.delete_stream(StreamName=own.ingest_stream_name)
+
+
+def test_ingest_log_unavailable_is_a_503_and_the_retry_counts_once(
+        app_with_its_own_ingest_stream: tuple[str, Settings]) -> None:
+    from cluster.feature_state import OnlineFeatures
+    from cluster.features import FEATURE_NAMES
+    from cluster.kinesis import lines_since
+    from cluster.schema import Transaction, canonical_columns, scoring_record
+
+    url, settings = app_with_its_own_ingest_stream
+    card = f"ingest-card-{uuid.uuid4().hex[:8]}"
+    first = _with(transaction_id=f"{card}-1", user_id=card, merchant_id=f"ingest-shop-{card}")
+    second = {**first, "transaction_id": f"{card}-2", "timestamp": "2026-01-22T10:01:00Z"}
+    since = pd.Timestamp.now(tz="UTC").to_pydatetime()
+    down = requests.post(f"{url}/api/check-fraud", json=first, timeout=120)
+    assert down.status_code == 503 and down.json()["errors"][0]["field"] == "transactions", down.text
+    kinesis = client("kinesis", settings)
+    kinesis.create_stream(StreamName=settings.ingest_stream_name, ShardCount=1)
+    kinesis.get_waiter("stream_exists").wait(StreamName=settings.ingest_stream_name,
+                                             WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    for body in (first, second):
+        response = requests.post(f"{url}/api/check-fraud", json=body, timeout=120)
+        assert response.status_code == 200, response.text
+    logged = [json.loads(line)["transaction_id"]
+              for _, line in lines_since(kinesis, settings.ingest_stream_name, since)]
+    assert logged == [first["transaction_id"], second["transaction_id"]]
+    features = OnlineFeatures(settings, actor_cpus=0.1).matrix(
+        canonical_columns([scoring_record(Transaction.model_validate(body)) for body in (first, second)]))
+    assert features[:, list(FEATURE_NAMES).index("user_count_1h")].tolist() == [1.0, 2.0], "the retry counted once"

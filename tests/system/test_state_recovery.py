@@ -1,6 +1,7 @@
 """Exactly-once feature state under chaos: a stream of N simulated transactions is scored while a state actor (and,
 separately, a consumer) is killed at a random point; afterwards every transaction's features and score equal those
-of an uninterrupted run of the same stream, there is one decision per transaction, and every HIGH alerted once."""
+of an uninterrupted run of the same stream, there is one decision per transaction, and every HIGH alerted once. And
+transactions scored over HTTP before a kill still count in the windows after it (the ingest stream's replay)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import ray
+import requests
 
 from cluster.config import Settings
 from cluster.feature_state import OnlineFeatures
 from cluster.features import FEATURE_NAMES
 from cluster.kinesis import read_stream
 from cluster.runtime import ACTOR_NAMESPACE
+from cluster.schema import Transaction, canonical_columns, format_timestamp, scoring_record
 from cluster.waiting import wait_until
 from serve.sdk import FraudDetector
 from serve.stream import StreamScoring
@@ -120,3 +123,54 @@ def test_a_killed_consumer_resends_from_its_checkpoint_and_nothing_counts_twice(
         by_id.setdefault(decision["transaction_id"], []).append(decision)
     for repeated in (group for group in by_id.values() if len(group) > 1):  # a re-sent batch repeats its decisions
         assert len({(d["fraud_score"], d["risk_level"]) for d in repeated}) == 1
+
+
+def card_bursts(tag: str, start: pd.Timestamp, cards: int = 5, per_card: int = 6) -> list[list[dict[str, Any]]]:
+    """Request bodies for cards of their own (and shops of their own, so no other test's rows share a window),
+    each card buying every 5 minutes: ``per_card`` rounds, every round one batch of all the cards."""
+    return [[{"transaction_id": f"{tag}-{card}-{turn}", "user_id": f"{tag}-card{card}",
+              "merchant_id": f"{tag}-shop{(card + turn) % 3}", "amount": 20.0 + 7 * turn + card,
+              "timestamp": format_timestamp(start + pd.Timedelta(minutes=5 * turn, seconds=card)),
+              "channel": "online", "device_id": f"{tag}-device{card}", "country": "US", "lat": 40.7, "lon": -74.0}
+             for card in range(cards)] for turn in range(per_card)]
+
+
+def columns_of(batches: list[list[dict[str, Any]]]) -> dict[str, Any]:
+    return canonical_columns([scoring_record(Transaction.model_validate(body)) for batch in batches for body in batch])
+
+
+def test_http_scored_transactions_still_count_after_a_state_actor_kill(served: tuple[str, Settings],
+                                                                        small_history: Any) -> None:
+    """Rounds 1-2 scored over HTTP, then a snapshot (they are in it), rounds 3-4 (only in the ingest stream), a kill
+    of the app's state actor, rounds 5-6: every round's features equal an uninterrupted state's, so rounds 3-4
+    came back and rounds 1-2, replayed too (within the margin before the snapshot), did not count twice."""
+    url, settings = served
+    tag = f"http-{uuid.uuid4().hex[:8]}"
+    rounds = card_bursts(tag, small_history.transactions["timestamp"].max() + pd.Timedelta(hours=1))
+
+    def score(batches: list[list[dict[str, Any]]]) -> None:
+        for batch in batches:
+            response = requests.post(f"{url}/api/check-fraud/batch", json={"transactions": batch}, timeout=300)
+            assert response.status_code == 200, response.text
+
+    state = OnlineFeatures(settings, restore=False)  # the app's own (its actors exist: named, shared)
+    score(rounds[:2])
+    state.snapshot()
+    before = state.summary()
+    score(rounds[2:4])
+    assert state.summary()["last_snapshot_at"] == before["last_snapshot_at"], "rounds 3-4 only in the ingest log"
+    ray.kill(ray.get_actor(f"{state.name}-0", namespace=ACTOR_NAMESPACE), no_restart=False)
+    score(rounds[4:])  # waits through the recovery
+    after = state.summary()
+
+    reference = OnlineFeatures(settings, name=f"{tag}-reference", restore=False)
+    try:
+        want = np.vstack([reference.matrix(columns_of([batch])) for batch in rounds])
+    finally:
+        reference.shutdown()
+    got = state.matrix(columns_of(rounds))  # what each transaction got: the state remembers it
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+    count_1h = list(FEATURE_NAMES).index("user_count_1h")
+    assert got[-5:, count_1h].tolist() == [6.0] * 5, "the last round counts each card's six in the hour"
+    assert after["recoveries"] == before["recoveries"] + 1
+    assert after["replayed_http"] - before["replayed_http"] >= sum(map(len, rounds[2:4])), "rounds 3-4 replayed"
