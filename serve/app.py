@@ -227,6 +227,11 @@ class Ingress:
         self.champion_pass = Coalescer(self._champion_pass, max_size=MAX_BATCH_ROWS, size=lambda item: len(item[0]),
                                        concurrency=CHAMPION_PASSES)
 
+    def _start_flushers(self) -> None:
+        """Once per replica, from the first request that buffers anything (a replica may only ever see feedback)."""
+        if not self._flushers:
+            self._flushers = [asyncio.ensure_future(self._flush_logs()), asyncio.ensure_future(self._flush_monitoring())]
+
     async def _flush_logs(self) -> None:
         """Buffered decision logs and stats reach their stores even when traffic stops."""
         while True:
@@ -300,6 +305,7 @@ class Ingress:
         log (retraining, the champion/challenger comparison), applied to merchant risk and card state, and joined
         to the kept decisions by monitoring. Returns the label's record and how many merchant risk updates it
         made."""
+        self._start_flushers()
         record = label.record()
         await asyncio.to_thread(self.feedback_log.add, [record])
         applied = await asyncio.to_thread(self._record_labels, [record])
@@ -317,8 +323,7 @@ class Ingress:
 
     async def _score(self, transactions: list[Any], explain: bool = False) -> list[dict[str, Any]]:
         started = time.perf_counter()
-        if not self._flushers:
-            self._flushers = [asyncio.ensure_future(self._flush_logs()), asyncio.ensure_future(self._flush_monitoring())]
+        self._start_flushers()
         await self._refresh_versions()
         records = [scoring_record(t) for t in transactions]
         ids = [t.transaction_id for t in transactions]
@@ -402,6 +407,7 @@ class Ingress:
         try:
             return parse(await read_json(request, self.settings.serve_max_body_bytes))
         except ApiError as exc:
+            self._start_flushers()
             self.monitor.rejected(exc.errors)
             raise
 
