@@ -117,9 +117,10 @@ class WindowCounts:
     inputs_missing: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: "WindowCounts") -> None:
+        """Add ``other`` into new arrays: counts that came through Ray (a reporter's flush) are read-only."""
         self.rows += other.rows
-        self.features += other.features
-        self.score += other.score
+        self.features = self.features + other.features
+        self.score = self.score + other.score
         for name, count in other.inputs_missing.items():
             self.inputs_missing[name] = self.inputs_missing.get(name, 0) + count
 

@@ -181,6 +181,21 @@ def test_the_window_forgets_old_rows() -> None:
     assert view["compared_rows"] == 0 and view["scored"] == 0
 
 
+def test_flushes_into_one_bucket_add_up_though_ray_delivers_their_counts_read_only() -> None:
+    stored = reference_of()
+    clock, sent = Clock(), []
+    monitor = collector(stored, clock, sent)
+    reference = Reference.parse("v1", stored)
+    rng = np.random.default_rng(5)
+    for _ in range(3):  # a second apart: one bucket
+        counts = count_rows(reference, *world(BATCH_ROWS, rng))
+        for array in (counts.features, counts.score):
+            array.flags.writeable = False  # as an actor call's numpy arguments arrive
+        monitor.record(counts={"v1": counts}, scored=BATCH_ROWS)
+        clock.now += 1.0
+    assert monitor.view()["compared_rows"] == 3 * BATCH_ROWS
+
+
 def test_reporter_bins_at_flush_and_counts_rejected_fields_and_labels() -> None:
     stored = reference_of()
     clock, sent = Clock(), []
