@@ -388,7 +388,7 @@ def test_a_world_shift_from_the_simulation_tab_shows_up_as_drift_on_the_monitori
     for name in MISSING_FEATURES:
         worst.get_by_text(name, exact=True).filter(visible=True).first.wait_for()  # (a hidden copy measures cells)
     tab.wait_for_function("""(names) => names.every(name =>  // a legend entry or a line's aria-label names it
-        (document.querySelector('#drift-plot svg')?.innerHTML || '').includes(name))""", arg=list(MISSING_FEATURES))
+        (document.querySelector('#drift-plot')?.innerHTML || '').includes(name))""", arg=list(MISSING_FEATURES))
 
     view = requests.get(f"{api}/api/monitoring", timeout=30).json()
     assert set(MISSING_FEATURES) <= set(view["drifted"])
