@@ -935,14 +935,15 @@ def build_dashboard(settings: Settings, view_source: Callable[[], View], simulat
                             "were)")
                 with gr.Row():
                     shift_share = gr.Slider(0.05, 1, value=0.5, step=0.05, label="share of traffic",
-                                            interactive=controls)
-                    shift_amount = gr.Slider(0.25, 10, value=1, step=0.25, label="amount ×", interactive=controls)
+                                            interactive=controls, elem_id="shift-share")
+                    shift_amount = gr.Slider(0.25, 10, value=1, step=0.25, label="amount ×", interactive=controls,
+                                             elem_id="shift-amount")
                     shift_merchants = gr.Number(value=0, precision=0, minimum=0, label="new merchants",
                                                 interactive=controls)
                     shift_country = gr.Textbox(value="", max_length=2, label="country (ISO, optional)",
                                                interactive=controls)
                     shift_missing = gr.CheckboxGroup(list(OPTIONAL_COLUMNS), label="fields going missing",
-                                                     interactive=controls)
+                                                     interactive=controls, elem_id="shift-missing")
                 shift_button = gr.Button("Apply world shift", interactive=controls, elem_id="shift-button")
                 control_result = gr.Markdown("", elem_id="control-result")
             with gr.Tab("Monitoring", id="monitoring"):

@@ -51,8 +51,8 @@ class TrafficProducer:
 
     def __init__(self, partition: int, partitions: int, *, n_users: int, seed: int, fraud_rate: float,
                  tps: float, start: datetime | None = None, scoreboard: Any | None = None,
-                 shift: WorldShift | None = None):
-        self.settings = get_settings()
+                 shift: WorldShift | None = None, settings: Settings | None = None):
+        self.settings = settings or get_settings()  # the stream to produce into is ``settings.stream_name``
         self.scoreboard = scoreboard  # where each batch's ground truth goes (None: nowhere)
         self.partition, self.partitions = partition, partitions
         self.n_users, self.seed, self.fraud_rate = n_users, seed, fraud_rate
@@ -167,12 +167,13 @@ class TrafficProducer:
 def start_producers(settings: Settings, *, tps: float, n_users: int = 2000, actors: int | None = None,
                     max_records_each: int | None = None, scoreboard: Any | None = None,
                     shift: WorldShift | None = None) -> tuple[list[Any], list[Any]]:
-    """Start one producer actor per partition, reporting ground truth to ``scoreboard`` (``start_scoreboard``) if
-    given; returns (actors, their ``run`` futures)."""
+    """Start one producer actor per partition into ``settings.stream_name``, reporting ground truth to
+    ``scoreboard`` (``start_scoreboard``) if given; returns (actors, their ``run`` futures)."""
     count = actors or settings.producer_actors
     remote = ray.remote(num_cpus=0.25, max_concurrency=4, max_restarts=0)(TrafficProducer)
     handles = [remote.remote(i, count, n_users=n_users, seed=settings.seed, fraud_rate=settings.fraud_rate,
-                             tps=tps / count, scoreboard=scoreboard, shift=shift) for i in range(count)]
+                             tps=tps / count, scoreboard=scoreboard, shift=shift, settings=settings)
+               for i in range(count)]
     runs = [handle.run.remote(max_records=max_records_each) for handle in handles]
     return handles, runs
 

@@ -1,8 +1,10 @@
 """The dashboard in a real browser (headless Chromium through Playwright), against the session's Serve app, the
 cluster's stats actor and a scoreboard joining ground truth: live tiles and charts render, the manual check scores
 through the API, bad input shows the API's error naming the field; the Rules tab saves a rule (and shows a 422's
-field), and tests the rule set on the simulated history as a table and a chart; the Review tab decides a case; and
-the page logs no error. Each test that changes the rule set puts back the one it found (other system tests share
+field), and tests the rule set on the simulated history as a table and a chart; the Review tab decides a case; the
+Monitoring tab shows the window and the worst features; a world shift applied on the Simulation tab to real producer
+actors (scored by real stream consumers) shows up there as drift and sends the drift notification; and the page
+logs no error. Each test that changes the rule set puts back the one it found (other system tests share
 it)."""
 
 from __future__ import annotations
@@ -308,4 +310,92 @@ def test_monitoring_tab_shows_the_window_the_worst_features_and_their_drift_over
     worst = tab.locator("#worst-features")
     worst.get_by_text("psi").first.wait_for()
     tab.wait_for_function("""() => document.querySelectorAll('#drift-plot svg g.mark-line path').length >= 1""")
+    assert errors == [], errors
+
+
+MISSING_FIELD = "device_id"
+MISSING_FEATURES = ("device_missing",)  # what that field going missing moves (no other test does), among the worst
+SIMULATED_TPS = 200.0
+DRIFT_WAIT_MS = 150_000  # consumers starting, then ``drift_consecutive`` evaluations ``monitoring_evaluate_s`` apart
+
+
+@pytest.fixture()
+def live_simulation(served: tuple[str, Settings]) -> Iterator[tuple[str, str, list[Any], Settings]]:
+    """Real producer actors into a stream of their own, scored by real stream consumers (which report to the
+    session's monitoring actor), and the dashboard driving those producers. Yields (dashboard URL, API URL,
+    producers, settings); afterwards the shift is removed and producers, consumers and scoreboard stop."""
+    import ray
+
+    from cluster.waiting import free_port
+    from serve.stream import StreamScoring
+    from simulation.dashboard import SimulationControl, serving_dashboard
+    from simulation.producers import start_producers
+    from simulation.scoreboard import start_scoreboard, stop_scoreboard
+    from tests.streams import create_stream
+
+    url, settings = served
+    settings = settings.model_copy(update={"stream_name": create_stream(settings, 1, "drift-in"),
+                                           "decisions_stream_name": create_stream(settings, 1, "drift-out")})
+    scoreboard = start_scoreboard(settings)
+    stream = StreamScoring(settings, poll_shards_s=0.5).start()
+    producers, _ = start_producers(settings, tps=SIMULATED_TPS, n_users=300, actors=1, scoreboard=scoreboard)
+    try:
+        with serving_dashboard(settings, SimulationControl(producers, scoreboard), port=free_port(),
+                               refresh_s=1.0) as dashboard_url:
+            yield dashboard_url, url, producers, settings
+    finally:
+        ray.get([producer.set_world_shift.remote(None) for producer in producers], timeout=60)
+        for producer in producers:
+            producer.stop.remote()
+            ray.kill(producer)
+        stream.stop()
+        stop_scoreboard(scoreboard)
+
+
+def test_a_world_shift_from_the_simulation_tab_shows_up_as_drift_on_the_monitoring_tab(
+        live_simulation: tuple[str, str, list[Any], Settings], page: tuple[Any, list[str]]) -> None:
+    import ray
+
+    from tests.streams import drain_alerts, subscribe_alert_queue
+
+    dashboard_url, api, producers, settings = live_simulation
+    before = requests.get(f"{api}/api/monitoring", timeout=30).json()
+    assert not set(MISSING_FEATURES) & set(before["drifted"]), before["drifted"]
+    drift_queue = subscribe_alert_queue(settings, f"drift-{uuid.uuid4().hex[:8]}", topic=settings.drift_topic)
+    tab, errors = page
+    tab.goto(dashboard_url)
+
+    # the Simulation tab's controls drive the live producers: every transaction loses its device
+    tab.get_by_role("tab", name="Simulation").click()
+    share = tab.locator("#shift-share input[type=number]")
+    share.fill("1")
+    share.press("Enter")
+    tab.locator("#shift-missing").get_by_label(MISSING_FIELD, exact=True).check()
+    tab.locator("#shift-button").click()
+    result = _text(tab, "#control-result", "World shift")
+    assert f"World shift applied from the next batch: {MISSING_FIELD} missing on 100% of the traffic" in result
+    assert [stats["world_shift"] for stats in ray.get([p.get_stats.remote() for p in producers], timeout=60)] == [
+        f"{MISSING_FIELD} missing on 100% of the traffic"]
+
+    # the Monitoring tab: those features drifted, at the top of the worst features, on the drift chart
+    tab.get_by_role("tab", name="Monitoring").click()
+    tab.wait_for_function("""(names) => {
+        const text = document.querySelector('#monitoring-summary')?.textContent || '';
+        const drifted = (text.match(/drifted features: ([^·]*)/) || ['', ''])[1];
+        return names.every(name => drifted.includes(name));
+    }""", arg=list(MISSING_FEATURES), timeout=DRIFT_WAIT_MS)
+    worst = tab.locator("#worst-features")
+    for name in MISSING_FEATURES:
+        worst.get_by_text(name, exact=True).filter(visible=True).first.wait_for()  # (a hidden copy measures cells)
+    tab.wait_for_function("""(names) => names.every(name =>  // a legend entry or a line's aria-label names it
+        (document.querySelector('#drift-plot')?.innerHTML || '').includes(name))""", arg=list(MISSING_FEATURES))
+
+    view = requests.get(f"{api}/api/monitoring", timeout=30).json()
+    assert set(MISSING_FEATURES) <= set(view["drifted"])
+    assert all(view["features"][name]["psi"] > view["drift_policy"]["psi_threshold"] for name in MISSING_FEATURES)
+    assert view["inputs"][MISSING_FIELD]["missing_rate"] > view["inputs"][MISSING_FIELD]["reference_missing_rate"]
+    messages: list[dict[str, Any]] = []  # one per evaluation that starts episodes
+    wait_until(lambda: messages.extend(drain_alerts(settings, drift_queue)) or set(MISSING_FEATURES) <= {
+        name for message in messages for name in message["features"]}, timeout_s=30, interval_s=1.0,
+        what="the drift notification naming the features")
     assert errors == [], errors
