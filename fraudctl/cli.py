@@ -220,6 +220,7 @@ def rollout(
 @app.command()
 def retrain(
     since: Annotated[str | None, typer.Option("--since", help="Oldest transaction used (YYYY-MM-DD).")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="Last day of transactions used (YYYY-MM-DD).")] = None,
     trials: Annotated[int | None, typer.Option("--trials", min=1, help="Ray Tune trials per model (default: "
                                                                        "fraudctl train's budget).")] = None,
     objective: Annotated[str, typer.Option("--objective", help="Threshold policy: f1 or cost.")] = "f1",
@@ -228,8 +229,8 @@ def retrain(
     from serve.retrain import run_retrain
 
     try:
-        summary = run_retrain(get_settings(), since=date.fromisoformat(since) if since else None, trials=trials,
-                              objective=objective)
+        summary = run_retrain(get_settings(), since=date.fromisoformat(since) if since else None,
+                              until=date.fromisoformat(until) if until else None, trials=trials, objective=objective)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

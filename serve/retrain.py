@@ -64,9 +64,10 @@ def _write_profiles(settings: Settings, history: Path) -> int:
     return written
 
 
-def run_retrain(settings: Settings, *, since: date | None = None, trials: int | None = None,
+def run_retrain(settings: Settings, *, since: date | None = None, until: date | None = None, trials: int | None = None,
                 objective: str = "f1") -> dict[str, Any]:
-    """Build the training set, train, register the challenger and start it in shadow; the summary the CLI prints."""
+    """Build the training set (transactions from ``since`` through ``until``, days inclusive), train, register the
+    challenger and start it in shadow; the summary the CLI prints."""
     progress = tqdm(total=3, desc="reading kept transactions", unit="stage")
     kept = read_log(settings, TRANSACTIONS_PREFIX)
     feedback = read_log(settings, FEEDBACK_PREFIX)
@@ -80,6 +81,8 @@ def run_retrain(settings: Settings, *, since: date | None = None, trials: int | 
         counts["bootstrap"] = len(bootstrap)
     if since is not None:
         history = history[history["timestamp"] >= pd.Timestamp(since, tz="UTC")]
+    if until is not None:
+        history = history[history["timestamp"] < pd.Timestamp(until, tz="UTC") + pd.Timedelta(days=1)]
     if history.empty:
         raise ValueError("no labelled history to train on: nothing kept yet (score some traffic first)")
     progress.set_description("joined feedback labels")
