@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from cluster.aws import bootstrap
 from cluster.config import Settings
 from cluster.kinesis import read_stream
 from cluster.waiting import free_port
@@ -84,7 +85,10 @@ def fraud_heavy_traffic(history: Any, users: int, heavy_rows: int, other_rows: i
 def test_consumers_and_replicas_spread_over_nodes_and_losing_a_worker_loses_nothing(
         ray_session, champion_model, small_history, tmp_path) -> None:
     settings = stream_settings(ray_session, shards=4).model_copy(update={
-        "stream_shards": 4, "api_port": free_port(), "serve_haproxy": False})
+        "stream_shards": 4, "api_port": free_port(), "serve_haproxy": False, "model_bucket": f"models-{TAG}"})
+    # a bucket of its own: the cluster's feature state snapshots there, never over the session's own state
+    bootstrap(settings)
+    registry_for(settings).register(registry_for(ray_session).load("champion"), promote=True)
     frame = fraud_heavy_traffic(small_history, users=12, heavy_rows=400, other_rows=200)
     queue_url = subscribe_alert_queue(settings, f"alerts-{TAG}-{free_port()}")
     result = run_scenario(settings, frame, tmp_path)
