@@ -647,6 +647,7 @@ class ModelSection:
     summary: str
     metrics: pd.DataFrame
     scenarios: pd.DataFrame
+    operating: pd.DataFrame  # the test period's trade-off at fixed false-positive rates, the threshold marked
     image: Any  # PIL image of the evaluation report (ROC, precision-recall, score by class), or None
 
 
@@ -670,6 +671,22 @@ def model_metrics(metadata: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]
     return table, per_scenario
 
 
+OBJECTIVE_WORDING = {"f1": "the best F1 (precision and recall weighed alike)",
+                     "cost": "the least expected cost (missed fraud amount + review cost per alert)"}
+OPERATING_COLUMNS = ["at", "threshold", "precision", "recall", "false_positive_rate", "expected_cost"]
+
+
+def operating_table(metadata: dict[str, Any]) -> pd.DataFrame:
+    """The stored operating points of the test period, the chosen threshold's own row and the least-cost one."""
+    test = (metadata.get("metrics") or {}).get("test", {})
+    rows = [{"at": f"FPR ≤ {point['fpr_at_most']:.1%}", **point} for point in test.get("operating_points", [])]
+    if "least_cost_point" in test:
+        rows.append({"at": "least expected cost", **test["least_cost_point"]})
+    if "threshold_point" in test:
+        rows.append({"at": "chosen threshold", **test["threshold_point"]})
+    return pd.DataFrame(rows, columns=OPERATING_COLUMNS)
+
+
 def model_section(registry: Any, ref: str, role: str) -> ModelSection | None:
     """One registered version as the models tab shows it; None when ``ref`` names no version."""
     try:
@@ -684,6 +701,8 @@ def model_section(registry: Any, ref: str, role: str) -> ModelSection | None:
         details.append(f"ensemble {ensemble['xgb_weight']:.2f} XGBoost + {ensemble['ae_weight']:.2f} autoencoder")
     if "threshold" in policy:
         details.append(f"HIGH/is_fraud at ≥ {policy['threshold']:.3f}, MEDIUM at ≥ {policy.get('medium', 0):.3f}")
+        if ensemble.get("objective") in OBJECTIVE_WORDING:
+            details.append(f"threshold chosen on the validation period for {OBJECTIVE_WORDING[ensemble['objective']]}")
     if not metadata.get("metrics"):
         details.append("no evaluation metrics stored with this version")
     png = registry.attachment(version, "report/evaluation.png")
@@ -692,7 +711,7 @@ def model_section(registry: Any, ref: str, role: str) -> ModelSection | None:
         details.append("no evaluation report image stored with this version")
     metrics, per_scenario = model_metrics(metadata)
     return ModelSection(title=f"### {role}: `{version}`", summary=" · ".join(details), metrics=metrics,
-                        scenarios=per_scenario, image=image)
+                        scenarios=per_scenario, operating=operating_table(metadata), image=image)
 
 
 def rollout_view(state: RolloutState) -> tuple[str, pd.DataFrame]:
@@ -969,9 +988,11 @@ def build_dashboard(settings: Settings, view_source: Callable[[], View], simulat
                         with gr.Row():
                             metrics = gr.Dataframe(interactive=False, label="metrics (test, validation)")
                             per_scenario = gr.Dataframe(interactive=False, label="recall per scenario (test)")
-                        image = gr.Image(label="ROC · precision-recall · score by class (test period)",
+                        operating = gr.Dataframe(interactive=False,
+                                                 label="operating points (test): precision, recall, FPR, expected cost")
+                        image = gr.Image(label="ROC · precision-recall · score by class · operating point (test period)",
                                          interactive=False, buttons=["fullscreen"])
-                    model_outputs += [title, summary, metrics, per_scenario, image]
+                    model_outputs += [title, summary, metrics, per_scenario, operating, image]
 
         timer = gr.Timer(refresh_s)
         live_outputs = [tiles, tps_plot, latency_plot, lag_plot, score_plot, detection, alerts, simulation_status]
@@ -1007,10 +1028,11 @@ def build_dashboard(settings: Settings, view_source: Callable[[], View], simulat
                                                 "`FRAUD_CHALLENGER`), or it is the champion.")):
                 if section is None:
                     out += [empty, "", gr.Dataframe(visible=False), gr.Dataframe(visible=False),
-                            gr.Image(value=None, visible=False)]
+                            gr.Dataframe(visible=False), gr.Image(value=None, visible=False)]
                 else:
                     out += [section.title, section.summary, gr.Dataframe(section.metrics, visible=True),
                             gr.Dataframe(section.scenarios, visible=not section.scenarios.empty),
+                            gr.Dataframe(section.operating, visible=not section.operating.empty),
                             gr.Image(value=section.image, visible=section.image is not None)]
             return out
 

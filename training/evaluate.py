@@ -60,7 +60,27 @@ def evaluate(frame: pd.DataFrame, scores: np.ndarray, policy: RiskPolicy) -> dic
     }
     if SCENARIO_COLUMN in frame.columns:
         metrics["recall_by_scenario"] = recall_by_scenario(frame, scores, predicted)
+    amounts = frame["amount"].to_numpy(np.float64) if "amount" in frame.columns else np.zeros(len(y))
+    metrics.update(operating_points(y, scores, amounts, policy.threshold))
     return metrics
+
+
+def operating_points(y: np.ndarray, scores: np.ndarray, amounts: np.ndarray, threshold: float) -> dict[str, Any]:
+    """The curves at fixed false-positive rates, at ``threshold`` and where the least expected cost sits: small
+    enough to store with a version, so the Models tab can show the trade-off the chosen threshold makes."""
+    curves = operating_curves(y, scores, amounts)
+
+    def point(i: int) -> dict[str, float]:
+        return {"threshold": round(float(curves["threshold"][i]), 6),
+                "precision": round(float(curves["precision"][i]), 4), "recall": round(float(curves["recall"][i]), 4),
+                "false_positive_rate": round(float(curves["fpr"][i]), 6),
+                "expected_cost": round(float(curves["expected_cost"][i]), 2)}
+
+    levels = (0.001, 0.005, 0.01, 0.02, 0.05)
+    return {"operating_points": [{"fpr_at_most": level, **point(_curve_rows(curves["fpr"], (level,))[0])}
+                                 for level in levels],
+            "least_cost_point": point(int(np.argmin(curves["expected_cost"]))),
+            "threshold_point": point(max(int(np.searchsorted(-curves["threshold"], -threshold, side="right")) - 1, 0))}
 
 
 def recall_by_scenario(frame: pd.DataFrame, scores: np.ndarray, predicted: np.ndarray) -> dict[str, dict[str, float]]:

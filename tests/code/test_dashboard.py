@@ -262,9 +262,17 @@ def test_model_view_reads_metrics_and_report_image_from_the_registry(tmp_path: P
     from training.registry import ModelRegistry
 
     metadata = {"version": "v1", "created_at": "2026-03-01T12:00:00+00:00",
-                "ensemble": {"xgb_weight": 0.8, "ae_weight": 0.2, "policy": {"threshold": 0.7, "medium": 0.4}},
+                "ensemble": {"xgb_weight": 0.8, "ae_weight": 0.2, "objective": "cost",
+                             "policy": {"threshold": 0.7, "medium": 0.4}},
                 "metrics": {"test": {"roc_auc": 0.99, "average_precision": 0.83, "false_positive_rate": 0.0003,
-                                     "rows": 42539, "recall_by_scenario": {
+                                     "rows": 42539, "operating_points": [
+                                         {"fpr_at_most": 0.01, "threshold": 0.2, "precision": 0.3, "recall": 0.9,
+                                          "false_positive_rate": 0.0098, "expected_cost": 900.0}],
+                                     "least_cost_point": {"threshold": 0.5, "precision": 0.7, "recall": 0.8,
+                                                          "false_positive_rate": 0.001, "expected_cost": 700.0},
+                                     "threshold_point": {"threshold": 0.7, "precision": 0.9, "recall": 0.7,
+                                                         "false_positive_rate": 0.0003, "expected_cost": 800.0},
+                                     "recall_by_scenario": {
                                          "card_testing": {"frauds": 33, "recall": 0.94, "average_precision": 0.95}}},
                             "validation": {"roc_auc": 0.98, "average_precision": 0.9,
                                            "false_positive_rate": 0.0001, "rows": 41957}}}
@@ -294,6 +302,14 @@ def test_model_view_reads_metrics_and_report_image_from_the_registry(tmp_path: P
     assert "0.80 XGBoost + 0.20 autoencoder" in section.summary and "≥ 0.700" in section.summary
     assert model_section(registry, "latest", "Challenger") is None
     assert isinstance(section.metrics, pd.DataFrame) and not section.scenarios.empty
+    assert "chosen on the validation period for the least expected cost" in section.summary
+    assert section.operating.to_dict(orient="records") == [
+        {"at": "FPR ≤ 1.0%", "threshold": 0.2, "precision": 0.3, "recall": 0.9, "false_positive_rate": 0.0098,
+         "expected_cost": 900.0},
+        {"at": "least expected cost", "threshold": 0.5, "precision": 0.7, "recall": 0.8,
+         "false_positive_rate": 0.001, "expected_cost": 700.0},
+        {"at": "chosen threshold", "threshold": 0.7, "precision": 0.9, "recall": 0.7, "false_positive_rate": 0.0003,
+         "expected_cost": 800.0}]
 
 
 # -- rules tab -------------------------------------------------------------------------------------------------

@@ -60,3 +60,15 @@ def test_the_max_blend_keeps_either_models_top_tail() -> None:
     xgb = np.array([0.9, 0.1, 0.2, 0.3])
     ae = np.array([0.0, 0.99, 0.1, 0.2])
     assert list(max_blend(xgb, ae)) == pytest.approx([1.0, 0.99, 0.5, 0.75])
+
+
+def test_operating_points_store_fixed_fpr_rows_the_chosen_threshold_and_the_least_cost() -> None:
+    from training.evaluate import operating_points
+
+    y = np.array([1, 0, 1, 0])
+    points = operating_points(y, np.array([0.9, 0.8, 0.7, 0.1]), np.array([100.0, 10.0, 50.0, 10.0]), threshold=0.75)
+    assert [p["fpr_at_most"] for p in points["operating_points"]] == [0.001, 0.005, 0.01, 0.02, 0.05]
+    assert all(p["threshold"] == 0.9 and p["false_positive_rate"] == 0 for p in points["operating_points"])
+    chosen = points["threshold_point"]  # alert at >= 0.75: the rows scored 0.9 and 0.8
+    assert (chosen["threshold"], chosen["precision"], chosen["recall"]) == (0.8, 0.5, 0.5)
+    assert points["least_cost_point"]["threshold"] == 0.7  # both frauds caught for three reviews
