@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,13 +24,18 @@ from cluster.waiting import port_in_use, wait_until
 log = logging.getLogger(__name__)
 
 
+def haproxy_folder(settings: Settings) -> Path:
+    """HAProxy's config, socket and server state for one data dir; HAProxy caps its socket path at 97 characters
+    and adds a 40-character folder, so it sits under a short name in the temp dir rather than in the data dir."""
+    tag = hashlib.sha1(str(Path(settings.data_dir).resolve()).encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / f"fraud-haproxy-{tag}"
+
+
 def serve_env(settings: Settings) -> dict[str, str]:
     """Environment for the Serve controller, proxies and replicas (read by Serve when its processes start)."""
     if not settings.serve_haproxy:
         return {}
-    # HAProxy caps its socket path at 97 characters and adds a 40-character folder: keep ours short, one per data dir
-    tag = hashlib.sha1(str(Path(settings.data_dir).resolve()).encode()).hexdigest()[:10]
-    state = Path(tempfile.gettempdir()) / f"fraud-haproxy-{tag}"
+    state = haproxy_folder(settings)
     state.mkdir(parents=True, exist_ok=True)
     return {
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
@@ -55,6 +61,8 @@ def stop_serve(settings: Settings, timeout_s: float = 30.0) -> None:
     serve.shutdown()
     wait_until(lambda: not port_in_use(settings.api_host, settings.api_port), timeout_s=timeout_s, interval_s=0.2,
                what=f"port {settings.api_port} free after serve.shutdown()")
+    if settings.serve_haproxy:
+        shutil.rmtree(haproxy_folder(settings), ignore_errors=True)
 
 
 @contextmanager

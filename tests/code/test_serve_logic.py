@@ -30,7 +30,7 @@ from serve.api import (
 )
 from serve.champion import compare, in_canary, mcnemar
 from serve.reasons import AUTOENCODER_REASON, explain_row
-from serve.runtime import serve_env
+from serve.runtime import haproxy_folder, serve_env
 
 VALID = {"transaction_id": "t-1", "user_id": "u-1", "merchant_id": "m-1", "amount": 10.0,
          "timestamp": "2026-01-05T10:00:00"}
@@ -247,3 +247,15 @@ def test_serve_mode_sets_the_ingress_drain_from_settings(tmp_path: Path) -> None
     env = serve_env(Settings(data_dir=tmp_path, serve_drain_s=2.0))
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "2"
     assert serve_env(Settings(data_dir=tmp_path, serve_haproxy=False)) == {}
+
+
+def test_haproxy_keeps_its_files_in_one_short_folder_per_data_dir(tmp_path: Path) -> None:
+    """HAProxy refuses a socket path over 97 characters once it adds its own 40-character folder, and the folder
+    is per data dir so that two Serve instances never share one (``stop_serve`` removes it)."""
+    settings = Settings(data_dir=tmp_path)
+    env = serve_env(settings)
+    folder = haproxy_folder(settings)
+    assert folder.is_dir() and env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] == str(folder)
+    assert len(env["RAY_SERVE_HAPROXY_SOCKET_PATH"]) + 40 <= 97
+    assert haproxy_folder(Settings(data_dir=tmp_path / "other")) != folder
+    folder.rmdir()
