@@ -9,7 +9,9 @@ Every ingress replica and stream consumer re-reads it with the champion pointer 
 and answers a transaction from the challenger when ``in_canary(transaction_id, share)``: the same draw on HTTP and
 on the stream, so a transaction gets the same model on both. Without a stored state the static settings
 (``FRAUD_CHALLENGER``, ``FRAUD_CANARY_SHARE``) are the default. The transitions are pure functions (tested alone);
-``RolloutStore`` stores and logs them; ``RolloutGuard`` is the one actor that applies them on its own.
+``RolloutStore`` stores and logs them; ``RolloutGuard`` is the one actor that applies them on its own. Every write
+is conditional on the state read before it (S3's conditional put): an operator's ``fraudctl rollout`` landing
+while the guard measures the previous rollout is never undone by the guard's verdict on what it measured.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -31,7 +34,7 @@ from serve.api import API_KEY_HEADER
 from serve.champion import DECISIONS_PREFIX, FEEDBACK_PREFIX, compare, read_log
 from serve.scoring import ModelSet
 from serve.stats import stats_actor
-from training.registry import ModelNotFound, registry_for
+from training.registry import ModelNotFound, StaleWrite, registry_for
 
 log = logging.getLogger(__name__)
 
@@ -152,45 +155,63 @@ def promotion_verdict(report: dict[str, Any], *, min_labels: int) -> str | None:
 class RolloutStore:
     """Reads and writes the rollout state in the registry; every change is logged and kept in ``events``."""
 
+    CHANGE_ATTEMPTS = 5  # an operator's change re-reads and re-applies this often while others write
+
     def __init__(self, settings: Settings):
         self.settings = settings
         self.registry = registry_for(settings)
 
-    def stored(self) -> RolloutState | None:
-        raw = self.registry.rollout()
-        return RolloutState.from_dict(raw) if raw else None
+    def read(self) -> tuple[RolloutState | None, str | None]:
+        """The stored state (None when none is) and the tag a conditional write expects."""
+        raw, tag = self.registry.rollout()
+        return (RolloutState.from_dict(raw) if raw else None), tag
 
-    def current(self) -> RolloutState:
-        """The stored state, or the static settings' challenger when none is stored (a pointer like ``latest``
-        is resolved by whoever serves it)."""
-        stored = self.stored()
-        if stored is not None:
-            return stored
+    def stored(self) -> RolloutState | None:
+        return self.read()[0]
+
+    def default(self) -> RolloutState:
+        """The static settings' challenger, which applies while no state is stored."""
         share = self.settings.canary_share if self.settings.challenger else 0.0
         return RolloutState(version=self.settings.challenger, share=share,
                             mode="canary" if share > 0 else "shadow", since=None)
 
-    def _write(self, state: RolloutState) -> RolloutState:
-        self.registry.put_rollout(state.to_dict())
+    def current(self) -> RolloutState:
+        """The stored state, or the static settings' challenger when none is stored (a pointer like ``latest``
+        is resolved by whoever serves it)."""
+        return self.stored() or self.default()
+
+    def write_if_unchanged(self, state: RolloutState, tag: str | None) -> RolloutState:
+        """Store ``state`` only over the state read with ``tag``; ``StaleWrite`` when another write came first."""
+        self.registry.put_rollout(state.to_dict(), expected=tag)
         event = state.events[-1]
         log.warning("rollout %s -> %s: version %s, share %s (%s)", event["from"], event["to"], event["version"],
                     event["share"], event["reason"])
         return state
 
+    def _change(self, change: Callable[[RolloutState | None], RolloutState]) -> RolloutState:
+        """Apply ``change`` to the state as stored now, re-reading when another write lands in between."""
+        for _ in range(self.CHANGE_ATTEMPTS):
+            stored, tag = self.read()
+            try:
+                return self.write_if_unchanged(change(stored), tag)
+            except StaleWrite:
+                log.info("rollout state changed while it was being changed; reading it again")
+        raise StaleWrite(f"the rollout state changed {self.CHANGE_ATTEMPTS} times during one change; try again")
+
     def start(self, version: str, share: float, reason: str) -> RolloutState:
         if version not in self.registry.versions():
             raise ModelNotFound(f"no model version {version!r} in {self.registry.location}")
-        return self._write(start_rollout(self.stored(), version, share, reason, now_iso()))
+        return self._change(lambda stored: start_rollout(stored, version, share, reason, now_iso()))
 
     def roll_back(self, reason: str) -> RolloutState:
-        return self._write(roll_back(self.current(), reason, now_iso()))
+        return self._change(lambda stored: roll_back(stored or self.default(), reason, now_iso()))
 
     def promoted(self, version: str, reason: str) -> RolloutState:
-        return self._write(record_promotion(self.stored(), version, reason, now_iso()))
+        return self._change(lambda stored: record_promotion(stored, version, reason, now_iso()))
 
     def clear(self) -> None:
         """Forget the stored state (the settings' static challenger applies again)."""
-        self.registry.put_rollout(None)
+        self.registry.clear_rollout()
         log.warning("rollout state cleared")
 
 
@@ -262,26 +283,39 @@ class RolloutGuard:
         return figures.get(champion), figures.get(challenger) if challenger != champion else None
 
     def check_guardrails(self) -> str | None:
-        """Roll a canary back when it breaches a bound; returns the reason, if it did."""
-        state = self.store.current()
+        """Roll a canary back when it breaches a bound; returns the reason, if it did. The verdict applies to the
+        rollout it measured only: one changed meanwhile is judged afresh next round."""
+        stored, tag = self.store.read()
+        state = stored or self.store.default()
         if state.mode != "canary" or not state.version:
             return None
         reason = guard_verdict(*self.measured(state), self.bounds)
-        if reason is not None:
-            self.store.roll_back(f"guardrail: {reason}")
+        if reason is None:
+            return None
+        try:
+            self.store.write_if_unchanged(roll_back(state, f"guardrail: {reason}", now_iso()), tag)
+        except StaleWrite:
+            log.warning("the rollout changed while the guard measured it; %s is judged again next round", reason)
+            return None
         return reason
 
     def check_promotion(self) -> str | None:
         """Promote a stored rollout's challenger the significance test says is better; returns the reason."""
-        state = self.store.stored()
+        state, tag = self.store.read()
         if state is None or not state.serving:
             return None
         report = compare(served_rows_since(self.settings, state.version, state.since),
                          read_log(self.settings, FEEDBACK_PREFIX))
         reason = promotion_verdict(report, min_labels=self.settings.rollout_promote_min_labels)
-        if reason is not None:
-            self.models.registry.promote(state.version)
-            self.store.promoted(state.version, f"significance: {reason}")
+        if reason is None:
+            return None
+        try:
+            self.store.write_if_unchanged(record_promotion(state, state.version, f"significance: {reason}",
+                                                           now_iso()), tag)
+        except StaleWrite:
+            log.warning("the rollout changed while the guard tested it; no promotion this round")
+            return None
+        self.models.registry.promote(state.version)
         return reason
 
 

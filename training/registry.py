@@ -8,6 +8,8 @@ with different feature code: its model would silently receive features it was ne
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -35,6 +37,11 @@ CHAMPION_METRIC = "average_precision"
 
 class FeatureVersionMismatch(ValueError):
     """The bundle was trained on another feature spec than the one running now (``cluster.features.FEATURE_VERSION``)."""
+
+
+class StaleWrite(RuntimeError):
+    """The object changed since it was read, so the write was refused: the caller re-reads and decides again
+    rather than overwrite a change it never saw."""
 
 
 class ModelNotFound(LookupError):
@@ -86,6 +93,8 @@ class _Store(Protocol):
     def get(self, key: str) -> bytes | None: ...
     def delete(self, key: str) -> None: ...
     def keys(self, prefix: str) -> list[str]: ...
+    def get_tagged(self, key: str) -> tuple[bytes | None, str | None]: ...
+    def put_if(self, key: str, body: bytes, expected: str | None) -> None: ...
 
 
 class _S3Store:
@@ -103,6 +112,26 @@ class _S3Store:
         except ClientError as exc:
             if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
                 return None
+            raise
+
+    def get_tagged(self, key: str) -> tuple[bytes | None, str | None]:
+        """The object and its ETag, or (None, None)."""
+        try:
+            answer = self._s3.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                return None, None
+            raise
+        return answer["Body"].read(), answer["ETag"]
+
+    def put_if(self, key: str, body: bytes, expected: str | None) -> None:
+        """S3's conditional write: only over the ETag ``expected``, or only where nothing is (None)."""
+        condition = {"IfMatch": expected} if expected else {"IfNoneMatch": "*"}
+        try:
+            self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, **condition)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"):
+                raise StaleWrite(f"s3://{self.bucket}/{key} changed since it was read") from exc
             raise
 
     def delete(self, key: str) -> None:
@@ -128,6 +157,20 @@ class _LocalStore:
     def get(self, key: str) -> bytes | None:
         path = self.root / key
         return path.read_bytes() if path.is_file() else None
+
+    def get_tagged(self, key: str) -> tuple[bytes | None, str | None]:
+        body = self.get(key)
+        return body, hashlib.sha256(body).hexdigest() if body is not None else None
+
+    def put_if(self, key: str, body: bytes, expected: str | None) -> None:
+        """The same condition as S3's, under a lock file, so that two processes on one folder cannot both win."""
+        lock = self.root / f"{key}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with lock.open("w") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            if self.get_tagged(key)[1] != expected:
+                raise StaleWrite(f"{self.root / key} changed since it was read")
+            self.put(key, body)
 
     def delete(self, key: str) -> None:
         (self.root / key).unlink(missing_ok=True)
@@ -181,18 +224,20 @@ class ModelRegistry:
             raise ModelNotFound(f"no model version {version!r} in {self.location}")
         self._point("champion", version)
 
-    def rollout(self) -> dict[str, Any] | None:
-        """The stored rollout state (a JSON object beside the pointers), or None when no rollout was ever set."""
-        raw = self._store.get(f"{PREFIX}/pointers/{ROLLOUT_FILE}")
-        return json.loads(raw) if raw else None
+    def rollout(self) -> tuple[dict[str, Any] | None, str | None]:
+        """The stored rollout state (a JSON object beside the pointers; None when no rollout was ever set) and the
+        tag a conditional ``put_rollout`` expects."""
+        raw, tag = self._store.get_tagged(f"{PREFIX}/pointers/{ROLLOUT_FILE}")
+        return (json.loads(raw) if raw else None), tag
 
-    def put_rollout(self, state: dict[str, Any] | None) -> None:
-        """Store the rollout state; None removes it (the settings' static challenger applies again)."""
-        key = f"{PREFIX}/pointers/{ROLLOUT_FILE}"
-        if state is None:
-            self._store.delete(key)
-        else:
-            self._store.put(key, json.dumps(state, indent=2).encode())
+    def put_rollout(self, state: dict[str, Any], *, expected: str | None) -> None:
+        """Store the rollout state only if it is still the one read with tag ``expected`` (None: none stored),
+        so the guard and an operator changing it at once never lose either change silently (``StaleWrite``)."""
+        self._store.put_if(f"{PREFIX}/pointers/{ROLLOUT_FILE}", json.dumps(state, indent=2).encode(), expected)
+
+    def clear_rollout(self) -> None:
+        """Remove the rollout state (the settings' static challenger applies again)."""
+        self._store.delete(f"{PREFIX}/pointers/{ROLLOUT_FILE}")
 
     def resolve(self, ref: str) -> str | None:
         """A pointer name or a version -> the version, or None when there is no such pointer."""

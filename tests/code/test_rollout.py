@@ -1,5 +1,5 @@
 """Rollout state transitions, the guard's and the promotion's decisions, per-model stats and the retraining join:
-pure functions, no cluster."""
+pure functions, no cluster; the stored state on the embedded S3 and a folder."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import pytest
 
+from cluster.config import Settings
 from serve.champion import in_canary
 from serve.retrain import training_history
 from serve.rollout import (
     MAX_EVENTS,
     GuardBounds,
     RolloutState,
+    RolloutStore,
     guard_verdict,
     promotion_verdict,
     record_promotion,
@@ -21,6 +23,7 @@ from serve.rollout import (
     start_rollout,
 )
 from serve.stats import StatsCollector, StatsReporter
+from training.registry import ModelRegistry, StaleWrite
 
 BOUNDS = GuardBounds(min_rows=100, rate_factor=2.0, rate_slack=0.02, error_slack=0.01, latency_factor=3.0,
                      latency_slack_ms=100.0)
@@ -135,3 +138,38 @@ def test_training_history_labels_from_feedback_and_the_label_delay() -> None:
     assert labels == {"old-fraud": 1, "old-quiet": 0, "new-labelled": 0}  # the latest report wins; new-quiet waits
     assert counts == {"kept": 4, "labelled": 2, "assumed_genuine": 1, "awaiting_label": 1}
     assert "fraud_score" not in history.columns
+
+
+@pytest.fixture(params=["s3", "folder"])
+def registry(request: pytest.FixtureRequest, tmp_path) -> ModelRegistry:
+    """The registry on the embedded S3 (moto's server) and on a local folder: both refuse a stale write."""
+    if request.param == "folder":
+        return ModelRegistry(root=tmp_path)
+    registry = ModelRegistry(request.getfixturevalue("aws_settings"))
+    registry.clear_rollout()
+    return registry
+
+
+def test_a_rollout_write_refuses_to_overwrite_a_state_it_did_not_read(registry: ModelRegistry) -> None:
+    assert registry.rollout() == (None, None)
+    registry.put_rollout({"version": "v1"}, expected=None)
+    with pytest.raises(StaleWrite):
+        registry.put_rollout({"version": "v2"}, expected=None)  # written by someone else since "none stored"
+    stored, tag = registry.rollout()
+    registry.put_rollout({"version": "v3"}, expected=tag)
+    with pytest.raises(StaleWrite):
+        registry.put_rollout({"version": "v4"}, expected=tag)
+    assert registry.rollout()[0] == {"version": "v3"}
+    registry.clear_rollout()
+
+
+def test_the_guards_verdict_on_one_rollout_never_undoes_an_operators_newer_one(tmp_path) -> None:
+    store = RolloutStore(Settings(data_dir=tmp_path))
+    store.write_if_unchanged(start_rollout(None, "v2", 0.3, "by hand", "t0"), None)
+    measured, tag = store.read()  # the guard reads the v2 canary and measures it ...
+    store.write_if_unchanged(start_rollout(measured, "v3", 0.1, "by hand", "t1"), tag)  # ... an operator moves on
+    with pytest.raises(StaleWrite):
+        store.write_if_unchanged(roll_back(measured, "guardrail: alert rate", "t2"), tag)
+    assert (store.current().version, store.current().mode) == ("v3", "canary")
+    assert store.roll_back("by hand").mode == "rolled_back"  # a change re-reads: it applies to the newest state
+    assert [e["version"] for e in store.current().events] == ["v2", "v3", "v3"]
