@@ -168,6 +168,35 @@ class FeatureState(BaseModel):
     shards: int = Field(ge=0, description="stream shards whose positions a partition tracks (the most of any)")
 
 
+class ModelFigures(BaseModel):
+    """What one model version answered since the rollout started (within the guard's window)."""
+    rows: int = Field(ge=0, description="decisions + errors")
+    alert_rate: float
+    review_rate: float
+    error_rate: float
+    latency_p99_ms: float | None
+
+
+class LiveRollout(BaseModel):
+    champion: ModelFigures | None
+    challenger: ModelFigures | None
+
+
+class RolloutStatus(BaseModel):
+    """The rollout state and what the guard measures of it now (``RolloutGuard.status``)."""
+    version: str | None = Field(description="the challenger")
+    share: float = Field(ge=0, le=1, description="of traffic the challenger answers (by transaction_id hash)")
+    mode: str = Field(description="shadow | canary | rolled_back | promoted")
+    since: str | None
+    events: list[dict[str, Any]] = Field(description="state changes: {at, from, to, version, share, reason}")
+    stored: bool = Field(description="false while the static settings' challenger applies")
+    champion: str | None
+    window_s: float = Field(description="the guard compares the rows served in the last window_s at most")
+    live: LiveRollout
+    verdict: str | None = Field(description=(
+        "the bound the challenger breaches now (the guard rolls a canary back on its next round), or null"))
+
+
 class MonitoredReference(BaseModel):
     model_version: str | None = Field(description="the champion whose training reference the window is compared "
                                                   "with (None before any scoring)")

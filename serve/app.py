@@ -74,6 +74,7 @@ from serve.api import (
     Health,
     ListName,
     Monitoring,
+    RolloutStatus,
     Versions,
     check_api_key,
     document_security,
@@ -551,6 +552,11 @@ class Ingress:
              summary="The online feature state summed over its partitions: rows, keys, last snapshot, recoveries")
     async def state(self) -> dict[str, Any]:
         return await asyncio.to_thread(self.features.summary)
+
+    @api.get("/api/rollout", response_model=RolloutStatus,
+             summary="The rollout state and the guard's live figures: each model's rates and p99 since it started")
+    async def rollout_status(self) -> dict[str, Any]:
+        return await self.guard.status.remote()
 
     @api.get("/api/stats", summary="Live counters")
     async def stats(self) -> dict[str, Any]:

@@ -282,6 +282,17 @@ class RolloutGuard:
         challenger = self.models.resolve(state.version) if state.version else None
         return figures.get(champion), figures.get(challenger) if challenger != champion else None
 
+    def status(self) -> dict[str, Any]:
+        """The rollout as the guard sees it now: the state, each side's figures since it started and the bound
+        the challenger breaches (what the next round acts on, for a canary)."""
+        stored = self.store.stored()
+        state = stored or self.store.default()
+        champion, challenger = self.measured(state) if state.version else (None, None)
+        return {**state.to_dict(), "stored": stored is not None, "champion": self.models.resolve("champion"),
+                "window_s": self.settings.rollout_window_s,
+                "live": {"champion": _figures(champion), "challenger": _figures(challenger)},
+                "verdict": guard_verdict(champion, challenger, self.bounds)}
+
     def check_guardrails(self) -> str | None:
         """Roll a canary back when it breaches a bound; returns the reason, if it did. The verdict applies to the
         rollout it measured only: one changed meanwhile is judged afresh next round."""
@@ -319,6 +330,11 @@ class RolloutGuard:
         return reason
 
 
+def _figures(measured: dict[str, Any] | None) -> dict[str, Any] | None:
+    keys = ("rows", "alert_rate", "review_rate", "error_rate", "latency_p99_ms")
+    return {key: measured[key] for key in keys} if measured else None
+
+
 def guard_actor(settings: Settings) -> Any:
     """The cluster's one guard for this registry (created on first use by the app or the stream scorer)."""
     return ray.remote(RolloutGuard).options(
@@ -337,11 +353,19 @@ def run_compare(settings: Settings) -> dict[str, Any]:
 
 
 def rollout_status(settings: Settings) -> dict[str, Any]:
-    """``fraudctl rollout --status``: the state (stored, or the settings' default) and the champion."""
+    """``fraudctl rollout --status``: from a running app, the guard's live view (``GET /api/rollout``); without
+    one, the stored state (or the settings' default) and the champion, with ``live`` null."""
+    try:
+        answer = httpx.get(f"http://{settings.api_host}:{settings.api_port}/api/rollout", timeout=30)
+        if answer.is_success:
+            return answer.json()
+    except httpx.TransportError:
+        pass
     store = RolloutStore(settings)
-    state = store.current()
-    models = ModelSet(settings)
-    return {**state.to_dict(), "stored": store.stored() is not None, "champion": models.resolve("champion")}
+    stored = store.stored()
+    return {**(stored or store.default()).to_dict(), "stored": stored is not None,
+            "champion": ModelSet(settings).resolve("champion"), "window_s": settings.rollout_window_s, "live": None,
+            "verdict": None, "note": "no app answering: the stored state only"}
 
 
 def run_promote(settings: Settings, version: str, reason: str = "by hand (fraudctl promote)") -> dict[str, Any]:

@@ -179,6 +179,17 @@ def test_a_challenger_the_significance_test_prefers_is_promoted(lifecycle: tuple
     answers = score(url, transactions)
     assert {r["model_version"] for r in answers} == {registry.resolve("champion")}
 
+    def live_status() -> dict[str, Any] | None:  # the guard's view, as the API and `rollout --status` give it
+        status = fraudctl(settings, "rollout", "--status")
+        return status if (status["live"]["champion"] or {}).get("rows", 0) >= len(transactions) else None
+
+    status = wait_until(live_status, timeout_s=60, interval_s=1.0, what="the champion's rows in the live status")
+    assert (status["version"], status["mode"], status["stored"]) == (wider, "shadow", True)
+    assert status["champion"] == registry.resolve("champion") and 0 <= status["live"]["champion"]["alert_rate"] <= 1
+    over_http = requests.get(f"{url}/api/rollout", timeout=30).json()
+    stable = ("version", "share", "mode", "since", "events", "stored", "champion", "window_s")
+    assert {key: over_http[key] for key in stable} == {key: status[key] for key in stable}
+
     def all_logged() -> list[pd.DataFrame]:
         rows = served_rows_since(settings, wider, state["since"])
         return [rows] if len(rows) >= len(transactions) else []
