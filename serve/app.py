@@ -233,6 +233,24 @@ class Ingress:
         if not self._flushers:
             self._flushers = [asyncio.ensure_future(self._flush_logs()), asyncio.ensure_future(self._flush_monitoring())]
 
+    async def __del__(self) -> None:
+        """Serve calls this once a stopping replica has drained its requests (a downscale, a redeploy, a
+        shutdown): the shadow passes still running, the cases being opened, the buffered decision and transaction
+        logs, stats and monitoring counts reach their stores instead of ending with the process."""
+        for task in self._flushers:
+            task.cancel()
+        if self._background:
+            await asyncio.wait(set(self._background))
+        await asyncio.to_thread(self._drain)
+        await self.reporter.flush()
+
+    def _drain(self) -> None:
+        self.cases.close()
+        self.decision_log.flush()
+        kept, self._kept = self._kept, []
+        self._keep_transactions(kept)
+        self.monitor.flush()
+
     async def _flush_logs(self) -> None:
         """Buffered decision logs and stats reach their stores even when traffic stops."""
         while True:

@@ -101,6 +101,10 @@ class CaseStore:
         self.clock = clock
         self._pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="cases")  # threads start on demand
 
+    def close(self) -> None:
+        """Wait for the cases still being opened (with their retries): a stopping replica calls it last."""
+        self._pool.shutdown(wait=True)
+
     # -- opening --------------------------------------------------------------------------------------------------
 
     def open_many(self, decisions: Sequence[dict[str, Any]], transactions: Sequence[Transaction]) -> int:

@@ -12,13 +12,15 @@ from typing import Any
 
 import pytest
 import requests
+from ray import serve
 
 from cluster.config import Settings
 from cluster.schema import format_timestamp
 from cluster.waiting import wait_until
 from serve.api import MAX_ANALYST_CHARS, MAX_NOTE_CHARS
-from serve.cases import case_id
-from serve.champion import FEEDBACK_PREFIX, read_log
+from serve.app import build_app
+from serve.cases import CaseStore, case_id
+from serve.champion import FEEDBACK_PREFIX, TRANSACTIONS_PREFIX, read_log
 from tests.conftest import API_KEY
 
 KEY = {"X-API-Key": API_KEY}
@@ -183,3 +185,24 @@ def test_cases_are_in_the_openapi_document(served: tuple[str, Settings]) -> None
     assert decision["security"] == [{"ApiKey": []}]
     assert {"200", "401", "404", "409", "422"} <= set(decision["responses"])
     assert "analyst" in str(decision["requestBody"])
+
+
+def test_a_replica_stopped_right_after_answering_still_opens_its_cases_and_keeps_its_transactions(
+        review_api: str, served: tuple[str, Settings]) -> None:
+    """Serve calls the ingress' ``__del__`` once a stopping replica has drained: the cases still on its pool and
+    the transactions in its log buffer (written every few seconds) reach their stores before the process ends."""
+    _, settings = served
+    serve.run(build_app(settings), name="drain-test", route_prefix="/drain")
+    url = f"http://{settings.api_host}:{settings.api_port}/drain"
+    wait_until(lambda: requests.get(f"{url}/healthz", timeout=30).status_code == 200, timeout_s=120,
+               interval_s=0.5, what="the second app healthy")
+    wait_until(lambda: _check(url, f"warm-{uuid.uuid4().hex[:12]}")["action"] == "review", timeout_s=30,
+               interval_s=0.5, what="the review rule on the second app")
+    ids = [f"drain-{uuid.uuid4().hex[:12]}" for _ in range(20)]
+    assert all(_check(url, tid)["action"] == "review" for tid in ids)
+    serve.delete("drain-test")  # at once: well within the replica's log-flush interval
+
+    store = CaseStore(settings)
+    assert all(store.get(case_id(tid))["status"] == "open" for tid in ids)
+    logged = set(read_log(settings, TRANSACTIONS_PREFIX)["transaction_id"])
+    assert set(ids) <= logged, f"{len(set(ids) - logged)} of {len(ids)} transactions not kept"
