@@ -232,3 +232,37 @@ def test_kinesis_datasource_reads_every_shard_back(ray_session: Settings) -> Non
     expected = build_features(ordered, label_delay=timedelta(days=1))
     assert list(built["transaction_id"]) == list(expected["transaction_id"])
     np.testing.assert_allclose(built[list(FEATURE_NAMES)], expected[list(FEATURE_NAMES)], rtol=1e-5, atol=1e-4)
+
+
+def test_a_snapshot_of_another_stream_set_is_refused(ray_session: Settings) -> None:
+    """Two deployments sharing a bucket and a state name: a state never loads the other's windows and positions."""
+    from cluster.feature_state import OnlineFeatures
+
+    transactions = synthetic_transactions(300, users=30, merchants=6, days=3, seed=6)
+    transactions["user_id"] = "guarded-" + transactions["user_id"]
+    users = transactions["user_id"].nunique()
+    ours = ray_session.model_copy(update={"stream_name": "guarded-in", "ingest_stream_name": "guarded-ingest"})
+    theirs = ours.model_copy(update={"stream_name": "guarded-other-in"})
+    first = OnlineFeatures(ours, name="guarded", restore=False)
+    try:
+        first.compute(transactions)
+        first.snapshot()
+    finally:
+        first.shutdown()
+    foreign = OnlineFeatures(theirs, name="guarded")  # same bucket and name, another stream: its own is refused
+    try:
+        assert foreign.stats()["user"]["keys"] == 0
+        assert foreign.restore() == [False] and foreign.summary()["recoveries"] == 0
+    finally:
+        foreign.shutdown()
+    copy = OnlineFeatures(ours.model_copy(update={"ingest_stream_name": "guarded-other-ingest"}), name="guarded-copy",
+                          restore_from="guarded")  # another ingest stream is another stream set too
+    try:
+        assert copy.stats()["user"]["keys"] == 0
+    finally:
+        copy.shutdown()
+    same = OnlineFeatures(ours, name="guarded")
+    try:
+        assert same.stats()["user"]["keys"] == users, "the snapshot of its own stream set loads"
+    finally:
+        same.shutdown()
