@@ -7,6 +7,8 @@ from datetime import timedelta
 
 import numpy as np
 import pandas as pd
+import pytest
+from pydantic import ValidationError
 
 from cluster.config import Settings
 from cluster.feature_state import TAIL_ROWS, FeatureStateCore, KeyedHistory, RecentTransactions, StreamPlacement
@@ -266,3 +268,13 @@ def test_a_snapshot_of_another_stream_set_is_refused(ray_session: Settings) -> N
         assert same.stats()["user"]["keys"] == users, "the snapshot of its own stream set loads"
     finally:
         same.shutdown()
+
+
+def test_the_state_name_is_a_setting_that_reaches_workers_and_names_only_safe_keys(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FRAUD_FEATURE_STATE_NAME", "features-eu")
+    settings = Settings()
+    assert settings.feature_state_name == "features-eu"
+    assert settings.as_env()["FRAUD_FEATURE_STATE_NAME"] == "features-eu"  # what Ray workers and children get
+    with pytest.raises(ValidationError, match="feature_state_name"):
+        Settings(feature_state_name="../features")  # an actor name and an S3 folder: no path in it
