@@ -515,7 +515,8 @@ class FeatureStateActor:
         """Rows, keys, the last snapshot's time (epoch seconds), the event time (epoch ms) and the recoveries of this
         partition."""
         clocks = [core.event_time_ms for core in self.cores.values() if core.event_time_ms is not None]
-        return {"rows": sum(len(core.rows) for core in self.cores.values()), "event_time_ms": max(clocks, default=None),
+        return {"rows": sum(len(core.rows) for core in self.cores.values()),
+                "event_time_ms": max(clocks, default=None),
                 "keys": {kind: self.cores[kind].rows.key_count for kind in ("user", "merchant")},
                 "last_snapshot_at": self.snapshotted_at, "recoveries": self.recoveries, "replayed": self.replayed,
                 "replayed_http": self.replayed_http, "last_recovery_s": self.recovery_s, "shards": len(self.positions)}
@@ -524,8 +525,8 @@ class FeatureStateActor:
         """Every kind and the stream positions as one npz, compressed (``SNAPSHOT_CODEC``)."""
         arrays = {f"{kind}.{name}": values for kind, core in self.cores.items() for name, values in core.arrays().items()}
         meta = {"covers": self.covers, "positions": {shard: str(at) for shard, at in self.positions.items()},
-                "logs": sorted(self.logs), "taken_at": taken_at, "recoveries": self.recoveries, "replayed": self.replayed,
-                "replayed_http": self.replayed_http, "recovery_s": self.recovery_s}
+                "logs": sorted(self.logs), "taken_at": taken_at, "recoveries": self.recoveries,
+                "replayed": self.replayed, "replayed_http": self.replayed_http, "recovery_s": self.recovery_s}
         buffer = io.BytesIO()
         np.savez(buffer, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
         raw = buffer.getbuffer()
@@ -704,12 +705,13 @@ def _instant(text: str) -> pd.Timestamp:
 class OnlineFeatures:
     """Features for micro-batches through the state actors: the same numbers ``build_features`` gives offline.
 
-    Actors are named (``{name}-{i}`` in namespace ``fraud``; ``feature_state_name`` by default) and shared by every coordinator in the cluster; actor
-    ``i`` owns partition ``i`` of the users, the merchants and the merchant categories, so a batch costs one call
-    per actor. A fresh actor restores its partitions from its state's last S3 snapshot, or if there is none from
-    ``restore_from``'s (an SDK can start from a copy of the cluster's state). The actors are detached, so they
-    outlive whichever consumer or replica happened to create them (a downscaled or lost replica would otherwise take
-    the shared state with it); ``shutdown`` stops them. Ray restarts one that is killed or whose node is lost: it loads
+    Actors are named (``{name}-{i}`` in namespace ``fraud``; ``feature_state_name`` by default) and shared by every
+    coordinator in the cluster; actor ``i`` owns partition ``i`` of the users, the merchants and the merchant
+    categories, so a batch costs one call per actor. A fresh actor restores its partitions from its state's last S3
+    snapshot, or if there is none from ``restore_from``'s (an SDK can start from a copy of the cluster's state); a
+    snapshot of another stream set is refused (``stream_set``). The actors are detached, so they outlive whichever
+    consumer or replica happened to create them (a downscaled or lost replica would otherwise take the shared state
+    with it); ``shutdown`` stops them. Ray restarts one that is killed or whose node is lost: it loads
     its snapshot and replays the stream from the snapshot's positions (and the ingest stream from its time), then
     Ray retries the calls in flight on it (a retried batch is already in the replayed state and gets the features
     it got first).
@@ -721,7 +723,7 @@ class OnlineFeatures:
         """``name``: the state's (``feature_state_name``, the cluster's, by default)."""
         self.settings = settings or get_settings()
         self.name, self.actor_cpus = name or self.settings.feature_state_name, actor_cpus
-        self.restore_from = tuple(dict.fromkeys(n for n in (name, restore_from) if n)) if restore else ()
+        self.restore_from = tuple(dict.fromkeys(n for n in (self.name, restore_from) if n)) if restore else ()
         self.partitions = partitions or self.settings.feature_partitions
         self.user_store = user_store or default_user_store(self.settings)
         self.merchant_store = merchant_store or default_merchant_store(self.settings)

@@ -119,7 +119,8 @@ def _hosted(seen: dict[str, Any], node: str) -> tuple[int, int, int]:
 def probe_row(frame: pd.DataFrame) -> pd.DataFrame:
     """One more transaction of the frame's last card, a minute after it: its features read the card's windows."""
     row = frame.tail(1).drop(columns=["is_fraud", "fraud_scenario"], errors="ignore").reset_index(drop=True)
-    return row.assign(transaction_id="state-probe-after-node-loss", timestamp=row["timestamp"] + pd.Timedelta(minutes=1))
+    return row.assign(transaction_id="state-probe-after-node-loss",
+                      timestamp=row["timestamp"] + pd.Timedelta(minutes=1))
 
 
 def score_through_node_loss(cluster: Any, settings: Settings, frame: pd.DataFrame) -> dict[str, Any]:

@@ -309,8 +309,8 @@ def test_state_counts_what_the_feature_state_holds(served: tuple[str, Settings])
         "merchant"] + 3
     assert after["rows"] >= before["rows"] + len(batch) * 2  # each joins the card's and the merchant's history
     assert after["last_snapshot_at"] is not None and after["last_snapshot_at"] != before["last_snapshot_at"]
-    assert after["event_time"] is not None and (before["event_time"] is None
-                                                or pd.Timestamp(after["event_time"]) >= pd.Timestamp(before["event_time"]))
+    assert after["event_time"] is not None
+    assert before["event_time"] is None or pd.Timestamp(after["event_time"]) >= pd.Timestamp(before["event_time"])
     assert after["recoveries"] >= before["recoveries"] and after["replayed"] >= before["replayed"]
 
 

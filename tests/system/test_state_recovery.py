@@ -1,7 +1,8 @@
 """Exactly-once feature state under chaos: a stream of N simulated transactions is scored while a state actor (and,
-separately, a consumer, the alert desk) is killed at a random point; afterwards every transaction's features and score equal those
-of an uninterrupted run of the same stream, there is one decision per transaction, and every HIGH alerted once. And
-transactions scored over HTTP before a kill still count in the windows after it (the ingest stream's replay)."""
+separately, a consumer, the alert desk) is killed at a random point; afterwards every transaction's features and
+score equal those of an uninterrupted run of the same stream, there is one decision per transaction, and every HIGH
+alerted once. And transactions scored over HTTP before a kill still count in the windows after it (the ingest
+stream's replay)."""
 
 from __future__ import annotations
 
