@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     # Online feature state: one actor per partition, shared by every replica and consumer (all must agree). More
     # partitions spread the state over nodes but cost every pass one more round trip (docs/ARCHITECTURE.md).
     feature_partitions: int = Field(1, ge=1, le=256)
+    # The state's name: its actors are ``{name}-{i}`` and its snapshots ``s3://{model_bucket}/feature-state/{name}/``,
+    # so two deployments (or test clusters) sharing a bucket keep their state apart by naming it apart.
+    feature_state_name: str = Field("features", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     # Each state actor writes its state to S3 this often while it scores (0: only when asked). A lost actor replays
     # the stream since its last snapshot, so this bounds the replay (recovery time), against the snapshot's share of
     # the actor's time; `fraudctl bench --only feature_state` measures both.

@@ -74,6 +74,7 @@ from cluster.schema import LABEL_EVENT_COLUMNS, canonical_columns, label_values,
 log = logging.getLogger(__name__)
 
 SNAPSHOT_PREFIX = "feature-state"
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 KINDS = ("user", "merchant", "mcc")
 _FLOAT_COLUMNS = frozenset({"amount", "lat", "lon"})
 MERCHANT_STATE_COLUMNS = (*EVENT_ROW_COLUMNS, "txn_key", "mcc_key", "user_key")  # what places label feedback
@@ -232,7 +233,7 @@ class FeatureStateCore:
         # that long; a label anchors at most one delay before it is known, so the known-time windows keep theirs.
         self.label_retention_ms = RETENTION_MS + label_delay_ms + 1
         self.row_retention_ms = self.label_retention_ms if kind == "merchant" else RETENTION_MS
-        self.watermark = np.iinfo(np.int64).min + self.label_retention_ms
+        self.watermark = np.iinfo(np.int64).min + self.label_retention_ms  # the latest transaction time seen
         self.rows_since_compact = 0
 
     def process(self, batch: Rows, applied: np.ndarray | None = None) -> np.ndarray:
@@ -292,6 +293,12 @@ class FeatureStateCore:
         self.labels.append(fresh)
         return len(fresh)
 
+    @property
+    def event_time_ms(self) -> int | None:
+        """The state's clock: the latest transaction time it has seen (None before any); a compaction evicts what
+        the windows no longer see from it, whatever the wall clock says."""
+        return self.watermark if self.watermark > np.iinfo(np.int64).min + self.label_retention_ms else None
+
     def stats(self) -> dict[str, int]:
         return {"rows": len(self.rows), "keys": self.rows.key_count, "labels": len(self.labels),
                 "bytes": self.rows.nbytes + self.labels.nbytes + self.recent.values.nbytes + self.recent.keys.nbytes}
@@ -322,6 +329,15 @@ def _columns(arrays: Any, prefix: str, columns: tuple[str, ...]) -> Rows:
 def snapshot_folder(name: str) -> str:
     """Where the state named ``name`` keeps its snapshots in the model bucket."""
     return f"{SNAPSHOT_PREFIX}/{name}"
+
+
+def stream_set(settings: Settings, partitions: int) -> dict[str, Any]:
+    """What a state's snapshot covers: the stream its consumers read, the ingest stream its HTTP requests are logged
+    to, and how its keys are partitioned. A restore takes only a snapshot of the same stream set: one written by
+    another deployment that shares the bucket and the state name holds windows and positions of streams this one
+    never reads (and a replay from them would read the wrong streams)."""
+    return {"streams": [settings.stream_name], "ingest_streams": [settings.ingest_stream_name],
+            "partitions": partitions}
 
 
 @dataclass(frozen=True)
@@ -417,7 +433,7 @@ class FeatureStateActor:
 
     Snapshots go to ``s3://{model_bucket}/feature-state/{name}/{i}-of-{n}.npz.zst``, every kind and the stream
     positions in one object: each named state (the cluster's, an SDK's) keeps its own, so one never restores or
-    overwrites another's.
+    overwrites another's. A snapshot names its stream set (``stream_set``); a restore refuses one of another set.
     """
 
     def __init__(self, name: str, partition: int, partitions: int, settings: Settings,
@@ -429,6 +445,7 @@ class FeatureStateActor:
         self.settings = settings
         self.name, self.partition, self.partitions = name, partition, partitions
         self.object_key = self._key(name)
+        self.covers = stream_set(settings, partitions)
         self.positions: dict[str, int] = {}  # per shard, the last position applied
         self.logs: set[str] = set()  # the ingest streams (HTTP requests) this state took rows from
         self.covered_at: float | None = None  # when the loaded snapshot was taken: the ingest replay starts there
@@ -495,8 +512,11 @@ class FeatureStateActor:
         return {kind: core.stats() for kind, core in self.cores.items()}
 
     def summary(self) -> dict[str, Any]:
-        """Rows, keys, the last snapshot's time (epoch seconds) and the recoveries of this partition."""
+        """Rows, keys, the last snapshot's time (epoch seconds), the event time (epoch ms) and the recoveries of this
+        partition."""
+        clocks = [core.event_time_ms for core in self.cores.values() if core.event_time_ms is not None]
         return {"rows": sum(len(core.rows) for core in self.cores.values()),
+                "event_time_ms": max(clocks, default=None),
                 "keys": {kind: self.cores[kind].rows.key_count for kind in ("user", "merchant")},
                 "last_snapshot_at": self.snapshotted_at, "recoveries": self.recoveries, "replayed": self.replayed,
                 "replayed_http": self.replayed_http, "last_recovery_s": self.recovery_s, "shards": len(self.positions)}
@@ -504,21 +524,30 @@ class FeatureStateActor:
     def dump(self, taken_at: float) -> bytes:
         """Every kind and the stream positions as one npz, compressed (``SNAPSHOT_CODEC``)."""
         arrays = {f"{kind}.{name}": values for kind, core in self.cores.items() for name, values in core.arrays().items()}
-        meta = {"positions": {shard: str(at) for shard, at in self.positions.items()}, "logs": sorted(self.logs),
-                "taken_at": taken_at, "recoveries": self.recoveries, "replayed": self.replayed,
-                "replayed_http": self.replayed_http, "recovery_s": self.recovery_s}
+        meta = {"covers": self.covers, "positions": {shard: str(at) for shard, at in self.positions.items()},
+                "logs": sorted(self.logs), "taken_at": taken_at, "recoveries": self.recoveries,
+                "replayed": self.replayed, "replayed_http": self.replayed_http, "recovery_s": self.recovery_s}
         buffer = io.BytesIO()
         np.savez(buffer, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
         raw = buffer.getbuffer()
         return SNAPSHOT_HEADER.pack(len(raw)) + SNAPSHOT_CODEC.compress(raw, asbytes=True)
 
-    def load(self, payload: bytes, *, own: bool = True) -> None:
-        """State and positions from ``dump``; ``own``: this state's snapshot, so its counters continue too."""
+    def load(self, payload: bytes, *, own: bool = True, source: str | None = None) -> bool:
+        """State and positions from ``dump``; ``own``: this state's snapshot, so its counters continue too. False,
+        and nothing loaded, when the snapshot covers another stream set than this state's (a snapshot from before
+        stream sets were recorded loads)."""
         size, = SNAPSHOT_HEADER.unpack_from(payload)
         raw = SNAPSHOT_CODEC.decompress(memoryview(payload)[SNAPSHOT_HEADER.size:], decompressed_size=size,
                                         asbytes=True)
         with np.load(io.BytesIO(raw)) as arrays:
             meta = json.loads(arrays["meta"].tobytes())
+            covers = meta.get("covers")
+            if covers is not None and covers != self.covers:
+                log.warning("feature state %s partition %d of %d refuses the snapshot of %s: it covers %s, this state "
+                            "covers %s (another deployment sharing the bucket and the state name?); starting from "
+                            "the next snapshot, if any, else empty", self.name, self.partition, self.partitions,
+                            source or self.name, covers, self.covers)
+                return False
             for kind, core in self.cores.items():
                 core.load_arrays({name.removeprefix(f"{kind}."): arrays[name]
                                   for name in arrays.files if name.startswith(f"{kind}.")})
@@ -528,6 +557,7 @@ class FeatureStateActor:
             self.snapshotted_at = meta["taken_at"]
             self.recoveries, self.replayed, self.recovery_s = meta["recoveries"], meta["replayed"], meta["recovery_s"]
             self.replayed_http = meta.get("replayed_http", 0)
+        return True
 
     def snapshot(self) -> list[str]:
         for core in self.cores.values():
@@ -541,7 +571,8 @@ class FeatureStateActor:
 
     def restore(self, source: str | None = None) -> bool:
         """Reload the last snapshot of the state named ``source`` (this one's by default); False when there was
-        none. A snapshot from before positions were kept (one object per kind) loads without them."""
+        none or it covers another stream set. A snapshot from before positions were kept (one object per kind)
+        loads without them."""
         s3 = client("s3", self.settings)
         name = source or self.name
         try:
@@ -550,8 +581,7 @@ class FeatureStateActor:
             if exc.response["Error"]["Code"] not in MISSING_OBJECT:
                 raise
             return self._restore_per_kind(s3, name)
-        self.load(payload, own=name == self.name)
-        return True
+        return self.load(payload, own=name == self.name, source=name)
 
     def _restore_per_kind(self, s3: Any, name: str) -> bool:
         restored = False
@@ -675,23 +705,25 @@ def _instant(text: str) -> pd.Timestamp:
 class OnlineFeatures:
     """Features for micro-batches through the state actors: the same numbers ``build_features`` gives offline.
 
-    Actors are named (``{name}-{i}`` in namespace ``fraud``) and shared by every coordinator in the cluster; actor
-    ``i`` owns partition ``i`` of the users, the merchants and the merchant categories, so a batch costs one call
-    per actor. A fresh actor restores its partitions from its state's last S3 snapshot, or if there is none from
-    ``restore_from``'s (an SDK can start from a copy of the cluster's state). The actors are detached, so they
-    outlive whichever consumer or replica happened to create them (a downscaled or lost replica would otherwise take
-    the shared state with it); ``shutdown`` stops them. Ray restarts one that is killed or whose node is lost: it loads
+    Actors are named (``{name}-{i}`` in namespace ``fraud``; ``feature_state_name`` by default) and shared by every
+    coordinator in the cluster; actor ``i`` owns partition ``i`` of the users, the merchants and the merchant
+    categories, so a batch costs one call per actor. A fresh actor restores its partitions from its state's last S3
+    snapshot, or if there is none from ``restore_from``'s (an SDK can start from a copy of the cluster's state); a
+    snapshot of another stream set is refused (``stream_set``). The actors are detached, so they outlive whichever
+    consumer or replica happened to create them (a downscaled or lost replica would otherwise take the shared state
+    with it); ``shutdown`` stops them. Ray restarts one that is killed or whose node is lost: it loads
     its snapshot and replays the stream from the snapshot's positions (and the ingest stream from its time), then
     Ray retries the calls in flight on it (a retried batch is already in the replayed state and gets the features
     it got first).
     """
 
-    def __init__(self, settings: Settings | None = None, *, partitions: int | None = None, name: str = "features",
+    def __init__(self, settings: Settings | None = None, *, partitions: int | None = None, name: str | None = None,
                  actor_cpus: float = 0.2, user_store: Any = None, merchant_store: Any = None, restore: bool = True,
                  restore_from: str | None = None):
+        """``name``: the state's (``feature_state_name``, the cluster's, by default)."""
         self.settings = settings or get_settings()
-        self.name, self.actor_cpus = name, actor_cpus
-        self.restore_from = tuple(dict.fromkeys(n for n in (name, restore_from) if n)) if restore else ()
+        self.name, self.actor_cpus = name or self.settings.feature_state_name, actor_cpus
+        self.restore_from = tuple(dict.fromkeys(n for n in (self.name, restore_from) if n)) if restore else ()
         self.partitions = partitions or self.settings.feature_partitions
         self.user_store = user_store or default_user_store(self.settings)
         self.merchant_store = merchant_store or default_merchant_store(self.settings)
@@ -700,7 +732,8 @@ class OnlineFeatures:
     def _actor(self, partition: int) -> Any:
         remote = ray.remote(FeatureStateActor).options(
             name=f"{self.name}-{partition}", namespace=ACTOR_NAMESPACE, get_if_exists=True,
-            num_cpus=self.actor_cpus, max_concurrency=1, lifetime="detached", max_restarts=-1, max_task_retries=-1)
+            num_cpus=self.actor_cpus, max_concurrency=1, lifetime="detached", max_restarts=-1, max_task_retries=-1,
+            scheduling_strategy="SPREAD")  # partitions over as many nodes as possible: a lost node takes few
         return remote.remote(self.name, partition, self.partitions, self.settings, self.restore_from)
 
     def compute(self, batch: Columns) -> pd.DataFrame:
@@ -787,13 +820,16 @@ class OnlineFeatures:
     def summary(self) -> dict[str, Any]:
         """The state summed over its partitions (``GET /api/state``): rows, keys per kind, recoveries and the
         transactions they replayed (``replayed_http`` of them from the ingest stream); ``last_snapshot_at`` is the
-        oldest partition's last snapshot (null while one has none), the time from which a crash replays."""
+        oldest partition's last snapshot (null while one has none), the time from which a crash replays;
+        ``event_time`` the latest transaction time any partition has seen, from which retention counts back."""
         parts = ray.get([actor.summary.remote() for actor in self.actors])
         taken = [p["last_snapshot_at"] for p in parts]
+        clocks = [p["event_time_ms"] for p in parts if p["event_time_ms"] is not None]
         recovery_s = [p["last_recovery_s"] for p in parts if p["last_recovery_s"] is not None]
         return {"rows": sum(p["rows"] for p in parts),
                 "keys": {kind: sum(p["keys"][kind] for p in parts) for kind in ("user", "merchant")},
                 "last_snapshot_at": snapshot_time(None if None in taken else min(taken)),
+                "event_time": None if not clocks else (EPOCH + timedelta(milliseconds=max(clocks))).isoformat(),
                 "recoveries": sum(p["recoveries"] for p in parts), "replayed": sum(p["replayed"] for p in parts),
                 "replayed_http": sum(p["replayed_http"] for p in parts),
                 "last_recovery_s": max(recovery_s, default=None), "partitions": self.partitions,

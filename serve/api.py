@@ -159,6 +159,10 @@ class FeatureState(BaseModel):
     last_snapshot_at: datetime | None = Field(description=(
         "the oldest partition's last snapshot to S3 (null while a partition has none): a lost actor comes back "
         "from it and replays the stream from the positions it holds"))
+    event_time: datetime | None = Field(description=(
+        "the latest transaction time the state has seen (null before any): its clock, from which the windows' "
+        "retention counts back; history older than that minus 30 days (plus the label delay for merchants) is "
+        "evicted, however recent it is on the wall clock"))
     recoveries: int = Field(ge=0, description="times a state actor came back from a snapshot or a stream replay")
     replayed: int = Field(ge=0, description="transactions those recoveries re-applied (stream and HTTP-scored)")
     replayed_http: int = Field(ge=0, description=(

@@ -44,7 +44,8 @@ class InvalidTransaction(ValueError):
 
 class FraudDetector:
     """Loads a registry bundle (``model``: a version or a pointer) and keeps its own online feature state, named
-    ``feature_state``; ``restore_from="features"`` starts that state from the cluster's last snapshot. Decisions
+    ``feature_state``; ``restore_from=settings.feature_state_name`` starts that state from the cluster's last
+    snapshot (refused when it covers other streams than these settings'). Decisions
     follow the stored rule set (``rules``: a ``RuleCache``, by default over the settings' rules table); with a
     ``monitor`` every scored batch is noted for drift monitoring (the stream consumers pass theirs)."""
 

@@ -78,13 +78,14 @@ class ShardConsumer:
     """Scores one shard from its checkpoint onwards (run it as a restartable Ray actor: ``StreamScoring``)."""
 
     def __init__(self, shard_id: str, settings: Settings, *, model: str = "champion", batch_limit: int = 1_000,
-                 feature_state: str = "features"):
+                 feature_state: str | None = None):
         use_settings(settings)
         self.settings = settings
         self.kinesis = client("kinesis", self.settings)
         self.leases = LeaseTable(self.settings)
         self.monitor = MonitoringReporter(self.settings)
-        self.detector = FraudDetector(self.settings, model=model, feature_state=feature_state, monitor=self.monitor)
+        self.detector = FraudDetector(self.settings, model=model, monitor=self.monitor,
+                                      feature_state=feature_state or settings.feature_state_name)
         # following the champion pointer and the rollout unless pinned to a version
         self.rollout = RolloutStore(self.settings) if model == "champion" else None
         self._routing_read = 0.0
@@ -274,11 +275,12 @@ class StreamScoring:
     """Starts a consumer per shard, restarts dead ones, follows resharding (children after their parents)."""
 
     def __init__(self, settings: Settings, *, model: str = "champion", consumer_cpus: float = 0.25,
-                 poll_shards_s: float = 2.0, feature_state: str = "features"):
-        """``feature_state``: the online state the consumers share (the Serve app's by default)."""
+                 poll_shards_s: float = 2.0, feature_state: str | None = None):
+        """``feature_state``: the online state the consumers share (``feature_state_name``, the Serve app's, by
+        default)."""
         self.settings = settings
         self.model = model
-        self.feature_state = feature_state
+        self.feature_state = feature_state or settings.feature_state_name
         self.consumer_cpus = consumer_cpus
         self.poll_shards_s = poll_shards_s
         self.consumers: dict[str, Any] = {}

@@ -8,8 +8,9 @@ Settings (the 4-shard streams, the parent's embedded AWS endpoint, a free API po
 environment; run it with RAY_TMPDIR set to a private folder so that no other Ray on the machine finds this cluster.
 It starts the Serve app and stream scoring, produces FRAME's transactions around the removal of the worker node
 hosting the most of the system (feature-state actors first, then consumers), waits until every transaction is
-decided, calls the API again, and writes what it saw (placements before and after, restarts, the API's answers) to
-RESULT. The test checks the outputs in AWS itself.
+decided, calls the API again, computes the features of one more transaction of the frame's last card (a probe,
+joining the recovered state), and writes what it saw (placements before and after, restarts, the API's answers, the
+state's summary before and after, the probe's features) to RESULT. The test checks the outputs in AWS itself.
 Whatever happens, stream scoring, Serve and every node started here are stopped (SIGTERM included).
 """
 
@@ -26,6 +27,7 @@ import pandas as pd
 import requests
 
 from cluster.config import Settings, get_settings
+from cluster.features import FEATURE_NAMES
 from cluster.kinesis import to_entries
 from cluster.waiting import wait_until
 from tests.system.test_stream import produce, wait_for_decisions
@@ -48,7 +50,7 @@ def placements(settings: Settings) -> dict[str, Any]:
     from ray._private.state import actors
 
     consumer_prefix = f"consumer-{settings.stream_name}-"
-    found: dict[str, Any] = {"consumers": {}, "replicas": {}, "feature_state": [], "stats": []}
+    found: dict[str, Any] = {"consumers": {}, "replicas": {}, "feature_state": {}, "stats": []}
     for actor in actors(actor_state_name="ALIVE").values():
         kind, name, node = actor["ActorClassName"], actor["Name"], actor["Address"]["NodeID"]
         if kind == "ShardConsumer" and name.startswith(consumer_prefix):
@@ -56,20 +58,23 @@ def placements(settings: Settings) -> dict[str, Any]:
         elif kind.startswith("ServeReplica:"):
             found["replicas"].setdefault(kind.rsplit(":", 1)[1], []).append(node)
         elif kind == "FeatureStateActor":
-            found["feature_state"].append(node)
+            found["feature_state"][name] = node
         elif kind == "StatsCollector":
             found["stats"].append(node)
     return found
 
 
 def settled(settings: Settings, gone: str, shards: int, replicas: dict[str, int]) -> dict[str, Any]:
-    """Placements once every shard has a live consumer and every deployment its replicas, none on the gone node."""
+    """Placements once every shard has a live consumer, every deployment its replicas and every feature-state
+    partition its actor, none on the gone node."""
     seen: dict[str, Any] = {}
 
     def settled_now() -> dict[str, Any] | None:
         seen.update(placements(settings))
-        nodes = [*seen["consumers"].values(), *(n for ns in seen["replicas"].values() for n in ns)]
+        nodes = [*seen["consumers"].values(), *(n for ns in seen["replicas"].values() for n in ns),
+                 *seen["feature_state"].values()]
         complete = (len(seen["consumers"]) == shards and gone not in nodes
+                    and len(seen["feature_state"]) == settings.feature_partitions
                     and all(len(seen["replicas"].get(name, [])) >= count for name, count in replicas.items()))
         return dict(seen) if complete else None
 
@@ -107,14 +112,22 @@ def api_transaction(frame: pd.DataFrame, transaction_id: str) -> dict[str, Any]:
 
 def _hosted(seen: dict[str, Any], node: str) -> tuple[int, int, int]:
     """How much of the system a node hosts, the stateful parts first: feature-state actors, consumers, replicas."""
-    return (seen["feature_state"].count(node), sum(n == node for n in seen["consumers"].values()),
+    return (sum(n == node for n in seen["feature_state"].values()), sum(n == node for n in seen["consumers"].values()),
             sum(n == node for nodes in seen["replicas"].values() for n in nodes))
+
+
+def probe_row(frame: pd.DataFrame) -> pd.DataFrame:
+    """One more transaction of the frame's last card, a minute after it: its features read the card's windows."""
+    row = frame.tail(1).drop(columns=["is_fraud", "fraud_scenario"], errors="ignore").reset_index(drop=True)
+    return row.assign(transaction_id="state-probe-after-node-loss",
+                      timestamp=row["timestamp"] + pd.Timedelta(minutes=1))
 
 
 def score_through_node_loss(cluster: Any, settings: Settings, frame: pd.DataFrame) -> dict[str, Any]:
     """Serve + stream scoring on the cluster; a worker node removed while a backlog waits in its shards."""
     from ray import serve
 
+    from cluster.feature_state import OnlineFeatures
     from serve.app import build_app
     from serve.runtime import serving
     from serve.stream import StreamScoring
@@ -136,6 +149,7 @@ def score_through_node_loss(cluster: Any, settings: Settings, frame: pd.DataFram
             wait_for_decisions(settings, set(warm["transaction_id"]), timeout_s=120)
             timings["stream_warm_s"] = round(time.monotonic() - began, 1)
             before = placements(settings)
+            state_before = requests.get(f"{url}/api/state", timeout=30).json()
             victim_id = max((w.node_id for w in cluster.worker_nodes), key=lambda n: _hosted(before, n))
             victim = next(w for w in cluster.worker_nodes if w.node_id == victim_id)
 
@@ -147,6 +161,8 @@ def score_through_node_loss(cluster: Any, settings: Settings, frame: pd.DataFram
             timings["all_decided_after_removal_s"] = round(time.monotonic() - removed_at, 1)
             api_after = check_fraud(url, api_transaction(frame, "api-check-after-node-loss"), timeout_s=90)
             stats_status = requests.get(f"{url}/api/stats", timeout=30).status_code
+            state_after = requests.get(f"{url}/api/state", timeout=30).json()
+            probe = OnlineFeatures(settings, actor_cpus=0.1).compute(probe_row(frame))
             replica_counts = {name: len(nodes) for name, nodes in before["replicas"].items()}
             final = settled(settings, victim_id, shards, replica_counts)
             timings["settled_after_removal_s"] = round(time.monotonic() - removed_at, 1)
@@ -159,7 +175,9 @@ def score_through_node_loss(cluster: Any, settings: Settings, frame: pd.DataFram
             "victim": victim_id, "before": before, "after": final, "restarts": status["restarts"],
             "scored_by_shard": {shard: s.get("scored") for shard, s in status["shards"].items()},
             "api_before_removal": api_before, "api_after_removal": api_after, "stats_after_removal": stats_status,
-            "app_status_after_removal": str(app_status), "timings": timings}
+            "app_status_after_removal": str(app_status), "state_before_removal": state_before,
+            "state_after_removal": state_after,
+            "probe_features": {name: float(probe[name].iloc[0]) for name in FEATURE_NAMES}, "timings": timings}
 
 
 def main(frame_path: Path, result_path: Path) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from cluster.aws import client
 from cluster.config import Settings
+from cluster.feature_state import OnlineFeatures
 
 
 def create_stream(settings: Settings, shards: int, prefix: str = "test") -> str:
@@ -16,6 +17,21 @@ def create_stream(settings: Settings, shards: int, prefix: str = "test") -> str:
     kinesis.create_stream(StreamName=name, ShardCount=shards)
     kinesis.get_waiter("stream_exists").wait(StreamName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 50})
     return name
+
+
+def own_streams(settings: Settings, shards: int, prefix: str = "in") -> Settings:
+    """Settings for stream scoring of a test's own: input and decision streams of its own, and a feature state named
+    after them, so its consumers never join (nor snapshot over) the session app's state."""
+    stream = create_stream(settings, shards, prefix)
+    return settings.model_copy(update={"stream_name": stream,
+                                       "decisions_stream_name": create_stream(settings, shards, f"{prefix}-out"),
+                                       "feature_state_name": f"state-{stream}"})
+
+
+def stop_feature_state(settings: Settings) -> None:
+    """Stop the actors of a test's own feature state: they are detached, so they would keep their CPU share for the
+    rest of the session."""
+    OnlineFeatures(settings, restore=False).shutdown()
 
 
 def subscribe_alert_queue(settings: Settings, name: str, topic: str | None = None) -> str:

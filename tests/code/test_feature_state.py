@@ -7,6 +7,8 @@ from datetime import timedelta
 
 import numpy as np
 import pandas as pd
+import pytest
+from pydantic import ValidationError
 
 from cluster.config import Settings
 from cluster.feature_state import TAIL_ROWS, FeatureStateCore, KeyedHistory, RecentTransactions, StreamPlacement
@@ -232,3 +234,47 @@ def test_kinesis_datasource_reads_every_shard_back(ray_session: Settings) -> Non
     expected = build_features(ordered, label_delay=timedelta(days=1))
     assert list(built["transaction_id"]) == list(expected["transaction_id"])
     np.testing.assert_allclose(built[list(FEATURE_NAMES)], expected[list(FEATURE_NAMES)], rtol=1e-5, atol=1e-4)
+
+
+def test_a_snapshot_of_another_stream_set_is_refused(ray_session: Settings) -> None:
+    """Two deployments sharing a bucket and a state name: a state never loads the other's windows and positions."""
+    from cluster.feature_state import OnlineFeatures
+
+    transactions = synthetic_transactions(300, users=30, merchants=6, days=3, seed=6)
+    transactions["user_id"] = "guarded-" + transactions["user_id"]
+    users = transactions["user_id"].nunique()
+    ours = ray_session.model_copy(update={"stream_name": "guarded-in", "ingest_stream_name": "guarded-ingest"})
+    theirs = ours.model_copy(update={"stream_name": "guarded-other-in"})
+    first = OnlineFeatures(ours, name="guarded", restore=False)
+    try:
+        first.compute(transactions)
+        first.snapshot()
+    finally:
+        first.shutdown()
+    foreign = OnlineFeatures(theirs, name="guarded")  # same bucket and name, another stream: its own is refused
+    try:
+        assert foreign.stats()["user"]["keys"] == 0
+        assert foreign.restore() == [False] and foreign.summary()["recoveries"] == 0
+    finally:
+        foreign.shutdown()
+    copy = OnlineFeatures(ours.model_copy(update={"ingest_stream_name": "guarded-other-ingest"}), name="guarded-copy",
+                          restore_from="guarded")  # another ingest stream is another stream set too
+    try:
+        assert copy.stats()["user"]["keys"] == 0
+    finally:
+        copy.shutdown()
+    same = OnlineFeatures(ours, name="guarded")
+    try:
+        assert same.stats()["user"]["keys"] == users, "the snapshot of its own stream set loads"
+    finally:
+        same.shutdown()
+
+
+def test_the_state_name_is_a_setting_that_reaches_workers_and_names_only_safe_keys(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FRAUD_FEATURE_STATE_NAME", "features-eu")
+    settings = Settings()
+    assert settings.feature_state_name == "features-eu"
+    assert settings.as_env()["FRAUD_FEATURE_STATE_NAME"] == "features-eu"  # what Ray workers and children get
+    with pytest.raises(ValidationError, match="feature_state_name"):
+        Settings(feature_state_name="../features")  # an actor name and an S3 folder: no path in it

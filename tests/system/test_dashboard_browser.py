@@ -331,11 +331,10 @@ def live_simulation(served: tuple[str, Settings]) -> Iterator[tuple[str, str, li
     from simulation.dashboard import SimulationControl, serving_dashboard
     from simulation.producers import start_producers
     from simulation.scoreboard import start_scoreboard, stop_scoreboard
-    from tests.streams import create_stream
+    from tests.streams import own_streams, stop_feature_state
 
     url, settings = served
-    settings = settings.model_copy(update={"stream_name": create_stream(settings, 1, "drift-in"),
-                                           "decisions_stream_name": create_stream(settings, 1, "drift-out")})
+    settings = own_streams(settings, 1, "drift-in")
     scoreboard = start_scoreboard(settings)
     stream = StreamScoring(settings, poll_shards_s=0.5).start()
     producers, _ = start_producers(settings, tps=SIMULATED_TPS, n_users=300, actors=1, scoreboard=scoreboard)
@@ -349,6 +348,7 @@ def live_simulation(served: tuple[str, Settings]) -> Iterator[tuple[str, str, li
             producer.stop.remote()
             ray.kill(producer)
         stream.stop()
+        stop_feature_state(settings)
         stop_scoreboard(scoreboard)
 
 

@@ -25,7 +25,7 @@ from cluster.waiting import wait_until
 from serve.champion import TRANSACTIONS_PREFIX, in_canary, read_log
 from serve.rollout import RolloutStore, served_rows_since
 from tests.conftest import API_KEY
-from tests.streams import create_stream
+from tests.streams import own_streams, stop_feature_state
 from training.policy import RiskPolicy
 from training.registry import registry_for
 
@@ -116,8 +116,7 @@ def test_a_canary_share_is_honoured_on_http_and_on_the_stream(lifecycle: tuple[s
     assert abs(served_share - SHARE) <= TOLERANCE, served_share
     assert all((version == challenger) == in_canary(tid, SHARE) for tid, version in over_http.items())
 
-    stream = settings.model_copy(update={"stream_name": create_stream(settings, 2, "canary-in"),
-                                         "decisions_stream_name": create_stream(settings, 2, "canary-out")})
+    stream = own_streams(settings, 2, "canary-in")
     scoring = StreamScoring(stream, poll_shards_s=0.5).start()
     try:
         produced = frame.copy()
@@ -131,6 +130,7 @@ def test_a_canary_share_is_honoured_on_http_and_on_the_stream(lifecycle: tuple[s
         on_stream = wait_until(all_decided, timeout_s=240, interval_s=1.0, what="a stream decision for every id")
     finally:
         scoring.stop()
+        stop_feature_state(stream)
     stream_share = sum(v == challenger for v in on_stream.values()) / len(on_stream)
     assert abs(stream_share - SHARE) <= TOLERANCE, stream_share
     assert on_stream == over_http  # each transaction_id got the same model on both paths

@@ -19,7 +19,7 @@ from cluster.waiting import wait_until
 from serve.monitoring import monitoring_actor
 from serve.stream import StreamScoring
 from tests.conftest import API_KEY
-from tests.streams import create_stream
+from tests.streams import own_streams, stop_feature_state
 
 
 def _monitoring(url: str) -> dict[str, Any]:
@@ -68,8 +68,7 @@ def test_scored_rows_feature_drift_rejected_fields_and_labels_show_in_monitoring
 
 def test_stream_scored_rows_and_invalid_records_reach_the_monitoring_actor(ray_session: Settings, champion_model: str,
                                                                           small_history: Any) -> None:
-    settings = ray_session.model_copy(update={"stream_name": create_stream(ray_session, 1, "mon-in"),
-                                              "decisions_stream_name": create_stream(ray_session, 1, "mon-out")})
+    settings = own_streams(ray_session, 1, "mon-in")
     actor = monitoring_actor(settings)
     before = ray.get(actor.view.remote())
     frame = small_history.transactions.tail(200).reset_index(drop=True).copy()
@@ -84,6 +83,7 @@ def test_stream_scored_rows_and_invalid_records_reach_the_monitoring_actor(ray_s
                    interval_s=1.0, what="a decision for every streamed transaction")
     finally:
         stream.stop()  # a stopping consumer flushes what it noted
+        stop_feature_state(settings)
     view = wait_until(lambda: (v := ray.get(actor.view.remote()))["scored"] >= before["scored"] + len(frame) and v,
                       timeout_s=30, interval_s=0.5, what="the stream's rows in the monitoring actor")
     assert view["compared_rows"] >= before["compared_rows"] + len(frame)

@@ -1,5 +1,7 @@
-"""Several Ray nodes (a head and two workers on this machine): consumers and Serve replicas spread over the nodes,
-and losing a worker node mid-stream loses no transaction and repeats no alert; the API keeps answering.
+"""Several Ray nodes (a head and two workers on this machine): consumers, Serve replicas and feature-state partitions
+spread over the nodes, and losing the worker node holding a feature-state partition (and a consumer) mid-stream loses
+no transaction, repeats no alert and no window: the state comes back from its snapshot and the stream's replay, and a
+later transaction of a card seen before the loss gets the features of an uninterrupted run; the API keeps answering.
 
 The cluster needs a Ray of its own, so the scenario (tests/multinode.py) runs in a child process against this
 session's embedded AWS; the outputs (decision stream, alert ledger, alert messages) are checked here, over HTTP.
@@ -14,21 +16,26 @@ import signal
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from cluster.aws import bootstrap
+from cluster.aws import bootstrap, client
 from cluster.config import Settings
+from cluster.feature_state import OnlineFeatures, snapshot_folder
+from cluster.features import FEATURE_NAMES
 from cluster.kinesis import read_stream
 from cluster.waiting import free_port
+from tests.multinode import probe_row
 from tests.streams import drain_alerts, subscribe_alert_queue
 from tests.system.test_stream import ledger_ids, stream_settings
 from training.registry import registry_for
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIO_TIMEOUT_S = 240
+SCENARIO_TIMEOUT_S = 300
 TAG = "multinode"
 
 
@@ -85,8 +92,11 @@ def fraud_heavy_traffic(history: Any, users: int, heavy_rows: int, other_rows: i
 def test_consumers_and_replicas_spread_over_nodes_and_losing_a_worker_loses_nothing(
         ray_session, champion_model, small_history, tmp_path) -> None:
     settings = stream_settings(ray_session, shards=4).model_copy(update={
-        "stream_shards": 4, "api_port": free_port(), "serve_haproxy": False, "model_bucket": f"models-{TAG}"})
-    # a bucket of its own: the cluster's feature state snapshots there, never over the session's own state
+        "stream_shards": 4, "api_port": free_port(), "serve_haproxy": False, "model_bucket": f"models-{TAG}",
+        "ingest_stream_name": f"ingest-{TAG}-{uuid.uuid4().hex[:8]}", "feature_state_name": f"state-{TAG}",
+        "feature_partitions": 2})
+    # a bucket, an ingest stream and a state name of its own: the cluster's feature state never reads or snapshots
+    # over the session's; two partitions, spread over the nodes, so a worker holds one
     bootstrap(settings)
     registry_for(settings).register(registry_for(ray_session).load("champion"), promote=True)
     frame = fraud_heavy_traffic(small_history, users=12, heavy_rows=400, other_rows=200)
@@ -100,6 +110,7 @@ def test_consumers_and_replicas_spread_over_nodes_and_losing_a_worker_loses_noth
     assert "Ingress" in before["replicas"] and len(before["replicas"]) > 1, summary
     assert len(replica_nodes) > 1, f"Serve replicas on one node only: {summary}"
     assert victim in result["nodes"]["workers"] and victim in before["consumers"].values(), summary
+    assert victim in before["feature_state"].values(), f"the removed node held no feature-state partition: {summary}"
     assert result["api_before_removal"]["status"] == 200, summary
 
     lost_shards = {shard for shard, node in before["consumers"].items() if node == victim}
@@ -127,3 +138,31 @@ def test_consumers_and_replicas_spread_over_nodes_and_losing_a_worker_loses_noth
     assert body["transaction_id"] == "api-check-after-node-loss" and 0.0 <= body["fraud_score"] <= 1.0
     assert body["risk_level"] in {"LOW", "MEDIUM", "HIGH"} and body["model_version"] == champion
     assert result["stats_after_removal"] == 200, "GET /api/stats answers too"
+
+    # the lost partition came back with its windows, from the cluster's own snapshots (its bucket, its state name)
+    assert set(after["feature_state"]) == {f"state-{TAG}-0", f"state-{TAG}-1"}, summary
+    assert victim not in after["feature_state"].values(), summary
+    state_before, state_after = result["state_before_removal"], result["state_after_removal"]
+    assert state_after["recoveries"] >= 1 and state_after["replayed"] > 0, summary
+    assert state_after["keys"]["user"] >= state_before["keys"]["user"] > 0, "the windows were not reset"
+    assert state_after["rows"] >= state_before["rows"], summary
+    s3 = client("s3", settings)
+    folder = snapshot_folder(settings.feature_state_name)
+    ours = s3.list_objects_v2(Bucket=settings.model_bucket, Prefix=f"{folder}/").get("Contents", [])
+    assert sorted(o["Key"] for o in ours) == [f"{folder}/0-of-2.npz.zst", f"{folder}/1-of-2.npz.zst"]
+    assert not s3.list_objects_v2(Bucket=ray_session.model_bucket, Prefix=f"{folder}/").get("KeyCount")
+
+    # the probe (one more transaction of the frame's last card) read the windows an uninterrupted run has
+    unlabelled = frame.drop(columns=["is_fraud", "fraud_scenario"])
+    last = unlabelled.tail(1).reset_index(drop=True)
+    sequence = [last.assign(transaction_id="api-check-before-node-loss"), unlabelled,
+                last.assign(transaction_id="api-check-after-node-loss"), probe_row(frame)]
+    reference = OnlineFeatures(ray_session, name=f"{TAG}-reference", partitions=1, restore=False)
+    try:
+        want = [reference.compute(part) for part in sequence][-1]
+    finally:
+        reference.shutdown()
+    got = result["probe_features"]
+    np.testing.assert_allclose([got[name] for name in FEATURE_NAMES], want[list(FEATURE_NAMES)].to_numpy()[0],
+                               rtol=1e-6, atol=1e-6)
+    assert got["user_count_1h"] >= 3, "the card's transactions before and after the loss count in its hour"
