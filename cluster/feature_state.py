@@ -80,6 +80,7 @@ _FLOAT_COLUMNS = frozenset({"amount", "lat", "lon"})
 MERCHANT_STATE_COLUMNS = (*EVENT_ROW_COLUMNS, "txn_key", "mcc_key", "user_key")  # what places label feedback
 LABEL_STATE_COLUMNS = ("key", "known_ms", "anchor_ms", "txn_key")
 TAIL_ROWS = 4_096                  # recent arrivals kept unsorted before one merge into the key-sorted body
+CLOCK_SAMPLE = 4_096               # the state's clock is the median time of this many latest new transactions
 REPLAY_MEMORY = 50_000             # transactions per partition whose outputs a replay gets back unchanged
 RECOVERY_BATCH = 10_000            # stream transactions per pass while a restarted actor replays
 MISSING_OBJECT = ("NoSuchKey", "404", "NoSuchBucket")
@@ -218,7 +219,7 @@ class RecentTransactions:
 class FeatureStateCore:
     """The state of one partition of one key kind ("user", "merchant" or "mcc"); plain Python, held by an actor."""
 
-    def __init__(self, kind: str, label_delay_ms: int):
+    def __init__(self, kind: str, label_delay_ms: int, clock_sample: int = CLOCK_SAMPLE):
         if kind not in KINDS:
             raise ValueError(f"kind must be user, merchant or mcc, not {kind!r}")
         self.kind, self.label_delay_ms = kind, label_delay_ms
@@ -233,7 +234,9 @@ class FeatureStateCore:
         # that long; a label anchors at most one delay before it is known, so the known-time windows keep theirs.
         self.label_retention_ms = RETENTION_MS + label_delay_ms + 1
         self.row_retention_ms = self.label_retention_ms if kind == "merchant" else RETENTION_MS
-        self.watermark = np.iinfo(np.int64).min + self.label_retention_ms  # the latest transaction time seen
+        self.watermark = np.iinfo(np.int64).min + self.label_retention_ms  # the state's clock (see event_time_ms)
+        self.latest_times = np.zeros(clock_sample, np.int64)  # a ring of the latest new transactions' times
+        self.times_written = 0
         self.rows_since_compact = 0
 
     def process(self, batch: Rows, applied: np.ndarray | None = None) -> np.ndarray:
@@ -257,7 +260,7 @@ class FeatureStateCore:
             values[fresh] = self._passes(rows)
             self.recent.remember(unique[fresh], values[fresh])
             self.rows.append(rows)
-            self.watermark = max(self.watermark, int(rows["ts_ms"].max()))
+            self._observe_times(rows["ts_ms"])
             self.rows_since_compact += len(fresh)
             if self.rows_since_compact >= TAIL_ROWS:
                 self.compact()
@@ -272,7 +275,19 @@ class FeatureStateCore:
         passes = merchant_pass_values if self.kind == "merchant" else mcc_pass_values
         return passes(history, rows, labels, self.label_delay_ms)
 
+    def _observe_times(self, times: np.ndarray) -> None:
+        capacity = len(self.latest_times)
+        times = times[-capacity:]
+        self.latest_times[(self.times_written + np.arange(len(times))) % capacity] = times
+        self.times_written += len(times)
+
+    def _advance_clock(self) -> None:
+        seen = self.latest_times[:min(self.times_written, len(self.latest_times))]
+        if len(seen):
+            self.watermark = max(self.watermark, int(np.median(seen)))
+
     def compact(self) -> None:
+        self._advance_clock()
         self.rows.evict(self.watermark - self.row_retention_ms, self.cap)
         self.labels.evict(self.watermark - self.label_retention_ms, np.iinfo(np.int64).max)
         self.rows_since_compact = 0
@@ -295,8 +310,12 @@ class FeatureStateCore:
 
     @property
     def event_time_ms(self) -> int | None:
-        """The state's clock: the latest transaction time it has seen (None before any); a compaction evicts what
-        the windows no longer see from it, whatever the wall clock says."""
+        """The state's clock (None before any transaction): a compaction evicts what the windows no longer see
+        from it, whatever the wall clock says. It follows the median time of the latest new transactions, never
+        going back, rather than the latest time seen: one transaction dated years ahead (valid input) would
+        otherwise move it there and evict every window at the next compaction; moving it takes half the recent
+        traffic. Keeping rows a little longer than the windows reach changes no feature, only memory."""
+        self._advance_clock()
         return self.watermark if self.watermark > np.iinfo(np.int64).min + self.label_retention_ms else None
 
     def stats(self) -> dict[str, int]:
@@ -307,13 +326,16 @@ class FeatureStateCore:
         """The whole state as named arrays (what a snapshot stores)."""
         self.rows.flush()
         self.labels.flush()
-        return {"watermark": np.int64(self.watermark), "recent_written": np.int64(self.recent.written),
+        return {"watermark": np.int64(self.watermark), "clock_times": self.latest_times,
+                "clock_written": np.int64(self.times_written), "recent_written": np.int64(self.recent.written),
                 "recent_keys": self.recent.keys, "recent_values": self.recent.values,
                 **{f"rows.{c}": v for c, v in self.rows.data.items()},
                 **{f"labels.{c}": v for c, v in self.labels.data.items()}}
 
     def load_arrays(self, arrays: Any) -> None:
         self.watermark = int(arrays["watermark"])
+        if "clock_times" in arrays and len(arrays["clock_times"]) == len(self.latest_times):  # else an older one
+            self.latest_times, self.times_written = np.array(arrays["clock_times"]), int(arrays["clock_written"])
         self.rows.load(_columns(arrays, "rows", self.rows.columns))
         self.labels.load(_columns(arrays, "labels", self.labels.columns))
         if arrays["recent_values"].shape[1] == self.recent.values.shape[1]:  # else an older feature spec's

@@ -113,7 +113,7 @@ def test_merchant_state_keeps_thirty_days_plus_the_label_delay() -> None:
                         align_profiles(transactions["merchant_id"], None, "merchant_id", MERCHANT_PROFILE_COLUMNS))
     batch = {"key": rows["merchant_key"], "ts_ms": rows["ts_ms"], "txn_key": rows["txn_key"],
              "mcc_key": rows["mcc_key"], "user_key": rows["user_key"]}
-    merchant = FeatureStateCore("merchant", label_delay_ms=7 * DAY_MS)
+    merchant = FeatureStateCore("merchant", label_delay_ms=7 * DAY_MS, clock_sample=1)  # the clock: the latest
     streamed = []
     for i in range(len(transactions)):
         if i == 2:  # the fraud's label, known 7 days after it, arrives before day 36.5
@@ -129,6 +129,25 @@ def test_merchant_state_keeps_thirty_days_plus_the_label_delay() -> None:
     np.testing.assert_array_equal(streamed[:, names.index("delayed_count_30d")], expected["merchant_delayed_count_30d"])
     np.testing.assert_array_equal(streamed[:, names.index("delayed_fraud_30d")], [0, 0, 1, 0, 0])
     assert len(merchant.rows) == 3 and len(merchant.labels) == 0  # days 0 and 0.5 have left, the label with day 0
+
+
+def test_one_transaction_dated_years_ahead_neither_moves_the_clock_nor_evicts_the_windows() -> None:
+    transactions = synthetic_transactions(600, users=20, merchants=5, days=2, seed=4)
+    future = transactions.tail(1).assign(transaction_id="from-9999", timestamp=pd.Timestamp("9999-01-01", tz="UTC"))
+    every = pd.concat([transactions, future], ignore_index=True)
+    rows = dict(prepare_rows(every, align_profiles(every["user_id"], None, "user_id", USER_PROFILE_COLUMNS),
+                             align_profiles(every["merchant_id"], None, "merchant_id", MERCHANT_PROFILE_COLUMNS)))
+    user = FeatureStateCore("user", label_delay_ms=DAY_MS)
+    user.process(rows)
+    user.compact()
+    assert len(user.rows) == len(every), "nothing evicted: the clock stayed with the traffic"
+    real_latest = int(rows["ts_ms"][:-1].max())
+    assert user.event_time_ms <= real_latest
+    week_on = {c: v[:-1] for c, v in rows.items()}  # the same cards a week on, as new transactions
+    week_on["ts_ms"] = week_on["ts_ms"] + 7 * DAY_MS
+    week_on["txn_key"] = week_on["txn_key"] + 1
+    user.process(week_on)
+    assert user.event_time_ms > real_latest, "a week of real traffic moves it on"
 
 
 def test_restarted_actors_continue_from_their_snapshot(ray_session: Settings) -> None:
