@@ -889,11 +889,13 @@ def _since_card_fraud(seen: Seen) -> str | None:
     return f"Latest confirmed fraud on this card became known {duration(math.expm1(seen.value) * 3600)} ago"
 
 
-def _compromise_count(seen: Seen) -> str:
-    if seen.value < 0.5:
-        return "No card that shopped here turned out stolen in the last 7 days"
-    return (f"{count(seen.value, 'earlier purchase')} here by cards with fraud confirmed in the last 7 days "
-            "(a possible point of compromise)")
+def _compromise_count(window: str) -> Template:
+    def template(seen: Seen) -> str:
+        if seen.value < 0.5:
+            return f"No card that shopped here had a fraud confirmed in the last {_WINDOW_WORDS[window]}"
+        return (f"{count(seen.value, 'earlier purchase')} here by cards with a fraud confirmed in the last "
+                f"{_WINDOW_WORDS[window]} (a possible point of compromise)")
+    return template
 
 
 def _compromise_share(window: str) -> Template:
@@ -957,7 +959,7 @@ REASONS: dict[str, Reason] = {
     **{f"merchant_delayed_count_{w}": Reason("merchant_volume", lambda seen, w=w: (
         f"Merchant volume: {count(seen.value, 'purchase')} in a fully labelled {w[:-1]}-day window"))
        for w in MERCHANT_DELAYED_WINDOWS},
-    **{f"merchant_compromise_count_{w}": Reason("merchant_compromise", _compromise_count)
+    **{f"merchant_compromise_count_{w}": Reason("merchant_compromise", _compromise_count(w))
        for w in COMPROMISE_COUNT_WINDOWS},
     **{f"merchant_compromise_share_{w}": Reason("merchant_compromise", _compromise_share(w))
        for w in COMPROMISE_DELAYED_WINDOWS},
