@@ -55,6 +55,7 @@ from cluster.features import (
     duration_ms,
     epoch_ms,
     event_rows,
+    exposure_events,
     feature_frame,
     label_anchor,
     mcc_pass_values,
@@ -228,6 +229,8 @@ class FeatureStateCore:
         else:
             self.rows = KeyedHistory(MERCHANT_STATE_COLUMNS if kind == "merchant" else EVENT_ROW_COLUMNS, "key", "ts_ms")
         self.labels = KeyedHistory(LABEL_STATE_COLUMNS, "key", "anchor_ms")
+        # A merchant's suspect purchases (``exposure_events``): its visits by cards whose fraud became known since.
+        self.exposures = KeyedHistory(LABEL_STATE_COLUMNS, "key", "anchor_ms")
         self.recent = RecentTransactions(len(PASS_OUTPUTS[kind]))
         self.cap = USER_HISTORY_CAP if kind == "user" else MERCHANT_HISTORY_CAP
         # The delayed merchant windows reach back to t - delay - 30 days (inclusive): rows and label anchors stay
@@ -272,8 +275,9 @@ class FeatureStateCore:
         labels = self.labels.take(keys)
         if self.kind == "user":
             return user_pass_values(history, rows, labels)
-        passes = merchant_pass_values if self.kind == "merchant" else mcc_pass_values
-        return passes(history, rows, labels, self.label_delay_ms)
+        if self.kind == "merchant":
+            return merchant_pass_values(history, rows, labels, self.label_delay_ms, self.exposures.take(keys))
+        return mcc_pass_values(history, rows, labels, self.label_delay_ms)
 
     def _observe_times(self, times: np.ndarray) -> None:
         capacity = len(self.latest_times)
@@ -290,6 +294,7 @@ class FeatureStateCore:
         self._advance_clock()
         self.rows.evict(self.watermark - self.row_retention_ms, self.cap)
         self.labels.evict(self.watermark - self.label_retention_ms, np.iinfo(np.int64).max)
+        self.exposures.evict(self.watermark - self.label_retention_ms, np.iinfo(np.int64).max)
         self.rows_since_compact = 0
 
     def resolve(self, txn_keys: np.ndarray) -> pd.DataFrame:
@@ -318,19 +323,35 @@ class FeatureStateCore:
         self._advance_clock()
         return self.watermark if self.watermark > np.iinfo(np.int64).min + self.label_retention_ms else None
 
+    def add_card_frauds(self, card_frauds: pd.DataFrame) -> int:
+        """Follow confirmed card frauds (``user_key, ts_ms, known_ms``) to this partition's merchants: the cards'
+        retained purchases before each fraud become suspect (``exposure_events``), each purchase once."""
+        users = self.rows.column("user_key")
+        visited = np.flatnonzero(np.isin(users, card_frauds["user_key"].to_numpy(np.int64)))
+        visits = {"merchant_key": self.rows.column("key")[visited], "user_key": users[visited],
+                  "ts_ms": self.rows.column("ts_ms")[visited], "txn_key": self.rows.column("txn_key")[visited]}
+        events = exposure_events(card_frauds, visits, self.label_delay_ms)
+        fresh = ~np.isin(events["txn_key"], self.exposures.column("txn_key"))
+        self.exposures.append({name: values[fresh] for name, values in events.items()})
+        return int(fresh.sum())
+
     def stats(self) -> dict[str, int]:
         return {"rows": len(self.rows), "keys": self.rows.key_count, "labels": len(self.labels),
-                "bytes": self.rows.nbytes + self.labels.nbytes + self.recent.values.nbytes + self.recent.keys.nbytes}
+                "exposures": len(self.exposures),
+                "bytes": (self.rows.nbytes + self.labels.nbytes + self.exposures.nbytes + self.recent.values.nbytes
+                          + self.recent.keys.nbytes)}
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The whole state as named arrays (what a snapshot stores)."""
         self.rows.flush()
         self.labels.flush()
+        self.exposures.flush()
         return {"watermark": np.int64(self.watermark), "clock_times": self.latest_times,
                 "clock_written": np.int64(self.times_written), "recent_written": np.int64(self.recent.written),
                 "recent_keys": self.recent.keys, "recent_values": self.recent.values,
                 **{f"rows.{c}": v for c, v in self.rows.data.items()},
-                **{f"labels.{c}": v for c, v in self.labels.data.items()}}
+                **{f"labels.{c}": v for c, v in self.labels.data.items()},
+                **{f"exposures.{c}": v for c, v in self.exposures.data.items()}}
 
     def load_arrays(self, arrays: Any) -> None:
         self.watermark = int(arrays["watermark"])
@@ -338,13 +359,16 @@ class FeatureStateCore:
             self.latest_times, self.times_written = np.array(arrays["clock_times"]), int(arrays["clock_written"])
         self.rows.load(_columns(arrays, "rows", self.rows.columns))
         self.labels.load(_columns(arrays, "labels", self.labels.columns))
+        self.exposures.load(_columns(arrays, "exposures", self.exposures.columns))
         if arrays["recent_values"].shape[1] == self.recent.values.shape[1]:  # else an older feature spec's
             self.recent.load(arrays["recent_keys"], arrays["recent_values"], int(arrays["recent_written"]))
 
 
 def _columns(arrays: Any, prefix: str, columns: tuple[str, ...]) -> Rows:
-    """A snapshot's columns; one an older snapshot lacks reads as zeros (missing: a key hash of 0)."""
-    rows = len(arrays[f"{prefix}.{columns[0]}"])
+    """A snapshot's columns; one an older snapshot lacks reads as zeros (missing: a key hash of 0), and a table it
+    lacks as empty."""
+    first = f"{prefix}.{columns[0]}"
+    rows = len(arrays[first]) if first in arrays else 0
     return {c: arrays[f"{prefix}.{c}"] if f"{prefix}.{c}" in arrays else np.zeros(rows, _dtype(c)) for c in columns}
 
 
@@ -529,6 +553,9 @@ class FeatureStateActor:
 
     def add_labels(self, kind: str, events: pd.DataFrame) -> int:
         return self.cores[kind].add_labels(events)
+
+    def add_card_frauds(self, card_frauds: pd.DataFrame) -> int:
+        return self.cores["merchant"].add_card_frauds(card_frauds)
 
     def stats(self) -> dict[str, dict[str, int]]:
         return {kind: core.stats() for kind, core in self.cores.items()}
@@ -786,7 +813,8 @@ class OnlineFeatures:
 
     def record_labels(self, events: pd.DataFrame) -> int:
         """Apply label feedback (``transaction_id, is_fraud, known_at``, optional ``merchant_id``, ``user_id``) to
-        merchant risk and card state.
+        merchant risk, card state and the compromise point (each card's fraud sent to every partition, whose
+        merchants' retained purchases by that card become suspect).
 
         Confirmed frauds count from their ``known_at``; genuine verdicts change nothing. Returns how many frauds
         were applied to merchants (a transaction no longer retained and without ``merchant_id`` cannot be placed;
@@ -827,6 +855,11 @@ class OnlineFeatures:
                                                                       "anchor_ms": part["anchor_ms"],
                                                                       "txn_key": part["txn_key"]}))
                     applied.append((kind, ref))
+        carded = labels["user_key"].to_numpy(np.int64) != 0  # a card's fraud makes its earlier purchases suspect
+        if carded.any():
+            card_frauds = pd.DataFrame({"user_key": labels["user_key"].to_numpy(np.int64)[carded],
+                                        "ts_ms": tx_ms[carded], "known_ms": known_ms[carded]})
+            applied += [("exposure", actor.add_card_frauds.remote(card_frauds)) for actor in self.actors]
         counts = ray.get([ref for _, ref in applied])
         return int(sum(count for (kind, _), count in zip(applied, counts) if kind == "merchant"))
 

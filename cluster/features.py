@@ -16,6 +16,11 @@ Merchant risk only uses label events whose ``known_at`` is strictly before the t
 late (chargebacks, analyst decisions), and a feature must never see a label the scorer could not have seen. The
 delayed merchant risk looks at windows ending one label delay back, where (nearly) every label is already in, so
 its fraud share is not diluted by transactions whose verdict is still pending.
+
+Compromise point (how issuers find a skimmer: the common point of purchase of cards that later turned out
+stolen): a card's confirmed fraud, once known, casts suspicion on its earlier purchases at every merchant
+(``exposure_events``); the merchant features count those purchases as label events of their merchant, in the
+same known-time and delayed windows as the merchant's own frauds.
 """
 
 from __future__ import annotations
@@ -52,6 +57,11 @@ MERCHANT_RISK_WINDOWS = {"1d": DAY_MS, "7d": 7 * DAY_MS, "30d": RETENTION_MS}
 MERCHANT_DELAYED_WINDOWS = {"1d": DAY_MS, "7d": 7 * DAY_MS, "30d": RETENTION_MS}
 MCC_RISK_WINDOWS = {"7d": 7 * DAY_MS, "30d": RETENTION_MS}
 DISTINCT_MERCHANT_WINDOWS = {"1h": HOUR_MS, "24h": DAY_MS}
+# Compromise point: a card's purchases from this long before its fraud became known up to the fraud itself are
+# suspect; a merchant counts them in these windows (known time, and delayed like the merchant's delayed risk).
+EXPOSURE_LOOKBACK_MS = RETENTION_MS
+COMPROMISE_COUNT_WINDOWS = {"7d": 7 * DAY_MS}
+COMPROMISE_DELAYED_WINDOWS = {"7d": 7 * DAY_MS, "30d": RETENTION_MS}
 
 USER_HISTORY_CAP = 2_000        # a user's lookback sees at most this many earlier transactions
 MERCHANT_HISTORY_CAP = 50_000   # same for a merchant or a merchant category
@@ -86,13 +96,15 @@ FEATURE_NAMES: tuple[str, ...] = (
     *(f"merchant_risk_{window}" for window in MERCHANT_RISK_WINDOWS),
     "merchant_fraud_count_7d",
     *(f"merchant_delayed_{stat}_{window}" for window in MERCHANT_DELAYED_WINDOWS for stat in ("risk", "count")),
+    *(f"merchant_compromise_count_{window}" for window in COMPROMISE_COUNT_WINDOWS),
+    *(f"merchant_compromise_share_{window}" for window in COMPROMISE_DELAYED_WINDOWS),
     *(f"mcc_risk_{window}" for window in MCC_RISK_WINDOWS), "mcc_missing",
     "account_age_days", "credit_utilisation_30d", "kyc_level", "user_profile_missing",
     "amount_to_merchant_typical", "merchant_profile_missing",
 )
 
 # Bump when a feature's meaning changes while its name and parameters stay (a formula, a missing-value rule).
-FEATURE_SPEC_VERSION = "3"
+FEATURE_SPEC_VERSION = "4"
 
 
 def feature_spec() -> dict[str, object]:
@@ -108,7 +120,9 @@ def feature_spec() -> dict[str, object]:
         "speed_min_hours": SPEED_MIN_HOURS, "max_speed_kmh": MAX_SPEED_KMH, "earth_radius_km": EARTH_RADIUS_KM,
         "neutral_account_age_days": NEUTRAL_ACCOUNT_AGE_DAYS,
         "neutral_seconds_since_prev": NEUTRAL_SECONDS_SINCE_PREV, "channel_codes": CHANNEL_CODES,
-        "neutral_hours_since_card_fraud": NEUTRAL_HOURS_SINCE_CARD_FRAUD}}
+        "neutral_hours_since_card_fraud": NEUTRAL_HOURS_SINCE_CARD_FRAUD,
+        "exposure_lookback_ms": EXPOSURE_LOOKBACK_MS, "compromise_count_windows_ms": COMPROMISE_COUNT_WINDOWS,
+        "compromise_delayed_windows_ms": COMPROMISE_DELAYED_WINDOWS}}
 
 
 # What a model bundle records and the registry checks.
@@ -128,7 +142,9 @@ USER_PASS_OUTPUTS = (
 )
 MERCHANT_PASS_OUTPUTS = (*(f"count_{w}" for w in {**MERCHANT_COUNT_WINDOWS, **MERCHANT_RISK_WINDOWS}),
                          *(f"fraud_{w}" for w in MERCHANT_RISK_WINDOWS),
-                         *(f"delayed_{stat}_{w}" for w in MERCHANT_DELAYED_WINDOWS for stat in ("count", "fraud")))
+                         *(f"delayed_{stat}_{w}" for w in MERCHANT_DELAYED_WINDOWS for stat in ("count", "fraud")),
+                         *(f"exposed_{w}" for w in COMPROMISE_COUNT_WINDOWS),
+                         *(f"delayed_exposed_{w}" for w in COMPROMISE_DELAYED_WINDOWS))
 MCC_PASS_OUTPUTS = (*(f"count_{w}" for w in MCC_RISK_WINDOWS), *(f"fraud_{w}" for w in MCC_RISK_WINDOWS))
 PASS_OUTPUTS = {"user": USER_PASS_OUTPUTS, "merchant": MERCHANT_PASS_OUTPUTS, "mcc": MCC_PASS_OUTPUTS}
 PASS_KEYS = {"user": "user_key", "merchant": "merchant_key", "mcc": "mcc_key"}  # the row column keying a pass
@@ -499,10 +515,18 @@ def event_pass(history: Columns, batch: Columns, labels: Columns, count_windows:
     return _in_batch_order(out, names, target)
 
 
-def merchant_pass_values(history: Columns, batch: Columns, labels: Columns, label_delay_ms: int) -> np.ndarray:
-    """Merchant counts and known frauds (``event_pass``) as a (batch rows x ``MERCHANT_PASS_OUTPUTS``) matrix."""
-    return event_pass(history, batch, labels, {**MERCHANT_COUNT_WINDOWS, **MERCHANT_RISK_WINDOWS},
+def merchant_pass_values(history: Columns, batch: Columns, labels: Columns, label_delay_ms: int,
+                         exposures: Columns) -> np.ndarray:
+    """Merchant counts, known frauds and known suspect purchases (``exposure_events``), both by ``event_pass``, as
+    a (batch rows x ``MERCHANT_PASS_OUTPUTS``) matrix."""
+    risk = event_pass(history, batch, labels, {**MERCHANT_COUNT_WINDOWS, **MERCHANT_RISK_WINDOWS},
                       MERCHANT_RISK_WINDOWS, MERCHANT_DELAYED_WINDOWS, label_delay_ms)
+    suspect = event_pass(history, batch, exposures, {}, COMPROMISE_COUNT_WINDOWS, COMPROMISE_DELAYED_WINDOWS,
+                         label_delay_ms)
+    # suspect columns: fraud_* per count window, then delayed_count / delayed_fraud per delayed window
+    counted = len(COMPROMISE_COUNT_WINDOWS)
+    delayed = [counted + 2 * i + 1 for i in range(len(COMPROMISE_DELAYED_WINDOWS))]
+    return np.hstack([risk, suspect[:, :counted], suspect[:, delayed]])
 
 
 def mcc_pass_values(history: Columns, batch: Columns, labels: Columns, label_delay_ms: int) -> np.ndarray:
@@ -575,6 +599,12 @@ def assemble(rows: Columns, user: Columns, merchant: Columns, mcc: Columns, user
         count, fraud = np.asarray(merchant[f"delayed_count_{window}"]), np.asarray(merchant[f"delayed_fraud_{window}"])
         f[f"merchant_delayed_count_{window}"] = count
         f[f"merchant_delayed_risk_{window}"] = np.divide(fraud, count, out=np.zeros(len(count)), where=count > 0)
+    for window in COMPROMISE_COUNT_WINDOWS:
+        f[f"merchant_compromise_count_{window}"] = np.asarray(merchant[f"exposed_{window}"])
+    for window in COMPROMISE_DELAYED_WINDOWS:  # a suspect purchase can predate the window its anchor falls in
+        count, suspect = np.asarray(merchant[f"delayed_count_{window}"]), np.asarray(merchant[f"delayed_exposed_{window}"])
+        f[f"merchant_compromise_share_{window}"] = np.minimum(
+            np.divide(suspect, count, out=np.zeros(len(count)), where=count > 0), 1.0)
     mcc_known = np.asarray(rows["mcc_key"]) != 0
     for window in MCC_RISK_WINDOWS:
         f[f"mcc_risk_{window}"] = np.where(mcc_known, _risk(np.asarray(mcc[f"fraud_{window}"]),
@@ -631,23 +661,32 @@ def build_features(transactions: pd.DataFrame, *, label_delay: timedelta, labels
     else:
         events = pd.DataFrame({"txn_key": np.zeros(0, np.int64), "known_ms": np.zeros(0, np.int64)})
     delay_ms = duration_ms(label_delay)
-    passes = {kind: dict(zip(names, keyed_pass_values(kind, rows, events, delay_ms).T))
+    card_frauds = card_fraud_events(events, rows)
+    passes = {kind: dict(zip(names, keyed_pass_values(kind, rows, events, delay_ms, card_frauds).T))
               for kind, names in PASS_OUTPUTS.items()}
     return feature_frame(transactions["transaction_id"], assemble(rows, passes["user"], passes["merchant"],
                                                                   passes["mcc"], user_profiles, merchant_profiles))
 
 
-def keyed_pass_values(kind: str, rows: Columns, events: Columns, label_delay_ms: int) -> np.ndarray:
+def keyed_pass_values(kind: str, rows: Columns, events: Columns, label_delay_ms: int,
+                      card_frauds: Columns | None = None) -> np.ndarray:
     """One pass ("user", "merchant" or "mcc") over numeric rows holding every row of their keys, in arrival order,
     without history: a (rows x ``PASS_OUTPUTS[kind]``) matrix. ``events`` are confirmed frauds (``txn_key,
-    known_ms``); every pass places them by their transaction's row (its card, merchant or category)."""
+    known_ms``); every pass places them by their transaction's row (its card, merchant or category). The merchant
+    pass also needs every card's confirmed frauds (``card_fraud_events`` of all rows, not just these keys'), as
+    they cast suspicion on the merchants the card used; by default those of ``rows``."""
     labels = label_keys(events, rows, PASS_KEYS[kind], label_delay_ms)
     if kind == "user":
         return user_pass_values({c: np.zeros(0) for c in USER_ROW_COLUMNS}, rows, labels)
-    compute = merchant_pass_values if kind == "merchant" else mcc_pass_values
     keyed = event_rows(rows, PASS_KEYS[kind])
     empty = {c: values[:0] for c, values in keyed.items()}
-    return compute(empty, keyed, labels, label_delay_ms)
+    if kind == "mcc":
+        return mcc_pass_values(empty, keyed, labels, label_delay_ms)
+    if card_frauds is None:
+        card_frauds = card_fraud_events(events, rows)
+    visits = {c: np.asarray(rows[c], np.int64) for c in ("merchant_key", "user_key", "ts_ms", "txn_key")}
+    exposures = exposure_events(card_frauds, visits, label_delay_ms)
+    return merchant_pass_values(empty, keyed, labels, label_delay_ms, exposures)
 
 
 def event_rows(rows: Columns, key: str) -> dict[str, np.ndarray]:
@@ -668,7 +707,58 @@ def label_keys(events: Columns, rows: Columns, key: str, label_delay_ms: int) ->
     found = keys != 0
     known = np.asarray(events["known_ms"], np.int64)[listed][found]
     tx_ms = np.asarray(rows["ts_ms"], np.int64)[position[found]]
-    return {"key": keys[found], "known_ms": known, "anchor_ms": label_anchor(tx_ms, known, label_delay_ms)}
+    return {"key": keys[found], "known_ms": known, "anchor_ms": label_anchor(tx_ms, known, label_delay_ms),
+            "tx_ms": tx_ms}
+
+
+def card_fraud_events(events: Columns, rows: Columns) -> dict[str, np.ndarray]:
+    """Confirmed frauds (``txn_key, known_ms``) as ``user_key, ts_ms`` (the fraud's own time), ``known_ms``: what
+    ``exposure_events`` takes; frauds of transactions not in ``rows`` drop out."""
+    placed = label_keys(events, rows, "user_key", 0)
+    return {"user_key": placed["key"], "ts_ms": placed["tx_ms"], "known_ms": placed["known_ms"]}
+
+
+def exposure_events(card_frauds: Columns, visits: Columns, label_delay_ms: int) -> dict[str, np.ndarray]:
+    """The suspect purchases behind confirmed frauds, as label events of their merchants.
+
+    A card's fraud (``user_key, ts_ms, known_ms``) makes each of its ``visits`` (``merchant_key, user_key, ts_ms,
+    txn_key``) with known_ms - ``EXPOSURE_LOOKBACK_MS`` < ts_ms <= the fraud's ts_ms suspect from known_ms on; a
+    visit counts once, with its earliest known_ms. Returns ``key`` (the merchant), ``known_ms``, ``anchor_ms``
+    (``label_anchor`` of the visit) and ``txn_key`` (the visit), ordered by known_ms. Only purchases up to the
+    fraud count, all made before its label was known, so the online state can list them when the label arrives.
+    """
+    users, ts = np.asarray(visits["user_key"], np.int64), np.asarray(visits["ts_ms"], np.int64)
+    fraud_users = np.asarray(card_frauds["user_key"], np.int64)
+    fraud_ts, known = np.asarray(card_frauds["ts_ms"], np.int64), np.asarray(card_frauds["known_ms"], np.int64)
+    empty = {name: np.zeros(0, np.int64) for name in ("key", "known_ms", "anchor_ms", "txn_key")}
+    if not len(users) or not len(fraud_users):
+        return empty
+    unique_users, inverse = np.unique(users, return_inverse=True)
+    slot = np.minimum(np.searchsorted(unique_users, fraud_users), len(unique_users) - 1)
+    listed = unique_users[slot] == fraud_users
+    slot, fraud_ts, known = slot[listed], fraud_ts[listed], known[listed]
+    origin = int(min(ts.min(), (known - EXPOSURE_LOOKBACK_MS).min(initial=ts.min()))) - 1
+    combined = (inverse.astype(np.int64) << _TIME_BITS) | (ts - origin)
+    order = np.argsort(combined, kind="stable")
+    combined = combined[order]
+    base = slot.astype(np.int64) << _TIME_BITS
+    lower = np.searchsorted(combined, base | (known - EXPOSURE_LOOKBACK_MS - origin), side="right")
+    upper = np.searchsorted(combined, base | (np.maximum(fraud_ts, origin) - origin), side="right")
+    counts = np.maximum(upper - lower, 0)
+    total = int(counts.sum())
+    if total == 0:
+        return empty
+    starts = np.repeat(lower - np.concatenate(([0], np.cumsum(counts)[:-1])), counts)
+    visit = order[starts + np.arange(total)]
+    visit_known = np.repeat(known, counts)
+    by_known = np.argsort(visit_known, kind="stable")
+    visit, visit_known = visit[by_known], visit_known[by_known]
+    txn = np.asarray(visits["txn_key"], np.int64)[visit]
+    _, first = np.unique(txn, return_index=True)
+    first = np.sort(first)  # earliest known per visit, in known order
+    visit, visit_known = visit[first], visit_known[first]
+    return {"key": np.asarray(visits["merchant_key"], np.int64)[visit], "known_ms": visit_known,
+            "anchor_ms": label_anchor(ts[visit], visit_known, label_delay_ms), "txn_key": txn[first]}
 
 
 # -- reasons ------------------------------------------------------------------------------------------------------
@@ -799,6 +889,24 @@ def _since_card_fraud(seen: Seen) -> str | None:
     return f"Latest confirmed fraud on this card became known {duration(math.expm1(seen.value) * 3600)} ago"
 
 
+def _compromise_count(window: str) -> Template:
+    def template(seen: Seen) -> str:
+        if seen.value < 0.5:
+            return f"No card that shopped here had a fraud confirmed in the last {_WINDOW_WORDS[window]}"
+        return (f"{count(seen.value, 'earlier purchase')} here by cards with a fraud confirmed in the last "
+                f"{_WINDOW_WORDS[window]} (a possible point of compromise)")
+    return template
+
+
+def _compromise_share(window: str) -> Template:
+    def template(seen: Seen) -> str | None:
+        if seen[f"merchant_delayed_count_{window}"] < 0.5:  # no settled history: the share is a stand-in
+            return None
+        return (f"{share(seen.value)} of this merchant's purchases in a fully labelled {window[:-1]}-day window "
+                "were by cards later confirmed stolen")
+    return template
+
+
 REASONS: dict[str, Reason] = {
     "amount": Reason("amount", lambda seen: _amount(seen, seen.value)),
     "log_amount": Reason("amount", lambda seen: _amount(seen, math.expm1(seen.value))),
@@ -851,6 +959,10 @@ REASONS: dict[str, Reason] = {
     **{f"merchant_delayed_count_{w}": Reason("merchant_volume", lambda seen, w=w: (
         f"Merchant volume: {count(seen.value, 'purchase')} in a fully labelled {w[:-1]}-day window"))
        for w in MERCHANT_DELAYED_WINDOWS},
+    **{f"merchant_compromise_count_{w}": Reason("merchant_compromise", _compromise_count(w))
+       for w in COMPROMISE_COUNT_WINDOWS},
+    **{f"merchant_compromise_share_{w}": Reason("merchant_compromise", _compromise_share(w))
+       for w in COMPROMISE_DELAYED_WINDOWS},
     **{f"mcc_risk_{w}": Reason("category_risk", _unless("mcc_missing", lambda seen, w=w: (
         f"Merchant category fraud rate {share(seen.value)} over the last {_WINDOW_WORDS[w]}")))
        for w in MCC_RISK_WINDOWS},

@@ -7,7 +7,8 @@
    one Ray task pulls the rows of its keys, and only the columns its pass reads, from every prepared block (zero-copy
    from the object store), orders them by arrival and runs the pass with empty history; it hands its outputs
    back split by source block. Labels are revealed only ``label_delay`` after their transaction (or at their
-   explicit ``known_at``), exactly as in ``build_features``.
+   explicit ``known_at``), exactly as in ``build_features``. One task first lists every card's confirmed frauds
+   over all blocks, which the merchant passes follow to the merchants those cards used (compromise point).
 3. Per prepared block, one task places the pass outputs by row and assembles the features with the profiles.
 
 Ray Data's ``repartition(keys=...)`` would do step 2's grouping, but each keyed shuffle is a barrier that moves
@@ -34,6 +35,7 @@ from cluster.features import (
     USER_ROW_COLUMNS,
     align_profiles,
     assemble,
+    card_fraud_events,
     default_label_events,
     duration_ms,
     explicit_label_events,
@@ -48,8 +50,10 @@ ARRIVAL_SEQ = "arrival_seq"
 READ_BLOCK_ROWS = 125_000
 _BLOCK_BITS = 40  # row_seq = block index << 40 | row in block
 # What each pass reads from a prepared block: its key's row columns and what places labels.
-_PASS_COLUMNS = {"user": (*USER_ROW_COLUMNS, "txn_key", "is_fraud"), "merchant": ("merchant_key", "ts_ms", "txn_key", "is_fraud"),
+_PASS_COLUMNS = {"user": (*USER_ROW_COLUMNS, "txn_key", "is_fraud"),
+                 "merchant": ("merchant_key", "user_key", "ts_ms", "txn_key", "is_fraud"),
                  "mcc": ("mcc_key", "ts_ms", "txn_key", "is_fraud")}
+_CARD_FRAUD_COLUMNS = ("user_key", "ts_ms", "txn_key", "is_fraud")  # what places every card's frauds
 
 
 def read_transactions_dataset(paths: str | Path | list[str | Path]) -> Any:
@@ -109,8 +113,20 @@ def _arrival_order(block: pa.Table, index: int) -> np.ndarray:
     return (index << _BLOCK_BITS) + np.arange(block.num_rows, dtype=np.int64)
 
 
+def _card_frauds(label_delay_ms: int, events: pd.DataFrame | None, *blocks: pa.Table) -> dict[str, np.ndarray]:
+    """Every card's confirmed frauds over all blocks (``card_fraud_events``): the merchant passes' suspect purchases
+    follow a card to merchants of every partition."""
+    rows = {c: np.concatenate([block.column(c).to_numpy() for block in blocks]) for c in _CARD_FRAUD_COLUMNS}
+    order = _sorting(np.concatenate([_arrival_order(block, index) for index, block in enumerate(blocks)]))
+    if order is not None:  # a repeated transaction id means its first arrival, as in the passes
+        rows = {c: values[order] for c, values in rows.items()}
+    if events is None:
+        events = default_label_events(rows, rows["is_fraud"], timedelta(milliseconds=label_delay_ms))
+    return card_fraud_events(events, rows)
+
+
 def _keyed_pass(kind: str, partition: int, partitions: int, label_delay_ms: int, events: pd.DataFrame | None,
-                *blocks: pa.Table) -> Any:
+                card_frauds: dict[str, np.ndarray], *blocks: pa.Table) -> Any:
     """One hash partition of one pass over every prepared block; per block, (row positions, outputs x rows)."""
     key, columns = PASS_KEYS[kind], _PASS_COLUMNS[kind]
     chosen = [np.flatnonzero(partition_of(block.column(key).to_numpy(), partitions) == partition) for block in blocks]
@@ -126,7 +142,7 @@ def _keyed_pass(kind: str, partition: int, partitions: int, label_delay_ms: int,
         source, position = source[order], position[order]
     if events is None:
         events = default_label_events(rows, rows["is_fraud"], timedelta(milliseconds=label_delay_ms))
-    values = keyed_pass_values(kind, rows, events, label_delay_ms).T  # one output per row
+    values = keyed_pass_values(kind, rows, events, label_delay_ms, card_frauds).T  # one output per row
     by_block = _sorting(source)
     if by_block is not None:
         source, position, values = source[by_block], position[by_block], values[:, by_block]
@@ -186,8 +202,9 @@ def build_offline_features(dataset: Any, *, label_delay: timedelta, labels: pd.D
     if not blocks:
         return ray.data.from_arrow(pa.table({}))
     events = ray.put(explicit_label_events(labels) if labels is not None else None)
+    card_frauds = ray.remote(_card_frauds).remote(delay_ms, events, *blocks)
     keyed_pass = ray.remote(_keyed_pass).options(num_returns=len(blocks))
-    outputs = [keyed_pass.remote(kind, partition, partitions, delay_ms, events, *blocks)
+    outputs = [keyed_pass.remote(kind, partition, partitions, delay_ms, events, card_frauds, *blocks)
                for kind in PASS_OUTPUTS for partition in range(partitions)]
     per_block = list(zip(*outputs)) if len(blocks) > 1 else [outputs]
     profiles = ray.put(users), ray.put(merchants)

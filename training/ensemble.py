@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+from scipy.special import expit
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
@@ -26,9 +27,14 @@ REVIEW_COST = 5.0  # currency units an analyst's look at one alert costs
 _EPS = 1e-6
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
-    return np.log(p / (1 - p))
+# The Platt line is fitted on logits clipped to [_EPS, 1 - _EPS], where scores still say something, and applied on
+# the whole float64 range: clipping there too would tie every score below _EPS and cost ranking (ROC-AUC).
+_APPLY_RANGE = (float(np.finfo(np.float64).tiny), float(np.nextafter(1.0, 0.0)))
+
+
+def _logit(p: np.ndarray, low: float = _EPS, high: float = 1 - _EPS) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), low, high)
+    return np.log(p) - np.log1p(-p)
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,7 @@ class Calibration:
 
     def apply(self, raw: np.ndarray) -> np.ndarray:
         if self.method == "platt":
-            return 1.0 / (1.0 + np.exp(-(self.params["slope"] * _logit(raw) + self.params["intercept"])))
+            return expit(self.params["slope"] * _logit(raw, *_APPLY_RANGE) + self.params["intercept"])
         return np.interp(raw, self.params["x"], self.params["y"])
 
 

@@ -31,4 +31,5 @@ def bench_training(settings: Settings) -> dict[str, Any]:
                         "days": config.days, "fraud_rate": round(float(transactions[LABEL_COLUMN].mean()), 5)},
             "window": ours["window"], "ours": judged["ours"], "baseline": judged["baseline"],
             "average_precision_gain": round(judged["ap_ratio_to_baseline"] - 1, 4),
+            "ranking_check": ours.get("ranking_check"),
             "backtest_seconds": round(backtest_seconds, 1)}

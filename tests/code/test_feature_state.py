@@ -150,6 +150,45 @@ def test_one_transaction_dated_years_ahead_neither_moves_the_clock_nor_evicts_th
     assert user.event_time_ms > real_latest, "a week of real traffic moves it on"
 
 
+def test_merchant_state_follows_card_frauds_to_the_merchants_the_card_used_before() -> None:
+    delay = 2 * DAY_MS
+    start = pd.Timestamp("2026-01-01T00:00:00Z")
+    days = (0, 0.01, 1, 2, 3.1, 3.2, 11)
+    transactions = pd.DataFrame({"transaction_id": [f"r{i}" for i in range(len(days))],
+                                 "user_id": ["u1", "u2", "u1", "u1", "u3", "u4", "u5"],
+                                 "merchant_id": ["m1", "m1", "m2", "m3", "m1", "m2", "m1"], "amount": 10.0,
+                                 "is_fraud": [0, 0, 1, 0, 0, 0, 0],
+                                 "timestamp": [start + pd.Timedelta(days=d) for d in days]})
+    expected = build_features(transactions, label_delay=timedelta(milliseconds=delay))
+    rows = prepare_rows(transactions, align_profiles(transactions["user_id"], None, "user_id", USER_PROFILE_COLUMNS),
+                        align_profiles(transactions["merchant_id"], None, "merchant_id", MERCHANT_PROFILE_COLUMNS))
+    batch = {"key": rows["merchant_key"], "ts_ms": rows["ts_ms"], "txn_key": rows["txn_key"],
+             "mcc_key": rows["mcc_key"], "user_key": rows["user_key"]}
+    merchant = FeatureStateCore("merchant", label_delay_ms=delay)
+    fraud = pd.DataFrame({"user_key": batch["user_key"][2:3], "ts_ms": batch["ts_ms"][2:3],
+                          "known_ms": batch["ts_ms"][2:3] + delay})
+    streamed = []
+    for i in range(len(transactions)):
+        if i == 4:  # the label of r2 (u1's fraud at m2 on day 1) arrives on day 3
+            assert merchant.add_card_frauds(fraud) == 2  # u1's purchases at m1 (day 0) and m2 (the fraud itself)
+            assert merchant.add_card_frauds(fraud) == 0  # a repeated label changes nothing
+        streamed.append(merchant.process({c: v[i:i + 1] for c, v in batch.items()}))
+    streamed = np.vstack(streamed)
+    names = list(MERCHANT_PASS_OUTPUTS)
+    assert list(expected["merchant_compromise_count_7d"]) == [0, 0, 0, 0, 1, 1, 0]
+    np.testing.assert_array_equal(streamed[:, names.index("exposed_7d")], expected["merchant_compromise_count_7d"])
+    for window in ("7d", "30d"):
+        share = np.divide(streamed[:, names.index(f"delayed_exposed_{window}")],
+                          streamed[:, names.index(f"delayed_count_{window}")],
+                          out=np.zeros(len(streamed)), where=streamed[:, names.index(f"delayed_count_{window}")] > 0)
+        np.testing.assert_allclose(share, expected[f"merchant_compromise_share_{window}"], rtol=1e-6)
+    assert expected["merchant_compromise_share_30d"].iloc[-1] == pytest.approx(1 / 3)  # m1 up to day 9: 1 of 3
+    arrays = {name: values for name, values in merchant.arrays().items() if not name.startswith("exposures.")}
+    older = FeatureStateCore("merchant", label_delay_ms=delay)
+    older.load_arrays(arrays)  # a snapshot from before the compromise point loads with none known
+    assert len(older.exposures) == 0 and len(older.rows) == len(transactions)
+
+
 def test_restarted_actors_continue_from_their_snapshot(ray_session: Settings) -> None:
     from cluster.feature_state import OnlineFeatures
 

@@ -12,7 +12,15 @@ import pandas as pd
 import pytest
 
 import cluster.features
-from cluster.features import FEATURE_NAMES, FEATURE_VERSION, RISK_PRIOR_RATE, RISK_PRIOR_WEIGHT, build_features
+from cluster.features import (
+    DAY_MS,
+    FEATURE_NAMES,
+    FEATURE_VERSION,
+    RISK_PRIOR_RATE,
+    RISK_PRIOR_WEIGHT,
+    build_features,
+    exposure_events,
+)
 from cluster.schema import validate_frame
 
 T0 = pd.Timestamp("2026-03-02T12:00:00Z")  # a Monday
@@ -245,7 +253,7 @@ def test_feature_version_follows_the_declared_spec_not_the_file_bytes() -> None:
     assert reworded.FEATURE_VERSION == FEATURE_VERSION
     wider = _features_module_with('"10m": 10 * MINUTE_MS', '"10m": 15 * MINUTE_MS')
     assert wider.FEATURE_VERSION != FEATURE_VERSION
-    bumped = _features_module_with('FEATURE_SPEC_VERSION = "3"', 'FEATURE_SPEC_VERSION = "4"')
+    bumped = _features_module_with('FEATURE_SPEC_VERSION = "4"', 'FEATURE_SPEC_VERSION = "5"')
     assert bumped.FEATURE_VERSION != FEATURE_VERSION
 
 
@@ -266,3 +274,38 @@ def test_card_state_counts_the_cards_known_frauds_only_after_their_delay() -> No
     assert list(explicit["card_fraud_known_30d"]) == [0, 1]  # an analyst's early verdict counts when known
     unlabelled = features([{"at": 0}, {"at": 2 * day}])
     assert list(unlabelled["card_fraud_known_30d"]) == [0, 0]
+
+
+def test_compromise_point_counts_a_cards_earlier_purchases_once_its_fraud_is_known() -> None:
+    rows = [{"at": 0}, {"at": 10, "user_id": "u2"}, {"at": 20, "user_id": "u3"},  # three cards at m1
+            {"at": DAY, "merchant_id": "m2", "is_fraud": 1},                     # u1's fraud elsewhere, known day 3
+            {"at": 2 * DAY, "merchant_id": "m3"},                                # u1 after its fraud: not suspect
+            {"at": 2 * DAY + 10, "user_id": "u4"},                               # fraud not known yet
+            {"at": 3 * DAY + 1, "user_id": "u5"}, {"at": 3 * DAY + 2, "user_id": "u6", "merchant_id": "m2"},
+            {"at": 3 * DAY + 3, "user_id": "u7", "merchant_id": "m3"}, {"at": 11 * DAY, "user_id": "u8"}]
+    out = features(rows, label_delay=timedelta(days=2))
+    assert list(out["merchant_compromise_count_7d"]) == [0, 0, 0, 0, 0, 0, 1, 1, 0, 0]
+    # delayed 7-day window of row 6: [day -6, day 1) holds m1's three purchases, u1's among them
+    assert out["merchant_compromise_share_7d"].iloc[6] == pytest.approx(1 / 3)
+    assert out["merchant_compromise_share_7d"].iloc[7] == pytest.approx(1.0)  # the fraud itself, at m2
+    assert out["merchant_compromise_share_7d"].iloc[9] == 0  # [day 2, day 9): no suspect purchase
+    assert out["merchant_compromise_share_30d"].iloc[9] == pytest.approx(1 / 5)  # [day -21, day 9): 1 of 5
+    assert out["merchant_compromise_share_30d"].iloc[:6].sum() == 0
+    labels = pd.DataFrame({"transaction_id": ["t3"], "is_fraud": [1], "known_at": [T0 + pd.Timedelta(days=2, minutes=5)]})
+    early = features(rows, labels=labels, label_delay=timedelta(days=2))  # an analyst's verdict before the delay
+    assert list(early["merchant_compromise_count_7d"]) == [0, 0, 0, 0, 0, 1, 1, 1, 0, 0]
+    # anchored at day 0 + 5 min (known - delay): row 5's window [day -7 + 10 min, 10 min) holds u1's purchase alone
+    assert early["merchant_compromise_share_7d"].iloc[5] == pytest.approx(1.0)
+
+
+def test_exposure_events_take_each_purchase_once_within_the_lookback_before_the_fraud() -> None:
+    day = DAY_MS
+    visits = {"merchant_key": np.array([11, 12, 13, 11, 14]), "user_key": np.array([1, 1, 1, 2, 1]),
+              "ts_ms": np.array([-28 * day, -26 * day, 0, 0, 2 * day]), "txn_key": np.array([101, 102, 103, 104, 105])}
+    frauds = {"user_key": np.array([1, 1, 3]), "ts_ms": np.array([day, day + 1, 0]),
+              "known_ms": np.array([3 * day, 4 * day, day])}
+    events = exposure_events(frauds, visits, label_delay_ms=2 * day)
+    # known at day 3: purchases after day -27 up to the fraud at day 1; the second fraud repeats them later
+    assert list(events["txn_key"]) == [102, 103]
+    assert list(events["key"]) == [12, 13] and list(events["known_ms"]) == [3 * day, 3 * day]
+    assert list(events["anchor_ms"]) == [day, day]  # max(purchase, known - delay)

@@ -88,3 +88,6 @@ def test_online_and_offline_features_are_identical(ray_session: Settings, histor
     assert built["new_device"].sum() > 0
     assert built["card_fraud_known_30d"].max() > 0  # card state from label feedback (resolved or named)
     assert built["log_hours_since_card_fraud"].min() < np.log1p(30 * 24) - 0.01  # a known fraud's recency, not neutral
+    # compromise point: card frauds followed to every partition's merchants, and shares of settled windows
+    assert built["merchant_compromise_count_7d"].max() > built["merchant_fraud_count_7d"].max()
+    assert built["merchant_compromise_share_30d"].max() > 0

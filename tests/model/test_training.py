@@ -92,6 +92,14 @@ def test_ensemble_drops_an_autoencoder_that_adds_nothing_and_calibrates() -> Non
     assert abs(isotonic.mean() - y.mean()) < 0.01
 
 
+def test_platt_calibration_ties_no_scores_that_were_apart() -> None:
+    rng = np.random.default_rng(1)
+    raw = np.sort(np.concatenate([10.0 ** -rng.uniform(6, 30, 500), rng.uniform(1e-6, 1 - 1e-6, 500)]))
+    y = (rng.random(len(raw)) < raw).astype(int)
+    calibrated = Calibration.fit(raw, y, "platt").apply(raw)
+    assert np.all(np.diff(calibrated) > 0)  # raw scores far below the fitting clip stay apart, and in order
+
+
 def test_cost_objective_alerts_less_when_reviews_cost_more() -> None:
     rng = np.random.default_rng(1)
     y = (rng.random(4000) < 0.05).astype(int)
@@ -219,6 +227,9 @@ def test_backtest_cli_end_to_end_on_required_columns_only(history: pd.DataFrame,
     assert scores["transaction_id"].tolist() == test["transaction_id"].tolist()
     assert scores["fraud_score"].between(0, 1).all()
     assert summary["scored"] == len(test) and summary["test_metrics"]["roc_auc"] > 0.7
+    ranking = summary["ranking_check"]  # calibration keeps the ranking; a plain XGBoost is reported beside it
+    assert ranking["before_calibration"]["roc_auc"] == pytest.approx(summary["test_metrics"]["roc_auc"], abs=1e-4)
+    assert 0.5 < ranking["plain_xgboost"]["roc_auc"] <= 1
 
 
 def test_evaluation_report_has_every_figure(tmp_path) -> None:
