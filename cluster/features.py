@@ -44,7 +44,6 @@ _EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ONE_MS = timedelta(milliseconds=1)
 SMALL_BATCH = 64  # up to this many rows, per-value Python beats pandas' per-call overhead
-MEMO_BATCH = 16_384  # up to this many recurring values (a micro-batch), memo lookups beat pandas' factorize
 
 USER_WINDOWS = {"10m": 10 * MINUTE_MS, "1h": HOUR_MS, "24h": DAY_MS, "7d": 7 * DAY_MS, "30d": RETENTION_MS}
 MERCHANT_COUNT_WINDOWS = {"1h": HOUR_MS, "24h": DAY_MS, "7d": 7 * DAY_MS}
@@ -142,15 +141,13 @@ def stable_hash(values: pd.Series | np.ndarray, *, recurring: bool = True) -> np
     """64-bit hash of strings that is the same in every process (unlike ``hash()``); missing values hash to 0.
 
     A large column hashes only its distinct values, from the column's own dtype (no round trip through Python
-    objects). A micro-batch's column of ``recurring`` values (users, merchants, devices: not transaction ids), the
-    object arrays of the online path up to ``MEMO_BATCH`` rows (a 1,000-row HTTP batch too), looks each one up in a
-    memo of earlier hashes, as pandas' factorize per call costs more than the lookups; offline tables (Series) keep
-    to pandas, which does not fill the memo with every id of a history. All give ``pd.util.hash_array`` of the text.
+    objects). A micro-batch of ``recurring`` values (users, merchants, devices: not transaction ids) looks each one
+    up in a memo of earlier hashes, as pandas per call costs more than the hashing. All give ``pd.util.hash_array``
+    of the text.
     """
-    if recurring and (len(values) <= SMALL_BATCH or (isinstance(values, np.ndarray) and values.dtype == object
-                                                     and len(values) <= MEMO_BATCH)):
-        return np.fromiter((_hash_one(v) for v in values), np.int64, len(values))
-    if len(values) <= SMALL_BATCH:  # transaction ids
+    if len(values) <= SMALL_BATCH:
+        if recurring:
+            return np.fromiter((_hash_one(v) for v in values), np.int64, len(values))
         texts = [_text(v) for v in values if not _missing(v)]
         hashed = iter(_hash_texts(np.array(texts, dtype=object)).tolist() if texts else ())
         return np.fromiter((0 if _missing(v) else next(hashed) for v in values), np.int64, len(values))
