@@ -60,7 +60,9 @@ def _decided(settings: Settings, transaction_id: str) -> bool:
 def test_two_replicas_and_the_stream_see_the_same_velocity_windows_for_one_user(
         served: tuple[str, Settings], second_ingress: str, small_history: Any) -> None:
     url, settings = served
-    on_stream = stream_settings(settings, shards=1)
+    # streams of the test's own, but the session's feature state: the one the two replicas share
+    on_stream = stream_settings(settings, shards=1).model_copy(
+        update={"feature_state_name": settings.feature_state_name})
     tag = f"velocity-{uuid.uuid4().hex[:8]}"
     transactions = _card_transactions(tag, small_history.transactions["timestamp"].max() + pd.Timedelta(hours=2))
     kinesis = client("kinesis", on_stream)
