@@ -46,12 +46,13 @@ ROWS: dict[str, list[Row]] = {
         ("online state per 100k users", _figure("features_online.user_state_mb_per_100k_users", " MB", 1), "—"),
     ],
     "feature_state": [
-        ("feature-state snapshot per 100k users, size / time",
+        ("feature-state snapshot per 100k users, MB / s",
          _pair("feature_state.snapshot_mb_per_100k_users", "feature_state.snapshot_s_per_100k_users", "", 2), "—"),
         ("state throughput cost of aligned checkpoints", _figure("feature_state.checkpoint_cost_pct", " %", 1),
          "≤ 10 %"),
         ("state actor recovery after a kill (load + replay)", _figure("feature_state.recovery_after_kill_s", " s", 2),
          "—"),
+        ("transactions that recovery replayed from the stream", _figure("feature_state.replayed_after_kill"), "—"),
     ],
     "producers": [
         ("producers into the embedded Kinesis", _figure("producers.sustained_tps", " tx/s"), "—"),

@@ -35,6 +35,7 @@ from cluster.kinesis import (
 )
 from cluster.runtime import ACTOR_NAMESPACE, aws_endpoint, ray_runtime
 from cluster.schema import canonical_columns, scoring_record
+from cluster.waiting import wait_until
 from fraudctl.bench.features import synthetic_transactions
 
 Batch = tuple[dict[str, Any], StreamPlacement]
@@ -132,8 +133,17 @@ def _split(batches: list[Batch], rows: int) -> tuple[list[Batch], list[Batch]]:
 
 
 def _kill_and_recover(online: OnlineFeatures) -> tuple[float, dict[str, Any]]:
+    """Seconds from ``ray.kill`` to the first answer of the restarted actor, and its summary. ``ray.kill`` returns
+    before the actor dies, so a call right after it can still reach the old actor: the restarted one is the one
+    whose summary counts one more recovery (Ray holds calls while it recovers)."""
     actor = ray.get_actor(f"{online.name}-0", namespace=ACTOR_NAMESPACE)
+    recoveries = online.summary()["recoveries"]
     started = time.perf_counter()
+
+    def restarted() -> dict[str, Any] | None:
+        summary = online.summary()
+        return summary if summary["recoveries"] > recoveries else None
+
     ray.kill(actor, no_restart=False)
-    recovered = online.summary()  # Ray holds the call until the restarted actor has recovered
+    recovered = wait_until(restarted, timeout_s=600, interval_s=0.05, what="the killed state actor back")
     return time.perf_counter() - started, recovered
