@@ -287,7 +287,7 @@ class RolloutGuard:
         the challenger breaches (what the next round acts on, for a canary)."""
         stored = self.store.stored()
         state = stored or self.store.default()
-        champion, challenger = self.measured(state) if state.version else (None, None)
+        champion, challenger = self.measured(state)  # the champion's figures even with no challenger
         return {**state.to_dict(), "stored": stored is not None, "champion": self.models.resolve("champion"),
                 "window_s": self.settings.rollout_window_s,
                 "live": {"champion": _figures(champion), "challenger": _figures(challenger)},
