@@ -241,23 +241,21 @@ class Ingress:
             task.cancel()
         if self._background:
             await asyncio.wait(set(self._background))
-        await asyncio.to_thread(self._drain)
+        kept, self._kept = self._kept, []
+        await asyncio.to_thread(self._drain, kept)
         await self.reporter.flush()
 
-    def _drain(self) -> None:
+    def _drain(self, kept: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]]) -> None:
         self.cases.close()
-        self.decision_log.flush()
-        kept, self._kept = self._kept, []
-        self._keep_transactions(kept)
+        self._write_logs(kept)
         self.monitor.flush()
 
     async def _flush_logs(self) -> None:
         """Buffered decision logs and stats reach their stores even when traffic stops."""
         while True:
             await asyncio.sleep(self.decision_log.max_age_s)
-            await asyncio.to_thread(self.decision_log.flush)
-            kept, self._kept = self._kept, []
-            await asyncio.to_thread(self._keep_transactions, kept)
+            kept, self._kept = self._kept, []  # swapped on the loop, where requests append to it
+            await asyncio.to_thread(self._write_logs, kept)
             self.reporter.flush()
 
     async def _flush_monitoring(self) -> None:
@@ -364,7 +362,9 @@ class Ingress:
         self._kept.append((records, decisions))  # turned into log rows and written by _flush_logs
         return decisions
 
-    def _keep_transactions(self, kept: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]]) -> None:
+    def _write_logs(self, kept: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]]) -> None:
+        """The buffered decision log, and the kept requests as transaction-log rows."""
+        self.decision_log.flush()
         self.transaction_log.append([row for records, decisions in kept
                                      for row in transaction_rows(records, decisions)])
         self.transaction_log.flush()
