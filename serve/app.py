@@ -92,7 +92,7 @@ from serve.api import (
     require_key_configured,
     rule_set_response,
 )
-from serve.cases import CaseClosed, CaseNotFound, CaseStore
+from serve.cases import CaseClosed, CaseNotFound, CaseOpener, CaseStore
 from serve.champion import (
     DECISIONS_PREFIX,
     FEEDBACK_PREFIX,
@@ -219,6 +219,7 @@ class Ingress:
         self.list_store = ListStore(settings)
         self.rules = RuleCache(settings, self.rule_store, ListCache(settings, self.list_store))
         self.cases = CaseStore(settings)
+        self.case_opener = CaseOpener(settings)
         self.champion: str | None = None
         self.challenger: str | None = None
         self.canary_share = 0.0
@@ -246,7 +247,6 @@ class Ingress:
         await self.reporter.flush()
 
     def _drain(self, kept: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]]) -> None:
-        self.cases.close()
         self._write_logs(kept)
         self.monitor.flush()
 
@@ -352,7 +352,7 @@ class Ingress:
             else:
                 self._in_background(self._shadow(records, x, decisions))
         rule_matches = await asyncio.to_thread(self._apply_rules, decisions, columns, x)
-        self.cases.open_later(decisions, transactions)  # not awaited: the answer does not depend on the case
+        self._open_cases(decisions, transactions)
         alerts = await self._alert(decisions, transactions)
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         for decision in decisions:
@@ -394,6 +394,19 @@ class Ingress:
             return await call if call is not None else 0
         except AlertPublishError as exc:  # nothing claimed is left behind: the client's retry alerts
             raise ApiError(503, [{"field": "alerts", "message": str(exc)}], "alerts unavailable, retry") from exc
+
+    def _open_cases(self, decisions: list[dict[str, Any]], transactions: list[Any]) -> None:
+        """The review cases are opened by the case desk after the answer, which does not depend on them."""
+        call = self.case_opener.submit(decisions, transactions)
+        if call is not None:
+            self._in_background(self._cases_opened(call))
+
+    @staticmethod
+    async def _cases_opened(call: Any) -> None:
+        try:
+            await call
+        except Exception:  # the desk logged the cases by transaction_id; a client retry or the stream opens them
+            log.exception("review cases not opened")
 
     async def _shadow(self, records: list[dict[str, Any]], x: np.ndarray, champion: list[dict[str, Any]]) -> None:
         challenger = await self._decide(self.challenger, records, x)

@@ -14,29 +14,38 @@ in review order is one bounded ``Query`` of ``limit`` items; ``by-since`` sorts 
 is a ``COUNT`` query on the open cases of ``by-since``: it reads the open queue, never the closed history. Both
 indexes have two partition keys only, which holds while cases open at an analyst team's pace (not thousands a second).
 
-Opening a case is I/O on a small thread pool: the stream consumers wait for it before they checkpoint (a case that
-could not be opened fails the batch, which the restarted consumer replays), the HTTP ingress does not wait (its
-answer does not depend on the case). Each put is retried with backoff; one still failing is logged by its
-transaction_id.
+Cases are opened by one writer per cluster, the ``CaseDesk`` actor (found or started by ``CaseOpener``, as the
+alert desk is): every ingress replica and stream consumer hands it the review decisions of a batch. Being the only
+opener, the desk opens with batch calls: ``BatchGetItem`` (consistent) tells which cases exist and ``BatchWriteItem``
+puts the rest, 25 a call, where racing openers would need a conditional ``PutItem`` per case (a round trip each: the
+cost that bounded a batch of transactions). Nothing else creates a case, and an analyst closes only a case that
+exists, so a case the desk finds absent stays absent until the desk writes it: a replay neither duplicates a case nor
+reopens a closed one. Concurrent callers share a pass (``serve.coalesce``), one pass at a time, so a retry racing its
+original opens its case once. The stream consumers wait for the desk before they checkpoint (a case that could not
+be opened fails the batch, which the restarted consumer replays); the HTTP ingress does not wait (its answer does
+not depend on the case). A failed pass is retried with backoff; cases still not stored are logged by transaction_id.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
 import orjson
+import ray
 from botocore.exceptions import ClientError
 
-from cluster.aws import CASES_BY_RISK, CASES_BY_SINCE, client
+from cluster.aws import CASES_BY_RISK, CASES_BY_SINCE, client, until_processed
 from cluster.config import Settings
+from cluster.runtime import ACTOR_NAMESPACE
 from cluster.schema import Transaction, format_timestamp
 from cluster.waiting import backoff_s
+from serve.coalesce import Coalescer
 from training.rules import REVIEW
 
 log = logging.getLogger(__name__)
@@ -44,9 +53,11 @@ log = logging.getLogger(__name__)
 OPEN, CLOSED = "open", "closed"
 STATUSES = (OPEN, CLOSED)
 CASE_ID_PATTERN = r"^case-[0-9a-f]{20}$"
-IO_THREADS = 4
-PUT_ATTEMPTS = 6           # per case, on top of boto3's own retries of throttling
-BACKGROUND_ATTEMPTS = 12   # the ingress's cases: nobody waits for them, so they may wait longer for DynamoDB
+OPEN_ATTEMPTS = 6          # per pass, on top of boto3's own retries of throttling and unprocessed items
+READS_PER_CALL = 100       # BatchGetItem limit
+WRITES_PER_CALL = 25       # BatchWriteItem limit
+CASES_PER_PASS = 1_000     # cases the desk opens in one pass
+LOGGED_IDS = 10            # transaction ids named when cases cannot be opened
 AMOUNT_WIDTH = 16          # characters of a zero-padded amount: the schema's largest, 1000000.0000, takes 12
 
 
@@ -94,58 +105,55 @@ def new_cases(decisions: Sequence[dict[str, Any]], transactions: Sequence[Transa
     return list(cases.values())
 
 
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    return (items[start:start + size] for start in range(0, len(items), size))
+
+
 class CaseStore:
     def __init__(self, settings: Settings, *, clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
         self.table = settings.cases_table
         self.dynamodb = client("dynamodb", settings)
         self.clock = clock
-        self._pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="cases")  # threads start on demand
 
-    def close(self) -> None:
-        """Wait for the cases still being opened (with their retries): a stopping replica calls it last."""
-        self._pool.shutdown(wait=True)
-
-    # -- opening --------------------------------------------------------------------------------------------------
+    # -- opening (only the case desk opens: see the module's docstring) -------------------------------------------
 
     def open_many(self, decisions: Sequence[dict[str, Any]], transactions: Sequence[Transaction]) -> int:
-        """Open a case for each review decision not opened before; returns how many are new. Raises
+        """Open a case for each review decision not opened before; returns how many are new."""
+        return len(self.open_cases(new_cases(decisions, transactions, self.clock())))
+
+    def open_cases(self, cases: Sequence[dict[str, Any]]) -> set[str]:
+        """Store the cases that do not exist yet; returns the transaction_ids opened now. Raises
         ``CasesNotOpened`` once retries are exhausted (the caller replays: opening is idempotent)."""
-        futures = self._submit(new_cases(decisions, transactions, self.clock()), PUT_ATTEMPTS)
-        failed = [tid for tid, future in futures if future.exception() is not None]
-        if failed:
-            raise CasesNotOpened(f"{len(failed)} case(s) not opened, e.g. for transaction {failed[0]}")
-        return sum(future.result() for _, future in futures)
-
-    def open_later(self, decisions: Sequence[dict[str, Any]], transactions: Sequence[Transaction]) -> list[Future]:
-        """``open_many`` without waiting: the puts run (and are retried) on the pool; a case still failing is
-        logged by its transaction_id. Returns the puts' futures (True: opened now, False: opened before)."""
-        return [future for _, future in
-                self._submit(new_cases(decisions, transactions, self.clock()), BACKGROUND_ATTEMPTS)]
-
-    def _submit(self, cases: list[dict[str, Any]], attempts: int) -> list[tuple[str, Future]]:
-        return [(case["transaction_id"], self._pool.submit(self._open, case, attempts)) for case in cases]
-
-    def _open(self, case: dict[str, Any], attempts: int) -> bool:
-        item = {"case_id": {"S": case["case_id"]}, "transaction_id": {"S": case["transaction_id"]},
-                "status": {"S": OPEN}, "opened_at": {"S": case["opened_at"]}, "since": {"S": case["opened_at"]},
-                "risk_rank": {"S": risk_rank(case["fraud_score"], case["amount"])},
-                "opened": {"S": orjson.dumps(case).decode()}}
-        for attempt in range(attempts):
+        pending = list({case["case_id"]: case for case in cases}.values())
+        opened: set[str] = set()
+        for attempt in range(OPEN_ATTEMPTS):
             try:
-                self.dynamodb.put_item(TableName=self.table, Item=item,
-                                       ConditionExpression="attribute_not_exists(case_id)")
-                return True
-            except ClientError as exc:
-                if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                    return False  # opened before (a retry or a replay): left as it is, open or closed
-                error: Exception = exc
-            except Exception as exc:  # the endpoint unreachable, a timeout: retried like throttling
+                existing = self._existing([case["case_id"] for case in pending])
+                pending = [case for case in pending if case["case_id"] not in existing]
+                for chunk in _chunks(pending, WRITES_PER_CALL):
+                    until_processed(self.dynamodb.batch_write_item,
+                                    {self.table: [{"PutRequest": {"Item": _item(case)}} for case in chunk]},
+                                    unprocessed="UnprocessedItems")
+                    opened.update(case["transaction_id"] for case in chunk)
+                return opened
+            except Exception as exc:  # the endpoint unreachable, no table, a timeout: the pass is retried
                 error = exc
-            if attempt + 1 < attempts:
+                pending = [case for case in pending if case["transaction_id"] not in opened]
+            if attempt + 1 < OPEN_ATTEMPTS:
                 time.sleep(backoff_s(attempt, base_s=0.2, cap_s=30.0))
-        log.error("case for transaction %s not opened after %d attempts: %s", case["transaction_id"], attempts,
-                  type(error).__name__)
-        raise CasesNotOpened(case["transaction_id"]) from error
+        ids = [case["transaction_id"] for case in pending]
+        log.error("%d case(s) not opened after %d attempts (%s), for transactions %s", len(ids), OPEN_ATTEMPTS,
+                  type(error).__name__, ", ".join(ids[:LOGGED_IDS]) + (" ..." if len(ids) > LOGGED_IDS else ""))
+        raise CasesNotOpened(f"{len(ids)} case(s) not opened, e.g. for transaction {ids[0]}") from error
+
+    def _existing(self, case_ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for chunk in _chunks(case_ids, READS_PER_CALL):
+            request = {self.table: {"Keys": [{"case_id": {"S": cid}} for cid in chunk],
+                                    "ProjectionExpression": "case_id", "ConsistentRead": True}}
+            for response in until_processed(self.dynamodb.batch_get_item, request, unprocessed="UnprocessedKeys"):
+                found.update(item["case_id"]["S"] for item in response["Responses"].get(self.table, []))
+        return found
 
     # -- reading --------------------------------------------------------------------------------------------------
 
@@ -222,6 +230,13 @@ class CaseStore:
             ExpressionAttributeNames={"#s": "status"}, ExpressionAttributeValues={":open": {"S": OPEN}})
 
 
+def _item(case: dict[str, Any]) -> dict[str, Any]:
+    return {"case_id": {"S": case["case_id"]}, "transaction_id": {"S": case["transaction_id"]},
+            "status": {"S": OPEN}, "opened_at": {"S": case["opened_at"]}, "since": {"S": case["opened_at"]},
+            "risk_rank": {"S": risk_rank(case["fraud_score"], case["amount"])},
+            "opened": {"S": orjson.dumps(case).decode()}}
+
+
 def _case(item: dict[str, Any]) -> dict[str, Any]:
     """A stored item as the API shows it: the case as opened, its status, and once closed the analyst's label."""
     case = {**orjson.loads(item["opened"]["S"]), "status": item["status"]["S"]}
@@ -231,3 +246,50 @@ def _case(item: dict[str, Any]) -> dict[str, Any]:
     if "is_fraud" in item:
         case["is_fraud"] = item["is_fraud"]["BOOL"]
     return case
+
+
+class CaseDesk:
+    """The cases table's one opener (run as a named Ray actor: ``CaseOpener`` finds or starts it)."""
+
+    def __init__(self, settings: Settings):
+        self.store = CaseStore(settings)
+        self._passes = Coalescer(self._open_pass, max_size=CASES_PER_PASS, size=len)
+
+    async def open(self, cases: list[dict[str, Any]]) -> int:
+        """Open the cases not opened before; returns how many of this call's are new."""
+        return await self._passes(cases)
+
+    async def _open_pass(self, requests: list[list[dict[str, Any]]]) -> list[int]:
+        opened = await asyncio.to_thread(self.store.open_cases, [case for request in requests for case in request])
+        counts = []
+        for request in requests:  # a case two callers of the pass both hand in counts for the first one
+            mine = {case["transaction_id"] for case in request} & opened
+            opened -= mine
+            counts.append(len(mine))
+        return counts
+
+
+def case_desk_name(settings: Settings) -> str:
+    """One desk per cases table, endpoint and region in a cluster."""
+    key = "|".join((settings.aws_endpoint_url or "aws", settings.region, settings.cases_table))
+    return f"case-desk-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+
+
+class CaseOpener:
+    """Hands a batch's review decisions to the cluster's case desk (started on first use, detached, restarted by Ray
+    with its calls retried if its node is lost)."""
+
+    def __init__(self, settings: Settings):
+        self.desk = ray.remote(CaseDesk).options(
+            name=case_desk_name(settings), namespace=ACTOR_NAMESPACE, get_if_exists=True, lifetime="detached",
+            num_cpus=0, max_restarts=-1, max_task_retries=-1).remote(settings)
+
+    def submit(self, decisions: Sequence[dict[str, Any]], transactions: Sequence[Transaction]) -> Any:
+        """The desk's call for the batch's review decisions (an ObjectRef to how many were new), or None if none."""
+        cases = new_cases(decisions, transactions, datetime.now(timezone.utc))
+        return self.desk.open.remote(cases) if cases else None
+
+    def open_many(self, decisions: Sequence[dict[str, Any]], transactions: Sequence[Transaction]) -> int:
+        """Open the batch's cases and wait; returns how many were new. Raises ``CasesNotOpened``."""
+        call = self.submit(decisions, transactions)
+        return ray.get(call) if call is not None else 0

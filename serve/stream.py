@@ -48,7 +48,7 @@ from cluster.kinesis import (
 )
 from cluster.schema import Transaction, field_errors
 from serve.alerts import AlertPublisher
-from serve.cases import CaseStore
+from serve.cases import CaseOpener
 from serve.champion import DECISIONS_PREFIX, TRANSACTIONS_PREFIX, JsonLinesLog, transaction_rows
 from serve.monitoring import MonitoringReporter
 from serve.rollout import RolloutStore, guard_actor, read_routing
@@ -92,7 +92,7 @@ class ShardConsumer:
         self.decision_log = JsonLinesLog(self.settings, DECISIONS_PREFIX)
         self.transaction_log = JsonLinesLog(self.settings, TRANSACTIONS_PREFIX)
         self.alerts = AlertPublisher(self.settings)
-        self.cases = CaseStore(self.settings)
+        self.cases = CaseOpener(self.settings)
         self.stats = StatsReporter()
         self.batch_limit = batch_limit  # transactions per micro-batch, about
         # Kinesis records per GetRecords, following how densely they are packed (first guess: fully packed, so a

@@ -18,6 +18,7 @@ CPU_ROLES: dict[str, tuple[str, ...]] = {
     "feature state": ("FeatureStateActor",),
     "stream consumers": ("ShardConsumer",),
     "alert desk": ("AlertDesk",),
+    "case desk": ("CaseDesk",),
     "stats": ("StatsCollector",),
     "aws emulator": ("moto.server",),
     "no-op apps": ("ServeReplica:noop:", "ServeReplica:noop_single:"),  # the serving bench's yardsticks

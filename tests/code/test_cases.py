@@ -1,10 +1,12 @@
 """The review queue's store against the embedded DynamoDB: a case per review decision opened once, a replay that
-neither duplicates nor reopens, the queue's order and counts, a decision that closes a case exactly once, and a
-case that cannot be stored retried, logged by id and opened on the replay."""
+neither duplicates nor reopens, the queue's order and counts, a decision that closes a case exactly once, a case
+that cannot be stored retried, logged by id and opened on the replay, and the cluster's case desk opening each case
+once for callers racing with the same transactions."""
 
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -13,7 +15,7 @@ import pytest
 from cluster.aws import bootstrap
 from cluster.config import Settings
 from cluster.schema import Transaction
-from serve.cases import CaseClosed, CaseNotFound, CasesNotOpened, CaseStore, case_id, new_cases
+from serve.cases import CaseClosed, CaseNotFound, CaseOpener, CasesNotOpened, CaseStore, case_id, new_cases
 
 START = datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc)
 
@@ -74,7 +76,6 @@ def test_a_replay_neither_duplicates_a_case_nor_reopens_a_closed_one(store) -> N
     closed = cases.decide(case_id("r2"), is_fraud=True, analyst="ana")
     clock.now += timedelta(minutes=5)
     assert open_all(cases, batch) == 0
-    assert [f.result() for f in cases.open_later([d for d, _ in batch], [t for _, t in batch])] == [False] * 5
     assert cases.get(case_id("r2")) == closed and closed["status"] == "closed"
     assert sorted(c["transaction_id"] for c in cases.list("open")) == ["r0", "r1", "r3", "r4"]
     assert [c["transaction_id"] for c in cases.list("closed")] == ["r2"]
@@ -147,3 +148,27 @@ def test_a_case_that_cannot_be_stored_is_retried_logged_by_id_and_opened_on_the_
     assert "lost-1" in record.getMessage() and "4321" not in record.getMessage(), "logged by id only"
     bootstrap(settings)
     assert open_all(cases, batch) == 1, "the replay (the stream's, or a retried batch) opens it"
+
+
+def test_a_batch_larger_than_one_call_opens_every_case_once(store) -> None:
+    cases, _ = store
+    batch = [scored(f"many-{i}", score=0.4 + i / 1000) for i in range(130)]  # 2 reads of 100, 6 writes of 25
+    assert open_all(cases, batch[:7]) == 7
+    assert open_all(cases, batch) == 123
+    assert cases.queue(limit=200)["open"] == 130 and len(cases.list(limit=200)) == 130
+
+
+def test_the_case_desk_opens_each_case_once_for_callers_racing_with_the_same_transactions(ray_session) -> None:
+    settings = ray_session.model_copy(update={"cases_table": f"cases-desk-{uuid.uuid4().hex[:8]}"})
+    bootstrap(settings)
+    openers = [CaseOpener(settings) for _ in range(2)]  # e.g. two replicas: one desk behind both
+    batch = [scored(f"race-{i}") for i in range(60)] + [scored("race-allow", "allow")]
+    decisions, transactions = [d for d, _ in batch], [t for _, t in batch]
+    with ThreadPoolExecutor(8) as pool:
+        new = list(pool.map(lambda i: openers[i % 2].open_many(decisions[i % 3:], transactions[i % 3:]), range(8)))
+    assert sum(new) == 60
+    store = CaseStore(settings)
+    assert sorted(c["transaction_id"] for c in store.list(limit=100)) == sorted(f"race-{i}" for i in range(60))
+    store.decide(case_id("race-5"), is_fraud=True, analyst="ana")
+    assert openers[0].open_many(decisions, transactions) == 0, "a replay: nothing new, the closed case stays closed"
+    assert store.get(case_id("race-5"))["status"] == "closed"
