@@ -18,16 +18,17 @@ from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 from scipy.stats import binomtest, chi2
 
 from cluster.aws import client
 from cluster.config import Settings
-from cluster.schema import format_timestamp
 
 DECISIONS_PREFIX = "decisions/"
 FEEDBACK_PREFIX = "feedback/"
 TRANSACTIONS_PREFIX = "transactions/"  # every scored transaction with its decision: history for retraining
+LOG_JSON_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_SERIALIZE_NUMPY  # datetimes as ISO 8601 UTC, numpy scalars as numbers
 
 
 def in_canary(transaction_id: str, share: float) -> bool:
@@ -67,7 +68,7 @@ class JsonLinesLog:
         if not rows:
             return 0
         key = f"{self.prefix}{datetime.now(timezone.utc):%Y-%m-%d}/{uuid.uuid4().hex}.jsonl"
-        body = "\n".join(json.dumps(row, default=str) for row in rows).encode()
+        body = b"\n".join(orjson.dumps(row, default=str, option=LOG_JSON_OPTIONS) for row in rows)
         client("s3", self.settings).put_object(Bucket=self.settings.model_bucket, Key=key, Body=body)
         return len(rows)
 
@@ -97,9 +98,10 @@ def decision_rows(champion: list[dict[str, Any]], challenger: list[dict[str, Any
 
 
 def transaction_rows(records: list[dict[str, Any]], decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """What the transaction log keeps of each scored transaction: its canonical fields and the answer it got."""
+    """What the transaction log keeps of each scored transaction: its canonical fields and the answer it got (the
+    timestamp stays a datetime: the log's writer formats it, in ISO 8601 UTC)."""
     logged_at = datetime.now(timezone.utc).isoformat()
-    return [{**record, "timestamp": format_timestamp(record["timestamp"]), "fraud_score": decision["fraud_score"],
+    return [{**record, "fraud_score": decision["fraud_score"],
              "risk_level": decision["risk_level"], "model_version": decision["model_version"], "logged_at": logged_at}
             for record, decision in zip(records, decisions)]
 

@@ -36,13 +36,26 @@ def _groups(feature_names: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
     return {group: tuple(members) for group, members in groups.items()}
 
 
+@lru_cache(maxsize=8)
+def _group_sums(feature_names: tuple[str, ...]) -> tuple[tuple[str, ...], np.ndarray]:
+    """The reason groups, and the 0/1 matrix (features x groups) that sums a row's contributions by group: a
+    batch's group totals in one product rather than a sum per group and row."""
+    groups = _groups(feature_names)
+    matrix = np.zeros((len(feature_names), len(groups)))
+    for column, members in enumerate(groups.values()):
+        matrix[list(members), column] = 1.0
+    return tuple(groups), matrix
+
+
 def explain_row(feature_names: Sequence[str], values: np.ndarray, contributions: np.ndarray, ae_score: float,
                 ae_weight: float, limit: int = MAX_FACTORS, *, currency: str = DEFAULT_CURRENCY,
-                both_ways: bool = False) -> list[str]:
-    """Sentences for one row: ``values`` and ``contributions`` align with ``feature_names`` (bias excluded)."""
+                both_ways: bool = False, group_totals: np.ndarray | None = None) -> list[str]:
+    """Sentences for one row: ``values`` and ``contributions`` align with ``feature_names`` (bias excluded);
+    ``group_totals`` are the row's contributions summed by reason group, when the batch has them already."""
     names = tuple(feature_names)
     pushes = np.asarray(contributions[:len(names)], dtype=np.float64)
-    totals = {group: float(pushes[list(members)].sum()) for group, members in _groups(names).items()}
+    group_names, matrix = _group_sums(names)
+    totals = dict(zip(group_names, (pushes @ matrix if group_totals is None else group_totals).tolist()))
     ranked = sorted((group for group, total in totals.items()
                      if (abs(total) if both_ways else total) >= MIN_CONTRIBUTION), key=lambda g: -abs(totals[g]))
     row = dict(zip(names, values.tolist()))
@@ -65,7 +78,10 @@ def explain(feature_names: Sequence[str], x: np.ndarray, contributions: np.ndarr
             both_ways: Sequence[bool] | None = None) -> list[list[str]]:
     """Reasons for every row of a batch (``contributions`` may carry the bias as its last column); ``currencies``
     and ``both_ways`` per row (default: USD, fraud-ward reasons only)."""
-    return [explain_row(feature_names, x[row], contributions[row], float(ae_scores[row]), ae_weight, limit,
+    names = tuple(feature_names)
+    pushes = np.asarray(contributions[:, :len(names)], dtype=np.float64)
+    totals = pushes @ _group_sums(names)[1]
+    return [explain_row(names, x[row], pushes[row], float(ae_scores[row]), ae_weight, limit,
                         currency=currencies[row] if currencies is not None else DEFAULT_CURRENCY,
-                        both_ways=bool(both_ways[row]) if both_ways is not None else False)
+                        both_ways=bool(both_ways[row]) if both_ways is not None else False, group_totals=totals[row])
             for row in range(len(x))]
