@@ -20,7 +20,7 @@ CPU_ROLES: dict[str, tuple[str, ...]] = {
     "alert desk": ("AlertDesk",),
     "case desk": ("CaseDesk",),
     "stats": ("StatsCollector",),
-    "aws emulator": ("moto.server",),
+    "aws emulator": ("cluster.aws_emulator",),
     "no-op apps": ("ServeReplica:noop:", "ServeReplica:noop_single:"),  # the serving bench's yardsticks
     "load generator": ("wrk_scoring.lua",),  # wrk, named by its script
 }
