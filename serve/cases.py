@@ -18,7 +18,8 @@ Cases are opened by one writer per cluster, the ``CaseDesk`` actor (found or sta
 alert desk is): every ingress replica and stream consumer hands it the review decisions of a batch. Being the only
 opener, the desk opens with batch calls: ``BatchGetItem`` (consistent) tells which cases exist and ``BatchWriteItem``
 puts the rest, 25 a call, where racing openers would need a conditional ``PutItem`` per case (a round trip each: the
-cost that bounded a batch of transactions). Nothing else creates a case, and an analyst closes only a case that
+cost that bounded a batch of transactions); a pass of one or two cases still takes the conditional puts, fewer
+calls. Nothing else creates a case, and an analyst closes only a case that
 exists, so a case the desk finds absent stays absent until the desk writes it: a replay neither duplicates a case nor
 reopens a closed one. Concurrent callers share a pass (``serve.coalesce``), one pass at a time, so a retry racing its
 original opens its case once. The stream consumers wait for the desk before they checkpoint (a case that could not
@@ -58,6 +59,7 @@ READS_PER_CALL = 100       # BatchGetItem limit
 WRITES_PER_CALL = 25       # BatchWriteItem limit
 CASES_PER_PASS = 1_000     # cases the desk opens in one pass
 LOGGED_IDS = 10            # transaction ids named when cases cannot be opened
+PUT_SINGLY_UP_TO = 2       # cases of a pass put one by one: fewer calls than a read and a batch write
 AMOUNT_WIDTH = 16          # characters of a zero-padded amount: the schema's largest, 1000000.0000, takes 12
 
 
@@ -128,13 +130,7 @@ class CaseStore:
         opened: set[str] = set()
         for attempt in range(OPEN_ATTEMPTS):
             try:
-                existing = self._existing([case["case_id"] for case in pending])
-                pending = [case for case in pending if case["case_id"] not in existing]
-                for chunk in _chunks(pending, WRITES_PER_CALL):
-                    until_processed(self.dynamodb.batch_write_item,
-                                    {self.table: [{"PutRequest": {"Item": _item(case)}} for case in chunk]},
-                                    unprocessed="UnprocessedItems")
-                    opened.update(case["transaction_id"] for case in chunk)
+                self._store_absent(pending, opened)
                 return opened
             except Exception as exc:  # the endpoint unreachable, no table, a timeout: the pass is retried
                 error = exc
@@ -145,6 +141,29 @@ class CaseStore:
         log.error("%d case(s) not opened after %d attempts (%s), for transactions %s", len(ids), OPEN_ATTEMPTS,
                   type(error).__name__, ", ".join(ids[:LOGGED_IDS]) + (" ..." if len(ids) > LOGGED_IDS else ""))
         raise CasesNotOpened(f"{len(ids)} case(s) not opened, e.g. for transaction {ids[0]}") from error
+
+    def _store_absent(self, cases: Sequence[dict[str, Any]], opened: set[str]) -> None:
+        """Write the cases not stored yet, adding each one written to ``opened``. One or two cases are put
+        conditionally, a call each; more are read (which exist) and the rest written in batches: two calls per 25."""
+        if len(cases) <= PUT_SINGLY_UP_TO:
+            opened.update(case["transaction_id"] for case in cases if self._put_if_absent(case))
+            return
+        existing = self._existing([case["case_id"] for case in cases])
+        for chunk in _chunks([case for case in cases if case["case_id"] not in existing], WRITES_PER_CALL):
+            until_processed(self.dynamodb.batch_write_item,
+                            {self.table: [{"PutRequest": {"Item": _item(case)}} for case in chunk]},
+                            unprocessed="UnprocessedItems")
+            opened.update(case["transaction_id"] for case in chunk)
+
+    def _put_if_absent(self, case: dict[str, Any]) -> bool:
+        try:
+            self.dynamodb.put_item(TableName=self.table, Item=_item(case),
+                                   ConditionExpression="attribute_not_exists(case_id)")
+            return True
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False  # opened before (a retry or a replay): left as it is, open or closed
+            raise
 
     def _existing(self, case_ids: Sequence[str]) -> set[str]:
         found: set[str] = set()

@@ -76,6 +76,7 @@ def test_a_replay_neither_duplicates_a_case_nor_reopens_a_closed_one(store) -> N
     closed = cases.decide(case_id("r2"), is_fraud=True, analyst="ana")
     clock.now += timedelta(minutes=5)
     assert open_all(cases, batch) == 0
+    assert open_all(cases, batch[2:3]) == 0, "a pass of one case (put singly) does not reopen it either"
     assert cases.get(case_id("r2")) == closed and closed["status"] == "closed"
     assert sorted(c["transaction_id"] for c in cases.list("open")) == ["r0", "r1", "r3", "r4"]
     assert [c["transaction_id"] for c in cases.list("closed")] == ["r2"]
