@@ -77,6 +77,10 @@ ROWS: dict[str, list[Row]] = {
         ("HTTP c=32 p99, app", _figure("serving.app.concurrency_32.p99_ms", " ms", 1), "≤ 80 ms (aim 40)"),
         ("HTTP batch endpoint (1,000 per request)", _figure("serving.batch.transactions_per_s", " tx/s"),
          "≥ 20,000 tx/s (aim 40,000)"),
+        ("batch endpoint: service CPU per 1,000 tx; the rate it allows on these cores, with / without the embedded AWS",
+         lambda f: (f"{_number(_get(f, 'serving.batch.service_cpu_ms_per_1k_tx'), ' ms', 0)}; "
+                    f"{_number(_get(f, 'serving.batch.cpu_bound_tx_per_s'), ' tx/s', 0)} / "
+                    f"{_number(_get(f, 'serving.batch.cpu_bound_tx_per_s_without_aws_emulator'), ' tx/s', 0)}"), "—"),
     ],
     "rules": [
         ("scoring core, 1,000-row batches: 0 / 200 active rules",

@@ -35,6 +35,7 @@ def test_figures_leave_the_driver_out_of_the_service() -> None:
     assert figures["cpu_ms_per_1k_tx"] == {DRIVER_ROLE: 500.0, "ingress": 30.0, "aws emulator": 20.0}
     assert figures["service_cpu_ms_per_1k_tx"] == 50.0
     assert figures["cpu_bound_tx_per_s"] == round((os.cpu_count() or 1) * 2_000 / 0.1)
+    assert figures["cpu_bound_tx_per_s_without_aws_emulator"] == round((os.cpu_count() or 1) * 2_000 / 0.06)
     assert cpu_figures({}, transactions=0) == {}
 
 
