@@ -79,7 +79,7 @@ from serve.api import (
     check_api_key,
     document_security,
     install_error_handlers,
-    parse_batch,
+    parse_batch_body,
     parse_case_decision,
     parse_feedback,
     parse_list,
@@ -87,7 +87,8 @@ from serve.api import (
     parse_list_name,
     parse_list_value,
     parse_rules,
-    parse_transaction,
+    parse_transaction_body,
+    read_body,
     read_json,
     require_key_configured,
     rule_set_response,
@@ -425,19 +426,20 @@ class Ingress:
     @api.post("/api/check-fraud", response_model=Decision, openapi_extra=TRANSACTION_BODY, responses=SCORING_ERRORS,
               summary="Score one transaction")
     async def check_fraud(self, request: Request, explain: EXPLAIN = False) -> Response:
-        transaction = await self._parse_scoring(request, parse_transaction)
+        transaction = await self._parse_scoring(request, parse_transaction_body)
         return json_response((await self._score([transaction], explain))[0])
 
     @api.post("/api/check-fraud/batch", response_model=BatchDecisions, openapi_extra=BATCH_BODY,
               responses=SCORING_ERRORS, summary="Score 1 to 1,000 transactions; results in input order")
     async def check_fraud_batch(self, request: Request, explain: EXPLAIN = False) -> Response:
-        transactions = await self._parse_scoring(request, parse_batch)
+        transactions = await self._parse_scoring(request, parse_batch_body)
         return json_response({"results": await self._score(transactions, explain)})
 
     async def _parse_scoring(self, request: Request, parse: Callable[[Any], Any]) -> Any:
         """A scoring body, parsed; a rejected one counts its fields for monitoring before its 4xx leaves."""
         try:
-            return parse(await read_json(request, self.settings.serve_max_body_bytes))
+            return parse(await read_body(request, self.settings.serve_max_body_bytes),
+                         request.headers.get("content-type"))
         except ApiError as exc:
             self._start_flushers()
             self.monitor.rejected(exc.errors)
