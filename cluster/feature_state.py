@@ -31,6 +31,7 @@ import json
 import logging
 import struct
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
@@ -85,8 +86,8 @@ CLOCK_SAMPLE = 4_096               # the state's clock is the median time of thi
 REPLAY_MEMORY = 50_000             # transactions per partition whose outputs a replay gets back unchanged
 RECOVERY_BATCH = 10_000            # stream transactions per pass while a restarted actor replays
 MISSING_OBJECT = ("NoSuchKey", "404", "NoSuchBucket")
-# A snapshot blocks its actor while it is written, so it is compressed for speed: zstd at level 1 (pyarrow's)
-# comes close to numpy's zlib in size at a small fraction of the time. The header holds the uncompressed size.
+# Snapshots are compressed for speed: zstd at level 1 (pyarrow's) comes close to numpy's zlib in size at a small
+# fraction of the time. The header holds the uncompressed size.
 SNAPSHOT_CODEC = pa.Codec("zstd", compression_level=1)
 SNAPSHOT_HEADER = struct.Struct("<Q")
 
@@ -342,13 +343,15 @@ class FeatureStateCore:
                           + self.recent.keys.nbytes)}
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The whole state as named arrays (what a snapshot stores)."""
+        """The whole state as named arrays (what a snapshot stores), none of which the state writes afterwards: the
+        rings it writes in place are copied, the tables' arrays are replaced on every change, never written. So a
+        snapshot can be encoded and uploaded on another thread while the state goes on."""
         self.rows.flush()
         self.labels.flush()
         self.exposures.flush()
-        return {"watermark": np.int64(self.watermark), "clock_times": self.latest_times,
+        return {"watermark": np.int64(self.watermark), "clock_times": self.latest_times.copy(),
                 "clock_written": np.int64(self.times_written), "recent_written": np.int64(self.recent.written),
-                "recent_keys": self.recent.keys, "recent_values": self.recent.values,
+                "recent_keys": self.recent.keys.copy(), "recent_values": self.recent.values.copy(),
                 **{f"rows.{c}": v for c, v in self.rows.data.items()},
                 **{f"labels.{c}": v for c, v in self.labels.data.items()},
                 **{f"exposures.{c}": v for c, v in self.exposures.data.items()}}
@@ -362,6 +365,14 @@ class FeatureStateCore:
         self.exposures.load(_columns(arrays, "exposures", self.exposures.columns))
         if arrays["recent_values"].shape[1] == self.recent.values.shape[1]:  # else an older feature spec's
             self.recent.load(arrays["recent_keys"], arrays["recent_values"], int(arrays["recent_written"]))
+
+
+def encode_snapshot(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> bytes:
+    """Every kind's arrays and the stream positions as one npz, compressed (``SNAPSHOT_CODEC``)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+    raw = buffer.getbuffer()
+    return SNAPSHOT_HEADER.pack(len(raw)) + SNAPSHOT_CODEC.compress(raw, asbytes=True)
 
 
 def _columns(arrays: Any, prefix: str, columns: tuple[str, ...]) -> Rows:
@@ -497,6 +508,8 @@ class FeatureStateActor:
         self.covered_at: float | None = None  # when the loaded snapshot was taken: the ingest replay starts there
         self.snapshotted = time.monotonic()
         self.snapshotted_at: float | None = None
+        self._uploader = ThreadPoolExecutor(1, thread_name_prefix="snapshot")
+        self._upload: Future | None = None  # the periodic snapshot being encoded and uploaded, if any
         self.recoveries, self.replayed, self.replayed_http, self.recovery_s = 0, 0, 0, None
         if ray.get_runtime_context().was_current_actor_reconstructed:
             restore_from = tuple(dict.fromkeys((name, *restore_from)))
@@ -538,15 +551,33 @@ class FeatureStateActor:
 
     def _snapshot_if_due(self) -> None:
         """A snapshot between batches, every ``feature_snapshot_interval_s`` of scoring: it holds exactly the state
-        after a batch. A failed one is logged and tried again an interval later; scoring goes on."""
+        after a batch. The call only compacts and takes the arrays; encoding and the upload run on the snapshot
+        thread while scoring goes on (one at a time: while one is in flight, none is due). A failed one is logged
+        and tried again an interval later; scoring goes on."""
         interval = self.settings.feature_snapshot_interval_s
         if not interval or time.monotonic() - self.snapshotted < interval:
             return
+        if self._upload is not None and not self._upload.done():
+            return
+        self._settle()
         try:
-            self.snapshot()
+            contents = self._contents()
         except Exception:
             log.exception("feature-state snapshot failed; the next is due in %.0f s", interval)
-            self.snapshotted = time.monotonic()
+        else:
+            self._upload = self._uploader.submit(self._write, *contents)
+        self.snapshotted = time.monotonic()
+
+    def _settle(self) -> None:
+        """Wait for the periodic snapshot in flight, if any (a failed one is logged)."""
+        upload, self._upload = self._upload, None
+        if upload is None:
+            return
+        try:
+            upload.result()
+        except Exception:
+            log.exception("feature-state snapshot failed; the next is due in %.0f s",
+                          self.settings.feature_snapshot_interval_s)
 
     def resolve(self, txn_keys: np.ndarray) -> pd.DataFrame:
         return self.cores["merchant"].resolve(txn_keys)
@@ -570,20 +601,9 @@ class FeatureStateActor:
                 "last_snapshot_at": self.snapshotted_at, "recoveries": self.recoveries, "replayed": self.replayed,
                 "replayed_http": self.replayed_http, "last_recovery_s": self.recovery_s, "shards": len(self.positions)}
 
-    def dump(self, taken_at: float) -> bytes:
-        """Every kind and the stream positions as one npz, compressed (``SNAPSHOT_CODEC``)."""
-        arrays = {f"{kind}.{name}": values for kind, core in self.cores.items() for name, values in core.arrays().items()}
-        meta = {"covers": self.covers, "positions": {shard: str(at) for shard, at in self.positions.items()},
-                "logs": sorted(self.logs), "taken_at": taken_at, "recoveries": self.recoveries,
-                "replayed": self.replayed, "replayed_http": self.replayed_http, "recovery_s": self.recovery_s}
-        buffer = io.BytesIO()
-        np.savez(buffer, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
-        raw = buffer.getbuffer()
-        return SNAPSHOT_HEADER.pack(len(raw)) + SNAPSHOT_CODEC.compress(raw, asbytes=True)
-
     def load(self, payload: bytes, *, own: bool = True, source: str | None = None) -> bool:
-        """State and positions from ``dump``; ``own``: this state's snapshot, so its counters continue too. False,
-        and nothing loaded, when the snapshot covers another stream set than this state's (a snapshot from before
+        """State and positions from a snapshot (``encode_snapshot``); ``own``: this state's snapshot, so its counters
+        continue too. False, and nothing loaded, when the snapshot covers another stream set than this state's (a snapshot from before
         stream sets were recorded loads)."""
         size, = SNAPSHOT_HEADER.unpack_from(payload)
         raw = SNAPSHOT_CODEC.decompress(memoryview(payload)[SNAPSHOT_HEADER.size:], decompressed_size=size,
@@ -609,14 +629,28 @@ class FeatureStateActor:
         return True
 
     def snapshot(self) -> list[str]:
+        """The state to S3 now, stored when this returns (a shard's start, a recovery): a periodic snapshot still in
+        flight is waited for first, so an older state never lands after this one."""
+        self._settle()
+        self._write(*self._contents())
+        self.snapshotted = time.monotonic()
+        return [self.object_key]
+
+    def _contents(self) -> tuple[float, dict[str, np.ndarray], dict[str, Any]]:
+        """The compacted state's arrays and what the snapshot says of itself, taken now."""
         for core in self.cores.values():
             core.compact()
         taken_at = time.time()
+        arrays = {f"{kind}.{name}": values for kind, core in self.cores.items() for name, values in core.arrays().items()}
+        meta = {"covers": self.covers, "positions": {shard: str(at) for shard, at in self.positions.items()},
+                "logs": sorted(self.logs), "taken_at": taken_at, "recoveries": self.recoveries,
+                "replayed": self.replayed, "replayed_http": self.replayed_http, "recovery_s": self.recovery_s}
+        return taken_at, arrays, meta
+
+    def _write(self, taken_at: float, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         client("s3", self.settings).put_object(Bucket=self.settings.model_bucket, Key=self.object_key,
-                                               Body=self.dump(taken_at))
+                                               Body=encode_snapshot(arrays, meta))
         self.snapshotted_at = taken_at
-        self.snapshotted = time.monotonic()
-        return [self.object_key]
 
     def restore(self, source: str | None = None) -> bool:
         """Reload the last snapshot of the state named ``source`` (this one's by default); False when there was

@@ -22,6 +22,7 @@ from cluster.features import (
     prepare_rows,
 )
 from cluster.profiles import MERCHANT_PROFILE_COLUMNS, USER_PROFILE_COLUMNS
+from cluster.waiting import wait_until
 from fraudctl.bench.features import synthetic_transactions
 
 
@@ -69,6 +70,25 @@ def test_a_replayed_batch_gets_the_same_features_and_leaves_the_state_unchanged(
     assert len(user.rows) == len(transactions)
     np.testing.assert_allclose(later[50:, 0], expected["user_count_10m"].to_numpy()[400:])
     np.testing.assert_allclose(first[:, 0], expected["user_count_10m"].to_numpy()[:400])
+
+
+def test_a_snapshot_s_arrays_stay_as_taken_while_the_state_goes_on() -> None:
+    """The periodic snapshot is encoded and uploaded on another thread while the actor scores: what it took must
+    not change under it."""
+    transactions = synthetic_transactions(600, users=20, merchants=5, days=2, seed=12)
+    batch = dict(prepare_rows(transactions, align_profiles(transactions["user_id"], None, "user_id",
+                                                           USER_PROFILE_COLUMNS),
+                              align_profiles(transactions["merchant_id"], None, "merchant_id",
+                                             MERCHANT_PROFILE_COLUMNS)))
+    user = FeatureStateCore("user", label_delay_ms=DAY_MS)
+    user.process({c: v[:300] for c, v in batch.items()})
+    taken = user.arrays()
+    kept = {name: np.array(values, copy=True) for name, values in taken.items()}
+    user.process({c: v[300:] for c, v in batch.items()})
+    user.compact()
+    for name, values in taken.items():
+        np.testing.assert_array_equal(values, kept[name], err_msg=name)
+    assert len(user.rows) == 600 and len(taken["rows.user_key"]) == 300
 
 
 def test_a_row_applied_before_never_joins_again_even_once_forgotten() -> None:
@@ -232,6 +252,9 @@ def test_state_actors_snapshot_on_their_own_while_they_score(ray_session: Settin
         scoring.compute(transactions.iloc[:300])
         time.sleep(0.6)
         scoring.compute(transactions.iloc[300:])  # due: the state after this batch goes to S3, unasked
+        # ... from the actor's snapshot thread, while the actor takes calls
+        wait_until(lambda: scoring.summary()["last_snapshot_at"] is not None, timeout_s=30,
+                   what="the periodic snapshot uploaded")
     finally:
         scoring.shutdown()
     restarted = OnlineFeatures(ray_session, name="periodic", restore=True)
