@@ -2,9 +2,9 @@
 
 Each trial runs plain ``xgboost.train`` with one thread and half a CPU reserved, so two trials share the two
 cores, and reports every boosting round through Tune's XGBoost callback so ASHA can stop weak trials early.
-The library defaults are validated the same way outside the search (ASHA could stop them at its first rung) and
-stay the model unless a tuned configuration validates better: validation ROC-AUC no lower than theirs, then the
-best validation average precision (``select``).
+The library defaults are validated the same way outside the search (ASHA would stop them at its first rung when
+they learn slower than the trials there) and stay the model unless a tuned configuration beats their validation
+average precision (``select``); validation ROC-AUC is reported beside it.
 The final fit runs in the driver, or, with ``distributed=True``, with Ray Train's ``XGBoostTrainer`` (V2 API)
 for data that outgrows one node.
 """
@@ -121,12 +121,9 @@ def validate_defaults(data: dict[str, Any], *, nthread: int = 2) -> dict[str, An
 
 
 def select(trials: list[dict[str, Any]], defaults: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    """Among the defaults and the trials whose validation ROC-AUC is no lower than the defaults', the best
-    validation aucpr; the defaults win ties. A short validation block ranks configurations by aucpr noisily, and
-    a tuned model that ranks worse than an untuned one is what this guards against."""
-    floor = defaults["at_best"][RANKING_METRIC]
-    eligible = [t for t in trials if t["at_best"][RANKING_METRIC] >= floor]
-    best = max([defaults, *eligible], key=lambda t: t["score"])
+    """The best validation aucpr among the defaults and the trials; the defaults win ties, so tuning replaces them
+    only with a configuration that validates better."""
+    best = max([defaults, *trials], key=lambda t: t["score"])
     return best, "library defaults" if best is defaults else "tuned"
 
 
