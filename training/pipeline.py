@@ -23,7 +23,7 @@ from training.evaluate import evaluate, write_report
 from training.predict import FraudScorer
 from training.reference import build_reference, input_missing_rates
 from training.registry import ModelBundle, registry_for
-from training.xgb import XGBSearch, fit_xgboost, fit_xgboost_distributed, tune_xgboost
+from training.xgb import RANKING_METRIC, XGBSearch, fit_xgboost, fit_xgboost_distributed, tune_xgboost
 
 DEFAULT_XGB_TRIALS = 8
 DEFAULT_AE_TRIALS = 4
@@ -107,6 +107,10 @@ def fit_models(train: Split, valid: Split, feature_names: tuple[str, ...], featu
                          feature_version=feature_version)
     details = {
         "xgboost": {"params": xgb_tuning.params, "rounds": xgb_tuning.rounds, "valid_aucpr": xgb_tuning.valid_aucpr,
+                    "valid_auc": xgb_tuning.valid_auc, "selected": xgb_tuning.selected,
+                    "library_defaults": {"rounds": xgb_tuning.defaults["iteration"],
+                                         "valid_aucpr": xgb_tuning.defaults["score"],
+                                         "valid_auc": xgb_tuning.defaults["at_best"][RANKING_METRIC]},
                     "trials": len(xgb_tuning.trials), "distributed_fit": distributed},
         "autoencoder": {"config": ae_tuning.config, "epochs": ae_tuning.epochs, "valid_ap": ae_tuning.valid_ap,
                         "trials": len(ae_tuning.trials)},

@@ -50,9 +50,9 @@ class TrialProgress(Callback):
 
 def run_search(trial: Callable[..., None], data: dict[str, Any], *, space: dict[str, Any], metric: str,
                max_t: int, grace: int, trials: int, cpus_per_trial: float, seed: int, storage: Path,
-               name: str) -> list[dict[str, Any]]:
+               name: str, report_at_best: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """Run ``trial(config, data=data)`` over ``space``; per finished trial: its config, the iteration at which
-    ``metric`` peaked and that peak. Ray must be initialised."""
+    ``metric`` peaked, that peak and the ``report_at_best`` metrics at that iteration. Ray must be initialised."""
     key = f"{name}-{uuid.uuid4().hex[:8]}"
     with tqdm(total=trials, desc=f"tuning {name}", unit="trial") as bar:
         _BARS[key] = bar
@@ -75,11 +75,12 @@ def run_search(trial: Callable[..., None], data: dict[str, Any], *, space: dict[
     finished = []
     for result in results:
         history = result.metrics_dataframe
-        if result.error is not None or history is None or metric not in history:
+        if result.error is not None or history is None or not {metric, *report_at_best} <= set(history):
             continue
         best_row = history.loc[history[metric].idxmax()]
         finished.append({"config": dict(result.config), "iteration": int(best_row["training_iteration"]),
-                         "score": float(best_row[metric]), "iterations_run": int(history["training_iteration"].max())})
+                         "score": float(best_row[metric]), "at_best": {m: float(best_row[m]) for m in report_at_best},
+                         "iterations_run": int(history["training_iteration"].max())})
     if not finished:
         raise RuntimeError(f"every {name} trial failed; see the Ray Tune logs in {storage}")
     return finished

@@ -1,0 +1,76 @@
+"""XGBoost model selection: the library defaults are a candidate, validated like the trials, and a tuned
+configuration replaces them only when it validates better (higher validation average precision)."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xgboost as xgb
+
+from cluster.features import FEATURE_NAMES, build_features
+from training.baseline import HandbookConfig, simulate_handbook
+from training.data import take
+from training.xgb import LIBRARY_DEFAULTS, RANKING_METRIC, XGBSearch, select, tune_xgboost
+
+START = date(2026, 1, 1)
+
+
+def result(aucpr: float, auc: float, rounds: int = 50) -> dict:
+    return {"config": {"eta": 0.1}, "iteration": rounds, "score": aucpr, "at_best": {RANKING_METRIC: auc},
+            "iterations_run": rounds + 30}
+
+
+def test_the_defaults_stay_when_no_tuned_config_validates_better() -> None:
+    defaults = result(0.80, 0.985)
+    chosen, selected = select([result(0.78, 0.990), result(0.79, 0.980)], defaults)
+    assert chosen is defaults and selected == "library defaults"
+
+
+def test_the_tuned_config_with_the_best_validation_precision_replaces_the_defaults() -> None:
+    defaults = result(0.70, 0.985)
+    best = result(0.77, 0.984)
+    chosen, selected = select([result(0.74, 0.988), best, result(0.69, 0.990)], defaults)
+    assert chosen is best and selected == "tuned"
+
+
+def test_the_defaults_win_a_tie() -> None:
+    defaults = result(0.80, 0.99)
+    chosen, selected = select([result(0.80, 0.99)], defaults)
+    assert chosen is defaults and selected == "library defaults"
+
+
+def test_the_reference_configuration_is_xgboosts_own_defaults() -> None:
+    rng = np.random.default_rng(0)
+    booster = xgb.train({}, xgb.DMatrix(rng.normal(size=(50, 3)), label=rng.integers(0, 2, 50)), num_boost_round=1)
+    config = json.loads(booster.save_config())["learner"]
+    train = config["gradient_booster"]["tree_train_param"]
+    library = {"max_depth": float(train["max_depth"]), "eta": float(train["eta"]),
+               "min_child_weight": float(train["min_child_weight"]), "subsample": float(train["subsample"]),
+               "colsample_bytree": float(train["colsample_bytree"]),
+               "scale_pos_weight": float(config["objective"]["reg_loss_param"]["scale_pos_weight"])}
+    assert library == pytest.approx(LIBRARY_DEFAULTS)  # xgboost stores its parameters as float32
+
+
+def test_tuning_validates_the_defaults_and_chooses_the_best_validated_candidate(ray_session,
+                                                                                  tmp_path: Path) -> None:
+    history = simulate_handbook(HandbookConfig(customers=300, terminals=600, days=30, start=START, seed=3,
+                                               compromised_terminals_per_day=1.0,
+                                               compromised_customers_per_day=1.0)).drop(columns=["fraud_scenario"])
+    features = build_features(history, label_delay=timedelta(days=7))
+    day = lambda n: pd.Timestamp(START, tz="UTC") + pd.Timedelta(days=n)  # noqa: E731
+    train = take("train", history, features, FEATURE_NAMES, (day(8), day(20)))
+    valid = take("validation", history, features, FEATURE_NAMES, (day(20), day(30)))
+    tuning = tune_xgboost(train.x, train.y, valid.x, valid.y, FEATURE_NAMES,
+                          search=XGBSearch(trials=3, max_rounds=60, grace_rounds=10), storage=tmp_path)
+    assert tuning.defaults["config"] == LIBRARY_DEFAULTS and 1 <= tuning.defaults["iteration"] <= 60
+    assert len(tuning.trials) == 3 and all(RANKING_METRIC in t["at_best"] for t in tuning.trials)
+    assert tuning.valid_aucpr == max([tuning.defaults["score"], *(t["score"] for t in tuning.trials)])
+    if tuning.selected == "library defaults":
+        assert tuning.params == LIBRARY_DEFAULTS and tuning.rounds == tuning.defaults["iteration"]
+    else:
+        assert tuning.selected == "tuned" and tuning.valid_aucpr > tuning.defaults["score"]
