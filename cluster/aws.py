@@ -31,8 +31,7 @@ LIST_EXPIRY_ATTRIBUTE = "expires_at"  # a list value's expiry (epoch seconds): t
 
 
 class EmbeddedAWS:
-    """moto's application on a free loopback port, in a child process of its own (``cluster.aws_emulator``: behind
-    a server that keeps connections alive, as AWS does).
+    """moto's server (``python -m moto.server``) on a free loopback port, in a child process of its own.
 
     A process rather than moto's in-process thread: the emulator then has its own interpreter lock, so the driver's
     work (progress, supervision, the dashboard) and the emulator's request handling do not take turns on one core.
@@ -52,7 +51,7 @@ class EmbeddedAWS:
 
     def start(self) -> str:
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "cluster.aws_emulator", "--host", self.host, "--port", str(self.port)],
+            [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             preexec_fn=_exit_with_parent)
         try:

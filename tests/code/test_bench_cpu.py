@@ -19,7 +19,7 @@ BURN = "import time, sys\nstart = time.process_time()\nwhile time.process_time()
 
 
 def test_a_child_process_is_counted_in_its_role() -> None:
-    child = subprocess.Popen([sys.executable, "-c", BURN, "cluster.aws_emulator"], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-c", BURN, "moto.server"], stdout=subprocess.PIPE, text=True)
     try:
         with cpu_by_role() as spent:
             assert child.stdout is not None and child.stdout.readline().strip() == "burnt"
