@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import ray
 
@@ -48,3 +50,17 @@ def ray_runtime(settings: Settings, *, num_cpus: int | None = None) -> Iterator[
     finally:
         if started:
             ray.shutdown()
+
+
+def cluster_desk(actor_class: type, name: str, *args: Any) -> Any:
+    """The cluster's one ``actor_class`` actor named ``name``, the only writer of what it guards: started by its
+    first caller and found by the others, detached (it outlives the job that started it), restarted by Ray with the
+    calls in flight retried if its node is lost. The alert desk and the case desk run so."""
+    return ray.remote(actor_class).options(
+        name=name, namespace=ACTOR_NAMESPACE, get_if_exists=True, lifetime="detached", num_cpus=0, max_restarts=-1,
+        max_task_retries=-1).remote(*args)
+
+
+def desk_name(kind: str, *parts: str) -> str:
+    """A desk's actor name, one per ``parts`` (the endpoint, the region, the resources it writes)."""
+    return f"{kind}-desk-{hashlib.sha1('|'.join(parts).encode()).hexdigest()[:12]}"

@@ -15,7 +15,6 @@ them (Ray restarts the desk and retries the call, which finds them claimed).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -27,7 +26,8 @@ import ray
 
 from cluster.aws import client, until_processed
 from cluster.config import Settings
-from cluster.runtime import ACTOR_NAMESPACE
+from cluster.runtime import cluster_desk
+from cluster.runtime import desk_name as cluster_desk_name
 from cluster.schema import LABEL_COLUMN, SCENARIO_COLUMN, Transaction
 from serve.coalesce import Coalescer
 from training.policy import HIGH
@@ -155,19 +155,15 @@ class AlertDesk:
 
 def desk_name(settings: Settings) -> str:
     """One desk per ledger, topic, endpoint and region in a cluster."""
-    key = "|".join((settings.aws_endpoint_url or "aws", settings.region, settings.alert_ledger_table,
-                    settings.alert_topic))
-    return f"alert-desk-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+    return cluster_desk_name("alert", settings.aws_endpoint_url or "aws", settings.region, settings.alert_ledger_table,
+                             settings.alert_topic)
 
 
 class AlertPublisher:
-    """Hands a batch's HIGH decisions to the cluster's alert desk (started on first use, detached, restarted by Ray
-    with its calls retried if its node is lost)."""
+    """Hands a batch's HIGH decisions to the cluster's alert desk (``cluster.runtime.cluster_desk``)."""
 
     def __init__(self, settings: Settings):
-        self.desk = ray.remote(AlertDesk).options(
-            name=desk_name(settings), namespace=ACTOR_NAMESPACE, get_if_exists=True, lifetime="detached",
-            num_cpus=0, max_restarts=-1, max_task_retries=-1).remote(settings)
+        self.desk = cluster_desk(AlertDesk, desk_name(settings), settings)
 
     def submit(self, decisions: Sequence[dict[str, Any]], transactions: Sequence[Transaction]) -> Any:
         """The desk's call for the batch's HIGH decisions (an ObjectRef to how many were new), or None if none."""

@@ -43,7 +43,7 @@ from botocore.exceptions import ClientError
 
 from cluster.aws import CASES_BY_RISK, CASES_BY_SINCE, client, until_processed
 from cluster.config import Settings
-from cluster.runtime import ACTOR_NAMESPACE
+from cluster.runtime import cluster_desk, desk_name
 from cluster.schema import Transaction, format_timestamp
 from cluster.waiting import backoff_s
 from serve.coalesce import Coalescer
@@ -290,18 +290,14 @@ class CaseDesk:
 
 def case_desk_name(settings: Settings) -> str:
     """One desk per cases table, endpoint and region in a cluster."""
-    key = "|".join((settings.aws_endpoint_url or "aws", settings.region, settings.cases_table))
-    return f"case-desk-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+    return desk_name("case", settings.aws_endpoint_url or "aws", settings.region, settings.cases_table)
 
 
 class CaseOpener:
-    """Hands a batch's review decisions to the cluster's case desk (started on first use, detached, restarted by Ray
-    with its calls retried if its node is lost)."""
+    """Hands a batch's review decisions to the cluster's case desk (``cluster.runtime.cluster_desk``)."""
 
     def __init__(self, settings: Settings):
-        self.desk = ray.remote(CaseDesk).options(
-            name=case_desk_name(settings), namespace=ACTOR_NAMESPACE, get_if_exists=True, lifetime="detached",
-            num_cpus=0, max_restarts=-1, max_task_retries=-1).remote(settings)
+        self.desk = cluster_desk(CaseDesk, case_desk_name(settings), settings)
 
     def submit(self, decisions: Sequence[dict[str, Any]], transactions: Sequence[Transaction]) -> Any:
         """The desk's call for the batch's review decisions (an ObjectRef to how many were new), or None if none."""
