@@ -16,6 +16,7 @@ from cluster.features import (
     DAY_MS,
     FEATURE_NAMES,
     MERCHANT_PASS_OUTPUTS,
+    Columns,
     align_profiles,
     build_features,
     label_anchor,
@@ -24,6 +25,12 @@ from cluster.features import (
 from cluster.profiles import MERCHANT_PROFILE_COLUMNS, USER_PROFILE_COLUMNS
 from cluster.waiting import wait_until
 from fraudctl.bench.features import synthetic_transactions
+
+
+def state_rows(transactions: pd.DataFrame) -> Columns:
+    """The rows the state actors take for these transactions (no profiles)."""
+    return prepare_rows(transactions, align_profiles(transactions["user_id"], None, "user_id", USER_PROFILE_COLUMNS),
+                        align_profiles(transactions["merchant_id"], None, "merchant_id", MERCHANT_PROFILE_COLUMNS))
 
 
 def test_keyed_history_takes_appends_and_evicts() -> None:
@@ -54,8 +61,7 @@ def test_history_merges_its_tail_without_changing_what_it_returns() -> None:
 def test_a_replayed_batch_gets_the_same_features_and_leaves_the_state_unchanged() -> None:
     transactions = synthetic_transactions(600, users=20, merchants=5, days=2, seed=8)
     expected = build_features(transactions, label_delay=timedelta(days=1))
-    rows = prepare_rows(transactions, align_profiles(transactions["user_id"], None, "user_id", USER_PROFILE_COLUMNS),
-                        align_profiles(transactions["merchant_id"], None, "merchant_id", MERCHANT_PROFILE_COLUMNS))
+    rows = state_rows(transactions)
     batch = dict(rows)
     user = FeatureStateCore("user", label_delay_ms=DAY_MS)
     head, tail = ({c: v[part] for c, v in batch.items()} for part in (slice(0, 400), slice(400, None)))
@@ -76,10 +82,7 @@ def test_a_snapshot_s_arrays_stay_as_taken_while_the_state_goes_on() -> None:
     """The periodic snapshot is encoded and uploaded on another thread while the actor scores: what it took must
     not change under it."""
     transactions = synthetic_transactions(600, users=20, merchants=5, days=2, seed=12)
-    batch = dict(prepare_rows(transactions, align_profiles(transactions["user_id"], None, "user_id",
-                                                           USER_PROFILE_COLUMNS),
-                              align_profiles(transactions["merchant_id"], None, "merchant_id",
-                                             MERCHANT_PROFILE_COLUMNS)))
+    batch = dict(state_rows(transactions))
     user = FeatureStateCore("user", label_delay_ms=DAY_MS)
     user.process({c: v[:300] for c, v in batch.items()})
     taken = user.arrays()
@@ -93,10 +96,7 @@ def test_a_snapshot_s_arrays_stay_as_taken_while_the_state_goes_on() -> None:
 
 def test_a_row_applied_before_never_joins_again_even_once_forgotten() -> None:
     transactions = synthetic_transactions(300, users=10, merchants=3, days=1, seed=9)
-    rows = dict(prepare_rows(transactions, align_profiles(transactions["user_id"], None, "user_id",
-                                                          USER_PROFILE_COLUMNS),
-                             align_profiles(transactions["merchant_id"], None, "merchant_id",
-                                            MERCHANT_PROFILE_COLUMNS)))
+    rows = dict(state_rows(transactions))
     user = FeatureStateCore("user", label_delay_ms=DAY_MS)
     user.process(rows)
     user.recent = RecentTransactions(user.recent.values.shape[1], capacity=1)  # their outputs forgotten
@@ -129,8 +129,7 @@ def test_merchant_state_keeps_thirty_days_plus_the_label_delay() -> None:
                                  "amount": 10.0, "is_fraud": [1, 0, 0, 0, 0],
                                  "timestamp": [start + pd.Timedelta(days=d) for d in (0, 0.5, 36.5, 37.25, 38)]})
     expected = build_features(transactions, label_delay=delay)
-    rows = prepare_rows(transactions, align_profiles(transactions["user_id"], None, "user_id", USER_PROFILE_COLUMNS),
-                        align_profiles(transactions["merchant_id"], None, "merchant_id", MERCHANT_PROFILE_COLUMNS))
+    rows = state_rows(transactions)
     batch = {"key": rows["merchant_key"], "ts_ms": rows["ts_ms"], "txn_key": rows["txn_key"],
              "mcc_key": rows["mcc_key"], "user_key": rows["user_key"]}
     merchant = FeatureStateCore("merchant", label_delay_ms=7 * DAY_MS, clock_sample=1)  # the clock: the latest
@@ -180,8 +179,7 @@ def test_merchant_state_follows_card_frauds_to_the_merchants_the_card_used_befor
                                  "is_fraud": [0, 0, 1, 0, 0, 0, 0],
                                  "timestamp": [start + pd.Timedelta(days=d) for d in days]})
     expected = build_features(transactions, label_delay=timedelta(milliseconds=delay))
-    rows = prepare_rows(transactions, align_profiles(transactions["user_id"], None, "user_id", USER_PROFILE_COLUMNS),
-                        align_profiles(transactions["merchant_id"], None, "merchant_id", MERCHANT_PROFILE_COLUMNS))
+    rows = state_rows(transactions)
     batch = {"key": rows["merchant_key"], "ts_ms": rows["ts_ms"], "txn_key": rows["txn_key"],
              "mcc_key": rows["mcc_key"], "user_key": rows["user_key"]}
     merchant = FeatureStateCore("merchant", label_delay_ms=delay)
