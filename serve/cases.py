@@ -2,9 +2,9 @@
 per transaction_id however often a request is retried or the stream replays a shard; an analyst closes it with a
 label.
 
-A case's key, ``case_id``, is derived from its transaction_id, and a case is opened by a conditional put
-(``attribute_not_exists(case_id)``): a replay finds its case already there and changes nothing, so it neither
-duplicates a case nor reopens a closed one. Closing is a conditional update (``status = open`` -> ``closed``), so a
+A case's key, ``case_id``, is derived from its transaction_id, and a case is written only where none exists (how,
+below): a replay finds its case already there and changes nothing, so it neither duplicates a case nor reopens a
+closed one. Closing is a conditional update (``status = open`` -> ``closed``), so a
 case is decided once even when two analysts race.
 
 Reads never scan the table. Two global secondary indexes are keyed by ``status``: ``by-risk`` sorts by
@@ -18,10 +18,9 @@ Cases are opened by one writer per cluster, the ``CaseDesk`` actor (found or sta
 alert desk is): every ingress replica and stream consumer hands it the review decisions of a batch. Being the only
 opener, the desk opens with batch calls: ``BatchGetItem`` (consistent) tells which cases exist and ``BatchWriteItem``
 puts the rest, 25 a call, where racing openers would need a conditional ``PutItem`` per case (a round trip each: the
-cost that bounded a batch of transactions); a pass of one or two cases still takes the conditional puts, fewer
-calls. Nothing else creates a case, and an analyst closes only a case that
-exists, so a case the desk finds absent stays absent until the desk writes it: a replay neither duplicates a case nor
-reopens a closed one. Concurrent callers share a pass (``serve.coalesce``), one pass at a time, so a retry racing its
+cost that bounded a batch of transactions); a pass of one or two cases still takes the conditional puts
+(``attribute_not_exists(case_id)``), fewer calls. Nothing else creates a case, and an analyst closes only a case
+that exists, so a case the desk finds absent stays absent until the desk writes it. Concurrent callers share a pass (``serve.coalesce``), one pass at a time, so a retry racing its
 original opens its case once. The stream consumers wait for the desk before they checkpoint (a case that could not
 be opened fails the batch, which the restarted consumer replays); the HTTP ingress does not wait (its answer does
 not depend on the case). A failed pass is retried with backoff; cases still not stored are logged by transaction_id.
