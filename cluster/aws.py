@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -111,6 +111,11 @@ def _cached_client(service: str, region: str, endpoint_url: str | None, emulator
         if emulator_credentials:
             kwargs.update(EMULATOR_CREDENTIALS)
     return boto3.session.Session().client(service, **kwargs)
+
+
+def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    """``items`` in slices of at most ``size``: the per-call limits of DynamoDB's and SNS's batch calls."""
+    return (items[start:start + size] for start in range(0, len(items), size))
 
 
 def until_processed(call: Callable[[dict[str, Any]], dict[str, Any]], request_items: dict[str, Any], *,

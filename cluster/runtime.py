@@ -61,6 +61,7 @@ def cluster_desk(actor_class: type, name: str, *args: Any) -> Any:
         max_task_retries=-1).remote(*args)
 
 
-def desk_name(kind: str, *parts: str) -> str:
-    """A desk's actor name, one per ``parts`` (the endpoint, the region, the resources it writes)."""
-    return f"{kind}-desk-{hashlib.sha1('|'.join(parts).encode()).hexdigest()[:12]}"
+def desk_name(kind: str, settings: Settings, *resources: str) -> str:
+    """A desk's actor name: one per endpoint, region and the ``resources`` it writes."""
+    key = "|".join((settings.aws_endpoint_url or "aws", settings.region, *resources))
+    return f"{kind}-desk-{hashlib.sha1(key.encode()).hexdigest()[:12]}"

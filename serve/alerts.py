@@ -17,17 +17,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
 import ray
 
-from cluster.aws import client, until_processed
+from cluster.aws import chunks, client, until_processed
 from cluster.config import Settings
-from cluster.runtime import cluster_desk
-from cluster.runtime import desk_name as cluster_desk_name
+from cluster.runtime import cluster_desk, desk_name
 from cluster.schema import LABEL_COLUMN, SCENARIO_COLUMN, Transaction
 from serve.coalesce import Coalescer
 from training.policy import HIGH
@@ -59,10 +58,6 @@ def high_alerts(decisions: Sequence[dict[str, Any]], transactions: Sequence[Tran
 
 class AlertPublishError(RuntimeError):
     """Some alerts could not be claimed or published; none of them is claimed now, so a retry alerts."""
-
-
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    return (items[start:start + size] for start in range(0, len(items), size))
 
 
 class AlertDesk:
@@ -97,7 +92,7 @@ class AlertDesk:
     def _claim(self, requests: list[list[Alert]]) -> list[list[Alert]]:
         """Each request's alerts that this pass claimed: neither in the ledger nor earlier in the pass."""
         ids = list(dict.fromkeys(decision["transaction_id"] for request in requests for decision, _ in request))
-        alerted = set().union(*self._pool.map(self._alerted, _chunks(ids, READS_PER_CALL)))
+        alerted = set().union(*self._pool.map(self._alerted, chunks(ids, READS_PER_CALL)))
         claimed: list[list[Alert]] = []
         for request in requests:
             mine = [alert for alert in request if alert[0]["transaction_id"] not in alerted]
@@ -108,7 +103,7 @@ class AlertDesk:
         items = [{"transaction_id": {"S": decision["transaction_id"]}, "alerted_at": {"S": now},
                   "model_version": {"S": decision.get("model_version") or "unknown"}} for decision, _ in new]
         writes = [self._pool.submit(self._write, [{"PutRequest": {"Item": item}} for item in chunk])
-                  for chunk in _chunks(items, WRITES_PER_CALL)]
+                  for chunk in chunks(items, WRITES_PER_CALL)]
         errors = [future.exception() for future in writes if future.exception() is not None]
         if errors:  # claims of a failed pass would block the retry's alerts: take them all back
             self._release([decision["transaction_id"] for decision, _ in new])
@@ -126,12 +121,12 @@ class AlertDesk:
         until_processed(self.dynamodb.batch_write_item, {self.table: requests}, unprocessed="UnprocessedItems")
 
     def _release(self, transaction_ids: list[str]) -> None:
-        for chunk in _chunks(transaction_ids, WRITES_PER_CALL):
+        for chunk in chunks(transaction_ids, WRITES_PER_CALL):
             self._write([{"DeleteRequest": {"Key": {"transaction_id": {"S": tid}}}} for tid in chunk])
 
     def _publish(self, alerts: list[Alert]) -> list[Alert]:
         """Publish in batches of ``MESSAGES_PER_CALL``, concurrently; returns the alerts that failed."""
-        return [alert for failed in self._pool.map(self._publish_batch, _chunks(alerts, MESSAGES_PER_CALL))
+        return [alert for failed in self._pool.map(self._publish_batch, chunks(alerts, MESSAGES_PER_CALL))
                 for alert in failed]
 
     def _publish_batch(self, alerts: Sequence[Alert]) -> list[Alert]:
@@ -153,17 +148,16 @@ class AlertDesk:
         return [alerts[index] for index in sorted(failed)]
 
 
-def desk_name(settings: Settings) -> str:
+def alert_desk_name(settings: Settings) -> str:
     """One desk per ledger, topic, endpoint and region in a cluster."""
-    return cluster_desk_name("alert", settings.aws_endpoint_url or "aws", settings.region, settings.alert_ledger_table,
-                             settings.alert_topic)
+    return desk_name("alert", settings, settings.alert_ledger_table, settings.alert_topic)
 
 
 class AlertPublisher:
     """Hands a batch's HIGH decisions to the cluster's alert desk (``cluster.runtime.cluster_desk``)."""
 
     def __init__(self, settings: Settings):
-        self.desk = cluster_desk(AlertDesk, desk_name(settings), settings)
+        self.desk = cluster_desk(AlertDesk, alert_desk_name(settings), settings)
 
     def submit(self, decisions: Sequence[dict[str, Any]], transactions: Sequence[Transaction]) -> Any:
         """The desk's call for the batch's HIGH decisions (an ObjectRef to how many were new), or None if none."""

@@ -32,7 +32,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -40,7 +40,7 @@ import orjson
 import ray
 from botocore.exceptions import ClientError
 
-from cluster.aws import CASES_BY_RISK, CASES_BY_SINCE, client, until_processed
+from cluster.aws import CASES_BY_RISK, CASES_BY_SINCE, chunks, client, until_processed
 from cluster.config import Settings
 from cluster.runtime import cluster_desk, desk_name
 from cluster.schema import Transaction, format_timestamp
@@ -106,10 +106,6 @@ def new_cases(decisions: Sequence[dict[str, Any]], transactions: Sequence[Transa
     return list(cases.values())
 
 
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    return (items[start:start + size] for start in range(0, len(items), size))
-
-
 class CaseStore:
     def __init__(self, settings: Settings, *, clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
         self.table = settings.cases_table
@@ -148,7 +144,7 @@ class CaseStore:
             opened.update(case["transaction_id"] for case in cases if self._put_if_absent(case))
             return
         existing = self._existing([case["case_id"] for case in cases])
-        for chunk in _chunks([case for case in cases if case["case_id"] not in existing], WRITES_PER_CALL):
+        for chunk in chunks([case for case in cases if case["case_id"] not in existing], WRITES_PER_CALL):
             until_processed(self.dynamodb.batch_write_item,
                             {self.table: [{"PutRequest": {"Item": _item(case)}} for case in chunk]},
                             unprocessed="UnprocessedItems")
@@ -166,7 +162,7 @@ class CaseStore:
 
     def _existing(self, case_ids: Sequence[str]) -> set[str]:
         found: set[str] = set()
-        for chunk in _chunks(case_ids, READS_PER_CALL):
+        for chunk in chunks(case_ids, READS_PER_CALL):
             request = {self.table: {"Keys": [{"case_id": {"S": cid}} for cid in chunk],
                                     "ProjectionExpression": "case_id", "ConsistentRead": True}}
             for response in until_processed(self.dynamodb.batch_get_item, request, unprocessed="UnprocessedKeys"):
@@ -289,7 +285,7 @@ class CaseDesk:
 
 def case_desk_name(settings: Settings) -> str:
     """One desk per cases table, endpoint and region in a cluster."""
-    return desk_name("case", settings.aws_endpoint_url or "aws", settings.region, settings.cases_table)
+    return desk_name("case", settings, settings.cases_table)
 
 
 class CaseOpener:

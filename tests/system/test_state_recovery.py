@@ -25,7 +25,7 @@ from cluster.kinesis import read_stream
 from cluster.runtime import ACTOR_NAMESPACE
 from cluster.schema import Transaction, canonical_columns, format_timestamp, scoring_record
 from cluster.waiting import wait_until
-from serve.alerts import desk_name
+from serve.alerts import alert_desk_name
 from serve.sdk import FraudDetector
 from serve.stream import StreamScoring
 from tests.streams import drain_alerts, stop_feature_state, subscribe_alert_queue
@@ -141,7 +141,7 @@ def test_a_killed_alert_desk_alerts_every_high_once_and_the_windows_stay_exact(c
     wait_until(lambda: decided(settings) >= kill_after, timeout_s=240, interval_s=0.2,
                what=f"{kill_after} decisions before the kill")
     print(f"killing the alert desk after {kill_after} decisions")
-    ray.kill(ray.get_actor(desk_name(settings), namespace=ACTOR_NAMESPACE), no_restart=False)
+    ray.kill(ray.get_actor(alert_desk_name(settings), namespace=ACTOR_NAMESPACE), no_restart=False)
     producer.join()
     assert_as_if_uninterrupted(chaos_run, repeats_allowed=False)
     messages = [m["transaction"]["transaction_id"] for m in drain_alerts(settings, queue)
