@@ -29,7 +29,7 @@ from training.data import Split, featurize, load_profiles, read_labelled, take
 from training.pipeline import Budget, FittedModels, fit_models
 from training.predict import FraudScorer
 
-INNER_VALIDATION_SHARE = 0.3  # the last part of the training window picks rounds, weights and the threshold
+INNER_VALIDATION_SHARE = 0.3  # the last part of the training window tunes the autoencoder (the rest: rolling folds)
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,8 @@ def backtest_window(settings: Settings, transactions: pd.DataFrame, *, window: B
     with ray_runtime(settings):
         fitted = fit_models(train, valid, feature_names, FEATURE_VERSION,
                             budget=Budget.from_trials(trials, settings.seed), storage=storage,
-                            refit_on_validation=True, progress=progress)
+                            label_delay=timedelta(days=window.delay_days), refit_on_validation=True,
+                            progress=progress)
     scores = FraudScorer(fitted.bundle).score(features.loc[_mask(transactions, window), :])
     return BacktestRun(scores=scores.reset_index(drop=True), fitted=fitted, train=train, valid=valid, test=test,
                        history_rows=int((transactions["timestamp"] < window.start).sum()))
@@ -137,6 +138,7 @@ def run_backtest(settings: Settings, *, data: Path, window: BacktestWindow, out:
         "window": {"train": [str(window.start), str(window.train_end)],
                    "test": [str(window.test_start), str(window.test_end)], "label_delay_days": window.delay_days},
         "ensemble": {k: fitted.details["ensemble"][k] for k in ("xgb_weight", "ae_weight")},
+        "model_selection": {"xgboost": fitted.details["xgboost"]["selected"], "folds": fitted.details["folds"]},
         "seconds": round(time.perf_counter() - started, 1),
     }
     if 0 < y.sum() < len(y):

@@ -69,6 +69,37 @@ def time_periods(start: pd.Timestamp, end: pd.Timestamp, *, label_delay: timedel
                    test=(test_start, end) if test_share > 0 else None)
 
 
+CV_FOLDS = 3
+CV_VALIDATION_SHARE = 0.45  # the last part of the rows' time span that the folds validate on, in equal blocks
+
+
+def rolling_folds(timestamps: pd.Series, *, label_delay: timedelta, folds: int = CV_FOLDS,
+                  validation_share: float = CV_VALIDATION_SHARE) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Rolling-origin folds over rows by their time (any row order), as row positions ``(train, validation)``.
+
+    The last ``validation_share`` of the span is cut into ``folds`` equal blocks; fold k validates on block k and
+    trains on every row older than the block less a gap of one label delay (a model trained on [a, b) scores from
+    b + delay on). When the span is too short for that gap, it shrinks to one block, so the first fold still
+    trains on most of what precedes it. No fold ever trains on a row at or after its validation block.
+    """
+    times = timestamps.to_numpy(dtype="datetime64[ns]")
+    start, end = times.min(), times.max() + np.timedelta64(1, "ns")
+    block = (end - start) * validation_share / folds
+    gap = min(np.timedelta64(pd.Timedelta(label_delay).value, "ns"), block)
+    positions = np.arange(len(times))
+    out = []
+    for k in range(folds):
+        valid_start = end - (folds - k) * block
+        valid_end = end if k == folds - 1 else valid_start + block
+        train = positions[times < valid_start - gap]
+        valid = positions[(times >= valid_start) & (times < valid_end)]
+        if len(train) and len(valid):
+            out.append((train, valid))
+    if not out:
+        raise ValueError("the training window is too short to hold out any time block for validation")
+    return out
+
+
 def frame_columns(transactions: pd.DataFrame) -> list[str]:
     keep = ["transaction_id", "user_id", "merchant_id", "amount", "timestamp", LABEL_COLUMN]
     return keep + ([SCENARIO_COLUMN] if SCENARIO_COLUMN in transactions.columns else [])

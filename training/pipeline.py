@@ -17,7 +17,7 @@ from cluster.config import Settings
 from cluster.features import FEATURE_NAMES, FEATURE_VERSION
 from cluster.runtime import ray_runtime
 from training.autoencoder import AESearch, AnomalyScorer, fit_scaler, standardise, tune_autoencoder
-from training.data import Split, featurize, load_profiles, read_labelled, take, time_periods
+from training.data import Split, featurize, load_profiles, read_labelled, rolling_folds, take, time_periods
 from training.ensemble import Objective, fit_ensemble
 from training.evaluate import evaluate, write_report
 from training.predict import FraudScorer
@@ -63,13 +63,24 @@ def _concat(first: Split, second: Split) -> Split:
                  frame=pd.concat([first.frame, second.frame], ignore_index=True))
 
 
-def fit_models(train: Split, valid: Split, feature_names: tuple[str, ...], feature_version: str, *,
-               budget: Budget, storage: Path, objective: Objective = "f1", distributed: bool = False,
-               refit_on_validation: bool = False, progress: tqdm | None = None) -> FittedModels:
-    """Tune both models on (train, valid), choose the ensemble on valid; Ray must be initialised.
+def _rows(split: Split, positions: np.ndarray, name: str) -> Split:
+    return Split(name=name, x=split.x[positions], y=split.y[positions],
+                 frame=split.frame.iloc[positions].reset_index(drop=True))
 
-    With ``refit_on_validation`` the final models are refitted on train + valid (rounds scaled to the extra
-    rows), for windows too short to spare the most recent days; the ensemble chosen on valid is kept.
+
+def fit_models(train: Split, valid: Split, feature_names: tuple[str, ...], feature_version: str, *,
+               budget: Budget, storage: Path, label_delay: timedelta, objective: Objective = "f1",
+               distributed: bool = False, refit_on_validation: bool = False,
+               progress: tqdm | None = None) -> FittedModels:
+    """Choose everything on rolling time folds over train + valid, then fit the final models; Ray must be
+    initialised.
+
+    XGBoost's hyperparameters and rounds come from the folds' mean validation aucpr (``tune_xgboost``); the
+    ensemble's weight, calibration and thresholds from out-of-fold scores: every validation row of a fold scored
+    by models fitted on that fold's training rows only, so the choice sees several periods rather than the last
+    one. The autoencoder's architecture is tuned on (train, valid). The final models train on train (with
+    ``refit_on_validation``, on train + valid, for windows too short to spare the most recent days), rounds
+    scaled from the folds' mean training rows to the final rows.
     """
     def step(label: str) -> None:
         if progress is not None:
@@ -77,7 +88,9 @@ def fit_models(train: Split, valid: Split, feature_names: tuple[str, ...], featu
             progress.update(1)
 
     started = time.perf_counter()
-    xgb_tuning = tune_xgboost(train.x, train.y, valid.x, valid.y, feature_names, search=budget.xgb, storage=storage)
+    window = _concat(train, valid)
+    folds = rolling_folds(window.frame["timestamp"], label_delay=label_delay)
+    xgb_tuning = tune_xgboost(window.x, window.y, folds, feature_names, search=budget.xgb, storage=storage)
     step("tuned XGBoost")
     scaler = fit_scaler(train.x)
     ae_tuning = tune_autoencoder(standardise(scaler, train.x), train.y, standardise(scaler, valid.x), valid.y,
@@ -85,8 +98,8 @@ def fit_models(train: Split, valid: Split, feature_names: tuple[str, ...], featu
     step("tuned autoencoder")
     tuned_seconds = time.perf_counter() - started
 
-    def fit_both(split: Split, rounds: int) -> tuple[Any, AnomalyScorer]:
-        if distributed:
+    def fit_both(split: Split, rounds: int, *, final: bool) -> tuple[Any, AnomalyScorer]:
+        if distributed and final:
             booster = fit_xgboost_distributed(split.x, split.y, feature_names, xgb_tuning.params, rounds,
                                               storage=storage, seed=budget.xgb.seed)
         else:
@@ -94,15 +107,21 @@ def fit_models(train: Split, valid: Split, feature_names: tuple[str, ...], featu
         anomaly = AnomalyScorer.fit(split.x, split.y, ae_tuning.config, ae_tuning.epochs, seed=budget.ae.seed)
         return booster, anomaly
 
-    booster, anomaly = fit_both(train, xgb_tuning.rounds)
-    valid_xgb = booster.inplace_predict(valid.x).astype(np.float64)
-    valid_ae = anomaly.score(valid.x)
-    ensemble, choice = fit_ensemble(valid.y, valid_xgb, valid_ae, valid.frame["amount"].to_numpy(),
-                                    objective=objective)
+    out_of_fold = []
+    for position, (fold_train, fold_valid) in enumerate(folds):
+        booster, anomaly = fit_both(_rows(window, fold_train, f"fold {position + 1}"), xgb_tuning.rounds,
+                                    final=False)
+        out_of_fold.append((fold_valid, booster.inplace_predict(window.x[fold_valid]).astype(np.float64),
+                            anomaly.score(window.x[fold_valid])))
+    scored = np.concatenate([rows for rows, _, _ in out_of_fold])
+    ensemble, choice = fit_ensemble(window.y[scored], np.concatenate([xgb for _, xgb, _ in out_of_fold]),
+                                    np.concatenate([ae for _, _, ae in out_of_fold]),
+                                    window.frame["amount"].to_numpy()[scored], objective=objective)
     step("fitted ensemble")
-    if refit_on_validation:
-        rounds = max(1, round(xgb_tuning.rounds * (len(train) + len(valid)) / len(train)))
-        booster, anomaly = fit_both(_concat(train, valid), rounds)
+    final = window if refit_on_validation else train
+    fold_rows = float(np.mean([len(rows) for rows, _ in folds]))
+    rounds = max(1, round(xgb_tuning.rounds * len(final) / fold_rows))
+    booster, anomaly = fit_both(final, rounds, final=True)
     bundle = ModelBundle(booster=booster, anomaly=anomaly, ensemble=ensemble, feature_names=feature_names,
                          feature_version=feature_version)
     details = {
@@ -116,6 +135,9 @@ def fit_models(train: Split, valid: Split, feature_names: tuple[str, ...], featu
                         "trials": len(ae_tuning.trials)},
         "ensemble": {**ensemble.to_dict(), **choice},
         "refit_on_validation": refit_on_validation,
+        "folds": [{"train_rows": len(rows), "validation_rows": len(held), "validation_frauds": int(window.y[held].sum()),
+                   "validation_start": str(window.frame["timestamp"].iloc[held].min())} for rows, held in folds],
+        "final_rounds": rounds,
         "tuning_seconds": round(tuned_seconds, 1),
         "fit_seconds": round(time.perf_counter() - started, 1),
     }
@@ -158,7 +180,8 @@ def run_train(settings: Settings, options: TrainOptions) -> dict[str, Any]:
     storage = Path(settings.data_dir).resolve() / "ray_results"
     with ray_runtime(settings):
         fitted = fit_models(splits["train"], splits["validation"], FEATURE_NAMES, FEATURE_VERSION, budget=budget,
-                            storage=storage, objective=options.objective,  # type: ignore[arg-type]
+                            storage=storage, label_delay=label_delay,
+                            objective=options.objective,  # type: ignore[arg-type]
                             distributed=options.distributed, progress=progress)
     bundle = fitted.bundle
 

@@ -1,7 +1,10 @@
-"""XGBoost: Ray Tune search (ASHA, early stopping on validation average precision), then the final fit.
+"""XGBoost: Ray Tune search (ASHA, early stopping on the mean validation average precision of rolling time folds),
+then the final fit.
 
-Each trial runs plain ``xgboost.train`` with one thread and half a CPU reserved, so two trials share the two
-cores, and reports every boosting round through Tune's XGBoost callback so ASHA can stop weak trials early.
+Each trial runs ``xgboost.cv`` over the rolling time folds (``training.data.rolling_folds``) with one thread and
+half a CPU reserved, so two trials share the two cores, and reports every boosting round's mean over the folds
+through Tune's XGBoost callback so ASHA can stop weak trials early. One validation period of a few days holds a
+few hundred frauds: a choice made on it alone follows its noise, the folds' mean less so.
 The library defaults are validated the same way outside the search (ASHA would stop them at its first rung when
 they learn slower than the trials there) and stay the model unless a tuned configuration beats their validation
 average precision (``select``); validation ROC-AUC is reported beside it.
@@ -88,33 +91,36 @@ def _matrix(x: np.ndarray, y: np.ndarray | None, feature_names: tuple[str, ...])
     return xgb.DMatrix(x, label=y, feature_names=list(feature_names), nthread=1)
 
 
-def _validate(config: dict[str, Any], data: dict[str, Any], *, nthread: int,
-              callbacks: list[Any]) -> dict[str, list[float]]:
-    """``xgboost.train`` on the training rows with early stopping on validation aucpr; the validation metrics
-    per round."""
-    names = data["feature_names"]
-    train = _matrix(data["x_train"], data["y_train"], names)
-    valid = _matrix(data["x_valid"], data["y_valid"], names)
+def _fold_means(report: dict[str, Any]) -> dict[str, float]:
+    """``xgboost.cv`` logs (mean, std) across folds; Tune gets the mean."""
+    return {k: float(v[0]) if isinstance(v, tuple) else float(v) for k, v in report.items()}
+
+
+def _cross_validate(config: dict[str, Any], data: dict[str, Any], *, nthread: int,
+                    callbacks: list[Any]) -> dict[str, list[float]]:
+    """``xgboost.cv`` over the rolling time folds, early stopping on the folds' mean validation aucpr; the mean
+    validation metrics per round."""
     params = {**base_params(nthread=nthread, seed=data["seed"]),
               **{k: v for k, v in config.items() if k != "num_boost_round"}}
-    history: dict[str, dict[str, list[float]]] = {}
-    xgb.train(params, train, num_boost_round=min(config["num_boost_round"], data["max_rounds"]),
-              evals=[(valid, "valid")], early_stopping_rounds=EARLY_STOPPING_ROUNDS, verbose_eval=False,
-              evals_result=history, callbacks=callbacks)
-    return history["valid"]
+    history = xgb.cv(params, _matrix(data["x"], data["y"], data["feature_names"]),
+                     num_boost_round=min(config["num_boost_round"], data["max_rounds"]), folds=data["folds"],
+                     early_stopping_rounds=EARLY_STOPPING_ROUNDS, verbose_eval=False, as_pandas=False,
+                     callbacks=callbacks)
+    return {"aucpr": history["test-aucpr-mean"], "auc": history["test-auc-mean"]}
 
 
 def _trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
-    """One Tune trial: validation aucpr and auc reported every round."""
-    _validate(config, data, nthread=1, callbacks=[TuneReportCheckpointCallback(
-        metrics=[METRIC, RANKING_METRIC], frequency=0, checkpoint_at_end=False)])
+    """One Tune trial: the folds' mean validation aucpr and auc reported every round."""
+    _cross_validate(config, data, nthread=1, callbacks=[TuneReportCheckpointCallback(
+        metrics={METRIC: "test-aucpr", RANKING_METRIC: "test-auc"}, frequency=0, checkpoint_at_end=False,
+        results_postprocessing_fn=_fold_means)])
 
 
 def validate_defaults(data: dict[str, Any], *, nthread: int = 2) -> dict[str, Any]:
-    """The library defaults with the trials' round selection (the round where validation aucpr peaks), as a
-    result in ``run_search``'s shape."""
-    history = _validate({**LIBRARY_DEFAULTS, "num_boost_round": data["max_rounds"]}, data, nthread=nthread,
-                        callbacks=[])
+    """The library defaults with the trials' folds and round selection (the round where the mean validation
+    aucpr peaks), as a result in ``run_search``'s shape."""
+    history = _cross_validate({**LIBRARY_DEFAULTS, "num_boost_round": data["max_rounds"]}, data, nthread=nthread,
+                              callbacks=[])
     best = int(np.argmax(history["aucpr"]))
     return {"config": dict(LIBRARY_DEFAULTS), "iteration": best + 1, "score": float(history["aucpr"][best]),
             "at_best": {RANKING_METRIC: float(history["auc"][best])}, "iterations_run": len(history["aucpr"])}
@@ -127,16 +133,19 @@ def select(trials: list[dict[str, Any]], defaults: dict[str, Any]) -> tuple[dict
     return best, "library defaults" if best is defaults else "tuned"
 
 
-def tune_xgboost(x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_valid: np.ndarray,
+def tune_xgboost(x: np.ndarray, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]],
                  feature_names: tuple[str, ...], *, search: XGBSearch, storage: Path) -> XGBTuning:
-    """Search hyperparameters with Ray Tune + ASHA and choose against the library defaults (``select``); Ray must
-    be initialised."""
-    if y_train.sum() == 0 or y_valid.sum() == 0:
-        raise ValueError("is_fraud: training and validation periods each need at least one fraud to tune XGBoost")
-    data = {"x_train": x_train, "y_train": y_train, "x_valid": x_valid, "y_valid": y_valid,
-            "feature_names": feature_names, "seed": search.seed, "max_rounds": search.max_rounds}
+    """Search hyperparameters and rounds with Ray Tune + ASHA on the folds' mean validation aucpr (``folds``: row
+    positions of ``x``, e.g. ``training.data.rolling_folds``) and choose against the library defaults
+    (``select``); Ray must be initialised."""
+    for position, (train, valid) in enumerate(folds):
+        if y[train].sum() == 0 or y[valid].sum() == 0:
+            raise ValueError(f"is_fraud: fold {position + 1} of {len(folds)} has no fraud in its training or "
+                             "validation rows; XGBoost needs frauds in both to be tuned")
+    data = {"x": x, "y": y, "folds": folds, "feature_names": feature_names, "seed": search.seed,
+            "max_rounds": search.max_rounds}
     defaults = validate_defaults(data)
-    trials = run_search(_trial, data, space=search_space(y_train), metric=METRIC, max_t=search.max_rounds,
+    trials = run_search(_trial, data, space=search_space(y[folds[-1][0]]), metric=METRIC, max_t=search.max_rounds,
                         grace=search.grace_rounds, trials=search.trials, cpus_per_trial=search.cpus_per_trial,
                         seed=search.seed, storage=storage, name="xgboost", report_at_best=(RANKING_METRIC,))
     best, selected = select(trials, defaults)

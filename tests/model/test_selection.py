@@ -14,8 +14,16 @@ import xgboost as xgb
 
 from cluster.features import FEATURE_NAMES, build_features
 from training.baseline import HandbookConfig, simulate_handbook
-from training.data import take
-from training.xgb import LIBRARY_DEFAULTS, RANKING_METRIC, XGBSearch, select, tune_xgboost
+from training.data import rolling_folds, take
+from training.xgb import (
+    LIBRARY_DEFAULTS,
+    RANKING_METRIC,
+    XGBSearch,
+    base_params,
+    select,
+    tune_xgboost,
+    validate_defaults,
+)
 
 START = date(2026, 1, 1)
 
@@ -58,14 +66,15 @@ def test_the_reference_configuration_is_xgboosts_own_defaults() -> None:
 
 def test_tuning_validates_the_defaults_and_chooses_the_best_validated_candidate(ray_session,
                                                                                   tmp_path: Path) -> None:
+    """Every candidate is judged by its mean over the same rolling time folds."""
     history = simulate_handbook(HandbookConfig(customers=300, terminals=600, days=30, start=START, seed=3,
                                                compromised_terminals_per_day=1.0,
                                                compromised_customers_per_day=1.0)).drop(columns=["fraud_scenario"])
     features = build_features(history, label_delay=timedelta(days=7))
     day = lambda n: pd.Timestamp(START, tz="UTC") + pd.Timedelta(days=n)  # noqa: E731
-    train = take("train", history, features, FEATURE_NAMES, (day(8), day(20)))
-    valid = take("validation", history, features, FEATURE_NAMES, (day(20), day(30)))
-    tuning = tune_xgboost(train.x, train.y, valid.x, valid.y, FEATURE_NAMES,
+    window = take("train", history, features, FEATURE_NAMES, (day(8), day(30)))
+    folds = rolling_folds(window.frame["timestamp"], label_delay=timedelta(days=2))
+    tuning = tune_xgboost(window.x, window.y, folds, FEATURE_NAMES,
                           search=XGBSearch(trials=3, max_rounds=60, grace_rounds=10), storage=tmp_path)
     assert tuning.defaults["config"] == LIBRARY_DEFAULTS and 1 <= tuning.defaults["iteration"] <= 60
     assert len(tuning.trials) == 3 and all(RANKING_METRIC in t["at_best"] for t in tuning.trials)
@@ -74,3 +83,25 @@ def test_tuning_validates_the_defaults_and_chooses_the_best_validated_candidate(
         assert tuning.params == LIBRARY_DEFAULTS and tuning.rounds == tuning.defaults["iteration"]
     else:
         assert tuning.selected == "tuned" and tuning.valid_aucpr > tuning.defaults["score"]
+
+
+def test_a_candidate_scores_the_mean_of_its_folds_not_the_last_fold_alone() -> None:
+    history = simulate_handbook(HandbookConfig(customers=300, terminals=600, days=30, start=START, seed=4,
+                                               compromised_terminals_per_day=1.0,
+                                               compromised_customers_per_day=1.0)).drop(columns=["fraud_scenario"])
+    features = build_features(history, label_delay=timedelta(days=7))
+    day = lambda n: pd.Timestamp(START, tz="UTC") + pd.Timedelta(days=n)  # noqa: E731
+    window = take("train", history, features, FEATURE_NAMES, (day(8), day(30)))
+    folds = rolling_folds(window.frame["timestamp"], label_delay=timedelta(days=2))
+    data = {"x": window.x, "y": window.y, "folds": folds, "feature_names": FEATURE_NAMES, "seed": 42,
+            "max_rounds": 40}
+    defaults = validate_defaults(data)
+    per_fold = []
+    for train, valid in folds:
+        params = {**base_params(nthread=2, seed=42), **LIBRARY_DEFAULTS}
+        booster = xgb.train(params, xgb.DMatrix(window.x[train], label=window.y[train]),
+                            num_boost_round=defaults["iteration"])
+        evaluation = booster.eval(xgb.DMatrix(window.x[valid], label=window.y[valid]), "valid")
+        per_fold.append(float(evaluation.split("valid-aucpr:")[1].split()[0]))
+    assert len(per_fold) == 3 and len(set(per_fold)) > 1
+    assert defaults["score"] == pytest.approx(np.mean(per_fold), abs=1e-5)

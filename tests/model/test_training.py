@@ -17,7 +17,7 @@ from cluster.features import FEATURE_NAMES, FEATURE_VERSION, build_features
 from cluster.schema import LABEL_COLUMN
 from training.autoencoder import AnomalyScorer
 from training.baseline import HandbookConfig, simulate_handbook
-from training.data import take, time_periods
+from training.data import rolling_folds, take, time_periods
 from training.ensemble import Calibration, fit_ensemble
 from training.policy import RiskPolicy
 from training.predict import FraudScorer
@@ -118,6 +118,33 @@ def test_time_periods_leave_one_label_delay_between_periods() -> None:
     assert periods.test[0] - periods.validation[1] == pd.Timedelta(DELAY)
     with pytest.raises(ValueError, match="too short"):
         time_periods(start, start + pd.Timedelta(days=15), label_delay=DELAY)
+
+
+def test_rolling_folds_validate_later_blocks_on_models_of_earlier_rows_only() -> None:
+    start = pd.Timestamp("2026-01-01", tz="UTC")
+    times = pd.Series(start + pd.to_timedelta(np.random.default_rng(0).uniform(0, 80, 5000), unit="D"))
+    folds = rolling_folds(times, label_delay=DELAY, folds=3, validation_share=0.45)
+    assert len(folds) == 3
+    blocks = [(times[valid].min(), times[valid].max()) for _, valid in folds]
+    assert blocks == sorted(blocks) and all(a[1] < b[0] for a, b in zip(blocks, blocks[1:]))  # no overlap
+    assert blocks[-1][1] == times.max() and blocks[0][0] >= start + pd.Timedelta(days=80 * 0.55)
+    for train, valid in folds:
+        assert times[train].max() <= times[valid].min() - pd.Timedelta(DELAY)  # one label delay apart
+        assert set(train).isdisjoint(valid)
+    assert [len(train) for train, _ in folds] == sorted(len(train) for train, _ in folds)  # origins roll forward
+
+
+def test_rolling_folds_shrink_the_gap_to_one_block_when_the_window_is_shorter_than_the_delay() -> None:
+    start = pd.Timestamp("2026-01-01", tz="UTC")
+    times = pd.Series(pd.date_range(start, periods=7 * 24, freq="h"))
+    folds = rolling_folds(times, label_delay=DELAY, folds=3, validation_share=0.45)
+    block = pd.Timedelta(days=7 * 0.45 / 3)
+    assert len(folds) == 3
+    for train, valid in folds:
+        gap = times[valid].min() - times[train].max()
+        assert block <= gap <= block + pd.Timedelta(hours=1)
+    with pytest.raises(ValueError, match="too short"):
+        rolling_folds(times.iloc[:1], label_delay=DELAY)
 
 
 def test_scorer_output(scorer: FraudScorer, features: pd.DataFrame) -> None:
@@ -230,6 +257,11 @@ def test_backtest_cli_end_to_end_on_required_columns_only(history: pd.DataFrame,
     ranking = summary["ranking_check"]  # calibration keeps the ranking; a plain XGBoost is reported beside it
     assert ranking["before_calibration"]["roc_auc"] == pytest.approx(summary["test_metrics"]["roc_auc"], abs=1e-4)
     assert 0.5 < ranking["plain_xgboost"]["roc_auc"] <= 1
+    folds = summary["model_selection"]["folds"]  # chosen on rolling time folds inside the training window
+    starts = [pd.Timestamp(fold["validation_start"]) for fold in folds]
+    assert len(folds) == 3 and starts == sorted(starts) and pd.Timestamp("2026-01-10", tz="UTC") < starts[0]
+    assert starts[-1] < pd.Timestamp("2026-01-20", tz="UTC")
+    assert [fold["train_rows"] for fold in folds] == sorted(fold["train_rows"] for fold in folds)
 
 
 def test_evaluation_report_has_every_figure(tmp_path) -> None:
