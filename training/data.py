@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -70,34 +70,56 @@ def time_periods(start: pd.Timestamp, end: pd.Timestamp, *, label_delay: timedel
 
 
 CV_FOLDS = 3
-CV_VALIDATION_SHARE = 0.45  # the last part of the rows' time span that the folds validate on, in equal blocks
+CV_VALIDATION_SHARE = 0.45  # the share of the rows (the latest) that the folds validate on
+
+
+class Fold(NamedTuple):
+    """Row positions a model is fitted on and then validated on, and the time between them."""
+    train: np.ndarray
+    valid: np.ndarray
+    gap: pd.Timedelta
 
 
 def rolling_folds(timestamps: pd.Series, *, label_delay: timedelta, folds: int = CV_FOLDS,
-                  validation_share: float = CV_VALIDATION_SHARE) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Rolling-origin folds over rows by their time (any row order), as row positions ``(train, validation)``.
+                  validation_share: float = CV_VALIDATION_SHARE) -> list[Fold]:
+    """Rolling-origin folds over rows by their time (any row order).
 
-    The last ``validation_share`` of the span is cut into ``folds`` equal blocks; fold k validates on block k and
-    trains on every row older than the block less a gap of one label delay (a model trained on [a, b) scores from
-    b + delay on). When the span is too short for that gap, it shrinks to one block, so the first fold still
-    trains on most of what precedes it. No fold ever trains on a row at or after its validation block.
+    The latest ``validation_share`` of the rows are cut into ``folds`` blocks of (nearly) as many rows each, so a
+    stretch without rows (the label-delay gap between a training and a validation period) makes no empty block;
+    fold k validates on block k and trains on every row older than the block less a gap of one label delay (a model
+    trained on [a, b) scores from b + delay on). When the shortest block lasts less than the delay, the gap is that
+    block's length instead, so the first fold still trains on most of what precedes it; each fold records its gap.
+    No fold ever trains on a row at or after its validation block.
     """
     times = timestamps.to_numpy(dtype="datetime64[ns]")
-    start, end = times.min(), times.max() + np.timedelta64(1, "ns")
-    block = (end - start) * validation_share / folds
-    gap = min(np.timedelta64(pd.Timedelta(label_delay).value, "ns"), block)
+    if not len(times):
+        raise ValueError("no rows to cut into folds")
+    ordered = np.sort(times)
+    first = int(len(ordered) * (1 - validation_share))
+    edges = [ordered[min(first + (len(ordered) - first) * k // folds, len(ordered) - 1)] for k in range(folds)]
+    edges.append(ordered[-1] + np.timedelta64(1, "ns"))
+    shortest = min(b - a for a, b in zip(edges, edges[1:]))
+    gap = min(np.timedelta64(pd.Timedelta(label_delay).value, "ns"), shortest)
     positions = np.arange(len(times))
     out = []
-    for k in range(folds):
-        valid_start = end - (folds - k) * block
-        valid_end = end if k == folds - 1 else valid_start + block
+    for valid_start, valid_end in zip(edges, edges[1:]):
         train = positions[times < valid_start - gap]
         valid = positions[(times >= valid_start) & (times < valid_end)]
         if len(train) and len(valid):
-            out.append((train, valid))
+            out.append(Fold(train, valid, pd.Timedelta(gap)))
     if not out:
         raise ValueError("the training window is too short to hold out any time block for validation")
     return out
+
+
+def folds_with_fraud(folds: list[Fold], y: np.ndarray) -> list[Fold]:
+    """The folds with at least one fraud among both their training and their validation rows (a quiet day
+    validates nothing); at least one must remain."""
+    kept = [fold for fold in folds if y[fold.train].any() and y[fold.valid].any()]
+    if not kept:
+        raise ValueError(f"is_fraud: none of the {len(folds)} rolling time folds of the training window has frauds "
+                         "among both its training and its validation rows; train on a longer window")
+    return kept
 
 
 def frame_columns(transactions: pd.DataFrame) -> list[str]:

@@ -1,7 +1,10 @@
-"""The ensemble: weight XGBoost and the autoencoder, calibrate, and choose the cut points, all on validation.
+"""The ensemble: weight XGBoost and the autoencoder, calibrate, and choose the cut points, all on validation rows
+(the training's out-of-fold scores, ``training.pipeline.fit_models``).
 
 The weight is picked on validation average precision from a grid that contains the design default (0.7/0.3)
-and 1.0 (XGBoost alone), so an autoencoder that adds nothing gets weight 0 and the report says so. The
+and 1.0 (XGBoost alone), among the weights whose validation ROC-AUC is no lower than XGBoost alone's, so an
+autoencoder that adds nothing, or adds precision only by ranking the rest worse, gets weight 0 and the report says
+so. The
 calibrated score reads as a probability; the alert threshold maximises F1 or minimises the expected cost
 (missed fraud amount + review cost x alerts); MEDIUM starts where F2 (recall counted twice) peaks below it.
 """
@@ -15,7 +18,7 @@ import numpy as np
 from scipy.special import expit
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import average_precision_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from training.policy import RiskPolicy
 
@@ -89,11 +92,17 @@ class Ensemble:
                    policy=RiskPolicy.from_dict(values["policy"]), objective=values["objective"])
 
 
-def choose_weight(y: np.ndarray, xgb_score: np.ndarray, ae_score: np.ndarray) -> tuple[float, dict[str, float]]:
-    """The grid weight with the best validation AP; ties go to the simpler model (more XGBoost)."""
-    ap_by_weight = {w: float(average_precision_score(y, w * xgb_score + (1 - w) * ae_score)) for w in WEIGHT_GRID}
-    best = max(WEIGHT_GRID, key=lambda w: (round(ap_by_weight[w], 4), w))
-    return best, {f"{w:.1f}": round(ap, 5) for w, ap in ap_by_weight.items()}
+def choose_weight(y: np.ndarray, xgb_score: np.ndarray, ae_score: np.ndarray) -> tuple[float, dict[str, Any]]:
+    """The grid weight with the best validation AP among those that rank the rows at least as well (ROC-AUC) as
+    XGBoost alone: a blend must not buy precision at the top with worse ranking below it. Ties go to the simpler
+    model (more XGBoost)."""
+    blends = {w: w * xgb_score + (1 - w) * ae_score for w in WEIGHT_GRID}
+    ap_by_weight = {w: float(average_precision_score(y, blend)) for w, blend in blends.items()}
+    auc_by_weight = {w: float(roc_auc_score(y, blend)) for w, blend in blends.items()}
+    ranks_as_well = [w for w in WEIGHT_GRID if auc_by_weight[w] >= auc_by_weight[1.0]]
+    best = max(ranks_as_well, key=lambda w: (round(ap_by_weight[w], 4), w))
+    return best, {"ap": {f"{w:.1f}": round(ap, 5) for w, ap in ap_by_weight.items()},
+                  "roc_auc": {f"{w:.1f}": round(auc, 5) for w, auc in auc_by_weight.items()}}
 
 
 def _sorted_cuts(y: np.ndarray, scores: np.ndarray, amounts: np.ndarray) -> dict[str, np.ndarray]:
@@ -133,14 +142,17 @@ def choose_policy(y: np.ndarray, scores: np.ndarray, amounts: np.ndarray, object
 
 def fit_ensemble(y: np.ndarray, xgb_score: np.ndarray, ae_score: np.ndarray, amounts: np.ndarray, *,
                  objective: Objective = "f1", calibration: CalibrationMethod = "platt",
-                 review_cost: float = REVIEW_COST) -> tuple[Ensemble, dict[str, Any]]:
-    """Everything chosen on the validation period; returns the ensemble and what was compared to choose it."""
+                 review_cost: float = REVIEW_COST, weight: float | None = None) -> tuple[Ensemble, dict[str, Any]]:
+    """Everything chosen on the scored validation rows given (``weight``: keep this XGBoost weight, chosen
+    elsewhere); returns the ensemble and what was compared to choose it."""
     if y.sum() == 0:
-        raise ValueError("is_fraud: the validation period has no fraud; cannot choose weights or a threshold")
-    weight, ap_by_weight = choose_weight(y, xgb_score, ae_score)
+        raise ValueError("is_fraud: the validation rows have no fraud; cannot choose weights or a threshold")
+    chosen, by_weight = choose_weight(y, xgb_score, ae_score)
+    weight = chosen if weight is None else weight
     raw = weight * xgb_score + (1 - weight) * ae_score
     fitted = Calibration.fit(raw, y, calibration)
     policy, at_threshold = choose_policy(y, fitted.apply(raw), amounts, objective, review_cost)
     ensemble = Ensemble(xgb_weight=weight, calibration=fitted, policy=policy, objective=objective)
-    return ensemble, {"validation_ap_by_xgb_weight": ap_by_weight, "default_xgb_weight": DEFAULT_XGB_WEIGHT,
+    return ensemble, {"validation_ap_by_xgb_weight": by_weight["ap"],
+                      "validation_roc_auc_by_xgb_weight": by_weight["roc_auc"], "default_xgb_weight": DEFAULT_XGB_WEIGHT,
                       "autoencoder_adds_value": weight < 1.0, "validation_at_threshold": at_threshold}

@@ -17,8 +17,17 @@ from cluster.config import Settings
 from cluster.features import FEATURE_NAMES, FEATURE_VERSION
 from cluster.runtime import ray_runtime
 from training.autoencoder import AESearch, AnomalyScorer, fit_scaler, standardise, tune_autoencoder
-from training.data import Split, featurize, load_profiles, read_labelled, rolling_folds, take, time_periods
-from training.ensemble import Objective, fit_ensemble
+from training.data import (
+    Split,
+    featurize,
+    folds_with_fraud,
+    load_profiles,
+    read_labelled,
+    rolling_folds,
+    take,
+    time_periods,
+)
+from training.ensemble import Objective, choose_weight, fit_ensemble
 from training.evaluate import evaluate, write_report
 from training.predict import FraudScorer
 from training.reference import build_reference, input_missing_rates
@@ -72,15 +81,16 @@ def fit_models(train: Split, valid: Split, feature_names: tuple[str, ...], featu
                budget: Budget, storage: Path, label_delay: timedelta, objective: Objective = "f1",
                distributed: bool = False, refit_on_validation: bool = False,
                progress: tqdm | None = None) -> FittedModels:
-    """Choose everything on rolling time folds over train + valid, then fit the final models; Ray must be
-    initialised.
+    """Choose on rolling time folds over train + valid, then fit the final models; Ray must be initialised.
 
-    XGBoost's hyperparameters and rounds come from the folds' mean validation aucpr (``tune_xgboost``); the
-    ensemble's weight, calibration and thresholds from out-of-fold scores: every validation row of a fold scored
-    by models fitted on that fold's training rows only, so the choice sees several periods rather than the last
-    one. The autoencoder's architecture is tuned on (train, valid). The final models train on train (with
-    ``refit_on_validation``, on train + valid, for windows too short to spare the most recent days), rounds
-    scaled from the folds' mean training rows to the final rows.
+    XGBoost's hyperparameters and rounds come from the folds' mean validation aucpr (``tune_xgboost``), the
+    autoencoder's from the last fold, and the ensemble's weight from out-of-fold scores: every validation row of a
+    fold scored by models fitted on that fold's training rows only; the autoencoder keeps the least weight any fold
+    gives it (fold models are weaker than the final one, and an autoencoder that helps only some periods, or only
+    those weaker models, earns nothing). The final models train on train (with
+    ``refit_on_validation``, on train + valid, for windows too short to spare the most recent days), rounds scaled
+    from the folds' mean training rows to the final rows. Calibration and cut points are fitted on the validation
+    period scored by the final models when they never saw it, else on the out-of-fold scores.
     """
     def step(label: str) -> None:
         if progress is not None:
@@ -89,11 +99,13 @@ def fit_models(train: Split, valid: Split, feature_names: tuple[str, ...], featu
 
     started = time.perf_counter()
     window = _concat(train, valid)
-    folds = rolling_folds(window.frame["timestamp"], label_delay=label_delay)
+    folds = folds_with_fraud(rolling_folds(window.frame["timestamp"], label_delay=label_delay), window.y)
     xgb_tuning = tune_xgboost(window.x, window.y, folds, feature_names, search=budget.xgb, storage=storage)
     step("tuned XGBoost")
-    scaler = fit_scaler(train.x)
-    ae_tuning = tune_autoencoder(standardise(scaler, train.x), train.y, standardise(scaler, valid.x), valid.y,
+    last = folds[-1]
+    scaler = fit_scaler(window.x[last.train])
+    ae_tuning = tune_autoencoder(standardise(scaler, window.x[last.train]), window.y[last.train],
+                                 standardise(scaler, window.x[last.valid]), window.y[last.valid],
                                  search=budget.ae, storage=storage)
     step("tuned autoencoder")
     tuned_seconds = time.perf_counter() - started
@@ -108,20 +120,30 @@ def fit_models(train: Split, valid: Split, feature_names: tuple[str, ...], featu
         return booster, anomaly
 
     out_of_fold = []
-    for position, (fold_train, fold_valid) in enumerate(folds):
-        booster, anomaly = fit_both(_rows(window, fold_train, f"fold {position + 1}"), xgb_tuning.rounds,
+    for position, fold in enumerate(folds):
+        booster, anomaly = fit_both(_rows(window, fold.train, f"fold {position + 1}"), xgb_tuning.rounds,
                                     final=False)
-        out_of_fold.append((fold_valid, booster.inplace_predict(window.x[fold_valid]).astype(np.float64),
-                            anomaly.score(window.x[fold_valid])))
-    scored = np.concatenate([rows for rows, _, _ in out_of_fold])
-    ensemble, choice = fit_ensemble(window.y[scored], np.concatenate([xgb for _, xgb, _ in out_of_fold]),
-                                    np.concatenate([ae for _, _, ae in out_of_fold]),
-                                    window.frame["amount"].to_numpy()[scored], objective=objective)
-    step("fitted ensemble")
+        out_of_fold.append((booster.inplace_predict(window.x[fold.valid]).astype(np.float64),
+                            anomaly.score(window.x[fold.valid])))
+    fold_weights = [choose_weight(window.y[fold.valid], xgb, ae)[0] for fold, (xgb, ae) in zip(folds, out_of_fold)]
+    scored = np.concatenate([fold.valid for fold in folds])
+    ensemble, choice = fit_ensemble(window.y[scored], np.concatenate([xgb for xgb, _ in out_of_fold]),
+                                    np.concatenate([ae for _, ae in out_of_fold]),
+                                    window.frame["amount"].to_numpy()[scored], objective=objective,
+                                    weight=max(fold_weights))
+    choice = {**choice, "xgb_weight_by_fold": fold_weights}
     final = window if refit_on_validation else train
-    fold_rows = float(np.mean([len(rows) for rows, _ in folds]))
+    fold_rows = float(np.mean([len(fold.train) for fold in folds]))
     rounds = max(1, round(xgb_tuning.rounds * len(final) / fold_rows))
     booster, anomaly = fit_both(final, rounds, final=True)
+    calibrated_on = "out-of-fold scores"
+    if not refit_on_validation:
+        ensemble, at_validation = fit_ensemble(valid.y, booster.inplace_predict(valid.x).astype(np.float64),
+                                               anomaly.score(valid.x), valid.frame["amount"].to_numpy(),
+                                               objective=objective, weight=ensemble.xgb_weight)
+        choice = {**choice, "validation_at_threshold": at_validation["validation_at_threshold"]}
+        calibrated_on = "validation period scored by the final models"
+    step("fitted ensemble")
     bundle = ModelBundle(booster=booster, anomaly=anomaly, ensemble=ensemble, feature_names=feature_names,
                          feature_version=feature_version)
     details = {
@@ -135,8 +157,11 @@ def fit_models(train: Split, valid: Split, feature_names: tuple[str, ...], featu
                         "trials": len(ae_tuning.trials)},
         "ensemble": {**ensemble.to_dict(), **choice},
         "refit_on_validation": refit_on_validation,
-        "folds": [{"train_rows": len(rows), "validation_rows": len(held), "validation_frauds": int(window.y[held].sum()),
-                   "validation_start": str(window.frame["timestamp"].iloc[held].min())} for rows, held in folds],
+        "folds": [{"train_rows": len(fold.train), "validation_rows": len(fold.valid),
+                   "validation_frauds": int(window.y[fold.valid].sum()),
+                   "validation_start": str(window.frame["timestamp"].iloc[fold.valid].min()),
+                   "gap_hours": round(fold.gap / pd.Timedelta(hours=1), 2)} for fold in folds],
+        "weight_chosen_on": "out-of-fold scores", "calibrated_on": calibrated_on,
         "final_rounds": rounds,
         "tuning_seconds": round(tuned_seconds, 1),
         "fit_seconds": round(time.perf_counter() - started, 1),
@@ -150,13 +175,14 @@ def ensemble_notes(details: dict[str, Any]) -> list[str]:
     ap = ensemble["validation_ap_by_xgb_weight"]
     if ensemble["autoencoder_adds_value"]:
         chosen = ap[f"{ensemble['xgb_weight']:.1f}"]
-        verdict = (f"The autoencoder adds value on validation: weight {ensemble['ae_weight']:.1f} "
+        verdict = (f"The autoencoder adds value on the out-of-fold scores: weight {ensemble['ae_weight']:.1f} "
                    f"(AP {chosen} vs {ap['1.0']} for XGBoost alone).")
     else:
-        verdict = (f"The autoencoder adds nothing on validation (AP with XGBoost alone {ap['1.0']}, with the design "
+        verdict = (f"The autoencoder adds nothing on the out-of-fold scores (AP with XGBoost alone {ap['1.0']}, "
+                   f"with the design "
                    f"default 0.7/0.3 {ap['0.7']}), so its weight is 0.")
-    return [verdict, f"Alert threshold chosen by {ensemble['objective']} on validation; score calibration: "
-                     f"{ensemble['calibration']['method']}."]
+    return [verdict, f"Alert threshold chosen by {ensemble['objective']} on the {details['calibrated_on']}; score "
+                     f"calibration: {ensemble['calibration']['method']}."]
 
 
 def run_train(settings: Settings, options: TrainOptions) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from ray import tune
 from ray.train.xgboost import RayTrainReportCallback, XGBoostTrainer
 from ray.tune.integration.xgboost import TuneReportCheckpointCallback
 
+from training.data import Fold
 from training.tuning import run_search
 
 METRIC = "valid-aucpr"
@@ -91,7 +92,7 @@ def _matrix(x: np.ndarray, y: np.ndarray | None, feature_names: tuple[str, ...])
     return xgb.DMatrix(x, label=y, feature_names=list(feature_names), nthread=1)
 
 
-def _fold_means(report: dict[str, Any]) -> dict[str, float]:
+def fold_means(report: dict[str, Any]) -> dict[str, float]:
     """``xgboost.cv`` logs (mean, std) across folds; Tune gets the mean."""
     return {k: float(v[0]) if isinstance(v, tuple) else float(v) for k, v in report.items()}
 
@@ -113,7 +114,7 @@ def _trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
     """One Tune trial: the folds' mean validation aucpr and auc reported every round."""
     _cross_validate(config, data, nthread=1, callbacks=[TuneReportCheckpointCallback(
         metrics={METRIC: "test-aucpr", RANKING_METRIC: "test-auc"}, frequency=0, checkpoint_at_end=False,
-        results_postprocessing_fn=_fold_means)])
+        results_postprocessing_fn=fold_means)])
 
 
 def validate_defaults(data: dict[str, Any], *, nthread: int = 2) -> dict[str, Any]:
@@ -133,19 +134,19 @@ def select(trials: list[dict[str, Any]], defaults: dict[str, Any]) -> tuple[dict
     return best, "library defaults" if best is defaults else "tuned"
 
 
-def tune_xgboost(x: np.ndarray, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]],
-                 feature_names: tuple[str, ...], *, search: XGBSearch, storage: Path) -> XGBTuning:
+def tune_xgboost(x: np.ndarray, y: np.ndarray, folds: list[Fold], feature_names: tuple[str, ...], *,
+                 search: XGBSearch, storage: Path) -> XGBTuning:
     """Search hyperparameters and rounds with Ray Tune + ASHA on the folds' mean validation aucpr (``folds``: row
-    positions of ``x``, e.g. ``training.data.rolling_folds``) and choose against the library defaults
-    (``select``); Ray must be initialised."""
-    for position, (train, valid) in enumerate(folds):
-        if y[train].sum() == 0 or y[valid].sum() == 0:
+    positions of ``x``, from ``training.data.rolling_folds``) and choose against the library defaults (``select``);
+    Ray must be initialised."""
+    for position, fold in enumerate(folds):
+        if not y[fold.train].any() or not y[fold.valid].any():
             raise ValueError(f"is_fraud: fold {position + 1} of {len(folds)} has no fraud in its training or "
                              "validation rows; XGBoost needs frauds in both to be tuned")
-    data = {"x": x, "y": y, "folds": folds, "feature_names": feature_names, "seed": search.seed,
-            "max_rounds": search.max_rounds}
+    data = {"x": x, "y": y, "folds": [(fold.train, fold.valid) for fold in folds], "feature_names": feature_names,
+            "seed": search.seed, "max_rounds": search.max_rounds}
     defaults = validate_defaults(data)
-    trials = run_search(_trial, data, space=search_space(y[folds[-1][0]]), metric=METRIC, max_t=search.max_rounds,
+    trials = run_search(_trial, data, space=search_space(y[folds[-1].train]), metric=METRIC, max_t=search.max_rounds,
                         grace=search.grace_rounds, trials=search.trials, cpus_per_trial=search.cpus_per_trial,
                         seed=search.seed, storage=storage, name="xgboost", report_at_best=(RANKING_METRIC,))
     best, selected = select(trials, defaults)

@@ -17,8 +17,8 @@ from cluster.features import FEATURE_NAMES, FEATURE_VERSION, build_features
 from cluster.schema import LABEL_COLUMN
 from training.autoencoder import AnomalyScorer
 from training.baseline import HandbookConfig, simulate_handbook
-from training.data import rolling_folds, take, time_periods
-from training.ensemble import Calibration, fit_ensemble
+from training.data import folds_with_fraud, rolling_folds, take, time_periods
+from training.ensemble import Calibration, choose_weight, fit_ensemble
 from training.policy import RiskPolicy
 from training.predict import FraudScorer
 from training.reference import build_reference, input_missing_rates
@@ -110,6 +110,18 @@ def test_cost_objective_alerts_less_when_reviews_cost_more() -> None:
     assert dear.policy.threshold > cheap.policy.threshold
 
 
+def test_the_blend_weight_never_buys_precision_with_worse_ranking() -> None:
+    rng = np.random.default_rng(0)
+    y = (rng.random(4000) < 0.05).astype(int)
+    xgb_score = np.where(y == 1, rng.uniform(0.2, 0.9, len(y)), rng.uniform(0, 0.6, len(y)))
+    flagged = (y == 1) & (rng.random(len(y)) < 0.4)  # the autoencoder is sure of some frauds, blind to the rest
+    ae_score = np.where(flagged, 1.0, np.where(y == 1, 0.0, rng.uniform(0, 0.5, len(y))))
+    weight, by_weight = choose_weight(y, xgb_score, ae_score)
+    ap, auc = by_weight["ap"], by_weight["roc_auc"]
+    assert max(ap, key=ap.get) == "0.7" and auc["0.7"] < auc["1.0"]  # the best AP alone would rank worse
+    assert weight == 0.8 and auc["0.8"] >= auc["1.0"] and ap["0.8"] > ap["1.0"]
+
+
 def test_time_periods_leave_one_label_delay_between_periods() -> None:
     start = pd.Timestamp("2026-01-01", tz="UTC")
     periods = time_periods(start, start + pd.Timedelta(days=60), label_delay=DELAY)
@@ -122,29 +134,51 @@ def test_time_periods_leave_one_label_delay_between_periods() -> None:
 
 def test_rolling_folds_validate_later_blocks_on_models_of_earlier_rows_only() -> None:
     start = pd.Timestamp("2026-01-01", tz="UTC")
-    times = pd.Series(start + pd.to_timedelta(np.random.default_rng(0).uniform(0, 80, 5000), unit="D"))
+    times = pd.Series(start + pd.to_timedelta(np.random.default_rng(0).uniform(0, 80, 6000), unit="D"))
     folds = rolling_folds(times, label_delay=DELAY, folds=3, validation_share=0.45)
     assert len(folds) == 3
-    blocks = [(times[valid].min(), times[valid].max()) for _, valid in folds]
-    assert blocks == sorted(blocks) and all(a[1] < b[0] for a, b in zip(blocks, blocks[1:]))  # no overlap
-    assert blocks[-1][1] == times.max() and blocks[0][0] >= start + pd.Timedelta(days=80 * 0.55)
-    for train, valid in folds:
-        assert times[train].max() <= times[valid].min() - pd.Timedelta(DELAY)  # one label delay apart
-        assert set(train).isdisjoint(valid)
-    assert [len(train) for train, _ in folds] == sorted(len(train) for train, _ in folds)  # origins roll forward
+    held = np.concatenate([fold.valid for fold in folds])
+    assert len(held) == len(set(held)) and set(held) == set(np.argsort(times.to_numpy())[-len(held):])  # latest rows
+    assert abs(len(held) - 0.45 * len(times)) <= 1 and {len(fold.valid) for fold in folds} == {900}
+    for fold in folds:
+        assert fold.gap == pd.Timedelta(DELAY)  # every block lasts longer than the delay here
+        before = times < times[fold.valid].min() - fold.gap
+        assert set(fold.train) == set(np.flatnonzero(before.to_numpy()))  # exactly the rows one delay older
+    starts = [times[fold.valid].min() for fold in folds]
+    assert starts == sorted(starts) and [len(f.train) for f in folds] == sorted(len(f.train) for f in folds)
 
 
-def test_rolling_folds_shrink_the_gap_to_one_block_when_the_window_is_shorter_than_the_delay() -> None:
+def test_rolling_folds_cut_blocks_by_rows_so_a_gap_between_periods_makes_no_empty_fold() -> None:
+    start = pd.Timestamp("2026-01-01", tz="UTC")
+    train = pd.date_range(start, periods=26 * 24, freq="h")
+    valid = pd.date_range(start + pd.Timedelta(days=33), periods=9 * 24, freq="h")  # after a 7-day gap
+    times = pd.Series(train.append(valid))
+    folds = rolling_folds(times, label_delay=DELAY)
+    assert len(folds) == 3 and len({len(fold.train) for fold in folds}) == 3  # each fold its own origin
+    assert all(len(fold.valid) >= 100 for fold in folds)
+
+
+def test_rolling_folds_shrink_the_gap_to_the_shortest_block_when_blocks_are_shorter_than_the_delay() -> None:
     start = pd.Timestamp("2026-01-01", tz="UTC")
     times = pd.Series(pd.date_range(start, periods=7 * 24, freq="h"))
     folds = rolling_folds(times, label_delay=DELAY, folds=3, validation_share=0.45)
-    block = pd.Timedelta(days=7 * 0.45 / 3)
     assert len(folds) == 3
-    for train, valid in folds:
-        gap = times[valid].min() - times[train].max()
-        assert block <= gap <= block + pd.Timedelta(hours=1)
-    with pytest.raises(ValueError, match="too short"):
-        rolling_folds(times.iloc[:1], label_delay=DELAY)
+    for fold in folds:
+        assert pd.Timedelta(hours=24) <= fold.gap <= pd.Timedelta(hours=27)  # a block: 0.45 x 168 h / 3
+        assert times[fold.train].max() < times[fold.valid].min() - fold.gap
+    with pytest.raises(ValueError, match="no rows"):
+        rolling_folds(times.iloc[:0], label_delay=DELAY)
+
+
+def test_folds_without_fraud_on_either_side_are_left_out_and_none_left_is_an_error() -> None:
+    times = pd.Series(pd.date_range("2026-01-01", periods=1000, freq="h", tz="UTC"))
+    folds = rolling_folds(times, label_delay=DELAY)
+    y = np.zeros(len(times), dtype=np.int8)
+    y[[10, folds[1].valid[5], folds[2].valid[5]]] = 1  # the first fold validates on a block without fraud
+    kept = folds_with_fraud(folds, y)
+    assert [len(fold.valid) for fold in kept] == [len(folds[1].valid), len(folds[2].valid)]
+    with pytest.raises(ValueError, match="is_fraud"):
+        folds_with_fraud(folds, np.zeros(len(times), dtype=np.int8))
 
 
 def test_scorer_output(scorer: FraudScorer, features: pd.DataFrame) -> None:
