@@ -4,8 +4,7 @@
 The weight is picked on validation average precision from a grid that contains the design default (0.7/0.3)
 and 1.0 (XGBoost alone), among the weights whose validation ROC-AUC is no lower than XGBoost alone's, so an
 autoencoder that adds nothing, or adds precision only by ranking the rest worse, gets weight 0 and the report says
-so. The
-calibrated score reads as a probability; the alert threshold maximises F1 or minimises the expected cost
+so. The calibrated score reads as a probability; the alert threshold maximises F1 or minimises the expected cost
 (missed fraud amount + review cost x alerts); MEDIUM starts where F2 (recall counted twice) peaks below it.
 """
 

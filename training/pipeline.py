@@ -179,8 +179,7 @@ def ensemble_notes(details: dict[str, Any]) -> list[str]:
                    f"(AP {chosen} vs {ap['1.0']} for XGBoost alone).")
     else:
         verdict = (f"The autoencoder adds nothing on the out-of-fold scores (AP with XGBoost alone {ap['1.0']}, "
-                   f"with the design "
-                   f"default 0.7/0.3 {ap['0.7']}), so its weight is 0.")
+                   f"with the design default 0.7/0.3 {ap['0.7']}), so its weight is 0.")
     return [verdict, f"Alert threshold chosen by {ensemble['objective']} on the {details['calibrated_on']}; score "
                      f"calibration: {ensemble['calibration']['method']}."]
 

@@ -29,7 +29,7 @@ from ray import tune
 from ray.train.xgboost import RayTrainReportCallback, XGBoostTrainer
 from ray.tune.integration.xgboost import TuneReportCheckpointCallback
 
-from training.data import Fold
+from training.data import Fold, folds_with_fraud
 from training.tuning import run_search
 
 METRIC = "valid-aucpr"
@@ -137,12 +137,11 @@ def select(trials: list[dict[str, Any]], defaults: dict[str, Any]) -> tuple[dict
 def tune_xgboost(x: np.ndarray, y: np.ndarray, folds: list[Fold], feature_names: tuple[str, ...], *,
                  search: XGBSearch, storage: Path) -> XGBTuning:
     """Search hyperparameters and rounds with Ray Tune + ASHA on the folds' mean validation aucpr (``folds``: row
-    positions of ``x``, from ``training.data.rolling_folds``) and choose against the library defaults (``select``);
+    positions of ``x``, from ``training.data.rolling_folds``, each with fraud on both sides) and choose against the library defaults (``select``);
     Ray must be initialised."""
-    for position, fold in enumerate(folds):
-        if not y[fold.train].any() or not y[fold.valid].any():
-            raise ValueError(f"is_fraud: fold {position + 1} of {len(folds)} has no fraud in its training or "
-                             "validation rows; XGBoost needs frauds in both to be tuned")
+    if len(folds_with_fraud(folds, y)) < len(folds):
+        raise ValueError("is_fraud: a fold has no fraud in its training or validation rows; XGBoost needs frauds "
+                         "in both to be tuned (training.data.folds_with_fraud leaves such folds out)")
     data = {"x": x, "y": y, "folds": [(fold.train, fold.valid) for fold in folds], "feature_names": feature_names,
             "seed": search.seed, "max_rounds": search.max_rounds}
     defaults = validate_defaults(data)
