@@ -96,11 +96,13 @@ def _figure(value: Any) -> str:
 
 
 def worst_features(view: View, count: int = WORST_FEATURES) -> pd.DataFrame:
-    """The features furthest from their reference (highest PSI first), with their missing rate."""
+    """The ``count`` features furthest from their reference and every drifted one besides (highest PSI first),
+    with their missing rate: a drift notification names features this table must show, however many drift."""
     rows = [{"feature": name, "psi": figures["psi"], "missing_rate": figures["missing_rate"],
              "drifted": name in view["drifted"]} for name, figures in view["features"].items()]
     frame = pd.DataFrame(rows, columns=["feature", "psi", "missing_rate", "drifted"])
-    return frame.sort_values("psi", ascending=False, na_position="last").head(count).reset_index(drop=True)
+    ranked = frame.sort_values("psi", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
+    return ranked[(ranked.index < count) | ranked["drifted"]].reset_index(drop=True)
 
 
 def inputs_table(view: View) -> pd.DataFrame:

@@ -39,6 +39,17 @@ def test_monitoring_tab_ranks_the_worst_features_and_reads_missing_and_rejected_
     assert "5,000" in summary and "v1" in summary and "precision n/a" in summary
 
 
+def test_worst_features_show_every_drifted_feature_even_beyond_the_table_length() -> None:
+    psi = {f"feature_{i}": 1.0 - i / 20 for i in range(12)}
+    drifted = ["feature_1", "feature_10"]  # one inside the top rows, one below them (hysteresis lags the PSI)
+    view = {"features": {name: {"psi": value, "missing_rate": 0.0} for name, value in psi.items()},
+            "drifted": drifted}
+    worst = worst_features(view, count=4)
+    assert list(worst["feature"]) == ["feature_0", "feature_1", "feature_2", "feature_3", "feature_10"]
+    assert list(worst["drifted"]) == [False, True, False, False, True]
+    assert worst["psi"].is_monotonic_decreasing
+
+
 def test_drift_history_gives_a_long_frame_per_feature() -> None:
     history = DriftHistory(points=2)
     start = datetime(2026, 12, 1, tzinfo=timezone.utc)
