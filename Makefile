@@ -46,6 +46,7 @@ test-quick: install-dev
 
 lint: install-dev
 	$(BIN)/ruff check cluster training serve simulation fraudctl tests
+	$(BIN)/ruff format --check cluster training serve simulation fraudctl tests
 	$(BIN)/lint-imports
 
 bench: install wrk

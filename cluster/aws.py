@@ -52,11 +52,18 @@ class EmbeddedAWS:
     def start(self) -> str:
         self._process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            preexec_fn=_exit_with_parent)
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_exit_with_parent,
+        )
         try:
-            wait_until(self._listening, timeout_s=self.start_timeout_s, interval_s=0.05,
-                       what=f"moto server listening on {self.endpoint_url}")
+            wait_until(
+                self._listening,
+                timeout_s=self.start_timeout_s,
+                interval_s=0.05,
+                what=f"moto server listening on {self.endpoint_url}",
+            )
         except TimeoutError:
             self.stop()
             raise
@@ -95,16 +102,21 @@ def _exit_with_parent() -> None:
 def client(service: str, settings: Settings | None = None) -> Any:
     """A boto3 client for ``service`` pointed at the configured endpoint (cached per process, thread-safe)."""
     settings = settings or get_settings()
-    return _cached_client(service, settings.region, settings.aws_endpoint_url,
-                          settings.aws_access_key_id is None and settings.aws_profile is None)
+    return _cached_client(
+        service,
+        settings.region,
+        settings.aws_endpoint_url,
+        settings.aws_access_key_id is None and settings.aws_profile is None,
+    )
 
 
 @lru_cache(maxsize=32)
 def _cached_client(service: str, region: str, endpoint_url: str | None, emulator_credentials: bool) -> Any:
     kwargs: dict[str, Any] = {
         "region_name": region,
-        "config": BotoConfig(retries={"max_attempts": 8, "mode": "standard"}, max_pool_connections=64,
-                             connect_timeout=5, read_timeout=30),
+        "config": BotoConfig(
+            retries={"max_attempts": 8, "mode": "standard"}, max_pool_connections=64, connect_timeout=5, read_timeout=30
+        ),
     }
     if endpoint_url:
         kwargs["endpoint_url"] = endpoint_url
@@ -115,11 +127,16 @@ def _cached_client(service: str, region: str, endpoint_url: str | None, emulator
 
 def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     """``items`` in slices of at most ``size``: the per-call limits of DynamoDB's and SNS's batch calls."""
-    return (items[start:start + size] for start in range(0, len(items), size))
+    return (items[start : start + size] for start in range(0, len(items), size))
 
 
-def until_processed(call: Callable[[dict[str, Any]], dict[str, Any]], request_items: dict[str, Any], *,
-                    unprocessed: str, max_attempts: int = 10) -> list[dict[str, Any]]:
+def until_processed(
+    call: Callable[[dict[str, Any]], dict[str, Any]],
+    request_items: dict[str, Any],
+    *,
+    unprocessed: str,
+    max_attempts: int = 10,
+) -> list[dict[str, Any]]:
     """A DynamoDB batch call (``batch_write_item`` / ``batch_get_item``) repeated on what it left unprocessed
     (``UnprocessedItems`` / ``UnprocessedKeys``: partial throttling), backing off between tries; returns every
     response. Raises if items are still unprocessed after ``max_attempts``."""
@@ -160,14 +177,23 @@ def bootstrap(settings: Settings | None = None) -> Resources:
         _ensure_table(settings, table, key)
     _ensure_table(settings, settings.lists_table, "list", sort_key="value")
     _ensure_time_to_live(settings, settings.lists_table, LIST_EXPIRY_ATTRIBUTE)
-    _ensure_table(settings, settings.cases_table, "case_id", indexes={
-        name: ("status", sort_key) for name, sort_key in CASE_INDEXES.items()})
+    _ensure_table(
+        settings,
+        settings.cases_table,
+        "case_id",
+        indexes={name: ("status", sort_key) for name, sort_key in CASE_INDEXES.items()},
+    )
     sns = client("sns", settings)
     topic_arn = sns.create_topic(Name=settings.alert_topic)["TopicArn"]
     drift_topic_arn = sns.create_topic(Name=settings.drift_topic)["TopicArn"]
     _ensure_bucket(settings, settings.model_bucket)
-    return Resources(stream_arn=stream_arn, decisions_stream_arn=decisions_arn, ingest_stream_arn=ingest_arn,
-                     topic_arn=topic_arn, drift_topic_arn=drift_topic_arn)
+    return Resources(
+        stream_arn=stream_arn,
+        decisions_stream_arn=decisions_arn,
+        ingest_stream_arn=ingest_arn,
+        topic_arn=topic_arn,
+        drift_topic_arn=drift_topic_arn,
+    )
 
 
 def _ensure_stream(settings: Settings, name: str, shards: int) -> str:
@@ -181,24 +207,46 @@ def _ensure_stream(settings: Settings, name: str, shards: int) -> str:
     return kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]["StreamARN"]
 
 
-def _ensure_table(settings: Settings, name: str, key: str, *, sort_key: str | None = None,
-                  indexes: dict[str, tuple[str, str]] | None = None) -> None:
+def _ensure_table(
+    settings: Settings,
+    name: str,
+    key: str,
+    *,
+    sort_key: str | None = None,
+    indexes: dict[str, tuple[str, str]] | None = None,
+) -> None:
     """A table keyed by string attributes, with global secondary ``indexes`` (name -> hash and range key, every
     attribute projected)."""
     dynamodb = client("dynamodb", settings)
     keys = [(key, "HASH")] + ([(sort_key, "RANGE")] if sort_key else [])
     indexed = {attribute for pair in (indexes or {}).values() for attribute in pair}
-    extra: dict[str, Any] = {"GlobalSecondaryIndexes": [
-        {"IndexName": index, "Projection": {"ProjectionType": "ALL"},
-         "KeySchema": [{"AttributeName": hash_key, "KeyType": "HASH"}, {"AttributeName": range_key, "KeyType": "RANGE"}]}
-        for index, (hash_key, range_key) in indexes.items()]} if indexes else {}
+    extra: dict[str, Any] = (
+        {
+            "GlobalSecondaryIndexes": [
+                {
+                    "IndexName": index,
+                    "Projection": {"ProjectionType": "ALL"},
+                    "KeySchema": [
+                        {"AttributeName": hash_key, "KeyType": "HASH"},
+                        {"AttributeName": range_key, "KeyType": "RANGE"},
+                    ],
+                }
+                for index, (hash_key, range_key) in indexes.items()
+            ]
+        }
+        if indexes
+        else {}
+    )
     try:
         dynamodb.create_table(
             TableName=name,
             KeySchema=[{"AttributeName": k, "KeyType": kind} for k, kind in keys],
-            AttributeDefinitions=[{"AttributeName": k, "AttributeType": "S"}
-                                  for k in dict.fromkeys([k for k, _ in keys] + sorted(indexed))],
-            BillingMode="PAY_PER_REQUEST", **extra,
+            AttributeDefinitions=[
+                {"AttributeName": k, "AttributeType": "S"}
+                for k in dict.fromkeys([k for k, _ in keys] + sorted(indexed))
+            ],
+            BillingMode="PAY_PER_REQUEST",
+            **extra,
         )
     except ClientError as exc:
         if exc.response["Error"]["Code"] != "ResourceInUseException":
@@ -213,8 +261,7 @@ def _ensure_time_to_live(settings: Settings, table: str, attribute: str) -> None
     status = dynamodb.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
     if status.get("TimeToLiveStatus") in ("ENABLED", "ENABLING"):
         return
-    dynamodb.update_time_to_live(TableName=table,
-                                 TimeToLiveSpecification={"Enabled": True, "AttributeName": attribute})
+    dynamodb.update_time_to_live(TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": attribute})
 
 
 def _ensure_bucket(settings: Settings, name: str) -> None:

@@ -100,10 +100,10 @@ class Settings(BaseSettings):
     rollout_guard_interval_s: float = Field(2.0, gt=0)
     rollout_window_s: float = Field(600.0, gt=0)
     rollout_min_rows: int = Field(200, ge=1)
-    rollout_rate_factor: float = Field(2.0, ge=1)      # alert (HIGH) and review (MEDIUM) rates
+    rollout_rate_factor: float = Field(2.0, ge=1)  # alert (HIGH) and review (MEDIUM) rates
     rollout_rate_slack: float = Field(0.02, ge=0)
-    rollout_error_slack: float = Field(0.01, ge=0)     # challenger error rate <= champion's + this
-    rollout_latency_factor: float = Field(3.0, ge=1)   # p99: a canary request runs two model passes
+    rollout_error_slack: float = Field(0.01, ge=0)  # challenger error rate <= champion's + this
+    rollout_latency_factor: float = Field(3.0, ge=1)  # p99: a canary request runs two model passes
     rollout_latency_slack_ms: float = Field(100.0, ge=0)
     # Promotion on labelled feedback: McNemar's test on the transactions both models decided, every this often
     rollout_promote_check_s: float = Field(60.0, gt=0)

@@ -22,9 +22,20 @@ def read_transactions(path: str | Path, *, labelled: bool = False) -> pd.DataFra
     """Read and validate a transaction file; rows come back sorted by timestamp (stable)."""
     path = Path(path)
     if _check_suffix(path) == ".csv":
-        raw = pd.read_csv(path, dtype={"transaction_id": str, "user_id": str, "merchant_id": str, "mcc": str,
-                                       "device_id": str, "currency": str, "country": str, "channel": str},
-                          keep_default_na=True)
+        raw = pd.read_csv(
+            path,
+            dtype={
+                "transaction_id": str,
+                "user_id": str,
+                "merchant_id": str,
+                "mcc": str,
+                "device_id": str,
+                "currency": str,
+                "country": str,
+                "channel": str,
+            },
+            keep_default_na=True,
+        )
     else:
         raw = pd.read_parquet(path)
     frame = validate_frame(raw, labelled=labelled)

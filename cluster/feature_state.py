@@ -81,10 +81,10 @@ KINDS = ("user", "merchant", "mcc")
 _FLOAT_COLUMNS = frozenset({"amount", "lat", "lon"})
 MERCHANT_STATE_COLUMNS = (*EVENT_ROW_COLUMNS, "txn_key", "mcc_key", "user_key")  # what places label feedback
 LABEL_STATE_COLUMNS = ("key", "known_ms", "anchor_ms", "txn_key")
-TAIL_ROWS = 4_096                  # recent arrivals kept unsorted before one merge into the key-sorted body
-CLOCK_SAMPLE = 4_096               # the state's clock is the median time of this many latest new transactions
-REPLAY_MEMORY = 50_000             # transactions per partition whose outputs a replay gets back unchanged
-RECOVERY_BATCH = 10_000            # stream transactions per pass while a restarted actor replays
+TAIL_ROWS = 4_096  # recent arrivals kept unsorted before one merge into the key-sorted body
+CLOCK_SAMPLE = 4_096  # the state's clock is the median time of this many latest new transactions
+REPLAY_MEMORY = 50_000  # transactions per partition whose outputs a replay gets back unchanged
+RECOVERY_BATCH = 10_000  # stream transactions per pass while a restarted actor replays
 MISSING_OBJECT = ("NoSuchKey", "404", "NoSuchBucket")
 # Snapshots are compressed for speed: zstd at level 1 (pyarrow's) comes close to numpy's zlib in size at a small
 # fraction of the time. The header holds the uncompressed size.
@@ -126,7 +126,7 @@ class KeyedHistory:
 
     def column(self, name: str) -> np.ndarray:
         """Every retained value of one column (body, then tail)."""
-        return np.concatenate((self.data[name], self.tail[name][:self.tail_rows]))
+        return np.concatenate((self.data[name], self.tail[name][: self.tail_rows]))
 
     def take(self, keys: np.ndarray) -> Rows:
         """Every retained row of these keys, grouped by key in arrival order."""
@@ -138,7 +138,7 @@ class KeyedHistory:
         index = offsets + np.arange(int(lengths.sum()))
         if not self.tail_rows:
             return {c: values[index] for c, values in self.data.items()}
-        recent = np.flatnonzero(np.isin(self.tail[self.key][:self.tail_rows], wanted))
+        recent = np.flatnonzero(np.isin(self.tail[self.key][: self.tail_rows], wanted))
         rows = {c: np.concatenate((self.data[c][index], self.tail[c][recent])) for c in self.columns}
         order = np.argsort(rows[self.key], kind="stable")  # body rows of a key precede its later tail rows
         return {c: values[order] for c, values in rows.items()}
@@ -151,13 +151,13 @@ class KeyedHistory:
             self._merge({c: np.asarray(rows[c], _dtype(c)) for c in self.columns})
             return
         for c in self.columns:
-            self.tail[c][self.tail_rows:self.tail_rows + count] = rows[c]
+            self.tail[c][self.tail_rows : self.tail_rows + count] = rows[c]
         self.tail_rows += count
 
     def flush(self) -> None:
         """Merge the tail into the body."""
         if self.tail_rows:
-            tail = {c: values[:self.tail_rows] for c, values in self.tail.items()}
+            tail = {c: values[: self.tail_rows] for c, values in self.tail.items()}
             self.tail_rows = 0
             self._merge(tail)
 
@@ -228,7 +228,9 @@ class FeatureStateCore:
         if kind == "user":
             self.rows = KeyedHistory(USER_ROW_COLUMNS, "user_key", "ts_ms")
         else:
-            self.rows = KeyedHistory(MERCHANT_STATE_COLUMNS if kind == "merchant" else EVENT_ROW_COLUMNS, "key", "ts_ms")
+            self.rows = KeyedHistory(
+                MERCHANT_STATE_COLUMNS if kind == "merchant" else EVENT_ROW_COLUMNS, "key", "ts_ms"
+            )
         self.labels = KeyedHistory(LABEL_STATE_COLUMNS, "key", "anchor_ms")
         # A merchant's suspect purchases (``exposure_events``): its visits by cards whose fraud became known since.
         self.exposures = KeyedHistory(LABEL_STATE_COLUMNS, "key", "anchor_ms")
@@ -287,7 +289,7 @@ class FeatureStateCore:
         self.times_written += len(times)
 
     def _advance_clock(self) -> None:
-        seen = self.latest_times[:min(self.times_written, len(self.latest_times))]
+        seen = self.latest_times[: min(self.times_written, len(self.latest_times))]
         if len(seen):
             self.watermark = max(self.watermark, int(np.median(seen)))
 
@@ -301,11 +303,15 @@ class FeatureStateCore:
     def resolve(self, txn_keys: np.ndarray) -> pd.DataFrame:
         """Time, merchant, category and card of retained transactions (label feedback names only the transaction)."""
         found = np.isin(self.rows.column("txn_key"), txn_keys)
-        return pd.DataFrame({"txn_key": self.rows.column("txn_key")[found],
-                             "ts_ms": self.rows.column("ts_ms")[found],
-                             "merchant_key": self.rows.column("key")[found],
-                             "mcc_key": self.rows.column("mcc_key")[found],
-                             "user_key": self.rows.column("user_key")[found]})
+        return pd.DataFrame(
+            {
+                "txn_key": self.rows.column("txn_key")[found],
+                "ts_ms": self.rows.column("ts_ms")[found],
+                "merchant_key": self.rows.column("key")[found],
+                "mcc_key": self.rows.column("mcc_key")[found],
+                "user_key": self.rows.column("user_key")[found],
+            }
+        )
 
     def add_labels(self, events: pd.DataFrame) -> int:
         """Remember confirmed frauds (``LABEL_STATE_COLUMNS``); a transaction counts once."""
@@ -329,18 +335,31 @@ class FeatureStateCore:
         retained purchases before each fraud become suspect (``exposure_events``), each purchase once."""
         users = self.rows.column("user_key")
         visited = np.flatnonzero(np.isin(users, card_frauds["user_key"].to_numpy(np.int64)))
-        visits = {"merchant_key": self.rows.column("key")[visited], "user_key": users[visited],
-                  "ts_ms": self.rows.column("ts_ms")[visited], "txn_key": self.rows.column("txn_key")[visited]}
+        visits = {
+            "merchant_key": self.rows.column("key")[visited],
+            "user_key": users[visited],
+            "ts_ms": self.rows.column("ts_ms")[visited],
+            "txn_key": self.rows.column("txn_key")[visited],
+        }
         events = exposure_events(card_frauds, visits, self.label_delay_ms)
         fresh = ~np.isin(events["txn_key"], self.exposures.column("txn_key"))
         self.exposures.append({name: values[fresh] for name, values in events.items()})
         return int(fresh.sum())
 
     def stats(self) -> dict[str, int]:
-        return {"rows": len(self.rows), "keys": self.rows.key_count, "labels": len(self.labels),
-                "exposures": len(self.exposures),
-                "bytes": (self.rows.nbytes + self.labels.nbytes + self.exposures.nbytes + self.recent.values.nbytes
-                          + self.recent.keys.nbytes)}
+        return {
+            "rows": len(self.rows),
+            "keys": self.rows.key_count,
+            "labels": len(self.labels),
+            "exposures": len(self.exposures),
+            "bytes": (
+                self.rows.nbytes
+                + self.labels.nbytes
+                + self.exposures.nbytes
+                + self.recent.values.nbytes
+                + self.recent.keys.nbytes
+            ),
+        }
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The whole state as named arrays (what a snapshot stores), none of which the state writes afterwards: the
@@ -349,12 +368,17 @@ class FeatureStateCore:
         self.rows.flush()
         self.labels.flush()
         self.exposures.flush()
-        return {"watermark": np.int64(self.watermark), "clock_times": self.latest_times.copy(),
-                "clock_written": np.int64(self.times_written), "recent_written": np.int64(self.recent.written),
-                "recent_keys": self.recent.keys.copy(), "recent_values": self.recent.values.copy(),
-                **{f"rows.{c}": v for c, v in self.rows.data.items()},
-                **{f"labels.{c}": v for c, v in self.labels.data.items()},
-                **{f"exposures.{c}": v for c, v in self.exposures.data.items()}}
+        return {
+            "watermark": np.int64(self.watermark),
+            "clock_times": self.latest_times.copy(),
+            "clock_written": np.int64(self.times_written),
+            "recent_written": np.int64(self.recent.written),
+            "recent_keys": self.recent.keys.copy(),
+            "recent_values": self.recent.values.copy(),
+            **{f"rows.{c}": v for c, v in self.rows.data.items()},
+            **{f"labels.{c}": v for c, v in self.labels.data.items()},
+            **{f"exposures.{c}": v for c, v in self.exposures.data.items()},
+        }
 
     def load_arrays(self, arrays: Any) -> None:
         self.watermark = int(arrays["watermark"])
@@ -393,8 +417,11 @@ def stream_set(settings: Settings, partitions: int) -> dict[str, Any]:
     to, and how its keys are partitioned. A restore takes only a snapshot of the same stream set: one written by
     another deployment that shares the bucket and the state name holds windows and positions of streams this one
     never reads (and a replay from them would read the wrong streams)."""
-    return {"streams": [settings.stream_name], "ingest_streams": [settings.ingest_stream_name],
-            "partitions": partitions}
+    return {
+        "streams": [settings.stream_name],
+        "ingest_streams": [settings.ingest_stream_name],
+        "partitions": partitions,
+    }
 
 
 @dataclass(frozen=True)
@@ -403,6 +430,7 @@ class StreamPlacement:
     ``cluster.kinesis.shard_key``, and the position of its line 0) and each row's record and line; and per shard the
     position the batch was read after (``cluster.kinesis.after_record``). Rows are numpy arrays, so placing a batch
     costs per record, not per row (positions are wider than 64 bits)."""
+
     records: list[tuple[str, int]]
     record_of_row: np.ndarray
     line_of_row: np.ndarray
@@ -438,14 +466,16 @@ class StreamPlacement:
 
     def applied(self, positions: dict[str, int]) -> np.ndarray:
         """Rows at or before their shard's position in ``positions`` (applied already)."""
-        margin = np.array([min(max(positions[shard] - first, -1), LINE_SLOTS) for shard, first in self.records],
-                          np.int64)
+        margin = np.array(
+            [min(max(positions[shard] - first, -1), LINE_SLOTS) for shard, first in self.records], np.int64
+        )
         return self.line_of_row <= margin[self.record_of_row] if len(margin) else np.zeros(len(self), bool)
 
 
 @dataclass(frozen=True)
 class PartitionPlacement:
     """One actor's share of a ``StreamPlacement``: per kind, its rows' placement; and the batch's last positions."""
+
     starts: dict[str, int]
     ends: dict[str, int]
     rows: dict[str, StreamPlacement]
@@ -453,6 +483,7 @@ class PartitionPlacement:
 
 class Prepared(NamedTuple):
     """A canonical batch as the state actors take it: per kind the state rows, and which partition owns each."""
+
     column: dict[str, Any]
     users: dict[str, Any]
     merchants: dict[str, Any]
@@ -464,24 +495,41 @@ def prepare(batch: Columns, user_store: Any, merchant_store: Any, partitions: in
     users = aligned_profiles(user_store, batch["user_id"], USER_PROFILE_COLUMNS)
     merchants = aligned_profiles(merchant_store, batch["merchant_id"], MERCHANT_PROFILE_COLUMNS)
     column = prepare_rows(batch, users, merchants)
-    inputs = {"user": {c: column[c] for c in (*USER_ROW_COLUMNS, "txn_key")},
-              "merchant": {**event_rows(column, "merchant_key"), "txn_key": column["txn_key"],
-                           "mcc_key": column["mcc_key"], "user_key": column["user_key"]},
-              "mcc": {**event_rows(column, "mcc_key"), "txn_key": column["txn_key"]}}
-    owners = {"user": partition_of(column["user_key"], partitions),
-              "merchant": partition_of(column["merchant_key"], partitions),
-              "mcc": np.where(column["mcc_key"] != 0, partition_of(column["mcc_key"], partitions), -1)}
+    inputs = {
+        "user": {c: column[c] for c in (*USER_ROW_COLUMNS, "txn_key")},
+        "merchant": {
+            **event_rows(column, "merchant_key"),
+            "txn_key": column["txn_key"],
+            "mcc_key": column["mcc_key"],
+            "user_key": column["user_key"],
+        },
+        "mcc": {**event_rows(column, "mcc_key"), "txn_key": column["txn_key"]},
+    }
+    owners = {
+        "user": partition_of(column["user_key"], partitions),
+        "merchant": partition_of(column["merchant_key"], partitions),
+        "mcc": np.where(column["mcc_key"] != 0, partition_of(column["mcc_key"], partitions), -1),
+    }
     return Prepared(column, users, merchants, inputs, owners)
 
 
-def partition_share(prepared: Prepared, partition: int, placement: StreamPlacement | None
-                    ) -> tuple[dict[str, np.ndarray], dict[str, Rows], PartitionPlacement | None]:
+def partition_share(
+    prepared: Prepared, partition: int, placement: StreamPlacement | None
+) -> tuple[dict[str, np.ndarray], dict[str, Rows], PartitionPlacement | None]:
     """The rows of each kind that ``partition`` owns (their indices, the rows), and where they sit in the stream."""
     selected = {kind: np.flatnonzero(owner == partition) for kind, owner in prepared.owners.items()}
-    parts = {kind: {c: values[selected[kind]] for c, values in prepared.inputs[kind].items()}
-             for kind in KINDS if len(selected[kind])}
-    share = None if placement is None else PartitionPlacement(
-        placement.starts, placement.ends(), {kind: placement.part(selected[kind]) for kind in parts})
+    parts = {
+        kind: {c: values[selected[kind]] for c, values in prepared.inputs[kind].items()}
+        for kind in KINDS
+        if len(selected[kind])
+    }
+    share = (
+        None
+        if placement is None
+        else PartitionPlacement(
+            placement.starts, placement.ends(), {kind: placement.part(selected[kind]) for kind in parts}
+        )
+    )
     return selected, parts, share
 
 
@@ -493,8 +541,9 @@ class FeatureStateActor:
     overwrites another's. A snapshot names its stream set (``stream_set``); a restore refuses one of another set.
     """
 
-    def __init__(self, name: str, partition: int, partitions: int, settings: Settings,
-                 restore_from: tuple[str, ...] = ()):
+    def __init__(
+        self, name: str, partition: int, partitions: int, settings: Settings, restore_from: tuple[str, ...] = ()
+    ):
         """``restore_from``: the states whose last snapshot a fresh actor takes, the first one found (its own name
         first); it then replays the stream from that snapshot's positions before it takes any call. An actor Ray
         restarts always recovers, from its own snapshot first, whatever it was created with."""
@@ -523,8 +572,9 @@ class FeatureStateActor:
     def profile_stores(self) -> tuple[Any, Any]:
         return default_user_store(self.settings), default_merchant_store(self.settings)
 
-    def process(self, parts: dict[str, Rows], placement: PartitionPlacement | None = None,
-                logged_in: str | None = None) -> dict[str, np.ndarray]:
+    def process(
+        self, parts: dict[str, Rows], placement: PartitionPlacement | None = None, logged_in: str | None = None
+    ) -> dict[str, np.ndarray]:
         """Outputs for a batch that joins the state; ``placement`` for stream rows, ``logged_in`` for rows the
         caller appends to that ingest stream meanwhile (the first such rows snapshot first, so a replay of the
         stream has a start)."""
@@ -576,8 +626,9 @@ class FeatureStateActor:
         try:
             upload.result()
         except Exception:
-            log.exception("feature-state snapshot failed; the next is due in %.0f s",
-                          self.settings.feature_snapshot_interval_s)
+            log.exception(
+                "feature-state snapshot failed; the next is due in %.0f s", self.settings.feature_snapshot_interval_s
+            )
 
     def resolve(self, txn_keys: np.ndarray) -> pd.DataFrame:
         return self.cores["merchant"].resolve(txn_keys)
@@ -595,31 +646,50 @@ class FeatureStateActor:
         """Rows, keys, the last snapshot's time (epoch seconds), the event time (epoch ms) and the recoveries of this
         partition."""
         clocks = [core.event_time_ms for core in self.cores.values() if core.event_time_ms is not None]
-        return {"rows": sum(len(core.rows) for core in self.cores.values()),
-                "event_time_ms": max(clocks, default=None),
-                "keys": {kind: self.cores[kind].rows.key_count for kind in ("user", "merchant")},
-                "last_snapshot_at": self.snapshotted_at, "recoveries": self.recoveries, "replayed": self.replayed,
-                "replayed_http": self.replayed_http, "last_recovery_s": self.recovery_s, "shards": len(self.positions)}
+        return {
+            "rows": sum(len(core.rows) for core in self.cores.values()),
+            "event_time_ms": max(clocks, default=None),
+            "keys": {kind: self.cores[kind].rows.key_count for kind in ("user", "merchant")},
+            "last_snapshot_at": self.snapshotted_at,
+            "recoveries": self.recoveries,
+            "replayed": self.replayed,
+            "replayed_http": self.replayed_http,
+            "last_recovery_s": self.recovery_s,
+            "shards": len(self.positions),
+        }
 
     def load(self, payload: bytes, *, own: bool = True, source: str | None = None) -> bool:
         """State and positions from a snapshot (``encode_snapshot``); ``own``: this state's snapshot, so its counters
         continue too. False, and nothing loaded, when the snapshot covers another stream set than this state's (a snapshot from before
         stream sets were recorded loads)."""
-        size, = SNAPSHOT_HEADER.unpack_from(payload)
-        raw = SNAPSHOT_CODEC.decompress(memoryview(payload)[SNAPSHOT_HEADER.size:], decompressed_size=size,
-                                        asbytes=True)
+        (size,) = SNAPSHOT_HEADER.unpack_from(payload)
+        raw = SNAPSHOT_CODEC.decompress(
+            memoryview(payload)[SNAPSHOT_HEADER.size :], decompressed_size=size, asbytes=True
+        )
         with np.load(io.BytesIO(raw)) as arrays:
             meta = json.loads(arrays["meta"].tobytes())
             covers = meta.get("covers")
             if covers is not None and covers != self.covers:
-                log.warning("feature state %s partition %d of %d refuses the snapshot of %s: it covers %s, this state "
-                            "covers %s (another deployment sharing the bucket and the state name?); starting from "
-                            "the next snapshot, if any, else empty", self.name, self.partition, self.partitions,
-                            source or self.name, covers, self.covers)
+                log.warning(
+                    "feature state %s partition %d of %d refuses the snapshot of %s: it covers %s, this state "
+                    "covers %s (another deployment sharing the bucket and the state name?); starting from "
+                    "the next snapshot, if any, else empty",
+                    self.name,
+                    self.partition,
+                    self.partitions,
+                    source or self.name,
+                    covers,
+                    self.covers,
+                )
                 return False
             for kind, core in self.cores.items():
-                core.load_arrays({name.removeprefix(f"{kind}."): arrays[name]
-                                  for name in arrays.files if name.startswith(f"{kind}.")})
+                core.load_arrays(
+                    {
+                        name.removeprefix(f"{kind}."): arrays[name]
+                        for name in arrays.files
+                        if name.startswith(f"{kind}.")
+                    }
+                )
         self.positions = {shard: int(at) for shard, at in meta["positions"].items()}
         self.logs, self.covered_at = set(meta.get("logs", ())), meta["taken_at"]
         if own:
@@ -641,15 +711,25 @@ class FeatureStateActor:
         for core in self.cores.values():
             core.compact()
         taken_at = time.time()
-        arrays = {f"{kind}.{name}": values for kind, core in self.cores.items() for name, values in core.arrays().items()}
-        meta = {"covers": self.covers, "positions": {shard: str(at) for shard, at in self.positions.items()},
-                "logs": sorted(self.logs), "taken_at": taken_at, "recoveries": self.recoveries,
-                "replayed": self.replayed, "replayed_http": self.replayed_http, "recovery_s": self.recovery_s}
+        arrays = {
+            f"{kind}.{name}": values for kind, core in self.cores.items() for name, values in core.arrays().items()
+        }
+        meta = {
+            "covers": self.covers,
+            "positions": {shard: str(at) for shard, at in self.positions.items()},
+            "logs": sorted(self.logs),
+            "taken_at": taken_at,
+            "recoveries": self.recoveries,
+            "replayed": self.replayed,
+            "replayed_http": self.replayed_http,
+            "recovery_s": self.recovery_s,
+        }
         return taken_at, arrays, meta
 
     def _write(self, taken_at: float, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        client("s3", self.settings).put_object(Bucket=self.settings.model_bucket, Key=self.object_key,
-                                               Body=encode_snapshot(arrays, meta))
+        client("s3", self.settings).put_object(
+            Bucket=self.settings.model_bucket, Key=self.object_key, Body=encode_snapshot(arrays, meta)
+        )
         self.snapshotted_at = taken_at
 
     def restore(self, source: str | None = None) -> bool:
@@ -694,10 +774,19 @@ class FeatureStateActor:
         self.replayed += streamed + logged
         self.replayed_http += logged
         self.recovery_s = round(time.monotonic() - started, 3)
-        log.warning("feature state %s partition %d of %d recovered in %.2f s: %s, %d stream transactions replayed "
-                    "from %d shards, %d HTTP-scored ones from %d ingest streams", self.name, self.partition,
-                    self.partitions, self.recovery_s, "its last snapshot" if restored else "no snapshot", streamed,
-                    len(self.positions), logged, len(self.logs))
+        log.warning(
+            "feature state %s partition %d of %d recovered in %.2f s: %s, %d stream transactions replayed "
+            "from %d shards, %d HTTP-scored ones from %d ingest streams",
+            self.name,
+            self.partition,
+            self.partitions,
+            self.recovery_s,
+            "its last snapshot" if restored else "no snapshot",
+            streamed,
+            len(self.positions),
+            logged,
+            len(self.logs),
+        )
         self.snapshot()
         return True
 
@@ -712,22 +801,32 @@ class FeatureStateActor:
             try:
                 sources.append([(arrival, shard, at, line) for at, line, arrival in lines_after(kinesis, shard, after)])
             except ClientError as exc:
-                log.error("cannot replay %s after position %d (%s): its transactions are missing from the state",
-                          shard, after, exc.response["Error"]["Code"])
+                log.error(
+                    "cannot replay %s after position %d (%s): its transactions are missing from the state",
+                    shard,
+                    after,
+                    exc.response["Error"]["Code"],
+                )
         if self.covered_at is not None:
             since = datetime.fromtimestamp(self.covered_at, timezone.utc) - timedelta(
-                seconds=self.settings.feature_ingest_margin_s)
+                seconds=self.settings.feature_ingest_margin_s
+            )
             for stream in sorted(self.logs):
                 try:
                     logged = [(arrival, None, 0, line) for arrival, line in lines_since(kinesis, stream, since)]
                     sources.append(sorted(logged, key=lambda item: item[0]))  # its shards' lines interleaved
                 except ClientError as exc:
-                    log.error("cannot replay ingest stream %s since %s (%s): HTTP-scored transactions are missing "
-                              "from the state", stream, since.isoformat(), exc.response["Error"]["Code"])
+                    log.error(
+                        "cannot replay ingest stream %s since %s (%s): HTTP-scored transactions are missing "
+                        "from the state",
+                        stream,
+                        since.isoformat(),
+                        exc.response["Error"]["Code"],
+                    )
         pending = list(heapq.merge(*sources, key=lambda item: item[0]))
         joined = {"stream": 0, "logged": 0}
         for start in range(0, len(pending), RECOVERY_BATCH):
-            chunk = pending[start:start + RECOVERY_BATCH]
+            chunk = pending[start : start + RECOVERY_BATCH]
             for from_log, run in itertools.groupby(chunk, key=lambda item: item[1] is None):
                 joined["logged" if from_log else "stream"] += self._replay_run(list(run), from_log)
         return joined["stream"], joined["logged"]
@@ -740,10 +839,12 @@ class FeatureStateActor:
         users = self.cores["user"].recent
         before = users.written
         if valid:
-            placement = None if logged else StreamPlacement.of([shard for _, shard, _ in valid],
-                                                               [at for _, _, at in valid], {})
-            prepared = prepare(canonical_columns([scoring_record(tx) for tx, _, _ in valid]),
-                               *self.profile_stores, self.partitions)
+            placement = (
+                None if logged else StreamPlacement.of([shard for _, shard, _ in valid], [at for _, _, at in valid], {})
+            )
+            prepared = prepare(
+                canonical_columns([scoring_record(tx) for tx, _, _ in valid]), *self.profile_stores, self.partitions
+            )
             _, parts, share = partition_share(prepared, self.partition, placement)
             self._apply(parts, share)
         if not logged:
@@ -800,9 +901,18 @@ class OnlineFeatures:
     it got first).
     """
 
-    def __init__(self, settings: Settings | None = None, *, partitions: int | None = None, name: str | None = None,
-                 actor_cpus: float = 0.2, user_store: Any = None, merchant_store: Any = None, restore: bool = True,
-                 restore_from: str | None = None):
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        partitions: int | None = None,
+        name: str | None = None,
+        actor_cpus: float = 0.2,
+        user_store: Any = None,
+        merchant_store: Any = None,
+        restore: bool = True,
+        restore_from: str | None = None,
+    ):
         """``name``: the state's (``feature_state_name``, the cluster's, by default)."""
         self.settings = settings or get_settings()
         self.name, self.actor_cpus = name or self.settings.feature_state_name, actor_cpus
@@ -814,17 +924,25 @@ class OnlineFeatures:
 
     def _actor(self, partition: int) -> Any:
         remote = ray.remote(FeatureStateActor).options(
-            name=f"{self.name}-{partition}", namespace=ACTOR_NAMESPACE, get_if_exists=True,
-            num_cpus=self.actor_cpus, max_concurrency=1, lifetime="detached", max_restarts=-1, max_task_retries=-1,
-            scheduling_strategy="SPREAD")  # partitions over as many nodes as possible: a lost node takes few
+            name=f"{self.name}-{partition}",
+            namespace=ACTOR_NAMESPACE,
+            get_if_exists=True,
+            num_cpus=self.actor_cpus,
+            max_concurrency=1,
+            lifetime="detached",
+            max_restarts=-1,
+            max_task_retries=-1,
+            scheduling_strategy="SPREAD",
+        )  # partitions over as many nodes as possible: a lost node takes few
         return remote.remote(self.name, partition, self.partitions, self.settings, self.restore_from)
 
     def compute(self, batch: Columns) -> pd.DataFrame:
         """``transaction_id`` + ``FEATURE_NAMES`` for a canonical batch, in its order (see ``matrix``)."""
         return feature_frame(batch["transaction_id"], self.matrix(batch))
 
-    def matrix(self, batch: Columns, placement: StreamPlacement | None = None,
-               logged_in: str | None = None) -> np.ndarray:
+    def matrix(
+        self, batch: Columns, placement: StreamPlacement | None = None, logged_in: str | None = None
+    ) -> np.ndarray:
         """The (rows x ``FEATURE_NAMES``) matrix of a canonical batch (a DataFrame or column arrays), in its order;
         new transactions join the state, and one seen recently gets the features it got then. ``placement``:
         where a stream batch's rows sit in their shards, so a replayed row never joins twice and a restarted
@@ -858,22 +976,33 @@ class OnlineFeatures:
         fraud = events[label_values(events["is_fraud"].to_numpy(dtype=object)) == 1]
         if fraud.empty:
             return 0
+
         def named(column: str) -> np.ndarray:
             return stable_hash(fraud[column]) if column in fraud else np.zeros(len(fraud), np.int64)
 
-        labels = pd.DataFrame({"txn_key": stable_hash(fraud["transaction_id"]), "known_ms": epoch_ms(fraud["known_at"]),
-                               "named_merchant": named("merchant_id"), "named_user": named("user_id")})
+        labels = pd.DataFrame(
+            {
+                "txn_key": stable_hash(fraud["transaction_id"]),
+                "known_ms": epoch_ms(fraud["known_at"]),
+                "named_merchant": named("merchant_id"),
+                "named_user": named("user_id"),
+            }
+        )
         named = labels["named_merchant"].to_numpy()
         targets = partition_of(named, self.partitions)
-        refs = [actor.resolve.remote(labels["txn_key"].to_numpy()[(named == 0) | (targets == i)])
-                for i, actor in enumerate(self.actors)]
+        refs = [
+            actor.resolve.remote(labels["txn_key"].to_numpy()[(named == 0) | (targets == i)])
+            for i, actor in enumerate(self.actors)
+        ]
         resolved = pd.concat(ray.get(refs), ignore_index=True).drop_duplicates("txn_key")
         labels = labels.merge(resolved, on="txn_key", how="left")
-        labels["merchant_key"] = np.where(labels["named_merchant"] != 0, labels["named_merchant"],
-                                          labels["merchant_key"].fillna(0)).astype(np.int64)
+        labels["merchant_key"] = np.where(
+            labels["named_merchant"] != 0, labels["named_merchant"], labels["merchant_key"].fillna(0)
+        ).astype(np.int64)
         labels["mcc_key"] = labels["mcc_key"].fillna(0).astype(np.int64)
-        labels["user_key"] = np.where(labels["named_user"] != 0, labels["named_user"],
-                                      labels["user_key"].fillna(0)).astype(np.int64)
+        labels["user_key"] = np.where(
+            labels["named_user"] != 0, labels["named_user"], labels["user_key"].fillna(0)
+        ).astype(np.int64)
         delay_ms, known_ms = label_delay_ms(self.settings), labels["known_ms"].to_numpy(np.int64)
         resolved_ms = labels["ts_ms"].to_numpy(np.float64)  # NaN: no longer retained, so too old to matter
         tx_ms = np.where(np.isnan(resolved_ms), known_ms - delay_ms, resolved_ms).astype(np.int64)
@@ -885,14 +1014,27 @@ class OnlineFeatures:
             for partition, actor in enumerate(self.actors):
                 part = placed[owner == partition]
                 if len(part):
-                    ref = actor.add_labels.remote(kind, pd.DataFrame({"key": part[key], "known_ms": part["known_ms"],
-                                                                      "anchor_ms": part["anchor_ms"],
-                                                                      "txn_key": part["txn_key"]}))
+                    ref = actor.add_labels.remote(
+                        kind,
+                        pd.DataFrame(
+                            {
+                                "key": part[key],
+                                "known_ms": part["known_ms"],
+                                "anchor_ms": part["anchor_ms"],
+                                "txn_key": part["txn_key"],
+                            }
+                        ),
+                    )
                     applied.append((kind, ref))
         carded = labels["user_key"].to_numpy(np.int64) != 0  # a card's fraud makes its earlier purchases suspect
         if carded.any():
-            card_frauds = pd.DataFrame({"user_key": labels["user_key"].to_numpy(np.int64)[carded],
-                                        "ts_ms": tx_ms[carded], "known_ms": known_ms[carded]})
+            card_frauds = pd.DataFrame(
+                {
+                    "user_key": labels["user_key"].to_numpy(np.int64)[carded],
+                    "ts_ms": tx_ms[carded],
+                    "known_ms": known_ms[carded],
+                }
+            )
             applied += [("exposure", actor.add_card_frauds.remote(card_frauds)) for actor in self.actors]
         counts = ray.get([ref for _, ref in applied])
         return int(sum(count for (kind, _), count in zip(applied, counts) if kind == "merchant"))
@@ -915,14 +1057,18 @@ class OnlineFeatures:
         taken = [p["last_snapshot_at"] for p in parts]
         clocks = [p["event_time_ms"] for p in parts if p["event_time_ms"] is not None]
         recovery_s = [p["last_recovery_s"] for p in parts if p["last_recovery_s"] is not None]
-        return {"rows": sum(p["rows"] for p in parts),
-                "keys": {kind: sum(p["keys"][kind] for p in parts) for kind in ("user", "merchant")},
-                "last_snapshot_at": snapshot_time(None if None in taken else min(taken)),
-                "event_time": None if not clocks else (EPOCH + timedelta(milliseconds=max(clocks))).isoformat(),
-                "recoveries": sum(p["recoveries"] for p in parts), "replayed": sum(p["replayed"] for p in parts),
-                "replayed_http": sum(p["replayed_http"] for p in parts),
-                "last_recovery_s": max(recovery_s, default=None), "partitions": self.partitions,
-                "shards": max(p["shards"] for p in parts)}
+        return {
+            "rows": sum(p["rows"] for p in parts),
+            "keys": {kind: sum(p["keys"][kind] for p in parts) for kind in ("user", "merchant")},
+            "last_snapshot_at": snapshot_time(None if None in taken else min(taken)),
+            "event_time": None if not clocks else (EPOCH + timedelta(milliseconds=max(clocks))).isoformat(),
+            "recoveries": sum(p["recoveries"] for p in parts),
+            "replayed": sum(p["replayed"] for p in parts),
+            "replayed_http": sum(p["replayed_http"] for p in parts),
+            "last_recovery_s": max(recovery_s, default=None),
+            "partitions": self.partitions,
+            "shards": max(p["shards"] for p in parts),
+        }
 
     def stats(self) -> dict[str, dict[str, int]]:
         parts = ray.get([actor.stats.remote() for actor in self.actors])

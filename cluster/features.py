@@ -63,14 +63,14 @@ EXPOSURE_LOOKBACK_MS = RETENTION_MS
 COMPROMISE_COUNT_WINDOWS = {"7d": 7 * DAY_MS}
 COMPROMISE_DELAYED_WINDOWS = {"7d": 7 * DAY_MS, "30d": RETENTION_MS}
 
-USER_HISTORY_CAP = 2_000        # a user's lookback sees at most this many earlier transactions
-MERCHANT_HISTORY_CAP = 50_000   # same for a merchant or a merchant category
-TINY_AMOUNT = 2.0               # card testers probe with amounts below this
-NIGHT_HOURS = (0, 6)            # [start, end) in UTC
-RISK_PRIOR_RATE = 0.005         # merchant risk shrinks towards this rate ...
-RISK_PRIOR_WEIGHT = 20.0        # ... as if this many prior transactions had it
-MIN_LOG_STD = 0.1               # z-score floor: one earlier amount gives no spread
-SPEED_MIN_HOURS = 1 / 60        # implied speed divides by at least a minute
+USER_HISTORY_CAP = 2_000  # a user's lookback sees at most this many earlier transactions
+MERCHANT_HISTORY_CAP = 50_000  # same for a merchant or a merchant category
+TINY_AMOUNT = 2.0  # card testers probe with amounts below this
+NIGHT_HOURS = (0, 6)  # [start, end) in UTC
+RISK_PRIOR_RATE = 0.005  # merchant risk shrinks towards this rate ...
+RISK_PRIOR_WEIGHT = 20.0  # ... as if this many prior transactions had it
+MIN_LOG_STD = 0.1  # z-score floor: one earlier amount gives no spread
+SPEED_MIN_HOURS = 1 / 60  # implied speed divides by at least a minute
 MAX_SPEED_KMH = 20_000.0
 EARTH_RADIUS_KM = 6371.0088
 
@@ -82,25 +82,51 @@ CHANNEL_CODES = {"card_present": 1, "online": 2, "mobile": 3}
 NEUTRAL_HOURS_SINCE_CARD_FRAUD = RETENTION_MS / HOUR_MS  # a card without a known fraud in the lookback
 
 FEATURE_NAMES: tuple[str, ...] = (
-    "amount", "log_amount", "hour_of_day", "is_night", "is_weekend",
+    "amount",
+    "log_amount",
+    "hour_of_day",
+    "is_night",
+    "is_weekend",
     *(f"user_{stat}_{window}" for window in USER_WINDOWS for stat in ("count", "sum")),
-    "amount_to_user_mean_30d", "log_amount_zscore_30d", "user_no_history_30d", "log_seconds_since_prev",
-    "user_distinct_merchants_1h", "user_distinct_merchants_24h", "user_tiny_count_10m",
-    "first_time_at_merchant", "new_device", "device_missing",
-    "card_fraud_known_30d", "log_hours_since_card_fraud",
-    "distance_from_home_km", "home_distance_missing",
-    "distance_from_prev_km", "speed_from_prev_kmh", "prev_location_missing", "location_missing",
-    "country_changed", "country_missing", "country_differs_from_home",
-    "channel_card_present", "channel_online", "channel_mobile", "channel_missing",
+    "amount_to_user_mean_30d",
+    "log_amount_zscore_30d",
+    "user_no_history_30d",
+    "log_seconds_since_prev",
+    "user_distinct_merchants_1h",
+    "user_distinct_merchants_24h",
+    "user_tiny_count_10m",
+    "first_time_at_merchant",
+    "new_device",
+    "device_missing",
+    "card_fraud_known_30d",
+    "log_hours_since_card_fraud",
+    "distance_from_home_km",
+    "home_distance_missing",
+    "distance_from_prev_km",
+    "speed_from_prev_kmh",
+    "prev_location_missing",
+    "location_missing",
+    "country_changed",
+    "country_missing",
+    "country_differs_from_home",
+    "channel_card_present",
+    "channel_online",
+    "channel_mobile",
+    "channel_missing",
     *(f"merchant_count_{window}" for window in MERCHANT_COUNT_WINDOWS),
     *(f"merchant_risk_{window}" for window in MERCHANT_RISK_WINDOWS),
     "merchant_fraud_count_7d",
     *(f"merchant_delayed_{stat}_{window}" for window in MERCHANT_DELAYED_WINDOWS for stat in ("risk", "count")),
     *(f"merchant_compromise_count_{window}" for window in COMPROMISE_COUNT_WINDOWS),
     *(f"merchant_compromise_share_{window}" for window in COMPROMISE_DELAYED_WINDOWS),
-    *(f"mcc_risk_{window}" for window in MCC_RISK_WINDOWS), "mcc_missing",
-    "account_age_days", "credit_utilisation_30d", "kyc_level", "user_profile_missing",
-    "amount_to_merchant_typical", "merchant_profile_missing",
+    *(f"mcc_risk_{window}" for window in MCC_RISK_WINDOWS),
+    "mcc_missing",
+    "account_age_days",
+    "credit_utilisation_30d",
+    "kyc_level",
+    "user_profile_missing",
+    "amount_to_merchant_typical",
+    "merchant_profile_missing",
 )
 
 # Bump when a feature's meaning changes while its name and parameters stay (a formula, a missing-value rule).
@@ -110,41 +136,84 @@ FEATURE_SPEC_VERSION = "4"
 def feature_spec() -> dict[str, object]:
     """What a model's features depend on: the spec version, the feature names and every parameter that changes a
     feature's value. Comments, reasons and refactors leave it as it is, so they force no retraining."""
-    return {"version": FEATURE_SPEC_VERSION, "features": list(FEATURE_NAMES), "parameters": {
-        "user_windows_ms": USER_WINDOWS, "merchant_count_windows_ms": MERCHANT_COUNT_WINDOWS,
-        "merchant_risk_windows_ms": MERCHANT_RISK_WINDOWS, "merchant_delayed_windows_ms": MERCHANT_DELAYED_WINDOWS,
-        "mcc_risk_windows_ms": MCC_RISK_WINDOWS, "distinct_merchant_windows_ms": DISTINCT_MERCHANT_WINDOWS,
-        "retention_ms": RETENTION_MS, "user_history_cap": USER_HISTORY_CAP,
-        "merchant_history_cap": MERCHANT_HISTORY_CAP, "tiny_amount": TINY_AMOUNT, "night_hours": NIGHT_HOURS,
-        "risk_prior_rate": RISK_PRIOR_RATE, "risk_prior_weight": RISK_PRIOR_WEIGHT, "min_log_std": MIN_LOG_STD,
-        "speed_min_hours": SPEED_MIN_HOURS, "max_speed_kmh": MAX_SPEED_KMH, "earth_radius_km": EARTH_RADIUS_KM,
-        "neutral_account_age_days": NEUTRAL_ACCOUNT_AGE_DAYS,
-        "neutral_seconds_since_prev": NEUTRAL_SECONDS_SINCE_PREV, "channel_codes": CHANNEL_CODES,
-        "neutral_hours_since_card_fraud": NEUTRAL_HOURS_SINCE_CARD_FRAUD,
-        "exposure_lookback_ms": EXPOSURE_LOOKBACK_MS, "compromise_count_windows_ms": COMPROMISE_COUNT_WINDOWS,
-        "compromise_delayed_windows_ms": COMPROMISE_DELAYED_WINDOWS}}
+    return {
+        "version": FEATURE_SPEC_VERSION,
+        "features": list(FEATURE_NAMES),
+        "parameters": {
+            "user_windows_ms": USER_WINDOWS,
+            "merchant_count_windows_ms": MERCHANT_COUNT_WINDOWS,
+            "merchant_risk_windows_ms": MERCHANT_RISK_WINDOWS,
+            "merchant_delayed_windows_ms": MERCHANT_DELAYED_WINDOWS,
+            "mcc_risk_windows_ms": MCC_RISK_WINDOWS,
+            "distinct_merchant_windows_ms": DISTINCT_MERCHANT_WINDOWS,
+            "retention_ms": RETENTION_MS,
+            "user_history_cap": USER_HISTORY_CAP,
+            "merchant_history_cap": MERCHANT_HISTORY_CAP,
+            "tiny_amount": TINY_AMOUNT,
+            "night_hours": NIGHT_HOURS,
+            "risk_prior_rate": RISK_PRIOR_RATE,
+            "risk_prior_weight": RISK_PRIOR_WEIGHT,
+            "min_log_std": MIN_LOG_STD,
+            "speed_min_hours": SPEED_MIN_HOURS,
+            "max_speed_kmh": MAX_SPEED_KMH,
+            "earth_radius_km": EARTH_RADIUS_KM,
+            "neutral_account_age_days": NEUTRAL_ACCOUNT_AGE_DAYS,
+            "neutral_seconds_since_prev": NEUTRAL_SECONDS_SINCE_PREV,
+            "channel_codes": CHANNEL_CODES,
+            "neutral_hours_since_card_fraud": NEUTRAL_HOURS_SINCE_CARD_FRAUD,
+            "exposure_lookback_ms": EXPOSURE_LOOKBACK_MS,
+            "compromise_count_windows_ms": COMPROMISE_COUNT_WINDOWS,
+            "compromise_delayed_windows_ms": COMPROMISE_DELAYED_WINDOWS,
+        },
+    }
 
 
 # What a model bundle records and the registry checks.
 FEATURE_VERSION: str = hashlib.sha256(json.dumps(feature_spec(), sort_keys=True).encode()).hexdigest()
 
 # Numeric row layout shared by both paths (keys are stable 64-bit hashes; 0 means missing).
-ROW_COLUMNS = ("txn_key", "user_key", "merchant_key", "mcc_key", "device_key", "country_key", "home_country_key",
-               "ts_ms", "amount", "lat", "lon", "channel_code")
+ROW_COLUMNS = (
+    "txn_key",
+    "user_key",
+    "merchant_key",
+    "mcc_key",
+    "device_key",
+    "country_key",
+    "home_country_key",
+    "ts_ms",
+    "amount",
+    "lat",
+    "lon",
+    "channel_code",
+)
 USER_ROW_COLUMNS = ("user_key", "ts_ms", "amount", "merchant_key", "device_key", "country_key", "lat", "lon")
 EVENT_ROW_COLUMNS = ("key", "ts_ms")
 USER_PASS_OUTPUTS = (
     *(f"user_{stat}_{window}" for window in USER_WINDOWS for stat in ("count", "sum")),
-    "user_prev_count_30d", "user_prev_mean_amount_30d", "user_prev_mean_log_30d", "user_prev_std_log_30d",
-    "seconds_since_prev", "user_distinct_merchants_1h", "user_distinct_merchants_24h", "user_tiny_count_10m",
-    "first_time_at_merchant", "new_device", "prev_distance_km", "prev_hours", "prev_location_found",
-    "country_changed", "card_fraud_known_30d", "hours_since_card_fraud",
+    "user_prev_count_30d",
+    "user_prev_mean_amount_30d",
+    "user_prev_mean_log_30d",
+    "user_prev_std_log_30d",
+    "seconds_since_prev",
+    "user_distinct_merchants_1h",
+    "user_distinct_merchants_24h",
+    "user_tiny_count_10m",
+    "first_time_at_merchant",
+    "new_device",
+    "prev_distance_km",
+    "prev_hours",
+    "prev_location_found",
+    "country_changed",
+    "card_fraud_known_30d",
+    "hours_since_card_fraud",
 )
-MERCHANT_PASS_OUTPUTS = (*(f"count_{w}" for w in {**MERCHANT_COUNT_WINDOWS, **MERCHANT_RISK_WINDOWS}),
-                         *(f"fraud_{w}" for w in MERCHANT_RISK_WINDOWS),
-                         *(f"delayed_{stat}_{w}" for w in MERCHANT_DELAYED_WINDOWS for stat in ("count", "fraud")),
-                         *(f"exposed_{w}" for w in COMPROMISE_COUNT_WINDOWS),
-                         *(f"delayed_exposed_{w}" for w in COMPROMISE_DELAYED_WINDOWS))
+MERCHANT_PASS_OUTPUTS = (
+    *(f"count_{w}" for w in {**MERCHANT_COUNT_WINDOWS, **MERCHANT_RISK_WINDOWS}),
+    *(f"fraud_{w}" for w in MERCHANT_RISK_WINDOWS),
+    *(f"delayed_{stat}_{w}" for w in MERCHANT_DELAYED_WINDOWS for stat in ("count", "fraud")),
+    *(f"exposed_{w}" for w in COMPROMISE_COUNT_WINDOWS),
+    *(f"delayed_exposed_{w}" for w in COMPROMISE_DELAYED_WINDOWS),
+)
 MCC_PASS_OUTPUTS = (*(f"count_{w}" for w in MCC_RISK_WINDOWS), *(f"fraud_{w}" for w in MCC_RISK_WINDOWS))
 PASS_OUTPUTS = {"user": USER_PASS_OUTPUTS, "merchant": MERCHANT_PASS_OUTPUTS, "mcc": MCC_PASS_OUTPUTS}
 PASS_KEYS = {"user": "user_key", "merchant": "merchant_key", "mcc": "mcc_key"}  # the row column keying a pass
@@ -170,8 +239,11 @@ def stable_hash(values: pd.Series | np.ndarray, *, recurring: bool = True) -> np
     codes, uniques = pd.factorize(pd.Series(values, copy=False), use_na_sentinel=True)
     if len(uniques) == 0:
         return np.zeros(len(codes), np.int64)
-    texts = (uniques.to_numpy(dtype=object) if pd.api.types.is_string_dtype(uniques.dtype)
-             else np.asarray(uniques, dtype=str).astype(object))
+    texts = (
+        uniques.to_numpy(dtype=object)
+        if pd.api.types.is_string_dtype(uniques.dtype)
+        else np.asarray(uniques, dtype=str).astype(object)
+    )
     hashed = _hash_texts(texts)
     return np.where(codes >= 0, hashed[np.maximum(codes, 0)], 0).astype(np.int64, copy=False)
 
@@ -263,11 +335,17 @@ def prepare_rows(transactions: Columns, users: Columns, merchants: Columns) -> d
         return transactions[name] if name in transactions else np.full(count, None, dtype=object)
 
     own_mcc = stable_hash(column("mcc"))
-    keyed = (("user_key", transactions["user_id"]), ("merchant_key", transactions["merchant_id"]),
-             ("device_key", column("device_id")), ("country_key", column("country")),
-             ("home_country_key", users["home_country"]))
-    rows = {"txn_key": stable_hash(transactions["transaction_id"], recurring=False),
-            **{name: stable_hash(values) for name, values in keyed}}
+    keyed = (
+        ("user_key", transactions["user_id"]),
+        ("merchant_key", transactions["merchant_id"]),
+        ("device_key", column("device_id")),
+        ("country_key", column("country")),
+        ("home_country_key", users["home_country"]),
+    )
+    rows = {
+        "txn_key": stable_hash(transactions["transaction_id"], recurring=False),
+        **{name: stable_hash(values) for name, values in keyed},
+    }
     rows["mcc_key"] = np.where(own_mcc != 0, own_mcc, stable_hash(merchants["mcc"]))
     rows["ts_ms"] = epoch_ms(transactions["timestamp"])
     rows["amount"] = floats(transactions["amount"])
@@ -285,8 +363,12 @@ def default_label_events(rows: Columns, is_fraud: np.ndarray, label_delay: timed
     """Confirmed-fraud events when no explicit labels are given: each fraud becomes known ``label_delay`` later."""
     fraud = np.asarray(is_fraud, dtype=np.float64) == 1
     delay_ms = duration_ms(label_delay)
-    return pd.DataFrame({"txn_key": np.asarray(rows["txn_key"], np.int64)[fraud],
-                         "known_ms": np.asarray(rows["ts_ms"], np.int64)[fraud] + delay_ms})
+    return pd.DataFrame(
+        {
+            "txn_key": np.asarray(rows["txn_key"], np.int64)[fraud],
+            "known_ms": np.asarray(rows["ts_ms"], np.int64)[fraud] + delay_ms,
+        }
+    )
 
 
 def label_anchor(tx_ms: np.ndarray, known_ms: np.ndarray, label_delay_ms: int) -> np.ndarray:
@@ -299,8 +381,9 @@ def explicit_label_events(labels: pd.DataFrame) -> pd.DataFrame:
     """Confirmed-fraud events from ``(transaction_id, is_fraud, known_at)`` rows; a fraud counts once, when first known."""
     require_columns(labels.columns, LABEL_EVENT_COLUMNS, "labels")
     fraud = label_values(labels["is_fraud"].to_numpy(dtype=object)) == 1
-    events = pd.DataFrame({"txn_key": stable_hash(labels["transaction_id"])[fraud],
-                           "known_ms": epoch_ms(labels["known_at"])[fraud]})
+    events = pd.DataFrame(
+        {"txn_key": stable_hash(labels["transaction_id"])[fraud], "known_ms": epoch_ms(labels["known_at"])[fraud]}
+    )
     return events.sort_values("known_ms", kind="stable").drop_duplicates("txn_key").reset_index(drop=True)
 
 
@@ -368,8 +451,10 @@ def haversine_km(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.
 def _stacked(history: Columns, batch: Columns, columns: tuple[str, ...]) -> tuple[dict[str, np.ndarray], int, int]:
     """History rows then batch rows, per column; and the two row counts."""
     n_history = len(history[columns[0]])
-    rows = {c: np.concatenate([np.asarray(history[c]), np.asarray(batch[c])]) if n_history else np.asarray(batch[c])
-            for c in columns}
+    rows = {
+        c: np.concatenate([np.asarray(history[c]), np.asarray(batch[c])]) if n_history else np.asarray(batch[c])
+        for c in columns
+    }
     return rows, n_history, len(rows[columns[0]]) - n_history
 
 
@@ -397,14 +482,14 @@ def user_pass_values(history: Columns, batch: Columns, labels: Columns) -> np.nd
     ts_s = ts[order]
     amount = rows["amount"].astype(np.float64, copy=False)[order]
     log_amount = np.log1p(amount)
-    new = np.flatnonzero(order >= n_history)          # sorted positions of the batch rows
-    target = order[new] - n_history                    # their batch index
+    new = np.flatnonzero(order >= n_history)  # sorted positions of the batch rows
+    target = order[new] - n_history  # their batch index
     out: dict[str, np.ndarray] = {}
 
     def cumulative(values: np.ndarray) -> np.ndarray:
         return np.concatenate(([0.0], np.cumsum(values, dtype=np.float64)))
 
-    amount_cum, log_cum, log_sq_cum = cumulative(amount), cumulative(log_amount), cumulative(log_amount ** 2)
+    amount_cum, log_cum, log_sq_cum = cumulative(amount), cumulative(log_amount), cumulative(log_amount**2)
     tiny_cum = cumulative((amount < TINY_AMOUNT).astype(np.float64))
     starts = {}
     for name, window in USER_WINDOWS.items():
@@ -416,7 +501,7 @@ def user_pass_values(history: Columns, batch: Columns, labels: Columns) -> np.nd
     has_prior = prior > 0
     safe_prior = np.where(has_prior, prior, 1.0)
     mean_log = (log_cum[new] - log_cum[start30]) / safe_prior
-    var_log = np.maximum((log_sq_cum[new] - log_sq_cum[start30]) / safe_prior - mean_log ** 2, 0.0)
+    var_log = np.maximum((log_sq_cum[new] - log_sq_cum[start30]) / safe_prior - mean_log**2, 0.0)
     out["user_prev_count_30d"] = prior
     out["user_prev_mean_amount_30d"] = np.where(has_prior, (amount_cum[new] - amount_cum[start30]) / safe_prior, 0.0)
     out["user_prev_mean_log_30d"] = np.where(has_prior, mean_log, 0.0)
@@ -456,19 +541,31 @@ def _card_state(labels: Columns, unique_keys: np.ndarray, combined: np.ndarray, 
     """Known frauds of each row's card in (t - 30 days, t) and the hours since the latest (NaN: none)."""
     label_keys, known = np.asarray(labels["key"], np.int64), np.asarray(labels["known_ms"], np.int64)
     slot = np.searchsorted(unique_keys, label_keys)
-    relevant = ((slot < len(unique_keys)) & (unique_keys[np.minimum(slot, len(unique_keys) - 1)] == label_keys)
-                & (known >= origin))  # older labels lie outside every window (and below the relative origin)
+    relevant = (
+        (slot < len(unique_keys))
+        & (unique_keys[np.minimum(slot, len(unique_keys) - 1)] == label_keys)
+        & (known >= origin)
+    )  # older labels lie outside every window (and below the relative origin)
     label_combined = np.sort((slot[relevant].astype(np.int64) << _TIME_BITS) | (known[relevant] - origin))
     upper = np.searchsorted(label_combined, combined, side="left")
     lower = np.searchsorted(label_combined, combined - RETENTION_MS, side="right")
     latest = label_combined[np.maximum(upper - 1, 0)] if len(label_combined) else np.zeros(len(combined), np.int64)
     found = upper > lower
-    return {"card_fraud_known_30d": (upper - lower).astype(np.float64),
-            "hours_since_card_fraud": np.where(found, (combined - latest) / HOUR_MS, np.nan)}
+    return {
+        "card_fraud_known_30d": (upper - lower).astype(np.float64),
+        "hours_since_card_fraud": np.where(found, (combined - latest) / HOUR_MS, np.nan),
+    }
 
 
-def event_pass(history: Columns, batch: Columns, labels: Columns, count_windows: dict[str, int],
-               fraud_windows: dict[str, int], delayed_windows: dict[str, int], label_delay_ms: int) -> np.ndarray:
+def event_pass(
+    history: Columns,
+    batch: Columns,
+    labels: Columns,
+    count_windows: dict[str, int],
+    fraud_windows: dict[str, int],
+    delayed_windows: dict[str, int],
+    label_delay_ms: int,
+) -> np.ndarray:
     """Per-key transaction counts and known-fraud counts for ``batch`` rows (merchant or merchant category).
 
     ``history``/``batch`` hold ``EVENT_ROW_COLUMNS``; ``labels`` holds ``key, known_ms, anchor_ms`` of confirmed
@@ -478,8 +575,11 @@ def event_pass(history: Columns, batch: Columns, labels: Columns, count_windows:
     ``fraud_*``, then ``delayed_count_*``/``delayed_fraud_*`` per delayed window) matrix.
     """
     rows, n_history, n_batch = _stacked(history, batch, EVENT_ROW_COLUMNS)
-    names = (*(f"count_{w}" for w in count_windows), *(f"fraud_{w}" for w in fraud_windows),
-             *(f"delayed_{stat}_{w}" for w in delayed_windows for stat in ("count", "fraud")))
+    names = (
+        *(f"count_{w}" for w in count_windows),
+        *(f"fraud_{w}" for w in fraud_windows),
+        *(f"delayed_{stat}_{w}" for w in delayed_windows for stat in ("count", "fraud")),
+    )
     if n_batch == 0:
         return np.zeros((0, len(names)))
     keys, ts = rows["key"].astype(np.int64, copy=False), rows["ts_ms"].astype(np.int64, copy=False)
@@ -515,14 +615,23 @@ def event_pass(history: Columns, batch: Columns, labels: Columns, count_windows:
     return _in_batch_order(out, names, target)
 
 
-def merchant_pass_values(history: Columns, batch: Columns, labels: Columns, label_delay_ms: int,
-                         exposures: Columns) -> np.ndarray:
+def merchant_pass_values(
+    history: Columns, batch: Columns, labels: Columns, label_delay_ms: int, exposures: Columns
+) -> np.ndarray:
     """Merchant counts, known frauds and known suspect purchases (``exposure_events``), both by ``event_pass``, as
     a (batch rows x ``MERCHANT_PASS_OUTPUTS``) matrix."""
-    risk = event_pass(history, batch, labels, {**MERCHANT_COUNT_WINDOWS, **MERCHANT_RISK_WINDOWS},
-                      MERCHANT_RISK_WINDOWS, MERCHANT_DELAYED_WINDOWS, label_delay_ms)
-    suspect = event_pass(history, batch, exposures, {}, COMPROMISE_COUNT_WINDOWS, COMPROMISE_DELAYED_WINDOWS,
-                         label_delay_ms)
+    risk = event_pass(
+        history,
+        batch,
+        labels,
+        {**MERCHANT_COUNT_WINDOWS, **MERCHANT_RISK_WINDOWS},
+        MERCHANT_RISK_WINDOWS,
+        MERCHANT_DELAYED_WINDOWS,
+        label_delay_ms,
+    )
+    suspect = event_pass(
+        history, batch, exposures, {}, COMPROMISE_COUNT_WINDOWS, COMPROMISE_DELAYED_WINDOWS, label_delay_ms
+    )
     # suspect columns: fraud_* per count window, then delayed_count / delayed_fraud per delayed window
     counted = len(COMPROMISE_COUNT_WINDOWS)
     delayed = [counted + 2 * i + 1 for i in range(len(COMPROMISE_DELAYED_WINDOWS))]
@@ -538,8 +647,9 @@ def _risk(fraud: np.ndarray, count: np.ndarray) -> np.ndarray:
     return (fraud + RISK_PRIOR_WEIGHT * RISK_PRIOR_RATE) / (count + RISK_PRIOR_WEIGHT)
 
 
-def assemble(rows: Columns, user: Columns, merchant: Columns, mcc: Columns, users: Columns,
-             merchants: Columns) -> np.ndarray:
+def assemble(
+    rows: Columns, user: Columns, merchant: Columns, mcc: Columns, users: Columns, merchants: Columns
+) -> np.ndarray:
     """The (rows x ``FEATURE_NAMES``) float32 matrix, never NaN, from the numeric rows, pass outputs and aligned
     profiles."""
     f: dict[str, np.ndarray] = {}
@@ -557,20 +667,30 @@ def assemble(rows: Columns, user: Columns, merchant: Columns, mcc: Columns, user
     prior_mean = np.asarray(user["user_prev_mean_amount_30d"])
     f["amount_to_user_mean_30d"] = np.where(has_prior, amount / np.where(has_prior, prior_mean, 1.0), 1.0)
     spread = np.maximum(np.asarray(user["user_prev_std_log_30d"]), MIN_LOG_STD)
-    f["log_amount_zscore_30d"] = np.where(has_prior, (np.log1p(amount) - np.asarray(user["user_prev_mean_log_30d"])) / spread, 0.0)
+    f["log_amount_zscore_30d"] = np.where(
+        has_prior, (np.log1p(amount) - np.asarray(user["user_prev_mean_log_30d"])) / spread, 0.0
+    )
     f["user_no_history_30d"] = (~has_prior).astype(np.float64)
     seconds = np.nan_to_num(np.asarray(user["seconds_since_prev"]), nan=NEUTRAL_SECONDS_SINCE_PREV)
     f["log_seconds_since_prev"] = np.log1p(seconds)
-    for name in ("user_distinct_merchants_1h", "user_distinct_merchants_24h", "user_tiny_count_10m",
-                 "first_time_at_merchant", "new_device"):
+    for name in (
+        "user_distinct_merchants_1h",
+        "user_distinct_merchants_24h",
+        "user_tiny_count_10m",
+        "first_time_at_merchant",
+        "new_device",
+    ):
         f[name] = np.asarray(user[name])
     f["device_missing"] = (np.asarray(rows["device_key"]) == 0).astype(np.float64)
 
     lat, lon = np.asarray(rows["lat"], np.float64), np.asarray(rows["lon"], np.float64)
     home_lat, home_lon = floats(users["home_lat"]), floats(users["home_lon"])
     home_known = ~(np.isnan(lat) | np.isnan(lon) | np.isnan(home_lat) | np.isnan(home_lon))
-    f["distance_from_home_km"] = np.where(home_known, haversine_km(np.nan_to_num(home_lat), np.nan_to_num(home_lon),
-                                                                    np.nan_to_num(lat), np.nan_to_num(lon)), 0.0)
+    f["distance_from_home_km"] = np.where(
+        home_known,
+        haversine_km(np.nan_to_num(home_lat), np.nan_to_num(home_lon), np.nan_to_num(lat), np.nan_to_num(lon)),
+        0.0,
+    )
     f["home_distance_missing"] = (~home_known).astype(np.float64)
     found = np.asarray(user["prev_location_found"]) > 0
     f["distance_from_prev_km"] = np.asarray(user["prev_distance_km"])
@@ -587,13 +707,16 @@ def assemble(rows: Columns, user: Columns, merchant: Columns, mcc: Columns, user
         f[f"channel_{name}"] = (channel == code).astype(np.float64)
     f["channel_missing"] = (channel == 0).astype(np.float64)
     f["card_fraud_known_30d"] = np.asarray(user["card_fraud_known_30d"])
-    f["log_hours_since_card_fraud"] = np.log1p(np.nan_to_num(np.asarray(user["hours_since_card_fraud"]),
-                                                             nan=NEUTRAL_HOURS_SINCE_CARD_FRAUD))
+    f["log_hours_since_card_fraud"] = np.log1p(
+        np.nan_to_num(np.asarray(user["hours_since_card_fraud"]), nan=NEUTRAL_HOURS_SINCE_CARD_FRAUD)
+    )
 
     for window in MERCHANT_COUNT_WINDOWS:
         f[f"merchant_count_{window}"] = np.asarray(merchant[f"count_{window}"])
     for window in MERCHANT_RISK_WINDOWS:
-        f[f"merchant_risk_{window}"] = _risk(np.asarray(merchant[f"fraud_{window}"]), np.asarray(merchant[f"count_{window}"]))
+        f[f"merchant_risk_{window}"] = _risk(
+            np.asarray(merchant[f"fraud_{window}"]), np.asarray(merchant[f"count_{window}"])
+        )
     f["merchant_fraud_count_7d"] = np.asarray(merchant["fraud_7d"])
     for window in MERCHANT_DELAYED_WINDOWS:
         count, fraud = np.asarray(merchant[f"delayed_count_{window}"]), np.asarray(merchant[f"delayed_fraud_{window}"])
@@ -602,20 +725,27 @@ def assemble(rows: Columns, user: Columns, merchant: Columns, mcc: Columns, user
     for window in COMPROMISE_COUNT_WINDOWS:
         f[f"merchant_compromise_count_{window}"] = np.asarray(merchant[f"exposed_{window}"])
     for window in COMPROMISE_DELAYED_WINDOWS:  # a suspect purchase can predate the window its anchor falls in
-        count, suspect = np.asarray(merchant[f"delayed_count_{window}"]), np.asarray(merchant[f"delayed_exposed_{window}"])
+        count, suspect = (
+            np.asarray(merchant[f"delayed_count_{window}"]),
+            np.asarray(merchant[f"delayed_exposed_{window}"]),
+        )
         f[f"merchant_compromise_share_{window}"] = np.minimum(
-            np.divide(suspect, count, out=np.zeros(len(count)), where=count > 0), 1.0)
+            np.divide(suspect, count, out=np.zeros(len(count)), where=count > 0), 1.0
+        )
     mcc_known = np.asarray(rows["mcc_key"]) != 0
     for window in MCC_RISK_WINDOWS:
-        f[f"mcc_risk_{window}"] = np.where(mcc_known, _risk(np.asarray(mcc[f"fraud_{window}"]),
-                                                            np.asarray(mcc[f"count_{window}"])), RISK_PRIOR_RATE)
+        f[f"mcc_risk_{window}"] = np.where(
+            mcc_known, _risk(np.asarray(mcc[f"fraud_{window}"]), np.asarray(mcc[f"count_{window}"])), RISK_PRIOR_RATE
+        )
     f["mcc_missing"] = (~mcc_known).astype(np.float64)
 
     age_days = (ts - instant_ms(users["account_opened"])) / DAY_MS
     f["account_age_days"] = np.where(np.isnan(age_days), NEUTRAL_ACCOUNT_AGE_DAYS, np.maximum(age_days, 0.0))
     limit = floats(users["credit_limit"])
     limit_known = np.nan_to_num(limit) > 0
-    f["credit_utilisation_30d"] = np.where(limit_known, np.asarray(user["user_sum_30d"]) / np.where(limit_known, limit, 1), 0)
+    f["credit_utilisation_30d"] = np.where(
+        limit_known, np.asarray(user["user_sum_30d"]) / np.where(limit_known, limit, 1), 0
+    )
     f["kyc_level"] = np.nan_to_num(floats(users["kyc_level"]), nan=0.0)
     f["user_profile_missing"] = _profile_missing(users, ("home_lat", "account_opened", "credit_limit", "kyc_level"))
     typical = floats(merchants["typical_ticket"])
@@ -642,8 +772,14 @@ def _profile_missing(profiles: Columns, columns: tuple[str, ...]) -> np.ndarray:
     return np.all([np.asarray(pd.isna(profiles[c])) for c in columns], axis=0).astype(np.float64)
 
 
-def build_features(transactions: pd.DataFrame, *, label_delay: timedelta, labels: pd.DataFrame | None = None,
-                   users: pd.DataFrame | None = None, merchants: pd.DataFrame | None = None) -> pd.DataFrame:
+def build_features(
+    transactions: pd.DataFrame,
+    *,
+    label_delay: timedelta,
+    labels: pd.DataFrame | None = None,
+    users: pd.DataFrame | None = None,
+    merchants: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """Every transaction's features, aligned with the input rows: ``transaction_id`` + ``FEATURE_NAMES``.
 
     Each row sees only earlier rows (input order breaks time ties) and labels known before its time: the
@@ -662,14 +798,19 @@ def build_features(transactions: pd.DataFrame, *, label_delay: timedelta, labels
         events = pd.DataFrame({"txn_key": np.zeros(0, np.int64), "known_ms": np.zeros(0, np.int64)})
     delay_ms = duration_ms(label_delay)
     card_frauds = card_fraud_events(events, rows)
-    passes = {kind: dict(zip(names, keyed_pass_values(kind, rows, events, delay_ms, card_frauds).T))
-              for kind, names in PASS_OUTPUTS.items()}
-    return feature_frame(transactions["transaction_id"], assemble(rows, passes["user"], passes["merchant"],
-                                                                  passes["mcc"], user_profiles, merchant_profiles))
+    passes = {
+        kind: dict(zip(names, keyed_pass_values(kind, rows, events, delay_ms, card_frauds).T))
+        for kind, names in PASS_OUTPUTS.items()
+    }
+    return feature_frame(
+        transactions["transaction_id"],
+        assemble(rows, passes["user"], passes["merchant"], passes["mcc"], user_profiles, merchant_profiles),
+    )
 
 
-def keyed_pass_values(kind: str, rows: Columns, events: Columns, label_delay_ms: int,
-                      card_frauds: Columns | None = None) -> np.ndarray:
+def keyed_pass_values(
+    kind: str, rows: Columns, events: Columns, label_delay_ms: int, card_frauds: Columns | None = None
+) -> np.ndarray:
     """One pass ("user", "merchant" or "mcc") over numeric rows holding every row of their keys, in arrival order,
     without history: a (rows x ``PASS_OUTPUTS[kind]``) matrix. ``events`` are confirmed frauds (``txn_key,
     known_ms``); every pass places them by their transaction's row (its card, merchant or category). The merchant
@@ -707,8 +848,12 @@ def label_keys(events: Columns, rows: Columns, key: str, label_delay_ms: int) ->
     found = keys != 0
     known = np.asarray(events["known_ms"], np.int64)[listed][found]
     tx_ms = np.asarray(rows["ts_ms"], np.int64)[position[found]]
-    return {"key": keys[found], "known_ms": known, "anchor_ms": label_anchor(tx_ms, known, label_delay_ms),
-            "tx_ms": tx_ms}
+    return {
+        "key": keys[found],
+        "known_ms": known,
+        "anchor_ms": label_anchor(tx_ms, known, label_delay_ms),
+        "tx_ms": tx_ms,
+    }
 
 
 def card_fraud_events(events: Columns, rows: Columns) -> dict[str, np.ndarray]:
@@ -757,8 +902,12 @@ def exposure_events(card_frauds: Columns, visits: Columns, label_delay_ms: int) 
     _, first = np.unique(txn, return_index=True)
     first = np.sort(first)  # earliest known per visit, in known order
     visit, visit_known = visit[first], visit_known[first]
-    return {"key": np.asarray(visits["merchant_key"], np.int64)[visit], "known_ms": visit_known,
-            "anchor_ms": label_anchor(ts[visit], visit_known, label_delay_ms), "txn_key": txn[first]}
+    return {
+        "key": np.asarray(visits["merchant_key"], np.int64)[visit],
+        "known_ms": visit_known,
+        "anchor_ms": label_anchor(ts[visit], visit_known, label_delay_ms),
+        "txn_key": txn[first],
+    }
 
 
 # -- reasons ------------------------------------------------------------------------------------------------------
@@ -807,10 +956,12 @@ def _since_previous(seen: Seen) -> str | None:
 
 def _flag(on: str, off: str | None = None, *, unless: str | None = None) -> Template:
     """A 0/1 feature: ``on`` when set; ``off`` (if any) when not, unless the ``unless`` flag is set."""
+
     def template(seen: Seen) -> str | None:
         if seen.value >= 0.5:
             return on
         return None if off is None or (unless is not None and seen[unless]) else off
+
     return template
 
 
@@ -821,10 +972,12 @@ def _unless(missing: str, template: Template) -> Template:
 
 def _in_window(noun: str, window: str, *, none: str) -> Template:
     """A count over a user window that includes this purchase."""
+
     def template(seen: Seen) -> str:
         if seen.value < 1.5:
             return f"No other {none} by this card in the last {_WINDOW_WORDS[window]}"
         return f"{count(seen.value, noun)} by this card in the last {_WINDOW_WORDS[window]}, this one included"
+
     return template
 
 
@@ -864,6 +1017,7 @@ def _delayed_risk(window: str) -> Template:
         if seen[f"merchant_delayed_count_{window}"] < 0.5:  # no settled history: the rate is a stand-in
             return None
         return f"Merchant fraud rate {share(seen.value)} over a fully labelled {window[:-1]}-day window"
+
     return template
 
 
@@ -893,8 +1047,11 @@ def _compromise_count(window: str) -> Template:
     def template(seen: Seen) -> str:
         if seen.value < 0.5:
             return f"No card that shopped here had a fraud confirmed in the last {_WINDOW_WORDS[window]}"
-        return (f"{count(seen.value, 'earlier purchase')} here by cards with a fraud confirmed in the last "
-                f"{_WINDOW_WORDS[window]} (a possible point of compromise)")
+        return (
+            f"{count(seen.value, 'earlier purchase')} here by cards with a fraud confirmed in the last "
+            f"{_WINDOW_WORDS[window]} (a possible point of compromise)"
+        )
+
     return template
 
 
@@ -902,8 +1059,11 @@ def _compromise_share(window: str) -> Template:
     def template(seen: Seen) -> str | None:
         if seen[f"merchant_delayed_count_{window}"] < 0.5:  # no settled history: the share is a stand-in
             return None
-        return (f"{share(seen.value)} of this merchant's purchases in a fully labelled {window[:-1]}-day window "
-                "were by cards later confirmed stolen")
+        return (
+            f"{share(seen.value)} of this merchant's purchases in a fully labelled {window[:-1]}-day window "
+            "were by cards later confirmed stolen"
+        )
+
     return template
 
 
@@ -911,33 +1071,61 @@ REASONS: dict[str, Reason] = {
     "amount": Reason("amount", lambda seen: _amount(seen, seen.value)),
     "log_amount": Reason("amount", lambda seen: _amount(seen, math.expm1(seen.value))),
     "hour_of_day": Reason("time", _hour),
-    "is_night": Reason("time", _flag(f"Night-time purchase ({NIGHT_HOURS[0]:02d}:00–{NIGHT_HOURS[1]:02d}:00 UTC)",
-                                     f"Purchase outside night hours ({NIGHT_HOURS[1]:02d}:00–24:00 UTC)")),
+    "is_night": Reason(
+        "time",
+        _flag(
+            f"Night-time purchase ({NIGHT_HOURS[0]:02d}:00–{NIGHT_HOURS[1]:02d}:00 UTC)",
+            f"Purchase outside night hours ({NIGHT_HOURS[1]:02d}:00–24:00 UTC)",
+        ),
+    ),
     "is_weekend": Reason("time", _flag("Weekend purchase", "Weekday purchase")),
     **{f"user_count_{w}": Reason("velocity", _in_window("purchase", w, none="purchase")) for w in USER_WINDOWS},
-    **{f"user_sum_{w}": Reason("spend", lambda seen, w=w: (
-        f"{seen.money(seen.value)} spent by this card in the last {_WINDOW_WORDS[w]}, this purchase included"))
-       for w in USER_WINDOWS},
+    **{
+        f"user_sum_{w}": Reason(
+            "spend",
+            lambda seen, w=w: (
+                f"{seen.money(seen.value)} spent by this card in the last {_WINDOW_WORDS[w]}, this purchase included"
+            ),
+        )
+        for w in USER_WINDOWS
+    },
     "amount_to_user_mean_30d": Reason("amount", _amount_to_user_mean),
     "log_amount_zscore_30d": Reason("amount", _amount_zscore),
-    "user_no_history_30d": Reason("history", _flag("No purchases by this card in the last 30 days",
-                                                   "This card has purchases in the last 30 days")),
+    "user_no_history_30d": Reason(
+        "history", _flag("No purchases by this card in the last 30 days", "This card has purchases in the last 30 days")
+    ),
     "log_seconds_since_prev": Reason("velocity", _since_previous),
-    **{f"user_distinct_merchants_{w}": Reason("merchants", _in_window("different merchant", w, none="merchant"))
-       for w in DISTINCT_MERCHANT_WINDOWS},
+    **{
+        f"user_distinct_merchants_{w}": Reason("merchants", _in_window("different merchant", w, none="merchant"))
+        for w in DISTINCT_MERCHANT_WINDOWS
+    },
     "user_tiny_count_10m": Reason("testing", _tiny_count),
-    "first_time_at_merchant": Reason("merchant_new", _flag("First purchase at this merchant in 30 days",
-                                                           "This card bought at this merchant in the last 30 days")),
-    "new_device": Reason("device", _flag("First purchase from this device on this card in 30 days",
-                                         "Device already used by this card", unless="device_missing")),
+    "first_time_at_merchant": Reason(
+        "merchant_new",
+        _flag("First purchase at this merchant in 30 days", "This card bought at this merchant in the last 30 days"),
+    ),
+    "new_device": Reason(
+        "device",
+        _flag(
+            "First purchase from this device on this card in 30 days",
+            "Device already used by this card",
+            unless="device_missing",
+        ),
+    ),
     "device_missing": Reason("device", _flag("No device information", "Device identified")),
     "card_fraud_known_30d": Reason("card_fraud", _card_fraud_known),
     "log_hours_since_card_fraud": Reason("card_fraud", _since_card_fraud),
-    "distance_from_home_km": Reason("geo", _unless("home_distance_missing", lambda seen: (
-        f"Purchase {distance(seen.value)} from the card holder's home"))),
+    "distance_from_home_km": Reason(
+        "geo",
+        _unless("home_distance_missing", lambda seen: f"Purchase {distance(seen.value)} from the card holder's home"),
+    ),
     "home_distance_missing": Reason("geo", _flag("Distance from the card holder's home unknown")),
-    "distance_from_prev_km": Reason("travel", _unless("prev_location_missing", lambda seen: (
-        f"Purchase {distance(seen.value)} from this card's previous purchase"))),
+    "distance_from_prev_km": Reason(
+        "travel",
+        _unless(
+            "prev_location_missing", lambda seen: f"Purchase {distance(seen.value)} from this card's previous purchase"
+        ),
+    ),
     "speed_from_prev_kmh": Reason("travel", _speed),
     "prev_location_missing": Reason("travel", _flag("No location for this card's previous purchase")),
     "location_missing": Reason("geo", _flag("No location for this purchase")),
@@ -948,30 +1136,65 @@ REASONS: dict[str, Reason] = {
     "channel_online": Reason("channel", _flag("Online (card-not-present) purchase")),
     "channel_mobile": Reason("channel", _flag("Mobile purchase")),
     "channel_missing": Reason("channel", _flag("No channel information")),
-    **{f"merchant_count_{w}": Reason("merchant_volume", lambda seen, w=w: (
-        f"Merchant volume: {count(seen.value, 'purchase')} in the last {_WINDOW_WORDS[w]}"))
-       for w in MERCHANT_COUNT_WINDOWS},
-    **{f"merchant_risk_{w}": Reason("merchant_risk", lambda seen, w=w: (
-        f"Merchant fraud rate {share(seen.value)} over the last {_WINDOW_WORDS[w]}"))
-       for w in MERCHANT_RISK_WINDOWS},
+    **{
+        f"merchant_count_{w}": Reason(
+            "merchant_volume",
+            lambda seen, w=w: f"Merchant volume: {count(seen.value, 'purchase')} in the last {_WINDOW_WORDS[w]}",
+        )
+        for w in MERCHANT_COUNT_WINDOWS
+    },
+    **{
+        f"merchant_risk_{w}": Reason(
+            "merchant_risk",
+            lambda seen, w=w: f"Merchant fraud rate {share(seen.value)} over the last {_WINDOW_WORDS[w]}",
+        )
+        for w in MERCHANT_RISK_WINDOWS
+    },
     "merchant_fraud_count_7d": Reason("merchant_risk", _merchant_fraud_count),
     **{f"merchant_delayed_risk_{w}": Reason("merchant_risk", _delayed_risk(w)) for w in MERCHANT_DELAYED_WINDOWS},
-    **{f"merchant_delayed_count_{w}": Reason("merchant_volume", lambda seen, w=w: (
-        f"Merchant volume: {count(seen.value, 'purchase')} in a fully labelled {w[:-1]}-day window"))
-       for w in MERCHANT_DELAYED_WINDOWS},
-    **{f"merchant_compromise_count_{w}": Reason("merchant_compromise", _compromise_count(w))
-       for w in COMPROMISE_COUNT_WINDOWS},
-    **{f"merchant_compromise_share_{w}": Reason("merchant_compromise", _compromise_share(w))
-       for w in COMPROMISE_DELAYED_WINDOWS},
-    **{f"mcc_risk_{w}": Reason("category_risk", _unless("mcc_missing", lambda seen, w=w: (
-        f"Merchant category fraud rate {share(seen.value)} over the last {_WINDOW_WORDS[w]}")))
-       for w in MCC_RISK_WINDOWS},
+    **{
+        f"merchant_delayed_count_{w}": Reason(
+            "merchant_volume",
+            lambda seen, w=w: (
+                f"Merchant volume: {count(seen.value, 'purchase')} in a fully labelled {w[:-1]}-day window"
+            ),
+        )
+        for w in MERCHANT_DELAYED_WINDOWS
+    },
+    **{
+        f"merchant_compromise_count_{w}": Reason("merchant_compromise", _compromise_count(w))
+        for w in COMPROMISE_COUNT_WINDOWS
+    },
+    **{
+        f"merchant_compromise_share_{w}": Reason("merchant_compromise", _compromise_share(w))
+        for w in COMPROMISE_DELAYED_WINDOWS
+    },
+    **{
+        f"mcc_risk_{w}": Reason(
+            "category_risk",
+            _unless(
+                "mcc_missing",
+                lambda seen, w=w: f"Merchant category fraud rate {share(seen.value)} over the last {_WINDOW_WORDS[w]}",
+            ),
+        )
+        for w in MCC_RISK_WINDOWS
+    },
     "mcc_missing": Reason("category_risk", _flag("No merchant category")),
     "account_age_days": Reason("account", _account_age),
-    "credit_utilisation_30d": Reason("credit", lambda seen: (  # 0 stands in for an unknown credit limit
-        f"{share(seen.value)} of the credit limit spent in the last 30 days" if seen.value > 0 else None)),
-    "kyc_level": Reason("kyc", lambda seen: (f"Identity-verification (KYC) level {seen.value:.0f}" if seen.value >= 0.5
-                                             else "No identity-verification (KYC) level")),
+    "credit_utilisation_30d": Reason(
+        "credit",
+        lambda seen: (  # 0 stands in for an unknown credit limit
+            f"{share(seen.value)} of the credit limit spent in the last 30 days" if seen.value > 0 else None
+        ),
+    ),
+    "kyc_level": Reason(
+        "kyc",
+        lambda seen: (
+            f"Identity-verification (KYC) level {seen.value:.0f}"
+            if seen.value >= 0.5
+            else "No identity-verification (KYC) level"
+        ),
+    ),
     "user_profile_missing": Reason("account", _flag("No card holder profile")),
     "amount_to_merchant_typical": Reason("merchant_amount", _amount_to_merchant_typical),
     "merchant_profile_missing": Reason("merchant_amount", _flag("No merchant profile")),

@@ -31,15 +31,15 @@ from cluster.config import Settings
 from cluster.schema import TIMESTAMP_FORMAT, Transaction
 from cluster.waiting import backoff_s
 
-MAX_PACKED_LINES = 100        # user records per Kinesis record: a consumer page of records stays a micro-batch
+MAX_PACKED_LINES = 100  # user records per Kinesis record: a consumer page of records stays a micro-batch
 MAX_PACKED_BYTES = 512 * 1024  # Kinesis takes up to 1 MiB per record
-MAX_RECORDS_PER_CALL = 500     # PutRecords' limits
+MAX_RECORDS_PER_CALL = 500  # PutRecords' limits
 MAX_BYTES_PER_CALL = 5 * 1024 * 1024
-MAX_GET_RECORDS = 10_000       # GetRecords' per-call cap
+MAX_GET_RECORDS = 10_000  # GetRecords' per-call cap
 RETRYABLE_CODES = {"ProvisionedThroughputExceededException", "InternalFailure", "KMSThrottlingException"}
-SHARD_END = "SHARD_END"        # the checkpoint of a closed shard that has been read to its end
-LINE_SLOTS = 1 << 20           # positions per record: more than the lines a 1 MiB record can hold
-BEFORE_FIRST = -1              # the position before a shard's first record (read from the trim horizon)
+SHARD_END = "SHARD_END"  # the checkpoint of a closed shard that has been read to its end
+LINE_SLOTS = 1 << 20  # positions per record: more than the lines a 1 MiB record can hold
+BEFORE_FIRST = -1  # the position before a shard's first record (read from the trim horizon)
 
 
 def lines(data: bytes) -> list[bytes]:
@@ -62,8 +62,11 @@ def decode_transaction(line: bytes) -> Transaction | None:
 def open_shard_starts(kinesis: Any, stream: str) -> list[int]:
     """Sorted starting hash keys of the stream's open shards (what ``pack`` groups by)."""
     shards = kinesis.list_shards(StreamName=stream)["Shards"]
-    return sorted(int(shard["HashKeyRange"]["StartingHashKey"]) for shard in shards
-                  if "EndingSequenceNumber" not in shard["SequenceNumberRange"])
+    return sorted(
+        int(shard["HashKeyRange"]["StartingHashKey"])
+        for shard in shards
+        if "EndingSequenceNumber" not in shard["SequenceNumberRange"]
+    )
 
 
 def _shard_of(partition_key: str, starts: Sequence[int]) -> int:
@@ -104,8 +107,9 @@ def to_entries(transactions: pd.DataFrame) -> list[dict[str, Any]]:
     entries = []
     for row in zip(*(frame[column].to_numpy(dtype=object) for column in columns)):
         clean = {c: v for c, v in zip(columns, row) if v is not None and v is not pd.NA and v == v}
-        entries.append({"Data": orjson.dumps(clean, option=orjson.OPT_SERIALIZE_NUMPY),
-                        "PartitionKey": clean["user_id"]})
+        entries.append(
+            {"Data": orjson.dumps(clean, option=orjson.OPT_SERIALIZE_NUMPY), "PartitionKey": clean["user_id"]}
+        )
     return entries
 
 
@@ -134,8 +138,15 @@ def _chunks(entries: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return [chunk for chunk in chunks if chunk]
 
 
-def put_records_reliably(kinesis: Any, stream: str, entries: Sequence[dict[str, Any]], *,
-                         max_attempts: int = 12, base_delay_s: float = 0.05, max_delay_s: float = 2.0) -> PutStats:
+def put_records_reliably(
+    kinesis: Any,
+    stream: str,
+    entries: Sequence[dict[str, Any]],
+    *,
+    max_attempts: int = 12,
+    base_delay_s: float = 0.05,
+    max_delay_s: float = 2.0,
+) -> PutStats:
     """Put every entry, resubmitting only the failed ones with exponential backoff and full jitter.
 
     Partial failures are normal in Kinesis (a hot shard throttles part of a call), so a failed entry is retried
@@ -173,13 +184,21 @@ def put_transactions(kinesis: Any, stream: str, records: Sequence[dict[str, Any]
     For a log replayed by time and transaction_id (the ingest stream), not by shard order: members of a record need
     not share a shard, so nothing is looked up before the put.
     """
-    entries = [{"Data": orjson.dumps(record, option=orjson.OPT_UTC_Z), "PartitionKey": record["user_id"]}
-               for record in records]
+    entries = [
+        {"Data": orjson.dumps(record, option=orjson.OPT_UTC_Z), "PartitionKey": record["user_id"]} for record in records
+    ]
     return put_records_reliably(kinesis, stream, pack(entries))
 
 
-def shard_iterator(kinesis: Any, stream: str, shard_id: str, *, after: str | None = None, at: str | None = None,
-                   since: datetime | None = None) -> str:
+def shard_iterator(
+    kinesis: Any,
+    stream: str,
+    shard_id: str,
+    *,
+    after: str | None = None,
+    at: str | None = None,
+    since: datetime | None = None,
+) -> str:
     """An iterator after (or at) a sequence number, at a timestamp, or from the trim horizon."""
     request: dict[str, Any] = {"StreamName": stream, "ShardId": shard_id}
     if after:
@@ -247,10 +266,13 @@ def lines_since(kinesis: Any, stream: str, since: datetime) -> Iterator[tuple[da
 def read_stream(settings: Settings, stream: str) -> list[dict[str, Any]]:
     """Every JSON object of every shard (closed ones included): what a bench or a test reads back."""
     kinesis = client("kinesis", settings)
-    return [json.loads(line)
-            for shard in kinesis.list_shards(StreamName=stream)["Shards"]
-            for page in pages(kinesis, shard_iterator(kinesis, stream, shard["ShardId"]))
-            for record in page for line in lines(record["Data"])]
+    return [
+        json.loads(line)
+        for shard in kinesis.list_shards(StreamName=stream)["Shards"]
+        for page in pages(kinesis, shard_iterator(kinesis, stream, shard["ShardId"]))
+        for record in page
+        for line in lines(record["Data"])
+    ]
 
 
 class LeaseTable:
@@ -269,6 +291,11 @@ class LeaseTable:
         return item["checkpoint"]["S"] if item else None
 
     def save(self, shard_id: str, checkpoint: str) -> None:
-        self.dynamodb.put_item(TableName=self.table, Item={
-            **self._key(shard_id), "checkpoint": {"S": checkpoint},
-            "updated_at": {"S": datetime.now(timezone.utc).isoformat()}})
+        self.dynamodb.put_item(
+            TableName=self.table,
+            Item={
+                **self._key(shard_id),
+                "checkpoint": {"S": checkpoint},
+                "updated_at": {"S": datetime.now(timezone.utc).isoformat()},
+            },
+        )

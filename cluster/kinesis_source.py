@@ -30,9 +30,16 @@ class KinesisDatasource(Datasource):
     Without an end bound the read stops at the records that had arrived when the datasource was created.
     """
 
-    def __init__(self, stream_name: str | None = None, settings: Settings | None = None, *,
-                 start: datetime | None = None, end: datetime | None = None,
-                 start_sequence: dict[str, str] | None = None, end_sequence: dict[str, str] | None = None):
+    def __init__(
+        self,
+        stream_name: str | None = None,
+        settings: Settings | None = None,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        start_sequence: dict[str, str] | None = None,
+        end_sequence: dict[str, str] | None = None,
+    ):
         super().__init__()
         self.settings = settings or get_settings()
         self.stream = stream_name or self.settings.stream_name
@@ -45,24 +52,43 @@ class KinesisDatasource(Datasource):
     def estimate_inmemory_data_size(self) -> int | None:
         return None
 
-    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
-                       data_context: Any = None) -> list[ReadTask]:
+    def get_read_tasks(
+        self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None
+    ) -> list[ReadTask]:
         tasks = []
         shards = client("kinesis", self.settings).list_shards(StreamName=self.stream)["Shards"]
         for index, shard in enumerate(sorted(shards, key=lambda s: s["ShardId"])):
             shard_id = shard["ShardId"]
-            bounds = ShardBounds(shard_id=shard_id, index=index, start=self.start, end=self.end,
-                                 start_sequence=self.start_sequence.get(shard_id),
-                                 end_sequence=self.end_sequence.get(shard_id))
+            bounds = ShardBounds(
+                shard_id=shard_id,
+                index=index,
+                start=self.start,
+                end=self.end,
+                start_sequence=self.start_sequence.get(shard_id),
+                end_sequence=self.end_sequence.get(shard_id),
+            )
             metadata = BlockMetadata(num_rows=None, size_bytes=None, input_files=None, exec_stats=None)
-            tasks.append(ReadTask(lambda b=bounds, stream=self.stream, settings=self.settings:
-                                  [read_shard(stream, b, settings)], metadata, per_task_row_limit=per_task_row_limit))
+            tasks.append(
+                ReadTask(
+                    lambda b=bounds, stream=self.stream, settings=self.settings: [read_shard(stream, b, settings)],
+                    metadata,
+                    per_task_row_limit=per_task_row_limit,
+                )
+            )
         return tasks
 
 
 class ShardBounds:
-    def __init__(self, *, shard_id: str, index: int, start: datetime | None, end: datetime, start_sequence: str | None,
-                 end_sequence: str | None):
+    def __init__(
+        self,
+        *,
+        shard_id: str,
+        index: int,
+        start: datetime | None,
+        end: datetime,
+        start_sequence: str | None,
+        end_sequence: str | None,
+    ):
         self.shard_id, self.index, self.start, self.end = shard_id, index, start, end
         self.start_sequence, self.end_sequence = start_sequence, end_sequence
 
@@ -92,9 +118,12 @@ def read_shard(stream: str, bounds: ShardBounds, settings: Settings) -> pd.DataF
                 skipped += 1
                 continue
             row = transaction.to_record()
-            row.update(shard_id=bounds.shard_id, sequence_number=record["SequenceNumber"],
-                       arrival_seq=(bounds.index << 40) | len(rows),
-                       arrival_ms=int(record["ApproximateArrivalTimestamp"].timestamp() * 1000))
+            row.update(
+                shard_id=bounds.shard_id,
+                sequence_number=record["SequenceNumber"],
+                arrival_seq=(bounds.index << 40) | len(rows),
+                arrival_ms=int(record["ApproximateArrivalTimestamp"].timestamp() * 1000),
+            )
             rows.append(row)
     if skipped:
         log.warning("%s/%s: skipped %d invalid record(s)", stream, bounds.shard_id, skipped)

@@ -50,9 +50,11 @@ ARRIVAL_SEQ = "arrival_seq"
 READ_BLOCK_ROWS = 125_000
 _BLOCK_BITS = 40  # row_seq = block index << 40 | row in block
 # What each pass reads from a prepared block: its key's row columns and what places labels.
-_PASS_COLUMNS = {"user": (*USER_ROW_COLUMNS, "txn_key", "is_fraud"),
-                 "merchant": ("merchant_key", "user_key", "ts_ms", "txn_key", "is_fraud"),
-                 "mcc": ("mcc_key", "ts_ms", "txn_key", "is_fraud")}
+_PASS_COLUMNS = {
+    "user": (*USER_ROW_COLUMNS, "txn_key", "is_fraud"),
+    "merchant": ("merchant_key", "user_key", "ts_ms", "txn_key", "is_fraud"),
+    "mcc": ("mcc_key", "ts_ms", "txn_key", "is_fraud"),
+}
 _CARD_FRAUD_COLUMNS = ("user_key", "ts_ms", "txn_key", "is_fraud")  # what places every card's frauds
 
 
@@ -78,7 +80,8 @@ def read_transactions_dataset(paths: str | Path | list[str | Path]) -> Any:
     else:
         raise ValueError(f"paths must all be .csv or all .parquet, got {sorted(suffixes)}")
     return dataset.repartition(target_num_rows_per_block=READ_BLOCK_ROWS, strict=True).map_batches(
-        _validate, batch_format="pyarrow", batch_size=None)
+        _validate, batch_format="pyarrow", batch_size=None
+    )
 
 
 def _pandas(batch: pa.Table | pd.DataFrame) -> pd.DataFrame:
@@ -99,8 +102,11 @@ def _prepare(batch: pa.Table | pd.DataFrame, users: pd.DataFrame | None, merchan
     rows = prepare_rows(batch, user_profiles, merchant_profiles)
     if ARRIVAL_SEQ in batch.columns:
         rows[ARRIVAL_SEQ] = batch[ARRIVAL_SEQ].to_numpy(np.int64)
-    rows["is_fraud"] = (np.nan_to_num(label_values(batch["is_fraud"].to_numpy(dtype=object))).astype(np.int8)
-                        if "is_fraud" in batch.columns else np.zeros(len(batch), np.int8))
+    rows["is_fraud"] = (
+        np.nan_to_num(label_values(batch["is_fraud"].to_numpy(dtype=object))).astype(np.int8)
+        if "is_fraud" in batch.columns
+        else np.zeros(len(batch), np.int8)
+    )
     for column in ("transaction_id", "user_id", "merchant_id"):
         rows[column] = pa.array(batch[column].astype("string"))
     return pa.table(rows)
@@ -125,17 +131,26 @@ def _card_frauds(label_delay_ms: int, events: pd.DataFrame | None, *blocks: pa.T
     return card_fraud_events(events, rows)
 
 
-def _keyed_pass(kind: str, partition: int, partitions: int, label_delay_ms: int, events: pd.DataFrame | None,
-                card_frauds: dict[str, np.ndarray], *blocks: pa.Table) -> Any:
+def _keyed_pass(
+    kind: str,
+    partition: int,
+    partitions: int,
+    label_delay_ms: int,
+    events: pd.DataFrame | None,
+    card_frauds: dict[str, np.ndarray],
+    *blocks: pa.Table,
+) -> Any:
     """One hash partition of one pass over every prepared block; per block, (row positions, outputs x rows)."""
     key, columns = PASS_KEYS[kind], _PASS_COLUMNS[kind]
     chosen = [np.flatnonzero(partition_of(block.column(key).to_numpy(), partitions) == partition) for block in blocks]
     source = np.repeat(np.arange(len(blocks)), [len(rows) for rows in chosen])
     position = np.concatenate(chosen)
-    rows = {c: np.concatenate([block.column(c).to_numpy()[taken] for block, taken in zip(blocks, chosen)])
-            for c in columns}
-    arrival = np.concatenate([_arrival_order(block, index)[taken]
-                              for index, (block, taken) in enumerate(zip(blocks, chosen))])
+    rows = {
+        c: np.concatenate([block.column(c).to_numpy()[taken] for block, taken in zip(blocks, chosen)]) for c in columns
+    }
+    arrival = np.concatenate(
+        [_arrival_order(block, index)[taken] for index, (block, taken) in enumerate(zip(blocks, chosen))]
+    )
     order = _sorting(arrival)  # the pass keeps this order within a key; dataset order needs no sort
     if order is not None:
         rows = {c: values[order] for c, values in rows.items()}
@@ -158,28 +173,46 @@ def _sorting(values: np.ndarray) -> np.ndarray | None:
     return np.argsort(values, kind="stable")
 
 
-def _assemble_block(block: pa.Table, block_index: int, users: pd.DataFrame | None, merchants: pd.DataFrame | None,
-                    partitions: int, *pieces: tuple[np.ndarray, np.ndarray]) -> pa.Table:
+def _assemble_block(
+    block: pa.Table,
+    block_index: int,
+    users: pd.DataFrame | None,
+    merchants: pd.DataFrame | None,
+    partitions: int,
+    *pieces: tuple[np.ndarray, np.ndarray],
+) -> pa.Table:
     """``transaction_id, row_seq`` + ``FEATURE_NAMES`` for one prepared block, from its rows' pass outputs
     (``partitions`` pieces per pass, in ``PASS_OUTPUTS`` order)."""
     passes = {}
     for slot, (kind, names) in enumerate(PASS_OUTPUTS.items()):
         values = np.zeros((len(names), block.num_rows))
-        for position, part in pieces[slot * partitions:(slot + 1) * partitions]:
+        for position, part in pieces[slot * partitions : (slot + 1) * partitions]:
             values[:, position] = part
         passes[kind] = dict(zip(names, values))
     rows = {c: block.column(c).to_numpy() for c in ROW_COLUMNS}
     user_profiles = align_profiles(block.column("user_id").to_pandas(), users, "user_id", USER_PROFILE_COLUMNS)
-    merchant_profiles = align_profiles(block.column("merchant_id").to_pandas(), merchants, "merchant_id",
-                                       MERCHANT_PROFILE_COLUMNS)
+    merchant_profiles = align_profiles(
+        block.column("merchant_id").to_pandas(), merchants, "merchant_id", MERCHANT_PROFILE_COLUMNS
+    )
     features = assemble(rows, passes["user"], passes["merchant"], passes["mcc"], user_profiles, merchant_profiles)
-    return pa.table({"transaction_id": block.column("transaction_id"), "row_seq": _arrival_order(block, block_index),
-                     **{name: features[:, index] for index, name in enumerate(FEATURE_NAMES)}})
+    return pa.table(
+        {
+            "transaction_id": block.column("transaction_id"),
+            "row_seq": _arrival_order(block, block_index),
+            **{name: features[:, index] for index, name in enumerate(FEATURE_NAMES)},
+        }
+    )
 
 
-def build_offline_features(dataset: Any, *, label_delay: timedelta, labels: pd.DataFrame | None = None,
-                           users: pd.DataFrame | None = None, merchants: pd.DataFrame | None = None,
-                           partitions: int = 2) -> Any:
+def build_offline_features(
+    dataset: Any,
+    *,
+    label_delay: timedelta,
+    labels: pd.DataFrame | None = None,
+    users: pd.DataFrame | None = None,
+    merchants: pd.DataFrame | None = None,
+    partitions: int = 2,
+) -> Any:
     """A Dataset of ``transaction_id, row_seq`` + ``FEATURE_NAMES``, one row per input row (any order).
 
     Arrival order (which breaks time ties) is the dataset's ``arrival_seq`` column when it has one (the Kinesis
@@ -190,13 +223,21 @@ def build_offline_features(dataset: Any, *, label_delay: timedelta, labels: pd.D
     if partitions < 1:
         raise ValueError("partitions must be >= 1")
     delay_ms = duration_ms(label_delay)
-    prepared = dataset.map_batches(_prepare, batch_format=None, batch_size=None,  # blocks as they are: Arrow or pandas
-                                   fn_kwargs={"users": users, "merchants": merchants})
+    prepared = dataset.map_batches(
+        _prepare,
+        batch_format=None,
+        batch_size=None,  # blocks as they are: Arrow or pandas
+        fn_kwargs={"users": users, "merchants": merchants},
+    )
     options = prepared.context.execution_options  # shared with the caller's dataset: restored below
     preserved, options.preserve_order = options.preserve_order, True  # block order is the dataset order
     try:
-        blocks = [entry.ref for bundle in prepared.iter_internal_ref_bundles() for entry in bundle.blocks
-                  if entry.metadata.num_rows != 0]  # a block without rows may lack columns too
+        blocks = [
+            entry.ref
+            for bundle in prepared.iter_internal_ref_bundles()
+            for entry in bundle.blocks
+            if entry.metadata.num_rows != 0
+        ]  # a block without rows may lack columns too
     finally:
         options.preserve_order = preserved
     if not blocks:
@@ -204,21 +245,29 @@ def build_offline_features(dataset: Any, *, label_delay: timedelta, labels: pd.D
     events = ray.put(explicit_label_events(labels) if labels is not None else None)
     card_frauds = ray.remote(_card_frauds).remote(delay_ms, events, *blocks)
     keyed_pass = ray.remote(_keyed_pass).options(num_returns=len(blocks))
-    outputs = [keyed_pass.remote(kind, partition, partitions, delay_ms, events, card_frauds, *blocks)
-               for kind in PASS_OUTPUTS for partition in range(partitions)]
+    outputs = [
+        keyed_pass.remote(kind, partition, partitions, delay_ms, events, card_frauds, *blocks)
+        for kind in PASS_OUTPUTS
+        for partition in range(partitions)
+    ]
     per_block = list(zip(*outputs)) if len(blocks) > 1 else [outputs]
     profiles = ray.put(users), ray.put(merchants)
     assemble_block = ray.remote(_assemble_block)
-    return ray.data.from_arrow_refs([assemble_block.remote(block, index, *profiles, partitions, *pieces)
-                                     for index, (block, pieces) in enumerate(zip(blocks, per_block))])
+    return ray.data.from_arrow_refs(
+        [
+            assemble_block.remote(block, index, *profiles, partitions, *pieces)
+            for index, (block, pieces) in enumerate(zip(blocks, per_block))
+        ]
+    )
 
 
 def collect_features(features: Any) -> pd.DataFrame:
     """The builder's output as one frame in input order: ``transaction_id`` + ``FEATURE_NAMES``."""
     tables = [table for table in features.iter_batches(batch_size=None, batch_format="pyarrow") if table.num_rows]
     if not tables:
-        return pd.DataFrame({"transaction_id": pd.Series(dtype=object),
-                             **{name: pd.Series(dtype=np.float32) for name in FEATURE_NAMES}})
+        return pd.DataFrame(
+            {"transaction_id": pd.Series(dtype=object), **{name: pd.Series(dtype=np.float32) for name in FEATURE_NAMES}}
+        )
     table = pa.concat_tables(tables)
     order = _sorting(table.column("row_seq").to_numpy())  # None: the blocks already are in input order
     if order is not None:

@@ -95,8 +95,9 @@ def put_profiles(table: str, frame: pd.DataFrame, settings: Settings | None = No
 class ProfileStore:
     """Reads profiles by key with an in-process TTL cache; unknown keys are cached as misses too."""
 
-    def __init__(self, table: str, key: str, settings: Settings | None = None,
-                 ttl_s: float = 300.0, max_entries: int = 200_000):
+    def __init__(
+        self, table: str, key: str, settings: Settings | None = None, ttl_s: float = 300.0, max_entries: int = 200_000
+    ):
         self.table = table
         self.key = key
         self._settings = settings or get_settings()
@@ -125,7 +126,7 @@ class ProfileStore:
             wanted = {self.table: {"Keys": [{self.key: {"S": k}} for k in chunk]}}
             return until_processed(dynamodb.batch_get_item, wanted, unprocessed="UnprocessedKeys")
 
-        chunks = [keys[start:start + _BATCH_GET_LIMIT] for start in range(0, len(keys), _BATCH_GET_LIMIT)]
+        chunks = [keys[start : start + _BATCH_GET_LIMIT] for start in range(0, len(keys), _BATCH_GET_LIMIT)]
         if len(chunks) == 1:
             answers = [fetch(chunks[0])]
         else:

@@ -43,8 +43,13 @@ def ray_runtime(settings: Settings, *, num_cpus: int | None = None) -> Iterator[
     """Local Ray (or the cluster in RAY_ADDRESS) whose workers inherit these settings."""
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=num_cpus, runtime_env={"env_vars": settings.as_env()},
-                 include_dashboard=False, log_to_driver=True, configure_logging=False)
+        ray.init(
+            num_cpus=num_cpus,
+            runtime_env={"env_vars": settings.as_env()},
+            include_dashboard=False,
+            log_to_driver=True,
+            configure_logging=False,
+        )
     try:
         yield
     finally:
@@ -56,9 +61,19 @@ def cluster_desk(actor_class: type, name: str, *args: Any) -> Any:
     """The cluster's one ``actor_class`` actor named ``name``, the only writer of what it guards: started by its
     first caller and found by the others, detached (it outlives the job that started it), restarted by Ray with the
     calls in flight retried if its node is lost. The alert desk and the case desk run so."""
-    return ray.remote(actor_class).options(
-        name=name, namespace=ACTOR_NAMESPACE, get_if_exists=True, lifetime="detached", num_cpus=0, max_restarts=-1,
-        max_task_retries=-1).remote(*args)
+    return (
+        ray.remote(actor_class)
+        .options(
+            name=name,
+            namespace=ACTOR_NAMESPACE,
+            get_if_exists=True,
+            lifetime="detached",
+            num_cpus=0,
+            max_restarts=-1,
+            max_task_retries=-1,
+        )
+        .remote(*args)
+    )
 
 
 def desk_name(kind: str, settings: Settings, *resources: str) -> str:

@@ -100,13 +100,18 @@ def _coordinates_in_pairs_schema(schema: dict[str, Any]) -> None:
     """JSON Schema for "both or neither": a number in one requires a number in the other (null counts as absent,
     as in the validator), both ways."""
     number = {"type": "number"}
-    schema["allOf"] = [{"if": {"required": [given], "properties": {given: number}},
-                        "then": {"required": [needed], "properties": {needed: number}}}
-                       for given, needed in (COORDINATE_PAIR, COORDINATE_PAIR[::-1])]
+    schema["allOf"] = [
+        {
+            "if": {"required": [given], "properties": {given: number}},
+            "then": {"required": [needed], "properties": {needed: number}},
+        }
+        for given, needed in (COORDINATE_PAIR, COORDINATE_PAIR[::-1])
+    ]
 
 
 class Transaction(BaseModel):
     """One card transaction. Unknown fields are ignored; optional fields may be absent or null."""
+
     model_config = ConfigDict(extra="ignore", frozen=True, json_schema_extra=_coordinates_in_pairs_schema)
 
     transaction_id: Identifier
@@ -114,8 +119,9 @@ class Transaction(BaseModel):
     merchant_id: Identifier
     amount: Annotated[float, Field(strict=True, gt=0, le=MAX_AMOUNT, allow_inf_nan=False)]
     timestamp: Annotated[datetime, BeforeValidator(parse_timestamp, json_schema_input_type=TimestampText)]
-    currency: Annotated[CurrencyCode, BeforeValidator(_none_is_default_currency,
-                                                       json_schema_input_type=CurrencyCode | None)] = DEFAULT_CURRENCY
+    currency: Annotated[
+        CurrencyCode, BeforeValidator(_none_is_default_currency, json_schema_input_type=CurrencyCode | None)
+    ] = DEFAULT_CURRENCY
     device_id: Annotated[str | None, Field(strict=True, pattern=ID_PATTERN)] = None
     channel: Literal["card_present", "online", "mobile"] | None = None
     mcc: Annotated[str | None, Field(strict=True, pattern=MCC_PATTERN)] = None
@@ -175,8 +181,10 @@ def _location(loc: tuple[Any, ...]) -> str:
 
 def field_errors(exc: ValidationError) -> list[dict[str, str]]:
     """Pydantic errors as ``[{field, message}]``; a cross-field error names the field it is about."""
-    return [{"field": _location(error["loc"]) or _field_named_in(error["msg"]), "message": error["msg"]}
-            for error in exc.errors(include_url=False)]
+    return [
+        {"field": _location(error["loc"]) or _field_named_in(error["msg"]), "message": error["msg"]}
+        for error in exc.errors(include_url=False)
+    ]
 
 
 def item_field_errors(exc: ValidationError, prefix: str) -> list[dict[str, str]]:
@@ -185,8 +193,9 @@ def item_field_errors(exc: ValidationError, prefix: str) -> list[dict[str, str]]
     for error in exc.errors(include_url=False):
         index, *path = error["loc"]
         field = str(path[0]) if path else _field_named_in(error["msg"])
-        errors.append({"field": f"{prefix}{index}" + ("" if field == "__root__" else f".{field}"),
-                       "message": error["msg"]})
+        errors.append(
+            {"field": f"{prefix}{index}" + ("" if field == "__root__" else f".{field}"), "message": error["msg"]}
+        )
     return errors
 
 
@@ -227,8 +236,11 @@ def validate_frame(frame: pd.DataFrame, *, labelled: bool = False) -> pd.DataFra
 
     amount = pd.to_numeric(frame["amount"], errors="coerce").to_numpy(dtype=float)
     with np.errstate(invalid="ignore"):
-        reject(~(np.isfinite(amount) & (amount > 0) & (amount <= MAX_AMOUNT)), "amount",
-               f"must be a finite number > 0 and <= {MAX_AMOUNT:,.0f}")
+        reject(
+            ~(np.isfinite(amount) & (amount > 0) & (amount <= MAX_AMOUNT)),
+            "amount",
+            f"must be a finite number > 0 and <= {MAX_AMOUNT:,.0f}",
+        )
     out["amount"] = amount
 
     timestamps = frame["timestamp"]
@@ -265,7 +277,9 @@ def validate_frame(frame: pd.DataFrame, *, labelled: bool = False) -> pd.DataFra
         values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=float)
         reject(raw.notna().to_numpy() & ~(np.abs(values) <= limit), column, f"must be a number within ±{limit:g}")
         coordinates[column] = values
-    reject(np.isnan(coordinates["lat"]) != np.isnan(coordinates["lon"]), "lat/lon", "lat and lon must be given together")
+    reject(
+        np.isnan(coordinates["lat"]) != np.isnan(coordinates["lon"]), "lat/lon", "lat and lon must be given together"
+    )
     out["lat"], out["lon"] = coordinates["lat"], coordinates["lon"]
 
     if LABEL_COLUMN in frame.columns:

@@ -12,9 +12,15 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_until(condition: Callable[[], T], *, timeout_s: float, interval_s: float = 0.1,
-               what: str | Callable[[], str] = "the condition", clock: Callable[[], float] = time.monotonic,
-               sleep: Callable[[float], None] = time.sleep) -> T:
+def wait_until(
+    condition: Callable[[], T],
+    *,
+    timeout_s: float,
+    interval_s: float = 0.1,
+    what: str | Callable[[], str] = "the condition",
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
     """Call ``condition`` until it returns something truthy, and return that; ``TimeoutError`` naming ``what`` (a
     text, or a function giving one, e.g. the state last seen) once ``timeout_s`` has passed. An exception from
     ``condition`` ends the wait at once."""
@@ -40,8 +46,14 @@ class Pacer:
     producer's target), and ``sleep`` may be an event's ``wait`` so that a stop interrupts the pause.
     """
 
-    def __init__(self, rate: float, *, max_lag_s: float = 1.0, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], object] = time.sleep):
+    def __init__(
+        self,
+        rate: float,
+        *,
+        max_lag_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] = time.sleep,
+    ):
         self.rate, self.max_lag_s, self.clock, self.sleep = rate, max_lag_s, clock, sleep
         self.due = clock()
 

@@ -10,10 +10,22 @@ from dataclasses import dataclass
 
 from cluster.schema import DEFAULT_CURRENCY
 
-CURRENCY_SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥", "INR": "₹", "CNY": "CN¥", "KRW": "₩",
-                    "CAD": "CA$", "AUD": "A$", "BRL": "R$", "MXN": "MX$"}
-ZERO_DECIMAL_CURRENCIES = frozenset({"BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX",
-                                     "VND", "VUV", "XAF", "XOF", "XPF"})
+CURRENCY_SYMBOLS = {
+    "USD": "$",
+    "EUR": "€",
+    "GBP": "£",
+    "JPY": "¥",
+    "INR": "₹",
+    "CNY": "CN¥",
+    "KRW": "₩",
+    "CAD": "CA$",
+    "AUD": "A$",
+    "BRL": "R$",
+    "MXN": "MX$",
+}
+ZERO_DECIMAL_CURRENCIES = frozenset(
+    {"BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "VND", "VUV", "XAF", "XOF", "XPF"}
+)
 ABOUT_EQUAL = (0.9, 1.1)  # a ratio in [low, high) reads "about" rather than as a multiple or a share
 
 
@@ -48,12 +60,12 @@ class Reason:
 
 
 def _trim(text: str) -> str:
-    """"2.50" -> "2.5", "3.0" -> "3": fixed decimals without trailing zeros."""
+    """ "2.50" -> "2.5", "3.0" -> "3": fixed decimals without trailing zeros."""
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def money(amount: float, currency: str = DEFAULT_CURRENCY) -> str:
-    """"$1.00", "$42.50", "$1,487", "€1,487.35", "¥1,500", "SEK 12.00": cents unless zero-decimal or a whole amount
+    """ "$1.00", "$42.50", "$1,487", "€1,487.35", "¥1,500", "SEK 12.00": cents unless zero-decimal or a whole amount
     of 100 or more."""
     currency = currency or DEFAULT_CURRENCY
     symbol = CURRENCY_SYMBOLS.get(currency)
@@ -75,7 +87,7 @@ def number(value: float) -> str:
 
 
 def count(value: float, noun: str, plural: str | None = None) -> str:
-    """"1 purchase", "7 purchases", "1,204 purchases"."""
+    """ "1 purchase", "7 purchases", "1,204 purchases"."""
     whole = round(value)
     return f"{whole:,} {noun if whole == 1 else plural or noun + 's'}"
 
@@ -102,7 +114,7 @@ def relative(ratio: float) -> str:
 
 
 def duration(seconds: float) -> str:
-    """"under a second", "45 seconds", "12 minutes", "3.5 hours", "2 days"."""
+    """ "under a second", "45 seconds", "12 minutes", "3.5 hours", "2 days"."""
     if seconds < 1:
         return "under a second"
     for unit, size, limit in (("second", 1, 90), ("minute", 60, 90 * 60), ("hour", 3600, 36 * 3600)):
@@ -117,5 +129,5 @@ def _unit(value: float, unit: str) -> str:
 
 
 def distance(km: float) -> str:
-    """"under 0.1 km", "3.2 km", "1,234 km"."""
+    """ "under 0.1 km", "3.2 km", "1,234 km"."""
     return "under 0.1 km" if km < 0.05 else f"{number(km)} km"

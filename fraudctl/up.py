@@ -68,21 +68,33 @@ def _ensure_model(settings: Settings, users: int) -> str:
         reason = "The champion was trained on another feature spec"
     print(f"{reason}: simulating history and training one (default budget)...", flush=True)
     history = settings.bootstrap_history
-    run_simulate(settings, out=history, users=users, days=settings.simulated_days, start=settings.simulated_start,
-                 seed=settings.seed,
-                 fraud_rate=settings.fraud_rate)
+    run_simulate(
+        settings,
+        out=history,
+        users=users,
+        days=settings.simulated_days,
+        start=settings.simulated_start,
+        seed=settings.seed,
+        fraud_rate=settings.fraud_rate,
+    )
     version = run_train(settings, TrainOptions(data=history))["version"]
     registry_for(settings).promote(version)
     return version
 
 
 def _run(settings: Settings, options: MainJobOptions) -> None:
-    with single_instance(settings, ingress_state=serve_env(settings).get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE")), \
-            aws_endpoint(settings) as live, ray_runtime(live), ExitStack() as running:
+    with (
+        single_instance(settings, ingress_state=serve_env(settings).get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE")),
+        aws_endpoint(settings) as live,
+        ray_runtime(live),
+        ExitStack() as running,
+    ):
         mode = f"embedded AWS (moto) at {live.aws_endpoint_url}" if live.embedded_aws else "real AWS"
         print(f"AWS: {mode}; stream {live.stream_name} ({live.stream_shards} shards)", flush=True)
         if options.simulation:  # the simulated users' profiles; real ones come from the operator's own data
-            print(f"Profiles: {_publish_simulated_population(live, options.users)} users written to DynamoDB", flush=True)
+            print(
+                f"Profiles: {_publish_simulated_population(live, options.users)} users written to DynamoDB", flush=True
+            )
         print(f"Model: champion {_ensure_model(live, options.users)}", flush=True)
         if options.serve:
             api_url = running.enter_context(serving(live, build_app(live)))
@@ -91,24 +103,33 @@ def _run(settings: Settings, options: MainJobOptions) -> None:
         if not live.embedded_aws:  # the embedded S3 ends with this run: nothing to keep there
             running.callback(_save_feature_state, live)  # runs once the stream and producers have stopped
         if options.serve:
-            print(f"API: {api_url}/api/check-fraud  (docs {api_url}/docs, stats {api_url}/api/stats); scored "
-                  f"requests logged to {live.ingest_stream_name}", flush=True)
+            print(
+                f"API: {api_url}/api/check-fraud  (docs {api_url}/docs, stats {api_url}/api/stats); scored "
+                f"requests logged to {live.ingest_stream_name}",
+                flush=True,
+            )
         if options.stream:
             stream = StreamScoring(live).start()
             running.callback(stream.stop)
-            print(f"Stream scoring: one consumer per shard of {live.stream_name} -> {live.decisions_stream_name}",
-                  flush=True)
+            print(
+                f"Stream scoring: one consumer per shard of {live.stream_name} -> {live.decisions_stream_name}",
+                flush=True,
+            )
         handles: list[Any] = []
         scoreboard = None
         if options.simulation:  # the scoreboard first: it must hold a transaction's truth before its decision
             scoreboard = start_scoreboard(live)
             running.callback(stop_scoreboard, scoreboard)  # after the producers (callbacks run last-in first-out)
-            handles, _ = start_producers(live, tps=options.tps, n_users=options.users, scoreboard=scoreboard,
-                                         shift=options.shift)
+            handles, _ = start_producers(
+                live, tps=options.tps, n_users=options.users, scoreboard=scoreboard, shift=options.shift
+            )
             running.callback(_stop_producers, handles)
-            print(f"Simulation: {len(handles)} producer actors at {options.tps:g} tx/s; ground truth joined with "
-                  f"{live.decisions_stream_name} by the scoreboard"
-                  + (f"; world shift: {options.shift.describe()}" if options.shift else ""), flush=True)
+            print(
+                f"Simulation: {len(handles)} producer actors at {options.tps:g} tx/s; ground truth joined with "
+                f"{live.decisions_stream_name} by the scoreboard"
+                + (f"; world shift: {options.shift.describe()}" if options.shift else ""),
+                flush=True,
+            )
         if options.ui:
             dashboard_url = running.enter_context(serving_dashboard(live, SimulationControl(handles, scoreboard)))
             print(f"Dashboard: {dashboard_url}", flush=True)
@@ -122,8 +143,11 @@ def _save_feature_state(settings: Settings) -> None:
     try:
         features = OnlineFeatures(settings)
         keys = features.snapshot()
-        print(f"Feature state saved: {len(keys)} objects under "
-              f"s3://{settings.model_bucket}/{snapshot_folder(features.name)}/", flush=True)
+        print(
+            f"Feature state saved: {len(keys)} objects under "
+            f"s3://{settings.model_bucket}/{snapshot_folder(features.name)}/",
+            flush=True,
+        )
     except Exception as exc:  # shutting down goes on; the last periodic snapshot stands
         print(f"Feature state not saved ({exc}); the last periodic snapshot stands.", flush=True)
 
@@ -152,12 +176,17 @@ def _watch(stats: Any, handles: list[Any], producer_totals: Any) -> None:
                     produced = totals["produced"]
                 snapshot = ray.get(stats.snapshot.remote())
                 bar.update(snapshot["scored"] - bar.n)
-                bar.set_postfix(produced=snapshot["produced"], alerts=snapshot["alerts"], tps=snapshot["tps"],
-                                lag_p99_ms=snapshot["stream_lag_ms"]["p99"])
+                bar.set_postfix(
+                    produced=snapshot["produced"],
+                    alerts=snapshot["alerts"],
+                    tps=snapshot["tps"],
+                    lag_p99_ms=snapshot["stream_lag_ms"]["p99"],
+                )
     except KeyboardInterrupt:
         pass
     elapsed = time.monotonic() - began
-    print(f"\nStopping after {elapsed:.0f} s: {snapshot['produced']} produced, {snapshot['scored']} scored, "
-          f"{snapshot['alerts']} alerts.", flush=True)
-
-
+    print(
+        f"\nStopping after {elapsed:.0f} s: {snapshot['produced']} produced, {snapshot['scored']} scored, "
+        f"{snapshot['alerts']} alerts.",
+        flush=True,
+    )

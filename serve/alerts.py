@@ -33,11 +33,11 @@ from training.policy import HIGH
 
 log = logging.getLogger(__name__)
 
-MESSAGES_PER_CALL = 10   # PublishBatch limit
-WRITES_PER_CALL = 25     # BatchWriteItem limit
-READS_PER_CALL = 100     # BatchGetItem limit
+MESSAGES_PER_CALL = 10  # PublishBatch limit
+WRITES_PER_CALL = 25  # BatchWriteItem limit
+READS_PER_CALL = 100  # BatchGetItem limit
 CLAIMS_PER_PASS = 1_000  # alerts decided in one claim pass
-IO_THREADS = 8           # batch calls of one pass in flight at once
+IO_THREADS = 8  # batch calls of one pass in flight at once
 
 Alert = tuple[dict[str, Any], dict[str, Any]]  # (decision, alert record)
 
@@ -100,10 +100,18 @@ class AlertDesk:
             claimed.append(mine)
         new = [alert for request in claimed for alert in request]
         now = datetime.now(timezone.utc).isoformat()
-        items = [{"transaction_id": {"S": decision["transaction_id"]}, "alerted_at": {"S": now},
-                  "model_version": {"S": decision.get("model_version") or "unknown"}} for decision, _ in new]
-        writes = [self._pool.submit(self._write, [{"PutRequest": {"Item": item}} for item in chunk])
-                  for chunk in chunks(items, WRITES_PER_CALL)]
+        items = [
+            {
+                "transaction_id": {"S": decision["transaction_id"]},
+                "alerted_at": {"S": now},
+                "model_version": {"S": decision.get("model_version") or "unknown"},
+            }
+            for decision, _ in new
+        ]
+        writes = [
+            self._pool.submit(self._write, [{"PutRequest": {"Item": item}} for item in chunk])
+            for chunk in chunks(items, WRITES_PER_CALL)
+        ]
         errors = [future.exception() for future in writes if future.exception() is not None]
         if errors:  # claims of a failed pass would block the retry's alerts: take them all back
             self._release([decision["transaction_id"] for decision, _ in new])
@@ -111,11 +119,18 @@ class AlertDesk:
         return claimed
 
     def _alerted(self, ids: Sequence[str]) -> set[str]:
-        pending: dict[str, Any] = {self.table: {"Keys": [{"transaction_id": {"S": tid}} for tid in ids],
-                                                "ProjectionExpression": "transaction_id", "ConsistentRead": True}}
-        return {item["transaction_id"]["S"]
-                for response in until_processed(self.dynamodb.batch_get_item, pending, unprocessed="UnprocessedKeys")
-                for item in response["Responses"].get(self.table, [])}
+        pending: dict[str, Any] = {
+            self.table: {
+                "Keys": [{"transaction_id": {"S": tid}} for tid in ids],
+                "ProjectionExpression": "transaction_id",
+                "ConsistentRead": True,
+            }
+        }
+        return {
+            item["transaction_id"]["S"]
+            for response in until_processed(self.dynamodb.batch_get_item, pending, unprocessed="UnprocessedKeys")
+            for item in response["Responses"].get(self.table, [])
+        }
 
     def _write(self, requests: list[dict[str, Any]]) -> None:
         until_processed(self.dynamodb.batch_write_item, {self.table: requests}, unprocessed="UnprocessedItems")
@@ -126,16 +141,31 @@ class AlertDesk:
 
     def _publish(self, alerts: list[Alert]) -> list[Alert]:
         """Publish in batches of ``MESSAGES_PER_CALL``, concurrently; returns the alerts that failed."""
-        return [alert for failed in self._pool.map(self._publish_batch, chunks(alerts, MESSAGES_PER_CALL))
-                for alert in failed]
+        return [
+            alert
+            for failed in self._pool.map(self._publish_batch, chunks(alerts, MESSAGES_PER_CALL))
+            for alert in failed
+        ]
 
     def _publish_batch(self, alerts: Sequence[Alert]) -> list[Alert]:
-        entries = [{"Id": str(index), "Subject": "Fraud alert",
-                    "Message": json.dumps({"transaction": record, "fraud_score": decision["fraud_score"],
-                                           "risk_level": decision["risk_level"], "factors": decision["factors"],
-                                           "model_version": decision["model_version"]}, default=str),
-                    "MessageAttributes": {"risk_level": {"DataType": "String", "StringValue": decision["risk_level"]}}}
-                   for index, (decision, record) in enumerate(alerts)]
+        entries = [
+            {
+                "Id": str(index),
+                "Subject": "Fraud alert",
+                "Message": json.dumps(
+                    {
+                        "transaction": record,
+                        "fraud_score": decision["fraud_score"],
+                        "risk_level": decision["risk_level"],
+                        "factors": decision["factors"],
+                        "model_version": decision["model_version"],
+                    },
+                    default=str,
+                ),
+                "MessageAttributes": {"risk_level": {"DataType": "String", "StringValue": decision["risk_level"]}},
+            }
+            for index, (decision, record) in enumerate(alerts)
+        ]
         try:
             response = self.sns.publish_batch(TopicArn=self.topic_arn, PublishBatchRequestEntries=entries)
         except Exception:

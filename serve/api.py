@@ -58,11 +58,17 @@ MAX_INT_DIGITS = 4300  # Python's int() limit for decimal strings (sys.get_int_m
 TOO_DEEP = f"nested too deeply (at most {MAX_JSON_DEPTH} levels)"
 API_KEY_HEADER = "X-API-Key"
 TRANSACTION_LIST = TypeAdapter(list[Transaction])
-EXPLAIN = Annotated[bool, Query(description=(
-    "Give LOW decisions their factors too: the strongest reasons either way, each starting \"Raises risk: \" or "
-    "\"Lowers risk: \". MEDIUM and HIGH decisions, and the response without it, are unchanged."),
-    # explicit: Serve ships the app to its replicas pickled, and an unset example there comes out as `{}`
-    openapi_examples={"explain": {"value": True}})]
+EXPLAIN = Annotated[
+    bool,
+    Query(
+        description=(
+            'Give LOW decisions their factors too: the strongest reasons either way, each starting "Raises risk: " or '
+            '"Lowers risk: ". MEDIUM and HIGH decisions, and the response without it, are unchanged.'
+        ),
+        # explicit: Serve ships the app to its replicas pickled, and an unset example there comes out as `{}`
+        openapi_examples={"explain": {"value": True}},
+    ),
+]
 
 
 class ApiError(Exception):
@@ -82,18 +88,24 @@ class Feedback(BaseModel):
 
     transaction_id: Identifier
     is_fraud: StrictBool | Literal[0, 1]
-    reported_at: Annotated[datetime | None, BeforeValidator(_optional_timestamp,
-                                                            json_schema_input_type=TimestampText | None)] = None
+    reported_at: Annotated[
+        datetime | None, BeforeValidator(_optional_timestamp, json_schema_input_type=TimestampText | None)
+    ] = None
     merchant_id: Identifier | None = None
 
     def record(self) -> dict[str, Any]:
         reported = self.reported_at or datetime.now(timezone.utc)
-        return {"transaction_id": self.transaction_id, "is_fraud": int(self.is_fraud),
-                "reported_at": reported.isoformat(), **({"merchant_id": self.merchant_id} if self.merchant_id else {})}
+        return {
+            "transaction_id": self.transaction_id,
+            "is_fraud": int(self.is_fraud),
+            "reported_at": reported.isoformat(),
+            **({"merchant_id": self.merchant_id} if self.merchant_id else {}),
+        }
 
 
 class RuleHit(BaseModel):
     """An active rule that matched the transaction, and its action."""
+
     id: str
     action: Literal[ACTIONS]
 
@@ -106,9 +118,12 @@ class Decision(BaseModel):
     factors: list[str]
     model_version: str | None
     processing_time_ms: float
-    action: Literal[ACTIONS] = Field(description=(
-        "What to do: the matched active rules' action (see the rule set's mode), else the model's "
-        "(HIGH -> block, MEDIUM -> review, LOW -> allow)."))
+    action: Literal[ACTIONS] = Field(
+        description=(
+            "What to do: the matched active rules' action (see the rule set's mode), else the model's "
+            "(HIGH -> block, MEDIUM -> review, LOW -> allow)."
+        )
+    )
     rules: list[RuleHit] = Field(description="The active rules that matched and decided the action.")
 
 
@@ -154,19 +169,30 @@ class StateKeys(BaseModel):
 
 class FeatureState(BaseModel):
     """The online feature state, summed over its partitions (``OnlineFeatures.summary``)."""
+
     rows: int = Field(ge=0, description="retained history rows over every key kind (user, merchant, category)")
     keys: StateKeys
-    last_snapshot_at: datetime | None = Field(description=(
-        "the oldest partition's last snapshot to S3 (null while a partition has none): a lost actor comes back "
-        "from it and replays the stream from the positions it holds"))
-    event_time: datetime | None = Field(description=(
-        "the latest transaction time the state has seen (null before any): its clock, from which the windows' "
-        "retention counts back; history older than that minus 30 days (plus the label delay for merchants) is "
-        "evicted, however recent it is on the wall clock"))
+    last_snapshot_at: datetime | None = Field(
+        description=(
+            "the oldest partition's last snapshot to S3 (null while a partition has none): a lost actor comes back "
+            "from it and replays the stream from the positions it holds"
+        )
+    )
+    event_time: datetime | None = Field(
+        description=(
+            "the latest transaction time the state has seen (null before any): its clock, from which the windows' "
+            "retention counts back; history older than that minus 30 days (plus the label delay for merchants) is "
+            "evicted, however recent it is on the wall clock"
+        )
+    )
     recoveries: int = Field(ge=0, description="times a state actor came back from a snapshot or a stream replay")
     replayed: int = Field(ge=0, description="transactions those recoveries re-applied (stream and HTTP-scored)")
-    replayed_http: int = Field(ge=0, description=(
-        "of those, transactions scored over HTTP, read back from the ingest stream the ingress appends them to"))
+    replayed_http: int = Field(
+        ge=0,
+        description=(
+            "of those, transactions scored over HTTP, read back from the ingest stream the ingress appends them to"
+        ),
+    )
     last_recovery_s: float | None = Field(description="how long the latest recovery took (load + replay), seconds")
     partitions: int = Field(ge=1)
     shards: int = Field(ge=0, description="stream shards whose positions a partition tracks (the most of any)")
@@ -174,6 +200,7 @@ class FeatureState(BaseModel):
 
 class ModelFigures(BaseModel):
     """What one model version answered since the rollout started (within the guard's window)."""
+
     rows: int = Field(ge=0, description="decisions + errors")
     alert_rate: float
     review_rate: float
@@ -188,6 +215,7 @@ class LiveRollout(BaseModel):
 
 class RolloutStatus(BaseModel):
     """The rollout state and what the guard measures of it now (``RolloutGuard.status``)."""
+
     version: str | None = Field(description="the challenger")
     share: float = Field(ge=0, le=1, description="of traffic the challenger answers (by transaction_id hash)")
     mode: str = Field(description="shadow | canary | rolled_back | promoted")
@@ -197,13 +225,15 @@ class RolloutStatus(BaseModel):
     champion: str | None
     window_s: float = Field(description="the guard compares the rows served in the last window_s at most")
     live: LiveRollout
-    verdict: str | None = Field(description=(
-        "the bound the challenger breaches now (the guard rolls a canary back on its next round), or null"))
+    verdict: str | None = Field(
+        description=("the bound the challenger breaches now (the guard rolls a canary back on its next round), or null")
+    )
 
 
 class MonitoredReference(BaseModel):
-    model_version: str | None = Field(description="the champion whose training reference the window is compared "
-                                                  "with (None before any scoring)")
+    model_version: str | None = Field(
+        description="the champion whose training reference the window is compared with (None before any scoring)"
+    )
     rows: int | None = Field(description="training rows behind the reference (None: the bundle has no reference)")
 
 
@@ -252,6 +282,7 @@ class LabelledDay(BaseModel):
 
 class LabelledPerformance(LabelledDay):
     """Kept decisions joined to the labels of ``POST /api/feedback``, at the champion's threshold."""
+
     kept_decisions: int = Field(description="decisions kept for labels (the newest 200,000)")
     per_day: dict[str, LabelledDay] = Field(description="by the decision's UTC day")
 
@@ -266,6 +297,7 @@ class DriftPolicyView(BaseModel):
 
 class Monitoring(BaseModel):
     """Every scored transaction (HTTP and stream) of the last ``window_s`` against the champion's reference."""
+
     reference: MonitoredReference
     window_s: float
     scored: int = Field(description="transactions scored in the window")
@@ -309,8 +341,12 @@ def _inline(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
-    return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": _inline(model.model_json_schema())}}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _inline(model.model_json_schema())}},
+        }
+    }
 
 
 TRANSACTION_BODY = _body_schema(Transaction)
@@ -323,8 +359,11 @@ def _error(description: str) -> dict[str, Any]:
     return {"model": ErrorBody, "description": description}
 
 
-NOT_READY = {503: _error("no champion model yet, or alerts could not be published, or the ingest log could not "
-                         "be written: retry")}
+NOT_READY = {
+    503: _error(
+        "no champion model yet, or alerts could not be published, or the ingest log could not be written: retry"
+    )
+}
 BODY_ERRORS = {
     400: _error("the body is not JSON (or not UTF-8, or nested deeper than 1024 levels); field `body`"),
     413: _error("the body exceeds `FRAUD_SERVE_MAX_BODY_BYTES`; field `body`"),
@@ -332,12 +371,20 @@ BODY_ERRORS = {
 }
 SCORING_ERRORS = {**BODY_ERRORS, **NOT_READY}
 KEY_ERRORS = {401: _error(f"missing or wrong `{API_KEY_HEADER}` (when an API key is configured)")}
-RULES_ERRORS = {**KEY_ERRORS, **BODY_ERRORS, 422: _error("an invalid rule set: each error names its field, e.g. "
-                                                         "`rules.0.expression`")}
-HEALTH_RESPONSES = {503: {"model": Unavailable, "description": "not ready: no model loaded, or the feature state is "
-                                                                "unreachable"}}
-API_KEY_SCHEME = APIKeyHeader(name=API_KEY_HEADER, scheme_name="ApiKey", auto_error=False,
-                              description="Needed on write endpoints whenever the server has a key configured")
+RULES_ERRORS = {
+    **KEY_ERRORS,
+    **BODY_ERRORS,
+    422: _error("an invalid rule set: each error names its field, e.g. `rules.0.expression`"),
+}
+HEALTH_RESPONSES = {
+    503: {"model": Unavailable, "description": "not ready: no model loaded, or the feature state is unreachable"}
+}
+API_KEY_SCHEME = APIKeyHeader(
+    name=API_KEY_HEADER,
+    scheme_name="ApiKey",
+    auto_error=False,
+    description="Needed on write endpoints whenever the server has a key configured",
+)
 
 
 def document_security(api: FastAPI, key_configured: bool) -> None:
@@ -428,7 +475,9 @@ def parse_transaction(payload: Any, prefix: str = "") -> Transaction:
     except ValidationError as exc:
         raise _invalid([{**e, "field": prefix + e["field"]} for e in field_errors(exc)]) from None
     except ApiError as exc:
-        raise ApiError(422, [{**e, "field": prefix.rstrip(".") or e["field"]} for e in exc.errors], exc.detail) from None
+        raise ApiError(
+            422, [{**e, "field": prefix.rstrip(".") or e["field"]} for e in exc.errors], exc.detail
+        ) from None
 
 
 def parse_batch(payload: Any) -> list[Transaction]:
@@ -437,8 +486,9 @@ def parse_batch(payload: Any) -> list[Transaction]:
     if not isinstance(items, list):
         raise _invalid([{"field": "transactions", "message": "must be a list of transactions"}])
     if not items or len(items) > MAX_BATCH:
-        raise _invalid([{"field": "transactions", "message": f"must hold 1 to {MAX_BATCH} transactions, "
-                                                              f"got {len(items)}"}])
+        raise _invalid(
+            [{"field": "transactions", "message": f"must hold 1 to {MAX_BATCH} transactions, got {len(items)}"}]
+        )
     try:
         return TRANSACTION_LIST.validate_python(items)
     except ValidationError as exc:
@@ -452,12 +502,12 @@ def parse_transaction_body(body: bytes, content_type: str | None = None) -> Tran
 
 def parse_batch_body(body: bytes, content_type: str | None = None) -> list[Transaction]:
     """``parse_batch`` of a raw body, through ``parse_scoring_body``."""
-    return parse_scoring_body(body, content_type, lambda raw: Batch.model_validate_json(raw).transactions,
-                              parse_batch)
+    return parse_scoring_body(body, content_type, lambda raw: Batch.model_validate_json(raw).transactions, parse_batch)
 
 
-def parse_scoring_body(body: bytes, content_type: str | None, validate_json: Callable[[bytes], Any],
-                       parse: Callable[[Any], Any]) -> Any:
+def parse_scoring_body(
+    body: bytes, content_type: str | None, validate_json: Callable[[bytes], Any], parse: Callable[[Any], Any]
+) -> Any:
     """A scoring body validated straight from its bytes in one pydantic call, with no Python objects for the JSON
     in between (the cost of the valid bodies, nearly all of them); a body that call refuses is parsed again the thorough
     way (``parse_json`` then ``parse``), which names each offending field and takes what pydantic's JSON parser
@@ -503,7 +553,9 @@ def _valid_values(values: list[str], kind: str) -> list[str]:
 # Every kind's values are identifiers (a country's two capital letters are one too): the document says that much,
 # and the validator then checks the kind's own pattern.
 ListValue = Annotated[StrictStr, Field(pattern=ID_PATTERN)]
-ListName = Annotated[str, Path(pattern=ID_PATTERN, openapi_examples={"name": {"value": "blocked_cards"}})]  # explicit: see EXPLAIN
+ListName = Annotated[
+    str, Path(pattern=ID_PATTERN, openapi_examples={"name": {"value": "blocked_cards"}})
+]  # explicit: see EXPLAIN
 
 
 class ListItems(BaseModel):
@@ -539,16 +591,24 @@ class ListBody(BaseModel):
 
 LIST_BODY = _body_schema(ListBody)
 LIST_ITEMS_BODY = _body_schema(ListItems)
-LIST_ERRORS = {**KEY_ERRORS, **BODY_ERRORS, 409: _error("the rule set tests the list by the field of another kind"),
-               422: _error("an invalid list: each error names its field, e.g. `values.3` (a value not of the kind)")}
-LIST_ITEM_ERRORS = {**KEY_ERRORS, 404: _error("no such list, or no such value in it"),
-                    422: _error("a name or value that breaks its pattern, or a value not of the list's kind")}
+LIST_ERRORS = {
+    **KEY_ERRORS,
+    **BODY_ERRORS,
+    409: _error("the rule set tests the list by the field of another kind"),
+    422: _error("an invalid list: each error names its field, e.g. `values.3` (a value not of the kind)"),
+}
+LIST_ITEM_ERRORS = {
+    **KEY_ERRORS,
+    404: _error("no such list, or no such value in it"),
+    422: _error("a name or value that breaks its pattern, or a value not of the list's kind"),
+}
 
 
 def parse_list_name(name: str) -> str:
     if not _LIST_NAME.match(name):
-        raise ApiError(422, [{"field": "name", "message": "a list name is 1-64 chars of A-Za-z0-9_-.:"}],
-                       "invalid request")
+        raise ApiError(
+            422, [{"field": "name", "message": "a list name is 1-64 chars of A-Za-z0-9_-.:"}], "invalid request"
+        )
     return name
 
 
@@ -581,20 +641,34 @@ def parse_list_value(value: str, kind: str) -> str:
     try:
         return _valid_values([value], kind)[0]
     except ValueError as exc:
-        raise ApiError(422, [{"field": "value", "message": str(exc).removeprefix("values.0: ")}],
-                       "invalid request") from None
+        raise ApiError(
+            422, [{"field": "value", "message": str(exc).removeprefix("values.0: ")}], "invalid request"
+        ) from None
 
 
 MAX_CASES_LISTED = 500
 MAX_ANALYST_CHARS = 128
 MAX_NOTE_CHARS = 4000
-CaseStatus = Annotated[Literal[STATUSES], Query(
-    description="Which cases: `open` (the queue, highest fraud score then amount first) or `closed` (latest "
-                "closed first)", openapi_examples={"status": {"value": "open"}})]  # explicit: see EXPLAIN
-CaseLimit = Annotated[int, Query(ge=1, le=MAX_CASES_LISTED, description="At most this many cases",
-                                 openapi_examples={"limit": {"value": 50}})]
-CaseId = Annotated[str, Path(pattern=CASE_ID_PATTERN, description="A case's id, as `GET /api/cases` lists it",
-                             openapi_examples={"case_id": {"value": "case-0123456789abcdef0123"}})]
+CaseStatus = Annotated[
+    Literal[STATUSES],
+    Query(
+        description="Which cases: `open` (the queue, highest fraud score then amount first) or `closed` (latest "
+        "closed first)",
+        openapi_examples={"status": {"value": "open"}},
+    ),
+]  # explicit: see EXPLAIN
+CaseLimit = Annotated[
+    int,
+    Query(ge=1, le=MAX_CASES_LISTED, description="At most this many cases", openapi_examples={"limit": {"value": 50}}),
+]
+CaseId = Annotated[
+    str,
+    Path(
+        pattern=CASE_ID_PATTERN,
+        description="A case's id, as `GET /api/cases` lists it",
+        openapi_examples={"case_id": {"value": "case-0123456789abcdef0123"}},
+    ),
+]
 
 
 class Case(BaseModel):
@@ -634,19 +708,27 @@ class CaseDecision(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     is_fraud: StrictBool
-    analyst: Annotated[StrictStr, Field(min_length=1, max_length=MAX_ANALYST_CHARS, pattern=r"\S",
-                                        description="who decided (not only spaces)")]
+    analyst: Annotated[
+        StrictStr,
+        Field(min_length=1, max_length=MAX_ANALYST_CHARS, pattern=r"\S", description="who decided (not only spaces)"),
+    ]
     note: Annotated[StrictStr | None, Field(max_length=MAX_NOTE_CHARS)] = None
 
 
 CASE_DECISION_BODY = _body_schema(CaseDecision)
-CASES_ERRORS = {422: _error("`status` is not open or closed, or `limit` not 1-500: the field named, e.g. "
-                            "`query.limit`")}
-CASE_DECISION_ERRORS = {**KEY_ERRORS, **BODY_ERRORS, 404: _error("no such case; field `case_id`"),
-                        409: _error("the case was decided already; field `case_id`"),
-                        422: _error("a malformed case id (`path.case_id`), or a body breaking a rule: each "
-                                    "offending field named, e.g. `analyst`"),
-                        503: _error("the label could not be applied; the case stays open: retry")}
+CASES_ERRORS = {
+    422: _error("`status` is not open or closed, or `limit` not 1-500: the field named, e.g. `query.limit`")
+}
+CASE_DECISION_ERRORS = {
+    **KEY_ERRORS,
+    **BODY_ERRORS,
+    404: _error("no such case; field `case_id`"),
+    409: _error("the case was decided already; field `case_id`"),
+    422: _error(
+        "a malformed case id (`path.case_id`), or a body breaking a rule: each offending field named, e.g. `analyst`"
+    ),
+    503: _error("the label could not be applied; the case stays open: retry"),
+}
 
 
 def parse_case_decision(payload: Any) -> CaseDecision:
@@ -671,8 +753,10 @@ def check_api_key(settings: Settings, request: Request) -> None:
 
 def require_key_configured(settings: Settings) -> None:
     if settings.requires_api_key and not settings.api_key:
-        raise ValueError("FRAUD_API_KEY must be set: the API key is required outside the embedded mode "
-                         "(or set FRAUD_API_KEY_REQUIRED=false)")
+        raise ValueError(
+            "FRAUD_API_KEY must be set: the API key is required outside the embedded mode "
+            "(or set FRAUD_API_KEY_REQUIRED=false)"
+        )
 
 
 def error_response(exc: ApiError) -> JSONResponse:
@@ -703,8 +787,11 @@ def install_error_handlers(api: FastAPI) -> None:
         headers = dict(exc.headers or {})
         if exc.status_code == 405:  # Starlette names the first route of the path only; a path may have several
             headers["Allow"] = ", ".join(_methods_of(api, request))
-        return JSONResponse(status_code=exc.status_code, headers=headers,
-                            content={"detail": str(exc.detail), "errors": [{"field": field, "message": str(exc.detail)}]})
+        return JSONResponse(
+            status_code=exc.status_code,
+            headers=headers,
+            content={"detail": str(exc.detail), "errors": [{"field": field, "message": str(exc.detail)}]},
+        )
 
     @api.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

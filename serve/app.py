@@ -117,11 +117,14 @@ from training.rules import CompiledRules, RuleError, RuleSet, lenient_lists
 log = logging.getLogger(__name__)
 
 MAX_BATCH_ROWS = 4096  # rows per model call, summed over the requests a pass merges
-CHAMPION_PASSES = 2    # passes in flight per ingress replica: one computes features while another awaits models
+CHAMPION_PASSES = 2  # passes in flight per ingress replica: one computes features while another awaits models
 FEATURE_ACTOR_CPUS = 0.1
 
-api = FastAPI(title="Fraud scoring API", version="1.0",
-              description="Real-time card fraud scores from the XGBoost + autoencoder ensemble.")
+api = FastAPI(
+    title="Fraud scoring API",
+    version="1.0",
+    description="Real-time card fraud scores from the XGBoost + autoencoder ensemble.",
+)
 install_error_handlers(api)
 
 
@@ -136,11 +139,13 @@ def _rows(items: list[Any]) -> int:
 
 
 def autoscaling(settings: Settings, *, max_replicas: int | None = None) -> dict[str, Any]:
-    return {"min_replicas": settings.serve_min_replicas,
-            "max_replicas": max(max_replicas or settings.serve_max_replicas, settings.serve_min_replicas),
-            "target_ongoing_requests": settings.serve_target_ongoing_requests,
-            "upscale_delay_s": settings.serve_upscale_delay_s,
-            "downscale_delay_s": settings.serve_downscale_delay_s}
+    return {
+        "min_replicas": settings.serve_min_replicas,
+        "max_replicas": max(max_replicas or settings.serve_max_replicas, settings.serve_min_replicas),
+        "target_ongoing_requests": settings.serve_target_ongoing_requests,
+        "upscale_delay_s": settings.serve_upscale_delay_s,
+        "downscale_delay_s": settings.serve_downscale_delay_s,
+    }
 
 
 class _ModelStage:
@@ -149,6 +154,7 @@ class _ModelStage:
     Each subclass defines ``predict(bundle, x) -> tuple of per-row arrays``. The model runs on the replica's event
     loop: a call is short and a thread hop would cost more, and calls that arrive meanwhile form the next batch.
     """
+
     predict: Callable[[Any, np.ndarray], tuple[np.ndarray, ...]]
 
     def __init__(self, settings: Settings):
@@ -227,13 +233,17 @@ class Ingress:
         self._refreshed = 0.0
         self._background: set[asyncio.Task] = set()
         self._flushers: list[asyncio.Task] = []
-        self.champion_pass = Coalescer(self._champion_pass, max_size=MAX_BATCH_ROWS, size=lambda item: len(item[0]),
-                                       concurrency=CHAMPION_PASSES)
+        self.champion_pass = Coalescer(
+            self._champion_pass, max_size=MAX_BATCH_ROWS, size=lambda item: len(item[0]), concurrency=CHAMPION_PASSES
+        )
 
     def _start_flushers(self) -> None:
         """Once per replica, from the first request that buffers anything (a replica may only ever see feedback)."""
         if not self._flushers:
-            self._flushers = [asyncio.ensure_future(self._flush_logs()), asyncio.ensure_future(self._flush_monitoring())]
+            self._flushers = [
+                asyncio.ensure_future(self._flush_logs()),
+                asyncio.ensure_future(self._flush_monitoring()),
+            ]
 
     async def __del__(self) -> None:
         """Serve calls this once a stopping replica has drained its requests (a downscale, a redeploy, a
@@ -290,28 +300,37 @@ class Ingress:
         try:
             put_transactions(self.kinesis, self.settings.ingest_stream_name, records)
         except (KinesisPutError, ClientError, BotoCoreError) as exc:
-            raise ApiError(503, [{"field": "transactions", "message": f"the ingest log is unavailable "
-                                                                       f"({type(exc).__name__})"}],
-                           "ingest log unavailable, retry") from exc
+            raise ApiError(
+                503,
+                [{"field": "transactions", "message": f"the ingest log is unavailable ({type(exc).__name__})"}],
+                "ingest log unavailable, retry",
+            ) from exc
 
-    async def _champion_pass(self, requests: list[tuple[list[dict[str, Any]], bool]]
-                             ) -> list[tuple[np.ndarray, list[dict[str, Any]], Columns]]:
+    async def _champion_pass(
+        self, requests: list[tuple[list[dict[str, Any]], bool]]
+    ) -> list[tuple[np.ndarray, list[dict[str, Any]], Columns]]:
         """Concurrent requests share one pass (``self.champion_pass`` coalesces them): one call per feature-state
         partition, then one per model stage, all with the champion of the moment. A request is its records and
         whether its LOW decisions are explained; returns each request's (features, decisions, canonical columns:
         built once per pass, the rules read them too). The pass is logged to the ingest stream while the state
         computes its features, not after: the put costs a request only what it takes beyond the state call."""
         records = [record for block, _ in requests for record in block]
-        (columns, x), _ = await asyncio.gather(asyncio.to_thread(self._features_of, records),
-                                               asyncio.to_thread(self._log_ingest, records))
+        (columns, x), _ = await asyncio.gather(
+            asyncio.to_thread(self._features_of, records), asyncio.to_thread(self._log_ingest, records)
+        )
         champion = self.champion
         decisions = await self._decide(champion, records, x, [wanted for block, wanted in requests for _ in block])
         self.monitor.add(self.models.scorer(champion).bundle, x, decisions, columns)
         lengths = [len(block) for block, _ in requests]
         bounds = np.cumsum([0, *lengths])
-        return [(part, decisions[bounds[i]:bounds[i + 1]],
-                 {name: values[bounds[i]:bounds[i + 1]] for name, values in columns.items()})
-                for i, part in enumerate(split_rows(x, lengths))]
+        return [
+            (
+                part,
+                decisions[bounds[i] : bounds[i + 1]],
+                {name: values[bounds[i] : bounds[i + 1]] for name, values in columns.items()},
+            )
+            for i, part in enumerate(split_rows(x, lengths))
+        ]
 
     def _record_labels(self, events: list[dict[str, Any]]) -> int:
         frame = pd.DataFrame(events).rename(columns={"reported_at": "known_at"})
@@ -331,13 +350,22 @@ class Ingress:
         log.info("label for transaction %s", record["transaction_id"])
         return {"transaction_id": record["transaction_id"], "merchant_risk_updates": applied}
 
-    async def _decide(self, version: str, records: list[dict[str, Any]], x: np.ndarray,
-                      explain_low: list[bool] | None = None) -> list[dict[str, Any]]:
+    async def _decide(
+        self, version: str, records: list[dict[str, Any]], x: np.ndarray, explain_low: list[bool] | None = None
+    ) -> list[dict[str, Any]]:
         (xgb_score,), (ae_score,) = await asyncio.gather(
-            self.xgboost.score.remote((version, x)), self.autoencoder.score.remote((version, x)))
+            self.xgboost.score.remote((version, x)), self.autoencoder.score.remote((version, x))
+        )
         return await asyncio.to_thread(
-            combine, self.models.scorer(version).bundle, [record["transaction_id"] for record in records], x,
-            xgb_score, ae_score, currencies=[record["currency"] for record in records], explain_low=explain_low)
+            combine,
+            self.models.scorer(version).bundle,
+            [record["transaction_id"] for record in records],
+            x,
+            xgb_score,
+            ae_score,
+            currencies=[record["currency"] for record in records],
+            explain_low=explain_low,
+        )
 
     async def _score(self, transactions: list[Any], explain: bool = False) -> list[dict[str, Any]]:
         started = time.perf_counter()
@@ -358,20 +386,33 @@ class Ingress:
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         for decision in decisions:
             decision["processing_time_ms"] = round(elapsed_ms, 3)
-        self.reporter.add(scored=len(decisions), alerts=alerts, latency_ms=elapsed_ms, decisions=decisions,
-                          transactions=transactions, rule_matches=rule_matches)
+        self.reporter.add(
+            scored=len(decisions),
+            alerts=alerts,
+            latency_ms=elapsed_ms,
+            decisions=decisions,
+            transactions=transactions,
+            rule_matches=rule_matches,
+        )
         self._kept.append((records, decisions))  # turned into log rows and written by _flush_logs
         return decisions
 
     def _write_logs(self, kept: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]]) -> None:
         """The buffered decision log, and the kept requests as transaction-log rows."""
         self.decision_log.flush()
-        self.transaction_log.append([row for records, decisions in kept
-                                     for row in transaction_rows(records, decisions)])
+        self.transaction_log.append(
+            [row for records, decisions in kept for row in transaction_rows(records, decisions)]
+        )
         self.transaction_log.flush()
 
-    async def _canary(self, records: list[dict[str, Any]], x: np.ndarray, decisions: list[dict[str, Any]],
-                      canary: list[bool], explain: bool) -> list[dict[str, Any]]:
+    async def _canary(
+        self,
+        records: list[dict[str, Any]],
+        x: np.ndarray,
+        decisions: list[dict[str, Any]],
+        canary: list[bool],
+        explain: bool,
+    ) -> list[dict[str, Any]]:
         """The canary rows answered by the challenger; if it fails they keep the champion's answers, and the
         failure counts against the challenger (the rollout guard's error rate)."""
         challenger = self.challenger
@@ -384,8 +425,9 @@ class Ingress:
         self._log_challenger(decisions, challenger_decisions, canary)
         return [b if c else a for a, b, c in zip(decisions, challenger_decisions, canary)]
 
-    def _apply_rules(self, decisions: list[dict[str, Any]], columns: Columns,
-                     x: np.ndarray) -> dict[str, dict[str, int]]:
+    def _apply_rules(
+        self, decisions: list[dict[str, Any]], columns: Columns, x: np.ndarray
+    ) -> dict[str, dict[str, int]]:
         rules = self.rules.current()
         return apply_rules(rules, decisions, columns, x) if rules.rules else {}
 
@@ -413,8 +455,9 @@ class Ingress:
         challenger = await self._decide(self.challenger, records, x)
         self._log_challenger(champion, challenger, [False] * len(records))
 
-    def _log_challenger(self, champion: list[dict[str, Any]], challenger: list[dict[str, Any]],
-                        served: list[bool]) -> None:
+    def _log_challenger(
+        self, champion: list[dict[str, Any]], challenger: list[dict[str, Any]], served: list[bool]
+    ) -> None:
         self._in_background(asyncio.to_thread(self.decision_log.add, decision_rows(champion, challenger, served)))
 
     def _in_background(self, work: Any) -> None:
@@ -423,14 +466,24 @@ class Ingress:
         task.add_done_callback(self._background.discard)
 
     # -- endpoints ------------------------------------------------------------------------------------------
-    @api.post("/api/check-fraud", response_model=Decision, openapi_extra=TRANSACTION_BODY, responses=SCORING_ERRORS,
-              summary="Score one transaction")
+    @api.post(
+        "/api/check-fraud",
+        response_model=Decision,
+        openapi_extra=TRANSACTION_BODY,
+        responses=SCORING_ERRORS,
+        summary="Score one transaction",
+    )
     async def check_fraud(self, request: Request, explain: EXPLAIN = False) -> Response:
         transaction = await self._parse_scoring(request, parse_transaction_body)
         return json_response((await self._score([transaction], explain))[0])
 
-    @api.post("/api/check-fraud/batch", response_model=BatchDecisions, openapi_extra=BATCH_BODY,
-              responses=SCORING_ERRORS, summary="Score 1 to 1,000 transactions; results in input order")
+    @api.post(
+        "/api/check-fraud/batch",
+        response_model=BatchDecisions,
+        openapi_extra=BATCH_BODY,
+        responses=SCORING_ERRORS,
+        summary="Score 1 to 1,000 transactions; results in input order",
+    )
     async def check_fraud_batch(self, request: Request, explain: EXPLAIN = False) -> Response:
         transactions = await self._parse_scoring(request, parse_batch_body)
         return json_response({"results": await self._score(transactions, explain)})
@@ -438,30 +491,45 @@ class Ingress:
     async def _parse_scoring(self, request: Request, parse: Callable[[Any], Any]) -> Any:
         """A scoring body, parsed; a rejected one counts its fields for monitoring before its 4xx leaves."""
         try:
-            return parse(await read_body(request, self.settings.serve_max_body_bytes),
-                         request.headers.get("content-type"))
+            return parse(
+                await read_body(request, self.settings.serve_max_body_bytes), request.headers.get("content-type")
+            )
         except ApiError as exc:
             self._start_flushers()
             self.monitor.rejected(exc.errors)
             raise
 
-    @api.post("/api/feedback", status_code=202, openapi_extra=FEEDBACK_BODY, response_model=FeedbackAccepted,
-              responses={**KEY_ERRORS, **BODY_ERRORS}, dependencies=[Security(API_KEY_SCHEME)],
-              summary="Confirmed label for a transaction (needs the API key)")
+    @api.post(
+        "/api/feedback",
+        status_code=202,
+        openapi_extra=FEEDBACK_BODY,
+        response_model=FeedbackAccepted,
+        responses={**KEY_ERRORS, **BODY_ERRORS},
+        dependencies=[Security(API_KEY_SCHEME)],
+        summary="Confirmed label for a transaction (needs the API key)",
+    )
     async def feedback(self, request: Request) -> dict[str, Any]:
         check_api_key(self.settings, request)
         label = parse_feedback(await read_json(request, self.settings.serve_max_body_bytes))
         return {"accepted": True, **await self._apply_label(label)}
 
-    @api.get("/api/cases", response_model=CaseQueue, responses=CASES_ERRORS,
-             summary="The review queue: a case per \"review\" decision, once per transaction_id")
+    @api.get(
+        "/api/cases",
+        response_model=CaseQueue,
+        responses=CASES_ERRORS,
+        summary='The review queue: a case per "review" decision, once per transaction_id',
+    )
     async def list_cases(self, status: CaseStatus = "open", limit: CaseLimit = 50) -> Response:
         return json_response(await asyncio.to_thread(self.cases.queue, status, limit))
 
-    @api.post("/api/cases/{case_id}/decision", response_model=Case, openapi_extra=CASE_DECISION_BODY,
-              responses=CASE_DECISION_ERRORS, dependencies=[Security(API_KEY_SCHEME)],
-              summary="An analyst's label closes an open case (needs the API key); the label goes the way of "
-                      "/api/feedback")
+    @api.post(
+        "/api/cases/{case_id}/decision",
+        response_model=Case,
+        openapi_extra=CASE_DECISION_BODY,
+        responses=CASE_DECISION_ERRORS,
+        dependencies=[Security(API_KEY_SCHEME)],
+        summary="An analyst's label closes an open case (needs the API key); the label goes the way of /api/feedback",
+    )
     async def decide_case(self, case_id: CaseId, request: Request) -> Response:
         check_api_key(self.settings, request)
         body = parse_case_decision(await read_json(request, self.settings.serve_max_body_bytes))
@@ -470,17 +538,28 @@ class Ingress:
         except CaseNotFound:
             raise ApiError(404, [{"field": "case_id", "message": f"no case {case_id}"}], "not found") from None
         except CaseClosed as exc:
-            raise ApiError(409, [{"field": "case_id", "message": f"case {case_id} was decided at "
-                                                                  f"{exc.case.get('closed_at')}"}],
-                           "case closed already") from None
-        label = Feedback.model_validate({"transaction_id": case["transaction_id"], "is_fraud": body.is_fraud,
-                                         "reported_at": case["closed_at"], "merchant_id": case["merchant_id"]})
+            raise ApiError(
+                409,
+                [{"field": "case_id", "message": f"case {case_id} was decided at {exc.case.get('closed_at')}"}],
+                "case closed already",
+            ) from None
+        label = Feedback.model_validate(
+            {
+                "transaction_id": case["transaction_id"],
+                "is_fraud": body.is_fraud,
+                "reported_at": case["closed_at"],
+                "merchant_id": case["merchant_id"],
+            }
+        )
         try:
             await self._apply_label(label)
         except Exception as exc:  # an unlabelled closed case would never be labelled: reopen it for the retry
             await asyncio.to_thread(self.cases.reopen, case_id)
-            raise ApiError(503, [{"field": "is_fraud", "message": f"the label was not applied ({type(exc).__name__})"}],
-                           "label not applied, retry") from exc
+            raise ApiError(
+                503,
+                [{"field": "is_fraud", "message": f"the label was not applied ({type(exc).__name__})"}],
+                "label not applied, retry",
+            ) from exc
         log.info("case %s closed by an analyst", case_id)
         return json_response(case)
 
@@ -488,16 +567,23 @@ class Ingress:
     async def get_rules(self) -> Response:
         return json_response(rule_set_response(await asyncio.to_thread(self.rule_store.get)))
 
-    @api.get("/api/rules/stats", summary="Rows each rule matched (active and shadow), over every replica and "
-                                         "stream consumer since the stats actor started")
+    @api.get(
+        "/api/rules/stats",
+        summary="Rows each rule matched (active and shadow), over every replica and "
+        "stream consumer since the stats actor started",
+    )
     async def rule_stats(self) -> dict[str, Any]:
         await self.reporter.flush()
         return {"rule_matches": await self.reporter.actor.rule_counts.remote()}
 
-    @api.put("/api/rules", response_model=RuleSet, openapi_extra=RULES_BODY, responses=RULES_ERRORS,
-             dependencies=[Security(API_KEY_SCHEME)],
-             summary="Replace the rule set (needs the API key); every replica and stream consumer applies it "
-                     "within 5 s")
+    @api.put(
+        "/api/rules",
+        response_model=RuleSet,
+        openapi_extra=RULES_BODY,
+        responses=RULES_ERRORS,
+        dependencies=[Security(API_KEY_SCHEME)],
+        summary="Replace the rule set (needs the API key); every replica and stream consumer applies it within 5 s",
+    )
     async def put_rules(self, request: Request) -> Response:
         check_api_key(self.settings, request)
         payload = await read_json(request, self.settings.serve_max_body_bytes)
@@ -511,9 +597,13 @@ class Ingress:
     async def get_lists(self) -> dict[str, Any]:
         return {"lists": await asyncio.to_thread(self.list_store.summary)}
 
-    @api.put("/api/lists/{name}", dependencies=[Security(API_KEY_SCHEME)], responses=LIST_ERRORS,
-             openapi_extra=LIST_BODY,
-             summary="Create or replace a list (needs the API key); rules apply it within 5 s")
+    @api.put(
+        "/api/lists/{name}",
+        dependencies=[Security(API_KEY_SCHEME)],
+        responses=LIST_ERRORS,
+        openapi_extra=LIST_BODY,
+        summary="Create or replace a list (needs the API key); rules apply it within 5 s",
+    )
     async def put_list(self, name: ListName, request: Request) -> dict[str, Any]:
         check_api_key(self.settings, request)
         name = parse_list_name(name)
@@ -523,22 +613,33 @@ class Ingress:
         log.info("list %s stored (%s, %d values)", name, body.kind, len(body.values))
         return {"name": name, "kind": body.kind, "size": len(body.values)}
 
-    @api.post("/api/lists/{name}/items", dependencies=[Security(API_KEY_SCHEME)],
-              responses={**LIST_ERRORS, **LIST_ITEM_ERRORS}, openapi_extra=LIST_ITEMS_BODY,
-              summary="Add values to a list (needs the API key)")
+    @api.post(
+        "/api/lists/{name}/items",
+        dependencies=[Security(API_KEY_SCHEME)],
+        responses={**LIST_ERRORS, **LIST_ITEM_ERRORS},
+        openapi_extra=LIST_ITEMS_BODY,
+        summary="Add values to a list (needs the API key)",
+    )
     async def add_list_items(self, name: ListName, request: Request) -> dict[str, Any]:
         check_api_key(self.settings, request)
         kind = await self._list_kind(parse_list_name(name))
         body = parse_list_items(await read_json(request, self.settings.serve_max_body_bytes), kind)
         size = len(set(await asyncio.to_thread(self.list_store.values, name)) | set(body.values))
         if size > MAX_LIST_VALUES:
-            raise ApiError(422, [{"field": "values", "message": f"a list holds at most {MAX_LIST_VALUES} values"}],
-                           "invalid request")
+            raise ApiError(
+                422,
+                [{"field": "values", "message": f"a list holds at most {MAX_LIST_VALUES} values"}],
+                "invalid request",
+            )
         await asyncio.to_thread(self.list_store.add, name, body.values, body.ttl_s)
         return {"name": name, "kind": kind, "size": size}
 
-    @api.delete("/api/lists/{name}/items/{value}", dependencies=[Security(API_KEY_SCHEME)], responses=LIST_ITEM_ERRORS,
-                summary="Remove one value from a list (needs the API key)")
+    @api.delete(
+        "/api/lists/{name}/items/{value}",
+        dependencies=[Security(API_KEY_SCHEME)],
+        responses=LIST_ITEM_ERRORS,
+        summary="Remove one value from a list (needs the API key)",
+    )
     async def remove_list_item(self, name: ListName, value: ListName, request: Request) -> dict[str, Any]:
         check_api_key(self.settings, request)
         kind = await self._list_kind(parse_list_name(name))
@@ -557,19 +658,30 @@ class Ingress:
         try:
             CompiledRules(self.rule_store.get(), lists=lenient_lists({**self.list_store.kinds(), name: kind}))
         except RuleError as exc:
-            raise ApiError(409, [{"field": "kind", "message": f"the rule set uses @{name} otherwise: {exc}"}],
-                           "conflict with the rule set") from None
+            raise ApiError(
+                409,
+                [{"field": "kind", "message": f"the rule set uses @{name} otherwise: {exc}"}],
+                "conflict with the rule set",
+            ) from None
 
-    @api.post("/api/admin/reload", response_model=Versions, responses={**KEY_ERRORS, **NOT_READY},
-              dependencies=[Security(API_KEY_SCHEME)],
-              summary="Re-read the champion/challenger pointers now (needs the API key)")
+    @api.post(
+        "/api/admin/reload",
+        response_model=Versions,
+        responses={**KEY_ERRORS, **NOT_READY},
+        dependencies=[Security(API_KEY_SCHEME)],
+        summary="Re-read the champion/challenger pointers now (needs the API key)",
+    )
     async def reload(self, request: Request) -> dict[str, Any]:
         check_api_key(self.settings, request)
         await self._refresh_versions(force=True)
         return {"champion": self.champion, "challenger": self.challenger}
 
-    @api.get("/healthz", response_model=Health, responses=HEALTH_RESPONSES,
-             summary="200 once the models are loaded and the pipeline can score")
+    @api.get(
+        "/healthz",
+        response_model=Health,
+        responses=HEALTH_RESPONSES,
+        summary="200 once the models are loaded and the pipeline can score",
+    )
     async def healthz(self) -> JSONResponse:
         try:
             await self._refresh_versions()
@@ -577,17 +689,24 @@ class Ingress:
         except ApiError as exc:
             return JSONResponse(status_code=503, content={"status": "unavailable", "errors": exc.errors})
         except Exception as exc:  # a model that cannot load is "not ready", with the reason
-            return JSONResponse(status_code=503, content={"status": "unavailable",
-                                                          "errors": [{"field": "model", "message": str(exc)}]})
+            return JSONResponse(
+                status_code=503, content={"status": "unavailable", "errors": [{"field": "model", "message": str(exc)}]}
+            )
         return JSONResponse({"status": "ok", "champion": self.champion, "challenger": self.challenger})
 
-    @api.get("/api/state", response_model=FeatureState,
-             summary="The online feature state summed over its partitions: rows, keys, last snapshot, recoveries")
+    @api.get(
+        "/api/state",
+        response_model=FeatureState,
+        summary="The online feature state summed over its partitions: rows, keys, last snapshot, recoveries",
+    )
     async def state(self) -> dict[str, Any]:
         return await asyncio.to_thread(self.features.summary)
 
-    @api.get("/api/rollout", response_model=RolloutStatus,
-             summary="The rollout state and the guard's live figures: each model's rates and p99 since it started")
+    @api.get(
+        "/api/rollout",
+        response_model=RolloutStatus,
+        summary="The rollout state and the guard's live figures: each model's rates and p99 since it started",
+    )
     async def rollout_status(self) -> dict[str, Any]:
         return await self.guard.status.remote()
 
@@ -596,10 +715,12 @@ class Ingress:
         await self.reporter.flush()
         return await self.reporter.actor.snapshot.remote()
 
-
-    @api.get("/api/monitoring", response_model=Monitoring,
-             summary="Drift per feature and of the score, missing rates, rejected inputs and performance on labelled "
-                     "decisions, over the last window_s against the champion's training reference")
+    @api.get(
+        "/api/monitoring",
+        response_model=Monitoring,
+        summary="Drift per feature and of the score, missing rates, rejected inputs and performance on labelled "
+        "decisions, over the last window_s against the champion's training reference",
+    )
     async def monitoring(self) -> Response:
         await asyncio.to_thread(self.monitor.flush)
         view = await self.monitor.actor.view.remote()
@@ -612,11 +733,14 @@ def build_app(settings: Settings | None = None) -> Any:
     actor_env = {"runtime_env": {"env_vars": {**settings.as_env(), **serve_env(settings)}}}
 
     def options(deployment: Any, cpus: float, max_replicas: int | None = None) -> Any:
-        return deployment.options(autoscaling_config=autoscaling(settings, max_replicas=max_replicas),
-                                  ray_actor_options={"num_cpus": cpus, **actor_env})
+        return deployment.options(
+            autoscaling_config=autoscaling(settings, max_replicas=max_replicas),
+            ray_actor_options={"num_cpus": cpus, **actor_env},
+        )
 
-    return options(Ingress, 0.2).bind(settings, options(XGBoostStage, 0.1).bind(settings),
-                                      options(AutoencoderStage, 0.1).bind(settings))
+    return options(Ingress, 0.2).bind(
+        settings, options(XGBoostStage, 0.1).bind(settings), options(AutoencoderStage, 0.1).bind(settings)
+    )
 
 
 def app_builder(args: dict[str, str]) -> Any:

@@ -53,13 +53,13 @@ log = logging.getLogger(__name__)
 OPEN, CLOSED = "open", "closed"
 STATUSES = (OPEN, CLOSED)
 CASE_ID_PATTERN = r"^case-[0-9a-f]{20}$"
-OPEN_ATTEMPTS = 6          # per pass, on top of boto3's own retries of throttling and unprocessed items
-READS_PER_CALL = 100       # BatchGetItem limit
-WRITES_PER_CALL = 25       # BatchWriteItem limit
-CASES_PER_PASS = 1_000     # cases the desk opens in one pass
-LOGGED_IDS = 10            # transaction ids named when cases cannot be opened
-PUT_SINGLY_UP_TO = 2       # cases of a pass put one by one: fewer calls than a read and a batch write
-AMOUNT_WIDTH = 16          # characters of a zero-padded amount: the schema's largest, 1000000.0000, takes 12
+OPEN_ATTEMPTS = 6  # per pass, on top of boto3's own retries of throttling and unprocessed items
+READS_PER_CALL = 100  # BatchGetItem limit
+WRITES_PER_CALL = 25  # BatchWriteItem limit
+CASES_PER_PASS = 1_000  # cases the desk opens in one pass
+LOGGED_IDS = 10  # transaction ids named when cases cannot be opened
+PUT_SINGLY_UP_TO = 2  # cases of a pass put one by one: fewer calls than a read and a batch write
+AMOUNT_WIDTH = 16  # characters of a zero-padded amount: the schema's largest, 1000000.0000, takes 12
 
 
 class CaseNotFound(KeyError):
@@ -88,8 +88,9 @@ def risk_rank(fraud_score: float, amount: float) -> str:
     return f"{fraud_score:.12f}#{amount:0{AMOUNT_WIDTH}.4f}"
 
 
-def new_cases(decisions: Sequence[dict[str, Any]], transactions: Sequence[Transaction],
-              opened_at: datetime) -> list[dict[str, Any]]:
+def new_cases(
+    decisions: Sequence[dict[str, Any]], transactions: Sequence[Transaction], opened_at: datetime
+) -> list[dict[str, Any]]:
     """A case for each review decision (``transactions`` align with ``decisions``), each transaction once."""
     opened = format_timestamp(opened_at)
     cases: dict[str, dict[str, Any]] = {}
@@ -97,12 +98,21 @@ def new_cases(decisions: Sequence[dict[str, Any]], transactions: Sequence[Transa
         if decision["action"] != REVIEW or decision["transaction_id"] in cases:
             continue
         cases[decision["transaction_id"]] = {
-            "case_id": case_id(decision["transaction_id"]), "transaction_id": decision["transaction_id"],
-            "opened_at": opened, "fraud_score": decision["fraud_score"], "risk_level": decision["risk_level"],
-            "factors": decision["factors"], "rules": decision["rules"], "action": decision["action"],
-            "user_id": transaction.user_id, "merchant_id": transaction.merchant_id, "amount": transaction.amount,
-            "currency": transaction.currency, "timestamp": format_timestamp(transaction.timestamp),
-            **({"reasons": decision["reasons"]} if decision.get("reasons") else {})}
+            "case_id": case_id(decision["transaction_id"]),
+            "transaction_id": decision["transaction_id"],
+            "opened_at": opened,
+            "fraud_score": decision["fraud_score"],
+            "risk_level": decision["risk_level"],
+            "factors": decision["factors"],
+            "rules": decision["rules"],
+            "action": decision["action"],
+            "user_id": transaction.user_id,
+            "merchant_id": transaction.merchant_id,
+            "amount": transaction.amount,
+            "currency": transaction.currency,
+            "timestamp": format_timestamp(transaction.timestamp),
+            **({"reasons": decision["reasons"]} if decision.get("reasons") else {}),
+        }
     return list(cases.values())
 
 
@@ -133,8 +143,13 @@ class CaseStore:
             if attempt + 1 < OPEN_ATTEMPTS:
                 time.sleep(backoff_s(attempt, base_s=0.2, cap_s=30.0))
         ids = [case["transaction_id"] for case in pending]
-        log.error("%d case(s) not opened after %d attempts (%s), for transactions %s", len(ids), OPEN_ATTEMPTS,
-                  type(error).__name__, ", ".join(ids[:LOGGED_IDS]) + (" ..." if len(ids) > LOGGED_IDS else ""))
+        log.error(
+            "%d case(s) not opened after %d attempts (%s), for transactions %s",
+            len(ids),
+            OPEN_ATTEMPTS,
+            type(error).__name__,
+            ", ".join(ids[:LOGGED_IDS]) + (" ..." if len(ids) > LOGGED_IDS else ""),
+        )
         raise CasesNotOpened(f"{len(ids)} case(s) not opened, e.g. for transaction {ids[0]}") from error
 
     def _store_absent(self, cases: Sequence[dict[str, Any]], opened: set[str]) -> None:
@@ -145,15 +160,18 @@ class CaseStore:
             return
         existing = self._existing([case["case_id"] for case in cases])
         for chunk in chunks([case for case in cases if case["case_id"] not in existing], WRITES_PER_CALL):
-            until_processed(self.dynamodb.batch_write_item,
-                            {self.table: [{"PutRequest": {"Item": _item(case)}} for case in chunk]},
-                            unprocessed="UnprocessedItems")
+            until_processed(
+                self.dynamodb.batch_write_item,
+                {self.table: [{"PutRequest": {"Item": _item(case)}} for case in chunk]},
+                unprocessed="UnprocessedItems",
+            )
             opened.update(case["transaction_id"] for case in chunk)
 
     def _put_if_absent(self, case: dict[str, Any]) -> bool:
         try:
-            self.dynamodb.put_item(TableName=self.table, Item=_item(case),
-                                   ConditionExpression="attribute_not_exists(case_id)")
+            self.dynamodb.put_item(
+                TableName=self.table, Item=_item(case), ConditionExpression="attribute_not_exists(case_id)"
+            )
             return True
         except ClientError as exc:
             if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
@@ -163,8 +181,13 @@ class CaseStore:
     def _existing(self, case_ids: Sequence[str]) -> set[str]:
         found: set[str] = set()
         for chunk in chunks(case_ids, READS_PER_CALL):
-            request = {self.table: {"Keys": [{"case_id": {"S": cid}} for cid in chunk],
-                                    "ProjectionExpression": "case_id", "ConsistentRead": True}}
+            request = {
+                self.table: {
+                    "Keys": [{"case_id": {"S": cid}} for cid in chunk],
+                    "ProjectionExpression": "case_id",
+                    "ConsistentRead": True,
+                }
+            }
             for response in until_processed(self.dynamodb.batch_get_item, request, unprocessed="UnprocessedKeys"):
                 found.update(item["case_id"]["S"] for item in response["Responses"].get(self.table, []))
         return found
@@ -172,8 +195,9 @@ class CaseStore:
     # -- reading --------------------------------------------------------------------------------------------------
 
     def get(self, case_id: str) -> dict[str, Any]:
-        item = self.dynamodb.get_item(TableName=self.table, Key={"case_id": {"S": case_id}},
-                                      ConsistentRead=True).get("Item")
+        item = self.dynamodb.get_item(TableName=self.table, Key={"case_id": {"S": case_id}}, ConsistentRead=True).get(
+            "Item"
+        )
         if item is None:
             raise CaseNotFound(case_id)
         return _case(item)
@@ -203,9 +227,14 @@ class CaseStore:
         return items[:limit]
 
     def _pages(self, index: str, status: str, **extra: Any) -> Any:
-        kwargs: dict[str, Any] = {"TableName": self.table, "IndexName": index, "KeyConditionExpression": "#s = :s",
-                                  "ExpressionAttributeNames": {"#s": "status"},
-                                  "ExpressionAttributeValues": {":s": {"S": status}}, **extra}
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "IndexName": index,
+            "KeyConditionExpression": "#s = :s",
+            "ExpressionAttributeNames": {"#s": "status"},
+            "ExpressionAttributeValues": {":s": {"S": status}},
+            **extra,
+        }
         while True:
             page = self.dynamodb.query(**kwargs)
             yield page
@@ -219,17 +248,27 @@ class CaseStore:
         """Close an open case with the analyst's label; returns the closed case. ``CaseNotFound`` for an unknown
         id, ``CaseClosed`` when it was decided before."""
         closed_at = format_timestamp(self.clock())
-        values = {":open": {"S": OPEN}, ":closed": {"S": CLOSED}, ":at": {"S": closed_at},
-                  ":analyst": {"S": analyst}, ":fraud": {"BOOL": bool(is_fraud)}}
+        values = {
+            ":open": {"S": OPEN},
+            ":closed": {"S": CLOSED},
+            ":at": {"S": closed_at},
+            ":analyst": {"S": analyst},
+            ":fraud": {"BOOL": bool(is_fraud)},
+        }
         update = "SET #s = :closed, since = :at, closed_at = :at, analyst = :analyst, is_fraud = :fraud"
         if note is not None:
             update += ", note = :note"
             values[":note"] = {"S": note}
         try:
             attributes = self.dynamodb.update_item(
-                TableName=self.table, Key={"case_id": {"S": case_id}}, UpdateExpression=update,
-                ConditionExpression="#s = :open", ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues=values, ReturnValues="ALL_NEW")["Attributes"]
+                TableName=self.table,
+                Key={"case_id": {"S": case_id}},
+                UpdateExpression=update,
+                ConditionExpression="#s = :open",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+            )["Attributes"]
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
@@ -239,16 +278,24 @@ class CaseStore:
     def reopen(self, case_id: str) -> None:
         """Undo ``decide`` (its label could not be applied), so that the analyst's retry closes it."""
         self.dynamodb.update_item(
-            TableName=self.table, Key={"case_id": {"S": case_id}},
+            TableName=self.table,
+            Key={"case_id": {"S": case_id}},
             UpdateExpression="SET #s = :open, since = opened_at REMOVE closed_at, analyst, is_fraud, note",
-            ExpressionAttributeNames={"#s": "status"}, ExpressionAttributeValues={":open": {"S": OPEN}})
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues={":open": {"S": OPEN}},
+        )
 
 
 def _item(case: dict[str, Any]) -> dict[str, Any]:
-    return {"case_id": {"S": case["case_id"]}, "transaction_id": {"S": case["transaction_id"]},
-            "status": {"S": OPEN}, "opened_at": {"S": case["opened_at"]}, "since": {"S": case["opened_at"]},
-            "risk_rank": {"S": risk_rank(case["fraud_score"], case["amount"])},
-            "opened": {"S": orjson.dumps(case).decode()}}
+    return {
+        "case_id": {"S": case["case_id"]},
+        "transaction_id": {"S": case["transaction_id"]},
+        "status": {"S": OPEN},
+        "opened_at": {"S": case["opened_at"]},
+        "since": {"S": case["opened_at"]},
+        "risk_rank": {"S": risk_rank(case["fraud_score"], case["amount"])},
+        "opened": {"S": orjson.dumps(case).decode()},
+    }
 
 
 def _case(item: dict[str, Any]) -> dict[str, Any]:

@@ -87,23 +87,40 @@ def read_log(settings: Settings, prefix: str, since: str | None = None) -> pd.Da
     return pd.DataFrame(rows)
 
 
-def decision_rows(champion: list[dict[str, Any]], challenger: list[dict[str, Any]],
-                  served_by_challenger: list[bool]) -> list[dict[str, Any]]:
+def decision_rows(
+    champion: list[dict[str, Any]], challenger: list[dict[str, Any]], served_by_challenger: list[bool]
+) -> list[dict[str, Any]]:
     logged_at = datetime.now(timezone.utc).isoformat()
-    return [{"transaction_id": a["transaction_id"], "logged_at": logged_at,
-             "champion_version": a["model_version"], "champion_score": a["fraud_score"], "champion_is_fraud": a["is_fraud"],
-             "challenger_version": b["model_version"], "challenger_score": b["fraud_score"],
-             "challenger_is_fraud": b["is_fraud"], "served": "challenger" if served else "champion"}
-            for a, b, served in zip(champion, challenger, served_by_challenger)]
+    return [
+        {
+            "transaction_id": a["transaction_id"],
+            "logged_at": logged_at,
+            "champion_version": a["model_version"],
+            "champion_score": a["fraud_score"],
+            "champion_is_fraud": a["is_fraud"],
+            "challenger_version": b["model_version"],
+            "challenger_score": b["fraud_score"],
+            "challenger_is_fraud": b["is_fraud"],
+            "served": "challenger" if served else "champion",
+        }
+        for a, b, served in zip(champion, challenger, served_by_challenger)
+    ]
 
 
 def transaction_rows(records: list[dict[str, Any]], decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """What the transaction log keeps of each scored transaction: its canonical fields and the answer it got (the
     timestamp stays a datetime: the log's writer formats it, in ISO 8601 UTC)."""
     logged_at = datetime.now(timezone.utc).isoformat()
-    return [{**record, "fraud_score": decision["fraud_score"],
-             "risk_level": decision["risk_level"], "model_version": decision["model_version"], "logged_at": logged_at}
-            for record, decision in zip(records, decisions)]
+    return [
+        {
+            **record,
+            "fraud_score": decision["fraud_score"],
+            "risk_level": decision["risk_level"],
+            "model_version": decision["model_version"],
+            "logged_at": logged_at,
+        }
+        for record, decision in zip(records, decisions)
+    ]
 
 
 def mcnemar(champion_correct: np.ndarray, challenger_correct: np.ndarray) -> dict[str, Any]:
@@ -120,14 +137,23 @@ def mcnemar(champion_correct: np.ndarray, challenger_correct: np.ndarray) -> dic
         statistic = (abs(only_champion - only_challenger) - 1) ** 2 / discordant
         p_value = float(chi2.sf(statistic, df=1))
         method = "chi-square with continuity correction"
-    return {"test": "mcnemar", "method": method, "only_champion_correct": only_champion,
-            "only_challenger_correct": only_challenger, "p_value": round(float(p_value), 6)}
+    return {
+        "test": "mcnemar",
+        "method": method,
+        "only_champion_correct": only_champion,
+        "only_challenger_correct": only_challenger,
+        "p_value": round(float(p_value), 6),
+    }
 
 
 def _precision_recall(decided: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
     alerts, frauds, caught = int(decided.sum()), int(truth.sum()), int((decided & truth).sum())
-    return {"alerts": alerts, "caught": caught, "precision": round(caught / alerts, 4) if alerts else None,
-            "recall": round(caught / frauds, 4) if frauds else None}
+    return {
+        "alerts": alerts,
+        "caught": caught,
+        "precision": round(caught / alerts, 4) if alerts else None,
+        "recall": round(caught / frauds, 4) if frauds else None,
+    }
 
 
 def compare(decisions: pd.DataFrame, feedback: pd.DataFrame, alpha: float = 0.05) -> dict[str, Any]:
@@ -136,13 +162,19 @@ def compare(decisions: pd.DataFrame, feedback: pd.DataFrame, alpha: float = 0.05
         return {"labelled": 0, "note": "no logged challenger decisions with feedback labels yet"}
     labels = feedback.sort_values("reported_at").drop_duplicates("transaction_id", keep="last")
     joined = decisions.drop_duplicates("transaction_id", keep="last").merge(
-        labels[["transaction_id", "is_fraud"]], on="transaction_id")
+        labels[["transaction_id", "is_fraud"]], on="transaction_id"
+    )
     truth = joined["is_fraud"].astype(bool).to_numpy()
     champion = joined["champion_is_fraud"].astype(bool).to_numpy()
     challenger = joined["challenger_is_fraud"].astype(bool).to_numpy()
     test = mcnemar(champion == truth, challenger == truth)
-    return {"labelled": len(joined), "frauds": int(truth.sum()),
-            "champion": {"versions": sorted(joined["champion_version"].unique()), **_precision_recall(champion, truth)},
-            "challenger": {"versions": sorted(joined["challenger_version"].unique()),
-                           **_precision_recall(challenger, truth)},
-            "significance": {**test, "alpha": alpha, "significant": test["p_value"] < alpha}}
+    return {
+        "labelled": len(joined),
+        "frauds": int(truth.sum()),
+        "champion": {"versions": sorted(joined["champion_version"].unique()), **_precision_recall(champion, truth)},
+        "challenger": {
+            "versions": sorted(joined["challenger_version"].unique()),
+            **_precision_recall(challenger, truth),
+        },
+        "significance": {**test, "alpha": alpha, "significant": test["p_value"] < alpha},
+    }

@@ -22,8 +22,14 @@ class Coalescer(Generic[Item, Result]):
     at most ``concurrency`` passes at once and at most ``max_size`` (by ``size``) in one pass (a single larger item
     runs alone)."""
 
-    def __init__(self, run: Callable[[list[Item]], Awaitable[list[Result]]], *, max_size: int,
-                 size: Callable[[Item], int] = lambda item: 1, concurrency: int = 1):
+    def __init__(
+        self,
+        run: Callable[[list[Item]], Awaitable[list[Result]]],
+        *,
+        max_size: int,
+        size: Callable[[Item], int] = lambda item: 1,
+        concurrency: int = 1,
+    ):
         self.run, self.max_size, self.size, self.concurrency = run, max_size, size, concurrency
         self._queue: list[tuple[Item, asyncio.Future]] = []
         self._passes = 0

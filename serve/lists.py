@@ -53,16 +53,20 @@ class ListStore:
 
     def catalog(self) -> dict[str, ListInfo]:
         """Every list's kind and version."""
-        return {item["value"]["S"]: ListInfo(item["value"]["S"], item["kind"]["S"], int(item["version"]["N"]))
-                for item in self._query(CATALOG, "#v, kind, version")}
+        return {
+            item["value"]["S"]: ListInfo(item["value"]["S"], item["kind"]["S"], int(item["version"]["N"]))
+            for item in self._query(CATALOG, "#v, kind, version")
+        }
 
     def kinds(self) -> dict[str, str]:
         return {name: info.kind for name, info in self.catalog().items()}
 
     def entries(self, name: str) -> list[tuple[str, float]]:
         """A list's stored values and when each expires (``inf``: never), expired ones included."""
-        return [(item["value"]["S"], float(item[EXPIRES]["N"]) if EXPIRES in item else math.inf)
-                for item in self._query(name, f"#v, {EXPIRES}")]
+        return [
+            (item["value"]["S"], float(item[EXPIRES]["N"]) if EXPIRES in item else math.inf)
+            for item in self._query(name, f"#v, {EXPIRES}")
+        ]
 
     def values(self, name: str) -> list[str]:
         """A list's values that have not expired."""
@@ -71,14 +75,20 @@ class ListStore:
 
     def summary(self) -> list[dict[str, Any]]:
         """``GET /api/lists``: each list's name, kind and number of values that have not expired."""
-        return [{"name": info.name, "kind": info.kind, "size": len(self.values(info.name))}
-                for info in sorted(self.catalog().values(), key=lambda i: i.name)]
+        return [
+            {"name": info.name, "kind": info.kind, "size": len(self.values(info.name))}
+            for info in sorted(self.catalog().values(), key=lambda i: i.name)
+        ]
 
     def _query(self, key: str, projection: str) -> Iterator[dict[str, Any]]:
         kwargs: dict[str, Any] = {
-            "TableName": self.table, "KeyConditionExpression": "#l = :l", "ConsistentRead": True,
-            "ExpressionAttributeNames": {"#l": "list", "#v": "value"}, "ProjectionExpression": projection,
-            "ExpressionAttributeValues": {":l": {"S": key}}}
+            "TableName": self.table,
+            "KeyConditionExpression": "#l = :l",
+            "ConsistentRead": True,
+            "ExpressionAttributeNames": {"#l": "list", "#v": "value"},
+            "ProjectionExpression": projection,
+            "ExpressionAttributeValues": {":l": {"S": key}},
+        }
         while True:
             page = self.dynamodb.query(**kwargs)
             yield from page.get("Items", [])
@@ -111,8 +121,9 @@ class ListStore:
         info = self.catalog().get(name)
         if info is None:
             raise KeyError(name)
-        old = self.dynamodb.delete_item(TableName=self.table, Key=self._key(name, value),
-                                        ReturnValues="ALL_OLD").get("Attributes")
+        old = self.dynamodb.delete_item(TableName=self.table, Key=self._key(name, value), ReturnValues="ALL_OLD").get(
+            "Attributes"
+        )
         self._bump(name, info.kind)
         return old is not None
 
@@ -123,15 +134,24 @@ class ListStore:
 
     def _batch(self, requests: list[dict[str, Any]]) -> None:
         for start in range(0, len(requests), BATCH):
-            until_processed(self.dynamodb.batch_write_item, {self.table: requests[start:start + BATCH]},
-                            unprocessed="UnprocessedItems")
+            until_processed(
+                self.dynamodb.batch_write_item,
+                {self.table: requests[start : start + BATCH]},
+                unprocessed="UnprocessedItems",
+            )
 
     def _bump(self, name: str, kind: str) -> ListInfo:
         attributes = self.dynamodb.update_item(
-            TableName=self.table, Key=self._key(CATALOG, name), ReturnValues="ALL_NEW",
+            TableName=self.table,
+            Key=self._key(CATALOG, name),
+            ReturnValues="ALL_NEW",
             UpdateExpression="SET kind = :kind, updated_at = :at ADD version :one",
-            ExpressionAttributeValues={":kind": {"S": kind}, ":one": {"N": "1"},
-                                       ":at": {"S": datetime.now(timezone.utc).isoformat()}})["Attributes"]
+            ExpressionAttributeValues={
+                ":kind": {"S": kind},
+                ":one": {"N": "1"},
+                ":at": {"S": datetime.now(timezone.utc).isoformat()},
+            },
+        )["Attributes"]
         return ListInfo(name, kind, int(attributes["version"]["N"]))
 
     @staticmethod
@@ -157,8 +177,7 @@ class _Cached:
 class ListCache:
     """The current lists, the catalog re-read every ``rules_refresh_s`` by whichever caller finds it stale."""
 
-    def __init__(self, settings: Settings, store: ListStore | None = None, *,
-                 clock: Callable[[], float] | None = None):
+    def __init__(self, settings: Settings, store: ListStore | None = None, *, clock: Callable[[], float] | None = None):
         self.store = store or ListStore(settings)
         self.clock = clock or self.store.clock
         self.refresh_s = settings.rules_refresh_s
@@ -187,8 +206,11 @@ class ListCache:
                 cached = self._cached.get(name)
                 if cached is None or cached.info != info:
                     entries = self.store.entries(name)
-                    self._cached[name] = _Cached(info, np.array([v for v, _ in entries], dtype=str),
-                                                 np.array([e for _, e in entries], dtype=np.float64))
+                    self._cached[name] = _Cached(
+                        info,
+                        np.array([v for v, _ in entries], dtype=str),
+                        np.array([e for _, e in entries], dtype=np.float64),
+                    )
                     changed = True
             for name in set(self._cached) - set(catalog):
                 del self._cached[name]

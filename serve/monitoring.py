@@ -51,8 +51,8 @@ log = logging.getLogger(__name__)
 
 MONITORING_ACTOR = "serve-monitoring"
 PSI_EPSILON = 1e-4
-WINDOW_BUCKETS = 30          # the window is a ring of this many time buckets
-MAX_PENDING_ROWS = 50_000    # a reporter bins what it holds once it holds this many rows, whenever its flush is due
+WINDOW_BUCKETS = 30  # the window is a ring of this many time buckets
+MAX_PENDING_ROWS = 50_000  # a reporter bins what it holds once it holds this many rows, whenever its flush is due
 MAX_KEPT_DECISIONS = 200_000  # decisions kept for the labels that arrive days later (the newest ones)
 MAX_KEPT_LABELS = 200_000
 
@@ -80,7 +80,7 @@ class Reference:
     rows: int
     feature_names: tuple[str, ...]
     edges: list[np.ndarray]
-    counts: np.ndarray        # (features x width)
+    counts: np.ndarray  # (features x width)
     score_edges: np.ndarray
     score_counts: np.ndarray
     inputs: dict[str, float]  # optional field -> missing rate
@@ -93,11 +93,17 @@ class Reference:
         width = max(len(e) for e in edges) + 2
         counts = np.zeros((len(names), width), np.int64)
         for j, name in enumerate(names):
-            counts[j, :len(features[name]["counts"])] = features[name]["counts"]
-        return cls(version=version, rows=int(stored["rows"]), feature_names=names, edges=edges, counts=counts,
-                   score_edges=np.asarray(stored["score"]["edges"], np.float64),
-                   score_counts=np.asarray(stored["score"]["counts"], np.int64),
-                   inputs={name: value["missing_rate"] for name, value in stored.get("inputs", {}).items()})
+            counts[j, : len(features[name]["counts"])] = features[name]["counts"]
+        return cls(
+            version=version,
+            rows=int(stored["rows"]),
+            feature_names=names,
+            edges=edges,
+            counts=counts,
+            score_edges=np.asarray(stored["score"]["edges"], np.float64),
+            score_counts=np.asarray(stored["score"]["counts"], np.int64),
+            inputs={name: value["missing_rate"] for name, value in stored.get("inputs", {}).items()},
+        )
 
     @property
     def width(self) -> int:
@@ -138,25 +144,32 @@ class DecisionBlock:
 
     @classmethod
     def of(cls, decisions: Sequence[dict[str, Any]], day: str, cards: Sequence[str] | None = None) -> "DecisionBlock":
-        return cls(transaction_ids=[d["transaction_id"] for d in decisions],
-                   scores=np.array([d["fraud_score"] for d in decisions], np.float64),
-                   flagged=np.array([d["is_fraud"] for d in decisions], bool), day=day,
-                   cards=None if cards is None else [str(card) for card in cards])
+        return cls(
+            transaction_ids=[d["transaction_id"] for d in decisions],
+            scores=np.array([d["fraud_score"] for d in decisions], np.float64),
+            flagged=np.array([d["is_fraud"] for d in decisions], bool),
+            day=day,
+            cards=None if cards is None else [str(card) for card in cards],
+        )
 
     def __len__(self) -> int:
         return len(self.transaction_ids)
 
 
-def count_rows(reference: Reference, x: np.ndarray, scores: np.ndarray,
-               columns: Mapping[str, Sequence[Any]]) -> WindowCounts:
+def count_rows(
+    reference: Reference, x: np.ndarray, scores: np.ndarray, columns: Mapping[str, Sequence[Any]]
+) -> WindowCounts:
     """Bin a scored (rows x features) matrix and its scores into ``reference``'s bins; count absent optional
     fields of the transactions' ``columns``."""
-    missing = {name: int(pd.isna(np.asarray(columns[name], dtype=object)).sum())
-               for name in OPTIONAL_INPUTS if name in columns}
-    score = bin_matrix(np.asarray(scores, np.float64)[:, None], [reference.score_edges],
-                       len(reference.score_edges) + 2)[0]
-    return WindowCounts(rows=len(x), features=bin_matrix(x, reference.edges, reference.width), score=score,
-                        inputs_missing=missing)
+    missing = {
+        name: int(pd.isna(np.asarray(columns[name], dtype=object)).sum()) for name in OPTIONAL_INPUTS if name in columns
+    }
+    score = bin_matrix(
+        np.asarray(scores, np.float64)[:, None], [reference.score_edges], len(reference.score_edges) + 2
+    )[0]
+    return WindowCounts(
+        rows=len(x), features=bin_matrix(x, reference.edges, reference.width), score=score, inputs_missing=missing
+    )
 
 
 @dataclass(frozen=True)
@@ -170,8 +183,12 @@ class DriftPolicy:
 
     @classmethod
     def of(cls, settings: Settings) -> "DriftPolicy":
-        return cls(threshold=settings.drift_psi_threshold, clear_below=settings.drift_psi_clear,
-                   consecutive=settings.drift_consecutive, min_rows=settings.drift_min_rows)
+        return cls(
+            threshold=settings.drift_psi_threshold,
+            clear_below=settings.drift_psi_clear,
+            consecutive=settings.drift_consecutive,
+            min_rows=settings.drift_min_rows,
+        )
 
 
 class DriftTracker:
@@ -215,14 +232,17 @@ def labelled_performance(scores: np.ndarray, flagged: np.ndarray, labels: np.nda
     labels, flagged = np.asarray(labels, bool), np.asarray(flagged, bool)
     tp, fp = int(np.sum(flagged & labels)), int(np.sum(flagged & ~labels))
     fn, tn = int(np.sum(~flagged & labels)), int(np.sum(~flagged & ~labels))
-    return {"count": int(len(labels)), "coverage": round(len(labels) / scored, 6) if scored else None,
-            "precision": tp / (tp + fp) if tp + fp else None, "recall": tp / (tp + fn) if tp + fn else None,
-            "average_precision": float(average_precision_score(labels, scores)) if tp + fn else None,
-            "confusion": {"tp": tp, "fp": fp, "fn": fn, "tn": tn}}
+    return {
+        "count": int(len(labels)),
+        "coverage": round(len(labels) / scored, 6) if scored else None,
+        "precision": tp / (tp + fp) if tp + fp else None,
+        "recall": tp / (tp + fn) if tp + fn else None,
+        "average_precision": float(average_precision_score(labels, scores)) if tp + fn else None,
+        "confusion": {"tp": tp, "fp": fp, "fn": fn, "tn": tn},
+    }
 
 
-def card_precision_at_k(cards: Sequence[str], scores: np.ndarray, labels: Mapping[int, bool], k: int
-                        ) -> dict[str, Any]:
+def card_precision_at_k(cards: Sequence[str], scores: np.ndarray, labels: Mapping[int, bool], k: int) -> dict[str, Any]:
     """Card precision at ``k`` for one day (the Fraud Detection Handbook's CP@k): of the ``k`` cards with the
     highest score that day, the share with a fraud among their labelled transactions. Labels arrive late, so
     ``labelled_cards`` says how many of those cards have any label yet; ``labels`` maps row -> is_fraud."""
@@ -233,8 +253,12 @@ def card_precision_at_k(cards: Sequence[str], scores: np.ndarray, labels: Mappin
     top = set(sorted(best, key=best.__getitem__, reverse=True)[:k])
     fraud_cards = {cards[row] for row, is_fraud in labels.items() if is_fraud and cards[row] in top}
     labelled_cards = {cards[row] for row in labels if cards[row] in top}
-    return {"k": k, "cards": len(top), "labelled_cards": len(labelled_cards),
-            "cp_at_k": round(len(fraud_cards) / len(top), 6) if top else None}
+    return {
+        "k": k,
+        "cards": len(top),
+        "labelled_cards": len(labelled_cards),
+        "cp_at_k": round(len(fraud_cards) / len(top), 6) if top else None,
+    }
 
 
 class DriftNotifier:
@@ -267,9 +291,14 @@ class MonitoringCollector:
     ``DriftNotifier``).
     """
 
-    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic,
-                 references: Callable[[str], Mapping[str, Any] | None] | None = None,
-                 notify: Callable[[dict[str, Any]], None] | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        references: Callable[[str], Mapping[str, Any] | None] | None = None,
+        notify: Callable[[dict[str, Any]], None] | None = None,
+    ):
         self.settings = settings
         self.clock = clock
         self.window_s = settings.monitoring_window_s
@@ -303,9 +332,16 @@ class MonitoringCollector:
             self.buckets.popleft()
         return self.buckets[-1]
 
-    def record(self, *, counts: Mapping[str, WindowCounts] | None = None, scored: int = 0,
-               rejected: Mapping[str, int] | None = None, decisions: DecisionBlock | None = None,
-               labels: Sequence[tuple[str, bool]] = (), model_version: str | None = None) -> None:
+    def record(
+        self,
+        *,
+        counts: Mapping[str, WindowCounts] | None = None,
+        scored: int = 0,
+        rejected: Mapping[str, int] | None = None,
+        decisions: DecisionBlock | None = None,
+        labels: Sequence[tuple[str, bool]] = (),
+        model_version: str | None = None,
+    ) -> None:
         """One reporter's flush: counts per reference version, rows scored, rejected fields, decisions kept for
         labels, labels (id, is_fraud) and the model of its newest rows."""
         now = self.clock()
@@ -344,8 +380,7 @@ class MonitoringCollector:
             total.add(part)
         return total
 
-    def drift(self) -> tuple[Reference | None, WindowCounts | None, dict[str, dict[str, float | None]],
-                             float | None]:
+    def drift(self) -> tuple[Reference | None, WindowCounts | None, dict[str, dict[str, float | None]], float | None]:
         """The champion's reference, its window counts, PSI and missing rate per feature, and the score's PSI."""
         self._bucket(self.clock())
         reference = self.reference(self.version)
@@ -354,8 +389,10 @@ class MonitoringCollector:
             return reference, window, {}, None
         features = {}
         for j, name in enumerate(reference.feature_names):
-            features[name] = {"psi": _rounded(psi(reference.counts[j], window.features[j])),
-                              "missing_rate": _rounded(window.features[j, reference.missing_column(j)] / window.rows)}
+            features[name] = {
+                "psi": _rounded(psi(reference.counts[j], window.features[j])),
+                "missing_rate": _rounded(window.features[j, reference.missing_column(j)] / window.rows),
+            }
         return reference, window, features, _rounded(psi(reference.score_counts, window.score))
 
     def evaluate(self) -> list[str]:
@@ -366,11 +403,18 @@ class MonitoringCollector:
             return []
         started = self.tracker.update({name: figures["psi"] for name, figures in features.items()}, window.rows)
         if started:
-            self._notify({"model_version": self.version, "window_s": self.window_s, "rows": window.rows,
-                          "threshold": self.tracker.policy.threshold,
-                          "features": {name: features[name]["psi"] for name in started},
-                          "drifted": sorted(self.tracker.drifted), "score_psi": score_psi,
-                          "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+            self._notify(
+                {
+                    "model_version": self.version,
+                    "window_s": self.window_s,
+                    "rows": window.rows,
+                    "threshold": self.tracker.policy.threshold,
+                    "features": {name: features[name]["psi"] for name in started},
+                    "drifted": sorted(self.tracker.drifted),
+                    "score_psi": score_psi,
+                    "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                }
+            )
             self.notifications += 1
         return started
 
@@ -381,21 +425,37 @@ class MonitoringCollector:
         for bucket in self.buckets:
             rejected.update(bucket.rejected)
         rows = window.rows if window is not None else 0
-        inputs = {name: {"missing_rate": _rounded(window.inputs_missing.get(name, 0) / rows) if rows else None,
-                         "reference_missing_rate": _rounded(rate)}
-                  for name, rate in (reference.inputs if reference is not None else {}).items()}
+        inputs = {
+            name: {
+                "missing_rate": _rounded(window.inputs_missing.get(name, 0) / rows) if rows else None,
+                "reference_missing_rate": _rounded(rate),
+            }
+            for name, rate in (reference.inputs if reference is not None else {}).items()
+        }
         policy = self.tracker.policy
-        return {"reference": {"model_version": reference.version if reference else self.serving_version,
-                              "rows": reference.rows if reference else None},
-                "window_s": self.window_s, "scored": sum(bucket.scored for bucket in self.buckets),
-                "compared_rows": rows, "features": features, "score": {"psi": score_psi},
-                "drifted": sorted(self.tracker.drifted),
-                "rejected_inputs": {"count": sum(rejected.values()), "by_field": dict(rejected.most_common())},
-                "inputs": inputs, "labelled": self.labelled(),
-                "drift_policy": {"psi_threshold": policy.threshold, "psi_clear": policy.clear_below,
-                                 "consecutive": policy.consecutive, "min_rows": policy.min_rows,
-                                 "psi_formula": "sum((q - p) * ln(q / p)), proportions floored at 1e-4"},
-                "notifications": self.notifications}
+        return {
+            "reference": {
+                "model_version": reference.version if reference else self.serving_version,
+                "rows": reference.rows if reference else None,
+            },
+            "window_s": self.window_s,
+            "scored": sum(bucket.scored for bucket in self.buckets),
+            "compared_rows": rows,
+            "features": features,
+            "score": {"psi": score_psi},
+            "drifted": sorted(self.tracker.drifted),
+            "rejected_inputs": {"count": sum(rejected.values()), "by_field": dict(rejected.most_common())},
+            "inputs": inputs,
+            "labelled": self.labelled(),
+            "drift_policy": {
+                "psi_threshold": policy.threshold,
+                "psi_clear": policy.clear_below,
+                "consecutive": policy.consecutive,
+                "min_rows": policy.min_rows,
+                "psi_formula": "sum((q - p) * ln(q / p)), proportions floored at 1e-4",
+            },
+            "notifications": self.notifications,
+        }
 
     def labelled(self) -> dict[str, Any]:
         """Performance on the kept decisions that have a label, overall and per UTC day of the decision (a
@@ -412,9 +472,13 @@ class MonitoringCollector:
                 if tid in self.labels:
                     joined.append((float(score), bool(flagged), block.day, self.labels[tid]))
         overall = _performance(joined, len(seen))
-        per_day = {day: {**_performance([row for row in joined if row[2] == day], scored_per_day[day]),
-                         "card_precision": self._card_precision(day)}
-                   for day in sorted(scored_per_day)}
+        per_day = {
+            day: {
+                **_performance([row for row in joined if row[2] == day], scored_per_day[day]),
+                "card_precision": self._card_precision(day),
+            }
+            for day in sorted(scored_per_day)
+        }
         return {**overall, "kept_decisions": len(seen), "per_day": per_day}
 
     def _card_precision(self, day: str) -> dict[str, Any] | None:
@@ -441,8 +505,14 @@ class MonitoringCollector:
 
 def _performance(joined: list[tuple[float, bool, str, bool]], scored: int) -> dict[str, Any]:
     if not joined:
-        return {"count": 0, "coverage": 0.0 if scored else None, "precision": None, "recall": None,
-                "average_precision": None, "confusion": {"tp": 0, "fp": 0, "fn": 0, "tn": 0}}
+        return {
+            "count": 0,
+            "coverage": 0.0 if scored else None,
+            "precision": None,
+            "recall": None,
+            "average_precision": None,
+            "confusion": {"tp": 0, "fp": 0, "fn": 0, "tn": 0},
+        }
     scores, flagged, _, labels = zip(*joined)
     return labelled_performance(np.array(scores), np.array(flagged), np.array(labels), scored)
 
@@ -465,9 +535,18 @@ def _registry_references(settings: Settings) -> Callable[[str], Mapping[str, Any
 
 def monitoring_actor(settings: Settings) -> Any:
     """The cluster's one monitoring actor (created on first use; restarted, with an empty window, if lost)."""
-    return ray.remote(MonitoringCollector).options(
-        name=MONITORING_ACTOR, namespace=ACTOR_NAMESPACE, get_if_exists=True, lifetime="detached", num_cpus=0,
-        max_restarts=-1).remote(settings)
+    return (
+        ray.remote(MonitoringCollector)
+        .options(
+            name=MONITORING_ACTOR,
+            namespace=ACTOR_NAMESPACE,
+            get_if_exists=True,
+            lifetime="detached",
+            num_cpus=0,
+            max_restarts=-1,
+        )
+        .remote(settings)
+    )
 
 
 class MonitoringReporter:
@@ -487,8 +566,9 @@ class MonitoringReporter:
         self._labels: list[tuple[str, bool]] = []
         self._last_flush = time.monotonic()
 
-    def add(self, bundle: Any, x: np.ndarray, decisions: Sequence[dict[str, Any]],
-            columns: Mapping[str, Sequence[Any]]) -> None:
+    def add(
+        self, bundle: Any, x: np.ndarray, decisions: Sequence[dict[str, Any]], columns: Mapping[str, Sequence[Any]]
+    ) -> None:
         """Note a scored batch of ``bundle`` (its features ``x``, its decisions, the transactions' columns)."""
         if not self.enabled or not len(decisions):
             return
@@ -522,8 +602,13 @@ class MonitoringReporter:
         if not (every or rejected or labels):
             return None
         named = batches and all("user_id" in columns for _, _, _, columns in batches)
-        kept = DecisionBlock.of(every, datetime.now(timezone.utc).date().isoformat(), np.concatenate(
-            [np.asarray(columns["user_id"], dtype=object) for _, _, _, columns in batches]) if named else None)
+        kept = DecisionBlock.of(
+            every,
+            datetime.now(timezone.utc).date().isoformat(),
+            np.concatenate([np.asarray(columns["user_id"], dtype=object) for _, _, _, columns in batches])
+            if named
+            else None,
+        )
         by_version: dict[str, list[tuple[Any, np.ndarray, Sequence[dict[str, Any]], Any]]] = {}
         for batch in batches:
             by_version.setdefault(batch[0].version, []).append(batch)
@@ -532,13 +617,25 @@ class MonitoringReporter:
             reference = self._reference(group[0][0])
             if reference is not None:
                 counts[version] = count_rows(
-                    reference, np.concatenate([x for _, x, _, _ in group]),
-                    kept.scores if len(group) == len(batches) else
-                    np.array([d["fraud_score"] for _, _, decisions, _ in group for d in decisions], np.float64),
-                    {name: np.concatenate([np.asarray(columns[name], dtype=object) for _, _, _, columns in group])
-                     for name in OPTIONAL_INPUTS if all(name in columns for _, _, _, columns in group)})
-        return self.actor.record.remote(counts=counts, scored=len(kept), rejected=dict(rejected), decisions=kept,
-                                        labels=labels, model_version=batches[-1][0].version if batches else None)
+                    reference,
+                    np.concatenate([x for _, x, _, _ in group]),
+                    kept.scores
+                    if len(group) == len(batches)
+                    else np.array([d["fraud_score"] for _, _, decisions, _ in group for d in decisions], np.float64),
+                    {
+                        name: np.concatenate([np.asarray(columns[name], dtype=object) for _, _, _, columns in group])
+                        for name in OPTIONAL_INPUTS
+                        if all(name in columns for _, _, _, columns in group)
+                    },
+                )
+        return self.actor.record.remote(
+            counts=counts,
+            scored=len(kept),
+            rejected=dict(rejected),
+            decisions=kept,
+            labels=labels,
+            model_version=batches[-1][0].version if batches else None,
+        )
 
     def _reference(self, bundle: Any) -> Reference | None:
         if bundle.version not in self._references:

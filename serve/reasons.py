@@ -20,8 +20,8 @@ from cluster.schema import DEFAULT_CURRENCY
 from cluster.wording import Seen
 
 MAX_FACTORS = 5
-MIN_CONTRIBUTION = 0.05     # log-odds; smaller pushes are noise, not reasons
-UNUSUAL_AE_SCORE = 0.99     # above the 99th percentile of genuine reconstruction errors
+MIN_CONTRIBUTION = 0.05  # log-odds; smaller pushes are noise, not reasons
+UNUSUAL_AE_SCORE = 0.99  # above the 99th percentile of genuine reconstruction errors
 
 AUTOENCODER_REASON = "Unusual pattern (autoencoder)"
 RAISES, LOWERS = "Raises risk: ", "Lowers risk: "
@@ -47,25 +47,44 @@ def _group_sums(feature_names: tuple[str, ...]) -> tuple[tuple[str, ...], np.nda
     return tuple(groups), matrix
 
 
-def explain_row(feature_names: Sequence[str], values: np.ndarray, contributions: np.ndarray, ae_score: float,
-                ae_weight: float, limit: int = MAX_FACTORS, *, currency: str = DEFAULT_CURRENCY,
-                both_ways: bool = False, group_totals: np.ndarray | None = None) -> list[str]:
+def explain_row(
+    feature_names: Sequence[str],
+    values: np.ndarray,
+    contributions: np.ndarray,
+    ae_score: float,
+    ae_weight: float,
+    limit: int = MAX_FACTORS,
+    *,
+    currency: str = DEFAULT_CURRENCY,
+    both_ways: bool = False,
+    group_totals: np.ndarray | None = None,
+) -> list[str]:
     """Sentences for one row: ``values`` and ``contributions`` align with ``feature_names`` (bias excluded);
     ``group_totals`` are the row's contributions summed by reason group, when the batch has them already."""
     names = tuple(feature_names)
-    pushes = np.asarray(contributions[:len(names)], dtype=np.float64)
+    pushes = np.asarray(contributions[: len(names)], dtype=np.float64)
     group_names, matrix = _group_sums(names)
     totals = dict(zip(group_names, (pushes @ matrix if group_totals is None else group_totals).tolist()))
-    ranked = sorted((group for group, total in totals.items()
-                     if (abs(total) if both_ways else total) >= MIN_CONTRIBUTION), key=lambda g: -abs(totals[g]))
+    ranked = sorted(
+        (group for group, total in totals.items() if (abs(total) if both_ways else total) >= MIN_CONTRIBUTION),
+        key=lambda g: -abs(totals[g]),
+    )
     row = dict(zip(names, values.tolist()))
     sentences: list[str] = []
     for group in ranked:
         raises = totals[group] > 0
-        members = sorted((i for i in _groups(names)[group] if (pushes[i] > 0) == raises),
-                         key=lambda i: -pushes[i] if raises else pushes[i])
-        sentence = next((text for i in members if (text := REASONS[names[i]].template(
-            Seen(row[names[i]], row, currency, raises))) is not None), None)
+        members = sorted(
+            (i for i in _groups(names)[group] if (pushes[i] > 0) == raises),
+            key=lambda i: -pushes[i] if raises else pushes[i],
+        )
+        sentence = next(
+            (
+                text
+                for i in members
+                if (text := REASONS[names[i]].template(Seen(row[names[i]], row, currency, raises))) is not None
+            ),
+            None,
+        )
         if sentence is not None:
             sentences.append(((RAISES if raises else LOWERS) if both_ways else "") + sentence)
     if ae_weight > 0 and ae_score >= UNUSUAL_AE_SCORE:  # after the strongest XGBoost reason
@@ -73,15 +92,33 @@ def explain_row(feature_names: Sequence[str], values: np.ndarray, contributions:
     return sentences[:limit]
 
 
-def explain(feature_names: Sequence[str], x: np.ndarray, contributions: np.ndarray, ae_scores: np.ndarray,
-            ae_weight: float, limit: int = MAX_FACTORS, *, currencies: Sequence[str] | None = None,
-            both_ways: Sequence[bool] | None = None) -> list[list[str]]:
+def explain(
+    feature_names: Sequence[str],
+    x: np.ndarray,
+    contributions: np.ndarray,
+    ae_scores: np.ndarray,
+    ae_weight: float,
+    limit: int = MAX_FACTORS,
+    *,
+    currencies: Sequence[str] | None = None,
+    both_ways: Sequence[bool] | None = None,
+) -> list[list[str]]:
     """Reasons for every row of a batch (``contributions`` may carry the bias as its last column); ``currencies``
     and ``both_ways`` per row (default: USD, fraud-ward reasons only)."""
     names = tuple(feature_names)
-    pushes = np.asarray(contributions[:, :len(names)], dtype=np.float64)
+    pushes = np.asarray(contributions[:, : len(names)], dtype=np.float64)
     totals = pushes @ _group_sums(names)[1]
-    return [explain_row(names, x[row], pushes[row], float(ae_scores[row]), ae_weight, limit,
-                        currency=currencies[row] if currencies is not None else DEFAULT_CURRENCY,
-                        both_ways=bool(both_ways[row]) if both_ways is not None else False, group_totals=totals[row])
-            for row in range(len(x))]
+    return [
+        explain_row(
+            names,
+            x[row],
+            pushes[row],
+            float(ae_scores[row]),
+            ae_weight,
+            limit,
+            currency=currencies[row] if currencies is not None else DEFAULT_CURRENCY,
+            both_ways=bool(both_ways[row]) if both_ways is not None else False,
+            group_totals=totals[row],
+        )
+        for row in range(len(x))
+    ]

@@ -60,8 +60,13 @@ class RolloutState:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "RolloutState":
-        return cls(version=values.get("version"), share=float(values.get("share", 0.0)), mode=values["mode"],
-                   since=values.get("since"), events=tuple(values.get("events", ())))
+        return cls(
+            version=values.get("version"),
+            share=float(values.get("share", 0.0)),
+            mode=values["mode"],
+            since=values.get("since"),
+            events=tuple(values.get("events", ())),
+        )
 
     @property
     def serving(self) -> bool:
@@ -73,12 +78,24 @@ class RolloutState:
         return self.share if self.serving else 0.0
 
 
-def _moved(state: RolloutState | None, *, version: str | None, share: float, mode: Mode, reason: str,
-           at: str) -> RolloutState:
-    event = {"at": at, "from": state.mode if state else None, "to": mode, "version": version, "share": share,
-             "reason": reason}
-    return RolloutState(version=version, share=share, mode=mode, since=at,
-                        events=((state.events if state else ()) + (event,))[-MAX_EVENTS:])
+def _moved(
+    state: RolloutState | None, *, version: str | None, share: float, mode: Mode, reason: str, at: str
+) -> RolloutState:
+    event = {
+        "at": at,
+        "from": state.mode if state else None,
+        "to": mode,
+        "version": version,
+        "share": share,
+        "reason": reason,
+    }
+    return RolloutState(
+        version=version,
+        share=share,
+        mode=mode,
+        since=at,
+        events=((state.events if state else ()) + (event,))[-MAX_EVENTS:],
+    )
 
 
 def start_rollout(state: RolloutState | None, version: str, share: float, reason: str, at: str) -> RolloutState:
@@ -103,6 +120,7 @@ def record_promotion(state: RolloutState | None, version: str, reason: str, at: 
 @dataclass(frozen=True)
 class GuardBounds:
     """A challenger's served rows stay within these bounds of the champion's, once both have ``min_rows``."""
+
     min_rows: int
     rate_factor: float
     rate_slack: float
@@ -112,30 +130,41 @@ class GuardBounds:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "GuardBounds":
-        return cls(min_rows=settings.rollout_min_rows, rate_factor=settings.rollout_rate_factor,
-                   rate_slack=settings.rollout_rate_slack, error_slack=settings.rollout_error_slack,
-                   latency_factor=settings.rollout_latency_factor,
-                   latency_slack_ms=settings.rollout_latency_slack_ms)
+        return cls(
+            min_rows=settings.rollout_min_rows,
+            rate_factor=settings.rollout_rate_factor,
+            rate_slack=settings.rollout_rate_slack,
+            error_slack=settings.rollout_error_slack,
+            latency_factor=settings.rollout_latency_factor,
+            latency_slack_ms=settings.rollout_latency_slack_ms,
+        )
 
 
-def guard_verdict(champion: dict[str, Any] | None, challenger: dict[str, Any] | None,
-                  bounds: GuardBounds) -> str | None:
+def guard_verdict(
+    champion: dict[str, Any] | None, challenger: dict[str, Any] | None, bounds: GuardBounds
+) -> str | None:
     """The reason to roll back, or None. Each side is a ``StatsCollector.models_since`` entry: rows, decisions,
     alert_rate, review_rate, error_rate, latency_p99_ms. Nothing is judged before both sides have ``min_rows``."""
     if not champion or not challenger or min(champion["rows"], challenger["rows"]) < bounds.min_rows:
         return None
     if challenger["error_rate"] > champion["error_rate"] + bounds.error_slack:
-        return (f"error rate {challenger['error_rate']:.4f} > champion's {champion['error_rate']:.4f} "
-                f"+ {bounds.error_slack}")
+        return (
+            f"error rate {challenger['error_rate']:.4f} > champion's {champion['error_rate']:.4f} "
+            f"+ {bounds.error_slack}"
+        )
     for rate, label in (("alert_rate", "alert (HIGH) rate"), ("review_rate", "review (MEDIUM) rate")):
         limit = bounds.rate_factor * champion[rate] + bounds.rate_slack
         if challenger[rate] > limit:
-            return (f"{label} {challenger[rate]:.4f} > {bounds.rate_factor} x champion's {champion[rate]:.4f} "
-                    f"+ {bounds.rate_slack}")
+            return (
+                f"{label} {challenger[rate]:.4f} > {bounds.rate_factor} x champion's {champion[rate]:.4f} "
+                f"+ {bounds.rate_slack}"
+            )
     ours, theirs = challenger.get("latency_p99_ms"), champion.get("latency_p99_ms")
     if ours is not None and theirs is not None and ours > bounds.latency_factor * theirs + bounds.latency_slack_ms:
-        return (f"latency p99 {ours:.1f} ms > {bounds.latency_factor} x champion's {theirs:.1f} ms "
-                f"+ {bounds.latency_slack_ms} ms")
+        return (
+            f"latency p99 {ours:.1f} ms > {bounds.latency_factor} x champion's {theirs:.1f} ms "
+            f"+ {bounds.latency_slack_ms} ms"
+        )
     return None
 
 
@@ -147,9 +176,11 @@ def promotion_verdict(report: dict[str, Any], *, min_labels: int) -> str | None:
         return None
     if significance["only_challenger_correct"] <= significance["only_champion_correct"]:
         return None
-    return (f"McNemar p={significance['p_value']} < {significance['alpha']} on {report['labelled']} labels: "
-            f"challenger alone right {significance['only_challenger_correct']}, champion alone right "
-            f"{significance['only_champion_correct']}")
+    return (
+        f"McNemar p={significance['p_value']} < {significance['alpha']} on {report['labelled']} labels: "
+        f"challenger alone right {significance['only_challenger_correct']}, champion alone right "
+        f"{significance['only_champion_correct']}"
+    )
 
 
 class RolloutStore:
@@ -172,8 +203,9 @@ class RolloutStore:
     def default(self) -> RolloutState:
         """The static settings' challenger, which applies while no state is stored."""
         share = self.settings.canary_share if self.settings.challenger else 0.0
-        return RolloutState(version=self.settings.challenger, share=share,
-                            mode="canary" if share > 0 else "shadow", since=None)
+        return RolloutState(
+            version=self.settings.challenger, share=share, mode="canary" if share > 0 else "shadow", since=None
+        )
 
     def current(self) -> RolloutState:
         """The stored state, or the static settings' challenger when none is stored (a pointer like ``latest``
@@ -184,8 +216,14 @@ class RolloutStore:
         """Store ``state`` only over the state read with ``tag``; ``StaleWrite`` when another write came first."""
         self.registry.put_rollout(state.to_dict(), expected=tag)
         event = state.events[-1]
-        log.warning("rollout %s -> %s: version %s, share %s (%s)", event["from"], event["to"], event["version"],
-                    event["share"], event["reason"])
+        log.warning(
+            "rollout %s -> %s: version %s, share %s (%s)",
+            event["from"],
+            event["to"],
+            event["version"],
+            event["share"],
+            event["reason"],
+        )
         return state
 
     def _change(self, change: Callable[[RolloutState | None], RolloutState]) -> RolloutState:
@@ -218,6 +256,7 @@ class RolloutStore:
 @dataclass(frozen=True)
 class Routing:
     """Who answers what: the champion's version, the challenger's (None when it is not scored) and its share."""
+
     champion: str | None
     challenger: str | None
     share: float
@@ -288,10 +327,14 @@ class RolloutGuard:
         stored = self.store.stored()
         state = stored or self.store.default()
         champion, challenger = self.measured(state)  # the champion's figures even with no challenger
-        return {**state.to_dict(), "stored": stored is not None, "champion": self.models.resolve("champion"),
-                "window_s": self.settings.rollout_window_s,
-                "live": {"champion": _figures(champion), "challenger": _figures(challenger)},
-                "verdict": guard_verdict(champion, challenger, self.bounds)}
+        return {
+            **state.to_dict(),
+            "stored": stored is not None,
+            "champion": self.models.resolve("champion"),
+            "window_s": self.settings.rollout_window_s,
+            "live": {"champion": _figures(champion), "challenger": _figures(challenger)},
+            "verdict": guard_verdict(champion, challenger, self.bounds),
+        }
 
     def check_guardrails(self) -> str | None:
         """Roll a canary back when it breaches a bound; returns the reason, if it did. The verdict applies to the
@@ -315,14 +358,16 @@ class RolloutGuard:
         state, tag = self.store.read()
         if state is None or not state.serving:
             return None
-        report = compare(served_rows_since(self.settings, state.version, state.since),
-                         read_log(self.settings, FEEDBACK_PREFIX))
+        report = compare(
+            served_rows_since(self.settings, state.version, state.since), read_log(self.settings, FEEDBACK_PREFIX)
+        )
         reason = promotion_verdict(report, min_labels=self.settings.rollout_promote_min_labels)
         if reason is None:
             return None
         try:
-            self.store.write_if_unchanged(record_promotion(state, state.version, f"significance: {reason}",
-                                                           now_iso()), tag)
+            self.store.write_if_unchanged(
+                record_promotion(state, state.version, f"significance: {reason}", now_iso()), tag
+            )
         except StaleWrite:
             log.warning("the rollout changed while the guard tested it; no promotion this round")
             return None
@@ -337,9 +382,19 @@ def _figures(measured: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def guard_actor(settings: Settings) -> Any:
     """The cluster's one guard for this registry (created on first use by the app or the stream scorer)."""
-    return ray.remote(RolloutGuard).options(
-        name=f"rollout-guard-{settings.model_bucket}", namespace=ACTOR_NAMESPACE, get_if_exists=True,
-        lifetime="detached", num_cpus=0, max_restarts=-1, max_concurrency=4).remote(settings)
+    return (
+        ray.remote(RolloutGuard)
+        .options(
+            name=f"rollout-guard-{settings.model_bucket}",
+            namespace=ACTOR_NAMESPACE,
+            get_if_exists=True,
+            lifetime="detached",
+            num_cpus=0,
+            max_restarts=-1,
+            max_concurrency=4,
+        )
+        .remote(settings)
+    )
 
 
 def run_compare(settings: Settings) -> dict[str, Any]:
@@ -363,9 +418,15 @@ def rollout_status(settings: Settings) -> dict[str, Any]:
         pass
     store = RolloutStore(settings)
     stored = store.stored()
-    return {**(stored or store.default()).to_dict(), "stored": stored is not None,
-            "champion": ModelSet(settings).resolve("champion"), "window_s": settings.rollout_window_s, "live": None,
-            "verdict": None, "note": "no app answering: the stored state only"}
+    return {
+        **(stored or store.default()).to_dict(),
+        "stored": stored is not None,
+        "champion": ModelSet(settings).resolve("champion"),
+        "window_s": settings.rollout_window_s,
+        "live": None,
+        "verdict": None,
+        "note": "no app answering: the stored state only",
+    }
 
 
 def run_promote(settings: Settings, version: str, reason: str = "by hand (fraudctl promote)") -> dict[str, Any]:
@@ -375,8 +436,9 @@ def run_promote(settings: Settings, version: str, reason: str = "by hand (fraudc
     state = RolloutStore(settings).promoted(version, reason)
     headers = {API_KEY_HEADER: settings.api_key} if settings.api_key else {}
     try:
-        answer = httpx.post(f"http://{settings.api_host}:{settings.api_port}/api/admin/reload", headers=headers,
-                            timeout=30)
+        answer = httpx.post(
+            f"http://{settings.api_host}:{settings.api_port}/api/admin/reload", headers=headers, timeout=30
+        )
         serving = answer.json() if answer.is_success else f"reload refused: HTTP {answer.status_code}"
     except httpx.ConnectError:
         serving = "no app running; it will load the new champion when it starts"

@@ -37,15 +37,20 @@ class RuleStore:
 
     def get(self) -> RuleSet:
         """The stored rule set; version 0 with no rules when none was ever put."""
-        item = self.dynamodb.get_item(TableName=self.settings.rules_table, Key={"name": {"S": CURRENT}},
-                                      ConsistentRead=True).get("Item")
+        item = self.dynamodb.get_item(
+            TableName=self.settings.rules_table, Key={"name": {"S": CURRENT}}, ConsistentRead=True
+        ).get("Item")
         if item is None:
             return RuleSet()
         return RuleSet.model_validate({**orjson.loads(item["body"]["S"]), "version": int(item["version"]["N"])})
 
     def version(self) -> int:
-        item = self.dynamodb.get_item(TableName=self.settings.rules_table, Key={"name": {"S": CURRENT}},
-                                      ProjectionExpression="version", ConsistentRead=True).get("Item")
+        item = self.dynamodb.get_item(
+            TableName=self.settings.rules_table,
+            Key={"name": {"S": CURRENT}},
+            ProjectionExpression="version",
+            ConsistentRead=True,
+        ).get("Item")
         return int(item["version"]["N"]) if item else 0
 
     def put(self, body: RuleSetBody) -> RuleSet:
@@ -53,19 +58,25 @@ class RuleStore:
         payload = orjson.dumps(body.model_dump(mode="json")).decode()
         for _ in range(MAX_PUT_ATTEMPTS):
             version = self.version() + 1
-            item = {"body": {"S": payload}, "version": {"N": str(version)},
-                    "updated_at": {"S": datetime.now(timezone.utc).isoformat()}}
+            item = {
+                "body": {"S": payload},
+                "version": {"N": str(version)},
+                "updated_at": {"S": datetime.now(timezone.utc).isoformat()},
+            }
             try:
                 self.dynamodb.put_item(
-                    TableName=self.settings.rules_table, Item={"name": {"S": CURRENT}, **item},
+                    TableName=self.settings.rules_table,
+                    Item={"name": {"S": CURRENT}, **item},
                     ConditionExpression="attribute_not_exists(version) OR version = :previous",
-                    ExpressionAttributeValues={":previous": {"N": str(version - 1)}})
+                    ExpressionAttributeValues={":previous": {"N": str(version - 1)}},
+                )
             except ClientError as exc:
                 if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
                     raise
                 continue  # another writer published this version first: build on theirs
-            self.dynamodb.put_item(TableName=self.settings.rules_table,
-                                   Item={"name": {"S": f"{CURRENT}#v{version:08d}"}, **item})
+            self.dynamodb.put_item(
+                TableName=self.settings.rules_table, Item={"name": {"S": f"{CURRENT}#v{version:08d}"}, **item}
+            )
             return RuleSet.model_validate({**body.model_dump(), "version": version})
         raise RuntimeError(f"rule set not stored: {MAX_PUT_ATTEMPTS} concurrent writers won the race")
 
@@ -109,8 +120,11 @@ class RuleCache:
             try:
                 self._compiled = CompiledRules(self._compiled.rule_set, lists=lenient_lists(lists.kinds))
             except RuleError as exc:  # a list changed kind under a rule: keep the rules as they compiled
-                log.warning("rule set version %s does not compile with the current lists (%s); keeping it as it "
-                            "was compiled", self._compiled.version, exc)
+                log.warning(
+                    "rule set version %s does not compile with the current lists (%s); keeping it as it was compiled",
+                    self._compiled.version,
+                    exc,
+                )
         self._bound, self._bound_to = self._compiled.with_values(lists.values), lists
 
     def _refresh(self, lists: Lists) -> None:
@@ -120,7 +134,11 @@ class RuleCache:
             self._failing = False
         except Exception as exc:  # keep scoring with the last rule set; the next refresh tries again
             if not self._failing:  # once per outage, not once per refresh
-                log.warning("rule set refresh from %s failed (%s); still applying version %s",
-                            self.store.settings.rules_table, exc, self._compiled.version)
+                log.warning(
+                    "rule set refresh from %s failed (%s); still applying version %s",
+                    self.store.settings.rules_table,
+                    exc,
+                    self._compiled.version,
+                )
             self._failing = True
         self._checked = time.monotonic()

@@ -52,15 +52,21 @@ def serve_env(settings: Settings) -> dict[str, str]:
 
 def start_serve(settings: Settings) -> None:
     """Start Serve's controller and HTTP ingress on ``api_host:api_port`` (Ray must be initialised)."""
-    serve.start(http_options={"host": settings.api_host, "port": settings.api_port},
-                controller_options={"runtime_env": {"env_vars": serve_env(settings)}})
+    serve.start(
+        http_options={"host": settings.api_host, "port": settings.api_port},
+        controller_options={"runtime_env": {"env_vars": serve_env(settings)}},
+    )
 
 
 def stop_serve(settings: Settings, timeout_s: float = 30.0) -> None:
     """Shut Serve down (its proxies stop HAProxy) and wait until nothing listens on the API port."""
     serve.shutdown()
-    wait_until(lambda: not port_in_use(settings.api_host, settings.api_port), timeout_s=timeout_s, interval_s=0.2,
-               what=f"port {settings.api_port} free after serve.shutdown()")
+    wait_until(
+        lambda: not port_in_use(settings.api_host, settings.api_port),
+        timeout_s=timeout_s,
+        interval_s=0.2,
+        what=f"port {settings.api_port} free after serve.shutdown()",
+    )
     if settings.serve_haproxy:
         shutil.rmtree(haproxy_folder(settings), ignore_errors=True)
 

@@ -53,9 +53,16 @@ class ModelSet:
         return scorer
 
 
-def combine(bundle: ModelBundle, transaction_ids: list[str], x: np.ndarray, xgb_score: np.ndarray,
-            ae_score: np.ndarray, *, currencies: Sequence[str] | None = None,
-            explain_low: Sequence[bool] | None = None) -> list[dict[str, Any]]:
+def combine(
+    bundle: ModelBundle,
+    transaction_ids: list[str],
+    x: np.ndarray,
+    xgb_score: np.ndarray,
+    ae_score: np.ndarray,
+    *,
+    currencies: Sequence[str] | None = None,
+    explain_low: Sequence[bool] | None = None,
+) -> list[dict[str, Any]]:
     """The decision per row: calibrated ensemble score, risk level and alert flag from the policy, and reasons for
     the MEDIUM and HIGH rows (per-feature XGBoost contributions, ``pred_contribs``, quoting amounts in each row's
     ``currencies``). A LOW row has none unless ``explain_low`` asks for it: then its strongest reasons either way,
@@ -67,25 +74,48 @@ def combine(bundle: ModelBundle, transaction_ids: list[str], x: np.ndarray, xgb_
     explained = np.flatnonzero(~low | (np.asarray(explain_low, bool) if explain_low is not None else False))
     if len(explained):
         contributions = FraudScorer(bundle).contributions(x[explained]).to_numpy(dtype=np.float32)
-        for row, reasons in zip(explained, explain(
-                bundle.feature_names, x[explained], contributions, ae_score[explained], bundle.ensemble.ae_weight,
+        for row, reasons in zip(
+            explained,
+            explain(
+                bundle.feature_names,
+                x[explained],
+                contributions,
+                ae_score[explained],
+                bundle.ensemble.ae_weight,
                 currencies=None if currencies is None else [currencies[i] for i in explained],
-                both_ways=low[explained])):
+                both_ways=low[explained],
+            ),
+        ):
             factors[row] = reasons
-    return [{"transaction_id": tid, "fraud_score": float(score), "is_fraud": bool(flag), "risk_level": str(level),
-             "factors": reasons, "model_version": bundle.version, "action": MODEL_ACTIONS[str(level)], "rules": []}
-            for tid, score, flag, level, reasons in zip(transaction_ids, fraud_score, flags, levels, factors)]
+    return [
+        {
+            "transaction_id": tid,
+            "fraud_score": float(score),
+            "is_fraud": bool(flag),
+            "risk_level": str(level),
+            "factors": reasons,
+            "model_version": bundle.version,
+            "action": MODEL_ACTIONS[str(level)],
+            "rules": [],
+        }
+        for tid, score, flag, level, reasons in zip(transaction_ids, fraud_score, flags, levels, factors)
+    ]
 
 
-def apply_rules(rules: CompiledRules, decisions: list[dict[str, Any]], fields: Columns,
-                x: np.ndarray) -> dict[str, dict[str, int]]:
+def apply_rules(
+    rules: CompiledRules, decisions: list[dict[str, Any]], fields: Columns, x: np.ndarray
+) -> dict[str, dict[str, int]]:
     """Set each decision's ``action`` and ``rules`` from the rule set (the model's action where no active rule
     matched) and put a matched rule's reason first among its ``factors``; returns the per-rule match counts
     (shadow rules included) for the stats."""
     if not rules.rules or not decisions:
         return {}
-    env = rules.inputs(fields, x, fraud_score=np.array([d["fraud_score"] for d in decisions]),
-                       risk_level=np.array([d["risk_level"] for d in decisions], dtype=object))
+    env = rules.inputs(
+        fields,
+        x,
+        fraud_score=np.array([d["fraud_score"] for d in decisions]),
+        risk_level=np.array([d["risk_level"] for d in decisions], dtype=object),
+    )
     outcome = rules.apply(env, np.array([d["risk_level"] for d in decisions], dtype=object))
     for decision, action, matched in zip(decisions, outcome.action, outcome.matched):
         decision["action"] = str(action)

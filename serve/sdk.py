@@ -49,9 +49,17 @@ class FraudDetector:
     follow the stored rule set (``rules``: a ``RuleCache``, by default over the settings' rules table); with a
     ``monitor`` every scored batch is noted for drift monitoring (the stream consumers pass theirs)."""
 
-    def __init__(self, settings: Settings | None = None, *, model: str = "champion", features: Any = None,
-                 feature_state: str = "sdk", restore_from: str | None = None, rules: RuleCache | None = None,
-                 monitor: MonitoringReporter | None = None):
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        model: str = "champion",
+        features: Any = None,
+        feature_state: str = "sdk",
+        restore_from: str | None = None,
+        rules: RuleCache | None = None,
+        monitor: MonitoringReporter | None = None,
+    ):
         self.settings = settings or get_settings()
         self.models = ModelSet(self.settings)
         version = self.models.resolve(model)
@@ -71,8 +79,9 @@ class FraudDetector:
     def predict(self, transaction: dict[str, Any], *, explain: bool = False) -> dict[str, Any]:
         return self.predict_batch([transaction], explain=explain)[0]
 
-    def predict_batch(self, transactions: list[dict[str, Any]] | pd.DataFrame, *,
-                      explain: bool = False) -> list[dict[str, Any]]:
+    def predict_batch(
+        self, transactions: list[dict[str, Any]] | pd.DataFrame, *, explain: bool = False
+    ) -> list[dict[str, Any]]:
         """Decisions in input order; invalid input raises ``InvalidTransaction`` naming each field. ``explain``
         gives LOW decisions their factors too, as ``?explain=true`` does over HTTP."""
         started = time.perf_counter()
@@ -88,13 +97,13 @@ class FraudDetector:
             raise InvalidTransaction(errors)
         return self._decide(canonical_columns([scoring_record(t) for t in parsed]), started, explain)
 
-    def predict_transactions(self, transactions: list[Transaction],
-                             placement: StreamPlacement | None = None) -> list[dict[str, Any]]:
+    def predict_transactions(
+        self, transactions: list[Transaction], placement: StreamPlacement | None = None
+    ) -> list[dict[str, Any]]:
         """Decisions for transactions the caller has already validated (the stream consumers): no second pass.
         ``placement``: where they sit in their stream, so the feature state applies each exactly once."""
         started = time.perf_counter()
-        return self._decide(canonical_columns([scoring_record(t) for t in transactions]), started,
-                            placement=placement)
+        return self._decide(canonical_columns([scoring_record(t) for t in transactions]), started, placement=placement)
 
     def follow(self, routing: Routing) -> None:
         """Answer from the routing's champion, and its canary share from the challenger (None: no challenger)."""
@@ -115,11 +124,19 @@ class FraudDetector:
         return matches
 
     def _combine(self, bundle: ModelBundle, batch: Columns, x: Any, explain: bool) -> list[dict[str, Any]]:
-        return combine(bundle, list(batch["transaction_id"]), x, xgb_scores(bundle, x), ae_scores(bundle, x),
-                       currencies=list(batch["currency"]), explain_low=[explain] * len(x) if explain else None)
+        return combine(
+            bundle,
+            list(batch["transaction_id"]),
+            x,
+            xgb_scores(bundle, x),
+            ae_scores(bundle, x),
+            currencies=list(batch["currency"]),
+            explain_low=[explain] * len(x) if explain else None,
+        )
 
-    def _with_challenger(self, batch: Columns, x: Any, decisions: list[dict[str, Any]],
-                         explain: bool) -> list[dict[str, Any]]:
+    def _with_challenger(
+        self, batch: Columns, x: Any, decisions: list[dict[str, Any]], explain: bool
+    ) -> list[dict[str, Any]]:
         """Every row scored by the challenger too (shadow), its canary share answered by it; a failure leaves the
         champion's answers and counts against the challenger."""
         challenger = self.challenger
@@ -133,8 +150,9 @@ class FraudDetector:
         self.challenger_rows.extend(decision_rows(decisions, challenger_decisions, canary))
         return [b if c else a for a, b, c in zip(decisions, challenger_decisions, canary)]
 
-    def _decide(self, batch: Columns, started: float, explain: bool = False,
-                placement: StreamPlacement | None = None) -> list[dict[str, Any]]:
+    def _decide(
+        self, batch: Columns, started: float, explain: bool = False, placement: StreamPlacement | None = None
+    ) -> list[dict[str, Any]]:
         x = self.features.matrix(batch, placement)
         decisions = self._combine(self.bundle, batch, x, explain)
         if self.monitor is not None:

@@ -23,10 +23,10 @@ from cluster.schema import Transaction
 from training.policy import HIGH, MEDIUM
 
 STATS_ACTOR = "serve-stats"
-RESERVOIR = 20_000       # at most this many of the newest latencies / lags feed the percentiles
+RESERVOIR = 20_000  # at most this many of the newest latencies / lags feed the percentiles
 PERCENTILE_WINDOW_S = 60.0  # ... and only those of the last minute: start-up backlogs age out
 TPS_WINDOW_S = 10.0
-RATE_WINDOW_S = 60.0     # the flagged share and alerts/min are over the last minute
+RATE_WINDOW_S = 60.0  # the flagged share and alerts/min are over the last minute
 RECENT_ALERTS = 50
 ALERT_FIELDS = ("user_id", "merchant_id", "amount", "currency", "channel", "country")
 MODEL_WINDOW_S = 3600.0  # per-model counts are kept this long (the guard reads a window within it)
@@ -37,8 +37,9 @@ class StatsCollector:
     """Totals, a sliding window of scored counts for tps, the latest latencies / stream lags, last-minute flagged
     and alert counts, and the recent alerts."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time
-                 ) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time
+    ) -> None:
         self.clock, self.wall_clock = clock, wall_clock
         self.totals = {"produced": 0, "scored": 0, "alerts": 0}
         self.flagged = 0
@@ -53,12 +54,21 @@ class StatsCollector:
         self.model_counts: deque[tuple[float, str, int, int, int, int]] = deque()
         self.model_latencies: deque[tuple[float, str, np.ndarray]] = deque()
 
-    def record(self, *, scored: int = 0, alerts: int = 0, produced: int = 0, latencies_ms: Sequence[float] = (),
-               stream_lags_ms: Sequence[float] = (), flagged: int = 0, alert_details: Sequence[dict[str, Any]] = (),
-               consumers: dict[str, int] | None = None,
-               rule_matches: dict[str, dict[str, int]] | None = None,
-               models: dict[str, Sequence[int]] | None = None,
-               model_latencies: dict[str, Sequence[float]] | None = None) -> None:
+    def record(
+        self,
+        *,
+        scored: int = 0,
+        alerts: int = 0,
+        produced: int = 0,
+        latencies_ms: Sequence[float] = (),
+        stream_lags_ms: Sequence[float] = (),
+        flagged: int = 0,
+        alert_details: Sequence[dict[str, Any]] = (),
+        consumers: dict[str, int] | None = None,
+        rule_matches: dict[str, dict[str, int]] | None = None,
+        models: dict[str, Sequence[int]] | None = None,
+        model_latencies: dict[str, Sequence[float]] | None = None,
+    ) -> None:
         now = self.clock()
         self._record_models(models or {}, model_latencies or {})
         add_matches(self.rule_matches, rule_matches or {})
@@ -98,11 +108,13 @@ class StatsCollector:
             decisions, high, review, errors = counts
             latencies = [values for at, v, values in self.model_latencies if v == version and at >= start]
             figures[version] = {
-                "rows": decisions + errors, **dict(zip(MODEL_COUNTS, counts)),
+                "rows": decisions + errors,
+                **dict(zip(MODEL_COUNTS, counts)),
                 "alert_rate": round(high / decisions, 6) if decisions else 0.0,
                 "review_rate": round(review / decisions, 6) if decisions else 0.0,
                 "error_rate": round(errors / (decisions + errors), 6) if decisions + errors else 0.0,
-                "latency_p99_ms": percentile_summary(np.concatenate(latencies) if latencies else [])["p99"]}
+                "latency_p99_ms": percentile_summary(np.concatenate(latencies) if latencies else [])["p99"],
+            }
         return figures
 
     def _trim(self, now: float) -> None:
@@ -114,8 +126,12 @@ class StatsCollector:
         now = self.clock()
         self._trim(now)
         scored = sum(entry[1] for entry in self.recent if entry[0] >= now - TPS_WINDOW_S)
-        return {**self.totals, "tps": round(scored / TPS_WINDOW_S, 1),
-                "latency_ms": self.latencies.percentiles(now), "stream_lag_ms": self.lags.percentiles(now)}
+        return {
+            **self.totals,
+            "tps": round(scored / TPS_WINDOW_S, 1),
+            "latency_ms": self.latencies.percentiles(now),
+            "stream_lag_ms": self.lags.percentiles(now),
+        }
 
     def rule_counts(self) -> dict[str, dict[str, int]]:
         """Rows each rule matched since the actor started, by the state the rule had (``GET /api/rules/stats``):
@@ -126,14 +142,24 @@ class StatsCollector:
         """The production figures the dashboard draws, in one call: the snapshot, last-minute counts, the recent
         alerts (newest first) and how far behind each stream consumer that reported in the last minute is."""
         snapshot, now = self.snapshot(), self.clock()
-        window = dict(zip(("scored", "flagged", "alerts"),
-                          (int(sum(column)) for column in list(zip(*self.recent))[1:]) if self.recent
-                          else (0, 0, 0)))
-        return {"stats": snapshot, "window_s": RATE_WINDOW_S, "window": window, "flagged": self.flagged,
-                "alerts": list(reversed(self.alerts)),
-                "consumers": {shard: {"millis_behind_latest": behind, "seconds_since_report": round(now - at, 1)}
-                              for shard, (at, behind) in sorted(self.consumers.items())
-                              if at >= now - RATE_WINDOW_S}}
+        window = dict(
+            zip(
+                ("scored", "flagged", "alerts"),
+                (int(sum(column)) for column in list(zip(*self.recent))[1:]) if self.recent else (0, 0, 0),
+            )
+        )
+        return {
+            "stats": snapshot,
+            "window_s": RATE_WINDOW_S,
+            "window": window,
+            "flagged": self.flagged,
+            "alerts": list(reversed(self.alerts)),
+            "consumers": {
+                shard: {"millis_behind_latest": behind, "seconds_since_report": round(now - at, 1)}
+                for shard, (at, behind) in sorted(self.consumers.items())
+                if at >= now - RATE_WINDOW_S
+            },
+        }
 
 
 def add_matches(total: dict[str, dict[str, int]], matches: dict[str, dict[str, int]]) -> None:
@@ -159,8 +185,9 @@ class RecentValues:
         self._trim(now)
 
     def _trim(self, now: float) -> None:
-        while self.chunks and (self.chunks[0][0] < now - PERCENTILE_WINDOW_S
-                               or self.count - len(self.chunks[0][1]) >= RESERVOIR):
+        while self.chunks and (
+            self.chunks[0][0] < now - PERCENTILE_WINDOW_S or self.count - len(self.chunks[0][1]) >= RESERVOIR
+        ):
             self.count -= len(self.chunks.popleft()[1])
 
     def percentiles(self, now: float) -> dict[str, float | None]:
@@ -179,8 +206,18 @@ def percentile_summary(values: Sequence[float] | np.ndarray, digits: int = 2) ->
 
 def stats_actor() -> Any:
     """The cluster's one stats actor (created on first use; restarted, with fresh counters, if its node is lost)."""
-    return ray.remote(StatsCollector).options(name=STATS_ACTOR, namespace=ACTOR_NAMESPACE, get_if_exists=True,
-                                              lifetime="detached", num_cpus=0, max_restarts=-1).remote()
+    return (
+        ray.remote(StatsCollector)
+        .options(
+            name=STATS_ACTOR,
+            namespace=ACTOR_NAMESPACE,
+            get_if_exists=True,
+            lifetime="detached",
+            num_cpus=0,
+            max_restarts=-1,
+        )
+        .remote()
+    )
 
 
 class StatsReporter:
@@ -198,9 +235,18 @@ class StatsReporter:
 
     @staticmethod
     def _empty() -> dict[str, Any]:
-        return {"scored": 0, "alerts": 0, "latencies_ms": [], "stream_lags_ms": [], "flagged": 0,
-                "alert_details": deque(maxlen=RECENT_ALERTS), "consumers": {}, "rule_matches": {},
-                "models": {}, "model_latencies": {}}
+        return {
+            "scored": 0,
+            "alerts": 0,
+            "latencies_ms": [],
+            "stream_lags_ms": [],
+            "flagged": 0,
+            "alert_details": deque(maxlen=RECENT_ALERTS),
+            "consumers": {},
+            "rule_matches": {},
+            "models": {},
+            "model_latencies": {},
+        }
 
     def model_errors(self, version: str, rows: int) -> None:
         """Rows a model version failed to score (they were answered by the champion instead)."""
@@ -211,9 +257,17 @@ class StatsReporter:
         flush: the dashboard shows the furthest-behind consumer."""
         self._pending["consumers"][shard_id] = millis_behind_latest
 
-    def add(self, *, scored: int, alerts: int, latency_ms: float, stream_lags_ms: Sequence[float] = (),
-            decisions: Sequence[dict[str, Any]] = (), transactions: Sequence[Transaction] = (),
-            rule_matches: dict[str, dict[str, int]] | None = None) -> None:
+    def add(
+        self,
+        *,
+        scored: int,
+        alerts: int,
+        latency_ms: float,
+        stream_lags_ms: Sequence[float] = (),
+        decisions: Sequence[dict[str, Any]] = (),
+        transactions: Sequence[Transaction] = (),
+        rule_matches: dict[str, dict[str, int]] | None = None,
+    ) -> None:
         """Count a scored batch: ``decisions`` give the flagged count, and the HIGH ones (with their
         ``transactions``) the recent alerts; ``rule_matches`` the rows each rule matched."""
         pending = self._pending
@@ -236,10 +290,16 @@ class StatsReporter:
             if decision["risk_level"] == HIGH:
                 transaction = transactions[position] if position < len(transactions) else None
                 details = {field: getattr(transaction, field, None) for field in ALERT_FIELDS}
-                pending["alert_details"].append({
-                    "decided_at": decided_at, "transaction_id": decision["transaction_id"],
-                    "fraud_score": decision["fraud_score"], "factors": list(decision.get("factors") or []),
-                    "model_version": decision.get("model_version"), **details})
+                pending["alert_details"].append(
+                    {
+                        "decided_at": decided_at,
+                        "transaction_id": decision["transaction_id"],
+                        "fraud_score": decision["fraud_score"],
+                        "factors": list(decision.get("factors") or []),
+                        "model_version": decision.get("model_version"),
+                        **details,
+                    }
+                )
         for version in served:  # a batch answered by two models took as long for both
             pending["model_latencies"].setdefault(version, []).append(latency_ms)
         if time.monotonic() - self._last_flush >= self.flush_every_s:

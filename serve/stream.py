@@ -58,7 +58,7 @@ from serve.stats import StatsReporter
 
 log = logging.getLogger(__name__)
 
-MIN_POLL_INTERVAL_S = 0.2          # Kinesis allows 5 GetRecords calls per second per shard
+MIN_POLL_INTERVAL_S = 0.2  # Kinesis allows 5 GetRecords calls per second per shard
 MAX_IDLE_BACKOFF_S = 1.0
 
 
@@ -77,15 +77,23 @@ class ConsumerStatus:
 class ShardConsumer:
     """Scores one shard from its checkpoint onwards (run it as a restartable Ray actor: ``StreamScoring``)."""
 
-    def __init__(self, shard_id: str, settings: Settings, *, model: str = "champion", batch_limit: int = 1_000,
-                 feature_state: str | None = None):
+    def __init__(
+        self,
+        shard_id: str,
+        settings: Settings,
+        *,
+        model: str = "champion",
+        batch_limit: int = 1_000,
+        feature_state: str | None = None,
+    ):
         use_settings(settings)
         self.settings = settings
         self.kinesis = client("kinesis", self.settings)
         self.leases = LeaseTable(self.settings)
         self.monitor = MonitoringReporter(self.settings)
-        self.detector = FraudDetector(self.settings, model=model, monitor=self.monitor,
-                                      feature_state=feature_state or settings.feature_state_name)
+        self.detector = FraudDetector(
+            self.settings, model=model, monitor=self.monitor, feature_state=feature_state or settings.feature_state_name
+        )
         # following the champion pointer and the rollout unless pinned to a version
         self.rollout = RolloutStore(self.settings) if model == "champion" else None
         self._routing_read = 0.0
@@ -112,13 +120,18 @@ class ShardConsumer:
 
     def _iterator(self) -> str:
         checkpoint = self.status.checkpoint
-        return shard_iterator(self.kinesis, self.settings.stream_name, self.status.shard_id,
-                              after=checkpoint if checkpoint != SHARD_END else None)
+        return shard_iterator(
+            self.kinesis,
+            self.settings.stream_name,
+            self.status.shard_id,
+            after=checkpoint if checkpoint != SHARD_END else None,
+        )
 
     def _shard_closed(self) -> bool:
         shards = self.kinesis.list_shards(StreamName=self.settings.stream_name)["Shards"]
-        return any(s["ShardId"] == self.status.shard_id and "EndingSequenceNumber" in s["SequenceNumberRange"]
-                   for s in shards)
+        return any(
+            s["ShardId"] == self.status.shard_id and "EndingSequenceNumber" in s["SequenceNumberRange"] for s in shards
+        )
 
     def _get_records(self, iterator: str, not_before: float) -> dict[str, Any]:
         """One GetRecords call, no sooner than ``not_before`` (Kinesis allows 5 calls per second per shard)."""
@@ -137,8 +150,10 @@ class ShardConsumer:
             return self.get_status()
         iterator: str | None = self._iterator()
         idle_s = MIN_POLL_INTERVAL_S
-        with ThreadPoolExecutor(1, thread_name_prefix="fetch") as fetcher, \
-                ThreadPoolExecutor(1, thread_name_prefix="write") as writer:
+        with (
+            ThreadPoolExecutor(1, thread_name_prefix="fetch") as fetcher,
+            ThreadPoolExecutor(1, thread_name_prefix="write") as writer,
+        ):
             fetch = fetcher.submit(self._get_records, iterator, 0.0)
             writing: Future | None = None
             while not self._stop.is_set() and iterator:
@@ -180,31 +195,46 @@ class ShardConsumer:
 
     def _score(self, records: list[dict[str, Any]]) -> ScoredBatch:
         started = time.perf_counter()
-        decoded = [(decode_transaction(line), record, index, line_no)
-                   for index, record in enumerate(records) for line_no, line in enumerate(lines(record["Data"]))]
+        decoded = [
+            (decode_transaction(line), record, index, line_no)
+            for index, record in enumerate(records)
+            for line_no, line in enumerate(lines(record["Data"]))
+        ]
         per_record = len(decoded) / len(records)
         self.records_per_call = min(max(round(self.batch_limit / max(per_record, 1.0)), 1), MAX_GET_RECORDS)
         valid = [(tx, record, index, line_no) for tx, record, index, line_no in decoded if tx is not None]
         if len(valid) < len(decoded):
-            self._note_rejected([line for record in records for line in lines(record["Data"])],
-                                [tx for tx, *_ in decoded])
+            self._note_rejected(
+                [line for record in records for line in lines(record["Data"])], [tx for tx, *_ in decoded]
+            )
         transactions = [tx for tx, _, _, _ in valid]
         self._follow_rollout()
-        placement = StreamPlacement([(self.shard, position(r["SequenceNumber"], 0)) for r in records],
-                                    np.array([index for _, _, index, _ in valid], np.int64),
-                                    np.array([line_no for _, _, _, line_no in valid], np.int64),
-                                    {self.shard: self.read_after})
+        placement = StreamPlacement(
+            [(self.shard, position(r["SequenceNumber"], 0)) for r in records],
+            np.array([index for _, _, index, _ in valid], np.int64),
+            np.array([line_no for _, _, _, line_no in valid], np.int64),
+            {self.shard: self.read_after},
+        )
         decisions = self.detector.predict_transactions(transactions, placement) if valid else []
         self.read_after = after_record(records[-1]["SequenceNumber"])
         challenger_rows, challenger_errors = self.detector.take_challenger_log()
         rule_matches = self.detector.take_rule_matches()
         decided_at = datetime.now(timezone.utc)
-        lags = [(decided_at - record["ApproximateArrivalTimestamp"]).total_seconds() * 1000.0
-                for _, record, _, _ in valid]
-        return ScoredBatch(transactions=transactions, decisions=decisions,
-                           lags_ms=lags, decided_at=decided_at, invalid=len(decoded) - len(valid),
-                           checkpoint=records[-1]["SequenceNumber"], started=started, rule_matches=rule_matches,
-                           challenger_rows=challenger_rows, challenger_errors=challenger_errors)
+        lags = [
+            (decided_at - record["ApproximateArrivalTimestamp"]).total_seconds() * 1000.0 for _, record, _, _ in valid
+        ]
+        return ScoredBatch(
+            transactions=transactions,
+            decisions=decisions,
+            lags_ms=lags,
+            decided_at=decided_at,
+            invalid=len(decoded) - len(valid),
+            checkpoint=records[-1]["SequenceNumber"],
+            started=started,
+            rule_matches=rule_matches,
+            challenger_rows=challenger_rows,
+            challenger_errors=challenger_errors,
+        )
 
     def _note_rejected(self, raw: list[bytes], decoded: list[Transaction | None]) -> None:
         """The fields of each invalid record, for monitoring's rejected inputs (invalid records are rare: each is
@@ -219,23 +249,32 @@ class ShardConsumer:
         self.status.invalid += batch.invalid
         if batch.decisions:
             decided_at = batch.decided_at.isoformat()
-            entries = [{"Data": orjson.dumps({**decision, "decided_at": decided_at, "stream_lag_ms": round(lag, 1)}),
-                        "PartitionKey": decision["transaction_id"]}
-                       for decision, lag in zip(batch.decisions, batch.lags_ms)]
+            entries = [
+                {
+                    "Data": orjson.dumps({**decision, "decided_at": decided_at, "stream_lag_ms": round(lag, 1)}),
+                    "PartitionKey": decision["transaction_id"],
+                }
+                for decision, lag in zip(batch.decisions, batch.lags_ms)
+            ]
             alerts = self.alerts.publish_high(batch.decisions, batch.transactions)
             self.cases.open_many(batch.decisions, batch.transactions)
             put_records_reliably(self.kinesis, self.settings.decisions_stream_name, pack(entries))
             elapsed_ms = (time.perf_counter() - batch.started) * 1000.0
             scored = len(batch.decisions)
             self.stats.consumer_behind(self.status.shard_id, self.status.millis_behind_latest)
-            self.stats.add(scored=scored, alerts=alerts, latency_ms=elapsed_ms / scored, stream_lags_ms=batch.lags_ms,
-                           decisions=batch.decisions, transactions=batch.transactions,
-                           rule_matches=batch.rule_matches)
+            self.stats.add(
+                scored=scored,
+                alerts=alerts,
+                latency_ms=elapsed_ms / scored,
+                stream_lags_ms=batch.lags_ms,
+                decisions=batch.decisions,
+                transactions=batch.transactions,
+                rule_matches=batch.rule_matches,
+            )
             for version, rows in batch.challenger_errors.items():
                 self.stats.model_errors(version, rows)
             self.decision_log.add(batch.challenger_rows)
-            self.transaction_log.add(transaction_rows([scoring_record(t) for t in batch.transactions],
-                                                      batch.decisions))
+            self.transaction_log.add(transaction_rows([scoring_record(t) for t in batch.transactions], batch.decisions))
             self.status.scored += scored
             self.status.alerts += alerts
             if self.monitor.due():  # binned here, in the writer thread, while the next batch is scored
@@ -259,6 +298,7 @@ def record_errors(line: bytes) -> list[dict[str, str]]:
 @dataclass
 class ScoredBatch:
     """One page of a shard, scored, waiting for its outputs to be written."""
+
     transactions: list[Transaction]
     decisions: list[dict[str, Any]]
     lags_ms: list[float]
@@ -274,8 +314,15 @@ class ScoredBatch:
 class StreamScoring:
     """Starts a consumer per shard, restarts dead ones, follows resharding (children after their parents)."""
 
-    def __init__(self, settings: Settings, *, model: str = "champion", consumer_cpus: float = 0.25,
-                 poll_shards_s: float = 2.0, feature_state: str | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        model: str = "champion",
+        consumer_cpus: float = 0.25,
+        poll_shards_s: float = 2.0,
+        feature_state: str | None = None,
+    ):
         """``feature_state``: the online state the consumers share (``feature_state_name``, the Serve app's, by
         default)."""
         self.settings = settings
@@ -324,8 +371,7 @@ class StreamScoring:
                 status = ray.get(run)
             except ray.exceptions.RayError as exc:  # the actor died (Ray restarts it) or its run raised
                 self.restarts += 1
-                log.warning("consumer of %s stopped (%s); resuming from its checkpoint", shard_id,
-                            type(exc).__name__)
+                log.warning("consumer of %s stopped (%s); resuming from its checkpoint", shard_id, type(exc).__name__)
                 self.runs[shard_id] = self.consumers[shard_id].run.remote()
                 continue
             if status["finished"]:
@@ -334,10 +380,18 @@ class StreamScoring:
         for shard_id in self._ready_shards():
             if shard_id not in self.consumers and shard_id not in self.finished:
                 # SPREAD: consumers over as many nodes as possible, so losing one node pauses few shards
-                consumer = ray.remote(ShardConsumer).options(
-                    num_cpus=self.consumer_cpus, max_restarts=-1, max_concurrency=4, scheduling_strategy="SPREAD",
-                    name=f"consumer-{self.settings.stream_name}-{shard_id}", get_if_exists=True,
-                ).remote(shard_id, self.settings, model=self.model, feature_state=self.feature_state)
+                consumer = (
+                    ray.remote(ShardConsumer)
+                    .options(
+                        num_cpus=self.consumer_cpus,
+                        max_restarts=-1,
+                        max_concurrency=4,
+                        scheduling_strategy="SPREAD",
+                        name=f"consumer-{self.settings.stream_name}-{shard_id}",
+                        get_if_exists=True,
+                    )
+                    .remote(shard_id, self.settings, model=self.model, feature_state=self.feature_state)
+                )
                 self.consumers[shard_id] = consumer
                 self.runs[shard_id] = consumer.run.remote()
 

@@ -40,23 +40,40 @@ POPULATION_EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
 # city, ISO country, lat, lon, UTC offset (standard time, hours), share of that country's population here.
 CITIES = pd.DataFrame(
     [
-        ("New York", "US", 40.7128, -74.0060, -5, 8.3), ("Los Angeles", "US", 34.0522, -118.2437, -8, 3.9),
-        ("Chicago", "US", 41.8781, -87.6298, -6, 2.7), ("Houston", "US", 29.7604, -95.3698, -6, 2.3),
-        ("Phoenix", "US", 33.4484, -112.0740, -7, 1.6), ("Philadelphia", "US", 39.9526, -75.1652, -5, 1.6),
-        ("San Antonio", "US", 29.4241, -98.4936, -6, 1.4), ("San Diego", "US", 32.7157, -117.1611, -8, 1.4),
-        ("Dallas", "US", 32.7767, -96.7970, -6, 1.3), ("Miami", "US", 25.7617, -80.1918, -5, 1.0),
-        ("Atlanta", "US", 33.7490, -84.3880, -5, 1.0), ("Seattle", "US", 47.6062, -122.3321, -8, 1.0),
-        ("Denver", "US", 39.7392, -104.9903, -7, 1.0), ("Boston", "US", 42.3601, -71.0589, -5, 1.0),
-        ("San Francisco", "US", 37.7749, -122.4194, -8, 1.0), ("Minneapolis", "US", 44.9778, -93.2650, -6, 0.6),
-        ("London", "GB", 51.5074, -0.1278, 0, 9.0), ("Manchester", "GB", 53.4808, -2.2426, 0, 2.7),
-        ("Toronto", "CA", 43.6532, -79.3832, -5, 2.8), ("Vancouver", "CA", 49.2827, -123.1207, -8, 1.0),
-        ("Mexico City", "MX", 19.4326, -99.1332, -6, 9.2), ("Paris", "FR", 48.8566, 2.3522, 1, 2.1),
-        ("Berlin", "DE", 52.5200, 13.4050, 1, 3.6), ("Madrid", "ES", 40.4168, -3.7038, 1, 3.3),
-        ("Rome", "IT", 41.9028, 12.4964, 1, 2.8), ("Amsterdam", "NL", 52.3676, 4.9041, 1, 0.9),
-        ("Sao Paulo", "BR", -23.5505, -46.6333, -3, 12.3), ("Tokyo", "JP", 35.6762, 139.6503, 9, 14.0),
-        ("Mumbai", "IN", 19.0760, 72.8777, 5.5, 12.4), ("Sydney", "AU", -33.8688, 151.2093, 10, 5.3),
-        ("Lagos", "NG", 6.5244, 3.3792, 1, 8.0), ("Dubai", "AE", 25.2048, 55.2708, 4, 3.3),
-        ("Singapore", "SG", 1.3521, 103.8198, 8, 5.6), ("Bangkok", "TH", 13.7563, 100.5018, 7, 8.3),
+        ("New York", "US", 40.7128, -74.0060, -5, 8.3),
+        ("Los Angeles", "US", 34.0522, -118.2437, -8, 3.9),
+        ("Chicago", "US", 41.8781, -87.6298, -6, 2.7),
+        ("Houston", "US", 29.7604, -95.3698, -6, 2.3),
+        ("Phoenix", "US", 33.4484, -112.0740, -7, 1.6),
+        ("Philadelphia", "US", 39.9526, -75.1652, -5, 1.6),
+        ("San Antonio", "US", 29.4241, -98.4936, -6, 1.4),
+        ("San Diego", "US", 32.7157, -117.1611, -8, 1.4),
+        ("Dallas", "US", 32.7767, -96.7970, -6, 1.3),
+        ("Miami", "US", 25.7617, -80.1918, -5, 1.0),
+        ("Atlanta", "US", 33.7490, -84.3880, -5, 1.0),
+        ("Seattle", "US", 47.6062, -122.3321, -8, 1.0),
+        ("Denver", "US", 39.7392, -104.9903, -7, 1.0),
+        ("Boston", "US", 42.3601, -71.0589, -5, 1.0),
+        ("San Francisco", "US", 37.7749, -122.4194, -8, 1.0),
+        ("Minneapolis", "US", 44.9778, -93.2650, -6, 0.6),
+        ("London", "GB", 51.5074, -0.1278, 0, 9.0),
+        ("Manchester", "GB", 53.4808, -2.2426, 0, 2.7),
+        ("Toronto", "CA", 43.6532, -79.3832, -5, 2.8),
+        ("Vancouver", "CA", 49.2827, -123.1207, -8, 1.0),
+        ("Mexico City", "MX", 19.4326, -99.1332, -6, 9.2),
+        ("Paris", "FR", 48.8566, 2.3522, 1, 2.1),
+        ("Berlin", "DE", 52.5200, 13.4050, 1, 3.6),
+        ("Madrid", "ES", 40.4168, -3.7038, 1, 3.3),
+        ("Rome", "IT", 41.9028, 12.4964, 1, 2.8),
+        ("Amsterdam", "NL", 52.3676, 4.9041, 1, 0.9),
+        ("Sao Paulo", "BR", -23.5505, -46.6333, -3, 12.3),
+        ("Tokyo", "JP", 35.6762, 139.6503, 9, 14.0),
+        ("Mumbai", "IN", 19.0760, 72.8777, 5.5, 12.4),
+        ("Sydney", "AU", -33.8688, 151.2093, 10, 5.3),
+        ("Lagos", "NG", 6.5244, 3.3792, 1, 8.0),
+        ("Dubai", "AE", 25.2048, 55.2708, 4, 3.3),
+        ("Singapore", "SG", 1.3521, 103.8198, 8, 5.6),
+        ("Bangkok", "TH", 13.7563, 100.5018, 7, 8.3),
     ],
     columns=["city", "country", "lat", "lon", "utc_offset", "weight"],
 )
@@ -65,19 +82,32 @@ ABROAD_SHARE = 0.12  # users whose home is outside HOME_COUNTRY (expats' cards, 
 # Real ISO 18245 merchant category codes: median ticket (USD), where they trade, popularity weight.
 MCCS = pd.DataFrame(
     [
-        ("5411", "grocery_store", 45.0, "physical", 14.0), ("5812", "restaurant", 38.0, "physical", 10.0),
-        ("5814", "fast_food", 12.0, "physical", 10.0), ("5541", "service_station", 42.0, "physical", 7.0),
-        ("5912", "drug_store", 24.0, "physical", 5.0), ("5310", "discount_store", 33.0, "physical", 5.0),
-        ("5311", "department_store", 72.0, "both", 4.0), ("5651", "clothing", 58.0, "both", 4.0),
-        ("5732", "electronics", 190.0, "both", 2.5), ("5999", "misc_retail", 30.0, "both", 4.0),
-        ("5200", "home_supply", 88.0, "physical", 2.5), ("5942", "book_store", 21.0, "both", 1.5),
-        ("5944", "jewelry", 260.0, "physical", 0.8), ("5947", "gift_card_novelty", 35.0, "both", 1.5),
-        ("4111", "commuter_transport", 3.5, "physical", 4.0), ("4121", "taxi_rideshare", 22.0, "both", 3.0),
-        ("6011", "atm_cash", 120.0, "physical", 3.0), ("7011", "hotel", 165.0, "both", 1.0),
-        ("4511", "airline", 420.0, "online", 1.0), ("4722", "travel_agency", 350.0, "online", 0.8),
-        ("5815", "digital_media", 11.0, "online", 4.0), ("5818", "digital_goods", 16.0, "online", 3.0),
-        ("4899", "streaming_cable", 19.0, "online", 3.0), ("5734", "software", 45.0, "online", 1.5),
-        ("5964", "catalog_ecommerce", 62.0, "online", 5.0), ("5969", "direct_marketing", 40.0, "online", 1.5),
+        ("5411", "grocery_store", 45.0, "physical", 14.0),
+        ("5812", "restaurant", 38.0, "physical", 10.0),
+        ("5814", "fast_food", 12.0, "physical", 10.0),
+        ("5541", "service_station", 42.0, "physical", 7.0),
+        ("5912", "drug_store", 24.0, "physical", 5.0),
+        ("5310", "discount_store", 33.0, "physical", 5.0),
+        ("5311", "department_store", 72.0, "both", 4.0),
+        ("5651", "clothing", 58.0, "both", 4.0),
+        ("5732", "electronics", 190.0, "both", 2.5),
+        ("5999", "misc_retail", 30.0, "both", 4.0),
+        ("5200", "home_supply", 88.0, "physical", 2.5),
+        ("5942", "book_store", 21.0, "both", 1.5),
+        ("5944", "jewelry", 260.0, "physical", 0.8),
+        ("5947", "gift_card_novelty", 35.0, "both", 1.5),
+        ("4111", "commuter_transport", 3.5, "physical", 4.0),
+        ("4121", "taxi_rideshare", 22.0, "both", 3.0),
+        ("6011", "atm_cash", 120.0, "physical", 3.0),
+        ("7011", "hotel", 165.0, "both", 1.0),
+        ("4511", "airline", 420.0, "online", 1.0),
+        ("4722", "travel_agency", 350.0, "online", 0.8),
+        ("5815", "digital_media", 11.0, "online", 4.0),
+        ("5818", "digital_goods", 16.0, "online", 3.0),
+        ("4899", "streaming_cable", 19.0, "online", 3.0),
+        ("5734", "software", 45.0, "online", 1.5),
+        ("5964", "catalog_ecommerce", 62.0, "online", 5.0),
+        ("5969", "direct_marketing", 40.0, "online", 1.5),
     ],
     columns=["mcc", "category", "median_ticket", "trades", "weight"],
 )
@@ -99,16 +129,42 @@ MOBILE_SHARE_OF_REMOTE = 0.55
 CARD_NETWORKS = (("visa", 0.55), ("mastercard", 0.35), ("amex", 0.10))
 
 # Seasonality: a local-time hour-of-day curve (lunch and evening peaks), day-of-week factors (Mon..Sun), paydays.
-HOURLY_CURVE = np.array([0.25, 0.12, 0.08, 0.06, 0.06, 0.15, 0.4, 0.8, 1.1, 1.2, 1.3, 1.5,
-                         1.9, 1.7, 1.3, 1.2, 1.3, 1.6, 1.9, 1.8, 1.5, 1.1, 0.7, 0.4])
+HOURLY_CURVE = np.array(
+    [
+        0.25,
+        0.12,
+        0.08,
+        0.06,
+        0.06,
+        0.15,
+        0.4,
+        0.8,
+        1.1,
+        1.2,
+        1.3,
+        1.5,
+        1.9,
+        1.7,
+        1.3,
+        1.2,
+        1.3,
+        1.6,
+        1.9,
+        1.8,
+        1.5,
+        1.1,
+        0.7,
+        0.4,
+    ]
+)
 WEEKDAY_FACTORS = np.array([0.92, 0.95, 0.97, 1.0, 1.12, 1.18, 0.86])
 PAYDAY_FACTOR = 1.15  # the 1st and the 15th, and the day after
 SHARE_AT_ACTIVE_HOURS = 0.75  # the rest follows the population's hourly curve
-FAVOURITE_SLOTS = 6           # regular merchants per user and city (by a stable hash: no stored lists)
+FAVOURITE_SLOTS = 6  # regular merchants per user and city (by a stable hash: no stored lists)
 SHARE_AT_FAVOURITES = 0.7
 TRIP_PROBABILITY_PER_DAY = 0.004
-AMOUNT_SPREAD = 0.45          # lognormal sigma of a genuine amount around its expected value
-TICKET_REFERENCE = 36.0       # a user whose typical_amount is this pays each merchant's typical ticket
+AMOUNT_SPREAD = 0.45  # lognormal sigma of a genuine amount around its expected value
+TICKET_REFERENCE = 36.0  # a user whose typical_amount is this pays each merchant's typical ticket
 SAME_STOP_NS = 15 * 60 * NS_PER_SECOND  # card-present uses closer than this are at the same shop
 ATTACK_WINDOW = timedelta(hours=3)  # a launched attack's incidents all begin within this
 
@@ -136,8 +192,11 @@ class SimulationConfig:
             start = datetime.combine(start, time(), tzinfo=timezone.utc)
         if not isinstance(start, datetime):
             raise ValueError(f"start: expected a date or datetime, got {start!r}")
-        object.__setattr__(self, "start", start.replace(tzinfo=timezone.utc) if start.tzinfo is None
-                           else start.astimezone(timezone.utc))
+        object.__setattr__(
+            self,
+            "start",
+            start.replace(tzinfo=timezone.utc) if start.tzinfo is None else start.astimezone(timezone.utc),
+        )
         if self.seed < 0:
             raise ValueError(f"seed: must be >= 0, got {self.seed}")
         if self.n_users < 1:
@@ -147,8 +206,9 @@ class SimulationConfig:
         if not 0 < self.fraud_rate < 0.5:
             raise ValueError(f"fraud_rate: must be in (0, 0.5), got {self.fraud_rate}")
         if self.n_merchants is not None and self.n_merchants < len(CITIES) + 10:
-            raise ValueError(f"n_merchants: must be >= {len(CITIES) + 10} (a shop in every city), "
-                             f"got {self.n_merchants}")
+            raise ValueError(
+                f"n_merchants: must be >= {len(CITIES) + 10} (a shop in every city), got {self.n_merchants}"
+            )
         index, count = self.partition
         if count < 1 or not 0 <= index < count:
             raise ValueError(f"partition: need 0 <= index < count, got {self.partition}")
@@ -212,8 +272,9 @@ def simulate_attack(config: SimulationConfig, scenario: str, incidents: int) -> 
     return _finalise(pd.concat([fraud, relabelled, victims], ignore_index=True), config)
 
 
-def _partition_context(config: SimulationConfig, done: Progress, until: datetime | None = None
-                       ) -> tuple[pd.DataFrame, pd.DataFrame, scenarios.ScenarioContext]:
+def _partition_context(
+    config: SimulationConfig, done: Progress, until: datetime | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame, scenarios.ScenarioContext]:
     """The population, and the partition's genuine traffic as the context fraud scenarios are built in
     (cut at ``until`` when given, which then ends the scenarios' window too)."""
     users, merchants = build_population(config)
@@ -228,7 +289,12 @@ def _partition_context(config: SimulationConfig, done: Progress, until: datetime
         genuine = genuine[genuine["ts"] < end_ns].reset_index(drop=True)
     done("genuine traffic")
     context = scenarios.ScenarioContext(
-        rng=rng, users=mine, merchants=merchants, genuine=genuine, start_ns=start_ns, end_ns=end_ns,
+        rng=rng,
+        users=mine,
+        merchants=merchants,
+        genuine=genuine,
+        start_ns=start_ns,
+        end_ns=end_ns,
         device_prefix=f"fx-{config.id_prefix}-{index}",
     )
     return users, merchants, context
@@ -253,14 +319,15 @@ def _build_merchants(rng: np.random.Generator, n: int) -> pd.DataFrame:
     for is_online, trades in ((True, ("online", "both")), (False, ("physical", "both"))):
         eligible = MCCS.index[MCCS["trades"].isin(trades)].to_numpy()
         weights = MCCS.loc[eligible, "weight"].to_numpy()
-        mcc_row[online == is_online] = rng.choice(eligible, size=int((online == is_online).sum()),
-                                                  p=weights / weights.sum())
+        mcc_row[online == is_online] = rng.choice(
+            eligible, size=int((online == is_online).sum()), p=weights / weights.sum()
+        )
 
     # Every city gets shops first, then the rest follow where people live (home country weighted up).
     city = np.full(n, -1)
     city_weights = CITIES["weight"].to_numpy() * np.where(CITIES["country"] == HOME_COUNTRY, 4.0, 1.0)
     city[physical_positions[: len(CITIES)]] = np.arange(len(CITIES))
-    rest = physical_positions[len(CITIES):]
+    rest = physical_positions[len(CITIES) :]
     city[rest] = rng.choice(len(CITIES), size=len(rest), p=city_weights / city_weights.sum())
 
     cities = CITIES.iloc[np.maximum(city, 0)]
@@ -269,14 +336,16 @@ def _build_merchants(rng: np.random.Generator, n: int) -> pd.DataFrame:
     lat = np.where(online, np.nan, cities["lat"].to_numpy() + rng.normal(0, 0.05, n))
     lon = np.where(online, np.nan, cities["lon"].to_numpy() + rng.normal(0, 0.05, n))
     mccs = MCCS.iloc[mcc_row]
-    frame = pd.DataFrame({
-        "merchant_id": [f"m{i:06d}" for i in range(n)],
-        "mcc": mccs["mcc"].to_numpy(),
-        "lat": lat.round(5),
-        "lon": lon.round(5),
-        "country": country,
-        "typical_ticket": (mccs["median_ticket"].to_numpy() * rng.lognormal(0, 0.3, n)).round(2),
-    })
+    frame = pd.DataFrame(
+        {
+            "merchant_id": [f"m{i:06d}" for i in range(n)],
+            "mcc": mccs["mcc"].to_numpy(),
+            "lat": lat.round(5),
+            "lon": lon.round(5),
+            "country": country,
+            "typical_ticket": (mccs["median_ticket"].to_numpy() * rng.lognormal(0, 0.3, n)).round(2),
+        }
+    )
     profile = conform(frame, MERCHANT_PROFILE_COLUMNS)
     profile["category"] = mccs["category"].to_numpy()
     profile["city"] = np.where(online, None, cities["city"].to_numpy())
@@ -292,32 +361,39 @@ def _build_users(rng: np.random.Generator, n: int, as_of: datetime) -> pd.DataFr
     domestic = CITIES.index[CITIES["country"] == HOME_COUNTRY].to_numpy()
     foreign = CITIES.index[CITIES["country"] != HOME_COUNTRY].to_numpy()
     weights = CITIES["weight"].to_numpy()
-    city = np.where(rng.random(n) < ABROAD_SHARE,
-                    rng.choice(foreign, size=n, p=weights[foreign] / weights[foreign].sum()),
-                    rng.choice(domestic, size=n, p=weights[domestic] / weights[domestic].sum()))
+    city = np.where(
+        rng.random(n) < ABROAD_SHARE,
+        rng.choice(foreign, size=n, p=weights[foreign] / weights[foreign].sum()),
+        rng.choice(domestic, size=n, p=weights[domestic] / weights[domestic].sum()),
+    )
     cities = CITIES.iloc[city]
 
     new_account = rng.random(n) < 0.05
     age_days = np.where(new_account, rng.uniform(7, 90, n), np.minimum(30 + rng.exponential(1500, n), 9000))
-    kyc_level = np.where(new_account, rng.choice([1, 2], size=n, p=[0.6, 0.4]),
-                         rng.choice([1, 2, 3], size=n, p=[0.12, 0.45, 0.43]))
+    kyc_level = np.where(
+        new_account, rng.choice([1, 2], size=n, p=[0.6, 0.4]), rng.choice([1, 2, 3], size=n, p=[0.12, 0.45, 0.43])
+    )
     kyc_factor = np.array([0.0, 0.5, 0.8, 1.0])[kyc_level]
-    credit_limit = np.maximum(300, np.round(segments["credit_limit"].to_numpy() * kyc_factor
-                                            * rng.lognormal(0, 0.35, n), -2))
+    credit_limit = np.maximum(
+        300, np.round(segments["credit_limit"].to_numpy() * kyc_factor * rng.lognormal(0, 0.35, n), -2)
+    )
     user_id = np.array([f"u{i:07d}" for i in index], dtype=object)
     second_device = rng.random(n) < 0.6
     networks, network_shares = zip(*CARD_NETWORKS)
-    frame = pd.DataFrame({
-        "user_id": user_id,
-        "home_lat": (cities["lat"].to_numpy() + rng.normal(0, 0.08, n)).round(5),
-        "home_lon": (cities["lon"].to_numpy() + rng.normal(0, 0.08, n)).round(5),
-        "home_country": cities["country"].to_numpy(),
-        "account_opened": (pd.Timestamp(as_of) - pd.to_timedelta(np.round(age_days * 86400), unit="s")
-                           ).astype(USER_PROFILE_COLUMNS["account_opened"]),
-        "credit_limit": credit_limit,
-        "kyc_level": kyc_level,
-        "segment": segments["segment"].to_numpy(),
-    })
+    frame = pd.DataFrame(
+        {
+            "user_id": user_id,
+            "home_lat": (cities["lat"].to_numpy() + rng.normal(0, 0.08, n)).round(5),
+            "home_lon": (cities["lon"].to_numpy() + rng.normal(0, 0.08, n)).round(5),
+            "home_country": cities["country"].to_numpy(),
+            "account_opened": (pd.Timestamp(as_of) - pd.to_timedelta(np.round(age_days * 86400), unit="s")).astype(
+                USER_PROFILE_COLUMNS["account_opened"]
+            ),
+            "credit_limit": credit_limit,
+            "kyc_level": kyc_level,
+            "segment": segments["segment"].to_numpy(),
+        }
+    )
     profile = conform(frame, USER_PROFILE_COLUMNS)
     profile["home_city"] = cities["city"].to_numpy()
     profile["city_index"] = city
@@ -330,14 +406,16 @@ def _build_users(rng: np.random.Generator, n: int, as_of: datetime) -> pd.DataFr
     profile["active_hour_spread"] = rng.uniform(2.0, 4.5, n).round(2)
     profile["card_network"] = rng.choice(networks, size=n, p=network_shares)
     profile["device_primary"] = [f"dv-{u}-1" for u in user_id]
-    profile["device_secondary"] = pd.array([f"dv-{u}-2" if two else None for u, two in zip(user_id, second_device)],
-                                           dtype="string")
+    profile["device_secondary"] = pd.array(
+        [f"dv-{u}-2" if two else None for u, two in zip(user_id, second_device)], dtype="string"
+    )
     profile["user_index"] = index
     return profile
 
 
-def genuine_traffic(users: pd.DataFrame, merchants: pd.DataFrame, rng: np.random.Generator, *,
-                    start_ns: int, days: int, seed: int) -> pd.DataFrame:
+def genuine_traffic(
+    users: pd.DataFrame, merchants: pd.DataFrame, rng: np.random.Generator, *, start_ns: int, days: int, seed: int
+) -> pd.DataFrame:
     """Genuine transactions of ``users`` within [start, start + days), in the internal column layout.
 
     Times are drawn per local calendar day (weekday, payday factors) and local hour (the user's active hours or
@@ -354,8 +432,9 @@ def genuine_traffic(users: pd.DataFrame, merchants: pd.DataFrame, rng: np.random
 
     day = rng.choice(calendar_days, size=n, p=day_weights / day_weights.sum())
     at_active_hours = rng.random(n) < SHARE_AT_ACTIVE_HOURS
-    personal_hour = rng.normal(users["active_hour_peak"].to_numpy()[owner],
-                               users["active_hour_spread"].to_numpy()[owner])
+    personal_hour = rng.normal(
+        users["active_hour_peak"].to_numpy()[owner], users["active_hour_spread"].to_numpy()[owner]
+    )
     curve_hour = rng.choice(24, size=n, p=HOURLY_CURVE / HOURLY_CURVE.sum()) + rng.random(n)
     hour = np.mod(np.where(at_active_hours, personal_hour, curve_hour), 24.0)
     offset_ns = (users["utc_offset"].to_numpy()[owner] * NS_PER_HOUR).astype(np.int64)
@@ -394,14 +473,29 @@ def genuine_traffic(users: pd.DataFrame, merchants: pd.DataFrame, rng: np.random
     amount = merchants["typical_ticket"].to_numpy()[merchant] * spend_factor * rng.lognormal(0, AMOUNT_SPREAD, n)
     amount = np.clip(np.round(amount, 2), 0.5, 50_000)
 
-    devices = np.where(channel == "mobile", users["device_primary"].to_numpy(dtype=object)[owner],
-                       users["device_secondary"].fillna(users["device_primary"]).to_numpy(dtype=object)[owner])
+    devices = np.where(
+        channel == "mobile",
+        users["device_primary"].to_numpy(dtype=object)[owner],
+        users["device_secondary"].fillna(users["device_primary"]).to_numpy(dtype=object)[owner],
+    )
     device = np.where(present, None, devices)
-    country = np.where(present, merchants["country"].to_numpy(dtype=object)[merchant],
-                       CITIES["country"].to_numpy(dtype=object)[location])
+    country = np.where(
+        present,
+        merchants["country"].to_numpy(dtype=object)[merchant],
+        CITIES["country"].to_numpy(dtype=object)[location],
+    )
     return scenarios.transaction_frame(
-        users=users, merchants=merchants, owner=owner, merchant=merchant, ts=ts, amount=amount,
-        channel=channel, device=device, country=country, scenario=GENUINE_SCENARIO)
+        users=users,
+        merchants=merchants,
+        owner=owner,
+        merchant=merchant,
+        ts=ts,
+        amount=amount,
+        channel=channel,
+        device=device,
+        country=country,
+        scenario=GENUINE_SCENARIO,
+    )
 
 
 def _one_shop_per_stop(owner: np.ndarray, ts: np.ndarray, merchant: np.ndarray, present: np.ndarray) -> None:
@@ -424,8 +518,9 @@ def _day_weights(first_day_ns: int, calendar_days: int) -> np.ndarray:
     return WEEKDAY_FACTORS[days.weekday] * np.where(payday, PAYDAY_FACTOR, 1.0)
 
 
-def _trips(users: pd.DataFrame, rng: np.random.Generator, calendar_days: int
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _trips(
+    users: pd.DataFrame, rng: np.random.Generator, calendar_days: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per user: departure day (-1: no trip), return day, destination city (another city, often abroad)."""
     n = len(users)
     takes_trip = rng.random(n) < min(0.6, TRIP_PROBABILITY_PER_DAY * calendar_days)
@@ -441,8 +536,14 @@ def _trips(users: pd.DataFrame, rng: np.random.Generator, calendar_days: int
     return depart, back, destination
 
 
-def _pick_merchants(rng: np.random.Generator, candidates: np.ndarray, merchants: pd.DataFrame,
-                    user_index: np.ndarray, seed: int, salt: int) -> np.ndarray:
+def _pick_merchants(
+    rng: np.random.Generator,
+    candidates: np.ndarray,
+    merchants: pd.DataFrame,
+    user_index: np.ndarray,
+    seed: int,
+    salt: int,
+) -> np.ndarray:
     """A user's regular merchants (a stable hash of seed, user and slot) most of the time, else by popularity."""
     n = len(user_index)
     slot_weights = 1.0 / np.arange(1, FAVOURITE_SLOTS + 1)
@@ -467,8 +568,14 @@ def _mix64(x: np.ndarray | np.uint64) -> np.ndarray:
 
 def _traffic_entropy(config: SimulationConfig) -> list[int]:
     index, count = config.partition
-    return [config.seed, index, count, _ns(config.start) // NS_PER_SECOND, config.days,
-            zlib.crc32(config.id_prefix.encode())]
+    return [
+        config.seed,
+        index,
+        count,
+        _ns(config.start) // NS_PER_SECOND,
+        config.days,
+        zlib.crc32(config.id_prefix.encode()),
+    ]
 
 
 def _ns(moment: datetime) -> int:

@@ -19,13 +19,29 @@ from cluster.schema import SCENARIO_COLUMN
 from simulation.generator import Progress, SimulatedHistory, SimulationConfig, simulate_history
 from simulation.world_shift import WorldShift
 
-HISTORY_STAGES = ("population", "genuine traffic", "fraud scenarios", "validation",  # simulate_history
-                  "transactions file", "profile files")  # write_history
+HISTORY_STAGES = (
+    "population",
+    "genuine traffic",
+    "fraud scenarios",
+    "validation",  # simulate_history
+    "transactions file",
+    "profile files",
+)  # write_history
 STAGES = (*HISTORY_STAGES, "DynamoDB profiles")
 
 
-def run_simulate(settings: Settings, *, out: Path, users: int, days: int, start: date, seed: int,
-                 fraud_rate: float, shift: WorldShift | None = None, shift_from: date | None = None) -> dict[str, Any]:
+def run_simulate(
+    settings: Settings,
+    *,
+    out: Path,
+    users: int,
+    days: int,
+    start: date,
+    seed: int,
+    fraud_rate: float,
+    shift: WorldShift | None = None,
+    shift_from: date | None = None,
+) -> dict[str, Any]:
     """Simulate, write everything, and return a short summary (rows, fraud rate, rows per scenario, files).
     ``shift`` changes the world from ``shift_from`` on (default: the first day), for drift to measure offline."""
     out = Path(out)
@@ -34,6 +50,7 @@ def run_simulate(settings: Settings, *, out: Path, users: int, days: int, start:
     config = SimulationConfig(n_users=users, days=days, start=start, seed=seed, fraud_rate=fraud_rate)
     began = time.perf_counter()
     with tqdm(total=len(STAGES), desc="simulate", unit="stage", file=sys.stderr) as bar:
+
         def advance(stage: str) -> None:
             bar.set_postfix_str(stage)
             bar.update()
@@ -88,16 +105,22 @@ def write_history(history: SimulatedHistory, out: Path, progress: Progress | Non
 def _publish_profiles(settings: Settings, users: Any, merchants: Any) -> str:
     """Load the profiles into DynamoDB when an AWS endpoint is configured; otherwise say where they are."""
     if not settings.uses_real_aws:
-        return ("sidecar parquet files only: no AWS endpoint configured (set FRAUD_AWS_ENDPOINT_URL to a running "
-                "`fraudctl up`, or configure real AWS, to load them into DynamoDB)")
+        return (
+            "sidecar parquet files only: no AWS endpoint configured (set FRAUD_AWS_ENDPOINT_URL to a running "
+            "`fraudctl up`, or configure real AWS, to load them into DynamoDB)"
+        )
     try:
         written_users = put_profiles(settings.user_table, users, settings)
         written_merchants = put_profiles(settings.merchant_table, merchants, settings)
     except ClientError as exc:
         if exc.response["Error"]["Code"] == "ResourceNotFoundException":
-            raise RuntimeError(f"DynamoDB tables {settings.user_table!r}/{settings.merchant_table!r} do not exist at "
-                               f"{settings.aws_endpoint_url or settings.region}: run `fraudctl up` once to create "
-                               "them") from exc
+            raise RuntimeError(
+                f"DynamoDB tables {settings.user_table!r}/{settings.merchant_table!r} do not exist at "
+                f"{settings.aws_endpoint_url or settings.region}: run `fraudctl up` once to create "
+                "them"
+            ) from exc
         raise
-    return (f"DynamoDB: {written_users} users into {settings.user_table}, {written_merchants} merchants into "
-            f"{settings.merchant_table}")
+    return (
+        f"DynamoDB: {written_users} users into {settings.user_table}, {written_merchants} merchants into "
+        f"{settings.merchant_table}"
+    )

@@ -49,9 +49,20 @@ class ProducerStats:
 class TrafficProducer:
     """One partition of simulated users streaming into Kinesis (run it as a Ray actor: see ``start_producers``)."""
 
-    def __init__(self, partition: int, partitions: int, *, n_users: int, seed: int, fraud_rate: float,
-                 tps: float, start: datetime | None = None, scoreboard: Any | None = None,
-                 shift: WorldShift | None = None, settings: Settings | None = None):
+    def __init__(
+        self,
+        partition: int,
+        partitions: int,
+        *,
+        n_users: int,
+        seed: int,
+        fraud_rate: float,
+        tps: float,
+        start: datetime | None = None,
+        scoreboard: Any | None = None,
+        shift: WorldShift | None = None,
+        settings: Settings | None = None,
+    ):
         self.settings = settings or get_settings()  # the stream to produce into is ``settings.stream_name``
         self.scoreboard = scoreboard  # where each batch's ground truth goes (None: nowhere)
         self.partition, self.partitions = partition, partitions
@@ -87,10 +98,19 @@ class TrafficProducer:
         with self._lock:
             self.stats.attacks += 1
             number, start = self.stats.attacks, self.now
-        rows = simulate_attack(SimulationConfig(
-            n_users=self.n_users, days=1, start=start, seed=self.seed, fraud_rate=self.fraud_rate,
-            partition=(self.partition, self.partitions), id_prefix=f"p{self.partition}atk{number}-{start:%Y%m%d}",
-        ), scenario, incidents)
+        rows = simulate_attack(
+            SimulationConfig(
+                n_users=self.n_users,
+                days=1,
+                start=start,
+                seed=self.seed,
+                fraud_rate=self.fraud_rate,
+                partition=(self.partition, self.partitions),
+                id_prefix=f"p{self.partition}atk{number}-{start:%Y%m%d}",
+            ),
+            scenario,
+            incidents,
+        )
         with self._lock:
             merged = pd.concat([self._injected, rows], ignore_index=True) if len(self._injected) else rows
             self._injected = merged.sort_values("timestamp", kind="stable", ignore_index=True)
@@ -127,12 +147,18 @@ class TrafficProducer:
         pacer = Pacer(self.stats.target_tps, max_lag_s=0.0, sleep=self._stop.wait)
         try:
             while not self._stop.is_set():
-                queue = simulate_history(SimulationConfig(
-                    n_users=self.n_users, days=1, start=self.clock, seed=self.seed,
-                    fraud_rate=self.fraud_rate, scenario_weights=self.stats.scenario_weights,
-                    partition=(self.partition, self.partitions),
-                    id_prefix=f"p{self.partition}d{self.stats.simulated_days}-{self.clock:%Y%m%d}",
-                )).transactions
+                queue = simulate_history(
+                    SimulationConfig(
+                        n_users=self.n_users,
+                        days=1,
+                        start=self.clock,
+                        seed=self.seed,
+                        fraud_rate=self.fraud_rate,
+                        scenario_weights=self.stats.scenario_weights,
+                        partition=(self.partition, self.partitions),
+                        id_prefix=f"p{self.partition}d{self.stats.simulated_days}-{self.clock:%Y%m%d}",
+                    )
+                ).transactions
                 self.stats.simulated_days += 1
                 self.clock += timedelta(days=1)
                 while not self._stop.is_set():
@@ -164,16 +190,34 @@ class TrafficProducer:
         return self.get_stats()
 
 
-def start_producers(settings: Settings, *, tps: float, n_users: int = 2000, actors: int | None = None,
-                    max_records_each: int | None = None, scoreboard: Any | None = None,
-                    shift: WorldShift | None = None) -> tuple[list[Any], list[Any]]:
+def start_producers(
+    settings: Settings,
+    *,
+    tps: float,
+    n_users: int = 2000,
+    actors: int | None = None,
+    max_records_each: int | None = None,
+    scoreboard: Any | None = None,
+    shift: WorldShift | None = None,
+) -> tuple[list[Any], list[Any]]:
     """Start one producer actor per partition into ``settings.stream_name``, reporting ground truth to
     ``scoreboard`` (``start_scoreboard``) if given; returns (actors, their ``run`` futures)."""
     count = actors or settings.producer_actors
     remote = ray.remote(num_cpus=0.25, max_concurrency=4, max_restarts=0)(TrafficProducer)
-    handles = [remote.remote(i, count, n_users=n_users, seed=settings.seed, fraud_rate=settings.fraud_rate,
-                             tps=tps / count, scoreboard=scoreboard, shift=shift, settings=settings)
-               for i in range(count)]
+    handles = [
+        remote.remote(
+            i,
+            count,
+            n_users=n_users,
+            seed=settings.seed,
+            fraud_rate=settings.fraud_rate,
+            tps=tps / count,
+            scoreboard=scoreboard,
+            shift=shift,
+            settings=settings,
+        )
+        for i in range(count)
+    ]
     runs = [handle.run.remote(max_records=max_records_each) for handle in handles]
     return handles, runs
 

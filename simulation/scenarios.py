@@ -22,42 +22,84 @@ NS_PER_DAY = 24 * NS_PER_HOUR
 IMPOSSIBLE_SPEED_KMH = 1100.0  # faster than any airliner door to door
 # Where taken-over sessions and card-testing bots connect from (never a victim's own country or trip country).
 FRAUD_ORIGIN_COUNTRIES = ("NG", "RU", "UA", "RO", "BR", "VN", "ID", "PH", "CN", "TR", "PK", "GH")
-HIGH_TICKET_CATEGORIES = ("electronics", "gift_card_novelty", "airline", "travel_agency", "catalog_ecommerce",
-                          "department_store", "software", "hotel", "clothing", "jewelry", "atm_cash")
+HIGH_TICKET_CATEGORIES = (
+    "electronics",
+    "gift_card_novelty",
+    "airline",
+    "travel_agency",
+    "catalog_ecommerce",
+    "department_store",
+    "software",
+    "hotel",
+    "clothing",
+    "jewelry",
+    "atm_cash",
+)
 TESTING_CATEGORIES = ("digital_media", "digital_goods", "streaming_cable", "direct_marketing", "software")
 # Rows per incident (fewest, most) for each scenario; a compromised terminal's count is its cloned cards on top of
 # the genuine charges it relabels.
 INCIDENT_ROWS: dict[str, tuple[int, int]] = {
-    "card_testing": (4, 12), "cash_out": (4, 11), "cnp_leak": (3, 9), "account_takeover": (2, 6),
-    "impossible_travel": (1, 3), "compromised_merchant": (3, 9),
+    "card_testing": (4, 12),
+    "cash_out": (4, 11),
+    "cnp_leak": (3, 9),
+    "account_takeover": (2, 6),
+    "impossible_travel": (1, 3),
+    "compromised_merchant": (3, 9),
 }
-INTERNAL_COLUMNS = ("user_id", "merchant_id", "amount", "ts", "channel", "device_id", "mcc", "country", "lat", "lon",
-                    LABEL_COLUMN, SCENARIO_COLUMN, "owner", "merchant_pos")
+INTERNAL_COLUMNS = (
+    "user_id",
+    "merchant_id",
+    "amount",
+    "ts",
+    "channel",
+    "device_id",
+    "mcc",
+    "country",
+    "lat",
+    "lon",
+    LABEL_COLUMN,
+    SCENARIO_COLUMN,
+    "owner",
+    "merchant_pos",
+)
 
 
-def transaction_frame(*, users: pd.DataFrame, merchants: pd.DataFrame, owner: np.ndarray, merchant: np.ndarray,
-                      ts: np.ndarray, amount: np.ndarray, channel: np.ndarray, device: np.ndarray,
-                      country: np.ndarray, scenario: str) -> pd.DataFrame:
+def transaction_frame(
+    *,
+    users: pd.DataFrame,
+    merchants: pd.DataFrame,
+    owner: np.ndarray,
+    merchant: np.ndarray,
+    ts: np.ndarray,
+    amount: np.ndarray,
+    channel: np.ndarray,
+    device: np.ndarray,
+    country: np.ndarray,
+    scenario: str,
+) -> pd.DataFrame:
     """Rows in the simulator's internal layout; merchant fields (mcc, and lat/lon when card-present) filled in."""
     owner, merchant = np.asarray(owner, dtype=np.int64), np.asarray(merchant, dtype=np.int64)
     channel = np.asarray(channel, dtype=object)
     present = channel == "card_present"
-    return pd.DataFrame({
-        "user_id": users["user_id"].to_numpy(dtype=object)[owner],
-        "merchant_id": merchants["merchant_id"].to_numpy(dtype=object)[merchant],
-        "amount": np.asarray(amount, dtype=float),
-        "ts": np.asarray(ts, dtype=np.int64),
-        "channel": channel,
-        "device_id": np.asarray(device, dtype=object),
-        "mcc": merchants["mcc"].to_numpy(dtype=object)[merchant],
-        "country": np.asarray(country, dtype=object),
-        "lat": np.where(present, merchants["lat"].to_numpy(dtype=float)[merchant], np.nan),
-        "lon": np.where(present, merchants["lon"].to_numpy(dtype=float)[merchant], np.nan),
-        LABEL_COLUMN: np.full(len(owner), 0 if scenario == GENUINE_SCENARIO else 1, dtype=np.int8),
-        SCENARIO_COLUMN: scenario,
-        "owner": owner,
-        "merchant_pos": merchant,
-    }, columns=list(INTERNAL_COLUMNS))
+    return pd.DataFrame(
+        {
+            "user_id": users["user_id"].to_numpy(dtype=object)[owner],
+            "merchant_id": merchants["merchant_id"].to_numpy(dtype=object)[merchant],
+            "amount": np.asarray(amount, dtype=float),
+            "ts": np.asarray(ts, dtype=np.int64),
+            "channel": channel,
+            "device_id": np.asarray(device, dtype=object),
+            "mcc": merchants["mcc"].to_numpy(dtype=object)[merchant],
+            "country": np.asarray(country, dtype=object),
+            "lat": np.where(present, merchants["lat"].to_numpy(dtype=float)[merchant], np.nan),
+            "lon": np.where(present, merchants["lon"].to_numpy(dtype=float)[merchant], np.nan),
+            LABEL_COLUMN: np.full(len(owner), 0 if scenario == GENUINE_SCENARIO else 1, dtype=np.int8),
+            SCENARIO_COLUMN: scenario,
+            "owner": owner,
+            "merchant_pos": merchant,
+        },
+        columns=list(INTERNAL_COLUMNS),
+    )
 
 
 @dataclass
@@ -104,8 +146,9 @@ class _Rows:
     """Collects one scenario's rows incident by incident."""
 
     def __init__(self) -> None:
-        self.columns: dict[str, list] = {k: [] for k in ("owner", "merchant", "ts", "amount", "channel", "device",
-                                                         "country")}
+        self.columns: dict[str, list] = {
+            k: [] for k in ("owner", "merchant", "ts", "amount", "channel", "device", "country")
+        }
 
     def add(self, **values: object) -> None:
         size = max(np.size(v) for v in values.values())
@@ -117,11 +160,18 @@ class _Rows:
 
     def frame(self, context: ScenarioContext, scenario: str) -> pd.DataFrame:
         c = self.columns
-        return transaction_frame(users=context.users, merchants=context.merchants, owner=np.array(c["owner"], int),
-                                 merchant=np.array(c["merchant"], int), ts=np.array(c["ts"], np.int64),
-                                 amount=np.round(np.array(c["amount"], float), 2), channel=np.array(c["channel"]),
-                                 device=np.array(c["device"], dtype=object), country=np.array(c["country"]),
-                                 scenario=scenario)
+        return transaction_frame(
+            users=context.users,
+            merchants=context.merchants,
+            owner=np.array(c["owner"], int),
+            merchant=np.array(c["merchant"], int),
+            ts=np.array(c["ts"], np.int64),
+            amount=np.round(np.array(c["amount"], float), 2),
+            channel=np.array(c["channel"]),
+            device=np.array(c["device"], dtype=object),
+            country=np.array(c["country"]),
+            scenario=scenario,
+        )
 
 
 def _incident_size(rng: np.random.Generator, low: int, high: int, remaining: int) -> int:
@@ -145,10 +195,24 @@ def card_testing(context: ScenarioContext, budget: int) -> pd.DataFrame:
         times = context.moment(2 * NS_PER_HOUR) + np.cumsum(rng.integers(4, 40, probes)) * 1_000_000_000
         cash_in = times[-1] + int(rng.integers(3 * NS_PER_MINUTE, 45 * NS_PER_MINUTE))
         shops = rng.choice(small_shops, size=probes, replace=len(small_shops) < probes)
-        rows.add(owner=victim, merchant=shops, ts=times, amount=rng.choice([0.5, 1.0, 1.0, 1.99, 2.0, 2.5], probes),
-                 channel="online", device=bot, country=country)
-        rows.add(owner=victim, merchant=rng.choice(big_shops), ts=cash_in, amount=rng.uniform(250, 2500),
-                 channel="online", device=bot, country=country)
+        rows.add(
+            owner=victim,
+            merchant=shops,
+            ts=times,
+            amount=rng.choice([0.5, 1.0, 1.0, 1.99, 2.0, 2.5], probes),
+            channel="online",
+            device=bot,
+            country=country,
+        )
+        rows.add(
+            owner=victim,
+            merchant=rng.choice(big_shops),
+            ts=cash_in,
+            amount=rng.uniform(250, 2500),
+            channel="online",
+            device=bot,
+            country=country,
+        )
     return rows.frame(context, "card_testing")
 
 
@@ -166,9 +230,15 @@ def cnp_leak(context: ScenarioContext, budget: int) -> pd.DataFrame:
         first = context.moment(span // 2)
         times = np.sort(rng.integers(first, min(first + span, context.end_ns), size))
         inflation = np.maximum(rng.lognormal(np.log(7.0), 0.3, size), 4.0)
-        rows.add(owner=victim, merchant=rng.choice(shops, size), ts=times,
-                 amount=np.maximum(typical[victim] * inflation, 60.0), channel="online",
-                 device=rng.choice(ring), country=home[victim])
+        rows.add(
+            owner=victim,
+            merchant=rng.choice(shops, size),
+            ts=times,
+            amount=np.maximum(typical[victim] * inflation, 60.0),
+            channel="online",
+            device=rng.choice(ring),
+            country=home[victim],
+        )
     return rows.frame(context, "cnp_leak")
 
 
@@ -186,9 +256,15 @@ def account_takeover(context: ScenarioContext, budget: int) -> pd.DataFrame:
         fresh = fresh or [c for c in FRAUD_ORIGIN_COUNTRIES if c != home[victim]]
         times = context.moment(8 * NS_PER_HOUR) + np.sort(rng.integers(NS_PER_MINUTE, 6 * NS_PER_HOUR, size))
         amounts = np.maximum(typical[victim] * rng.uniform(6, 15, size), rng.uniform(300, 1800, size))
-        rows.add(owner=victim, merchant=rng.choice(shops, size), ts=times, amount=amounts,
-                 channel=rng.choice(["mobile", "online"]), device=context.new_device("ato"),
-                 country=rng.choice(fresh))
+        rows.add(
+            owner=victim,
+            merchant=rng.choice(shops, size),
+            ts=times,
+            amount=amounts,
+            channel=rng.choice(["mobile", "online"]),
+            device=context.new_device("ato"),
+            country=rng.choice(fresh),
+        )
     return rows.frame(context, "account_takeover")
 
 
@@ -220,18 +296,29 @@ def impossible_travel(context: ScenarioContext, budget: int) -> pd.DataFrame:
             misses += 1
             continue
         target = int(rng.choice(far))
-        reach_km = float(haversine_km(lat[anchor], lon[anchor], context.merchants["lat"].iat[target],
-                                      context.merchants["lon"].iat[target]))
-        deadline = min(times[anchor] + int(reach_km / IMPOSSIBLE_SPEED_KMH * NS_PER_HOUR),
-                       following[anchor] - 5 * NS_PER_MINUTE)
+        reach_km = float(
+            haversine_km(
+                lat[anchor], lon[anchor], context.merchants["lat"].iat[target], context.merchants["lon"].iat[target]
+            )
+        )
+        deadline = min(
+            times[anchor] + int(reach_km / IMPOSSIBLE_SPEED_KMH * NS_PER_HOUR), following[anchor] - 5 * NS_PER_MINUTE
+        )
         size = _incident_size(rng, *INCIDENT_ROWS["impossible_travel"], budget - len(rows))
         first = times[anchor] + int(rng.uniform(0.3, 0.5) * (deadline - times[anchor]))
         swipes = first + np.append(0, np.cumsum(rng.integers(4 * NS_PER_MINUTE, 15 * NS_PER_MINUTE, size - 1)))
         swipes = swipes[swipes < deadline]
         nearby = np.flatnonzero(city == city[target])
         shops = rng.choice(nearby, size=len(swipes), p=ticket[nearby] / ticket[nearby].sum())
-        rows.add(owner=victim, merchant=shops, ts=swipes, amount=ticket[shops] * rng.uniform(1.5, 4.0, len(swipes)),
-                 channel="card_present", device=None, country=country[shops])
+        rows.add(
+            owner=victim,
+            merchant=shops,
+            ts=swipes,
+            amount=ticket[shops] * rng.uniform(1.5, 4.0, len(swipes)),
+            channel="card_present",
+            device=None,
+            country=country[shops],
+        )
     return rows.frame(context, "impossible_travel")
 
 
@@ -256,9 +343,15 @@ def cash_out(context: ScenarioContext, budget: int) -> pd.DataFrame:
         cash = (amounts <= 800) & (rng.random(size) < 0.5) & (len(local_atms) > 0)
         shop = np.where(cash, rng.choice(local_atms, size) if len(local_atms) else -1, rng.choice(shops, size))
         device = context.new_device("cash")
-        rows.add(owner=victim, merchant=shop, ts=times, amount=amounts,
-                 channel=np.where(cash, "card_present", "online"), device=np.where(cash, None, device),
-                 country=np.where(cash, country[shop], home[victim]))
+        rows.add(
+            owner=victim,
+            merchant=shop,
+            ts=times,
+            amount=amounts,
+            channel=np.where(cash, "card_present", "online"),
+            device=np.where(cash, None, device),
+            country=np.where(cash, country[shop], home[victim]),
+        )
     return rows.frame(context, "cash_out")
 
 
@@ -275,8 +368,7 @@ def compromised_merchant(context: ScenarioContext, budget: int) -> pd.DataFrame:
     rng, rows = context.rng, _Rows()
     genuine = context.genuine
     present = genuine[genuine["channel"] == "card_present"].sort_values(["merchant_pos", "ts"])
-    shop_of, time_of, row_of = (present["merchant_pos"].to_numpy(), present["ts"].to_numpy(),
-                                present.index.to_numpy())
+    shop_of, time_of, row_of = (present["merchant_pos"].to_numpy(), present["ts"].to_numpy(), present.index.to_numpy())
     physical = np.flatnonzero(~context.merchants["online_only"].to_numpy())
     ticket = context.merchants["typical_ticket"].to_numpy()
     country = context.merchants["country"].to_numpy(dtype=object)
@@ -301,9 +393,15 @@ def compromised_merchant(context: ScenarioContext, budget: int) -> pd.DataFrame:
         if not clones:
             continue
         victims = [context.next_victim() for _ in range(clones)]
-        rows.add(owner=victims, merchant=merchant, ts=rng.integers(first, last + 1, clones),
-                 amount=ticket[merchant] * rng.uniform(1.5, 5.0, clones), channel="card_present", device=None,
-                 country=country[merchant])
+        rows.add(
+            owner=victims,
+            merchant=merchant,
+            ts=rng.integers(first, last + 1, clones),
+            amount=ticket[merchant] * rng.uniform(1.5, 5.0, clones),
+            channel="card_present",
+            device=None,
+            country=country[merchant],
+        )
         spent += clones
     return rows.frame(context, "compromised_merchant")
 

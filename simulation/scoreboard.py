@@ -30,13 +30,17 @@ from cluster.schema import GENUINE_SCENARIO
 
 log = logging.getLogger(__name__)
 
-MAX_TRUTHS = 200_000       # transaction ids whose truth is kept, newest first
+MAX_TRUTHS = 200_000  # transaction ids whose truth is kept, newest first
 SAMPLES_PER_CLASS = 2_000  # joined decisions kept per ground-truth class for the score distribution
-RATE_WINDOW_S = 60.0       # the true fraud rate is over the last minute, as the stats actor's flagged share
-POLL_S = 1.0               # a round over the decisions stream's shards this often
+RATE_WINDOW_S = 60.0  # the true fraud rate is over the last minute, as the stats actor's flagged share
+POLL_S = 1.0  # a round over the decisions stream's shards this often
 TRUTH_CLASSES = ("genuine", "fraud")
-NO_TRUTH: dict[str, Any] = {"window": {"labelled": 0, "truly_fraud": 0}, "scenarios": {},
-                            "samples": {name: [] for name in TRUTH_CLASSES}, "alert_scenarios": {}}
+NO_TRUTH: dict[str, Any] = {
+    "window": {"labelled": 0, "truly_fraud": 0},
+    "scenarios": {},
+    "samples": {name: [] for name in TRUTH_CLASSES},
+    "alert_scenarios": {},
+}
 
 
 def truth_class(scenario: str) -> str:
@@ -46,8 +50,14 @@ def truth_class(scenario: str) -> str:
 class Scoreboard:
     """Truth by transaction_id, joined with the decisions stream (run it as a Ray actor: ``start_scoreboard``)."""
 
-    def __init__(self, settings: Settings, *, max_truths: int = MAX_TRUTHS, since: datetime | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        max_truths: int = MAX_TRUTHS,
+        since: datetime | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.kinesis = client("kinesis", settings)
         self.stream = settings.decisions_stream_name
         self.max_truths = max_truths
@@ -56,8 +66,9 @@ class Scoreboard:
         self.positions: dict[str, str] = {}  # shard -> sequence number of the last record joined
         self.truths: OrderedDict[str, list[Any]] = OrderedDict()  # transaction_id -> [scenario, joined yet]
         self.scenarios: dict[str, dict[str, int]] = {}
-        self.samples: dict[str, deque[dict[str, Any]]] = {name: deque(maxlen=SAMPLES_PER_CLASS)
-                                                          for name in TRUTH_CLASSES}
+        self.samples: dict[str, deque[dict[str, Any]]] = {
+            name: deque(maxlen=SAMPLES_PER_CLASS) for name in TRUTH_CLASSES
+        }
         self.recent: deque[tuple[float, int, int]] = deque()  # (monotonic time, joined, truly fraud) per join
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -90,8 +101,14 @@ class Scoreboard:
                 counts["seen"] += 1
                 counts["flagged"] += flagged
                 kind = truth_class(scenario)
-                self.samples[kind].append({"fraud_score": decision["fraud_score"], "risk_level": decision["risk_level"],
-                                           "is_fraud": flagged, "scenario": scenario})
+                self.samples[kind].append(
+                    {
+                        "fraud_score": decision["fraud_score"],
+                        "risk_level": decision["risk_level"],
+                        "is_fraud": flagged,
+                        "scenario": scenario,
+                    }
+                )
                 joined += 1
                 fraud += kind == "fraud"
             now = self.clock()
@@ -111,8 +128,9 @@ class Scoreboard:
         for shard in self.kinesis.list_shards(StreamName=self.stream)["Shards"]:
             shard_id = shard["ShardId"]
             after = self.positions.get(shard_id)
-            iterator = shard_iterator(self.kinesis, self.stream, shard_id, after=after,
-                                      since=None if after else self.since)
+            iterator = shard_iterator(
+                self.kinesis, self.stream, shard_id, after=after, since=None if after else self.since
+            )
             for page in pages(self.kinesis, iterator):
                 joined += self.join([orjson.loads(line) for record in page for line in lines(record["Data"])])
                 self.positions[shard_id] = page[-1]["SequenceNumber"]
@@ -135,11 +153,15 @@ class Scoreboard:
         of ``alert_ids`` that the simulation made."""
         with self._lock:
             self._trim(self.clock())
-            return {"window": {"labelled": sum(entry[1] for entry in self.recent),
-                               "truly_fraud": sum(entry[2] for entry in self.recent)},
-                    "scenarios": {name: dict(counts) for name, counts in self.scenarios.items()},
-                    "samples": {name: list(rows) for name, rows in self.samples.items()},
-                    "alert_scenarios": {tid: self.truths[tid][0] for tid in alert_ids if tid in self.truths}}
+            return {
+                "window": {
+                    "labelled": sum(entry[1] for entry in self.recent),
+                    "truly_fraud": sum(entry[2] for entry in self.recent),
+                },
+                "scenarios": {name: dict(counts) for name, counts in self.scenarios.items()},
+                "samples": {name: list(rows) for name, rows in self.samples.items()},
+                "alert_scenarios": {tid: self.truths[tid][0] for tid in alert_ids if tid in self.truths},
+            }
 
 
 def scoreboard_name(settings: Settings) -> str:
@@ -149,8 +171,13 @@ def scoreboard_name(settings: Settings) -> str:
 def start_scoreboard(settings: Settings) -> Any:
     """The scoreboard actor of ``settings``' decisions stream, following it from now on (stop it with
     ``stop_scoreboard``; it ends with the job that started it)."""
-    handle = ray.remote(Scoreboard).options(name=scoreboard_name(settings), namespace=ACTOR_NAMESPACE, num_cpus=0,
-                                            max_concurrency=4, max_restarts=0).remote(settings)
+    handle = (
+        ray.remote(Scoreboard)
+        .options(
+            name=scoreboard_name(settings), namespace=ACTOR_NAMESPACE, num_cpus=0, max_concurrency=4, max_restarts=0
+        )
+        .remote(settings)
+    )
     handle.run.remote()
     return handle
 

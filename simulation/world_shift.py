@@ -39,14 +39,15 @@ class WorldShift(BaseModel):
 
     @property
     def changes_nothing(self) -> bool:
-        return (self.amount_factor == 1.0 and not self.new_merchants and self.country is None
-                and not self.missing)
+        return self.amount_factor == 1.0 and not self.new_merchants and self.country is None and not self.missing
 
     def describe(self) -> str:
-        parts = [f"amount ×{self.amount_factor:g}" if self.amount_factor != 1.0 else "",
-                 f"{self.new_merchants} new merchants" if self.new_merchants else "",
-                 f"country {self.country}" if self.country else "",
-                 f"{'+'.join(self.missing)} missing" if self.missing else ""]
+        parts = [
+            f"amount ×{self.amount_factor:g}" if self.amount_factor != 1.0 else "",
+            f"{self.new_merchants} new merchants" if self.new_merchants else "",
+            f"country {self.country}" if self.country else "",
+            f"{'+'.join(self.missing)} missing" if self.missing else "",
+        ]
         changes = ", ".join(part for part in parts if part)
         return f"{changes} on {self.share:.0%} of the traffic" if changes else "no shift"
 

@@ -24,8 +24,12 @@ def aws_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]
     """Settings pointing at moto's server on a free loopback port, with every resource bootstrapped."""
     from cluster.runtime import aws_endpoint
 
-    base = Settings(aws_mode="embedded", data_dir=tmp_path_factory.mktemp("fraud-data"),
-                    serve_haproxy_stats_port=free_port(), serve_haproxy_metrics_port=free_port())
+    base = Settings(
+        aws_mode="embedded",
+        data_dir=tmp_path_factory.mktemp("fraud-data"),
+        serve_haproxy_stats_port=free_port(),
+        serve_haproxy_metrics_port=free_port(),
+    )
     with aws_endpoint(base) as settings:
         yield settings
 
@@ -62,20 +66,34 @@ def train_small_bundle(settings: Settings, history, *, rounds: int = 60, seed: i
     from training.xgb import fit_xgboost
 
     transactions = history.transactions.reset_index(drop=True)
-    features = build_features(transactions, label_delay=timedelta(days=settings.label_delay_days),
-                              users=history.users, merchants=history.merchants)
+    features = build_features(
+        transactions,
+        label_delay=timedelta(days=settings.label_delay_days),
+        users=history.users,
+        merchants=history.merchants,
+    )
     x = features[list(FEATURE_NAMES)].to_numpy(np.float32)
     y = transactions["is_fraud"].to_numpy(np.int8)
     cut = int(len(x) * 0.6)
     booster = fit_xgboost(x[:cut], y[:cut], FEATURE_NAMES, {"max_depth": 4, "eta": 0.2}, rounds, seed=seed)
     anomaly = AnomalyScorer.fit(x[:cut], y[:cut], {"lr": 3e-3, "weight_decay": 1e-6}, 2, seed=seed, max_rows=20_000)
-    ensemble, _ = fit_ensemble(y[cut:], booster.inplace_predict(x[cut:]).astype(np.float64), anomaly.score(x[cut:]),
-                               transactions["amount"].to_numpy()[cut:])
-    bundle = ModelBundle(booster=booster, anomaly=anomaly, ensemble=ensemble, feature_names=FEATURE_NAMES,
-                         feature_version=FEATURE_VERSION)
+    ensemble, _ = fit_ensemble(
+        y[cut:],
+        booster.inplace_predict(x[cut:]).astype(np.float64),
+        anomaly.score(x[cut:]),
+        transactions["amount"].to_numpy()[cut:],
+    )
+    bundle = ModelBundle(
+        booster=booster,
+        anomaly=anomaly,
+        ensemble=ensemble,
+        feature_names=FEATURE_NAMES,
+        feature_version=FEATURE_VERSION,
+    )
     held_out_scores = FraudScorer(bundle).score(features.iloc[cut:])["fraud_score"].to_numpy()
-    bundle.reference = build_reference(x[:cut], FEATURE_NAMES, held_out_scores,
-                                       inputs=input_missing_rates(transactions.iloc[:cut]))
+    bundle.reference = build_reference(
+        x[:cut], FEATURE_NAMES, held_out_scores, inputs=input_missing_rates(transactions.iloc[:cut])
+    )
     return registry_for(settings).register(bundle, promote=promote)
 
 
@@ -101,13 +119,26 @@ def served(ray_session: Settings, champion_model: str) -> Iterator[tuple[str, Se
     from serve.app import build_app
     from serve.runtime import serving
 
-    settings = ray_session.model_copy(update={
-        "api_port": free_port(),
-        "api_key": API_KEY, "serve_max_body_bytes": 1_000_000, "challenger": "latest",
-        "serve_target_ongoing_requests": 2.0, "serve_upscale_delay_s": 1.0, "serve_downscale_delay_s": 3.0,
-        "serve_max_replicas": 2, "serve_model_refresh_s": 1.0,
-        "rollout_guard_interval_s": 0.5, "rollout_promote_check_s": 2.0})
+    settings = ray_session.model_copy(
+        update={
+            "api_port": free_port(),
+            "api_key": API_KEY,
+            "serve_max_body_bytes": 1_000_000,
+            "challenger": "latest",
+            "serve_target_ongoing_requests": 2.0,
+            "serve_upscale_delay_s": 1.0,
+            "serve_downscale_delay_s": 3.0,
+            "serve_max_replicas": 2,
+            "serve_model_refresh_s": 1.0,
+            "rollout_guard_interval_s": 0.5,
+            "rollout_promote_check_s": 2.0,
+        }
+    )
     with serving(settings, build_app(settings), name="fraud-test") as url:
-        wait_until(lambda: requests.get(f"{url}/healthz", timeout=30).status_code == 200, timeout_s=120,
-                   interval_s=0.5, what="the app healthy")
+        wait_until(
+            lambda: requests.get(f"{url}/healthz", timeout=30).status_code == 200,
+            timeout_s=120,
+            interval_s=0.5,
+            what="the app healthy",
+        )
         yield url, settings

@@ -71,15 +71,22 @@ def settled(settings: Settings, gone: str, shards: int, replicas: dict[str, int]
 
     def settled_now() -> dict[str, Any] | None:
         seen.update(placements(settings))
-        nodes = [*seen["consumers"].values(), *(n for ns in seen["replicas"].values() for n in ns),
-                 *seen["feature_state"].values()]
-        complete = (len(seen["consumers"]) == shards and gone not in nodes
-                    and len(seen["feature_state"]) == settings.feature_partitions
-                    and all(len(seen["replicas"].get(name, [])) >= count for name, count in replicas.items()))
+        nodes = [
+            *seen["consumers"].values(),
+            *(n for ns in seen["replicas"].values() for n in ns),
+            *seen["feature_state"].values(),
+        ]
+        complete = (
+            len(seen["consumers"]) == shards
+            and gone not in nodes
+            and len(seen["feature_state"]) == settings.feature_partitions
+            and all(len(seen["replicas"].get(name, [])) >= count for name, count in replicas.items())
+        )
         return dict(seen) if complete else None
 
-    return wait_until(settled_now, timeout_s=SETTLE_TIMEOUT_S, interval_s=1.0,
-                      what=lambda: f"the cluster settled (last seen {seen})")
+    return wait_until(
+        settled_now, timeout_s=SETTLE_TIMEOUT_S, interval_s=1.0, what=lambda: f"the cluster settled (last seen {seen})"
+    )
 
 
 def check_fraud(url: str, transaction: dict[str, Any], timeout_s: float) -> dict[str, Any]:
@@ -112,15 +119,19 @@ def api_transaction(frame: pd.DataFrame, transaction_id: str) -> dict[str, Any]:
 
 def _hosted(seen: dict[str, Any], node: str) -> tuple[int, int, int]:
     """How much of the system a node hosts, the stateful parts first: feature-state actors, consumers, replicas."""
-    return (sum(n == node for n in seen["feature_state"].values()), sum(n == node for n in seen["consumers"].values()),
-            sum(n == node for nodes in seen["replicas"].values() for n in nodes))
+    return (
+        sum(n == node for n in seen["feature_state"].values()),
+        sum(n == node for n in seen["consumers"].values()),
+        sum(n == node for nodes in seen["replicas"].values() for n in nodes),
+    )
 
 
 def probe_row(frame: pd.DataFrame) -> pd.DataFrame:
     """One more transaction of the frame's last card, a minute after it: its features read the card's windows."""
     row = frame.tail(1).drop(columns=["is_fraud", "fraud_scenario"], errors="ignore").reset_index(drop=True)
-    return row.assign(transaction_id="state-probe-after-node-loss",
-                      timestamp=row["timestamp"] + pd.Timedelta(minutes=1))
+    return row.assign(
+        transaction_id="state-probe-after-node-loss", timestamp=row["timestamp"] + pd.Timedelta(minutes=1)
+    )
 
 
 def score_through_node_loss(cluster: Any, settings: Settings, frame: pd.DataFrame) -> dict[str, Any]:
@@ -134,7 +145,7 @@ def score_through_node_loss(cluster: Any, settings: Settings, frame: pd.DataFram
 
     shards = settings.stream_shards
     quarter = len(frame) // 4
-    warm, backlog, after = frame.iloc[:quarter], frame.iloc[quarter:2 * quarter], frame.iloc[2 * quarter:]
+    warm, backlog, after = frame.iloc[:quarter], frame.iloc[quarter : 2 * quarter], frame.iloc[2 * quarter :]
     timings: dict[str, float] = {}
     began = time.monotonic()
     # one HTTP proxy, on the head: every node's proxy would share this machine's loopback port anyway
@@ -170,14 +181,25 @@ def score_through_node_loss(cluster: Any, settings: Settings, frame: pd.DataFram
             app_status = serve.status().applications["fraud"].status
         finally:
             stream.stop()
-    return {"nodes": {"head": cluster.head_node.node_id,
-                      "workers": sorted([*(w.node_id for w in cluster.worker_nodes), victim_id])},
-            "victim": victim_id, "before": before, "after": final, "restarts": status["restarts"],
-            "scored_by_shard": {shard: s.get("scored") for shard, s in status["shards"].items()},
-            "api_before_removal": api_before, "api_after_removal": api_after, "stats_after_removal": stats_status,
-            "app_status_after_removal": str(app_status), "state_before_removal": state_before,
-            "state_after_removal": state_after,
-            "probe_features": {name: float(probe[name].iloc[0]) for name in FEATURE_NAMES}, "timings": timings}
+    return {
+        "nodes": {
+            "head": cluster.head_node.node_id,
+            "workers": sorted([*(w.node_id for w in cluster.worker_nodes), victim_id]),
+        },
+        "victim": victim_id,
+        "before": before,
+        "after": final,
+        "restarts": status["restarts"],
+        "scored_by_shard": {shard: s.get("scored") for shard, s in status["shards"].items()},
+        "api_before_removal": api_before,
+        "api_after_removal": api_after,
+        "stats_after_removal": stats_status,
+        "app_status_after_removal": str(app_status),
+        "state_before_removal": state_before,
+        "state_after_removal": state_after,
+        "probe_features": {name: float(probe[name].iloc[0]) for name in FEATURE_NAMES},
+        "timings": timings,
+    }
 
 
 def main(frame_path: Path, result_path: Path) -> None:

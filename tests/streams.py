@@ -23,9 +23,13 @@ def own_streams(settings: Settings, shards: int, prefix: str = "in") -> Settings
     """Settings for stream scoring of a test's own: input and decision streams of its own, and a feature state named
     after them, so its consumers never join (nor snapshot over) the session app's state."""
     stream = create_stream(settings, shards, prefix)
-    return settings.model_copy(update={"stream_name": stream,
-                                       "decisions_stream_name": create_stream(settings, shards, f"{prefix}-out"),
-                                       "feature_state_name": f"state-{stream}"})
+    return settings.model_copy(
+        update={
+            "stream_name": stream,
+            "decisions_stream_name": create_stream(settings, shards, f"{prefix}-out"),
+            "feature_state_name": f"state-{stream}",
+        }
+    )
 
 
 def stop_feature_state(settings: Settings) -> None:

@@ -61,13 +61,14 @@ def reconstruction_error(model: Autoencoder, z: np.ndarray, batch: int = 65_536)
     errors = []
     with torch.no_grad():
         for start in range(0, len(z), batch):
-            chunk = torch.from_numpy(z[start:start + batch])
+            chunk = torch.from_numpy(z[start : start + batch])
             errors.append(((model(chunk) - chunk) ** 2).mean(dim=1).numpy())
     return np.concatenate(errors) if errors else np.zeros(0, dtype=np.float32)
 
 
-def train_epochs(z_genuine: np.ndarray, config: dict[str, Any], *, seed: int, epochs: int,
-                 on_epoch: Any = None) -> Autoencoder:
+def train_epochs(
+    z_genuine: np.ndarray, config: dict[str, Any], *, seed: int, epochs: int, on_epoch: Any = None
+) -> Autoencoder:
     """Adam on mini-batches of genuine rows; ``on_epoch(model, epoch)`` after each epoch (Tune reporting)."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -79,8 +80,9 @@ def train_epochs(z_genuine: np.ndarray, config: dict[str, Any], *, seed: int, ep
         torch.set_num_threads(threads)
 
 
-def _train(z_genuine: np.ndarray, config: dict[str, Any], generator: torch.Generator, epochs: int,
-           on_epoch: Any) -> Autoencoder:
+def _train(
+    z_genuine: np.ndarray, config: dict[str, Any], generator: torch.Generator, epochs: int, on_epoch: Any
+) -> Autoencoder:
     model = Autoencoder(z_genuine.shape[1])
     optimiser = torch.optim.Adam(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
     data = torch.from_numpy(np.array(z_genuine, dtype=np.float32))  # a writable copy (Ray's are read-only)
@@ -132,16 +134,40 @@ def genuine_sample(z: np.ndarray, y: np.ndarray, max_rows: int, seed: int) -> np
     return genuine
 
 
-def tune_autoencoder(z_train: np.ndarray, y_train: np.ndarray, z_valid: np.ndarray, y_valid: np.ndarray, *,
-                     search: AESearch, storage: Path) -> AETuning:
+def tune_autoencoder(
+    z_train: np.ndarray,
+    y_train: np.ndarray,
+    z_valid: np.ndarray,
+    y_valid: np.ndarray,
+    *,
+    search: AESearch,
+    storage: Path,
+) -> AETuning:
     """Search lr / weight decay / epochs with Ray Tune + ASHA; inputs already standardised; Ray initialised."""
-    data = {"z_genuine": genuine_sample(z_train, y_train, search.max_rows, search.seed),
-            "z_valid": z_valid, "y_valid": y_valid, "seed": search.seed}
-    space = {"lr": tune.loguniform(3e-4, 1e-2), "weight_decay": tune.loguniform(1e-7, 1e-3),
-             "epochs": tune.choice(sorted({max(search.max_epochs // 2, 1), search.max_epochs}))}
-    trials = run_search(_trial, data, space=space, metric=METRIC, max_t=search.max_epochs, grace=search.grace_epochs,
-                        trials=search.trials, cpus_per_trial=search.cpus_per_trial, seed=search.seed,
-                        storage=storage, name="autoencoder")
+    data = {
+        "z_genuine": genuine_sample(z_train, y_train, search.max_rows, search.seed),
+        "z_valid": z_valid,
+        "y_valid": y_valid,
+        "seed": search.seed,
+    }
+    space = {
+        "lr": tune.loguniform(3e-4, 1e-2),
+        "weight_decay": tune.loguniform(1e-7, 1e-3),
+        "epochs": tune.choice(sorted({max(search.max_epochs // 2, 1), search.max_epochs})),
+    }
+    trials = run_search(
+        _trial,
+        data,
+        space=space,
+        metric=METRIC,
+        max_t=search.max_epochs,
+        grace=search.grace_epochs,
+        trials=search.trials,
+        cpus_per_trial=search.cpus_per_trial,
+        seed=search.seed,
+        storage=storage,
+        name="autoencoder",
+    )
     best = max(trials, key=lambda t: t["score"])
     return AETuning(config=best["config"], epochs=best["iteration"], valid_ap=best["score"], trials=trials)
 
@@ -157,8 +183,16 @@ class AnomalyScorer:
         self._scale = scaler.scale_.astype(np.float32)
 
     @classmethod
-    def fit(cls, x_train: np.ndarray, y_train: np.ndarray, config: dict[str, Any], epochs: int, *,
-            seed: int = 42, max_rows: int = 200_000) -> "AnomalyScorer":
+    def fit(
+        cls,
+        x_train: np.ndarray,
+        y_train: np.ndarray,
+        config: dict[str, Any],
+        epochs: int,
+        *,
+        seed: int = 42,
+        max_rows: int = 200_000,
+    ) -> "AnomalyScorer":
         scaler = fit_scaler(x_train)
         genuine = genuine_sample(standardise(scaler, x_train), y_train, max_rows, seed)
         model = train_epochs(genuine, config, seed=seed, epochs=epochs)
@@ -183,16 +217,19 @@ class AnomalyScorer:
         """Weights (torch bytes) and the JSON-ready rest."""
         buffer = io.BytesIO()
         torch.save(self.model.state_dict(), buffer)
-        return buffer.getvalue(), {"n_inputs": int(self._mean.shape[0]), "scaler_mean": self.scaler.mean_.tolist(),
-                                   "scaler_scale": self.scaler.scale_.tolist(),
-                                   "error_quantiles": self.error_quantiles.tolist()}
+        return buffer.getvalue(), {
+            "n_inputs": int(self._mean.shape[0]),
+            "scaler_mean": self.scaler.mean_.tolist(),
+            "scaler_scale": self.scaler.scale_.tolist(),
+            "error_quantiles": self.error_quantiles.tolist(),
+        }
 
     @classmethod
     def from_state(cls, weights: bytes, meta: dict[str, Any]) -> "AnomalyScorer":
         scaler = StandardScaler()
         scaler.mean_ = np.asarray(meta["scaler_mean"], dtype=np.float64)
         scaler.scale_ = np.asarray(meta["scaler_scale"], dtype=np.float64)
-        scaler.var_ = scaler.scale_ ** 2
+        scaler.var_ = scaler.scale_**2
         scaler.n_features_in_ = len(scaler.mean_)
         model = Autoencoder(int(meta["n_inputs"]))
         model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))

@@ -78,15 +78,22 @@ class BacktestRun:
     history_rows: int
 
 
-def backtest_window(settings: Settings, transactions: pd.DataFrame, *, window: BacktestWindow,
-                    users: pd.DataFrame | None, merchants: pd.DataFrame | None, source: str,
-                    trials: int | None = None, feature_names: tuple[str, ...] = FEATURE_NAMES,
-                    progress: tqdm | None = None) -> BacktestRun:
+def backtest_window(
+    settings: Settings,
+    transactions: pd.DataFrame,
+    *,
+    window: BacktestWindow,
+    users: pd.DataFrame | None,
+    merchants: pd.DataFrame | None,
+    source: str,
+    trials: int | None = None,
+    feature_names: tuple[str, ...] = FEATURE_NAMES,
+    progress: tqdm | None = None,
+) -> BacktestRun:
     """Features over ``transactions`` (labelled), model selection inside the training window, the final fit on
     all of it, and the test window scored causally; shared by ``fraudctl backtest`` and ``fraudctl evaluate``."""
     transactions = transactions[transactions["timestamp"] < window.test_end].reset_index(drop=True)
-    features = featurize(transactions, label_delay=timedelta(days=window.delay_days), users=users,
-                         merchants=merchants)
+    features = featurize(transactions, label_delay=timedelta(days=window.delay_days), users=users, merchants=merchants)
     if progress is not None:
         progress.set_description("built features")
         progress.update(1)
@@ -97,31 +104,57 @@ def backtest_window(settings: Settings, transactions: pd.DataFrame, *, window: B
     test = take("test", transactions, features, feature_names, (window.test_start, window.test_end))
     for split, period in ((train, (window.start, window.train_end)), (test, (window.test_start, window.test_end))):
         if len(split) == 0:
-            raise ValueError(f"--train-start/--*-days: no transactions in the {split.name} window "
-                             f"[{period[0]:%Y-%m-%d}, {period[1]:%Y-%m-%d}) of {source}")
+            raise ValueError(
+                f"--train-start/--*-days: no transactions in the {split.name} window "
+                f"[{period[0]:%Y-%m-%d}, {period[1]:%Y-%m-%d}) of {source}"
+            )
     if train.fraud_count + valid.fraud_count == 0:
-        raise ValueError(f"is_fraud: the training window [{window.start:%Y-%m-%d}, {window.train_end:%Y-%m-%d}) "
-                         "has no fraud to learn from")
+        raise ValueError(
+            f"is_fraud: the training window [{window.start:%Y-%m-%d}, {window.train_end:%Y-%m-%d}) "
+            "has no fraud to learn from"
+        )
 
     storage = Path(settings.data_dir).resolve() / "ray_results"
     with ray_runtime(settings):
-        fitted = fit_models(train, valid, feature_names, FEATURE_VERSION,
-                            budget=Budget.from_trials(trials, settings.seed), storage=storage,
-                            label_delay=timedelta(days=window.delay_days), refit_on_validation=True,
-                            progress=progress)
+        fitted = fit_models(
+            train,
+            valid,
+            feature_names,
+            FEATURE_VERSION,
+            budget=Budget.from_trials(trials, settings.seed),
+            storage=storage,
+            label_delay=timedelta(days=window.delay_days),
+            refit_on_validation=True,
+            progress=progress,
+        )
     scores = FraudScorer(fitted.bundle).score(features.loc[_mask(transactions, window), :])
-    return BacktestRun(scores=scores.reset_index(drop=True), fitted=fitted, train=train, valid=valid, test=test,
-                       history_rows=int((transactions["timestamp"] < window.start).sum()))
+    return BacktestRun(
+        scores=scores.reset_index(drop=True),
+        fitted=fitted,
+        train=train,
+        valid=valid,
+        test=test,
+        history_rows=int((transactions["timestamp"] < window.start).sum()),
+    )
 
 
-def run_backtest(settings: Settings, *, data: Path, window: BacktestWindow, out: Path,
-                 trials: int | None = None) -> dict[str, Any]:
+def run_backtest(
+    settings: Settings, *, data: Path, window: BacktestWindow, out: Path, trials: int | None = None
+) -> dict[str, Any]:
     """Train on the window, score every test transaction, write ``transaction_id,fraud_score`` to ``out``."""
     started = time.perf_counter()
     progress = tqdm(total=5, desc="reading data", unit="stage")
     users, merchants = load_profiles(data)
-    run = backtest_window(settings, read_labelled(data), window=window, users=users, merchants=merchants,
-                          source=str(data), trials=trials, progress=progress)
+    run = backtest_window(
+        settings,
+        read_labelled(data),
+        window=window,
+        users=users,
+        merchants=merchants,
+        source=str(data),
+        trials=trials,
+        progress=progress,
+    )
     scores, fitted, train, valid, test = run.scores, run.fitted, run.train, run.valid, run.test
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -132,11 +165,15 @@ def run_backtest(settings: Settings, *, data: Path, window: BacktestWindow, out:
 
     y = test.frame[LABEL_COLUMN].to_numpy()
     summary: dict[str, Any] = {
-        "out": str(out), "scored": int(len(scores)),
+        "out": str(out),
+        "scored": int(len(scores)),
         "rows": {"history": run.history_rows, "train": len(train) + len(valid), "test": len(test)},
         "frauds": {"train": train.fraud_count + valid.fraud_count, "test": test.fraud_count},
-        "window": {"train": [str(window.start), str(window.train_end)],
-                   "test": [str(window.test_start), str(window.test_end)], "label_delay_days": window.delay_days},
+        "window": {
+            "train": [str(window.start), str(window.train_end)],
+            "test": [str(window.test_start), str(window.test_end)],
+            "label_delay_days": window.delay_days,
+        },
         "ensemble": {k: fitted.details["ensemble"][k] for k in ("xgb_weight", "ae_weight")},
         "model_selection": {"xgboost": fitted.details["xgboost"]["selected"], "folds": fitted.details["folds"]},
         "seconds": round(time.perf_counter() - started, 1),
@@ -148,8 +185,10 @@ def run_backtest(settings: Settings, *, data: Path, window: BacktestWindow, out:
 
 
 def _ranking(y: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    return {"average_precision": round(float(average_precision_score(y, scores)), 5),
-            "roc_auc": round(float(roc_auc_score(y, scores)), 5)}
+    return {
+        "average_precision": round(float(average_precision_score(y, scores)), 5),
+        "roc_auc": round(float(roc_auc_score(y, scores)), 5),
+    }
 
 
 def ranking_check(run: BacktestRun, seed: int) -> dict[str, dict[str, float]]:
@@ -159,7 +198,8 @@ def ranking_check(run: BacktestRun, seed: int) -> dict[str, dict[str, float]]:
     y, ensemble = run.test.y, run.fitted.bundle.ensemble
     raw = ensemble.raw(run.scores["xgb_score"].to_numpy(), run.scores["ae_score"].to_numpy())
     plain = xgb.XGBClassifier(tree_method="hist", n_jobs=2, random_state=seed).fit(
-        np.vstack([run.train.x, run.valid.x]), np.concatenate([run.train.y, run.valid.y]))
+        np.vstack([run.train.x, run.valid.x]), np.concatenate([run.train.y, run.valid.y])
+    )
     return {"before_calibration": _ranking(y, raw), "plain_xgboost": _ranking(y, plain.predict_proba(run.test.x)[:, 1])}
 
 

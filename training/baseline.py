@@ -59,7 +59,9 @@ def simulate_handbook(config: HandbookConfig) -> pd.DataFrame:
     amount[negative] = rng.uniform(0, 2 * mean_amount[customer[negative]])
     amount = np.maximum(np.round(amount, 2), 0.01)
     terminal = np.array([reachable[c][rng.integers(len(reachable[c]))] for c in customer])
-    ts_ns = pd.Timestamp(config.start, tz="UTC").value + day.astype(np.int64) * DAY_NS + (seconds * 1e9).astype(np.int64)
+    ts_ns = (
+        pd.Timestamp(config.start, tz="UTC").value + day.astype(np.int64) * DAY_NS + (seconds * 1e9).astype(np.int64)
+    )
 
     scenario = np.where(amount > 220, "high_amount", "none").astype(object)
     for d in range(config.days):
@@ -72,9 +74,17 @@ def simulate_handbook(config: HandbookConfig) -> pd.DataFrame:
             amount[chosen] = np.round(amount[chosen] * 5, 2)
             scenario[chosen] = "compromised_customer"
 
-    frame = pd.DataFrame({"transaction_id": np.arange(len(day)), "user_id": customer, "merchant_id": terminal,
-                          "amount": amount, "timestamp": pd.to_datetime(ts_ns, utc=True),
-                          LABEL_COLUMN: (scenario != "none").astype(np.int8), "fraud_scenario": scenario})
+    frame = pd.DataFrame(
+        {
+            "transaction_id": np.arange(len(day)),
+            "user_id": customer,
+            "merchant_id": terminal,
+            "amount": amount,
+            "timestamp": pd.to_datetime(ts_ns, utc=True),
+            LABEL_COLUMN: (scenario != "none").astype(np.int8),
+            "fraud_scenario": scenario,
+        }
+    )
     frame = frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
     frame["transaction_id"] = [f"t{i}" for i in range(len(frame))]
     frame["user_id"] = "c" + frame["user_id"].astype(str)
@@ -82,8 +92,9 @@ def simulate_handbook(config: HandbookConfig) -> pd.DataFrame:
     return frame
 
 
-def _trailing(keys: np.ndarray, ts: np.ndarray, window_ns: int, values: np.ndarray,
-              lag_ns: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _trailing(
+    keys: np.ndarray, ts: np.ndarray, window_ns: int, values: np.ndarray, lag_ns: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Per row: count and sum of ``values`` over the same key's rows with time in (t - lag - window, t - lag]."""
     order = np.lexsort((ts, keys))
     k, v = keys[order], values[order]
@@ -107,8 +118,11 @@ def baseline_features(transactions: pd.DataFrame, delay_days: int) -> pd.DataFra
     amount = transactions["amount"].to_numpy(dtype=np.float64)
     fraud = transactions[LABEL_COLUMN].to_numpy(dtype=np.float64)
     stamps = transactions["timestamp"]
-    out = {"amount": amount, "weekend": (stamps.dt.weekday >= 5).to_numpy(np.float64),
-           "night": (stamps.dt.hour < 6).to_numpy(np.float64)}
+    out = {
+        "amount": amount,
+        "weekend": (stamps.dt.weekday >= 5).to_numpy(np.float64),
+        "night": (stamps.dt.hour < 6).to_numpy(np.float64),
+    }
     lag = delay_days * DAY_NS
     for days in WINDOWS_DAYS:
         count, total = _trailing(customer, ts, days * DAY_NS, amount)
@@ -120,18 +134,30 @@ def baseline_features(transactions: pd.DataFrame, delay_days: int) -> pd.DataFra
     return pd.DataFrame(out)
 
 
-def baseline_scores(transactions: pd.DataFrame, *, train: tuple[pd.Timestamp, pd.Timestamp],
-                    test: tuple[pd.Timestamp, pd.Timestamp], delay_days: int, seed: int = 0) -> pd.DataFrame:
+def baseline_scores(
+    transactions: pd.DataFrame,
+    *,
+    train: tuple[pd.Timestamp, pd.Timestamp],
+    test: tuple[pd.Timestamp, pd.Timestamp],
+    delay_days: int,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Fit the baseline XGBoost on the training window; ``transaction_id, fraud_score`` for the test window."""
     features = baseline_features(transactions, delay_days)
     stamps = transactions["timestamp"]
     in_train = ((stamps >= train[0]) & (stamps < train[1])).to_numpy()
     in_test = ((stamps >= test[0]) & (stamps < test[1])).to_numpy()
-    model = xgb.train({"objective": "binary:logistic", "tree_method": "hist", "seed": seed, "nthread": 2},
-                      xgb.DMatrix(features[in_train], label=transactions.loc[in_train, LABEL_COLUMN]),
-                      num_boost_round=100)
-    return pd.DataFrame({"transaction_id": transactions.loc[in_test, "transaction_id"].to_numpy(),
-                         "fraud_score": model.inplace_predict(features[in_test].to_numpy(np.float32))})
+    model = xgb.train(
+        {"objective": "binary:logistic", "tree_method": "hist", "seed": seed, "nthread": 2},
+        xgb.DMatrix(features[in_train], label=transactions.loc[in_train, LABEL_COLUMN]),
+        num_boost_round=100,
+    )
+    return pd.DataFrame(
+        {
+            "transaction_id": transactions.loc[in_test, "transaction_id"].to_numpy(),
+            "fraud_score": model.inplace_predict(features[in_test].to_numpy(np.float32)),
+        }
+    )
 
 
 def window_of(config: HandbookConfig, train_days: int = 7, delay_days: int = 7, test_days: int = 7) -> dict[str, Any]:

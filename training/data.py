@@ -24,6 +24,7 @@ from cluster.schema import LABEL_COLUMN, SCENARIO_COLUMN
 @dataclass(frozen=True)
 class Split:
     """One period's model inputs, rows in time order."""
+
     name: str
     x: np.ndarray
     y: np.ndarray
@@ -38,35 +39,50 @@ class Split:
 
     def summary(self) -> dict[str, Any]:
         timestamps = self.frame["timestamp"]
-        return {"rows": len(self), "frauds": self.fraud_count,
-                "fraud_rate": round(self.fraud_count / max(len(self), 1), 5),
-                "start": str(timestamps.min()) if len(self) else None,
-                "end": str(timestamps.max()) if len(self) else None}
+        return {
+            "rows": len(self),
+            "frauds": self.fraud_count,
+            "fraud_rate": round(self.fraud_count / max(len(self), 1), 5),
+            "start": str(timestamps.min()) if len(self) else None,
+            "end": str(timestamps.max()) if len(self) else None,
+        }
 
 
 @dataclass(frozen=True)
 class Periods:
     """Half-open time periods [start, end) for train, validation and test."""
+
     train: tuple[pd.Timestamp, pd.Timestamp]
     validation: tuple[pd.Timestamp, pd.Timestamp]
     test: tuple[pd.Timestamp, pd.Timestamp] | None
 
 
-def time_periods(start: pd.Timestamp, end: pd.Timestamp, *, label_delay: timedelta,
-                 history: timedelta = timedelta(days=3), validation_share: float = 0.2,
-                 test_share: float = 0.2) -> Periods:
+def time_periods(
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    *,
+    label_delay: timedelta,
+    history: timedelta = timedelta(days=3),
+    validation_share: float = 0.2,
+    test_share: float = 0.2,
+) -> Periods:
     """Split [start, end) by time: feature history first, then train, validation, test, one label delay apart."""
     usable = (end - start) - history - 2 * pd.Timedelta(label_delay)
     if usable <= pd.Timedelta(days=1):
-        raise ValueError(f"data spans {end - start}, too short for {history} of history and two label delays "
-                         f"of {label_delay}: need more days of transactions")
+        raise ValueError(
+            f"data spans {end - start}, too short for {history} of history and two label delays "
+            f"of {label_delay}: need more days of transactions"
+        )
     train_start = start + history
     train_end = train_start + usable * (1 - validation_share - test_share)
     validation_start = train_end + label_delay
     validation_end = validation_start + usable * validation_share
     test_start = validation_end + label_delay
-    return Periods(train=(train_start, train_end), validation=(validation_start, validation_end),
-                   test=(test_start, end) if test_share > 0 else None)
+    return Periods(
+        train=(train_start, train_end),
+        validation=(validation_start, validation_end),
+        test=(test_start, end) if test_share > 0 else None,
+    )
 
 
 CV_FOLDS = 3
@@ -75,13 +91,19 @@ CV_VALIDATION_SHARE = 0.45  # the share of the rows (the latest) that the folds 
 
 class Fold(NamedTuple):
     """Row positions a model is fitted on and then validated on, and the time between them."""
+
     train: np.ndarray
     valid: np.ndarray
     gap: pd.Timedelta
 
 
-def rolling_folds(timestamps: pd.Series, *, label_delay: timedelta, folds: int = CV_FOLDS,
-                  validation_share: float = CV_VALIDATION_SHARE) -> list[Fold]:
+def rolling_folds(
+    timestamps: pd.Series,
+    *,
+    label_delay: timedelta,
+    folds: int = CV_FOLDS,
+    validation_share: float = CV_VALIDATION_SHARE,
+) -> list[Fold]:
     """Rolling-origin folds over rows by their time (any row order).
 
     The latest ``validation_share`` of the rows are cut into ``folds`` blocks of (nearly) as many rows each, so a
@@ -117,8 +139,10 @@ def folds_with_fraud(folds: list[Fold], y: np.ndarray) -> list[Fold]:
     validates nothing); at least one must remain."""
     kept = [fold for fold in folds if y[fold.train].any() and y[fold.valid].any()]
     if not kept:
-        raise ValueError(f"is_fraud: none of the {len(folds)} rolling time folds of the training window has frauds "
-                         "among both its training and its validation rows; train on a longer window")
+        raise ValueError(
+            f"is_fraud: none of the {len(folds)} rolling time folds of the training window has frauds "
+            "among both its training and its validation rows; train on a longer window"
+        )
     return kept
 
 
@@ -127,8 +151,13 @@ def frame_columns(transactions: pd.DataFrame) -> list[str]:
     return keep + ([SCENARIO_COLUMN] if SCENARIO_COLUMN in transactions.columns else [])
 
 
-def take(name: str, transactions: pd.DataFrame, features: pd.DataFrame, feature_names: tuple[str, ...],
-         period: tuple[pd.Timestamp, pd.Timestamp]) -> Split:
+def take(
+    name: str,
+    transactions: pd.DataFrame,
+    features: pd.DataFrame,
+    feature_names: tuple[str, ...],
+    period: tuple[pd.Timestamp, pd.Timestamp],
+) -> Split:
     """Rows whose timestamp lies in ``period``; ``features`` is aligned row for row with ``transactions``."""
     mask = ((transactions["timestamp"] >= period[0]) & (transactions["timestamp"] < period[1])).to_numpy()
     frame = transactions.loc[mask, frame_columns(transactions)].reset_index(drop=True)
@@ -144,12 +173,19 @@ def load_profiles(data: Path) -> tuple[pd.DataFrame | None, pd.DataFrame | None]
     return users, merchants
 
 
-def featurize(transactions: pd.DataFrame, *, label_delay: timedelta, users: pd.DataFrame | None = None,
-              merchants: pd.DataFrame | None = None) -> pd.DataFrame:
+def featurize(
+    transactions: pd.DataFrame,
+    *,
+    label_delay: timedelta,
+    users: pd.DataFrame | None = None,
+    merchants: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """Causal features for every row (labels become known ``label_delay`` after each transaction)."""
     features = build_features(transactions, label_delay=label_delay, users=users, merchants=merchants)
-    if len(features) != len(transactions) or not (
-            features["transaction_id"].to_numpy() == transactions["transaction_id"].to_numpy()).all():
+    if (
+        len(features) != len(transactions)
+        or not (features["transaction_id"].to_numpy() == transactions["transaction_id"].to_numpy()).all()
+    ):
         raise ValueError("build_features must return one row per transaction, in input order")
     return features
 

@@ -80,15 +80,23 @@ class Ensemble:
         return self.calibration.apply(self.raw(xgb_score, ae_score))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"xgb_weight": self.xgb_weight, "ae_weight": self.ae_weight, "objective": self.objective,
-                "calibration": {"method": self.calibration.method, "params": self.calibration.params},
-                "policy": self.policy.to_dict()}
+        return {
+            "xgb_weight": self.xgb_weight,
+            "ae_weight": self.ae_weight,
+            "objective": self.objective,
+            "calibration": {"method": self.calibration.method, "params": self.calibration.params},
+            "policy": self.policy.to_dict(),
+        }
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Ensemble":
         calibration = Calibration(values["calibration"]["method"], values["calibration"]["params"])
-        return cls(xgb_weight=float(values["xgb_weight"]), calibration=calibration,
-                   policy=RiskPolicy.from_dict(values["policy"]), objective=values["objective"])
+        return cls(
+            xgb_weight=float(values["xgb_weight"]),
+            calibration=calibration,
+            policy=RiskPolicy.from_dict(values["policy"]),
+            objective=values["objective"],
+        )
 
 
 def choose_weight(y: np.ndarray, xgb_score: np.ndarray, ae_score: np.ndarray) -> tuple[float, dict[str, Any]]:
@@ -100,8 +108,10 @@ def choose_weight(y: np.ndarray, xgb_score: np.ndarray, ae_score: np.ndarray) ->
     auc_by_weight = {w: float(roc_auc_score(y, blend)) for w, blend in blends.items()}
     ranks_as_well = [w for w in WEIGHT_GRID if auc_by_weight[w] >= auc_by_weight[1.0]]
     best = max(ranks_as_well, key=lambda w: (round(ap_by_weight[w], 4), w))
-    return best, {"ap": {f"{w:.1f}": round(ap, 5) for w, ap in ap_by_weight.items()},
-                  "roc_auc": {f"{w:.1f}": round(auc, 5) for w, auc in auc_by_weight.items()}}
+    return best, {
+        "ap": {f"{w:.1f}": round(ap, 5) for w, ap in ap_by_weight.items()},
+        "roc_auc": {f"{w:.1f}": round(auc, 5) for w, auc in auc_by_weight.items()},
+    }
 
 
 def _sorted_cuts(y: np.ndarray, scores: np.ndarray, amounts: np.ndarray) -> dict[str, np.ndarray]:
@@ -109,12 +119,17 @@ def _sorted_cuts(y: np.ndarray, scores: np.ndarray, amounts: np.ndarray) -> dict
     order = np.argsort(-scores, kind="stable")
     s, labels, money = scores[order], y[order].astype(np.float64), amounts[order] * y[order]
     last_of_tie = np.r_[s[1:] != s[:-1], True]
-    return {"cut": s[last_of_tie], "alerts": np.arange(1, len(s) + 1)[last_of_tie],
-            "caught": np.cumsum(labels)[last_of_tie], "caught_amount": np.cumsum(money)[last_of_tie]}
+    return {
+        "cut": s[last_of_tie],
+        "alerts": np.arange(1, len(s) + 1)[last_of_tie],
+        "caught": np.cumsum(labels)[last_of_tie],
+        "caught_amount": np.cumsum(money)[last_of_tie],
+    }
 
 
-def choose_policy(y: np.ndarray, scores: np.ndarray, amounts: np.ndarray, objective: Objective,
-                  review_cost: float = REVIEW_COST) -> tuple[RiskPolicy, dict[str, float]]:
+def choose_policy(
+    y: np.ndarray, scores: np.ndarray, amounts: np.ndarray, objective: Objective, review_cost: float = REVIEW_COST
+) -> tuple[RiskPolicy, dict[str, float]]:
     """Alert threshold by best F1 or least expected cost; MEDIUM cut by best F2 at or below it."""
     cuts = _sorted_cuts(y, scores, amounts)
     frauds = max(float(y.sum()), 1.0)
@@ -135,13 +150,26 @@ def choose_policy(y: np.ndarray, scores: np.ndarray, amounts: np.ndarray, object
     f2 = np.where(cuts["cut"] <= threshold, f_beta(2.0), -1.0)
     medium = float(cuts["cut"][int(np.argmax(f2))])
     return RiskPolicy(threshold=threshold, medium=min(medium, threshold)), {
-        "threshold": threshold, "medium": medium, "precision": float(precision[best]),
-        "recall": float(recall[best]), "f1": float(f_beta(1.0)[best]), "alerts": int(cuts["alerts"][best])}
+        "threshold": threshold,
+        "medium": medium,
+        "precision": float(precision[best]),
+        "recall": float(recall[best]),
+        "f1": float(f_beta(1.0)[best]),
+        "alerts": int(cuts["alerts"][best]),
+    }
 
 
-def fit_ensemble(y: np.ndarray, xgb_score: np.ndarray, ae_score: np.ndarray, amounts: np.ndarray, *,
-                 objective: Objective = "f1", calibration: CalibrationMethod = "platt",
-                 review_cost: float = REVIEW_COST, weight: float | None = None) -> tuple[Ensemble, dict[str, Any]]:
+def fit_ensemble(
+    y: np.ndarray,
+    xgb_score: np.ndarray,
+    ae_score: np.ndarray,
+    amounts: np.ndarray,
+    *,
+    objective: Objective = "f1",
+    calibration: CalibrationMethod = "platt",
+    review_cost: float = REVIEW_COST,
+    weight: float | None = None,
+) -> tuple[Ensemble, dict[str, Any]]:
     """Everything chosen on the scored validation rows given (``weight``: keep this XGBoost weight, chosen
     elsewhere); returns the ensemble and what was compared to choose it."""
     if y.sum() == 0:
@@ -152,6 +180,10 @@ def fit_ensemble(y: np.ndarray, xgb_score: np.ndarray, ae_score: np.ndarray, amo
     fitted = Calibration.fit(raw, y, calibration)
     policy, at_threshold = choose_policy(y, fitted.apply(raw), amounts, objective, review_cost)
     ensemble = Ensemble(xgb_weight=weight, calibration=fitted, policy=policy, objective=objective)
-    return ensemble, {"validation_ap_by_xgb_weight": by_weight["ap"],
-                      "validation_roc_auc_by_xgb_weight": by_weight["roc_auc"], "default_xgb_weight": DEFAULT_XGB_WEIGHT,
-                      "autoencoder_adds_value": weight < 1.0, "validation_at_threshold": at_threshold}
+    return ensemble, {
+        "validation_ap_by_xgb_weight": by_weight["ap"],
+        "validation_roc_auc_by_xgb_weight": by_weight["roc_auc"],
+        "default_xgb_weight": DEFAULT_XGB_WEIGHT,
+        "autoencoder_adds_value": weight < 1.0,
+        "validation_at_threshold": at_threshold,
+    }

@@ -28,8 +28,14 @@ CARDS_PER_DAY = 100
 
 def card_precision_at_k(frame: pd.DataFrame, scores: np.ndarray, k: int = CARDS_PER_DAY) -> dict[str, float]:
     """Per day: of the k cards with the highest score that day, the share that had a fraud that day."""
-    cards = pd.DataFrame({"day": frame["timestamp"].dt.floor("D").to_numpy(), "card": frame["user_id"].to_numpy(),
-                          "score": scores, "fraud": frame[LABEL_COLUMN].to_numpy()})
+    cards = pd.DataFrame(
+        {
+            "day": frame["timestamp"].dt.floor("D").to_numpy(),
+            "card": frame["user_id"].to_numpy(),
+            "score": scores,
+            "fraud": frame[LABEL_COLUMN].to_numpy(),
+        }
+    )
     per_card = cards.groupby(["day", "card"], sort=False).agg(score=("score", "max"), fraud=("fraud", "max"))
     top = per_card.sort_values("score", ascending=False, kind="stable").groupby(level="day", sort=True).head(k)
     per_day = top.groupby(level="day", sort=True)["fraud"].sum() / k
@@ -46,17 +52,19 @@ def evaluate(frame: pd.DataFrame, scores: np.ndarray, policy: RiskPolicy) -> dic
     tn, fp, fn, tp = confusion_matrix(y, predicted, labels=[0, 1]).ravel()
     cp_per_day = card_precision_at_k(frame, scores)
     metrics: dict[str, Any] = {
-        "rows": int(len(y)), "frauds": int(y.sum()),
+        "rows": int(len(y)),
+        "frauds": int(y.sum()),
         "roc_auc": round(float(roc_auc_score(y, scores)), 5),
         "average_precision": round(float(average_precision_score(y, scores)), 5),
         "threshold": policy.threshold,
-        "precision": round(float(precision), 5), "recall": round(float(recall), 5), "f1": round(float(f1), 5),
+        "precision": round(float(precision), 5),
+        "recall": round(float(recall), 5),
+        "f1": round(float(f1), 5),
         "false_positive_rate": round(float(fp / max(fp + tn, 1)), 6),
         "confusion_matrix": {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)},
         "card_precision_at_100": round(float(np.mean(list(cp_per_day.values()))), 4),
         "card_precision_at_100_per_day": cp_per_day,
-        "risk_levels": {level: int(n) for level, n in
-                        zip(*np.unique(policy.risk_levels(scores), return_counts=True))},
+        "risk_levels": {level: int(n) for level, n in zip(*np.unique(policy.risk_levels(scores), return_counts=True))},
     }
     if SCENARIO_COLUMN in frame.columns:
         metrics["recall_by_scenario"] = recall_by_scenario(frame, scores, predicted)
@@ -71,16 +79,22 @@ def operating_points(y: np.ndarray, scores: np.ndarray, amounts: np.ndarray, thr
     curves = operating_curves(y, scores, amounts)
 
     def point(i: int) -> dict[str, float]:
-        return {"threshold": round(float(curves["threshold"][i]), 6),
-                "precision": round(float(curves["precision"][i]), 4), "recall": round(float(curves["recall"][i]), 4),
-                "false_positive_rate": round(float(curves["fpr"][i]), 6),
-                "expected_cost": round(float(curves["expected_cost"][i]), 2)}
+        return {
+            "threshold": round(float(curves["threshold"][i]), 6),
+            "precision": round(float(curves["precision"][i]), 4),
+            "recall": round(float(curves["recall"][i]), 4),
+            "false_positive_rate": round(float(curves["fpr"][i]), 6),
+            "expected_cost": round(float(curves["expected_cost"][i]), 2),
+        }
 
     levels = (0.001, 0.005, 0.01, 0.02, 0.05)
-    return {"operating_points": [{"fpr_at_most": level, **point(_curve_rows(curves["fpr"], (level,))[0])}
-                                 for level in levels],
-            "least_cost_point": point(int(np.argmin(curves["expected_cost"]))),
-            "threshold_point": point(max(int(np.searchsorted(-curves["threshold"], -threshold, side="right")) - 1, 0))}
+    return {
+        "operating_points": [
+            {"fpr_at_most": level, **point(_curve_rows(curves["fpr"], (level,))[0])} for level in levels
+        ],
+        "least_cost_point": point(int(np.argmin(curves["expected_cost"]))),
+        "threshold_point": point(max(int(np.searchsorted(-curves["threshold"], -threshold, side="right")) - 1, 0)),
+    }
 
 
 def recall_by_scenario(frame: pd.DataFrame, scores: np.ndarray, predicted: np.ndarray) -> dict[str, dict[str, float]]:
@@ -91,13 +105,17 @@ def recall_by_scenario(frame: pd.DataFrame, scores: np.ndarray, predicted: np.nd
     for name in sorted(set(scenario[fraud]) - {GENUINE_SCENARIO}):
         mine = fraud & (scenario == name)
         ranked = mine | ~fraud
-        out[str(name)] = {"frauds": int(mine.sum()), "recall": round(float(predicted[mine].mean()), 4),
-                          "average_precision": round(float(average_precision_score(mine[ranked], scores[ranked])), 4)}
+        out[str(name)] = {
+            "frauds": int(mine.sum()),
+            "recall": round(float(predicted[mine].mean()), 4),
+            "average_precision": round(float(average_precision_score(mine[ranked], scores[ranked])), 4),
+        }
     return out
 
 
-def operating_curves(y: np.ndarray, scores: np.ndarray, amounts: np.ndarray,
-                     review_cost: float = REVIEW_COST) -> dict[str, np.ndarray]:
+def operating_curves(
+    y: np.ndarray, scores: np.ndarray, amounts: np.ndarray, review_cost: float = REVIEW_COST
+) -> dict[str, np.ndarray]:
     """Per candidate threshold (alert when score >= it): precision, recall, false-positive rate and the expected
     cost (missed fraud amount + ``review_cost`` per alert)."""
     order = np.argsort(-scores, kind="stable")
@@ -107,9 +125,13 @@ def operating_curves(y: np.ndarray, scores: np.ndarray, amounts: np.ndarray,
     caught = np.cumsum(fraud)[last_of_tie]
     caught_amount = np.cumsum(amounts[order] * fraud)[last_of_tie]
     frauds, genuine = max(fraud.sum(), 1.0), max(len(y) - fraud.sum(), 1.0)
-    return {"threshold": s[last_of_tie], "precision": caught / alerts, "recall": caught / frauds,
-            "fpr": (alerts - caught) / genuine,
-            "expected_cost": float((amounts * y).sum()) - caught_amount + review_cost * alerts}
+    return {
+        "threshold": s[last_of_tie],
+        "precision": caught / alerts,
+        "recall": caught / frauds,
+        "fpr": (alerts - caught) / genuine,
+        "expected_cost": float((amounts * y).sum()) - caught_amount + review_cost * alerts,
+    }
 
 
 def _plots(out_dir: Path, y: np.ndarray, scores: np.ndarray, threshold: float, amounts: np.ndarray) -> list[str]:
@@ -119,12 +141,14 @@ def _plots(out_dir: Path, y: np.ndarray, scores: np.ndarray, threshold: float, a
     fpr, tpr, _ = roc_curve(y, scores)
     roc_ax.plot(fpr, tpr)
     roc_ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
-    roc_ax.set(title=f"ROC (AUC {roc_auc_score(y, scores):.3f})", xlabel="false-positive rate",
-               ylabel="true-positive rate")
+    roc_ax.set(
+        title=f"ROC (AUC {roc_auc_score(y, scores):.3f})", xlabel="false-positive rate", ylabel="true-positive rate"
+    )
     precision, recall, _ = precision_recall_curve(y, scores)
     pr_ax.plot(recall, precision)
-    pr_ax.set(title=f"Precision-recall (AP {average_precision_score(y, scores):.3f})", xlabel="recall",
-              ylabel="precision")
+    pr_ax.set(
+        title=f"Precision-recall (AP {average_precision_score(y, scores):.3f})", xlabel="recall", ylabel="precision"
+    )
     bins = np.linspace(0, 1, 51)
     hist_ax.hist(scores[y == 0], bins=bins, alpha=0.6, label="genuine", density=True, log=True)
     hist_ax.hist(scores[y == 1], bins=bins, alpha=0.6, label="fraud", density=True, log=True)
@@ -147,8 +171,17 @@ def _plots(out_dir: Path, y: np.ndarray, scores: np.ndarray, threshold: float, a
     return [name]
 
 
-def write_report(out_dir: Path, *, title: str, frame: pd.DataFrame, scores: np.ndarray, metrics: dict[str, Any],
-                 policy: RiskPolicy, notes: list[str], details: dict[str, Any]) -> Path:
+def write_report(
+    out_dir: Path,
+    *,
+    title: str,
+    frame: pd.DataFrame,
+    scores: np.ndarray,
+    metrics: dict[str, Any],
+    policy: RiskPolicy,
+    notes: list[str],
+    details: dict[str, Any],
+) -> Path:
     """``report.md`` and its PNG in ``out_dir``; returns the Markdown path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     y = frame[LABEL_COLUMN].to_numpy().astype(int)
@@ -157,33 +190,82 @@ def write_report(out_dir: Path, *, title: str, frame: pd.DataFrame, scores: np.n
     curves = operating_curves(y, scores, amounts)
     least = int(np.argmin(curves["expected_cost"]))
     cm = metrics["confusion_matrix"]
-    lines = [f"# {title}", "", *[f"- {note}" for note in notes], "",
-             "## Test period", "",
-             "| metric | value |", "|---|---|",
-             *[f"| {name} | {metrics[name]} |" for name in
-               ("rows", "frauds", "roc_auc", "average_precision", "threshold", "precision", "recall", "f1",
-                "false_positive_rate", "card_precision_at_100")],
-             "", f"Operating point: the policy's threshold {policy.threshold:.4g} was chosen on the validation "
-                 f"period's scores (see the ensemble's objective above), never on this period. On this period the "
-                 f"least expected cost would sit at {curves['threshold'][least]:.4g} (recall "
-                 f"{curves['recall'][least]:.3f}, FPR {curves['fpr'][least]:.4f}); the curves are in the figure.", "",
-             "| threshold | precision | recall | FPR | expected cost |", "|---|---|---|---|---|",
-             *[f"| {curves['threshold'][i]:.4g} | {curves['precision'][i]:.3f} | {curves['recall'][i]:.3f} | "
-               f"{curves['fpr'][i]:.4f} | {curves['expected_cost'][i]:.0f} |"
-               for i in _curve_rows(curves["fpr"])], "",
-             "Confusion matrix at the threshold:", "",
-             "| | predicted genuine | predicted fraud |", "|---|---|---|",
-             f"| genuine | {cm['tn']} | {cm['fp']} |", f"| fraud | {cm['fn']} | {cm['tp']} |", ""]
+    lines = [
+        f"# {title}",
+        "",
+        *[f"- {note}" for note in notes],
+        "",
+        "## Test period",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *[
+            f"| {name} | {metrics[name]} |"
+            for name in (
+                "rows",
+                "frauds",
+                "roc_auc",
+                "average_precision",
+                "threshold",
+                "precision",
+                "recall",
+                "f1",
+                "false_positive_rate",
+                "card_precision_at_100",
+            )
+        ],
+        "",
+        f"Operating point: the policy's threshold {policy.threshold:.4g} was chosen on the validation "
+        f"period's scores (see the ensemble's objective above), never on this period. On this period the "
+        f"least expected cost would sit at {curves['threshold'][least]:.4g} (recall "
+        f"{curves['recall'][least]:.3f}, FPR {curves['fpr'][least]:.4f}); the curves are in the figure.",
+        "",
+        "| threshold | precision | recall | FPR | expected cost |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {curves['threshold'][i]:.4g} | {curves['precision'][i]:.3f} | {curves['recall'][i]:.3f} | "
+            f"{curves['fpr'][i]:.4f} | {curves['expected_cost'][i]:.0f} |"
+            for i in _curve_rows(curves["fpr"])
+        ],
+        "",
+        "Confusion matrix at the threshold:",
+        "",
+        "| | predicted genuine | predicted fraud |",
+        "|---|---|---|",
+        f"| genuine | {cm['tn']} | {cm['fp']} |",
+        f"| fraud | {cm['fn']} | {cm['tp']} |",
+        "",
+    ]
     if metrics.get("recall_by_scenario"):
-        lines += ["## Recall per fraud scenario", "", "| scenario | frauds | recall | AP vs all genuine |",
-                  "|---|---|---|---|",
-                  *[f"| {name} | {v['frauds']} | {v['recall']} | {v['average_precision']} |"
-                    for name, v in metrics["recall_by_scenario"].items()],
-                  ""]
-    lines += ["## Card Precision@100 per day", "", "| day | CP@100 |", "|---|---|",
-              *[f"| {day} | {value} |" for day, value in metrics["card_precision_at_100_per_day"].items()], ""]
-    lines += [*[f"![{image}]({image})" for image in images], "", "## Details", "", "```json",
-              json.dumps(details, indent=2, default=str), "```", ""]
+        lines += [
+            "## Recall per fraud scenario",
+            "",
+            "| scenario | frauds | recall | AP vs all genuine |",
+            "|---|---|---|---|",
+            *[
+                f"| {name} | {v['frauds']} | {v['recall']} | {v['average_precision']} |"
+                for name, v in metrics["recall_by_scenario"].items()
+            ],
+            "",
+        ]
+    lines += [
+        "## Card Precision@100 per day",
+        "",
+        "| day | CP@100 |",
+        "|---|---|",
+        *[f"| {day} | {value} |" for day, value in metrics["card_precision_at_100_per_day"].items()],
+        "",
+    ]
+    lines += [
+        *[f"![{image}]({image})" for image in images],
+        "",
+        "## Details",
+        "",
+        "```json",
+        json.dumps(details, indent=2, default=str),
+        "```",
+        "",
+    ]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -50,6 +50,7 @@ class TrainOptions:
 @dataclass(frozen=True)
 class Budget:
     """How much tuning: trials per model (the autoencoder gets half as many, at least two)."""
+
     xgb: XGBSearch
     ae: AESearch
 
@@ -67,20 +68,34 @@ class FittedModels:
 
 
 def _concat(first: Split, second: Split) -> Split:
-    return Split(name=f"{first.name}+{second.name}", x=np.vstack([first.x, second.x]),
-                 y=np.concatenate([first.y, second.y]),
-                 frame=pd.concat([first.frame, second.frame], ignore_index=True))
+    return Split(
+        name=f"{first.name}+{second.name}",
+        x=np.vstack([first.x, second.x]),
+        y=np.concatenate([first.y, second.y]),
+        frame=pd.concat([first.frame, second.frame], ignore_index=True),
+    )
 
 
 def _rows(split: Split, positions: np.ndarray, name: str) -> Split:
-    return Split(name=name, x=split.x[positions], y=split.y[positions],
-                 frame=split.frame.iloc[positions].reset_index(drop=True))
+    return Split(
+        name=name, x=split.x[positions], y=split.y[positions], frame=split.frame.iloc[positions].reset_index(drop=True)
+    )
 
 
-def fit_models(train: Split, valid: Split, feature_names: tuple[str, ...], feature_version: str, *,
-               budget: Budget, storage: Path, label_delay: timedelta, objective: Objective = "f1",
-               distributed: bool = False, refit_on_validation: bool = False,
-               progress: tqdm | None = None) -> FittedModels:
+def fit_models(
+    train: Split,
+    valid: Split,
+    feature_names: tuple[str, ...],
+    feature_version: str,
+    *,
+    budget: Budget,
+    storage: Path,
+    label_delay: timedelta,
+    objective: Objective = "f1",
+    distributed: bool = False,
+    refit_on_validation: bool = False,
+    progress: tqdm | None = None,
+) -> FittedModels:
     """Choose on rolling time folds over train + valid, then fit the final models; Ray must be initialised.
 
     XGBoost's hyperparameters and rounds come from the folds' mean validation aucpr (``tune_xgboost``), the
@@ -92,6 +107,7 @@ def fit_models(train: Split, valid: Split, feature_names: tuple[str, ...], featu
     from the folds' mean training rows to the final rows. Calibration and cut points are fitted on the validation
     period scored by the final models when they never saw it, else on the out-of-fold scores.
     """
+
     def step(label: str) -> None:
         if progress is not None:
             progress.set_description(label)
@@ -104,16 +120,22 @@ def fit_models(train: Split, valid: Split, feature_names: tuple[str, ...], featu
     step("tuned XGBoost")
     last = folds[-1]
     scaler = fit_scaler(window.x[last.train])
-    ae_tuning = tune_autoencoder(standardise(scaler, window.x[last.train]), window.y[last.train],
-                                 standardise(scaler, window.x[last.valid]), window.y[last.valid],
-                                 search=budget.ae, storage=storage)
+    ae_tuning = tune_autoencoder(
+        standardise(scaler, window.x[last.train]),
+        window.y[last.train],
+        standardise(scaler, window.x[last.valid]),
+        window.y[last.valid],
+        search=budget.ae,
+        storage=storage,
+    )
     step("tuned autoencoder")
     tuned_seconds = time.perf_counter() - started
 
     def fit_both(split: Split, rounds: int, *, final: bool) -> tuple[Any, AnomalyScorer]:
         if distributed and final:
-            booster = fit_xgboost_distributed(split.x, split.y, feature_names, xgb_tuning.params, rounds,
-                                              storage=storage, seed=budget.xgb.seed)
+            booster = fit_xgboost_distributed(
+                split.x, split.y, feature_names, xgb_tuning.params, rounds, storage=storage, seed=budget.xgb.seed
+            )
         else:
             booster = fit_xgboost(split.x, split.y, feature_names, xgb_tuning.params, rounds, seed=budget.xgb.seed)
         anomaly = AnomalyScorer.fit(split.x, split.y, ae_tuning.config, ae_tuning.epochs, seed=budget.ae.seed)
@@ -121,16 +143,20 @@ def fit_models(train: Split, valid: Split, feature_names: tuple[str, ...], featu
 
     out_of_fold = []
     for position, fold in enumerate(folds):
-        booster, anomaly = fit_both(_rows(window, fold.train, f"fold {position + 1}"), xgb_tuning.rounds,
-                                    final=False)
-        out_of_fold.append((booster.inplace_predict(window.x[fold.valid]).astype(np.float64),
-                            anomaly.score(window.x[fold.valid])))
+        booster, anomaly = fit_both(_rows(window, fold.train, f"fold {position + 1}"), xgb_tuning.rounds, final=False)
+        out_of_fold.append(
+            (booster.inplace_predict(window.x[fold.valid]).astype(np.float64), anomaly.score(window.x[fold.valid]))
+        )
     fold_weights = [choose_weight(window.y[fold.valid], xgb, ae)[0] for fold, (xgb, ae) in zip(folds, out_of_fold)]
     scored = np.concatenate([fold.valid for fold in folds])
-    ensemble, choice = fit_ensemble(window.y[scored], np.concatenate([xgb for xgb, _ in out_of_fold]),
-                                    np.concatenate([ae for _, ae in out_of_fold]),
-                                    window.frame["amount"].to_numpy()[scored], objective=objective,
-                                    weight=max(fold_weights))
+    ensemble, choice = fit_ensemble(
+        window.y[scored],
+        np.concatenate([xgb for xgb, _ in out_of_fold]),
+        np.concatenate([ae for _, ae in out_of_fold]),
+        window.frame["amount"].to_numpy()[scored],
+        objective=objective,
+        weight=max(fold_weights),
+    )
     choice = {**choice, "xgb_weight_by_fold": fold_weights}
     final = window if refit_on_validation else train
     fold_rows = float(np.mean([len(fold.train) for fold in folds]))
@@ -138,30 +164,59 @@ def fit_models(train: Split, valid: Split, feature_names: tuple[str, ...], featu
     booster, anomaly = fit_both(final, rounds, final=True)
     calibrated_on = "out-of-fold scores"
     if not refit_on_validation:
-        ensemble, at_validation = fit_ensemble(valid.y, booster.inplace_predict(valid.x).astype(np.float64),
-                                               anomaly.score(valid.x), valid.frame["amount"].to_numpy(),
-                                               objective=objective, weight=ensemble.xgb_weight)
+        ensemble, at_validation = fit_ensemble(
+            valid.y,
+            booster.inplace_predict(valid.x).astype(np.float64),
+            anomaly.score(valid.x),
+            valid.frame["amount"].to_numpy(),
+            objective=objective,
+            weight=ensemble.xgb_weight,
+        )
         choice = {**choice, "validation_at_threshold": at_validation["validation_at_threshold"]}
         calibrated_on = "validation period scored by the final models"
     step("fitted ensemble")
-    bundle = ModelBundle(booster=booster, anomaly=anomaly, ensemble=ensemble, feature_names=feature_names,
-                         feature_version=feature_version)
+    bundle = ModelBundle(
+        booster=booster,
+        anomaly=anomaly,
+        ensemble=ensemble,
+        feature_names=feature_names,
+        feature_version=feature_version,
+    )
     details = {
-        "xgboost": {"params": xgb_tuning.params, "rounds": xgb_tuning.rounds, "valid_aucpr": xgb_tuning.valid_aucpr,
-                    "valid_auc": xgb_tuning.valid_auc, "selected": xgb_tuning.selected,
-                    "library_defaults": {"rounds": xgb_tuning.defaults["iteration"],
-                                         "valid_aucpr": xgb_tuning.defaults["score"],
-                                         "valid_auc": xgb_tuning.defaults["at_best"][RANKING_METRIC]},
-                    "trials": len(xgb_tuning.trials), "distributed_fit": distributed},
-        "autoencoder": {"config": ae_tuning.config, "epochs": ae_tuning.epochs, "valid_ap": ae_tuning.valid_ap,
-                        "trials": len(ae_tuning.trials)},
+        "xgboost": {
+            "params": xgb_tuning.params,
+            "rounds": xgb_tuning.rounds,
+            "valid_aucpr": xgb_tuning.valid_aucpr,
+            "valid_auc": xgb_tuning.valid_auc,
+            "selected": xgb_tuning.selected,
+            "library_defaults": {
+                "rounds": xgb_tuning.defaults["iteration"],
+                "valid_aucpr": xgb_tuning.defaults["score"],
+                "valid_auc": xgb_tuning.defaults["at_best"][RANKING_METRIC],
+            },
+            "trials": len(xgb_tuning.trials),
+            "distributed_fit": distributed,
+        },
+        "autoencoder": {
+            "config": ae_tuning.config,
+            "epochs": ae_tuning.epochs,
+            "valid_ap": ae_tuning.valid_ap,
+            "trials": len(ae_tuning.trials),
+        },
         "ensemble": {**ensemble.to_dict(), **choice},
         "refit_on_validation": refit_on_validation,
-        "folds": [{"train_rows": len(fold.train), "validation_rows": len(fold.valid),
-                   "validation_frauds": int(window.y[fold.valid].sum()),
-                   "validation_start": str(window.frame["timestamp"].iloc[fold.valid].min()),
-                   "gap_hours": round(fold.gap / pd.Timedelta(hours=1), 2)} for fold in folds],
-        "weight_chosen_on": "out-of-fold scores", "calibrated_on": calibrated_on,
+        "folds": [
+            {
+                "train_rows": len(fold.train),
+                "validation_rows": len(fold.valid),
+                "validation_frauds": int(window.y[fold.valid].sum()),
+                "validation_start": str(window.frame["timestamp"].iloc[fold.valid].min()),
+                "gap_hours": round(fold.gap / pd.Timedelta(hours=1), 2),
+            }
+            for fold in folds
+        ],
+        "weight_chosen_on": "out-of-fold scores",
+        "calibrated_on": calibrated_on,
         "final_rounds": rounds,
         "tuning_seconds": round(tuned_seconds, 1),
         "fit_seconds": round(time.perf_counter() - started, 1),
@@ -175,13 +230,20 @@ def ensemble_notes(details: dict[str, Any]) -> list[str]:
     ap = ensemble["validation_ap_by_xgb_weight"]
     if ensemble["autoencoder_adds_value"]:
         chosen = ap[f"{ensemble['xgb_weight']:.1f}"]
-        verdict = (f"The autoencoder adds value on the out-of-fold scores: weight {ensemble['ae_weight']:.1f} "
-                   f"(AP {chosen} vs {ap['1.0']} for XGBoost alone).")
+        verdict = (
+            f"The autoencoder adds value on the out-of-fold scores: weight {ensemble['ae_weight']:.1f} "
+            f"(AP {chosen} vs {ap['1.0']} for XGBoost alone)."
+        )
     else:
-        verdict = (f"The autoencoder adds nothing on the out-of-fold scores (AP with XGBoost alone {ap['1.0']}, "
-                   f"with the design default 0.7/0.3 {ap['0.7']}), so its weight is 0.")
-    return [verdict, f"Alert threshold chosen by {ensemble['objective']} on the {details['calibrated_on']}; score "
-                     f"calibration: {ensemble['calibration']['method']}."]
+        verdict = (
+            f"The autoencoder adds nothing on the out-of-fold scores (AP with XGBoost alone {ap['1.0']}, "
+            f"with the design default 0.7/0.3 {ap['0.7']}), so its weight is 0."
+        )
+    return [
+        verdict,
+        f"Alert threshold chosen by {ensemble['objective']} on the {details['calibrated_on']}; score "
+        f"calibration: {ensemble['calibration']['method']}.",
+    ]
 
 
 def run_train(settings: Settings, options: TrainOptions) -> dict[str, Any]:
@@ -198,26 +260,40 @@ def run_train(settings: Settings, options: TrainOptions) -> dict[str, Any]:
     progress.update(1)
     timestamps = transactions["timestamp"]
     periods = time_periods(timestamps.min(), timestamps.max() + timedelta(seconds=1), label_delay=label_delay)
-    splits = {name: take(name, transactions, features, FEATURE_NAMES, period)
-              for name, period in (("train", periods.train), ("validation", periods.validation),
-                                   ("test", periods.test))}
+    splits = {
+        name: take(name, transactions, features, FEATURE_NAMES, period)
+        for name, period in (("train", periods.train), ("validation", periods.validation), ("test", periods.test))
+    }
     budget = Budget.from_trials(options.trials, settings.seed)
     storage = Path(settings.data_dir).resolve() / "ray_results"
     with ray_runtime(settings):
-        fitted = fit_models(splits["train"], splits["validation"], FEATURE_NAMES, FEATURE_VERSION, budget=budget,
-                            storage=storage, label_delay=label_delay,
-                            objective=options.objective,  # type: ignore[arg-type]
-                            distributed=options.distributed, progress=progress)
+        fitted = fit_models(
+            splits["train"],
+            splits["validation"],
+            FEATURE_NAMES,
+            FEATURE_VERSION,
+            budget=budget,
+            storage=storage,
+            label_delay=label_delay,
+            objective=options.objective,  # type: ignore[arg-type]
+            distributed=options.distributed,
+            progress=progress,
+        )
     bundle = fitted.bundle
 
     scorer = FraudScorer(bundle)
     test = splits["test"]
     test_scores = scorer.score(_features_frame(test, FEATURE_NAMES))["fraud_score"].to_numpy()
     valid_scores = scorer.score(_features_frame(splits["validation"], FEATURE_NAMES))["fraud_score"].to_numpy()
-    bundle.metrics = {"test": evaluate(test.frame, test_scores, bundle.ensemble.policy),
-                      "validation": evaluate(splits["validation"].frame, valid_scores, bundle.ensemble.policy)}
-    bundle.data_summary = {"source": str(options.data), "label_delay_days": settings.label_delay_days,
-                           "periods": {name: split.summary() for name, split in splits.items()}}
+    bundle.metrics = {
+        "test": evaluate(test.frame, test_scores, bundle.ensemble.policy),
+        "validation": evaluate(splits["validation"].frame, valid_scores, bundle.ensemble.policy),
+    }
+    bundle.data_summary = {
+        "source": str(options.data),
+        "label_delay_days": settings.label_delay_days,
+        "periods": {name: split.summary() for name, split in splits.items()},
+    }
     bundle.training = fitted.details
     train = splits["train"]  # features and inputs of the training period; scores of validation, never trained on
     train_inputs = transactions.loc[transactions["timestamp"].between(*periods.train, inclusive="left")]
@@ -229,10 +305,16 @@ def run_train(settings: Settings, options: TrainOptions) -> dict[str, Any]:
     reports_root = Path(settings.data_dir).resolve() / "reports"
     reports_root.mkdir(parents=True, exist_ok=True)
     report_dir = Path(tempfile.mkdtemp(prefix="pending-", dir=reports_root))
-    report = write_report(report_dir, title="Fraud model evaluation", frame=test.frame, scores=test_scores,
-                          metrics=bundle.metrics["test"], policy=bundle.ensemble.policy,
-                          notes=ensemble_notes(fitted.details), details={"training": fitted.details,
-                                                                        "data": bundle.data_summary})
+    report = write_report(
+        report_dir,
+        title="Fraud model evaluation",
+        frame=test.frame,
+        scores=test_scores,
+        metrics=bundle.metrics["test"],
+        policy=bundle.ensemble.policy,
+        notes=ensemble_notes(fitted.details),
+        details={"training": fitted.details, "data": bundle.data_summary},
+    )
     attachments = {f"report/{path.name}": path.read_bytes() for path in report_dir.iterdir() if path.is_file()}
     version = registry.register(bundle, promote=options.promote, attachments=attachments)
     final_dir = report_dir.with_name(version)
@@ -241,11 +323,16 @@ def run_train(settings: Settings, options: TrainOptions) -> dict[str, Any]:
     progress.update(1)
     progress.close()
     test_metrics = {k: v for k, v in bundle.metrics["test"].items() if k != "card_precision_at_100_per_day"}
-    return {"version": version, "registry": registry.location, "champion": registry.resolve("champion") == version,
-            "report": str(final_dir / report.name), "test": test_metrics,
-            "ensemble": {k: fitted.details["ensemble"][k] for k in ("xgb_weight", "ae_weight", "policy")},
-            "rows": {name: len(split) for name, split in splits.items()},
-            "seconds": round(time.perf_counter() - started, 1)}
+    return {
+        "version": version,
+        "registry": registry.location,
+        "champion": registry.resolve("champion") == version,
+        "report": str(final_dir / report.name),
+        "test": test_metrics,
+        "ensemble": {k: fitted.details["ensemble"][k] for k in ("xgb_weight", "ae_weight", "policy")},
+        "rows": {name: len(split) for name, split in splits.items()},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def _features_frame(split: Split, feature_names: tuple[str, ...]) -> "Any":

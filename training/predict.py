@@ -41,8 +41,9 @@ class Scores:
 def decide(bundle: ModelBundle, xgb_score: np.ndarray, ae_score: np.ndarray) -> Scores:
     fraud_score = bundle.ensemble.fraud_score(xgb_score, ae_score)
     policy = bundle.ensemble.policy
-    return Scores(fraud_score=fraud_score, risk_level=policy.risk_levels(fraud_score),
-                  is_fraud=policy.is_fraud(fraud_score))
+    return Scores(
+        fraud_score=fraud_score, risk_level=policy.risk_levels(fraud_score), is_fraud=policy.is_fraud(fraud_score)
+    )
 
 
 class FraudScorer:
@@ -65,8 +66,16 @@ class FraudScorer:
         x = self.matrix(features)
         xgb_score, ae_score = xgb_scores(self.bundle, x), ae_scores(self.bundle, x)
         scores = decide(self.bundle, xgb_score, ae_score)
-        out = pd.DataFrame({"fraud_score": scores.fraud_score, "xgb_score": xgb_score, "ae_score": ae_score,
-                            "risk_level": scores.risk_level, "is_fraud": scores.is_fraud}, index=features.index)
+        out = pd.DataFrame(
+            {
+                "fraud_score": scores.fraud_score,
+                "xgb_score": xgb_score,
+                "ae_score": ae_score,
+                "risk_level": scores.risk_level,
+                "is_fraud": scores.is_fraud,
+            },
+            index=features.index,
+        )
         if "transaction_id" in features.columns:
             out.insert(0, "transaction_id", features["transaction_id"].to_numpy())
         if contributions:

@@ -47,15 +47,19 @@ def recall_at_fpr(y: np.ndarray, scores: np.ndarray, fpr: float, among: np.ndarr
 def ranking_quality(frame: pd.DataFrame, scores: np.ndarray, fprs: tuple[float, ...] = FIXED_FPRS) -> dict[str, Any]:
     """AP, ROC-AUC, recall at each FPR, and per scenario (when the frame has ``fraud_scenario``)."""
     y = frame[LABEL_COLUMN].to_numpy().astype(int)
-    out: dict[str, Any] = {"rows": int(len(y)), "frauds": int(y.sum()),
-                           "average_precision": round(float(average_precision_score(y, scores)), 4),
-                           "roc_auc": round(float(roc_auc_score(y, scores)), 4),
-                           "recall_at_fpr": {f"{f:g}": round(recall_at_fpr(y, scores, f), 4) for f in fprs}}
+    out: dict[str, Any] = {
+        "rows": int(len(y)),
+        "frauds": int(y.sum()),
+        "average_precision": round(float(average_precision_score(y, scores)), 4),
+        "roc_auc": round(float(roc_auc_score(y, scores)), 4),
+        "recall_at_fpr": {f"{f:g}": round(recall_at_fpr(y, scores, f), 4) for f in fprs},
+    }
     if SCENARIO_COLUMN in frame.columns:
         scenario = frame[SCENARIO_COLUMN].to_numpy()
         out["recall_at_1pct_fpr_by_scenario"] = {
             str(name): round(recall_at_fpr(y, scores, 0.01, scenario == name), 4)
-            for name in sorted(set(scenario[y == 1]) - {GENUINE_SCENARIO})}
+            for name in sorted(set(scenario[y == 1]) - {GENUINE_SCENARIO})
+        }
     return out
 
 
@@ -64,14 +68,21 @@ def judge_scores(data: Path, scores_csv: Path, window: BacktestWindow) -> dict[s
     transactions = read_transactions(data, labelled=True)
     transactions = transactions[transactions["timestamp"] < window.test_end].reset_index(drop=True)
     ours = pd.read_csv(scores_csv, dtype={"transaction_id": str})
-    base = baseline_scores(transactions, train=(window.start, window.train_end),
-                           test=(window.test_start, window.test_end), delay_days=window.delay_days)
+    base = baseline_scores(
+        transactions,
+        train=(window.start, window.train_end),
+        test=(window.test_start, window.test_end),
+        delay_days=window.delay_days,
+    )
     indexed = transactions.set_index("transaction_id")
     ours_quality = ranking_quality(indexed.loc[ours["transaction_id"]], ours["fraud_score"].to_numpy())
     base_quality = ranking_quality(indexed.loc[base["transaction_id"]], base["fraud_score"].to_numpy())
-    return {"ours": ours_quality, "baseline": base_quality,
-            "ap_ratio_to_baseline": round(ours_quality["average_precision"] / base_quality["average_precision"], 4),
-            "auc_difference": round(ours_quality["roc_auc"] - base_quality["roc_auc"], 4)}
+    return {
+        "ours": ours_quality,
+        "baseline": base_quality,
+        "ap_ratio_to_baseline": round(ours_quality["average_precision"] / base_quality["average_precision"], 4),
+        "auc_difference": round(ours_quality["roc_auc"] - base_quality["roc_auc"], 4),
+    }
 
 
 def without_scenario(transactions: pd.DataFrame, scenario: str, window: BacktestWindow) -> pd.DataFrame:
@@ -85,34 +96,47 @@ def without_scenario(transactions: pd.DataFrame, scenario: str, window: Backtest
     return transactions[keep.to_numpy()].reset_index(drop=True)
 
 
-def evaluate_novel(settings: Settings, data: Path, window: BacktestWindow, scenario: str,
-                   trials: int | None = None) -> dict[str, Any]:
+def evaluate_novel(
+    settings: Settings, data: Path, window: BacktestWindow, scenario: str, trials: int | None = None
+) -> dict[str, Any]:
     """Train without ``scenario``; its recall at fixed FPRs among the genuine test rows, with and without the
     autoencoder."""
     users, merchants = load_profiles(data)
     transactions = without_scenario(read_labelled(data), scenario, window)
-    run = backtest_window(settings, transactions, window=window, users=users, merchants=merchants,
-                          source=str(data), trials=trials)
+    run = backtest_window(
+        settings, transactions, window=window, users=users, merchants=merchants, source=str(data), trials=trials
+    )
     frame, scores = run.test.frame, run.scores
     y = frame[LABEL_COLUMN].to_numpy().astype(int)
     novel = frame[SCENARIO_COLUMN].to_numpy() == scenario
     if not novel.any():
         raise ValueError(f"--novel: no {scenario!r} fraud in the test window")
     xgb_score, ae_score = scores["xgb_score"].to_numpy(), scores["ae_score"].to_numpy()
-    variants = {"chosen_ensemble": scores["fraud_score"].to_numpy(), "xgboost_only": xgb_score,
-                "autoencoder_only": ae_score,
-                f"fixed_{DEFAULT_XGB_WEIGHT:g}_blend": DEFAULT_XGB_WEIGHT * xgb_score + (1 - DEFAULT_XGB_WEIGHT) * ae_score,
-                "max_blend": max_blend(xgb_score, ae_score)}
-    recall = {name: {f"{f:g}": round(recall_at_fpr(y, values, f, novel), 4) for f in FIXED_FPRS}
-              for name, values in variants.items()}
+    variants = {
+        "chosen_ensemble": scores["fraud_score"].to_numpy(),
+        "xgboost_only": xgb_score,
+        "autoencoder_only": ae_score,
+        f"fixed_{DEFAULT_XGB_WEIGHT:g}_blend": DEFAULT_XGB_WEIGHT * xgb_score + (1 - DEFAULT_XGB_WEIGHT) * ae_score,
+        "max_blend": max_blend(xgb_score, ae_score),
+    }
+    recall = {
+        name: {f"{f:g}": round(recall_at_fpr(y, values, f, novel), 4) for f in FIXED_FPRS}
+        for name, values in variants.items()
+    }
     known = ~novel | (y == 0)
-    known_ap = {name: round(float(average_precision_score(y[known], values[known])), 4)
-                for name, values in variants.items()}
+    known_ap = {
+        name: round(float(average_precision_score(y[known], values[known])), 4) for name, values in variants.items()
+    }
     ensemble = run.fitted.details["ensemble"]
-    return {"scenario": scenario, "test_frauds": int(novel.sum()), "ae_weight": ensemble["ae_weight"],
-            "recall_at_fpr": recall, "known_fraud_average_precision": known_ap,
-            "autoencoder_share_at_1pct": round(recall["chosen_ensemble"]["0.01"] - recall["xgboost_only"]["0.01"], 4),
-            "known_fraud_quality": ranking_quality(frame.loc[known], variants["chosen_ensemble"][known])}
+    return {
+        "scenario": scenario,
+        "test_frauds": int(novel.sum()),
+        "ae_weight": ensemble["ae_weight"],
+        "recall_at_fpr": recall,
+        "known_fraud_average_precision": known_ap,
+        "autoencoder_share_at_1pct": round(recall["chosen_ensemble"]["0.01"] - recall["xgboost_only"]["0.01"], 4),
+        "known_fraud_quality": ranking_quality(frame.loc[known], variants["chosen_ensemble"][known]),
+    }
 
 
 def max_blend(xgb_score: np.ndarray, ae_score: np.ndarray) -> np.ndarray:
@@ -122,8 +146,15 @@ def max_blend(xgb_score: np.ndarray, ae_score: np.ndarray) -> np.ndarray:
     return np.maximum(ranks, np.asarray(ae_score, np.float64))
 
 
-def run_evaluate(settings: Settings, *, data: Path, window: BacktestWindow, scores: Path | None = None,
-                 novel: list[str] | None = None, trials: int | None = None) -> dict[str, Any]:
+def run_evaluate(
+    settings: Settings,
+    *,
+    data: Path,
+    window: BacktestWindow,
+    scores: Path | None = None,
+    novel: list[str] | None = None,
+    trials: int | None = None,
+) -> dict[str, Any]:
     """What ``fraudctl evaluate`` prints: the scores file judged against the baseline, and each novel scenario."""
     out: dict[str, Any] = {}
     if scores is not None:

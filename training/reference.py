@@ -51,28 +51,43 @@ def bin_matrix(x: np.ndarray, edges: Sequence[np.ndarray], width: int) -> np.nda
     """(columns x ``width``) counts of a (rows x columns) matrix, column j binned by ``edges[j]`` as ``bin_counts``
     does (zero-padded to ``width``), in one ``np.bincount``."""
     columns = np.ascontiguousarray(np.asarray(x, dtype=np.float64).T)
-    flat = np.concatenate([bin_positions(column, column_edges) + j * width
-                           for j, (column, column_edges) in enumerate(zip(columns, edges))])
+    flat = np.concatenate(
+        [
+            bin_positions(column, column_edges) + j * width
+            for j, (column, column_edges) in enumerate(zip(columns, edges))
+        ]
+    )
     return np.bincount(flat, minlength=len(edges) * width).reshape(len(edges), width)
 
 
 def input_missing_rates(columns: Mapping[str, Sequence[Any]]) -> dict[str, float]:
     """Share of rows without each optional field (None or NaN), of the fields ``columns`` has."""
-    return {name: float(pd.isna(np.asarray(columns[name], dtype=object)).mean()) if len(columns[name]) else 0.0
-            for name in OPTIONAL_INPUTS if name in columns}
+    return {
+        name: float(pd.isna(np.asarray(columns[name], dtype=object)).mean()) if len(columns[name]) else 0.0
+        for name in OPTIONAL_INPUTS
+        if name in columns
+    }
 
 
-def build_reference(x: np.ndarray, feature_names: Sequence[str], scores: np.ndarray, *,
-                    inputs: Mapping[str, float] | None = None) -> dict[str, Any]:
+def build_reference(
+    x: np.ndarray, feature_names: Sequence[str], scores: np.ndarray, *, inputs: Mapping[str, float] | None = None
+) -> dict[str, Any]:
     """The JSON-ready reference of a training matrix (rows x ``feature_names``) and calibrated ``scores`` of rows
     the models never trained on."""
+
     def summary(values: np.ndarray) -> dict[str, Any]:
         edges = bin_edges(values)
         counts = bin_counts(values, edges)
-        return {"edges": edges.tolist(), "counts": counts.tolist(),
-                "missing_rate": float(counts[-1] / max(len(values), 1))}
+        return {
+            "edges": edges.tolist(),
+            "counts": counts.tolist(),
+            "missing_rate": float(counts[-1] / max(len(values), 1)),
+        }
 
-    return {"rows": int(len(x)), "bins": BINS,
-            "features": {name: summary(x[:, j]) for j, name in enumerate(feature_names)},
-            "score": summary(np.asarray(scores, dtype=np.float64)),
-            "inputs": {name: {"missing_rate": float(rate)} for name, rate in (inputs or {}).items()}}
+    return {
+        "rows": int(len(x)),
+        "bins": BINS,
+        "features": {name: summary(x[:, j]) for j, name in enumerate(feature_names)},
+        "score": summary(np.asarray(scores, dtype=np.float64)),
+        "inputs": {name: {"missing_rate": float(rate)} for name, rate in (inputs or {}).items()},
+    }

@@ -65,25 +65,43 @@ class ModelBundle:
 
     def to_files(self) -> dict[str, bytes]:
         weights, anomaly_meta = self.anomaly.state()
-        meta = {"version": self.version, "created_at": self.created_at, "feature_names": list(self.feature_names),
-                "feature_version": self.feature_version, "ensemble": self.ensemble.to_dict(), "autoencoder": anomaly_meta,
-                "metrics": self.metrics, "data_summary": self.data_summary, "training": self.training,
-                "reference": self.reference}
-        return {XGB_FILE: bytes(self.booster.save_raw("ubj")), AE_FILE: weights,
-                META_FILE: json.dumps(meta, indent=2, default=str).encode()}
+        meta = {
+            "version": self.version,
+            "created_at": self.created_at,
+            "feature_names": list(self.feature_names),
+            "feature_version": self.feature_version,
+            "ensemble": self.ensemble.to_dict(),
+            "autoencoder": anomaly_meta,
+            "metrics": self.metrics,
+            "data_summary": self.data_summary,
+            "training": self.training,
+            "reference": self.reference,
+        }
+        return {
+            XGB_FILE: bytes(self.booster.save_raw("ubj")),
+            AE_FILE: weights,
+            META_FILE: json.dumps(meta, indent=2, default=str).encode(),
+        }
 
     @classmethod
     def from_files(cls, files: dict[str, bytes]) -> "ModelBundle":
         meta = json.loads(files[META_FILE])
         booster = xgb.Booster()
         booster.load_model(bytearray(files[XGB_FILE]))
-        return cls(booster=booster, anomaly=AnomalyScorer.from_state(files[AE_FILE], meta["autoencoder"]),
-                   ensemble=Ensemble.from_dict(meta["ensemble"]), feature_names=tuple(meta["feature_names"]),
-                   # a bundle from before specs: refused as a mismatch
-                   feature_version=meta.get("feature_version", ""),
-                   metrics=meta["metrics"], data_summary=meta["data_summary"], training=meta.get("training", {}),
-                   reference=meta.get("reference"),  # None in a bundle from before monitoring
-                   version=meta["version"], created_at=meta["created_at"])
+        return cls(
+            booster=booster,
+            anomaly=AnomalyScorer.from_state(files[AE_FILE], meta["autoencoder"]),
+            ensemble=Ensemble.from_dict(meta["ensemble"]),
+            feature_names=tuple(meta["feature_names"]),
+            # a bundle from before specs: refused as a mismatch
+            feature_version=meta.get("feature_version", ""),
+            metrics=meta["metrics"],
+            data_summary=meta["data_summary"],
+            training=meta.get("training", {}),
+            reference=meta.get("reference"),  # None in a bundle from before monitoring
+            version=meta["version"],
+            created_at=meta["created_at"],
+        )
 
 
 class _Store(Protocol):
@@ -190,8 +208,9 @@ class ModelRegistry:
     def location(self) -> str:
         return self._store.location
 
-    def register(self, bundle: ModelBundle, *, promote: bool | None = None,
-                 attachments: dict[str, bytes] | None = None) -> str:
+    def register(
+        self, bundle: ModelBundle, *, promote: bool | None = None, attachments: dict[str, bytes] | None = None
+    ) -> str:
         """Store a new version and move ``latest``; ``champion`` moves when asked, or by default when there is
         none yet or the new test average precision is at least the champion's."""
         now = datetime.now(timezone.utc)
@@ -277,7 +296,8 @@ class ModelRegistry:
         if bundle.feature_version != expected:
             raise FeatureVersionMismatch(
                 f"model {version} was trained on feature spec {bundle.feature_version}, but the running feature "
-                f"spec is {expected}: retrain with `fraudctl train`")
+                f"spec is {expected}: retrain with `fraudctl train`"
+            )
         return bundle
 
 

@@ -70,8 +70,9 @@ def read_rules_file(path: Path, *, lists: dict[str, str] | None = None) -> RuleS
     except RuleSetError as exc:
         if lists:
             raise
-        raise RuleSetError(source + LIST_HINT if any("@" in e["message"] for e in exc.errors) else source,
-                           exc.errors) from None
+        raise RuleSetError(
+            source + LIST_HINT if any("@" in e["message"] for e in exc.errors) else source, exc.errors
+        ) from None
 
 
 class RuleSetError(ValueError):
@@ -86,8 +87,10 @@ def parse_rule_set(payload: Any, source: str, lists: dict[str, str] | None = Non
     """The ``PUT /api/rules`` body from parsed JSON/YAML (a bare list is the rules); errors name ``rules.N.field``.
     ``lists`` (name -> kind) are the lists its expressions may read; ``None``: any list of a fitting field."""
     try:
-        return RuleSetBody.model_validate(payload if isinstance(payload, dict) else {"rules": payload},
-                                          context=None if lists is None else {"lists": lists})
+        return RuleSetBody.model_validate(
+            payload if isinstance(payload, dict) else {"rules": payload},
+            context=None if lists is None else {"lists": lists},
+        )
     except ValidationError as exc:
         raise RuleSetError(source, field_errors(exc)) from None
 
@@ -111,23 +114,41 @@ def read_lists_file(path: Path) -> dict[str, ListFileEntry]:
     try:
         return ListsFile.model_validate(payload).root
     except ValidationError as exc:
-        raise ValueError(f"--lists {path}: " + "; ".join(f"{e['field'] or 'the file'}: {e['message']}"
-                                                         for e in field_errors(exc))) from None
+        raise ValueError(
+            f"--lists {path}: " + "; ".join(f"{e['field'] or 'the file'}: {e['message']}" for e in field_errors(exc))
+        ) from None
 
 
-def run_rule_test(settings: Settings, *, rules: Path, data: Path, delay_days: float, start: date | None = None,
-                  days: int | None = None, lists: Path | None = None) -> dict[str, Any]:
+def run_rule_test(
+    settings: Settings,
+    *,
+    rules: Path,
+    data: Path,
+    delay_days: float,
+    start: date | None = None,
+    days: int | None = None,
+    lists: Path | None = None,
+) -> dict[str, Any]:
     """``fraudctl rules test``: the rules file replayed over ``data`` (see ``replay_rules``) with its ``@name``
     lists from ``lists``, with a progress bar."""
     named_lists = read_lists_file(lists) if lists else {}
     body = read_rules_file(rules, lists={name: entry.kind for name, entry in named_lists.items()})
     with tqdm(total=replay_steps(body), desc="rules test", unit="step", file=sys.stderr) as bar:
+
         def advance(stage: str) -> None:
             bar.set_postfix_str(stage)
             bar.update()
 
-        return replay_rules(settings, body, data=data, delay_days=delay_days, start=start, days=days,
-                            lists=named_lists, progress=advance)
+        return replay_rules(
+            settings,
+            body,
+            data=data,
+            delay_days=delay_days,
+            start=start,
+            days=days,
+            lists=named_lists,
+            progress=advance,
+        )
 
 
 REPLAY_STAGES = ("history", "causal features", "model scores")  # then one step per rule, then the rule set
@@ -137,9 +158,17 @@ def replay_steps(body: RuleSetBody) -> int:
     return len(REPLAY_STAGES) + len(body.rules) + 1
 
 
-def replay_rules(settings: Settings, body: RuleSetBody, *, data: Path, delay_days: float, start: date | None = None,
-                 days: int | None = None, lists: dict[str, ListFileEntry] | None = None,
-                 progress: Progress | None = None) -> dict[str, Any]:
+def replay_rules(
+    settings: Settings,
+    body: RuleSetBody,
+    *,
+    data: Path,
+    delay_days: float,
+    start: date | None = None,
+    days: int | None = None,
+    lists: dict[str, ListFileEntry] | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """Replay ``data`` causally through each rule of ``body`` (reading ``lists``); the figures of each and of the
     whole set. ``progress(stage)`` hears of each of the ``replay_steps(body)`` steps as it ends."""
     started = time.perf_counter()
@@ -163,8 +192,9 @@ def replay_rules(settings: Settings, body: RuleSetBody, *, data: Path, delay_day
     x = features.loc[window, list(FEATURE_NAMES)].to_numpy(dtype=np.float32)
     model = _champion_scores(settings, x)
     step("model scores")
-    fields = {c: frame[c].to_numpy() if c in frame.columns else np.full(len(frame), None, object)
-              for c in CANONICAL_COLUMNS}
+    fields = {
+        c: frame[c].to_numpy() if c in frame.columns else np.full(len(frame), None, object) for c in CANONICAL_COLUMNS
+    }
     is_fraud = frame[LABEL_COLUMN].to_numpy(dtype=np.int8).astype(bool)
     amount = frame["amount"].to_numpy(dtype=np.float64)
     day = frame["timestamp"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().astype("datetime64[D]")
@@ -177,31 +207,54 @@ def replay_rules(settings: Settings, body: RuleSetBody, *, data: Path, delay_day
         expression = compile_expression(rule.expression, lists=kinds)
         needs = sorted(expression.names & set(SCORE_NAMES))
         if needs and not model:
-            skipped.append({"id": rule.id, "error": f"reads {', '.join(needs)}, but the registry has no usable "
-                                                    f"champion model ({model_reason(settings)})"})
+            skipped.append(
+                {
+                    "id": rule.id,
+                    "error": f"reads {', '.join(needs)}, but the registry has no usable "
+                    f"champion model ({model_reason(settings)})",
+                }
+            )
             step(f"rule {rule.id}")
             continue
         measured.append((rule, expression))
     # the inputs every measured rule reads, converted once for all of them
-    env = rule_inputs(frozenset().union(*(e.names for _, e in measured)), fields, x,
-                      **(_score_inputs(model) if model else {}),
-                      lists={name: list_values[name] for _, e in measured for name in e.lists})
+    env = rule_inputs(
+        frozenset().union(*(e.names for _, e in measured)),
+        fields,
+        x,
+        **(_score_inputs(model) if model else {}),
+        lists={name: list_values[name] for _, e in measured for name in e.lists},
+    )
     results: dict[str, Any] = {}
     for rule, expression in measured:
         matched = expression.evaluate(env, len(frame))
-        results[rule.id] = {"state": rule.state, "action": rule.action,
-                            **_figures(matched, is_fraud, amount, day_index, day_labels, flagged)}
+        results[rule.id] = {
+            "state": rule.state,
+            "action": rule.action,
+            **_figures(matched, is_fraud, amount, day_index, day_labels, flagged),
+        }
         step(f"rule {rule.id}")
 
     summary: dict[str, Any] = {
-        "rows": int(window.sum()), "frauds": int(is_fraud.sum()),
-        "window": {"start": str(frame["timestamp"].min()), "end": str(frame["timestamp"].max()),
-                   "label_delay_days": delay_days},
-        "model": ({"version": model["version"], "flagged": int(flagged.sum()),
-                   "frauds_flagged": int((flagged & is_fraud).sum())} if model
-                  else {"version": None, "reason": model_reason(settings)}),
+        "rows": int(window.sum()),
+        "frauds": int(is_fraud.sum()),
+        "window": {
+            "start": str(frame["timestamp"].min()),
+            "end": str(frame["timestamp"].max()),
+            "label_delay_days": delay_days,
+        },
+        "model": (
+            {
+                "version": model["version"],
+                "flagged": int(flagged.sum()),
+                "frauds_flagged": int((flagged & is_fraud).sum()),
+            }
+            if model
+            else {"version": None, "reason": model_reason(settings)}
+        ),
         "lists": {name: {"kind": entry.kind, "size": len(list_values[name])} for name, entry in named_lists.items()},
-        "rules": results, "skipped": skipped,
+        "rules": results,
+        "skipped": skipped,
     }
     if model and not skipped:
         summary["rule_set"] = _rule_set_figures(body, fields, x, model, is_fraud, amount, kinds, list_values)
@@ -210,42 +263,73 @@ def replay_rules(settings: Settings, body: RuleSetBody, *, data: Path, delay_day
     return summary
 
 
-def _figures(matched: np.ndarray, is_fraud: np.ndarray, amount: np.ndarray, day_index: np.ndarray,
-             day_labels: np.ndarray, flagged: np.ndarray | None) -> dict[str, Any]:
+def _figures(
+    matched: np.ndarray,
+    is_fraud: np.ndarray,
+    amount: np.ndarray,
+    day_index: np.ndarray,
+    day_labels: np.ndarray,
+    flagged: np.ndarray | None,
+) -> dict[str, Any]:
     frauds, genuine = matched & is_fraud, matched & ~is_fraud
     per_day_matched = np.bincount(day_index[matched], minlength=len(day_labels))
     per_day_frauds = np.bincount(day_index[frauds], minlength=len(day_labels))
     figures: dict[str, Any] = {
-        "matched": int(matched.sum()), "frauds": int(frauds.sum()), "genuine": int(genuine.sum()),
+        "matched": int(matched.sum()),
+        "frauds": int(frauds.sum()),
+        "genuine": int(genuine.sum()),
         "precision": round(float(frauds.sum() / matched.sum()), 5) if matched.any() else None,
         "recall": round(float(frauds.sum() / is_fraud.sum()), 5) if is_fraud.any() else None,
-        "fraud_amount": round(float(amount[frauds].sum()), 2), "genuine_amount": round(float(amount[genuine].sum()), 2),
-        "per_day": {str(label): {"matched": int(m), "frauds": int(f), "genuine": int(m - f)}
-                    for label, m, f in zip(day_labels, per_day_matched, per_day_frauds)},
+        "fraud_amount": round(float(amount[frauds].sum()), 2),
+        "genuine_amount": round(float(amount[genuine].sum()), 2),
+        "per_day": {
+            str(label): {"matched": int(m), "frauds": int(f), "genuine": int(m - f)}
+            for label, m, f in zip(day_labels, per_day_matched, per_day_frauds)
+        },
     }
     if flagged is not None:
         figures["model_overlap"] = {
             "also_flagged_by_model": int((matched & flagged).sum()),
             "frauds_the_model_missed": int((frauds & ~flagged).sum()),
-            "fraud_amount_the_model_missed": round(float(amount[frauds & ~flagged].sum()), 2)}
+            "fraud_amount_the_model_missed": round(float(amount[frauds & ~flagged].sum()), 2),
+        }
     return figures
 
 
-def _rule_set_figures(body: RuleSetBody, fields: dict[str, np.ndarray], x: np.ndarray, model: dict[str, Any],
-                      is_fraud: np.ndarray, amount: np.ndarray, kinds: dict[str, str],
-                      list_values: dict[str, ListValues]) -> dict[str, Any]:
+def _rule_set_figures(
+    body: RuleSetBody,
+    fields: dict[str, np.ndarray],
+    x: np.ndarray,
+    model: dict[str, Any],
+    is_fraud: np.ndarray,
+    amount: np.ndarray,
+    kinds: dict[str, str],
+    list_values: dict[str, ListValues],
+) -> dict[str, Any]:
     """The active rules together (mode and precedence as live) against the model alone: rows and frauds per action."""
-    compiled = CompiledRules(RuleSet.model_validate({**body.model_dump(), "version": 0}), lists=kinds,
-                             list_values=list_values)
+    compiled = CompiledRules(
+        RuleSet.model_validate({**body.model_dump(), "version": 0}), lists=kinds, list_values=list_values
+    )
     outcome = compiled.apply(compiled.inputs(fields, x, **_score_inputs(model)), model["risk_level"])
 
     def by_action(actions: np.ndarray) -> dict[str, Any]:
-        return {a: {"count": int((actions == a).sum()), "frauds": int(((actions == a) & is_fraud).sum()),
-                    "fraud_amount": round(float(amount[(actions == a) & is_fraud].sum()), 2)} for a in ACTIONS}
+        return {
+            a: {
+                "count": int((actions == a).sum()),
+                "frauds": int(((actions == a) & is_fraud).sum()),
+                "fraud_amount": round(float(amount[(actions == a) & is_fraud].sum()), 2),
+            }
+            for a in ACTIONS
+        }
+
     baseline = model_actions(model["risk_level"])
-    return {"mode": body.mode, "active_rules": sum(rule.state == ACTIVE for rule in body.rules),
-            "with_rules": by_action(outcome.action), "model_only": by_action(baseline),
-            "changed": int((outcome.action != baseline).sum())}
+    return {
+        "mode": body.mode,
+        "active_rules": sum(rule.state == ACTIVE for rule in body.rules),
+        "with_rules": by_action(outcome.action),
+        "model_only": by_action(baseline),
+        "changed": int((outcome.action != baseline).sum()),
+    }
 
 
 def _score_inputs(model: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -262,8 +346,11 @@ def _champion_scores(settings: Settings, x: np.ndarray) -> dict[str, Any] | None
     except FeatureVersionMismatch:
         return None
     scores = FraudScorer(bundle).score(pd.DataFrame(x, columns=list(FEATURE_NAMES), copy=False))
-    return {"version": version, "fraud_score": scores["fraud_score"].to_numpy(),
-            "risk_level": scores["risk_level"].to_numpy(dtype=object)}
+    return {
+        "version": version,
+        "fraud_score": scores["fraud_score"].to_numpy(),
+        "risk_level": scores["risk_level"].to_numpy(dtype=object),
+    }
 
 
 def model_reason(settings: Settings) -> str:

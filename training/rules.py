@@ -59,11 +59,15 @@ NUMBER, TEXT, BOOL = "number", "text", "bool"
 SCORE_NAMES = ("fraud_score", "risk_level")  # known only once the model has scored
 NUMERIC_FIELDS = ("amount", "lat", "lon")
 TEXT_FIELDS = tuple(c for c in CANONICAL_COLUMNS if c not in NUMERIC_FIELDS and c != "timestamp")
-NAME_TYPES: dict[str, str] = {**{name: NUMBER for name in FEATURE_NAMES}, **{name: NUMBER for name in NUMERIC_FIELDS},
-                              **{name: TEXT for name in TEXT_FIELDS}, "fraud_score": NUMBER, "risk_level": TEXT}
+NAME_TYPES: dict[str, str] = {
+    **{name: NUMBER for name in FEATURE_NAMES},
+    **{name: NUMBER for name in NUMERIC_FIELDS},
+    **{name: TEXT for name in TEXT_FIELDS},
+    "fraud_score": NUMBER,
+    "risk_level": TEXT,
+}
 _LIST_PREFIX = "_list_"  # ``@name`` becomes this name before parsing; no readable name starts with "_"
 LIST_KINDS = ("user_id", "merchant_id", "device_id", "country")  # a list holds values of one of these fields
-
 
 
 class _UncheckedLists(Mapping[str, Any]):
@@ -93,6 +97,7 @@ UNCHECKED_LISTS: Mapping[str, Any] = _UncheckedLists()
 def lenient_lists(known: Mapping[str, str]) -> Mapping[str, Any]:
     """``known`` for ``compile_expression``, any other list name accepted (see ``_UncheckedLists``)."""
     return _UncheckedLists(known)
+
 
 Values = Any  # a numpy array over the batch, or a scalar (constants)
 Evaluator = Callable[[Mapping[str, Any]], Values]
@@ -144,8 +149,9 @@ SharedParts = dict[str, Evaluator]
 _RESULTS = "_results"  # in an env: each shared part's values for this batch (no readable name starts with "_")
 
 
-def compile_expression(text: str, *, lists: Mapping[str, str] | None = None,
-                       shared: SharedParts | None = None) -> Expression:
+def compile_expression(
+    text: str, *, lists: Mapping[str, str] | None = None, shared: SharedParts | None = None
+) -> Expression:
     """Compile ``text`` or raise ``RuleError``; ``lists`` maps the list names that exist to their kind. Expressions
     compiled with one ``shared`` dict evaluate a sub-expression they have in common (``country != 'US'``) once per
     batch when the env carries a results dict (``CompiledRules.apply``)."""
@@ -202,15 +208,26 @@ def _substitute_lists(text: str) -> str:
 
 
 _REFUSED = {
-    ast.Call: "function calls", ast.Attribute: "attribute access", ast.Subscript: "subscripts",
-    ast.Lambda: "lambdas", ast.ListComp: "comprehensions", ast.SetComp: "comprehensions",
-    ast.DictComp: "comprehensions", ast.GeneratorExp: "comprehensions", ast.NamedExpr: "assignment",
-    ast.Starred: "unpacking", ast.JoinedStr: "f-strings", ast.FormattedValue: "f-strings", ast.Await: "await",
-    ast.Yield: "yield", ast.YieldFrom: "yield", ast.Dict: "dict literals", ast.Slice: "slices",
+    ast.Call: "function calls",
+    ast.Attribute: "attribute access",
+    ast.Subscript: "subscripts",
+    ast.Lambda: "lambdas",
+    ast.ListComp: "comprehensions",
+    ast.SetComp: "comprehensions",
+    ast.DictComp: "comprehensions",
+    ast.GeneratorExp: "comprehensions",
+    ast.NamedExpr: "assignment",
+    ast.Starred: "unpacking",
+    ast.JoinedStr: "f-strings",
+    ast.FormattedValue: "f-strings",
+    ast.Await: "await",
+    ast.Yield: "yield",
+    ast.YieldFrom: "yield",
+    ast.Dict: "dict literals",
+    ast.Slice: "slices",
     ast.IfExp: "conditional expressions (use and / or)",
 }
-_ARITHMETIC = {ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply, ast.Div: np.true_divide,
-               ast.Mod: np.mod}
+_ARITHMETIC = {ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply, ast.Div: np.true_divide, ast.Mod: np.mod}
 _ORDERING = {ast.Lt: np.less, ast.LtE: np.less_equal, ast.Gt: np.greater, ast.GtE: np.greater_equal}
 _EQUALITY = {ast.Eq: np.equal, ast.NotEq: np.not_equal}
 _TEXT_EQUALITY = {ast.Eq: operator.eq, ast.NotEq: operator.ne}
@@ -227,6 +244,7 @@ def _once_per_batch(key: str, evaluator: Evaluator) -> Evaluator:
         if key not in results:
             results[key] = evaluator(env)
         return results[key]
+
     return evaluate
 
 
@@ -285,13 +303,14 @@ class _Compiler:
     def _Name(self, node: ast.Name, depth: int) -> tuple[str, Evaluator]:
         name = node.id
         if name.startswith(_LIST_PREFIX):
-            raise RuleError(f"@{name[len(_LIST_PREFIX):]} is a list: use it as `field in @name`")
+            raise RuleError(f"@{name[len(_LIST_PREFIX) :]} is a list: use it as `field in @name`")
         if name in ("True", "False"):
             flag = name == "True"
             return BOOL, lambda env: flag
         if name not in NAME_TYPES:
-            raise RuleError(f"unknown name {name!r}: a rule reads transaction fields, FEATURE_NAMES, fraud_score "
-                            "and risk_level")
+            raise RuleError(
+                f"unknown name {name!r}: a rule reads transaction fields, FEATURE_NAMES, fraud_score and risk_level"
+            )
         self.names.add(name)
         return NAME_TYPES[name], lambda env: env[name]
 
@@ -319,6 +338,7 @@ class _Compiler:
             for evaluator in evaluators[1:]:
                 result = combine(result, _truth(evaluator(env)))
             return result
+
         return BOOL, evaluate
 
     def _BinOp(self, node: ast.BinOp, depth: int) -> tuple[str, Evaluator]:
@@ -328,8 +348,12 @@ class _Compiler:
         self._number(right_kind, symbol)
         if isinstance(node.op, ast.Pow):
             exponent = node.right
-            if not (isinstance(exponent, ast.Constant) and isinstance(exponent.value, int | float)
-                    and not isinstance(exponent.value, bool) and abs(exponent.value) <= MAX_EXPONENT):
+            if not (
+                isinstance(exponent, ast.Constant)
+                and isinstance(exponent.value, int | float)
+                and not isinstance(exponent.value, bool)
+                and abs(exponent.value) <= MAX_EXPONENT
+            ):
                 raise RuleError(f"** needs a constant exponent of at most {MAX_EXPONENT}")
             power = float(exponent.value)
             return NUMBER, lambda env: np.power(_numbers(left(env)), power)
@@ -345,8 +369,7 @@ class _Compiler:
         for op, comparator in zip(node.ops, node.comparators):
             if isinstance(op, ast.In | ast.NotIn):
                 field = node.left.id if isinstance(node.left, ast.Name) and left is steps_left else None
-                step = self._membership(left_kind, left, comparator, depth + 1, isinstance(op, ast.NotIn),
-                                        field=field)
+                step = self._membership(left_kind, left, comparator, depth + 1, isinstance(op, ast.NotIn), field=field)
                 right_kind, right = left_kind, left  # a chain does not continue past a membership test
             else:
                 right_kind, right = self.node(comparator, depth + 1)
@@ -359,10 +382,12 @@ class _Compiler:
             for step in steps[1:]:
                 result = np.logical_and(result, step(env))
             return result
+
         return BOOL, evaluate
 
-    def _comparison(self, op: ast.cmpop, left_kind: str, left: Evaluator, right_kind: str,
-                    right: Evaluator) -> Evaluator:
+    def _comparison(
+        self, op: ast.cmpop, left_kind: str, left: Evaluator, right_kind: str, right: Evaluator
+    ) -> Evaluator:
         if isinstance(op, ast.Is | ast.IsNot):
             raise RuleError("`is` is not allowed in a rule (use == or !=)")
         texts = (left_kind == TEXT, right_kind == TEXT)
@@ -379,11 +404,12 @@ class _Compiler:
         function = _ORDERING[type(op)]
         return lambda env: function(_numbers(left(env)), _numbers(right(env)))
 
-    def _membership(self, left_kind: str, left: Evaluator, container: ast.AST, depth: int,
-                    negate: bool, field: str | None = None) -> Evaluator:
+    def _membership(
+        self, left_kind: str, left: Evaluator, container: ast.AST, depth: int, negate: bool, field: str | None = None
+    ) -> Evaluator:
         self.count += 1
         if isinstance(container, ast.Name) and container.id.startswith(_LIST_PREFIX):
-            name = container.id[len(_LIST_PREFIX):]
+            name = container.id[len(_LIST_PREFIX) :]
             if name not in self.known_lists:
                 raise RuleError(f"unknown list @{name}")
             kind = self.known_lists[name]
@@ -397,7 +423,7 @@ class _Compiler:
             key = _LIST_PREFIX + name
             return lambda env: env[key].contains(left(env), invert=negate)
         if not isinstance(container, ast.Tuple | ast.List | ast.Set):
-            raise RuleError("`in` needs a list (`@name`) or a literal tuple such as (\"US\", \"CA\")")
+            raise RuleError('`in` needs a list (`@name`) or a literal tuple such as ("US", "CA")')
         if not container.elts or len(container.elts) > MAX_LITERAL_ITEMS:
             raise RuleError(f"a literal tuple needs 1 to {MAX_LITERAL_ITEMS} items")
         values = []
@@ -486,22 +512,30 @@ class CompiledRule:
 class Outcome:
     """A batch's rule results: the action per row, the active rules that decided it, and per-rule match counts."""
 
-    action: np.ndarray                      # object array of ACTIONS
-    matched: list[list[CompiledRule]]       # per row, the active rules that matched (in rule order)
-    counts: dict[str, dict[str, int]]       # rule id -> {"active"|"shadow": rows matched}
+    action: np.ndarray  # object array of ACTIONS
+    matched: list[list[CompiledRule]]  # per row, the active rules that matched (in rule order)
+    counts: dict[str, dict[str, int]]  # rule id -> {"active"|"shadow": rows matched}
 
 
 class CompiledRules:
     """A rule set compiled once; ``apply`` evaluates it over a batch of rows."""
 
-    def __init__(self, rule_set: RuleSet, *, lists: Mapping[str, str] | None = None,
-                 list_values: Mapping[str, np.ndarray] | None = None):
+    def __init__(
+        self,
+        rule_set: RuleSet,
+        *,
+        lists: Mapping[str, str] | None = None,
+        list_values: Mapping[str, np.ndarray] | None = None,
+    ):
         self.rule_set = rule_set
         self.version, self.mode = rule_set.version, rule_set.mode
         self.list_kinds: Mapping[str, Any] = lists if lists is not None else {}  # kept lenient if it was
         shared: SharedParts = {}
-        self.rules = [CompiledRule(rule, compile_expression(rule.expression, lists=self.list_kinds, shared=shared))
-                      for rule in rule_set.rules if rule.state != DISABLED]
+        self.rules = [
+            CompiledRule(rule, compile_expression(rule.expression, lists=self.list_kinds, shared=shared))
+            for rule in rule_set.rules
+            if rule.state != DISABLED
+        ]
         self.names = frozenset().union(*(r.expression.names for r in self.rules))
         self.lists = frozenset().union(*(r.expression.lists for r in self.rules))
         self.list_values: Mapping[str, ListValues] = _sorted_lists(list_values or {}, self.lists)
@@ -513,11 +547,22 @@ class CompiledRules:
         bound.list_values = _sorted_lists(list_values, self.lists)
         return bound
 
-    def inputs(self, fields: Mapping[str, Any], features: np.ndarray, fraud_score: np.ndarray | None = None,
-               risk_level: np.ndarray | None = None) -> dict[str, Any]:
+    def inputs(
+        self,
+        fields: Mapping[str, Any],
+        features: np.ndarray,
+        fraud_score: np.ndarray | None = None,
+        risk_level: np.ndarray | None = None,
+    ) -> dict[str, Any]:
         """``rule_inputs`` for what these rules read, the lists' current values included."""
-        return rule_inputs(self.names, fields, features, fraud_score, risk_level,
-                           lists={name: self.list_values.get(name, _EMPTY_LIST) for name in self.lists})
+        return rule_inputs(
+            self.names,
+            fields,
+            features,
+            fraud_score,
+            risk_level,
+            lists={name: self.list_values.get(name, _EMPTY_LIST) for name in self.lists},
+        )
 
     def apply(self, env: Mapping[str, Any], model_levels: np.ndarray) -> Outcome:
         """Actions for the rows ``env`` describes (``rule_inputs``), the model's risk levels as the default. The
@@ -528,10 +573,15 @@ class CompiledRules:
         matched: list[list[CompiledRule]] = [[] for _ in range(rows)]
         batch = {**env, _RESULTS: {}}
         with np.errstate(all="ignore"):  # x / 0 is inf or nan, and a comparison with nan is False
-            masks = np.stack([compiled.expression.mask(batch, rows) for compiled in self.rules]) if self.rules \
+            masks = (
+                np.stack([compiled.expression.mask(batch, rows) for compiled in self.rules])
+                if self.rules
                 else np.zeros((0, rows), dtype=bool)
-        counts = {compiled.rule.id: {compiled.rule.state: int(count)}
-                  for compiled, count in zip(self.rules, masks.sum(axis=1))}
+            )
+        counts = {
+            compiled.rule.id: {compiled.rule.state: int(count)}
+            for compiled, count in zip(self.rules, masks.sum(axis=1))
+        }
         is_active = np.array([compiled.rule.state == ACTIVE for compiled in self.rules], dtype=bool)
         if not is_active.any():
             return Outcome(action=action, matched=matched, counts=counts)
@@ -557,8 +607,11 @@ class CompiledRules:
 
 
 def _sorted_lists(values: Mapping[str, np.ndarray | ListValues], names: frozenset[str]) -> dict[str, ListValues]:
-    return {name: values[name] if isinstance(values[name], ListValues) else ListValues(values[name])
-            for name in names if name in values}
+    return {
+        name: values[name] if isinstance(values[name], ListValues) else ListValues(values[name])
+        for name in names
+        if name in values
+    }
 
 
 def model_actions(levels: np.ndarray) -> np.ndarray:
@@ -579,14 +632,21 @@ def text_values(values: Sequence[Any] | np.ndarray | pd.Series) -> np.ndarray:
 _EMPTY_LIST = ListValues([])
 
 
-def rule_inputs(names: frozenset[str], fields: Mapping[str, Any], features: np.ndarray,
-                fraud_score: np.ndarray | None = None, risk_level: np.ndarray | None = None,
-                lists: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def rule_inputs(
+    names: frozenset[str],
+    fields: Mapping[str, Any],
+    features: np.ndarray,
+    fraud_score: np.ndarray | None = None,
+    risk_level: np.ndarray | None = None,
+    lists: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """The arrays the ``names`` a rule set reads: transaction ``fields`` (canonical columns), the (rows x
     ``FEATURE_NAMES``) ``features`` matrix, the model's scores when it has run, and each list's current values
     (``lists``: name -> values) as ``_list_<name>``."""
-    env: dict[str, Any] = {_LIST_PREFIX + name: values if isinstance(values, ListValues) else ListValues(values)
-                           for name, values in (lists or {}).items()}
+    env: dict[str, Any] = {
+        _LIST_PREFIX + name: values if isinstance(values, ListValues) else ListValues(values)
+        for name, values in (lists or {}).items()
+    }
     for name in names:
         if name in NUMERIC_FIELDS:  # the field itself, not its float32 copy among the features
             env[name] = np.asarray(fields[name], dtype=np.float64)

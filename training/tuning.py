@@ -48,9 +48,21 @@ class TrialProgress(Callback):
         self.on_trial_complete(iteration, trials, trial)
 
 
-def run_search(trial: Callable[..., None], data: dict[str, Any], *, space: dict[str, Any], metric: str,
-               max_t: int, grace: int, trials: int, cpus_per_trial: float, seed: int, storage: Path,
-               name: str, report_at_best: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+def run_search(
+    trial: Callable[..., None],
+    data: dict[str, Any],
+    *,
+    space: dict[str, Any],
+    metric: str,
+    max_t: int,
+    grace: int,
+    trials: int,
+    cpus_per_trial: float,
+    seed: int,
+    storage: Path,
+    name: str,
+    report_at_best: tuple[str, ...] = (),
+) -> list[dict[str, Any]]:
     """Run ``trial(config, data=data)`` over ``space``; per finished trial: its config, the iteration at which
     ``metric`` peaked, that peak and the ``report_at_best`` metrics at that iteration. Ray must be initialised."""
     key = f"{name}-{uuid.uuid4().hex[:8]}"
@@ -60,12 +72,16 @@ def run_search(trial: Callable[..., None], data: dict[str, Any], *, space: dict[
             tune.with_resources(tune.with_parameters(trial, data=data), {"cpu": cpus_per_trial}),
             param_space=space,
             tune_config=tune.TuneConfig(
-                metric=metric, mode="max", num_samples=trials, reuse_actors=True,  # no process start per trial
+                metric=metric,
+                mode="max",
+                num_samples=trials,
+                reuse_actors=True,  # no process start per trial
                 scheduler=ASHAScheduler(max_t=max_t, grace_period=min(grace, max_t), reduction_factor=3),
                 search_alg=BasicVariantGenerator(random_state=seed, max_concurrent=CONCURRENT_TRIALS),
             ),
-            run_config=tune.RunConfig(name=key, storage_path=str(Path(storage).resolve()), verbose=0,
-                                      callbacks=[TrialProgress(key, metric)]),
+            run_config=tune.RunConfig(
+                name=key, storage_path=str(Path(storage).resolve()), verbose=0, callbacks=[TrialProgress(key, metric)]
+            ),
         )
         try:
             with contextlib.redirect_stdout(sys.stderr):  # Tune's summary tables print even at verbose=0
@@ -78,9 +94,15 @@ def run_search(trial: Callable[..., None], data: dict[str, Any], *, space: dict[
         if result.error is not None or history is None or not {metric, *report_at_best} <= set(history):
             continue
         best_row = history.loc[history[metric].idxmax()]
-        finished.append({"config": dict(result.config), "iteration": int(best_row["training_iteration"]),
-                         "score": float(best_row[metric]), "at_best": {m: float(best_row[m]) for m in report_at_best},
-                         "iterations_run": int(history["training_iteration"].max())})
+        finished.append(
+            {
+                "config": dict(result.config),
+                "iteration": int(best_row["training_iteration"]),
+                "score": float(best_row[metric]),
+                "at_best": {m: float(best_row[m]) for m in report_at_best},
+                "iterations_run": int(history["training_iteration"].max()),
+            }
+        )
     if not finished:
         raise RuntimeError(f"every {name} trial failed; see the Ray Tune logs in {storage}")
     return finished

@@ -42,6 +42,7 @@ MODEL_FILE = "model.ubj"  # the name RayTrainReportCallback.get_model reads
 @dataclass(frozen=True)
 class XGBSearch:
     """The tuning budget."""
+
     trials: int = 8
     max_rounds: int = 400
     grace_rounds: int = 25
@@ -50,14 +51,21 @@ class XGBSearch:
 
 
 # xgboost's own defaults, spelled out: the reference a tuned configuration has to beat on validation
-LIBRARY_DEFAULTS = {"max_depth": 6, "eta": 0.3, "min_child_weight": 1.0, "subsample": 1.0,
-                    "colsample_bytree": 1.0, "scale_pos_weight": 1.0}
+LIBRARY_DEFAULTS = {
+    "max_depth": 6,
+    "eta": 0.3,
+    "min_child_weight": 1.0,
+    "subsample": 1.0,
+    "colsample_bytree": 1.0,
+    "scale_pos_weight": 1.0,
+}
 
 
 @dataclass
 class XGBTuning:
     """What was chosen (``selected``: "tuned" or "library defaults"): its parameters, best round count and
     validation figures, the defaults' result and every trial's."""
+
     params: dict[str, Any]
     rounds: int
     valid_aucpr: float
@@ -69,8 +77,13 @@ class XGBTuning:
 
 def base_params(nthread: int, seed: int) -> dict[str, Any]:
     """Early stopping watches the last evaluation metric, aucpr; auc is reported beside it."""
-    return {"objective": "binary:logistic", "eval_metric": ["auc", "aucpr"], "tree_method": "hist",
-            "nthread": nthread, "seed": seed}
+    return {
+        "objective": "binary:logistic",
+        "eval_metric": ["auc", "aucpr"],
+        "tree_method": "hist",
+        "nthread": nthread,
+        "seed": seed,
+    }
 
 
 def search_space(y_train: np.ndarray) -> dict[str, Any]:
@@ -97,34 +110,59 @@ def fold_means(report: dict[str, Any]) -> dict[str, float]:
     return {k: float(v[0]) if isinstance(v, tuple) else float(v) for k, v in report.items()}
 
 
-def _cross_validate(config: dict[str, Any], data: dict[str, Any], *, nthread: int,
-                    callbacks: list[Any]) -> dict[str, list[float]]:
+def _cross_validate(
+    config: dict[str, Any], data: dict[str, Any], *, nthread: int, callbacks: list[Any]
+) -> dict[str, list[float]]:
     """``xgboost.cv`` over the rolling time folds, early stopping on the folds' mean validation aucpr; the mean
     validation metrics per round."""
-    params = {**base_params(nthread=nthread, seed=data["seed"]),
-              **{k: v for k, v in config.items() if k != "num_boost_round"}}
-    history = xgb.cv(params, _matrix(data["x"], data["y"], data["feature_names"]),
-                     num_boost_round=min(config["num_boost_round"], data["max_rounds"]), folds=data["folds"],
-                     early_stopping_rounds=EARLY_STOPPING_ROUNDS, verbose_eval=False, as_pandas=False,
-                     callbacks=callbacks)
+    params = {
+        **base_params(nthread=nthread, seed=data["seed"]),
+        **{k: v for k, v in config.items() if k != "num_boost_round"},
+    }
+    history = xgb.cv(
+        params,
+        _matrix(data["x"], data["y"], data["feature_names"]),
+        num_boost_round=min(config["num_boost_round"], data["max_rounds"]),
+        folds=data["folds"],
+        early_stopping_rounds=EARLY_STOPPING_ROUNDS,
+        verbose_eval=False,
+        as_pandas=False,
+        callbacks=callbacks,
+    )
     return {"aucpr": history["test-aucpr-mean"], "auc": history["test-auc-mean"]}
 
 
 def _trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
     """One Tune trial: the folds' mean validation aucpr and auc reported every round."""
-    _cross_validate(config, data, nthread=1, callbacks=[TuneReportCheckpointCallback(
-        metrics={METRIC: "test-aucpr", RANKING_METRIC: "test-auc"}, frequency=0, checkpoint_at_end=False,
-        results_postprocessing_fn=fold_means)])
+    _cross_validate(
+        config,
+        data,
+        nthread=1,
+        callbacks=[
+            TuneReportCheckpointCallback(
+                metrics={METRIC: "test-aucpr", RANKING_METRIC: "test-auc"},
+                frequency=0,
+                checkpoint_at_end=False,
+                results_postprocessing_fn=fold_means,
+            )
+        ],
+    )
 
 
 def validate_defaults(data: dict[str, Any], *, nthread: int = 2) -> dict[str, Any]:
     """The library defaults with the trials' folds and round selection (the round where the mean validation
     aucpr peaks), as a result in ``run_search``'s shape."""
-    history = _cross_validate({**LIBRARY_DEFAULTS, "num_boost_round": data["max_rounds"]}, data, nthread=nthread,
-                              callbacks=[])
+    history = _cross_validate(
+        {**LIBRARY_DEFAULTS, "num_boost_round": data["max_rounds"]}, data, nthread=nthread, callbacks=[]
+    )
     best = int(np.argmax(history["aucpr"]))
-    return {"config": dict(LIBRARY_DEFAULTS), "iteration": best + 1, "score": float(history["aucpr"][best]),
-            "at_best": {RANKING_METRIC: float(history["auc"][best])}, "iterations_run": len(history["aucpr"])}
+    return {
+        "config": dict(LIBRARY_DEFAULTS),
+        "iteration": best + 1,
+        "score": float(history["aucpr"][best]),
+        "at_best": {RANKING_METRIC: float(history["auc"][best])},
+        "iterations_run": len(history["aucpr"]),
+    }
 
 
 def select(trials: list[dict[str, Any]], defaults: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -134,28 +172,63 @@ def select(trials: list[dict[str, Any]], defaults: dict[str, Any]) -> tuple[dict
     return best, "library defaults" if best is defaults else "tuned"
 
 
-def tune_xgboost(x: np.ndarray, y: np.ndarray, folds: list[Fold], feature_names: tuple[str, ...], *,
-                 search: XGBSearch, storage: Path) -> XGBTuning:
+def tune_xgboost(
+    x: np.ndarray, y: np.ndarray, folds: list[Fold], feature_names: tuple[str, ...], *, search: XGBSearch, storage: Path
+) -> XGBTuning:
     """Search hyperparameters and rounds with Ray Tune + ASHA on the folds' mean validation aucpr (``folds``: row
     positions of ``x``, from ``training.data.rolling_folds``, each with fraud on both sides) and choose against the library defaults (``select``);
     Ray must be initialised."""
     if len(folds_with_fraud(folds, y)) < len(folds):
-        raise ValueError("is_fraud: a fold has no fraud in its training or validation rows; XGBoost needs frauds "
-                         "in both to be tuned (training.data.folds_with_fraud leaves such folds out)")
-    data = {"x": x, "y": y, "folds": [(fold.train, fold.valid) for fold in folds], "feature_names": feature_names,
-            "seed": search.seed, "max_rounds": search.max_rounds}
+        raise ValueError(
+            "is_fraud: a fold has no fraud in its training or validation rows; XGBoost needs frauds "
+            "in both to be tuned (training.data.folds_with_fraud leaves such folds out)"
+        )
+    data = {
+        "x": x,
+        "y": y,
+        "folds": [(fold.train, fold.valid) for fold in folds],
+        "feature_names": feature_names,
+        "seed": search.seed,
+        "max_rounds": search.max_rounds,
+    }
     defaults = validate_defaults(data)
-    trials = run_search(_trial, data, space=search_space(y[folds[-1].train]), metric=METRIC, max_t=search.max_rounds,
-                        grace=search.grace_rounds, trials=search.trials, cpus_per_trial=search.cpus_per_trial,
-                        seed=search.seed, storage=storage, name="xgboost", report_at_best=(RANKING_METRIC,))
+    trials = run_search(
+        _trial,
+        data,
+        space=search_space(y[folds[-1].train]),
+        metric=METRIC,
+        max_t=search.max_rounds,
+        grace=search.grace_rounds,
+        trials=search.trials,
+        cpus_per_trial=search.cpus_per_trial,
+        seed=search.seed,
+        storage=storage,
+        name="xgboost",
+        report_at_best=(RANKING_METRIC,),
+    )
     best, selected = select(trials, defaults)
     params = {k: v for k, v in best["config"].items() if k != "num_boost_round"}
-    return XGBTuning(params=params, rounds=best["iteration"], valid_aucpr=best["score"],
-                     valid_auc=best["at_best"][RANKING_METRIC], selected=selected, defaults=defaults, trials=trials)
+    return XGBTuning(
+        params=params,
+        rounds=best["iteration"],
+        valid_aucpr=best["score"],
+        valid_auc=best["at_best"][RANKING_METRIC],
+        selected=selected,
+        defaults=defaults,
+        trials=trials,
+    )
 
 
-def fit_xgboost(x: np.ndarray, y: np.ndarray, feature_names: tuple[str, ...], params: dict[str, Any],
-                rounds: int, *, nthread: int = 2, seed: int = 42) -> xgb.Booster:
+def fit_xgboost(
+    x: np.ndarray,
+    y: np.ndarray,
+    feature_names: tuple[str, ...],
+    params: dict[str, Any],
+    rounds: int,
+    *,
+    nthread: int = 2,
+    seed: int = 42,
+) -> xgb.Booster:
     """The final model, fitted in this process with the tuned parameters and round count."""
     matrix = xgb.DMatrix(x, label=y, feature_names=list(feature_names), nthread=nthread)
     return xgb.train({**base_params(nthread=nthread, seed=seed), **params}, matrix, num_boost_round=rounds)
@@ -175,18 +248,32 @@ def _distributed_loop(config: dict[str, Any]) -> None:
         ray.train.report({"rounds": booster.num_boosted_rounds()}, checkpoint=checkpoint)
 
 
-def fit_xgboost_distributed(x: np.ndarray, y: np.ndarray, feature_names: tuple[str, ...],
-                            params: dict[str, Any], rounds: int, *, storage: Path, workers: int = 2,
-                            cpus_per_worker: float = 0.5, seed: int = 42) -> xgb.Booster:
+def fit_xgboost_distributed(
+    x: np.ndarray,
+    y: np.ndarray,
+    feature_names: tuple[str, ...],
+    params: dict[str, Any],
+    rounds: int,
+    *,
+    storage: Path,
+    workers: int = 2,
+    cpus_per_worker: float = 0.5,
+    seed: int = 42,
+) -> xgb.Booster:
     """The final fit with Ray Train's ``XGBoostTrainer`` (V2): data-parallel workers with fractional CPUs."""
     frame = pd.DataFrame(x, columns=list(feature_names))
     frame[LABEL] = y
     trainer = XGBoostTrainer(
         _distributed_loop,
-        train_loop_config={"params": {**base_params(nthread=1, seed=seed), **params}, "rounds": rounds,
-                           "feature_names": list(feature_names)},
+        train_loop_config={
+            "params": {**base_params(nthread=1, seed=seed), **params},
+            "rounds": rounds,
+            "feature_names": list(feature_names),
+        },
         scaling_config=ray.train.ScalingConfig(num_workers=workers, resources_per_worker={"CPU": cpus_per_worker}),
-        run_config=ray.train.RunConfig(name=f"xgboost-distributed-{uuid.uuid4().hex[:8]}", storage_path=str(Path(storage).resolve())),
+        run_config=ray.train.RunConfig(
+            name=f"xgboost-distributed-{uuid.uuid4().hex[:8]}", storage_path=str(Path(storage).resolve())
+        ),
         datasets={"train": ray.data.from_pandas(frame)},
     )
     result = trainer.fit()

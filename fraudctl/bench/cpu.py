@@ -70,9 +70,15 @@ def cpu_figures(spent: dict[str, float], transactions: int) -> dict[str, Any]:
         return {}
     service = sum(seconds for role, seconds in spent.items() if role != DRIVER_ROLE)
     own = service - spent.get(EMULATOR_ROLE, 0.0)
-    per_1k = {role: round(seconds * 1e6 / transactions, 1)
-              for role, seconds in sorted(spent.items(), key=lambda item: -item[1]) if seconds > 0}
+    per_1k = {
+        role: round(seconds * 1e6 / transactions, 1)
+        for role, seconds in sorted(spent.items(), key=lambda item: -item[1])
+        if seconds > 0
+    }
     cores = os.cpu_count() or 1
-    return {"cpu_ms_per_1k_tx": per_1k, "service_cpu_ms_per_1k_tx": round(service * 1e6 / transactions, 1),
-            "cpu_bound_tx_per_s": round(cores * transactions / service) if service else None,
-            "cpu_bound_tx_per_s_without_aws_emulator": round(cores * transactions / own) if own > 0 else None}
+    return {
+        "cpu_ms_per_1k_tx": per_1k,
+        "service_cpu_ms_per_1k_tx": round(service * 1e6 / transactions, 1),
+        "cpu_bound_tx_per_s": round(cores * transactions / service) if service else None,
+        "cpu_bound_tx_per_s_without_aws_emulator": round(cores * transactions / own) if own > 0 else None,
+    }

@@ -22,7 +22,9 @@ BENCH_USERS = 400  # the simulated population whose profiles the benches load
 
 
 @contextmanager
-def trained_environment(settings: Settings, *, users: int = BENCH_USERS, days: int = 28) -> Iterator[tuple[Settings, Path, str]]:
+def trained_environment(
+    settings: Settings, *, users: int = BENCH_USERS, days: int = 28
+) -> Iterator[tuple[Settings, Path, str]]:
     """Embedded AWS, local Ray, simulated history with profiles in DynamoDB, and a model trained on it (small
     Tune budget) as champion: what the serving and stream benches measure against. Yields (settings, data, version).
     """
@@ -31,8 +33,9 @@ def trained_environment(settings: Settings, *, users: int = BENCH_USERS, days: i
     try:
         with aws_endpoint(base) as live, ray_runtime(live, num_cpus=os.cpu_count()):
             data = workdir / "history.parquet"
-            run_simulate(live, out=data, users=users, days=days, start=date(2026, 1, 1), seed=live.seed,
-                         fraud_rate=0.02)
+            run_simulate(
+                live, out=data, users=users, days=days, start=date(2026, 1, 1), seed=live.seed, fraud_rate=0.02
+            )
             users_path, merchants_path = profile_paths(data)
             put_profiles(live.user_table, pd.read_parquet(users_path)[list(USER_PROFILE_COLUMNS)], live)
             put_profiles(live.merchant_table, pd.read_parquet(merchants_path)[list(MERCHANT_PROFILE_COLUMNS)], live)

@@ -32,18 +32,24 @@ def bench_features_online(settings: Settings, rows: int = 200_000, batch_rows: i
                 warm_seconds = time.perf_counter() - started
                 started = time.perf_counter()
                 for start in range(batch_rows, rows, batch_rows):
-                    online.compute(transactions.iloc[start:start + batch_rows])
+                    online.compute(transactions.iloc[start : start + batch_rows])
                 seconds = time.perf_counter() - started
                 stats = online.stats()
             finally:
                 online.shutdown()
     user_state = stats["user"]
-    return {"transactions": rows - batch_rows, "batch_rows": batch_rows, "seconds": round(seconds, 2),
-            "tx_per_s": round((rows - batch_rows) / seconds), "goal_tx_per_s": 20_000,
-            "profile_cache_warmup_seconds": round(warm_seconds, 2),
-            "user_keys": user_state["keys"], "user_state_rows": user_state["rows"],
-            "user_state_mb_per_100k_users": round(user_state["bytes"] / user_state["keys"] * 100_000 / 2**20, 1),
-            "note": f"{rows / users:.1f} transactions per user retained; profiles from a warm ProfileStore cache (cold keys cost one BatchGetItem per 100 users, timed apart)"}
+    return {
+        "transactions": rows - batch_rows,
+        "batch_rows": batch_rows,
+        "seconds": round(seconds, 2),
+        "tx_per_s": round((rows - batch_rows) / seconds),
+        "goal_tx_per_s": 20_000,
+        "profile_cache_warmup_seconds": round(warm_seconds, 2),
+        "user_keys": user_state["keys"],
+        "user_state_rows": user_state["rows"],
+        "user_state_mb_per_100k_users": round(user_state["bytes"] / user_state["keys"] * 100_000 / 2**20, 1),
+        "note": f"{rows / users:.1f} transactions per user retained; profiles from a warm ProfileStore cache (cold keys cost one BatchGetItem per 100 users, timed apart)",
+    }
 
 
 def bench_features_offline(settings: Settings, rows: int = 500_000) -> dict[str, Any]:
@@ -66,11 +72,17 @@ def bench_features_offline(settings: Settings, rows: int = 500_000) -> dict[str,
             built = collect_features(build_offline_features(read_transactions_dataset(path), label_delay=label_delay))
             seconds.append(time.perf_counter() - started)
     cold_seconds, ray_seconds = seconds
-    return {"rows": rows, "core_rows_per_s": round(rows / core_seconds), "core_seconds": round(core_seconds, 2),
-            "ray_data_rows_per_s": round(len(built) / ray_seconds), "ray_data_seconds": round(ray_seconds, 2),
-            "ray_data_cold_rows_per_s": round(len(built) / cold_seconds),
-            "ray_data_cold_seconds": round(cold_seconds, 2), "features": len(FEATURE_NAMES),
-            "goal_rows_per_s": 50_000}
+    return {
+        "rows": rows,
+        "core_rows_per_s": round(rows / core_seconds),
+        "core_seconds": round(core_seconds, 2),
+        "ray_data_rows_per_s": round(len(built) / ray_seconds),
+        "ray_data_seconds": round(ray_seconds, 2),
+        "ray_data_cold_rows_per_s": round(len(built) / cold_seconds),
+        "ray_data_cold_seconds": round(cold_seconds, 2),
+        "features": len(FEATURE_NAMES),
+        "goal_rows_per_s": 50_000,
+    }
 
 
 def synthetic_transactions(rows: int, *, users: int, merchants: int, days: int = 30, seed: int = 7) -> pd.DataFrame:
@@ -79,17 +91,20 @@ def synthetic_transactions(rows: int, *, users: int, merchants: int, days: int =
     user = rng.integers(0, users, rows)
     start = pd.Timestamp("2026-01-01", tz="UTC")
     offsets = np.sort(rng.integers(0, days * 86_400_000, rows))
-    return pd.DataFrame({
-        "transaction_id": [f"t{i}" for i in range(rows)],
-        "user_id": pd.Series(user).map(lambda u: f"u{u}").to_numpy(),
-        "merchant_id": pd.Series(rng.integers(0, merchants, rows)).map(lambda m: f"m{m}").to_numpy(),
-        "amount": np.round(rng.lognormal(3.5, 1.0, rows), 2),
-        "timestamp": start + pd.to_timedelta(offsets, unit="ms"),
-        "currency": "USD",
-        "device_id": pd.Series(user * 2 + rng.integers(0, 2, rows)).map(lambda d: f"d{d}").to_numpy(),
-        "channel": rng.choice(["card_present", "online", "mobile"], rows),
-        "mcc": rng.choice(["5411", "5812", "5999", "4111"], rows),
-        "country": rng.choice(["US", "US", "US", "CA"], rows),
-        "lat": rng.uniform(30, 45, rows), "lon": rng.uniform(-110, -80, rows),
-        "is_fraud": (rng.random(rows) < 0.005).astype(np.int8),
-    })
+    return pd.DataFrame(
+        {
+            "transaction_id": [f"t{i}" for i in range(rows)],
+            "user_id": pd.Series(user).map(lambda u: f"u{u}").to_numpy(),
+            "merchant_id": pd.Series(rng.integers(0, merchants, rows)).map(lambda m: f"m{m}").to_numpy(),
+            "amount": np.round(rng.lognormal(3.5, 1.0, rows), 2),
+            "timestamp": start + pd.to_timedelta(offsets, unit="ms"),
+            "currency": "USD",
+            "device_id": pd.Series(user * 2 + rng.integers(0, 2, rows)).map(lambda d: f"d{d}").to_numpy(),
+            "channel": rng.choice(["card_present", "online", "mobile"], rows),
+            "mcc": rng.choice(["5411", "5812", "5999", "4111"], rows),
+            "country": rng.choice(["US", "US", "US", "CA"], rows),
+            "lat": rng.uniform(30, 45, rows),
+            "lon": rng.uniform(-110, -80, rows),
+            "is_fraud": (rng.random(rows) < 0.005).astype(np.int8),
+        }
+    )

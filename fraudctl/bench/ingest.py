@@ -62,33 +62,46 @@ def bench_ingest_log(settings: Settings, *, puts: int = 300, shards: int = 2) ->
                 for size in PASS_SIZES:
                     rounds = max(puts * min(PASS_SIZES) // size, 20)
                     latencies: dict[str, list[float]] = {"put": [], "state": [], "both": []}
-                    for index in tqdm(range(rounds), desc=f"ingest put / state call / both, {size} per pass",
-                                      unit="round"):
+                    for index in tqdm(
+                        range(rounds), desc=f"ingest put / state call / both, {size} per pass", unit="round"
+                    ):
                         start = index * size % (len(records) - size + 1)
                         modes = [("put", put), ("state", call), ("both", both)]
-                        for name, run in modes[index % 3:] + modes[:index % 3]:
+                        for name, run in modes[index % 3 :] + modes[: index % 3]:
                             # ids of their own: a transaction the state has seen costs less than a new one
-                            batch = [{**record, "transaction_id": f"{record['transaction_id']}-{name}-{index}"}
-                                     for record in records[start:start + size]]
+                            batch = [
+                                {**record, "transaction_id": f"{record['transaction_id']}-{name}-{index}"}
+                                for record in records[start : start + size]
+                            ]
                             began = time.perf_counter()
                             run(batch)
                             latencies[name].append((time.perf_counter() - began) * 1000.0)
                         written += 2 * size
                     figures[f"pass_{size}_ms"] = {
-                        name: {"p50": round(float(np.percentile(values, 50)), 2),
-                               "p99": round(float(np.percentile(values, 99)), 2)} for name, values in latencies.items()}
+                        name: {
+                            "p50": round(float(np.percentile(values, 50)), 2),
+                            "p99": round(float(np.percentile(values, 99)), 2),
+                        }
+                        for name, values in latencies.items()
+                    }
                     figures[f"pass_{size}_ms"]["added_p50"] = round(
-                        figures[f"pass_{size}_ms"]["both"]["p50"] - figures[f"pass_{size}_ms"]["state"]["p50"], 2)
+                        figures[f"pass_{size}_ms"]["both"]["p50"] - figures[f"pass_{size}_ms"]["state"]["p50"], 2
+                    )
                     figures[f"pass_{size}_ms"]["rounds"] = rounds
             finally:
                 state.shutdown()
         began = time.perf_counter()
         replayed = sum(decode_transaction(line) is not None for _, line in lines_since(kinesis, stream, started_at))
         seconds = time.perf_counter() - began
-        figures["replay"] = {"transactions": replayed, "written": written, "seconds": round(seconds, 2),
-                             "per_s": round(replayed / seconds)}
+        figures["replay"] = {
+            "transactions": replayed,
+            "written": written,
+            "seconds": round(seconds, 2),
+            "per_s": round(replayed / seconds),
+        }
         kinesis.delete_stream(StreamName=stream)
     added = ", ".join(f"{size}: {figures[f'pass_{size}_ms']['added_p50']} ms" for size in PASS_SIZES)
-    print(f"ingest log: p50 added to a pass by transactions per pass {added}; replay read "
-          f"{figures['replay']['per_s']}/s")
+    print(
+        f"ingest log: p50 added to a pass by transactions per pass {added}; replay read {figures['replay']['per_s']}/s"
+    )
     return figures

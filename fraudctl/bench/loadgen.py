@@ -16,14 +16,22 @@ import aiohttp
 from serve.stats import percentile_summary
 
 
-async def _drive(url: str, bodies: Callable[[int], bytes], *, requests: int, concurrency: int,
-                 max_seconds: float, headers: dict[str, str]) -> dict[str, Any]:
+async def _drive(
+    url: str,
+    bodies: Callable[[int], bytes],
+    *,
+    requests: int,
+    concurrency: int,
+    max_seconds: float,
+    headers: dict[str, str],
+) -> dict[str, Any]:
     latencies: list[float] = []
     errors = 0
     counter = iter(range(requests))
     deadline = time.perf_counter() + max_seconds
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, headers={"content-type": "application/json", **headers}) as s:
+
         async def worker() -> None:
             nonlocal errors
             for index in counter:
@@ -39,8 +47,12 @@ async def _drive(url: str, bodies: Callable[[int], bytes], *, requests: int, con
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
-    return {**latency_figures([seconds * 1000.0 for seconds in latencies]), "errors": errors,
-            "concurrency": concurrency, "rps": round(len(latencies) / elapsed, 1) if elapsed else None}
+    return {
+        **latency_figures([seconds * 1000.0 for seconds in latencies]),
+        "errors": errors,
+        "concurrency": concurrency,
+        "rps": round(len(latencies) / elapsed, 1) if elapsed else None,
+    }
 
 
 def latency_figures(latencies_ms: list[float]) -> dict[str, Any]:
@@ -49,8 +61,16 @@ def latency_figures(latencies_ms: list[float]) -> dict[str, Any]:
     return {"requests": len(latencies_ms), "p50_ms": summary["p50"], "p99_ms": summary["p99"]}
 
 
-def run_load(url: str, bodies: Callable[[int], bytes], *, requests: int, concurrency: int = 1,
-             max_seconds: float = 30.0, headers: dict[str, str] | None = None) -> dict[str, Any]:
+def run_load(
+    url: str,
+    bodies: Callable[[int], bytes],
+    *,
+    requests: int,
+    concurrency: int = 1,
+    max_seconds: float = 30.0,
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Send the load and return its figures (blocking)."""
-    return asyncio.run(_drive(url, bodies, requests=requests, concurrency=concurrency, max_seconds=max_seconds,
-                              headers=headers or {}))
+    return asyncio.run(
+        _drive(url, bodies, requests=requests, concurrency=concurrency, max_seconds=max_seconds, headers=headers or {})
+    )

@@ -47,19 +47,38 @@ FLUSH_BATCHES = 10
 
 def _measure(base_url: str, batches: list[bytes], singles: list[bytes]) -> dict[str, Any]:
     run_load(f"{base_url}/api/check-fraud/batch", lambda i: batches[i], requests=1)  # warm-up of the new replicas
-    batch = with_cpu(lambda: run_load(f"{base_url}/api/check-fraud/batch", lambda i: batches[1 + i],
-                                      requests=BATCH_REQUESTS, concurrency=BATCH_CONCURRENCY,
-                                      max_seconds=MAX_SECONDS * 2), transactions_per_request=BATCH_SIZE)
-    single = with_cpu(lambda: run_load(f"{base_url}/api/check-fraud", lambda i: singles[i], requests=SINGLE_REQUESTS,
-                                       concurrency=SINGLE_CONCURRENCY, max_seconds=MAX_SECONDS))
-    return {"batch_tx_per_s": round(batch["rps"] * BATCH_SIZE, 0) if batch["rps"] else None,
-            "single_c32_rps": single["rps"], "single_c32_p99_ms": single.get("p99_ms"),
-            "errors": batch["errors"] + single["errors"]}
+    batch = with_cpu(
+        lambda: run_load(
+            f"{base_url}/api/check-fraud/batch",
+            lambda i: batches[1 + i],
+            requests=BATCH_REQUESTS,
+            concurrency=BATCH_CONCURRENCY,
+            max_seconds=MAX_SECONDS * 2,
+        ),
+        transactions_per_request=BATCH_SIZE,
+    )
+    single = with_cpu(
+        lambda: run_load(
+            f"{base_url}/api/check-fraud",
+            lambda i: singles[i],
+            requests=SINGLE_REQUESTS,
+            concurrency=SINGLE_CONCURRENCY,
+            max_seconds=MAX_SECONDS,
+        )
+    )
+    return {
+        "batch_tx_per_s": round(batch["rps"] * BATCH_SIZE, 0) if batch["rps"] else None,
+        "single_c32_rps": single["rps"],
+        "single_c32_p99_ms": single.get("p99_ms"),
+        "errors": batch["errors"] + single["errors"],
+    }
 
 
 def _cost(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
-    medians = {state: statistics.median(run[key] for run in runs if run["monitoring"] == state and run[key])
-               for state in ("off", "on")}
+    medians = {
+        state: statistics.median(run[key] for run in runs if run["monitoring"] == state and run[key])
+        for state in ("off", "on")
+    }
     return {**medians, "cost": round(1 - medians["on"] / medians["off"], 3)}
 
 
@@ -67,22 +86,27 @@ def _flush_share(settings: Settings, records: list[dict[str, Any]]) -> dict[str,
     """In-process: scoring time and flush time per 1,000 transactions, and their ratio."""
     reporter = MonitoringReporter(settings)
     detector = FraudDetector(settings, feature_state="bench-monitoring", monitor=reporter)
-    sample = [{**r, "transaction_id": f"{r['transaction_id']}-flush{i}"}
-              for i, r in enumerate(records[-(FLUSH_BATCHES + 1) * BATCH_SIZE:])]
+    sample = [
+        {**r, "transaction_id": f"{r['transaction_id']}-flush{i}"}
+        for i, r in enumerate(records[-(FLUSH_BATCHES + 1) * BATCH_SIZE :])
+    ]
     detector.predict_batch(sample[:BATCH_SIZE])  # warm-up
     reporter.flush()
     scoring_s = flush_s = 0.0
     for start in range(BATCH_SIZE, len(sample), BATCH_SIZE):
         started = time.perf_counter()
-        detector.predict_batch(sample[start:start + BATCH_SIZE])
+        detector.predict_batch(sample[start : start + BATCH_SIZE])
         scored = time.perf_counter()
         reporter.flush()
         flush_s += time.perf_counter() - scored
         scoring_s += scored - started
     detector.features.shutdown()
     per_thousand = 1000.0 * BATCH_SIZE / (len(sample) - BATCH_SIZE)
-    return {"scoring_ms_per_1000_tx": round(scoring_s * per_thousand, 2),
-            "flush_ms_per_1000_tx": round(flush_s * per_thousand, 2), "share": round(flush_s / scoring_s, 4)}
+    return {
+        "scoring_ms_per_1000_tx": round(scoring_s * per_thousand, 2),
+        "flush_ms_per_1000_tx": round(flush_s * per_thousand, 2),
+        "share": round(flush_s / scoring_s, 4),
+    }
 
 
 def bench_monitoring(settings: Settings) -> dict[str, Any]:
@@ -95,13 +119,16 @@ def bench_monitoring(settings: Settings) -> dict[str, Any]:
         start_serve(live)
         try:
             for index, enabled in enumerate(PLAN):
-                serve.run(build_app(live.model_copy(update={"monitoring_enabled": enabled})), name="fraud",
-                          route_prefix="/")
+                serve.run(
+                    build_app(live.model_copy(update={"monitoring_enabled": enabled})), name="fraud", route_prefix="/"
+                )
                 if index == 0:
                     warm_profiles(base_url, records)
-                mine = batches[index * (BATCH_REQUESTS + 1):(index + 1) * (BATCH_REQUESTS + 1)]
-                singles = [json.dumps({**r, "transaction_id": f"{r['transaction_id']}-m{index}"}).encode()
-                           for r in records[-SINGLE_REQUESTS:]]
+                mine = batches[index * (BATCH_REQUESTS + 1) : (index + 1) * (BATCH_REQUESTS + 1)]
+                singles = [
+                    json.dumps({**r, "transaction_id": f"{r['transaction_id']}-m{index}"}).encode()
+                    for r in records[-SINGLE_REQUESTS:]
+                ]
                 runs.append({"monitoring": "on" if enabled else "off", **_measure(base_url, mine, singles)})
             with urllib.request.urlopen(f"{base_url}/api/monitoring", timeout=60) as response:
                 view = json.load(response)
@@ -109,10 +136,19 @@ def bench_monitoring(settings: Settings) -> dict[str, Any]:
         finally:
             stop_serve(live)
     batch, single = _cost(runs, "batch_tx_per_s"), _cost(runs, "single_c32_rps")
-    return {"model_version": version, "runs": runs, "batch_tx_per_s": batch, "single_c32_rps": single,
-            "in_process": in_process,
-            "monitoring_view": {"scored": view["scored"], "compared_rows": view["compared_rows"],
-                                "drifted": view["drifted"], "score_psi": view["score"]["psi"]},
-            "goals": {"cost_max": COST_GOAL},
-            "within_goal": batch["cost"] <= COST_GOAL and single["cost"] <= COST_GOAL,
-            "in_process_within_goal": in_process["share"] <= COST_GOAL}
+    return {
+        "model_version": version,
+        "runs": runs,
+        "batch_tx_per_s": batch,
+        "single_c32_rps": single,
+        "in_process": in_process,
+        "monitoring_view": {
+            "scored": view["scored"],
+            "compared_rows": view["compared_rows"],
+            "drifted": view["drifted"],
+            "score_psi": view["score"]["psi"],
+        },
+        "goals": {"cost_max": COST_GOAL},
+        "within_goal": batch["cost"] <= COST_GOAL and single["cost"] <= COST_GOAL,
+        "in_process_within_goal": in_process["share"] <= COST_GOAL,
+    }

@@ -67,15 +67,29 @@ def _single_load(url: str, records: list[dict[str, Any]], workdir: Path, tag: st
     if wrk_path() is not None:
         bodies = write_bodies(records, workdir / f"{tag}.bodies")
         run_wrk(url, bodies, connections=4, seconds=WRK_WARMUP_S, tag=f"{tag}-warm")
-        return {f"concurrency_{c}": with_cpu(lambda c=c: run_wrk(url, bodies, connections=c, seconds=WRK_SECONDS,
-                                                                  tag=f"{tag}-c{c}"))
-                for c in SINGLE_REQUESTS}
+        return {
+            f"concurrency_{c}": with_cpu(
+                lambda c=c: run_wrk(url, bodies, connections=c, seconds=WRK_SECONDS, tag=f"{tag}-c{c}")
+            )
+            for c in SINGLE_REQUESTS
+        }
     encoded = [json.dumps(r).encode() for r in records]
     run_load(url, lambda i: encoded[i % len(encoded)], requests=50, concurrency=4)  # warm-up
-    return {f"concurrency_{c}": {**with_cpu(lambda c=c, n=n: run_load(
-                url, lambda i, o=c * 100_000: encoded[(o + i) % len(encoded)], requests=n, concurrency=c,
-                max_seconds=MAX_SECONDS)), "load_generator": "python (wrk not installed)"}
-            for c, n in SINGLE_REQUESTS.items()}
+    return {
+        f"concurrency_{c}": {
+            **with_cpu(
+                lambda c=c, n=n: run_load(
+                    url,
+                    lambda i, o=c * 100_000: encoded[(o + i) % len(encoded)],
+                    requests=n,
+                    concurrency=c,
+                    max_seconds=MAX_SECONDS,
+                )
+            ),
+            "load_generator": "python (wrk not installed)",
+        }
+        for c, n in SINGLE_REQUESTS.items()
+    }
 
 
 def batch_bodies(records: list[dict[str, Any]], count: int) -> list[bytes]:
@@ -84,8 +98,16 @@ def batch_bodies(records: list[dict[str, Any]], count: int) -> list[bytes]:
     bodies = []
     for index in range(count):
         start = (index * BATCH_SIZE) % max(len(records) - BATCH_SIZE, 1)
-        bodies.append(json.dumps({"transactions": [{**r, "transaction_id": f"{r['transaction_id']}-b{index}"}
-                                                   for r in records[start:start + BATCH_SIZE]]}).encode())
+        bodies.append(
+            json.dumps(
+                {
+                    "transactions": [
+                        {**r, "transaction_id": f"{r['transaction_id']}-b{index}"}
+                        for r in records[start : start + BATCH_SIZE]
+                    ]
+                }
+            ).encode()
+        )
     return bodies
 
 
@@ -103,7 +125,9 @@ def _firsts(records: list[dict[str, Any]], tag: str) -> list[dict[str, Any]]:
 
 def warm_profiles(base_url: str, records: list[dict[str, Any]]) -> None:
     firsts = _firsts(records, "warm")
-    bodies = [json.dumps({"transactions": firsts[i:i + BATCH_SIZE]}).encode() for i in range(0, len(firsts), BATCH_SIZE)]
+    bodies = [
+        json.dumps({"transactions": firsts[i : i + BATCH_SIZE]}).encode() for i in range(0, len(firsts), BATCH_SIZE)
+    ]
     run_load(f"{base_url}/api/check-fraud/batch", lambda i: bodies[i], requests=len(bodies))
 
 
@@ -114,7 +138,7 @@ def _sdk_single(settings: Settings, records: list[dict[str, Any]]) -> dict[str, 
     detector = FraudDetector(settings, feature_state="bench-sdk")
     firsts = _firsts(records, "sdk-warm")
     for start in range(0, len(firsts), BATCH_SIZE):
-        detector.predict_batch(firsts[start:start + BATCH_SIZE])
+        detector.predict_batch(firsts[start : start + BATCH_SIZE])
     latencies = []
     for index, record in enumerate(records[-SDK_REQUESTS:]):
         started = time.perf_counter()
@@ -147,12 +171,23 @@ def bench_serving(settings: Settings) -> dict[str, Any]:
             warm_profiles(base_url, records)
             app = _single_load(single_url, records, Path(workdir), "app")
             batches = batch_bodies(records, BATCH_WARMUP + BATCH_REQUESTS)
-            run_load(f"{base_url}/api/check-fraud/batch", lambda i: batches[i], requests=BATCH_WARMUP,
-                     concurrency=BATCH_CONCURRENCY)
+            run_load(
+                f"{base_url}/api/check-fraud/batch",
+                lambda i: batches[i],
+                requests=BATCH_WARMUP,
+                concurrency=BATCH_CONCURRENCY,
+            )
             alerts_before = _alerts(base_url)
-            batch = with_cpu(lambda: run_load(
-                f"{base_url}/api/check-fraud/batch", lambda i: batches[BATCH_WARMUP + i], requests=BATCH_REQUESTS,
-                concurrency=BATCH_CONCURRENCY, max_seconds=120), transactions_per_request=BATCH_SIZE)
+            batch = with_cpu(
+                lambda: run_load(
+                    f"{base_url}/api/check-fraud/batch",
+                    lambda i: batches[BATCH_WARMUP + i],
+                    requests=BATCH_REQUESTS,
+                    concurrency=BATCH_CONCURRENCY,
+                    max_seconds=120,
+                ),
+                transactions_per_request=BATCH_SIZE,
+            )
             batch["alerts"] = _alerts(base_url) - alerts_before
             sdk = ray.get(ray.remote(num_cpus=SDK_TASK_CPUS)(_sdk_single).remote(live, records))
         finally:
@@ -162,15 +197,29 @@ def bench_serving(settings: Settings) -> dict[str, Any]:
         "mode": "haproxy+throughput-optimized" if live.serve_haproxy else "default proxy",
         "load_generator": app[c1].get("load_generator", "wrk"),
         "model_version": version,
-        "single_noop": single_noop, "noop": noop, "app": app, "sdk_concurrency_1": sdk,
+        "single_noop": single_noop,
+        "noop": noop,
+        "app": app,
+        "sdk_concurrency_1": sdk,
         "p50_ratio_c1": round(app[c1]["p50_ms"] / noop[c1]["p50_ms"], 2),
         "p50_ratio_c1_vs_single": round(app[c1]["p50_ms"] / single_noop[c1]["p50_ms"], 2),
         "p50_ratio_c1_floor": round((noop[c1]["p50_ms"] + sdk["p50_ms"]) / noop[c1]["p50_ms"], 2),
         "throughput_ratio_c32": round(app[c32]["rps"] / noop[c32]["rps"], 2),
-        "batch": {**batch, "batch_size": BATCH_SIZE, "load_generator": "python (bodies of 1,000 transactions)",
-                  "transactions_per_s": round(batch["rps"] * BATCH_SIZE, 0) if batch["rps"] else None,
-                  "alerts_per_s": round(batch["alerts"] * batch["rps"] / batch["requests"], 1) if batch["rps"] else None},
-        "goals": {"p50_ratio_c1_max": 4.0, "p50_ratio_c1_aim": 2.5, "throughput_ratio_c32_min": 1.0,
-                  "throughput_ratio_c32_aim": 1.5, "p99_ms_c32_max": 80, "p99_ms_c32_aim": 40,
-                  "batch_tx_per_s_min": 20_000, "batch_tx_per_s_aim": 40_000},
+        "batch": {
+            **batch,
+            "batch_size": BATCH_SIZE,
+            "load_generator": "python (bodies of 1,000 transactions)",
+            "transactions_per_s": round(batch["rps"] * BATCH_SIZE, 0) if batch["rps"] else None,
+            "alerts_per_s": round(batch["alerts"] * batch["rps"] / batch["requests"], 1) if batch["rps"] else None,
+        },
+        "goals": {
+            "p50_ratio_c1_max": 4.0,
+            "p50_ratio_c1_aim": 2.5,
+            "throughput_ratio_c32_min": 1.0,
+            "throughput_ratio_c32_aim": 1.5,
+            "p99_ms_c32_max": 80,
+            "p99_ms_c32_aim": 40,
+            "batch_tx_per_s_min": 20_000,
+            "batch_tx_per_s_aim": 40_000,
+        },
     }

@@ -41,13 +41,20 @@ from fraudctl.bench.features import synthetic_transactions
 Batch = tuple[dict[str, Any], StreamPlacement]
 
 
-def bench_feature_state(settings: Settings, *, users: int = 100_000, rows: int = 200_000, after_snapshot: int = 20_000,
-                        batch_rows: int = 1_000) -> dict[str, Any]:
+def bench_feature_state(
+    settings: Settings,
+    *,
+    users: int = 100_000,
+    rows: int = 200_000,
+    after_snapshot: int = 20_000,
+    batch_rows: int = 1_000,
+) -> dict[str, Any]:
     transactions = synthetic_transactions(rows + after_snapshot, users=users, merchants=max(rows // 250, 1))
     interval_s = settings.feature_snapshot_interval_s
     with aws_endpoint(settings.model_copy(update={"aws_mode": "embedded", "aws_endpoint_url": None})) as live:
-        live = live.model_copy(update={"stream_name": f"bench-state-{uuid.uuid4().hex[:8]}",
-                                       "feature_snapshot_interval_s": 0.0})
+        live = live.model_copy(
+            update={"stream_name": f"bench-state-{uuid.uuid4().hex[:8]}", "feature_snapshot_interval_s": 0.0}
+        )
         with ray_runtime(live):
             batches = _stream_batches(live, transactions, batch_rows)
             head, tail = _split(batches, rows)
@@ -56,9 +63,10 @@ def bench_feature_state(settings: Settings, *, users: int = 100_000, rows: int =
             off.matrix(head[0][0])  # actors up; the first stream batch also snapshots where the shard starts
             online.matrix(*head[0])
             seconds = {"off": 0.0, "on": 0.0}
-            for index, (batch, placement) in enumerate(tqdm(head[1:], desc="state, checkpoints off / on",
-                                                            unit="batch")):
-                for mode in (("off", "on") if index % 2 else ("on", "off")):
+            for index, (batch, placement) in enumerate(
+                tqdm(head[1:], desc="state, checkpoints off / on", unit="batch")
+            ):
+                for mode in ("off", "on") if index % 2 else ("on", "off"):
                     started = time.perf_counter()
                     if mode == "off":
                         off.matrix(batch)
@@ -70,7 +78,7 @@ def bench_feature_state(settings: Settings, *, users: int = 100_000, rows: int =
             snapshot_s = []
             for _ in range(3):
                 started = time.perf_counter()
-                key, = online.snapshot()
+                (key,) = online.snapshot()
                 snapshot_s.append(time.perf_counter() - started)
             size = client("s3", live).head_object(Bucket=live.model_bucket, Key=key)["ContentLength"]
             for batch, placement in tail:  # applied after the snapshot: the replay must bring these back
@@ -84,19 +92,27 @@ def bench_feature_state(settings: Settings, *, users: int = 100_000, rows: int =
     snapshot_each_s = median(snapshot_s)
     duty = snapshot_each_s / (interval_s + snapshot_each_s) if interval_s else 0.0
     return {
-        "users": summary["keys"]["user"], "state_rows": summary["rows"], "batch_rows": batch_rows,
-        "off_tx_per_s": round(off_tps), "positions_on_tx_per_s": round(on_tps),
+        "users": summary["keys"]["user"],
+        "state_rows": summary["rows"],
+        "batch_rows": batch_rows,
+        "off_tx_per_s": round(off_tps),
+        "positions_on_tx_per_s": round(on_tps),
         "snapshot_mb_per_100k_users": round(size * per_100k / 2**20, 1),
         "snapshot_s_per_100k_users": round(snapshot_each_s * per_100k, 3),
         "snapshot_interval_s": interval_s,
         "checkpoints_on_tx_per_s": round(on_tps * (1 - duty)),
-        "checkpoint_cost_pct": round(100 * (1 - on_tps * (1 - duty) / off_tps), 1), "goal_cost_pct": 10,
-        "recovery_after_kill_s": round(recovery_s, 2), "recovery_in_actor_s": recovered["last_recovery_s"],
-        "replayed_after_kill": recovered["replayed"], "rows_after_recovery": recovered["rows"],
+        "checkpoint_cost_pct": round(100 * (1 - on_tps * (1 - duty) / off_tps), 1),
+        "goal_cost_pct": 10,
+        "recovery_after_kill_s": round(recovery_s, 2),
+        "recovery_in_actor_s": recovered["last_recovery_s"],
+        "replayed_after_kill": recovered["replayed"],
+        "rows_after_recovery": recovered["rows"],
         "rows_before_kill": before_kill["rows"],
-        "note": (f"{rows // users} transactions per user, {after_snapshot:,} more after the snapshot replayed from "
-                 "the stream; checkpoints on = stream positions on every row + one snapshot per interval (its time "
-                 "share); recovery = from ray.kill to the first answer of the restarted actor"),
+        "note": (
+            f"{rows // users} transactions per user, {after_snapshot:,} more after the snapshot replayed from "
+            "the stream; checkpoints on = stream positions on every row + one snapshot per interval (its time "
+            "share); recovery = from ray.kill to the first answer of the restarted actor"
+        ),
     }
 
 
@@ -105,16 +121,20 @@ def _stream_batches(settings: Settings, transactions: Any, batch_rows: int) -> l
     canonical columns with each row's stream position."""
     kinesis = client("kinesis", settings)
     kinesis.create_stream(StreamName=settings.stream_name, ShardCount=1)
-    kinesis.get_waiter("stream_exists").wait(StreamName=settings.stream_name,
-                                              WaiterConfig={"Delay": 0.2, "MaxAttempts": 50})
+    kinesis.get_waiter("stream_exists").wait(
+        StreamName=settings.stream_name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 50}
+    )
     put_frame(kinesis, settings.stream_name, transactions.drop(columns=["is_fraud"]))
     shard_id = kinesis.list_shards(StreamName=settings.stream_name)["Shards"][0]["ShardId"]
     shard = shard_key(settings.stream_name, shard_id)
     batches, after = [], after_record(None)
     records_per_page = max(batch_rows // 100, 1)
     for page in pages(kinesis, shard_iterator(kinesis, settings.stream_name, shard_id), limit=records_per_page):
-        decoded = [(decode_transaction(line), position(record["SequenceNumber"], n))
-                   for record in page for n, line in enumerate(lines(record["Data"]))]
+        decoded = [
+            (decode_transaction(line), position(record["SequenceNumber"], n))
+            for record in page
+            for n, line in enumerate(lines(record["Data"]))
+        ]
         batch = canonical_columns([scoring_record(tx) for tx, _ in decoded])
         placement = StreamPlacement.of([shard] * len(decoded), [at for _, at in decoded], {shard: after})
         batches.append((batch, placement))

@@ -25,8 +25,16 @@ from serve.stats import percentile_summary
 from serve.stream import StreamScoring
 
 
-def bench_stream(settings: Settings, *, warmup: int = 2_000, backlog: int = 25_000, hold_tps: float = 5_000,
-                 hold_seconds: float = 20, lag_tps: float = 2_000, lag_seconds: float = 30) -> dict[str, Any]:
+def bench_stream(
+    settings: Settings,
+    *,
+    warmup: int = 2_000,
+    backlog: int = 25_000,
+    hold_tps: float = 5_000,
+    hold_seconds: float = 20,
+    lag_tps: float = 2_000,
+    lag_seconds: float = 30,
+) -> dict[str, Any]:
     """End-to-end figures through the embedded Kinesis, in one run, after ``warmup`` records have brought the
     consumers up (models loaded, feature state live; how long that took is ``cold_start_s``):
     - sustained: a backlog of simulated records put at once, from the first put to the last decision (tx/s),
@@ -42,7 +50,7 @@ def bench_stream(settings: Settings, *, warmup: int = 2_000, backlog: int = 25_0
         kinesis = client("kinesis", live)
         history = pd.read_parquet(data)
         history["timestamp"] = pd.to_datetime(history["timestamp"], utc=True)
-        frame = history.iloc[warmup:warmup + backlog]
+        frame = history.iloc[warmup : warmup + backlog]
         scoring = StreamScoring(live, poll_shards_s=0.5).start()
         began = time.perf_counter()
         _put_all(kinesis, live.stream_name, history.head(warmup))
@@ -67,8 +75,12 @@ def bench_stream(settings: Settings, *, warmup: int = 2_000, backlog: int = 25_0
                 caught_up: float | None = round(_wait_scored(scoring, expected + produced, timeout_s=60), 2)
             except TimeoutError:  # fell behind for good: the lag figures say by how much
                 caught_up = None
-            phases[tag] = {"target_tps": tps, "achieved_produce_tps": round(produced / put_for, 1),
-                           "produced": produced, "caught_up_s": caught_up}
+            phases[tag] = {
+                "target_tps": tps,
+                "achieved_produce_tps": round(produced / put_for, 1),
+                "produced": produced,
+                "caught_up_s": caught_up,
+            }
         scoring.stop()
         lags = _decision_lags(live)
     for tag, phase in phases.items():
@@ -79,11 +91,15 @@ def bench_stream(settings: Settings, *, warmup: int = 2_000, backlog: int = 25_0
         "model_version": version,
         "shards": live.stream_shards,
         "cold_start_s": round(cold_start_s, 2),
-        "sustained": {"transactions": len(frame), "seconds": round(drain_seconds, 2),
-                      "end_to_end_tps": round(len(frame) / drain_seconds, 1),
-                      "emulator_put_tps": round(len(frame) / put_seconds, 1), "goal_tps": 5_000,
-                      "packing": f"up to {MAX_PACKED_LINES} transactions per Kinesis record",
-                      **cpu_figures(cpu, len(frame))},
+        "sustained": {
+            "transactions": len(frame),
+            "seconds": round(drain_seconds, 2),
+            "end_to_end_tps": round(len(frame) / drain_seconds, 1),
+            "emulator_put_tps": round(len(frame) / put_seconds, 1),
+            "goal_tps": 5_000,
+            "packing": f"up to {MAX_PACKED_LINES} transactions per Kinesis record",
+            **cpu_figures(cpu, len(frame)),
+        },
         "held_at_goal": phases["hold"],
         "lag_at_target": {**phases["lag"], "goal_p99_ms": 1_000},
     }
@@ -114,9 +130,12 @@ def _later(frame: Any, rows: int, *, tag: str, after: int = 0) -> Any:
     """``rows`` transactions: copies of ``frame`` shifted past its own time span (and past ``after`` earlier
     copies), under new ids ending ``-{tag}{k}``."""
     span = (frame["timestamp"].max() - frame["timestamp"].min()).ceil("D") + pd.Timedelta(days=1)
-    copies = [frame.assign(timestamp=frame["timestamp"] + span * (after + k),
-                           transaction_id=frame["transaction_id"] + f"-{tag}{k}")
-              for k in range(1, -(-rows // len(frame)) + 1)]
+    copies = [
+        frame.assign(
+            timestamp=frame["timestamp"] + span * (after + k), transaction_id=frame["transaction_id"] + f"-{tag}{k}"
+        )
+        for k in range(1, -(-rows // len(frame)) + 1)
+    ]
     return pd.concat(copies, ignore_index=True).head(rows)
 
 
@@ -126,7 +145,7 @@ def _put_at_rate(kinesis: Any, stream: str, frame: Any, tps: float, seconds: flo
     step = max(1, round(tps / 10))
     sent, began, pacer = 0, time.perf_counter(), Pacer(tps, max_lag_s=float("inf"))
     while sent < len(entries) and time.perf_counter() - began < seconds:
-        put = entries[sent:sent + step]
+        put = entries[sent : sent + step]
         put_records_reliably(kinesis, stream, pack(put, starts))
         sent += len(put)
         pacer.pace(len(put))

@@ -27,9 +27,18 @@ def bench_training(settings: Settings) -> dict[str, Any]:
         ours = run_backtest(settings, data=data, window=window, out=out)
         backtest_seconds = time.perf_counter() - started
         judged = judge_scores(data, out, window)
-    return {"dataset": {"rows": len(transactions), "customers": config.customers, "terminals": config.terminals,
-                        "days": config.days, "fraud_rate": round(float(transactions[LABEL_COLUMN].mean()), 5)},
-            "window": ours["window"], "ours": judged["ours"], "baseline": judged["baseline"],
-            "average_precision_gain": round(judged["ap_ratio_to_baseline"] - 1, 4),
-            "ranking_check": ours.get("ranking_check"),
-            "backtest_seconds": round(backtest_seconds, 1)}
+    return {
+        "dataset": {
+            "rows": len(transactions),
+            "customers": config.customers,
+            "terminals": config.terminals,
+            "days": config.days,
+            "fraud_rate": round(float(transactions[LABEL_COLUMN].mean()), 5),
+        },
+        "window": ours["window"],
+        "ours": judged["ours"],
+        "baseline": judged["baseline"],
+        "average_precision_gain": round(judged["ap_ratio_to_baseline"] - 1, 4),
+        "ranking_check": ours.get("ranking_check"),
+        "backtest_seconds": round(backtest_seconds, 1),
+    }

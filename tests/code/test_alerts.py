@@ -16,11 +16,27 @@ from tests.streams import drain_alerts, subscribe_alert_queue
 
 
 def _decisions(prefix: str, levels: list[str]) -> tuple[list[dict], list[Transaction]]:
-    decisions = [{"transaction_id": f"{prefix}-{i}", "fraud_score": 0.99 if level == "HIGH" else 0.1,
-                  "risk_level": level, "factors": ["Amount 6.2× this user's 30-day average"], "model_version": "v1"}
-                 for i, level in enumerate(levels)]
-    transactions = [Transaction(transaction_id=d["transaction_id"], user_id="u-1", merchant_id="m-1", amount=10.0,
-                                timestamp="2026-01-05T10:00:00Z", is_fraud=1) for d in decisions]
+    decisions = [
+        {
+            "transaction_id": f"{prefix}-{i}",
+            "fraud_score": 0.99 if level == "HIGH" else 0.1,
+            "risk_level": level,
+            "factors": ["Amount 6.2× this user's 30-day average"],
+            "model_version": "v1",
+        }
+        for i, level in enumerate(levels)
+    ]
+    transactions = [
+        Transaction(
+            transaction_id=d["transaction_id"],
+            user_id="u-1",
+            merchant_id="m-1",
+            amount=10.0,
+            timestamp="2026-01-05T10:00:00Z",
+            is_fraud=1,
+        )
+        for d in decisions
+    ]
     return decisions, transactions
 
 
@@ -37,7 +53,8 @@ def test_each_high_decision_alerts_once_however_often_it_is_published(alert_sett
     assert publisher.publish_high(decisions[:5] * 2, records[:5] * 2) == 0  # a retry, repeats within it too
     messages = drain_alerts(alert_settings, queue)
     assert sorted(m["transaction"]["transaction_id"] for m in messages) == sorted(
-        d["transaction_id"] for d in decisions[:23])
+        d["transaction_id"] for d in decisions[:23]
+    )
     assert {m["risk_level"] for m in messages} == {"HIGH"} and all(m["model_version"] == "v1" for m in messages)
     assert not any("is_fraud" in m["transaction"] for m in messages)  # ground truth never rides along
 
@@ -61,7 +78,8 @@ def test_callers_racing_with_the_same_transactions_alert_each_once(alert_setting
     publishers = [AlertPublisher(alert_settings) for _ in range(2)]  # e.g. two replicas: one desk behind both
     decisions, records = _decisions(uuid.uuid4().hex[:8], ["HIGH"] * 40)
     with ThreadPoolExecutor(8) as pool:
-        new = list(pool.map(lambda i: publishers[i % 2].publish_high(decisions[i % 3:], records[i % 3:]), range(8)))
+        new = list(pool.map(lambda i: publishers[i % 2].publish_high(decisions[i % 3 :], records[i % 3 :]), range(8)))
     assert sum(new) == 40
     assert sorted(m["transaction"]["transaction_id"] for m in drain_alerts(alert_settings, queue)) == sorted(
-        d["transaction_id"] for d in decisions)
+        d["transaction_id"] for d in decisions
+    )

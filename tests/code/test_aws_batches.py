@@ -38,9 +38,12 @@ def test_profiles_round_trip_through_the_batch_writer(aws_settings: Settings) ->
     """60 profiles (more than one BatchWriteItem of 25) into a table of this test's own."""
     table = f"fraud-batch-writer-{uuid.uuid4().hex[:8]}"
     dynamodb = client("dynamodb", aws_settings)
-    dynamodb.create_table(TableName=table, KeySchema=[{"AttributeName": "merchant_id", "KeyType": "HASH"}],
-                          AttributeDefinitions=[{"AttributeName": "merchant_id", "AttributeType": "S"}],
-                          BillingMode="PAY_PER_REQUEST")
+    dynamodb.create_table(
+        TableName=table,
+        KeySchema=[{"AttributeName": "merchant_id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "merchant_id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
     frame = pd.DataFrame({"merchant_id": [f"m{i}" for i in range(60)], "typical_ticket": [float(i) for i in range(60)]})
     try:
         assert put_profiles(table, frame, aws_settings) == 60

@@ -9,10 +9,14 @@ from fraudctl.bench.report import ROWS, markdown, write_markdown
 FIGURES = {
     "machine": {"cpus": 2, "python": "3.11.7"},
     "features_online": {"tx_per_s": 37219, "user_state_mb_per_100k_users": 37.1},
-    "serving": {"app": {"concurrency_1": {"p50_ms": 23.0}, "concurrency_32": {"rps": 281.0}},
-                "noop": {"concurrency_1": {"p50_ms": 10.0}, "concurrency_32": {"rps": 141.0}},
-                "single_noop": {"concurrency_1": {"p50_ms": 0.25}},
-                "p50_ratio_c1": 2.3, "p50_ratio_c1_floor": 1.9, "batch": {"transactions_per_s": 11800.0}},
+    "serving": {
+        "app": {"concurrency_1": {"p50_ms": 23.0}, "concurrency_32": {"rps": 281.0}},
+        "noop": {"concurrency_1": {"p50_ms": 10.0}, "concurrency_32": {"rps": 141.0}},
+        "single_noop": {"concurrency_1": {"p50_ms": 0.25}},
+        "p50_ratio_c1": 2.3,
+        "p50_ratio_c1_floor": 1.9,
+        "batch": {"transactions_per_s": 11800.0},
+    },
 }
 
 

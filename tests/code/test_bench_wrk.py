@@ -12,8 +12,16 @@ import pytest
 
 from fraudctl.bench.wrk import run_wrk, write_bodies, wrk_path
 
-RECORDS = [{"transaction_id": f"t{i}", "user_id": f"u{i % 3}", "merchant_id": f"m{i % 2}", "amount": 10.5 + i,
-            "note": "tab\there, quote \" and \u00e9"} for i in range(5)]
+RECORDS = [
+    {
+        "transaction_id": f"t{i}",
+        "user_id": f"u{i % 3}",
+        "merchant_id": f"m{i % 2}",
+        "amount": 10.5 + i,
+        "note": 'tab\there, quote " and \u00e9',
+    }
+    for i in range(5)
+]
 
 
 def test_each_body_line_splits_once_where_the_id_goes(tmp_path: Path) -> None:
@@ -42,8 +50,13 @@ def test_wrk_sends_every_request_a_new_id_and_reports_its_figures(tmp_path: Path
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        figures = run_wrk(f"http://127.0.0.1:{server.server_port}/api/check-fraud",
-                          write_bodies(RECORDS, tmp_path / "bodies"), connections=2, seconds=1, tag="run")
+        figures = run_wrk(
+            f"http://127.0.0.1:{server.server_port}/api/check-fraud",
+            write_bodies(RECORDS, tmp_path / "bodies"),
+            connections=2,
+            seconds=1,
+            tag="run",
+        )
     finally:
         server.shutdown()
     assert figures["requests"] >= len(RECORDS) and figures["errors"] == 0 and figures["rps"] > 0

@@ -20,15 +20,29 @@ from serve.api import (
     parse_transaction_body,
 )
 
-VALID = {"transaction_id": "t-1", "user_id": "u-1", "merchant_id": "m-1", "amount": 10.0,
-         "timestamp": "2026-01-05T10:00:00Z"}
+VALID = {
+    "transaction_id": "t-1",
+    "user_id": "u-1",
+    "merchant_id": "m-1",
+    "amount": 10.0,
+    "timestamp": "2026-01-05T10:00:00Z",
+}
 ODD_VALUES: dict[str, list[Any]] = {
     "transaction_id": ["t-2", "", "x" * 65, 5, None, "ü", "a b", True],
     "user_id": ["u:2", 7.5, None, ["u"]],
     "merchant_id": ["m.3", "", {"id": "m"}],
     "amount": [5, 0, -1, 1_000_000, 1_000_000.0001, "10", None, True, 1e308, 12345678901234567890, 0.1],
-    "timestamp": ["2026-01-05", "2026-01-05T10:00:00+01:00", " 2026-01-05T10:00:00z ", "bad", 5, None,
-                  "2026-13-01", "0001-01-01T00:00:00+01:00", "2026-01-05T10:00:00.123456789Z"],
+    "timestamp": [
+        "2026-01-05",
+        "2026-01-05T10:00:00+01:00",
+        " 2026-01-05T10:00:00z ",
+        "bad",
+        5,
+        None,
+        "2026-13-01",
+        "0001-01-01T00:00:00+01:00",
+        "2026-01-05T10:00:00.123456789Z",
+    ],
     "currency": ["EUR", "usd", None, 5, "EURO"],
     "device_id": ["d-1", None, 5, ""],
     "channel": ["online", "ONLINE", None, 1, "mobile"],
@@ -79,9 +93,19 @@ def test_a_single_transaction_body_parses_as_the_thorough_path_does(text: str, b
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(items=st.lists(transaction_text(), min_size=0, max_size=4), after=STRAY,
-       wrapper=st.sampled_from(['{{"transactions": [{}]}}', '{{"transactions": [{}], "other": 1}}',
-                                '{{"items": [{}]}}', '[{}]', '{{"transactions": {{"0": {}}}}}']))
+@given(
+    items=st.lists(transaction_text(), min_size=0, max_size=4),
+    after=STRAY,
+    wrapper=st.sampled_from(
+        [
+            '{{"transactions": [{}]}}',
+            '{{"transactions": [{}], "other": 1}}',
+            '{{"items": [{}]}}',
+            "[{}]",
+            '{{"transactions": {{"0": {}}}}}',
+        ]
+    ),
+)
 def test_a_batch_body_parses_as_the_thorough_path_does(items: list[str], after: str, wrapper: str) -> None:
     body = (wrapper.format(", ".join(items)) + after).encode()
     assert _outcome(parse_batch_body, body) == _outcome(lambda b: parse_batch(parse_json(b)), body)

@@ -36,15 +36,34 @@ def store(aws_settings: Settings) -> tuple[CaseStore, Clock]:
     return CaseStore(settings, clock=clock), clock
 
 
-def scored(tid: str, action: str = "review", score: float = 0.5, amount: float = 100.0,
-           **decision: Any) -> tuple[dict[str, Any], Transaction]:
-    transaction = Transaction.model_validate({
-        "transaction_id": tid, "user_id": f"u-{tid}", "merchant_id": "m-cases", "amount": amount,
-        "currency": "EUR", "timestamp": "2026-12-01T08:59:00Z"})
+def scored(
+    tid: str, action: str = "review", score: float = 0.5, amount: float = 100.0, **decision: Any
+) -> tuple[dict[str, Any], Transaction]:
+    transaction = Transaction.model_validate(
+        {
+            "transaction_id": tid,
+            "user_id": f"u-{tid}",
+            "merchant_id": "m-cases",
+            "amount": amount,
+            "currency": "EUR",
+            "timestamp": "2026-12-01T08:59:00Z",
+        }
+    )
     level = {"allow": "LOW", "review": "MEDIUM", "block": "HIGH"}[action]
-    return ({"transaction_id": tid, "fraud_score": score, "is_fraud": action == "block", "risk_level": level,
-             "factors": ["Amount 3.0x the card's 30-day average"], "model_version": "v1", "action": action,
-             "rules": [], **decision}, transaction)
+    return (
+        {
+            "transaction_id": tid,
+            "fraud_score": score,
+            "is_fraud": action == "block",
+            "risk_level": level,
+            "factors": ["Amount 3.0x the card's 30-day average"],
+            "model_version": "v1",
+            "action": action,
+            "rules": [],
+            **decision,
+        },
+        transaction,
+    )
 
 
 def open_all(store: CaseStore, batch: list[tuple[dict[str, Any], Transaction]]) -> int:
@@ -53,16 +72,31 @@ def open_all(store: CaseStore, batch: list[tuple[dict[str, Any], Transaction]]) 
 
 def test_each_review_decision_opens_one_case_with_what_an_analyst_needs(store) -> None:
     cases, _ = store
-    batch = [scored("t1", rules=[{"id": "R1", "action": "review"}], reasons=["The amount is high for this card"]),
-             scored("t2", "allow"), scored("t3", "block"), scored("t1")]
+    batch = [
+        scored("t1", rules=[{"id": "R1", "action": "review"}], reasons=["The amount is high for this card"]),
+        scored("t2", "allow"),
+        scored("t3", "block"),
+        scored("t1"),
+    ]
     assert open_all(cases, batch) == 1
     [case] = cases.list()
     assert case == {
-        "case_id": case_id("t1"), "transaction_id": "t1", "opened_at": "2026-12-01T09:00:00.000000Z",
-        "fraud_score": 0.5, "risk_level": "MEDIUM", "factors": ["Amount 3.0x the card's 30-day average"],
-        "rules": [{"id": "R1", "action": "review"}], "action": "review", "status": "open", "user_id": "u-t1",
-        "merchant_id": "m-cases", "amount": 100.0, "currency": "EUR", "timestamp": "2026-12-01T08:59:00.000000Z",
-        "reasons": ["The amount is high for this card"]}
+        "case_id": case_id("t1"),
+        "transaction_id": "t1",
+        "opened_at": "2026-12-01T09:00:00.000000Z",
+        "fraud_score": 0.5,
+        "risk_level": "MEDIUM",
+        "factors": ["Amount 3.0x the card's 30-day average"],
+        "rules": [{"id": "R1", "action": "review"}],
+        "action": "review",
+        "status": "open",
+        "user_id": "u-t1",
+        "merchant_id": "m-cases",
+        "amount": 100.0,
+        "currency": "EUR",
+        "timestamp": "2026-12-01T08:59:00.000000Z",
+        "reasons": ["The amount is high for this card"],
+    }
     assert cases.get(case_id("t1")) == case
     assert case_id("t1") == case_id("t1") != case_id("t2")
 
@@ -88,8 +122,14 @@ def test_open_cases_come_by_fraud_score_then_amount_with_the_count_and_the_oldes
     assert cases.queue() == {"cases": [], "open": 0, "oldest_open_at": None}
     open_all(cases, [scored("low", score=0.41, amount=9_000.0), scored("mid-small", score=0.6, amount=20.0)])
     clock.now += timedelta(hours=1)
-    open_all(cases, [scored("mid-large", score=0.6, amount=999_999.5), scored("top", score=0.79, amount=1.0),
-                     scored("mid-medium", score=0.6, amount=300.25)])
+    open_all(
+        cases,
+        [
+            scored("mid-large", score=0.6, amount=999_999.5),
+            scored("top", score=0.79, amount=1.0),
+            scored("mid-medium", score=0.6, amount=300.25),
+        ],
+    )
     order = ["top", "mid-large", "mid-medium", "mid-small", "low"]
     assert [c["transaction_id"] for c in cases.list()] == order
     assert [c["transaction_id"] for c in cases.list(limit=2)] == order[:2]
@@ -108,7 +148,12 @@ def test_a_decision_closes_a_case_once(store) -> None:
     closed = cases.decide(case_id("d1"), is_fraud=True, analyst="ana", note="card reported stolen")
     assert closed == {**cases.get(case_id("d1")), "status": "closed"}
     assert (closed["status"], closed["closed_at"], closed["analyst"], closed["is_fraud"], closed["note"]) == (
-        "closed", "2026-12-01T09:03:00.000000Z", "ana", True, "card reported stolen")
+        "closed",
+        "2026-12-01T09:03:00.000000Z",
+        "ana",
+        True,
+        "card reported stolen",
+    )
     with pytest.raises(CaseClosed) as raised:
         cases.decide(case_id("d1"), is_fraud=False, analyst="bob")
     assert raised.value.case == closed, "the first decision stands"
@@ -166,7 +211,7 @@ def test_the_case_desk_opens_each_case_once_for_callers_racing_with_the_same_tra
     batch = [scored(f"race-{i}") for i in range(60)] + [scored("race-allow", "allow")]
     decisions, transactions = [d for d, _ in batch], [t for _, t in batch]
     with ThreadPoolExecutor(8) as pool:
-        new = list(pool.map(lambda i: openers[i % 2].open_many(decisions[i % 3:], transactions[i % 3:]), range(8)))
+        new = list(pool.map(lambda i: openers[i % 2].open_many(decisions[i % 3 :], transactions[i % 3 :]), range(8)))
     assert sum(new) == 60
     store = CaseStore(settings)
     assert sorted(c["transaction_id"] for c in store.list(limit=100)) == sorted(f"race-{i}" for i in range(60))

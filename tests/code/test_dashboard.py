@@ -70,14 +70,27 @@ class InProcessActor:
 
 
 def transaction(i: int, amount: float = 25.0) -> Transaction:
-    return Transaction(transaction_id=f"t{i}", user_id=f"u{i % 7}", merchant_id=f"m{i % 5}", amount=amount,
-                       timestamp="2026-03-01T12:00:00Z", channel="online", country="US")
+    return Transaction(
+        transaction_id=f"t{i}",
+        user_id=f"u{i % 7}",
+        merchant_id=f"m{i % 5}",
+        amount=amount,
+        timestamp="2026-03-01T12:00:00Z",
+        channel="online",
+        country="US",
+    )
 
 
 def decision(i: int, score: float, level: str, flagged: bool) -> dict[str, Any]:
-    return {"transaction_id": f"t{i}", "fraud_score": score, "is_fraud": flagged, "risk_level": level,
-            "factors": ["amount 9x the card's typical spend", "new device"] if level == "HIGH" else [],
-            "model_version": "v1", "processing_time_ms": 3.0}
+    return {
+        "transaction_id": f"t{i}",
+        "fraud_score": score,
+        "is_fraud": flagged,
+        "risk_level": level,
+        "factors": ["amount 9x the card's typical spend", "new device"] if level == "HIGH" else [],
+        "model_version": "v1",
+        "processing_time_ms": 3.0,
+    }
 
 
 def scoreboard(clock: Any = None) -> Scoreboard:
@@ -91,24 +104,37 @@ def test_reporter_counts_exactly_and_keeps_only_production_figures() -> None:
     n = 600
     decisions = [decision(i, 0.01, "LOW", False) for i in range(n)]
     decisions += [decision(n + i, 0.95, "HIGH", True) for i in range(RECENT_ALERTS + 6)]
-    reporter.add(scored=len(decisions), alerts=6, latency_ms=4.0, stream_lags_ms=[120.0, 340.0],
-                 decisions=decisions, transactions=[transaction(i, 10.0 + i) for i in range(len(decisions))])
-    reporter.add(scored=2, alerts=0, latency_ms=8.0, decisions=[decision(900, 0.5, "MEDIUM", False)] * 2,
-                 transactions=[transaction(900)] * 2)
+    reporter.add(
+        scored=len(decisions),
+        alerts=6,
+        latency_ms=4.0,
+        stream_lags_ms=[120.0, 340.0],
+        decisions=decisions,
+        transactions=[transaction(i, 10.0 + i) for i in range(len(decisions))],
+    )
+    reporter.add(
+        scored=2,
+        alerts=0,
+        latency_ms=8.0,
+        decisions=[decision(900, 0.5, "MEDIUM", False)] * 2,
+        transactions=[transaction(900)] * 2,
+    )
     reporter.flush()
     view = actor.collector.dashboard_view()
 
     assert set(view["stats"]) == CONTRACT_KEYS  # GET /api/stats keeps the contract's shape exactly
     assert set(view) == {"stats", "window_s", "window", "flagged", "alerts", "consumers"}  # no ground truth
     assert view["stats"]["scored"] == len(decisions) + 2 and view["stats"]["alerts"] == 6
-    assert view["flagged"] == RECENT_ALERTS + 6 and view["window"] == {"scored": len(decisions) + 2,
-                                                                      "flagged": RECENT_ALERTS + 6, "alerts": 6}
+    assert view["flagged"] == RECENT_ALERTS + 6 and view["window"] == {
+        "scored": len(decisions) + 2,
+        "flagged": RECENT_ALERTS + 6,
+        "alerts": 6,
+    }
     newest = view["alerts"][0]
     assert len(view["alerts"]) == RECENT_ALERTS and newest["transaction_id"] == f"t{len(decisions) - 1}"
     assert "scenario" not in newest and newest["factors"] == ["amount 9x the card's typical spend", "new device"]
     last = len(decisions) - 1
-    assert (newest["user_id"], newest["merchant_id"], newest["amount"]) == (f"u{last % 7}", f"m{last % 5}",
-                                                                           10.0 + last)
+    assert (newest["user_id"], newest["merchant_id"], newest["amount"]) == (f"u{last % 7}", f"m{last % 5}", 10.0 + last)
 
 
 def test_the_scoreboard_joins_truth_by_transaction_id_once_each_within_bounds() -> None:
@@ -123,7 +149,8 @@ def test_the_scoreboard_joins_truth_by_transaction_id_once_each_within_bounds() 
     assert view["scenarios"] == {"none": {"seen": 6, "flagged": 1}, "card_testing": {"seen": 4, "flagged": 3}}
     assert view["window"] == {"labelled": 10, "truly_fraud": 4}
     assert len(view["samples"]["genuine"]) == 6 and {s["scenario"] for s in view["samples"]["fraud"]} == {
-        "card_testing"}
+        "card_testing"
+    }
     assert view["alert_scenarios"] == {"t7": "none", "t10": "card_testing"}
 
 
@@ -163,7 +190,8 @@ def test_the_furthest_behind_stream_consumer_shows_until_it_stops_reporting() ->
     clock = [1000.0]
     collector = StatsCollector(clock=lambda: clock[0])
     assert {t.label: t for t in live_tiles(joined_view(collector.dashboard_view()))}[
-        "stream consumers behind"].value == "–"
+        "stream consumers behind"
+    ].value == "–"
     reporter = StatsReporter(actor=InProcessActor(collector))
     reporter.consumer_behind("shardId-0", 250)
     reporter.consumer_behind("shardId-1", 4_200)
@@ -171,8 +199,10 @@ def test_the_furthest_behind_stream_consumer_shows_until_it_stops_reporting() ->
     clock[0] += 30
     collector.record(consumers={"shardId-0": 300})
     view = collector.dashboard_view()
-    assert view["consumers"] == {"shardId-0": {"millis_behind_latest": 300, "seconds_since_report": 0.0},
-                                 "shardId-1": {"millis_behind_latest": 4_200, "seconds_since_report": 30.0}}
+    assert view["consumers"] == {
+        "shardId-0": {"millis_behind_latest": 300, "seconds_since_report": 0.0},
+        "shardId-1": {"millis_behind_latest": 4_200, "seconds_since_report": 30.0},
+    }
     assert set(view["stats"]) == CONTRACT_KEYS  # GET /api/stats keeps its shape
     tile = {t.label: t for t in live_tiles(joined_view(view))}["stream consumers behind"]
     assert (tile.value, tile.note) == ("4.2 s", "furthest of 2: shardId-1")
@@ -184,8 +214,11 @@ def test_history_keeps_bounded_long_frames_for_the_line_plots() -> None:
     history = History(points=3, min_gap_s=1.0)
     start = datetime(2026, 3, 1, tzinfo=timezone.utc)
     for second, p50 in enumerate([None, 2.0, 3.0, 4.0]):
-        stats = {"tps": 10.0 * second, "latency_ms": {"p50": p50, "p99": p50 and p50 * 5},
-                 "stream_lag_ms": {"p50": 100.0, "p99": 900.0}}
+        stats = {
+            "tps": 10.0 * second,
+            "latency_ms": {"p50": p50, "p99": p50 and p50 * 5},
+            "stream_lag_ms": {"p50": 100.0, "p99": 900.0},
+        }
         history.observe(stats, start + timedelta(seconds=2 * second))
         history.observe(stats, start + timedelta(seconds=2 * second, milliseconds=300))  # a second browser
     frames = history.frames()
@@ -199,8 +232,11 @@ def test_history_keeps_bounded_long_frames_for_the_line_plots() -> None:
 
 
 def test_score_distribution_is_a_share_per_ground_truth_class() -> None:
-    samples = {"genuine": [{"fraud_score": s} for s in [0.01] * 90 + [0.52] * 10],
-                "fraud": [{"fraud_score": s} for s in [0.97, 0.99, 1.0, 0.33]], "unlabelled": [{"fraud_score": 0.5}]}
+    samples = {
+        "genuine": [{"fraud_score": s} for s in [0.01] * 90 + [0.52] * 10],
+        "fraud": [{"fraud_score": s} for s in [0.97, 0.99, 1.0, 0.33]],
+        "unlabelled": [{"fraud_score": 0.5}],
+    }
     frame, title = score_distribution(samples, bins=10)
     assert set(frame["class"]) == {"genuine", "fraud"} and len(frame) == 20
     for name in ("genuine", "fraud"):
@@ -214,8 +250,14 @@ def test_score_distribution_is_a_share_per_ground_truth_class() -> None:
 
 
 def test_detection_table_per_scenario_and_false_positive_rate() -> None:
-    table = detection_table({"none": {"seen": 20_000, "flagged": 7}, "card_testing": {"seen": 40, "flagged": 38},
-                             "cash_out": {"seen": 10, "flagged": 5}, "unknown": {"seen": 2, "flagged": 0}})
+    table = detection_table(
+        {
+            "none": {"seen": 20_000, "flagged": 7},
+            "card_testing": {"seen": 40, "flagged": 38},
+            "cash_out": {"seen": 10, "flagged": 5},
+            "unknown": {"seen": 2, "flagged": 0},
+        }
+    )
     rows = table.set_index("scenario")
     assert list(rows.index[: len(FRAUD_SCENARIOS)]) == list(FRAUD_SCENARIOS)
     assert rows.loc["card_testing", "detection rate"] == "95.0 %"
@@ -226,33 +268,87 @@ def test_detection_table_per_scenario_and_false_positive_rate() -> None:
 
 
 def test_alerts_table_shows_reasons_and_what_the_simulator_says() -> None:
-    alerts = [{"decided_at": "2026-03-01T12:34:56+00:00", "transaction_id": "t1", "fraud_score": 0.98765,
-               "factors": ["new device", "foreign country"], "scenario": "none", "user_id": "u1",
-               "merchant_id": "m1", "amount": 1234.5, "currency": "USD"},
-              {"decided_at": "2026-03-01T12:30:00+00:00", "transaction_id": "t2", "fraud_score": 0.9, "factors": [],
-               "scenario": None, "user_id": "u2", "merchant_id": "m2", "amount": None, "currency": None}]
+    alerts = [
+        {
+            "decided_at": "2026-03-01T12:34:56+00:00",
+            "transaction_id": "t1",
+            "fraud_score": 0.98765,
+            "factors": ["new device", "foreign country"],
+            "scenario": "none",
+            "user_id": "u1",
+            "merchant_id": "m1",
+            "amount": 1234.5,
+            "currency": "USD",
+        },
+        {
+            "decided_at": "2026-03-01T12:30:00+00:00",
+            "transaction_id": "t2",
+            "fraud_score": 0.9,
+            "factors": [],
+            "scenario": None,
+            "user_id": "u2",
+            "merchant_id": "m2",
+            "amount": None,
+            "currency": None,
+        },
+    ]
     table = alerts_table(alerts)
     first, second = table.to_dict(orient="records")
-    assert first == {"time (UTC)": "12:34:56", "score": 0.988, "amount": "1,234.50 USD", "user": "u1",
-                     "merchant": "m1", "reasons": "new device; foreign country", "ground truth": "genuine"}
+    assert first == {
+        "time (UTC)": "12:34:56",
+        "score": 0.988,
+        "amount": "1,234.50 USD",
+        "user": "u1",
+        "merchant": "m1",
+        "reasons": "new device; foreign country",
+        "ground truth": "genuine",
+    }
     assert second["ground truth"] == "–" and second["amount"] == ""
     assert alerts_table([]).empty
 
 
 def test_check_form_becomes_a_canonical_transaction() -> None:
-    body = check_body(transaction_id=" manual-1 ", user_id="u1", merchant_id="m1", amount=12.5,
-                      timestamp="2026-03-01T12:00:00Z", currency="USD", channel="", country=" ", device_id="d-1",
-                      mcc="", lat="52.52", lon="13.40")
-    assert body == {"transaction_id": "manual-1", "user_id": "u1", "merchant_id": "m1", "amount": 12.5,
-                    "timestamp": "2026-03-01T12:00:00Z", "currency": "USD", "device_id": "d-1", "lat": 52.52,
-                    "lon": 13.4}
+    body = check_body(
+        transaction_id=" manual-1 ",
+        user_id="u1",
+        merchant_id="m1",
+        amount=12.5,
+        timestamp="2026-03-01T12:00:00Z",
+        currency="USD",
+        channel="",
+        country=" ",
+        device_id="d-1",
+        mcc="",
+        lat="52.52",
+        lon="13.40",
+    )
+    assert body == {
+        "transaction_id": "manual-1",
+        "user_id": "u1",
+        "merchant_id": "m1",
+        "amount": 12.5,
+        "timestamp": "2026-03-01T12:00:00Z",
+        "currency": "USD",
+        "device_id": "d-1",
+        "lat": 52.52,
+        "lon": 13.4,
+    }
     missing = check_body(transaction_id="x", user_id="", merchant_id="m", amount=None, timestamp="", lat="north")
     assert "amount" not in missing and missing["user_id"] == "" and missing["lat"] == "north"  # the API names them
 
 
 def test_decisions_and_rejections_read_well() -> None:
-    text = describe_decision({"transaction_id": "t1", "fraud_score": 0.91234, "is_fraud": True, "risk_level": "HIGH",
-                              "factors": ["new device"], "model_version": "v7", "processing_time_ms": 12.34})
+    text = describe_decision(
+        {
+            "transaction_id": "t1",
+            "fraud_score": 0.91234,
+            "is_fraud": True,
+            "risk_level": "HIGH",
+            "factors": ["new device"],
+            "model_version": "v7",
+            "processing_time_ms": 12.34,
+        }
+    )
     assert "fraud_score 0.9123" in text and "HIGH" in text and "flagged as fraud" in text and "new device" in text
     rejection = describe_rejection(422, {"errors": [{"field": "amount", "message": "must be > 0"}]})
     assert "Rejected (422)" in rejection and "`amount`: must be > 0" in rejection
@@ -261,27 +357,57 @@ def test_decisions_and_rejections_read_well() -> None:
 def test_model_view_reads_metrics_and_report_image_from_the_registry(tmp_path: Path) -> None:
     from training.registry import ModelRegistry
 
-    metadata = {"version": "v1", "created_at": "2026-03-01T12:00:00+00:00",
-                "ensemble": {"xgb_weight": 0.8, "ae_weight": 0.2, "objective": "cost",
-                             "policy": {"threshold": 0.7, "medium": 0.4}},
-                "metrics": {"test": {"roc_auc": 0.99, "average_precision": 0.83, "false_positive_rate": 0.0003,
-                                     "rows": 42539, "operating_points": [
-                                         {"fpr_at_most": 0.01, "threshold": 0.2, "precision": 0.3, "recall": 0.9,
-                                          "false_positive_rate": 0.0098, "expected_cost": 900.0}],
-                                     "least_cost_point": {"threshold": 0.5, "precision": 0.7, "recall": 0.8,
-                                                          "false_positive_rate": 0.001, "expected_cost": 700.0},
-                                     "threshold_point": {"threshold": 0.7, "precision": 0.9, "recall": 0.7,
-                                                         "false_positive_rate": 0.0003, "expected_cost": 800.0},
-                                     "recall_by_scenario": {
-                                         "card_testing": {"frauds": 33, "recall": 0.94, "average_precision": 0.95}}},
-                            "validation": {"roc_auc": 0.98, "average_precision": 0.9,
-                                           "false_positive_rate": 0.0001, "rows": 41957}}}
+    metadata = {
+        "version": "v1",
+        "created_at": "2026-03-01T12:00:00+00:00",
+        "ensemble": {
+            "xgb_weight": 0.8,
+            "ae_weight": 0.2,
+            "objective": "cost",
+            "policy": {"threshold": 0.7, "medium": 0.4},
+        },
+        "metrics": {
+            "test": {
+                "roc_auc": 0.99,
+                "average_precision": 0.83,
+                "false_positive_rate": 0.0003,
+                "rows": 42539,
+                "operating_points": [
+                    {
+                        "fpr_at_most": 0.01,
+                        "threshold": 0.2,
+                        "precision": 0.3,
+                        "recall": 0.9,
+                        "false_positive_rate": 0.0098,
+                        "expected_cost": 900.0,
+                    }
+                ],
+                "least_cost_point": {
+                    "threshold": 0.5,
+                    "precision": 0.7,
+                    "recall": 0.8,
+                    "false_positive_rate": 0.001,
+                    "expected_cost": 700.0,
+                },
+                "threshold_point": {
+                    "threshold": 0.7,
+                    "precision": 0.9,
+                    "recall": 0.7,
+                    "false_positive_rate": 0.0003,
+                    "expected_cost": 800.0,
+                },
+                "recall_by_scenario": {"card_testing": {"frauds": 33, "recall": 0.94, "average_precision": 0.95}},
+            },
+            "validation": {"roc_auc": 0.98, "average_precision": 0.9, "false_positive_rate": 0.0001, "rows": 41957},
+        },
+    }
     metrics, per_scenario = model_metrics(metadata)
     rows = metrics.set_index("metric")
     assert rows.loc["roc_auc", "test"] == "0.9900" and rows.loc["false_positive_rate", "test"] == "3.00e-04"
     assert rows.loc["rows", "validation"] == "41,957"
-    assert per_scenario.to_dict(orient="records") == [{"scenario": "card_testing", "frauds": 33, "recall": 0.94,
-                                                       "AP vs genuine": 0.95}]
+    assert per_scenario.to_dict(orient="records") == [
+        {"scenario": "card_testing", "frauds": 33, "recall": 0.94, "AP vs genuine": 0.95}
+    ]
 
     import io
     import json
@@ -304,19 +430,48 @@ def test_model_view_reads_metrics_and_report_image_from_the_registry(tmp_path: P
     assert isinstance(section.metrics, pd.DataFrame) and not section.scenarios.empty
     assert "chosen on the validation period for the least expected cost" in section.summary
     assert section.operating.to_dict(orient="records") == [
-        {"at": "FPR ≤ 1.0%", "threshold": 0.2, "precision": 0.3, "recall": 0.9, "false_positive_rate": 0.0098,
-         "expected_cost": 900.0},
-        {"at": "least expected cost", "threshold": 0.5, "precision": 0.7, "recall": 0.8,
-         "false_positive_rate": 0.001, "expected_cost": 700.0},
-        {"at": "chosen threshold", "threshold": 0.7, "precision": 0.9, "recall": 0.7, "false_positive_rate": 0.0003,
-         "expected_cost": 800.0}]
+        {
+            "at": "FPR ≤ 1.0%",
+            "threshold": 0.2,
+            "precision": 0.3,
+            "recall": 0.9,
+            "false_positive_rate": 0.0098,
+            "expected_cost": 900.0,
+        },
+        {
+            "at": "least expected cost",
+            "threshold": 0.5,
+            "precision": 0.7,
+            "recall": 0.8,
+            "false_positive_rate": 0.001,
+            "expected_cost": 700.0,
+        },
+        {
+            "at": "chosen threshold",
+            "threshold": 0.7,
+            "precision": 0.9,
+            "recall": 0.7,
+            "false_positive_rate": 0.0003,
+            "expected_cost": 800.0,
+        },
+    ]
 
 
 # -- rules tab -------------------------------------------------------------------------------------------------
-RULE_SET = {"version": 3, "mode": "all_matched", "rules": [
-    {"id": "R1", "expression": "amount > 1000 and user_count_1h >= 5", "action": "block", "state": "active",
-     "description": "big and fast"},
-    {"id": "R2", "expression": "user_id in @vip", "action": "allow", "state": "shadow", "description": ""}]}
+RULE_SET = {
+    "version": 3,
+    "mode": "all_matched",
+    "rules": [
+        {
+            "id": "R1",
+            "expression": "amount > 1000 and user_count_1h >= 5",
+            "action": "block",
+            "state": "active",
+            "description": "big and fast",
+        },
+        {"id": "R2", "expression": "user_id in @vip", "action": "allow", "state": "shadow", "description": ""},
+    ],
+}
 
 
 def test_the_rule_set_shows_as_a_table_and_round_trips_through_the_editor() -> None:
@@ -328,8 +483,10 @@ def test_the_rule_set_shows_as_a_table_and_round_trips_through_the_editor() -> N
     assert "version 3" in caption and "`all_matched`" in caption and "1 active, 1 shadow, 0 disabled" in caption
     text = rules_text(RULE_SET)
     assert "version" not in text
-    assert editor_payload(text) == {"mode": "all_matched", "rules": [
-        {k: v for k, v in rule.items() if v} for rule in RULE_SET["rules"]]}
+    assert editor_payload(text) == {
+        "mode": "all_matched",
+        "rules": [{k: v for k, v in rule.items() if v} for rule in RULE_SET["rules"]],
+    }
     assert editor_rules(text).rules[1].state == "shadow"
     assert editor_payload('{"rules": []}') == {"rules": []}  # JSON is YAML too
     with pytest.raises(ValueError, match="neither YAML nor JSON"):
@@ -350,15 +507,21 @@ def test_the_rule_test_reads_the_stored_lists(aws_settings) -> None:
 
 def test_an_invalid_editor_rule_set_names_each_field_plainly() -> None:
     with pytest.raises(RuleSetError) as raised:
-        editor_rules("rules:\n  - id: R1\n    expression: amount.__class__\n    action: block\n"
-                     "  - id: R2\n    expression: amount > 1\n    action: hold\n")
+        editor_rules(
+            "rules:\n  - id: R1\n    expression: amount.__class__\n    action: block\n"
+            "  - id: R2\n    expression: amount > 1\n    action: hold\n"
+        )
     text = describe_untested(raised.value)
     assert "rule set is invalid" in text
     assert "- `rules.0.expression`: " in text and "- `rules.1.action`: " in text
     assert describe_untested(ValueError("first day: 'x' is not a date (YYYY-MM-DD)")).endswith(
-        "first day: 'x' is not a date (YYYY-MM-DD)")
-    rejected = describe_failure("Not saved", 422, {"detail": "invalid", "errors": [
-        {"field": "rules.0.expression", "message": "unknown name 'amont'"}]})
+        "first day: 'x' is not a date (YYYY-MM-DD)"
+    )
+    rejected = describe_failure(
+        "Not saved",
+        422,
+        {"detail": "invalid", "errors": [{"field": "rules.0.expression", "message": "unknown name 'amont'"}]},
+    )
     assert rejected.startswith("### Not saved: rejected (422)")
     assert "- `rules.0.expression`: unknown name 'amont'" in rejected
     assert "API unreachable" in describe_failure("Not saved", None, "connection refused")
@@ -377,26 +540,64 @@ def test_the_api_key_goes_with_writes_only_when_configured() -> None:
     assert api_headers(Settings(api_key="k")) == {"X-API-Key": "k"} and api_headers(Settings()) == {}
 
 
-REPLAY = {"rows": 1200, "frauds": 30,
-          "window": {"start": "2026-01-08 00:01:00+00:00", "end": "2026-01-09 23:59:00+00:00", "label_delay_days": 7},
-          "model": {"version": "v4", "flagged": 25, "frauds_flagged": 20},
-          "rules": {"R1": {"state": "active", "action": "block", "matched": 12, "frauds": 9, "genuine": 3,
-                           "precision": 0.75, "recall": 0.3, "fraud_amount": 12345.5, "genuine_amount": 99.0,
-                           "per_day": {"2026-01-08": {"matched": 5, "frauds": 4, "genuine": 1},
-                                       "2026-01-09": {"matched": 7, "frauds": 5, "genuine": 2}},
-                           "model_overlap": {"also_flagged_by_model": 8, "frauds_the_model_missed": 2,
-                                             "fraud_amount_the_model_missed": 100.0}},
-                    "R2": {"state": "shadow", "action": "allow", "matched": 0, "frauds": 0, "genuine": 0,
-                           "precision": None, "recall": 0.0, "fraud_amount": 0.0, "genuine_amount": 0.0,
-                           "per_day": {"2026-01-08": {"matched": 0, "frauds": 0, "genuine": 0},
-                                       "2026-01-09": {"matched": 0, "frauds": 0, "genuine": 0}}}},
-          "skipped": [{"id": "R3", "error": "reads fraud_score, but the registry has no usable champion model"}],
-          "rule_set": {"mode": "all_matched", "active_rules": 1, "changed": 4,
-                       "with_rules": {a: {"count": c, "frauds": f, "fraud_amount": 0.0}
-                                      for a, c, f in (("allow", 1160, 1), ("review", 20, 5), ("block", 20, 24))},
-                       "model_only": {a: {"count": c, "frauds": f, "fraud_amount": 0.0}
-                                      for a, c, f in (("allow", 1155, 2), ("review", 20, 8), ("block", 25, 20))}},
-          "seconds": 1.234}
+REPLAY = {
+    "rows": 1200,
+    "frauds": 30,
+    "window": {"start": "2026-01-08 00:01:00+00:00", "end": "2026-01-09 23:59:00+00:00", "label_delay_days": 7},
+    "model": {"version": "v4", "flagged": 25, "frauds_flagged": 20},
+    "rules": {
+        "R1": {
+            "state": "active",
+            "action": "block",
+            "matched": 12,
+            "frauds": 9,
+            "genuine": 3,
+            "precision": 0.75,
+            "recall": 0.3,
+            "fraud_amount": 12345.5,
+            "genuine_amount": 99.0,
+            "per_day": {
+                "2026-01-08": {"matched": 5, "frauds": 4, "genuine": 1},
+                "2026-01-09": {"matched": 7, "frauds": 5, "genuine": 2},
+            },
+            "model_overlap": {
+                "also_flagged_by_model": 8,
+                "frauds_the_model_missed": 2,
+                "fraud_amount_the_model_missed": 100.0,
+            },
+        },
+        "R2": {
+            "state": "shadow",
+            "action": "allow",
+            "matched": 0,
+            "frauds": 0,
+            "genuine": 0,
+            "precision": None,
+            "recall": 0.0,
+            "fraud_amount": 0.0,
+            "genuine_amount": 0.0,
+            "per_day": {
+                "2026-01-08": {"matched": 0, "frauds": 0, "genuine": 0},
+                "2026-01-09": {"matched": 0, "frauds": 0, "genuine": 0},
+            },
+        },
+    },
+    "skipped": [{"id": "R3", "error": "reads fraud_score, but the registry has no usable champion model"}],
+    "rule_set": {
+        "mode": "all_matched",
+        "active_rules": 1,
+        "changed": 4,
+        "with_rules": {
+            a: {"count": c, "frauds": f, "fraud_amount": 0.0}
+            for a, c, f in (("allow", 1160, 1), ("review", 20, 5), ("block", 20, 24))
+        },
+        "model_only": {
+            a: {"count": c, "frauds": f, "fraud_amount": 0.0}
+            for a, c, f in (("allow", 1155, 2), ("review", 20, 8), ("block", 25, 20))
+        },
+    },
+    "seconds": 1.234,
+}
 
 
 def test_rule_test_results_read_as_a_table_a_chart_and_a_summary() -> None:
@@ -422,8 +623,10 @@ def test_the_rule_test_simulates_its_history_once_and_replays_the_editor_rules(t
     path = rule_test_history(settings, stages.append)
     assert path == settings.bootstrap_history and path.exists() and stages[-1] == "profile files"
     assert rule_test_history(settings, stages.append) == path and len(stages) == len(HISTORY_STAGES)
-    body = editor_rules("rules:\n  - {id: big, expression: amount > 100, action: review}\n"
-                        "  - {id: scored, expression: fraud_score > 0.5, action: block}\n")
+    body = editor_rules(
+        "rules:\n  - {id: big, expression: amount > 100, action: review}\n"
+        "  - {id: scored, expression: fraud_score > 0.5, action: block}\n"
+    )
     steps: list[str] = []
     summary = replay_rules(settings, body, data=path, delay_days=1, progress=steps.append)
     assert len(steps) == replay_steps(body) and steps[-1] == "rule set"
@@ -443,19 +646,41 @@ def test_stage_counter_moves_a_progress_bar_one_step_per_stage() -> None:
 
 # -- review tab ------------------------------------------------------------------------------------------------
 def case(case_id: str, score: float, amount: float | None, **fields: Any) -> dict[str, Any]:
-    return {"case_id": case_id, "transaction_id": f"tx-{case_id}", "opened_at": "2026-03-01T12:00:00+00:00",
-            "fraud_score": score, "risk_level": "MEDIUM", "factors": ["new device"], "rules": [], "action": "review",
-            "status": "open", "user_id": "u1", "merchant_id": "m1", "amount": amount, "currency": "USD",
-            "timestamp": "2026-03-01T11:59:58+00:00", **fields}
+    return {
+        "case_id": case_id,
+        "transaction_id": f"tx-{case_id}",
+        "opened_at": "2026-03-01T12:00:00+00:00",
+        "fraud_score": score,
+        "risk_level": "MEDIUM",
+        "factors": ["new device"],
+        "rules": [],
+        "action": "review",
+        "status": "open",
+        "user_id": "u1",
+        "merchant_id": "m1",
+        "amount": amount,
+        "currency": "USD",
+        "timestamp": "2026-03-01T11:59:58+00:00",
+        **fields,
+    }
 
 
 def test_the_queue_is_ordered_by_score_then_amount() -> None:
     cases = queue_order([case("a", 0.6, 10.0), case("b", 0.9, 5.0), case("c", 0.6, 900.0), case("d", 0.6, None)])
     assert [c["case_id"] for c in cases] == ["b", "c", "a", "d"]
     table = queue_table([case("r", 0.61234, 1234.5, rules=[{"id": "R7", "action": "review"}])])
-    assert table.to_dict(orient="records") == [{"score": 0.612, "risk": "MEDIUM", "amount": "1,234.50 USD",
-                                                "user": "u1", "merchant": "m1", "rules": "R7 (review)",
-                                                "opened (UTC)": "2026-03-01 12:00:00", "case": "r"}]
+    assert table.to_dict(orient="records") == [
+        {
+            "score": 0.612,
+            "risk": "MEDIUM",
+            "amount": "1,234.50 USD",
+            "user": "u1",
+            "merchant": "m1",
+            "rules": "R7 (review)",
+            "opened (UTC)": "2026-03-01 12:00:00",
+            "case": "r",
+        }
+    ]
     assert queue_table([]).empty and list(queue_table([]).columns)[-1] == "case"
     assert case_choices([case("x", 0.5, 20.0)]) == [("0.500 · 20.00 USD · tx-x", "x")]
     assert case_choices([case("y", 0.5, None)])[0][1] == "y"
@@ -463,17 +688,24 @@ def test_the_queue_is_ordered_by_score_then_amount() -> None:
 
 def test_the_queue_summary_gives_its_size_and_oldest_age() -> None:
     now = datetime(2026, 3, 1, 14, 5, 30, tzinfo=timezone.utc)
-    assert queue_summary({"cases": [case("a", 0.5, 1.0)] * 2, "open": 17,
-                          "oldest_open_at": "2026-03-01T12:00:00+00:00"}, now) == (
-        "**17 open cases** · the oldest waits for 2 h 5 min")
+    assert queue_summary(
+        {"cases": [case("a", 0.5, 1.0)] * 2, "open": 17, "oldest_open_at": "2026-03-01T12:00:00+00:00"}, now
+    ) == ("**17 open cases** · the oldest waits for 2 h 5 min")
     assert "4 min" in queue_summary({"cases": [], "open": 1, "oldest_open_at": "2026-03-01T14:01:00Z"}, now)
     assert "3 days 2 h" in queue_summary({"cases": [], "open": 1, "oldest_open_at": "2026-02-26T12:00:00Z"}, now)
     assert queue_summary({"cases": [], "open": 0, "oldest_open_at": None}, now).startswith("**No open cases**")
 
 
 def test_a_case_shows_its_transaction_reasons_and_rules() -> None:
-    text = describe_case(case("c1", 0.73, 980.0, rules=[{"id": "R12", "action": "review"}],
-                              reasons=["Rule R12: amount over $500 at a new merchant"]))
+    text = describe_case(
+        case(
+            "c1",
+            0.73,
+            980.0,
+            rules=[{"id": "R12", "action": "review"}],
+            reasons=["Rule R12: amount over $500 at a new merchant"],
+        )
+    )
     assert "fraud_score 0.7300 · MEDIUM · action review" in text and "`tx-c1`" in text and "980.00 USD" in text
     assert "R12 (review)" in text and "Rule R12: amount over $500 at a new merchant; new device" in text
     assert "user `u1`" in text and "case `c1`" in text
@@ -484,13 +716,19 @@ def test_a_case_shows_its_transaction_reasons_and_rules() -> None:
 def test_a_decision_body_is_what_the_api_takes() -> None:
     assert decision_body(is_fraud=True, analyst=" ana ", note="  ") == {"is_fraud": True, "analyst": "ana"}
     assert decision_body(is_fraud=False, analyst="bo", note=" called the customer ") == {
-        "is_fraud": False, "analyst": "bo", "note": "called the customer"}
+        "is_fraud": False,
+        "analyst": "bo",
+        "note": "called the customer",
+    }
     assert decision_body(is_fraud=False, analyst="")["analyst"] == ""  # the API names the missing analyst
 
 
 def test_the_models_tab_shows_the_rollout_and_its_changes_newest_first() -> None:
-    state = roll_back(start_rollout(None, "v2", 0.3, "by hand", "2026-12-01T10:00:00+00:00"), "guardrail: alert rate",
-                      "2026-12-01T10:05:00+00:00")
+    state = roll_back(
+        start_rollout(None, "v2", 0.3, "by hand", "2026-12-01T10:00:00+00:00"),
+        "guardrail: alert rate",
+        "2026-12-01T10:05:00+00:00",
+    )
     line, events = rollout_view(state)
     assert line == "**Rollout**: `v2` rolled back, share 0, since 2026-12-01 10:05:00 UTC"
     assert list(events["to"]) == ["rolled_back", "canary"] and events["reason"].iloc[0] == "guardrail: alert rate"

@@ -18,13 +18,20 @@ def _view(shift: float) -> dict:
     rng = np.random.default_rng(2)
     x = np.column_stack([rng.lognormal(3, 1, 5000), rng.integers(0, 24, 5000), rng.random(5000) < 0.05])
     stored = build_reference(x, NAMES, rng.random(5000), inputs={"device_id": 0.05})
-    monitor = MonitoringCollector(Settings(aws_mode="embedded"), references=lambda version: stored,
-                                  notify=lambda message: None)
+    monitor = MonitoringCollector(
+        Settings(aws_mode="embedded"), references=lambda version: stored, notify=lambda message: None
+    )
     live = x.copy()
     live[:, 0] *= shift
-    monitor.record(counts={"v1": count_rows(Reference.parse("v1", stored), live, rng.random(5000),
-                                            {"device_id": ["d"] * 4000 + [None] * 1000})},
-                   scored=5000, rejected={"amount": 3})
+    monitor.record(
+        counts={
+            "v1": count_rows(
+                Reference.parse("v1", stored), live, rng.random(5000), {"device_id": ["d"] * 4000 + [None] * 1000}
+            )
+        },
+        scored=5000,
+        rejected={"amount": 3},
+    )
     return monitor.view()
 
 
@@ -33,7 +40,8 @@ def test_monitoring_tab_ranks_the_worst_features_and_reads_missing_and_rejected_
     worst = worst_features(view)
     assert list(worst["feature"])[0] == "amount" and worst["psi"].iloc[0] > worst["psi"].iloc[1]
     assert inputs_table(view).to_dict(orient="records") == [
-        {"field": "device_id", "missing_rate": 0.2, "at training": 0.05}]
+        {"field": "device_id", "missing_rate": 0.2, "at training": 0.05}
+    ]
     assert rejected_table(view).to_dict(orient="records") == [{"field": "amount", "rejected": 3}]
     summary = monitoring_summary(view)
     assert "5,000" in summary and "v1" in summary and "precision n/a" in summary
@@ -42,8 +50,7 @@ def test_monitoring_tab_ranks_the_worst_features_and_reads_missing_and_rejected_
 def test_worst_features_show_every_drifted_feature_even_beyond_the_table_length() -> None:
     psi = {f"feature_{i}": 1.0 - i / 20 for i in range(12)}
     drifted = ["feature_1", "feature_10"]  # one inside the top rows, one below them (hysteresis lags the PSI)
-    view = {"features": {name: {"psi": value, "missing_rate": 0.0} for name, value in psi.items()},
-            "drifted": drifted}
+    view = {"features": {name: {"psi": value, "missing_rate": 0.0} for name, value in psi.items()}, "drifted": drifted}
     worst = worst_features(view, count=4)
     assert list(worst["feature"]) == ["feature_0", "feature_1", "feature_2", "feature_3", "feature_10"]
     assert list(worst["drifted"]) == [False, True, False, False, True]

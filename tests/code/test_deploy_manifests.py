@@ -106,9 +106,13 @@ def test_rayservice_env_ha_proxy_and_settings_on_every_pod() -> None:
     from cluster.config import Settings
 
     service = _rayservice()
-    expected = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1",
-                "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": f"{Settings().serve_drain_s:g}",
-                "FRAUD_AWS_MODE": "real", "FRAUD_API_HOST": "0.0.0.0"}
+    expected = {
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": f"{Settings().serve_drain_s:g}",
+        "FRAUD_AWS_MODE": "real",
+        "FRAUD_API_HOST": "0.0.0.0",
+    }
     for container in _containers(service):
         env = {item["name"]: item for item in container["env"]}
         assert {name: env[name].get("value") for name in expected} == expected, container["name"]
@@ -137,9 +141,16 @@ def test_every_ray_pin_and_image_names_the_installed_ray() -> None:
         assert container["image"].endswith(f"-ray{RAY_VERSION}-py311-cpu"), container["image"]
     assert re.findall(r"^FROM\s+(\S+)", DOCKERFILE.read_text(), flags=re.MULTILINE) == [RAY_IMAGE]
 
-    texts = {path: path.read_text() for path in
-             [CLUSTER_YAML, ROOT / "pyproject.toml", *sorted((ROOT / "deploy").rglob("*")), ROOT / "docs" / "KUBERNETES.md"]
-             if path.is_file()}
+    texts = {
+        path: path.read_text()
+        for path in [
+            CLUSTER_YAML,
+            ROOT / "pyproject.toml",
+            *sorted((ROOT / "deploy").rglob("*")),
+            ROOT / "docs" / "KUBERNETES.md",
+        ]
+        if path.is_file()
+    }
     for path, text in texts.items():
         for tag in re.findall(r"rayproject/ray(?:-ml)?:([\w.\-]+)", text):
             assert tag.startswith(f"{RAY_VERSION}-"), f"{path}: rayproject/ray:{tag}"
@@ -156,15 +167,28 @@ def test_ray_cluster_yaml_uses_rays_image_and_no_apt_python311() -> None:
     config = yaml.safe_load(text)
     validate_config(prepare_config(config))
     assert config["docker"]["image"] == RAY_IMAGE
-    commands = [command for key in ("initialization_commands", "setup_commands", "head_setup_commands",
-                                    "worker_setup_commands", "head_start_ray_commands", "worker_start_ray_commands")
-                for command in config.get(key) or []]
+    commands = [
+        command
+        for key in (
+            "initialization_commands",
+            "setup_commands",
+            "head_setup_commands",
+            "worker_setup_commands",
+            "head_start_ray_commands",
+            "worker_start_ray_commands",
+        )
+        for command in config.get(key) or []
+    ]
     assert not [command for command in commands if re.search(r"apt(-get)?\s.*python3\.11", command)]
     assert any(f'ray.__version__ == "{RAY_VERSION}"' in command for command in config["setup_commands"])
     head = " ".join(config["head_start_ray_commands"])
     assert "serve deploy serve/serve_config.yaml" in head  # the Serve app from its config file
-    assert "fraudctl up --no-simulation --no-ui" in head   # AWS resources, a first model, the stream consumers
+    assert "fraudctl up --no-simulation --no-ui" in head  # AWS resources, a first model, the stream consumers
     run_options = " ".join(config["docker"]["run_options"])
-    for name in ("RAY_SERVE_THROUGHPUT_OPTIMIZED=1", "RAY_SERVE_ENABLE_HA_PROXY=1",
-                 "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S=2", "FRAUD_AWS_MODE=real"):
+    for name in (
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED=1",
+        "RAY_SERVE_ENABLE_HA_PROXY=1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S=2",
+        "FRAUD_AWS_MODE=real",
+    ):
         assert f"--env {name}" in run_options

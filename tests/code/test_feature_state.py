@@ -29,8 +29,11 @@ from fraudctl.bench.features import synthetic_transactions
 
 def state_rows(transactions: pd.DataFrame) -> Columns:
     """The rows the state actors take for these transactions (no profiles)."""
-    return prepare_rows(transactions, align_profiles(transactions["user_id"], None, "user_id", USER_PROFILE_COLUMNS),
-                        align_profiles(transactions["merchant_id"], None, "merchant_id", MERCHANT_PROFILE_COLUMNS))
+    return prepare_rows(
+        transactions,
+        align_profiles(transactions["user_id"], None, "user_id", USER_PROFILE_COLUMNS),
+        align_profiles(transactions["merchant_id"], None, "merchant_id", MERCHANT_PROFILE_COLUMNS),
+    )
 
 
 def test_keyed_history_takes_appends_and_evicts() -> None:
@@ -51,7 +54,7 @@ def test_history_merges_its_tail_without_changing_what_it_returns() -> None:
     keys, times = rng.integers(1, 50, 3 * TAIL_ROWS), np.arange(3 * TAIL_ROWS)
     history = KeyedHistory(("key", "ts_ms"), "key", "ts_ms")
     for start in range(0, len(keys), 700):  # appends that fill and overflow the tail
-        history.append({"key": keys[start:start + 700], "ts_ms": times[start:start + 700]})
+        history.append({"key": keys[start : start + 700], "ts_ms": times[start : start + 700]})
     assert 0 < history.tail_rows < TAIL_ROWS and len(history) == len(keys)
     taken = history.take(np.array([7, 3]))
     expected = np.concatenate([times[keys == 3], times[keys == 7]])
@@ -114,8 +117,9 @@ def test_stream_positions_order_records_and_their_lines() -> None:
     second = "49650000000000000000000000000000000000000000000000000010"
     assert BEFORE_FIRST < position(first, 0) < position(first, 99) < after_record(first) < position(second, 0)
     assert after_record(None) == BEFORE_FIRST
-    placement = StreamPlacement.of(["s/a", "s/b", "s/a", "s/a"],
-                                   [position(first, 3), 7, position(second, 0), position(first, 1)], {"s/a": -1})
+    placement = StreamPlacement.of(
+        ["s/a", "s/b", "s/a", "s/a"], [position(first, 3), 7, position(second, 0), position(first, 1)], {"s/a": -1}
+    )
     assert len(placement.records) == 3 and placement.ends() == {"s/a": position(second, 0), "s/b": 7}
     assert placement.applied({"s/a": position(first, 2), "s/b": 7}).tolist() == [False, True, False, True]
     assert placement.applied({"s/a": after_record(first), "s/b": 6}).tolist() == [True, False, False, True]
@@ -125,21 +129,41 @@ def test_stream_positions_order_records_and_their_lines() -> None:
 def test_merchant_state_keeps_thirty_days_plus_the_label_delay() -> None:
     delay = timedelta(days=7)
     start = pd.Timestamp("2026-01-01T00:00:00Z")
-    transactions = pd.DataFrame({"transaction_id": [f"r{i}" for i in range(5)], "user_id": "u", "merchant_id": "m",
-                                 "amount": 10.0, "is_fraud": [1, 0, 0, 0, 0],
-                                 "timestamp": [start + pd.Timedelta(days=d) for d in (0, 0.5, 36.5, 37.25, 38)]})
+    transactions = pd.DataFrame(
+        {
+            "transaction_id": [f"r{i}" for i in range(5)],
+            "user_id": "u",
+            "merchant_id": "m",
+            "amount": 10.0,
+            "is_fraud": [1, 0, 0, 0, 0],
+            "timestamp": [start + pd.Timedelta(days=d) for d in (0, 0.5, 36.5, 37.25, 38)],
+        }
+    )
     expected = build_features(transactions, label_delay=delay)
     rows = state_rows(transactions)
-    batch = {"key": rows["merchant_key"], "ts_ms": rows["ts_ms"], "txn_key": rows["txn_key"],
-             "mcc_key": rows["mcc_key"], "user_key": rows["user_key"]}
+    batch = {
+        "key": rows["merchant_key"],
+        "ts_ms": rows["ts_ms"],
+        "txn_key": rows["txn_key"],
+        "mcc_key": rows["mcc_key"],
+        "user_key": rows["user_key"],
+    }
     merchant = FeatureStateCore("merchant", label_delay_ms=7 * DAY_MS, clock_sample=1)  # the clock: the latest
     streamed = []
     for i in range(len(transactions)):
         if i == 2:  # the fraud's label, known 7 days after it, arrives before day 36.5
             known = batch["ts_ms"][:1] + 7 * DAY_MS
-            merchant.add_labels(pd.DataFrame({"key": batch["key"][:1], "known_ms": known, "txn_key": batch["txn_key"][:1],
-                                              "anchor_ms": label_anchor(batch["ts_ms"][:1], known, 7 * DAY_MS)}))
-        streamed.append(merchant.process({c: v[i:i + 1] for c, v in batch.items()}))
+            merchant.add_labels(
+                pd.DataFrame(
+                    {
+                        "key": batch["key"][:1],
+                        "known_ms": known,
+                        "txn_key": batch["txn_key"][:1],
+                        "anchor_ms": label_anchor(batch["ts_ms"][:1], known, 7 * DAY_MS),
+                    }
+                )
+            )
+        streamed.append(merchant.process({c: v[i : i + 1] for c, v in batch.items()}))
         merchant.compact()  # evict as eagerly as possible
     streamed = np.vstack(streamed)
     names = list(MERCHANT_PASS_OUTPUTS)
@@ -154,8 +178,13 @@ def test_one_transaction_dated_years_ahead_neither_moves_the_clock_nor_evicts_th
     transactions = synthetic_transactions(600, users=20, merchants=5, days=2, seed=4)
     future = transactions.tail(1).assign(transaction_id="from-9999", timestamp=pd.Timestamp("9999-01-01", tz="UTC"))
     every = pd.concat([transactions, future], ignore_index=True)
-    rows = dict(prepare_rows(every, align_profiles(every["user_id"], None, "user_id", USER_PROFILE_COLUMNS),
-                             align_profiles(every["merchant_id"], None, "merchant_id", MERCHANT_PROFILE_COLUMNS)))
+    rows = dict(
+        prepare_rows(
+            every,
+            align_profiles(every["user_id"], None, "user_id", USER_PROFILE_COLUMNS),
+            align_profiles(every["merchant_id"], None, "merchant_id", MERCHANT_PROFILE_COLUMNS),
+        )
+    )
     user = FeatureStateCore("user", label_delay_ms=DAY_MS)
     user.process(rows)
     user.compact()
@@ -173,32 +202,46 @@ def test_merchant_state_follows_card_frauds_to_the_merchants_the_card_used_befor
     delay = 2 * DAY_MS
     start = pd.Timestamp("2026-01-01T00:00:00Z")
     days = (0, 0.01, 1, 2, 3.1, 3.2, 11)
-    transactions = pd.DataFrame({"transaction_id": [f"r{i}" for i in range(len(days))],
-                                 "user_id": ["u1", "u2", "u1", "u1", "u3", "u4", "u5"],
-                                 "merchant_id": ["m1", "m1", "m2", "m3", "m1", "m2", "m1"], "amount": 10.0,
-                                 "is_fraud": [0, 0, 1, 0, 0, 0, 0],
-                                 "timestamp": [start + pd.Timedelta(days=d) for d in days]})
+    transactions = pd.DataFrame(
+        {
+            "transaction_id": [f"r{i}" for i in range(len(days))],
+            "user_id": ["u1", "u2", "u1", "u1", "u3", "u4", "u5"],
+            "merchant_id": ["m1", "m1", "m2", "m3", "m1", "m2", "m1"],
+            "amount": 10.0,
+            "is_fraud": [0, 0, 1, 0, 0, 0, 0],
+            "timestamp": [start + pd.Timedelta(days=d) for d in days],
+        }
+    )
     expected = build_features(transactions, label_delay=timedelta(milliseconds=delay))
     rows = state_rows(transactions)
-    batch = {"key": rows["merchant_key"], "ts_ms": rows["ts_ms"], "txn_key": rows["txn_key"],
-             "mcc_key": rows["mcc_key"], "user_key": rows["user_key"]}
+    batch = {
+        "key": rows["merchant_key"],
+        "ts_ms": rows["ts_ms"],
+        "txn_key": rows["txn_key"],
+        "mcc_key": rows["mcc_key"],
+        "user_key": rows["user_key"],
+    }
     merchant = FeatureStateCore("merchant", label_delay_ms=delay)
-    fraud = pd.DataFrame({"user_key": batch["user_key"][2:3], "ts_ms": batch["ts_ms"][2:3],
-                          "known_ms": batch["ts_ms"][2:3] + delay})
+    fraud = pd.DataFrame(
+        {"user_key": batch["user_key"][2:3], "ts_ms": batch["ts_ms"][2:3], "known_ms": batch["ts_ms"][2:3] + delay}
+    )
     streamed = []
     for i in range(len(transactions)):
         if i == 4:  # the label of r2 (u1's fraud at m2 on day 1) arrives on day 3
             assert merchant.add_card_frauds(fraud) == 2  # u1's purchases at m1 (day 0) and m2 (the fraud itself)
             assert merchant.add_card_frauds(fraud) == 0  # a repeated label changes nothing
-        streamed.append(merchant.process({c: v[i:i + 1] for c, v in batch.items()}))
+        streamed.append(merchant.process({c: v[i : i + 1] for c, v in batch.items()}))
     streamed = np.vstack(streamed)
     names = list(MERCHANT_PASS_OUTPUTS)
     assert list(expected["merchant_compromise_count_7d"]) == [0, 0, 0, 0, 1, 1, 0]
     np.testing.assert_array_equal(streamed[:, names.index("exposed_7d")], expected["merchant_compromise_count_7d"])
     for window in ("7d", "30d"):
-        share = np.divide(streamed[:, names.index(f"delayed_exposed_{window}")],
-                          streamed[:, names.index(f"delayed_count_{window}")],
-                          out=np.zeros(len(streamed)), where=streamed[:, names.index(f"delayed_count_{window}")] > 0)
+        share = np.divide(
+            streamed[:, names.index(f"delayed_exposed_{window}")],
+            streamed[:, names.index(f"delayed_count_{window}")],
+            out=np.zeros(len(streamed)),
+            where=streamed[:, names.index(f"delayed_count_{window}")] > 0,
+        )
         np.testing.assert_allclose(share, expected[f"merchant_compromise_share_{window}"], rtol=1e-6)
     assert expected["merchant_compromise_share_30d"].iloc[-1] == pytest.approx(1 / 3)  # m1 up to day 9: 1 of 3
     arrays = {name: values for name, values in merchant.arrays().items() if not name.startswith("exposures.")}
@@ -251,8 +294,11 @@ def test_state_actors_snapshot_on_their_own_while_they_score(ray_session: Settin
         time.sleep(0.6)
         scoring.compute(transactions.iloc[300:])  # due: the state after this batch goes to S3, unasked
         # ... from the actor's snapshot thread, while the actor takes calls
-        wait_until(lambda: scoring.summary()["last_snapshot_at"] is not None, timeout_s=30,
-                   what="the periodic snapshot uploaded")
+        wait_until(
+            lambda: scoring.summary()["last_snapshot_at"] is not None,
+            timeout_s=30,
+            what="the periodic snapshot uploaded",
+        )
     finally:
         scoring.shutdown()
     restarted = OnlineFeatures(ray_session, name="periodic", restore=True)
@@ -266,15 +312,31 @@ def test_label_feedback_raises_merchant_risk_for_later_transactions(ray_session:
     from cluster.feature_state import OnlineFeatures
 
     start = pd.Timestamp("2026-02-01T00:00:00Z")
+
     def batch(ids: list[str], minutes: list[int]) -> pd.DataFrame:
-        return pd.DataFrame({"transaction_id": ids, "user_id": "fb-user", "merchant_id": "fb-merchant",
-                             "amount": 20.0, "mcc": "5999",
-                             "timestamp": [start + pd.Timedelta(minutes=m) for m in minutes]})
+        return pd.DataFrame(
+            {
+                "transaction_id": ids,
+                "user_id": "fb-user",
+                "merchant_id": "fb-merchant",
+                "amount": 20.0,
+                "mcc": "5999",
+                "timestamp": [start + pd.Timedelta(minutes=m) for m in minutes],
+            }
+        )
+
     online = OnlineFeatures(ray_session, name="feedback", restore=False)
     try:
         before = online.compute(batch(["fb-1", "fb-2"], [0, 10]))
-        applied = online.record_labels(pd.DataFrame({"transaction_id": ["fb-1", "fb-2"], "is_fraud": [True, False],
-                                                     "known_at": [start + pd.Timedelta(minutes=30)] * 2}))
+        applied = online.record_labels(
+            pd.DataFrame(
+                {
+                    "transaction_id": ["fb-1", "fb-2"],
+                    "is_fraud": [True, False],
+                    "known_at": [start + pd.Timedelta(minutes=30)] * 2,
+                }
+            )
+        )
         after = online.compute(batch(["fb-3", "fb-4"], [20, 40]))
     finally:
         online.shutdown()
@@ -295,18 +357,22 @@ def test_kinesis_datasource_reads_every_shard_back(ray_session: Settings) -> Non
     kinesis.create_stream(StreamName=stream, ShardCount=2)
     kinesis.get_waiter("stream_exists").wait(StreamName=stream, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
     transactions = synthetic_transactions(300, users=30, merchants=5, days=2, seed=5)
-    records = [{"Data": json.dumps({**row, "timestamp": row["timestamp"].isoformat()}).encode(),
-                "PartitionKey": row["user_id"]} for row in transactions.to_dict(orient="records")]
+    records = [
+        {
+            "Data": json.dumps({**row, "timestamp": row["timestamp"].isoformat()}).encode(),
+            "PartitionKey": row["user_id"],
+        }
+        for row in transactions.to_dict(orient="records")
+    ]
     records.append({"Data": b'{"transaction_id": "bad"}', "PartitionKey": "x"})
     for start in range(0, len(records), 100):
-        kinesis.put_records(StreamName=stream, Records=records[start:start + 100])
+        kinesis.put_records(StreamName=stream, Records=records[start : start + 100])
 
     dataset = read_kinesis(stream, ray_session)
     frame = dataset.to_pandas()
     assert sorted(frame["transaction_id"]) == sorted(transactions["transaction_id"])
     assert frame["shard_id"].nunique() == 2
-    assert frame.groupby("shard_id")["sequence_number"].apply(
-        lambda s: list(map(int, s)) == sorted(map(int, s))).all()
+    assert frame.groupby("shard_id")["sequence_number"].apply(lambda s: list(map(int, s)) == sorted(map(int, s))).all()
 
     built = collect_features(build_offline_features(dataset, label_delay=timedelta(days=1), partitions=2))
     ordered = frame.sort_values("arrival_seq").drop(columns=["shard_id", "sequence_number", "arrival_ms"])
@@ -336,8 +402,11 @@ def test_a_snapshot_of_another_stream_set_is_refused(ray_session: Settings) -> N
         assert foreign.restore() == [False] and foreign.summary()["recoveries"] == 0
     finally:
         foreign.shutdown()
-    copy = OnlineFeatures(ours.model_copy(update={"ingest_stream_name": "guarded-other-ingest"}), name="guarded-copy",
-                          restore_from="guarded")  # another ingest stream is another stream set too
+    copy = OnlineFeatures(
+        ours.model_copy(update={"ingest_stream_name": "guarded-other-ingest"}),
+        name="guarded-copy",
+        restore_from="guarded",
+    )  # another ingest stream is another stream set too
     try:
         assert copy.stats()["user"]["keys"] == 0
     finally:
@@ -350,7 +419,8 @@ def test_a_snapshot_of_another_stream_set_is_refused(ray_session: Settings) -> N
 
 
 def test_the_state_name_is_a_setting_that_reaches_workers_and_names_only_safe_keys(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("FRAUD_FEATURE_STATE_NAME", "features-eu")
     settings = Settings()
     assert settings.feature_state_name == "features-eu"

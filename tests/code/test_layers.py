@@ -1,4 +1,5 @@
-"""The architecture holds: imports point down the layers (import-linter), and ruff finds nothing."""
+"""The architecture holds: imports point down the layers (import-linter), ruff finds nothing, and the code is in
+ruff's format."""
 
 from __future__ import annotations
 
@@ -15,9 +16,14 @@ BIN = Path(sys.executable).parent
 
 
 def _lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "lint-imports"), "--config", str(root / "pyproject.toml"), "--no-cache"],
-                          cwd=root, env={"PYTHONPATH": str(root), "PATH": str(BIN)}, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [str(BIN / "lint-imports"), "--config", str(root / "pyproject.toml"), "--no-cache"],
+        cwd=root,
+        env={"PYTHONPATH": str(root), "PATH": str(BIN)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_layers_contract_holds() -> None:
@@ -26,9 +32,14 @@ def test_layers_contract_holds() -> None:
     assert "1 kept, 0 broken" in result.stdout
 
 
-@pytest.mark.parametrize("module, upward", [("cluster/schema.py", "from serve import app as _upward"),
-                                            ("training/policy.py", "import simulation.generator as _upward"),
-                                            ("serve/coalesce.py", "from fraudctl import up as _upward")])
+@pytest.mark.parametrize(
+    "module, upward",
+    [
+        ("cluster/schema.py", "from serve import app as _upward"),
+        ("training/policy.py", "import simulation.generator as _upward"),
+        ("serve/coalesce.py", "from fraudctl import up as _upward"),
+    ],
+)
 def test_an_upward_import_breaks_the_contract(tmp_path: Path, module: str, upward: str) -> None:
     for package in PACKAGES:
         shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
@@ -40,6 +51,22 @@ def test_an_upward_import_breaks_the_contract(tmp_path: Path, module: str, upwar
 
 
 def test_ruff_is_clean() -> None:
-    result = subprocess.run([str(BIN / "ruff"), "check", "--no-cache", *PACKAGES, "tests"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(BIN / "ruff"), "check", "--no-cache", *PACKAGES, "tests"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_code_is_in_ruffs_format() -> None:
+    result = subprocess.run(
+        [str(BIN / "ruff"), "format", "--check", "--no-cache", *PACKAGES, "tests"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -78,12 +78,14 @@ def test_a_ttl_value_expires_at_read_time(aws_settings) -> None:
 def test_the_lists_table_has_dynamodb_ttl_on_the_expiry_attribute(aws_settings) -> None:
     """Read-time filtering hides an expired value; the table's TTL is what deletes it on real AWS."""
     bootstrap(aws_settings)  # a second bootstrap leaves the enabled TTL as it is (AWS refuses enabling it twice)
-    description = client("dynamodb", aws_settings).describe_time_to_live(
-        TableName=aws_settings.lists_table)["TimeToLiveDescription"]
+    description = client("dynamodb", aws_settings).describe_time_to_live(TableName=aws_settings.lists_table)[
+        "TimeToLiveDescription"
+    ]
     assert description == {"TimeToLiveStatus": "ENABLED", "AttributeName": LIST_EXPIRY_ATTRIBUTE}
     ListStore(aws_settings).put("t_ttl_attr", "user_id", ["u-brief"], ttl_s=60)
     item = client("dynamodb", aws_settings).get_item(
-        TableName=aws_settings.lists_table, Key={"list": {"S": "t_ttl_attr"}, "value": {"S": "u-brief"}})["Item"]
+        TableName=aws_settings.lists_table, Key={"list": {"S": "t_ttl_attr"}, "value": {"S": "u-brief"}}
+    )["Item"]
     assert float(item[LIST_EXPIRY_ATTRIBUTE]["N"]) > time.time() + 50
 
 
@@ -126,22 +128,38 @@ def test_list_membership_by_binary_search_equals_isin() -> None:
 
 
 def _decisions(levels: list[str]) -> list[dict]:
-    return [{"fraud_score": 0.1, "risk_level": level, "action": "allow", "rules": [], "factors": []}
-            for level in levels]
+    return [
+        {"fraud_score": 0.1, "risk_level": level, "action": "allow", "rules": [], "factors": []} for level in levels
+    ]
 
 
 def test_a_deny_listed_card_gets_the_rules_action_vectorised() -> None:
-    rule_set = RuleSet.model_validate({"version": 1, "mode": "all_matched", "rules": [
-        {"id": "DENY", "expression": "user_id in @blocked_cards", "action": "block"},
-        {"id": "ALLOW", "expression": "merchant_id in @trusted and user_id not in @blocked_cards", "action": "allow"}]})
+    rule_set = RuleSet.model_validate(
+        {
+            "version": 1,
+            "mode": "all_matched",
+            "rules": [
+                {"id": "DENY", "expression": "user_id in @blocked_cards", "action": "block"},
+                {
+                    "id": "ALLOW",
+                    "expression": "merchant_id in @trusted and user_id not in @blocked_cards",
+                    "action": "allow",
+                },
+            ],
+        }
+    )
     compiled = CompiledRules(rule_set, lists={"blocked_cards": "user_id", "trusted": "merchant_id"})
     compiled = compiled.with_values({"blocked_cards": np.array(["u1", "u3"]), "trusted": np.array(["m9"])})
     rows = 1_000
     users = np.array([f"u{i % 5}" for i in range(rows)], dtype=object)
     merchants = np.array(["m9" if i % 2 else "m1" for i in range(rows)], dtype=object)
     decisions = _decisions(["MEDIUM"] * rows)
-    counts = apply_rules(compiled, decisions, {"user_id": users, "merchant_id": merchants},
-                         np.zeros((rows, len(FEATURE_NAMES)), np.float32))
+    counts = apply_rules(
+        compiled,
+        decisions,
+        {"user_id": users, "merchant_id": merchants},
+        np.zeros((rows, len(FEATURE_NAMES)), np.float32),
+    )
     blocked = np.isin(users, ["u1", "u3"])
     trusted = (merchants == "m9") & ~blocked
     actions = np.array([d["action"] for d in decisions])
@@ -152,8 +170,9 @@ def test_a_deny_listed_card_gets_the_rules_action_vectorised() -> None:
     # a list that is empty (or not yet read) matches nothing
     empty = CompiledRules(rule_set, lists={"blocked_cards": "user_id", "trusted": "merchant_id"})
     decisions = _decisions(["LOW"] * rows)
-    apply_rules(empty, decisions, {"user_id": users, "merchant_id": merchants},
-                np.zeros((rows, len(FEATURE_NAMES)), np.float32))
+    apply_rules(
+        empty, decisions, {"user_id": users, "merchant_id": merchants}, np.zeros((rows, len(FEATURE_NAMES)), np.float32)
+    )
     assert {d["action"] for d in decisions} == {"allow"} and not any(d["rules"] for d in decisions)
 
 
@@ -162,27 +181,40 @@ def test_the_rule_cache_applies_stored_rules_with_the_stored_lists(aws_settings)
     lists = ListStore(settings)
     lists.put("t_deny", "user_id", ["u-bad"])
     rules = RuleStore(settings)
-    stored = rules.put(RuleSet.model_validate({"rules": [
-        {"id": "DENYLIST", "expression": "user_id in @t_deny", "action": "block"}]}))
+    stored = rules.put(
+        RuleSet.model_validate({"rules": [{"id": "DENYLIST", "expression": "user_id in @t_deny", "action": "block"}]})
+    )
     cache = RuleCache(settings, rules, ListCache(settings, lists))
     current = cache.current()
     assert current.version == stored.version and current.list_kinds["t_deny"] == "user_id"
     decisions = _decisions(["LOW", "LOW"])
-    apply_rules(current, decisions, {"user_id": np.array(["u-bad", "u-ok"], dtype=object)},
-                np.zeros((2, len(FEATURE_NAMES)), np.float32))
+    apply_rules(
+        current,
+        decisions,
+        {"user_id": np.array(["u-bad", "u-ok"], dtype=object)},
+        np.zeros((2, len(FEATURE_NAMES)), np.float32),
+    )
     assert [d["action"] for d in decisions] == ["block", "allow"]
     lists.add("t_deny", ["u-ok"])
     time.sleep(0.1)
     decisions = _decisions(["LOW", "LOW"])
-    apply_rules(cache.current(), decisions, {"user_id": np.array(["u-bad", "u-ok"], dtype=object)},
-                np.zeros((2, len(FEATURE_NAMES)), np.float32))
+    apply_rules(
+        cache.current(),
+        decisions,
+        {"user_id": np.array(["u-bad", "u-ok"], dtype=object)},
+        np.zeros((2, len(FEATURE_NAMES)), np.float32),
+    )
     assert [d["action"] for d in decisions] == ["block", "block"]
     rules.put(RuleSet.model_validate({"rules": []}))  # leave the shared rule set empty for other tests
 
 
 def test_a_put_rule_set_is_checked_against_the_stored_lists() -> None:
-    body = {"rules": [{"id": "R1", "expression": "amount > 1", "action": "review"},
-                      {"id": "R2", "expression": "merchant_id in @cards", "action": "block"}]}
+    body = {
+        "rules": [
+            {"id": "R1", "expression": "amount > 1", "action": "review"},
+            {"id": "R2", "expression": "merchant_id in @cards", "action": "block"},
+        ]
+    }
     assert parse_rules(body).rules[1].id == "R2"  # without the lists at hand: only the field is checked
     with pytest.raises(ApiError) as kind:
         parse_rules(body, lists={"cards": "user_id"})
@@ -215,8 +247,11 @@ def test_list_bodies_are_validated_and_size_limited() -> None:
         assert invalid.value.status == 422 and invalid.value.errors[0]["field"] == field, payload
     items = parse_list_items({"values": ["m1", "m2"], "ttl_s": 3600}, "merchant_id")
     assert (items.values, items.ttl_s) == (["m1", "m2"], 3600)
-    for payload, kind, field in (({"values": []}, "user_id", "values"), ({"values": ["GB", "x"]}, "country", "values.1"),
-                                 ({"values": ["d1"], "ttl_s": -5}, "device_id", "ttl_s")):
+    for payload, kind, field in (
+        ({"values": []}, "user_id", "values"),
+        ({"values": ["GB", "x"]}, "country", "values.1"),
+        ({"values": ["d1"], "ttl_s": -5}, "device_id", "ttl_s"),
+    ):
         with pytest.raises(ApiError) as invalid:
             parse_list_items(payload, kind)
         assert invalid.value.errors[0]["field"] == field

@@ -34,16 +34,29 @@ EVALUATE_S = 10.0
 STABLE_SEEDS = 20
 
 
-def world(rows: int, rng: np.random.Generator, *, inflate_half: bool = False, device_gone: bool = False
-          ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+def world(
+    rows: int, rng: np.random.Generator, *, inflate_half: bool = False, device_gone: bool = False
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """A feature matrix, its scores and the transactions' device column, as the simulated traffic has them."""
     amount = rng.lognormal(3.5, 1.0, rows)
     if inflate_half:
         amount[: rows // 2] *= 3
-    device = np.array([None if gone else f"d{i}" for i, gone in
-                       enumerate(np.ones(rows, bool) if device_gone else rng.random(rows) < 0.05)], dtype=object)
-    x = np.column_stack([amount, np.log1p(amount), rng.integers(0, 24, rows), (device == None).astype(float),  # noqa: E711
-                         rng.beta(1, 60, rows)]).astype(np.float32)
+    device = np.array(
+        [
+            None if gone else f"d{i}"
+            for i, gone in enumerate(np.ones(rows, bool) if device_gone else rng.random(rows) < 0.05)
+        ],
+        dtype=object,
+    )
+    x = np.column_stack(
+        [
+            amount,
+            np.log1p(amount),
+            rng.integers(0, 24, rows),
+            (device == None).astype(float),  # noqa: E711
+            rng.beta(1, 60, rows),
+        ]
+    ).astype(np.float32)
     scores = 1 / (1 + np.exp(-(x[:, 1] - 6 + rng.normal(0, 1, rows))))
     return x, scores, {"device_id": device}
 
@@ -54,9 +67,16 @@ def reference_of(seed: int = 0, rows: int = 20_000) -> dict:
 
 
 def settings(**overrides) -> Settings:
-    return Settings(aws_mode="embedded", monitoring_window_s=300.0, monitoring_evaluate_s=EVALUATE_S,
-                    drift_min_rows=1000, drift_consecutive=3, drift_psi_threshold=0.25, drift_psi_clear=0.1,
-                    **overrides)
+    return Settings(
+        aws_mode="embedded",
+        monitoring_window_s=300.0,
+        monitoring_evaluate_s=EVALUATE_S,
+        drift_min_rows=1000,
+        drift_consecutive=3,
+        drift_psi_threshold=0.25,
+        drift_psi_clear=0.1,
+        **overrides,
+    )
 
 
 class Clock:
@@ -68,12 +88,10 @@ class Clock:
 
 
 def collector(stored: dict | None, clock: Clock, sent: list, notify: Any = None) -> MonitoringCollector:
-    return MonitoringCollector(settings(), clock=clock, references=lambda version: stored,
-                               notify=notify or sent.append)
+    return MonitoringCollector(settings(), clock=clock, references=lambda version: stored, notify=notify or sent.append)
 
 
-def run_stream(stored: dict, seed: int, batches: int, notify: Any = None, **drift) -> tuple[MonitoringCollector,
-                                                                                            list]:
+def run_stream(stored: dict, seed: int, batches: int, notify: Any = None, **drift) -> tuple[MonitoringCollector, list]:
     """Feed ``batches`` micro-batches, one evaluation apart, straight into a collector; returns it and its messages
     (those ``notify`` did not take instead)."""
     clock, sent = Clock(), []
@@ -155,8 +173,7 @@ def test_stable_traffic_raises_no_drift_over_many_seeds() -> None:
     """The false-alarm rate stated in docs/MODEL_DETAILS.md: stable streams as long as the drifted ones."""
     stored = reference_of()
     alarms = [len(run_stream(stored, seed=100 + seed, batches=40)[1]) for seed in range(STABLE_SEEDS)]
-    largest = max(max(v["psi"] for v in run_stream(stored, seed=100, batches=40)[0].view()["features"].values()),
-                  0.0)
+    largest = max(max(v["psi"] for v in run_stream(stored, seed=100, batches=40)[0].view()["features"].values()), 0.0)
     assert sum(alarms) == 0, f"{sum(alarms)} false alarms in {STABLE_SEEDS} stable streams"
     assert largest < 0.05
 
@@ -202,11 +219,13 @@ def test_reporter_bins_at_flush_and_counts_rejected_fields_and_labels() -> None:
     monitor = collector(stored, clock, sent)
     reporter = MonitoringReporter(settings(), actor=SimpleNamespace(record=SimpleNamespace(remote=monitor.record)))
     x, scores, columns = world(300, np.random.default_rng(4))
-    decisions = [{"transaction_id": f"t{i}", "fraud_score": float(s), "is_fraud": bool(s > 0.5)}
-                 for i, s in enumerate(scores)]
+    decisions = [
+        {"transaction_id": f"t{i}", "fraud_score": float(s), "is_fraud": bool(s > 0.5)} for i, s in enumerate(scores)
+    ]
     reporter.add(SimpleNamespace(version="v1", reference=stored), x, decisions, columns)
-    reporter.rejected([{"field": "transactions.3.amount", "message": "x"}, {"field": "transactions.3.currency",
-                                                                          "message": "y"}])
+    reporter.rejected(
+        [{"field": "transactions.3.amount", "message": "x"}, {"field": "transactions.3.currency", "message": "y"}]
+    )
     reporter.rejected([{"field": "amount", "message": "z"}])
     reporter.label("t1", True)
     reporter.flush()
@@ -221,11 +240,16 @@ def test_reporter_bins_at_flush_and_counts_rejected_fields_and_labels() -> None:
 def test_monitoring_switched_off_notes_nothing() -> None:
     clock, sent = Clock(), []
     monitor = collector(reference_of(), clock, sent)
-    reporter = MonitoringReporter(settings(monitoring_enabled=False),
-                                  actor=SimpleNamespace(record=SimpleNamespace(remote=monitor.record)))
+    reporter = MonitoringReporter(
+        settings(monitoring_enabled=False), actor=SimpleNamespace(record=SimpleNamespace(remote=monitor.record))
+    )
     x, scores, columns = world(10, np.random.default_rng(5))
-    reporter.add(SimpleNamespace(version="v1", reference=None), x,
-                 [{"transaction_id": "t", "fraud_score": 0.1, "is_fraud": False}] * 10, columns)
+    reporter.add(
+        SimpleNamespace(version="v1", reference=None),
+        x,
+        [{"transaction_id": "t", "fraud_score": 0.1, "is_fraud": False}] * 10,
+        columns,
+    )
     reporter.rejected([{"field": "amount", "message": "x"}])
     reporter.label("t", True)
     assert reporter.flush() is None and monitor.view()["scored"] == 0
@@ -242,12 +266,19 @@ def test_labelled_metrics_equal_scikit_learns_on_the_same_decisions() -> None:
     days = np.where(np.arange(rows) < rows // 2, "2026-12-01", "2026-12-02")
     for day in ("2026-12-01", "2026-12-02"):
         rows_of_day = np.flatnonzero(days == day)
-        monitor.record(scored=len(rows_of_day), decisions=DecisionBlock(
-            transaction_ids=[f"t{i}" for i in rows_of_day], scores=scores[rows_of_day], flagged=flagged[rows_of_day],
-            day=day))
+        monitor.record(
+            scored=len(rows_of_day),
+            decisions=DecisionBlock(
+                transaction_ids=[f"t{i}" for i in rows_of_day],
+                scores=scores[rows_of_day],
+                flagged=flagged[rows_of_day],
+                day=day,
+            ),
+        )
     labelled_rows = rng.random(rows) < 0.6  # labels arrive for some decisions only
-    monitor.record(labels=[(f"t{i}", bool(labels[i])) for i in np.flatnonzero(labelled_rows)]
-                   + [("never-scored", True)])
+    monitor.record(
+        labels=[(f"t{i}", bool(labels[i])) for i in np.flatnonzero(labelled_rows)] + [("never-scored", True)]
+    )
     figures = monitor.view()["labelled"]
     y, s, f = labels[labelled_rows], scores[labelled_rows], flagged[labelled_rows]
     assert figures["count"] == int(labelled_rows.sum())
@@ -258,8 +289,9 @@ def test_labelled_metrics_equal_scikit_learns_on_the_same_decisions() -> None:
     tn, fp, fn, tp = confusion_matrix(y, f).ravel()
     assert figures["confusion"] == {"tp": tp, "fp": fp, "fn": fn, "tn": tn}
     first = labelled_rows & (days == "2026-12-01")
-    assert figures["per_day"]["2026-12-01"]["precision"] == pytest.approx(precision_score(labels[first],
-                                                                                          flagged[first]))
+    assert figures["per_day"]["2026-12-01"]["precision"] == pytest.approx(
+        precision_score(labels[first], flagged[first])
+    )
 
 
 def test_a_drift_episode_publishes_one_message_to_the_drift_topic(aws_settings: Settings) -> None:
@@ -281,8 +313,12 @@ def test_a_decision_replayed_is_counted_once_by_its_newest_decision() -> None:
     clock, sent = Clock(), []
     monitor = collector(None, clock, sent)
     for score, flagged in ((0.9, True), (0.1, False)):
-        monitor.record(scored=1, decisions=DecisionBlock(transaction_ids=["t1"], scores=np.array([score]),
-                                                         flagged=np.array([flagged]), day="2026-12-01"))
+        monitor.record(
+            scored=1,
+            decisions=DecisionBlock(
+                transaction_ids=["t1"], scores=np.array([score]), flagged=np.array([flagged]), day="2026-12-01"
+            ),
+        )
     monitor.record(labels=[("t1", True)])
     labelled = monitor.view()["labelled"]
     assert labelled["count"] == 1 and labelled["kept_decisions"] == 1
@@ -299,11 +335,19 @@ def test_card_precision_at_k_per_day_counts_the_top_cards_with_a_labelled_fraud(
     assert card_precision_at_k(cards, scores, {}, k=10)["cards"] == 6
 
     clock, sent = Clock(), []
-    monitor = MonitoringCollector(settings(monitoring_card_precision_k=3), clock=clock, references=lambda v: None,
-                                  notify=sent.append)
-    monitor.record(scored=len(cards), decisions=DecisionBlock(
-        transaction_ids=[f"t{i}" for i in range(len(cards))], scores=scores, flagged=scores > 0.5, day="2026-12-01",
-        cards=cards))
+    monitor = MonitoringCollector(
+        settings(monitoring_card_precision_k=3), clock=clock, references=lambda v: None, notify=sent.append
+    )
+    monitor.record(
+        scored=len(cards),
+        decisions=DecisionBlock(
+            transaction_ids=[f"t{i}" for i in range(len(cards))],
+            scores=scores,
+            flagged=scores > 0.5,
+            day="2026-12-01",
+            cards=cards,
+        ),
+    )
     monitor.record(labels=[(f"t{row}", label) for row, label in labels.items()])
     day = monitor.view()["labelled"]["per_day"]["2026-12-01"]
     assert day["card_precision"]["cp_at_k"] == pytest.approx(1 / 3) and day["count"] == 3

@@ -50,8 +50,13 @@ def fresh_stream(aws_settings: Settings) -> str:
 
 
 def entries(n: int) -> list[dict[str, Any]]:
-    return [{"Data": json.dumps({"transaction_id": f"t{i}", "user_id": f"u{i % 37}"}).encode(),
-             "PartitionKey": f"u{i % 37}"} for i in range(n)]
+    return [
+        {
+            "Data": json.dumps({"transaction_id": f"t{i}", "user_id": f"u{i % 37}"}).encode(),
+            "PartitionKey": f"u{i % 37}",
+        }
+        for i in range(n)
+    ]
 
 
 def test_every_record_arrives_once_when_puts_partially_fail(aws_settings: Settings, fresh_stream: str) -> None:
@@ -89,8 +94,9 @@ def test_producer_actors_deliver_simulated_traffic_exactly_once(ray_session: Set
     from simulation.producers import start_producers
 
     before = {r["transaction_id"] for r in read_stream(ray_session, ray_session.stream_name)}
-    handles, runs = start_producers(ray_session, tps=50_000, n_users=300, actors=2, max_records_each=700,
-                                    scoreboard=scoreboard)
+    handles, runs = start_producers(
+        ray_session, tps=50_000, n_users=300, actors=2, max_records_each=700, scoreboard=scoreboard
+    )
     results = ray.get(runs, timeout=300)
     for handle in handles:
         ray.kill(handle)
@@ -134,18 +140,27 @@ def test_dashboard_controls_reach_the_running_producers(ray_session: Settings, s
         shifted = ray.get([handle.set_world_shift.remote(WorldShift(share=1.0, country="ZZ")) for handle in handles])
 
         def produced_all() -> list[dict[str, Any]]:
-            records = [r for r in read_stream(ray_session, ray_session.stream_name) if r["transaction_id"] not in before]
+            records = [
+                r for r in read_stream(ray_session, ray_session.stream_name) if r["transaction_id"] not in before
+            ]
             attack = [r for r in records if r["transaction_id"].startswith("p0atk1-")]
             days = {r["transaction_id"].split("-")[0] for r in records}
             later_days = [r for r in records if _simulated_day(r["transaction_id"]) >= 2]  # after the mix changed
             truth = ray.get(scoreboard.truth_of.remote([r["transaction_id"] for r in records]))
-            done = (len(attack) >= queued and {"p0d3", "p1d3"} <= days
-                    and any(truth[r["transaction_id"]] != GENUINE_SCENARIO for r in later_days)
-                    and {r.get("country") for r in records if _simulated_day(r["transaction_id"]) == 3} == {"ZZ"})
+            done = (
+                len(attack) >= queued
+                and {"p0d3", "p1d3"} <= days
+                and any(truth[r["transaction_id"]] != GENUINE_SCENARIO for r in later_days)
+                and {r.get("country") for r in records if _simulated_day(r["transaction_id"]) == 3} == {"ZZ"}
+            )
             return records if done else []
 
-        records = wait_until(produced_all, timeout_s=120, interval_s=1.0,
-                             what=f"the {queued} attack rows and simulated day 3 of both producers")
+        records = wait_until(
+            produced_all,
+            timeout_s=120,
+            interval_s=1.0,
+            what=f"the {queued} attack rows and simulated day 3 of both producers",
+        )
         attack = [r for r in records if r["transaction_id"].startswith("p0atk1-")]
         later_days = [r for r in records if _simulated_day(r["transaction_id"]) >= 2]
         truth = ray.get(scoreboard.truth_of.remote([r["transaction_id"] for r in records]))

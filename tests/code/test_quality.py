@@ -24,8 +24,7 @@ def test_recall_at_a_fixed_false_positive_rate() -> None:
 
 
 def test_ranking_quality_per_scenario() -> None:
-    frame = pd.DataFrame({LABEL_COLUMN: [0] * 200 + [1, 1, 1],
-                          SCENARIO_COLUMN: ["none"] * 200 + ["a", "a", "b"]})
+    frame = pd.DataFrame({LABEL_COLUMN: [0] * 200 + [1, 1, 1], SCENARIO_COLUMN: ["none"] * 200 + ["a", "a", "b"]})
     scores = np.r_[np.linspace(0, 0.5, 200), [0.9, 0.1, 0.95]]
     quality = ranking_quality(frame, scores)
     assert quality["recall_at_1pct_fpr_by_scenario"] == {"a": 0.5, "b": 1.0}
@@ -35,8 +34,9 @@ def test_ranking_quality_per_scenario() -> None:
 def test_a_novel_scenario_leaves_training_and_history_but_stays_in_the_test_window() -> None:
     window = BacktestWindow(train_start=date(2026, 1, 8), train_days=7, delay_days=7, test_days=7)
     stamps = pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta([0, 10, 20, 22, 23, 27], unit="D")
-    frame = pd.DataFrame({"timestamp": stamps, SCENARIO_COLUMN: ["x", "none", "x", "x", "y", "none"],
-                          LABEL_COLUMN: [1, 0, 1, 1, 1, 0]})
+    frame = pd.DataFrame(
+        {"timestamp": stamps, SCENARIO_COLUMN: ["x", "none", "x", "x", "y", "none"], LABEL_COLUMN: [1, 0, 1, 1, 1, 0]}
+    )
     kept = without_scenario(frame, "x", window)  # test window: [2026-01-22, 2026-01-29)
     assert list(kept[SCENARIO_COLUMN]) == ["none", "x", "y", "none"]
     assert kept["timestamp"].iloc[1] == stamps[3]

@@ -25,8 +25,9 @@ from serve.rollout import (
 from serve.stats import StatsCollector, StatsReporter
 from training.registry import ModelRegistry, StaleWrite
 
-BOUNDS = GuardBounds(min_rows=100, rate_factor=2.0, rate_slack=0.02, error_slack=0.01, latency_factor=3.0,
-                     latency_slack_ms=100.0)
+BOUNDS = GuardBounds(
+    min_rows=100, rate_factor=2.0, rate_slack=0.02, error_slack=0.01, latency_factor=3.0, latency_slack_ms=100.0
+)
 
 
 def test_a_rollout_moves_through_its_states_and_logs_each_change() -> None:
@@ -37,7 +38,10 @@ def test_a_rollout_moves_through_its_states_and_logs_each_change() -> None:
     back = roll_back(canary, "guardrail: alert rate", "2026-12-01T11:05:00+00:00")
     assert (back.mode, back.share, back.version, back.serving) == ("rolled_back", 0.0, "v2", False)
     assert [(e["from"], e["to"], e["reason"]) for e in back.events] == [
-        (None, "shadow", "retrained"), ("shadow", "canary", "by hand"), ("canary", "rolled_back", "guardrail: alert rate")]
+        (None, "shadow", "retrained"),
+        ("shadow", "canary", "by hand"),
+        ("canary", "rolled_back", "guardrail: alert rate"),
+    ]
     promoted = record_promotion(back, "v3", "by hand", "2026-12-02T09:00:00+00:00")
     assert (promoted.mode, promoted.version, promoted.serving) == ("promoted", "v3", False)
     assert RolloutState.from_dict(promoted.to_dict()) == promoted
@@ -55,8 +59,9 @@ def test_invalid_transitions_are_refused_and_events_stay_bounded() -> None:
     assert len(state.events) == MAX_EVENTS and state.events[-1]["reason"] == f"change {MAX_EVENTS + 19}"
 
 
-def _figures(rows: int, alert: float = 0.03, review: float = 0.05, errors: float = 0.0,
-             p99: float | None = 20.0) -> dict:
+def _figures(
+    rows: int, alert: float = 0.03, review: float = 0.05, errors: float = 0.0, p99: float | None = 20.0
+) -> dict:
     return {"rows": rows, "alert_rate": alert, "review_rate": review, "error_rate": errors, "latency_p99_ms": p99}
 
 
@@ -75,9 +80,16 @@ def test_the_guard_waits_for_enough_rows_then_judges_each_bound() -> None:
 
 
 def _report(labelled: int, only_champion: int, only_challenger: int, p_value: float) -> dict:
-    return {"labelled": labelled, "significance": {"only_champion_correct": only_champion,
-                                                   "only_challenger_correct": only_challenger, "p_value": p_value,
-                                                   "alpha": 0.05, "significant": p_value < 0.05}}
+    return {
+        "labelled": labelled,
+        "significance": {
+            "only_champion_correct": only_champion,
+            "only_challenger_correct": only_challenger,
+            "p_value": p_value,
+            "alpha": 0.05,
+            "significant": p_value < 0.05,
+        },
+    }
 
 
 def test_promotion_needs_enough_labels_significance_and_a_better_challenger() -> None:
@@ -99,9 +111,16 @@ def test_stats_count_decisions_alerts_reviews_errors_and_latency_per_model() -> 
                 collector.record(**kwargs)
 
     reporter = StatsReporter(flush_every_s=3600, actor=Direct)
-    decisions = [{"transaction_id": f"t{i}", "is_fraud": level == "HIGH", "risk_level": level, "fraud_score": 0.5,
-                  "model_version": version}
-                 for i, (level, version) in enumerate([("HIGH", "v2"), ("MEDIUM", "v2"), ("LOW", "v1"), ("LOW", "v1")])]
+    decisions = [
+        {
+            "transaction_id": f"t{i}",
+            "is_fraud": level == "HIGH",
+            "risk_level": level,
+            "fraud_score": 0.5,
+            "model_version": version,
+        }
+        for i, (level, version) in enumerate([("HIGH", "v2"), ("MEDIUM", "v2"), ("LOW", "v1"), ("LOW", "v1")])
+    ]
     reporter.add(scored=4, alerts=1, latency_ms=12.0, decisions=decisions)
     reporter.model_errors("v2", 2)
     reporter.flush()
@@ -109,8 +128,17 @@ def test_stats_count_decisions_alerts_reviews_errors_and_latency_per_model() -> 
     reporter.add(scored=1, alerts=0, latency_ms=30.0, decisions=[{**decisions[2], "transaction_id": "late"}])
     reporter.flush()
     figures = collector.models_since(0.0)
-    assert figures["v2"] == {"rows": 4, "decisions": 2, "high": 1, "review": 1, "errors": 2, "alert_rate": 0.5,
-                             "review_rate": 0.5, "error_rate": 0.5, "latency_p99_ms": 12.0}
+    assert figures["v2"] == {
+        "rows": 4,
+        "decisions": 2,
+        "high": 1,
+        "review": 1,
+        "errors": 2,
+        "alert_rate": 0.5,
+        "review_rate": 0.5,
+        "error_rate": 0.5,
+        "latency_p99_ms": 12.0,
+    }
     assert figures["v1"]["decisions"] == 3 and figures["v1"]["alert_rate"] == 0.0
     assert set(collector.models_since(1_005.0)) == {"v1"}  # only what was served since then
 
@@ -125,14 +153,30 @@ def test_the_canary_draw_is_stable_and_near_its_share() -> None:
 
 def test_training_history_labels_from_feedback_and_the_label_delay() -> None:
     as_of = datetime(2026, 3, 1, tzinfo=timezone.utc)
-    kept = pd.DataFrame({
-        "transaction_id": ["old-fraud", "old-quiet", "new-labelled", "new-quiet", "old-quiet"],
-        "user_id": "u", "merchant_id": "m", "amount": 10.0,
-        "timestamp": ["2026-02-01T10:00:00.000000Z", "2026-02-02T10:00:00.000000Z", "2026-02-28T10:00:00.000000Z",
-                      "2026-02-28T11:00:00.000000Z", "2026-02-02T10:00:00.000000Z"],
-        "fraud_score": 0.1, "model_version": "v1"})
-    feedback = pd.DataFrame({"transaction_id": ["old-fraud", "new-labelled", "old-fraud"], "is_fraud": [0, 0, 1],
-                             "reported_at": ["2026-02-03T00:00:00", "2026-02-28T12:00:00", "2026-02-05T00:00:00"]})
+    kept = pd.DataFrame(
+        {
+            "transaction_id": ["old-fraud", "old-quiet", "new-labelled", "new-quiet", "old-quiet"],
+            "user_id": "u",
+            "merchant_id": "m",
+            "amount": 10.0,
+            "timestamp": [
+                "2026-02-01T10:00:00.000000Z",
+                "2026-02-02T10:00:00.000000Z",
+                "2026-02-28T10:00:00.000000Z",
+                "2026-02-28T11:00:00.000000Z",
+                "2026-02-02T10:00:00.000000Z",
+            ],
+            "fraud_score": 0.1,
+            "model_version": "v1",
+        }
+    )
+    feedback = pd.DataFrame(
+        {
+            "transaction_id": ["old-fraud", "new-labelled", "old-fraud"],
+            "is_fraud": [0, 0, 1],
+            "reported_at": ["2026-02-03T00:00:00", "2026-02-28T12:00:00", "2026-02-05T00:00:00"],
+        }
+    )
     history, counts = training_history(kept, feedback, as_of=as_of, label_delay=timedelta(days=7))
     labels = dict(zip(history["transaction_id"], history["is_fraud"]))
     assert labels == {"old-fraud": 1, "old-quiet": 0, "new-labelled": 0}  # the latest report wins; new-quiet waits

@@ -75,8 +75,10 @@ HOSTILE = [
 @pytest.mark.parametrize("text", HOSTILE)
 def test_hostile_expressions_are_refused_with_a_reason(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Refused with a reason, and never handed to Python's own evaluator on the way."""
+
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("user text reached eval/exec")
+
     with monkeypatch.context() as patched:
         for name in ("eval", "exec"):
             patched.setattr(builtins, name, refuse)
@@ -85,12 +87,69 @@ def test_hostile_expressions_are_refused_with_a_reason(text: str, monkeypatch: p
     assert str(refused.value)
 
 
-ATOMS = st.sampled_from(["amount", "user_count_1h", "fraud_score", "country", "risk_level", "user_id", "1", "0.5",
-                         "'US'", "True", "@blocked", "__class__", "open", "x", "(1, 2)", "()", "[]", "{}", "...",
-                         "1e309", "9" * 30, "'" + "a" * 300 + "'", "lambda: 0", "__import__"])
-OPERATORS = st.sampled_from([" and ", " or ", " > ", " == ", " != ", " in ", " not in ", " + ", " * ", " ** ",
-                             " / ", " % ", ".", "(", ")", "[", "]", ",", " if ", " else ", " for ", " is ", ":",
-                             " lambda ", "@", ";", " not ", "-", "~", " << ", " := "])
+ATOMS = st.sampled_from(
+    [
+        "amount",
+        "user_count_1h",
+        "fraud_score",
+        "country",
+        "risk_level",
+        "user_id",
+        "1",
+        "0.5",
+        "'US'",
+        "True",
+        "@blocked",
+        "__class__",
+        "open",
+        "x",
+        "(1, 2)",
+        "()",
+        "[]",
+        "{}",
+        "...",
+        "1e309",
+        "9" * 30,
+        "'" + "a" * 300 + "'",
+        "lambda: 0",
+        "__import__",
+    ]
+)
+OPERATORS = st.sampled_from(
+    [
+        " and ",
+        " or ",
+        " > ",
+        " == ",
+        " != ",
+        " in ",
+        " not in ",
+        " + ",
+        " * ",
+        " ** ",
+        " / ",
+        " % ",
+        ".",
+        "(",
+        ")",
+        "[",
+        "]",
+        ",",
+        " if ",
+        " else ",
+        " for ",
+        " is ",
+        ":",
+        " lambda ",
+        "@",
+        ";",
+        " not ",
+        "-",
+        "~",
+        " << ",
+        " := ",
+    ]
+)
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -103,8 +162,13 @@ def test_fuzzed_expressions_compile_safely_or_are_refused(text: str) -> None:
     except RuleError:
         return
     assert expression.names <= set(NAME_TYPES) and not expression.lists
-    env = rule_inputs(expression.names, _fields(8), _features(8), fraud_score=np.linspace(0, 1, 8),
-                      risk_level=np.array(["LOW", "MEDIUM", "HIGH", "LOW"] * 2, dtype=object))
+    env = rule_inputs(
+        expression.names,
+        _fields(8),
+        _features(8),
+        fraud_score=np.linspace(0, 1, 8),
+        risk_level=np.array(["LOW", "MEDIUM", "HIGH", "LOW"] * 2, dtype=object),
+    )
     result = expression.evaluate(env, 8)
     assert result.dtype == np.bool_ and result.shape == (8,)
 
@@ -129,14 +193,19 @@ def test_nesting_and_size_are_bounded() -> None:
 
 def _fields(rows: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {"amount": rng.uniform(1, 3000, rows), "lat": np.where(rng.random(rows) < 0.2, np.nan, rng.uniform(-60, 60, rows)),
-            "lon": rng.uniform(-120, 120, rows),
-            "user_id": np.array([f"u{i}" for i in rng.integers(0, 5, rows)], dtype=object),
-            "merchant_id": np.array([f"m{i}" for i in rng.integers(0, 5, rows)], dtype=object),
-            "transaction_id": np.array([f"t{i}" for i in range(rows)], dtype=object),
-            "country": np.array([None, "US", "GB", "DE"] * (rows // 4) + [None] * (rows % 4), dtype=object),
-            "channel": np.array(["online"] * rows, dtype=object), "currency": np.array(["USD"] * rows, dtype=object),
-            "mcc": np.array([None] * rows, dtype=object), "device_id": np.array(["d1"] * rows, dtype=object)}
+    return {
+        "amount": rng.uniform(1, 3000, rows),
+        "lat": np.where(rng.random(rows) < 0.2, np.nan, rng.uniform(-60, 60, rows)),
+        "lon": rng.uniform(-120, 120, rows),
+        "user_id": np.array([f"u{i}" for i in rng.integers(0, 5, rows)], dtype=object),
+        "merchant_id": np.array([f"m{i}" for i in rng.integers(0, 5, rows)], dtype=object),
+        "transaction_id": np.array([f"t{i}" for i in range(rows)], dtype=object),
+        "country": np.array([None, "US", "GB", "DE"] * (rows // 4) + [None] * (rows % 4), dtype=object),
+        "channel": np.array(["online"] * rows, dtype=object),
+        "currency": np.array(["USD"] * rows, dtype=object),
+        "mcc": np.array([None] * rows, dtype=object),
+        "device_id": np.array(["d1"] * rows, dtype=object),
+    }
 
 
 def _features(rows: int, seed: int = 0) -> np.ndarray:
@@ -167,9 +236,21 @@ def test_a_batch_and_each_single_row_agree(text: str) -> None:
     levels = np.random.default_rng(5).choice(["LOW", "MEDIUM", "HIGH"], rows).astype(object)
     expression = compile_expression(text)
     batch = expression.evaluate(rule_inputs(expression.names, fields, features, scores, levels), rows)
-    single = [bool(expression.evaluate(rule_inputs(expression.names, {k: v[i:i + 1] for k, v in fields.items()},
-                                                   features[i:i + 1], scores[i:i + 1], levels[i:i + 1]), 1)[0])
-              for i in range(rows)]
+    single = [
+        bool(
+            expression.evaluate(
+                rule_inputs(
+                    expression.names,
+                    {k: v[i : i + 1] for k, v in fields.items()},
+                    features[i : i + 1],
+                    scores[i : i + 1],
+                    levels[i : i + 1],
+                ),
+                1,
+            )[0]
+        )
+        for i in range(rows)
+    ]
     assert batch.tolist() == single
     assert 0 < batch.sum() < rows or text in ("country == ''",), "the expression should split the rows"
 
@@ -181,17 +262,31 @@ def test_a_rule_set_shares_sub_expressions_with_the_same_result_as_each_rule_alo
     fields, features = _fields(rows, seed=7), _features(rows, seed=7)
     scores = np.random.default_rng(8).random(rows)
     levels = np.random.default_rng(9).choice(["LOW", "MEDIUM", "HIGH"], rows).astype(object)
-    texts = PARITY_EXPRESSIONS + ["country == 'US' and amount > 1000", "amount > 1000 and country == 'US'",
-                                  "not (country == 'US') or amount > 1000", "(amount > 1000) + (amount > 1000) > 1"]
+    texts = PARITY_EXPRESSIONS + [
+        "country == 'US' and amount > 1000",
+        "amount > 1000 and country == 'US'",
+        "not (country == 'US') or amount > 1000",
+        "(amount > 1000) + (amount > 1000) > 1",
+    ]
     for mode in ("first_matched", "all_matched"):
-        rules = CompiledRules(RuleSet.model_validate({"version": 1, "mode": mode, "rules": [
-            {"id": f"R{i}", "expression": text, "action": ("block", "review", "allow")[i % 3]}
-            for i, text in enumerate(texts)]}))
+        rules = CompiledRules(
+            RuleSet.model_validate(
+                {
+                    "version": 1,
+                    "mode": mode,
+                    "rules": [
+                        {"id": f"R{i}", "expression": text, "action": ("block", "review", "allow")[i % 3]}
+                        for i, text in enumerate(texts)
+                    ],
+                }
+            )
+        )
         outcome = rules.apply(rules.inputs(fields, features, scores, levels), levels)
         alone = [compile_expression(text) for text in texts]
         masks = [e.evaluate(rule_inputs(e.names, fields, features, scores, levels), rows) for e in alone]
         assert {rule_id: next(iter(c.values())) for rule_id, c in outcome.counts.items()} == {
-            f"R{i}": int(mask.sum()) for i, mask in enumerate(masks)}
+            f"R{i}": int(mask.sum()) for i, mask in enumerate(masks)
+        }
         for row in range(rows):
             hits = [i for i, mask in enumerate(masks) if mask[row]]
             expected = hits[:1] if mode == "first_matched" else hits
@@ -199,35 +294,55 @@ def test_a_rule_set_shares_sub_expressions_with_the_same_result_as_each_rule_alo
 
 
 def _rules(mode: str, *rules: tuple[str, str, str, str]) -> CompiledRules:
-    return CompiledRules(RuleSet.model_validate({"version": 3, "mode": mode, "rules": [
-        {"id": rule_id, "expression": expression, "action": action, "state": state}
-        for rule_id, expression, action, state in rules]}))
+    return CompiledRules(
+        RuleSet.model_validate(
+            {
+                "version": 3,
+                "mode": mode,
+                "rules": [
+                    {"id": rule_id, "expression": expression, "action": action, "state": state}
+                    for rule_id, expression, action, state in rules
+                ],
+            }
+        )
+    )
 
 
 def _apply(rules: CompiledRules, amounts: list[float], levels: list[str]):
     fields = {"amount": np.array(amounts)}
-    return rules.apply(rule_inputs(rules.names, fields, np.zeros((len(amounts), len(FEATURE_NAMES)), np.float32)),
-                       np.array(levels, dtype=object))
+    return rules.apply(
+        rule_inputs(rules.names, fields, np.zeros((len(amounts), len(FEATURE_NAMES)), np.float32)),
+        np.array(levels, dtype=object),
+    )
 
 
 def test_without_a_matching_rule_the_action_follows_the_model() -> None:
-    outcome = _apply(_rules("first_matched", ("R1", "amount > 5000", "block", "active")), [1, 2, 3],
-                     ["LOW", "MEDIUM", "HIGH"])
+    outcome = _apply(
+        _rules("first_matched", ("R1", "amount > 5000", "block", "active")), [1, 2, 3], ["LOW", "MEDIUM", "HIGH"]
+    )
     assert outcome.action.tolist() == ["allow", "review", "block"]
     assert outcome.matched == [[], [], []]
 
 
 def test_first_matched_takes_the_first_active_rule_in_order() -> None:
-    rules = _rules("first_matched", ("R1", "amount > 100", "review", "active"), ("R2", "amount > 50", "block", "active"),
-                   ("R3", "amount > 10", "allow", "active"))
+    rules = _rules(
+        "first_matched",
+        ("R1", "amount > 100", "review", "active"),
+        ("R2", "amount > 50", "block", "active"),
+        ("R3", "amount > 10", "allow", "active"),
+    )
     outcome = _apply(rules, [500, 70, 20, 1], ["HIGH", "LOW", "HIGH", "HIGH"])
     assert outcome.action.tolist() == ["review", "block", "allow", "block"]
     assert [[r.rule.id for r in hits] for hits in outcome.matched] == [["R1"], ["R2"], ["R3"], []]
 
 
 def test_all_matched_allow_beats_block_beats_review() -> None:
-    rules = _rules("all_matched", ("R1", "amount > 100", "review", "active"), ("R2", "amount > 50", "block", "active"),
-                   ("R3", "amount > 400", "allow", "active"))
+    rules = _rules(
+        "all_matched",
+        ("R1", "amount > 100", "review", "active"),
+        ("R2", "amount > 50", "block", "active"),
+        ("R3", "amount > 400", "allow", "active"),
+    )
     outcome = _apply(rules, [500, 200, 70, 1], ["HIGH", "LOW", "LOW", "MEDIUM"])
     assert outcome.action.tolist() == ["allow", "block", "block", "review"]
     assert [[r.rule.id for r in hits] for hits in outcome.matched] == [["R1", "R2", "R3"], ["R1", "R2"], ["R2"], []]
@@ -242,9 +357,13 @@ def test_shadow_rules_are_counted_but_never_act_and_disabled_rules_are_not_evalu
 
 
 def test_an_invalid_expression_is_named_by_its_position() -> None:
-    body = {"mode": "first_matched", "rules": [
-        {"id": "R1", "expression": "amount > 1", "action": "block"},
-        {"id": "R2", "expression": "amount.__class__", "action": "block"}]}
+    body = {
+        "mode": "first_matched",
+        "rules": [
+            {"id": "R1", "expression": "amount > 1", "action": "block"},
+            {"id": "R2", "expression": "amount.__class__", "action": "block"},
+        ],
+    }
     with pytest.raises(ApiError) as invalid:
         parse_rules(body)
     assert invalid.value.status == 422
@@ -261,8 +380,14 @@ def test_the_store_versions_each_put_and_a_cache_follows(aws_settings) -> None:
     settings = aws_settings.model_copy(update={"rules_refresh_s": 0.05})
     store = RuleStore(settings)
     before = store.get().version
-    first = store.put(parse_rules({"mode": "all_matched", "rules": [
-        {"id": "R1", "expression": "amount > 1", "action": "review", "description": "any amount"}]}))
+    first = store.put(
+        parse_rules(
+            {
+                "mode": "all_matched",
+                "rules": [{"id": "R1", "expression": "amount > 1", "action": "review", "description": "any amount"}],
+            }
+        )
+    )
     assert first.version == before + 1 and store.get() == first
     cache = RuleCache(settings, store)
     assert cache.current().version == first.version

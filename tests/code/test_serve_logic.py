@@ -32,8 +32,13 @@ from serve.champion import compare, in_canary, mcnemar
 from serve.reasons import AUTOENCODER_REASON, explain_row
 from serve.runtime import haproxy_folder, serve_env
 
-VALID = {"transaction_id": "t-1", "user_id": "u-1", "merchant_id": "m-1", "amount": 10.0,
-         "timestamp": "2026-01-05T10:00:00"}
+VALID = {
+    "transaction_id": "t-1",
+    "user_id": "u-1",
+    "merchant_id": "m-1",
+    "amount": 10.0,
+    "timestamp": "2026-01-05T10:00:00",
+}
 
 
 def _row(**values: float) -> tuple[np.ndarray, np.ndarray]:
@@ -45,21 +50,37 @@ def _row(**values: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_reasons_are_sentences_ordered_by_summed_contribution() -> None:
-    x, contributions = _row(amount_to_user_mean_30d=(6.2, 0.9), log_amount=(np.log1p(310.0), 0.4), amount=(310.0, 0.0),
-                            new_device=(1.0, 1.1), merchant_fraud_count_7d=(4.0, 0.3), is_weekend=(1.0, -0.8),
-                            kyc_level=(1.0, 0.01))
+    x, contributions = _row(
+        amount_to_user_mean_30d=(6.2, 0.9),
+        log_amount=(np.log1p(310.0), 0.4),
+        amount=(310.0, 0.0),
+        new_device=(1.0, 1.1),
+        merchant_fraud_count_7d=(4.0, 0.3),
+        is_weekend=(1.0, -0.8),
+        kyc_level=(1.0, 0.01),
+    )
     reasons = explain_row(FEATURE_NAMES, x, contributions, ae_score=0.2, ae_weight=0.3)
-    assert reasons == ["Amount $310 is 6.2× this card's 30-day average",  # 0.9 + 0.4 from the amount group
-                       "First purchase from this device on this card in 30 days",
-                       "Merchant had 4 confirmed frauds in the last 7 days"]
+    assert reasons == [
+        "Amount $310 is 6.2× this card's 30-day average",  # 0.9 + 0.4 from the amount group
+        "First purchase from this device on this card in 30 days",
+        "Merchant had 4 confirmed frauds in the last 7 days",
+    ]
 
 
 def test_unusual_autoencoder_reason_follows_the_strongest_and_the_list_is_capped() -> None:
-    x, contributions = _row(new_device=(1.0, 2.0), user_count_10m=(7.0, 1.5), speed_from_prev_kmh=(900.0, 1.2),
-                            user_tiny_count_10m=(3.0, 1.0), channel_online=(1.0, 0.8), is_night=(1.0, 0.6))
+    x, contributions = _row(
+        new_device=(1.0, 2.0),
+        user_count_10m=(7.0, 1.5),
+        speed_from_prev_kmh=(900.0, 1.2),
+        user_tiny_count_10m=(3.0, 1.0),
+        channel_online=(1.0, 0.8),
+        is_night=(1.0, 0.6),
+    )
     reasons = explain_row(FEATURE_NAMES, x, contributions, ae_score=0.999, ae_weight=0.3)
-    assert len(reasons) == 5 and reasons[:2] == ["First purchase from this device on this card in 30 days",
-                                                 AUTOENCODER_REASON]
+    assert len(reasons) == 5 and reasons[:2] == [
+        "First purchase from this device on this card in 30 days",
+        AUTOENCODER_REASON,
+    ]
     assert reasons[2] == "7 purchases by this card in the last 10 minutes, this one included"
     assert AUTOENCODER_REASON not in explain_row(FEATURE_NAMES, x, contributions, ae_score=0.999, ae_weight=0.0)
 
@@ -115,9 +136,15 @@ def test_harmless_extras_and_a_valid_last_duplicate_are_accepted() -> None:
     whose last value is valid (the last one wins), a byte order mark, a lone surrogate escape in an ignored field: all
     still score."""
     deep = b'{"a":' * 1000 + b"1" + b"}" * 1000
-    bodies = [_raw(extra=deep.decode()), _raw(extra="9" * 10_000), _raw(extra="1e400"),
-              _raw(extra=json.dumps("x" * 500_000)), _raw(amount="-1").replace(b"}", b',"amount":10}'),
-              b"\xef\xbb\xbf" + _raw(), _raw(extra='"\\ud800"')]
+    bodies = [
+        _raw(extra=deep.decode()),
+        _raw(extra="9" * 10_000),
+        _raw(extra="1e400"),
+        _raw(extra=json.dumps("x" * 500_000)),
+        _raw(amount="-1").replace(b"}", b',"amount":10}'),
+        b"\xef\xbb\xbf" + _raw(),
+        _raw(extra='"\\ud800"'),
+    ]
     for body in bodies:
         assert parse_transaction(parse_json(body)).amount == 10.0
 
@@ -206,17 +233,30 @@ def test_mcnemar_exact_and_asymptotic() -> None:
     challenger = np.array([True] * 10 + [True] * 10)
     exact = mcnemar(champion, challenger)
     assert exact["method"] == "exact" and exact["only_challenger_correct"] == 10
-    assert exact["p_value"] == pytest.approx(2 * 0.5 ** 10, abs=1e-6)
+    assert exact["p_value"] == pytest.approx(2 * 0.5**10, abs=1e-6)
     big = mcnemar(np.r_[np.ones(40, bool), np.zeros(60, bool)], np.r_[np.zeros(40, bool), np.ones(60, bool)])
-    assert big["method"].startswith("chi-square") and big["p_value"] == pytest.approx(0.0574, abs=1e-3)  # (|40 - 60| - 1)² / 100 = 3.61
+    assert big["method"].startswith("chi-square") and big["p_value"] == pytest.approx(
+        0.0574, abs=1e-3
+    )  # (|40 - 60| - 1)² / 100 = 3.61
 
 
 def test_compare_reports_precision_recall_of_both_models() -> None:
-    decisions = pd.DataFrame({"transaction_id": ["a", "b", "c", "d"], "champion_version": "v1",
-                              "challenger_version": "v2", "champion_is_fraud": [True, True, False, False],
-                              "challenger_is_fraud": [True, False, True, False]})
-    feedback = pd.DataFrame({"transaction_id": ["a", "b", "c", "d", "c"], "is_fraud": [1, 0, 0, 0, 1],
-                             "reported_at": ["1", "1", "1", "1", "2"]})  # the later verdict on c wins
+    decisions = pd.DataFrame(
+        {
+            "transaction_id": ["a", "b", "c", "d"],
+            "champion_version": "v1",
+            "challenger_version": "v2",
+            "champion_is_fraud": [True, True, False, False],
+            "challenger_is_fraud": [True, False, True, False],
+        }
+    )
+    feedback = pd.DataFrame(
+        {
+            "transaction_id": ["a", "b", "c", "d", "c"],
+            "is_fraud": [1, 0, 0, 0, 1],
+            "reported_at": ["1", "1", "1", "1", "2"],
+        }
+    )  # the later verdict on c wins
     report = compare(decisions, feedback)
     assert report["labelled"] == 4 and report["frauds"] == 2
     assert report["champion"] == {"versions": ["v1"], "alerts": 2, "caught": 1, "precision": 0.5, "recall": 0.5}

@@ -47,17 +47,17 @@ def test_wait_until_stops_at_once_when_the_condition_raises() -> None:
 def test_pacer_keeps_the_rate_and_counts_the_work_time() -> None:
     clock = FakeClock()
     pacer = Pacer(100.0, clock=clock, sleep=clock.sleep)
-    clock.now += 0.2          # 50 units took 0.2 s of work: 0.3 s left of their 0.5 s
+    clock.now += 0.2  # 50 units took 0.2 s of work: 0.3 s left of their 0.5 s
     pacer.pace(50)
-    pacer.pace(100)           # no work time: the whole second
+    pacer.pace(100)  # no work time: the whole second
     assert clock.slept == [0.3, 1.0]
 
 
 def test_pacer_does_not_burst_after_a_stall_beyond_its_lag() -> None:
     clock = FakeClock()
     pacer = Pacer(10.0, max_lag_s=0.0, clock=clock, sleep=clock.sleep)
-    clock.now += 5.0          # far behind: no catching up
+    clock.now += 5.0  # far behind: no catching up
     pacer.pace(1)
     assert clock.slept == []
-    pacer.pace(1)             # the next unit is due a tenth of a second later
+    pacer.pace(1)  # the next unit is due a tenth of a second later
     assert clock.slept == [0.1]

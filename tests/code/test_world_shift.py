@@ -60,8 +60,13 @@ def test_the_text_form_parses_and_bad_values_are_named() -> None:
     shift = parse_shift("amount_factor=3, share=0.25, missing=device_id+country")
     assert shift == WorldShift(amount_factor=3.0, share=0.25, missing=("device_id", "country"))
     assert shift.describe() == "amount ×3, device_id+country missing on 25% of the traffic"
-    for text, field in (("share=2", "share"), ("amount_factor=-1", "amount_factor"), ("country=brazil", "country"),
-                        ("missing=email", "missing"), ("colour=red", "colour")):
+    for text, field in (
+        ("share=2", "share"),
+        ("amount_factor=-1", "amount_factor"),
+        ("country=brazil", "country"),
+        ("missing=email", "missing"),
+        ("colour=red", "colour"),
+    ):
         with pytest.raises(ValidationError) as error:
             parse_shift(text)
         assert error.value.errors()[0]["loc"][0] == field
@@ -74,15 +79,33 @@ def test_simulate_writes_a_history_shifted_from_a_day_on(tmp_path: Path) -> None
 
     out = tmp_path / "history.parquet"
     runner = CliRunner()
-    result = runner.invoke(app, ["simulate", "--out", str(out), "--users", "200", "--days", "4",
-                                 "--start", "2026-03-01", "--shift", "amount_factor=4,share=1",
-                                 "--shift-from", "2026-03-03"])
+    result = runner.invoke(
+        app,
+        [
+            "simulate",
+            "--out",
+            str(out),
+            "--users",
+            "200",
+            "--days",
+            "4",
+            "--start",
+            "2026-03-01",
+            "--shift",
+            "amount_factor=4,share=1",
+            "--shift-from",
+            "2026-03-03",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["world_shift"] == "amount ×4 on 100% of the traffic from 2026-03-03"
     shifted = read_transactions(out)
-    plain = simulate_history(SimulationConfig(n_users=200, days=4, start=date(2026, 3, 1), seed=summary["seed"],
-                                              fraud_rate=get_settings().fraud_rate)).transactions
+    plain = simulate_history(
+        SimulationConfig(
+            n_users=200, days=4, start=date(2026, 3, 1), seed=summary["seed"], fraud_rate=get_settings().fraud_rate
+        )
+    ).transactions
     merged = shifted.merge(plain, on="transaction_id", suffixes=("", "_plain"))
     later = pd.to_datetime(merged["timestamp"], utc=True) >= pd.Timestamp("2026-03-03", tz="UTC")
     assert len(merged) == len(plain) and later.any() and (~later).any()

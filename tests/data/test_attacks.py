@@ -34,8 +34,12 @@ def test_an_attack_is_that_scenario_starting_now(scenario: str) -> None:
 def test_impossible_travel_attack_carries_the_real_swipe_it_is_measured_from() -> None:
     rows = simulate_attack(CONFIG, "impossible_travel", incidents=3)
     for _, swipe in rows[rows["is_fraud"] == 1].iterrows():
-        before = rows[(rows["user_id"] == swipe["user_id"]) & (rows["is_fraud"] == 0)
-                      & (rows["channel"] == "card_present") & (rows["timestamp"] < swipe["timestamp"])]
+        before = rows[
+            (rows["user_id"] == swipe["user_id"])
+            & (rows["is_fraud"] == 0)
+            & (rows["channel"] == "card_present")
+            & (rows["timestamp"] < swipe["timestamp"])
+        ]
         assert len(before), "the victim's own swipe is not in the attack"
         real = before.iloc[-1]
         hours = (swipe["timestamp"] - real["timestamp"]).total_seconds() / 3600

@@ -19,9 +19,12 @@ BATCH_ROWS = 2_500
 
 def _table(settings: Settings, name: str, key: str) -> str:
     dynamodb = client("dynamodb", settings)
-    dynamodb.create_table(TableName=name, KeySchema=[{"AttributeName": key, "KeyType": "HASH"}],
-                          AttributeDefinitions=[{"AttributeName": key, "AttributeType": "S"}],
-                          BillingMode="PAY_PER_REQUEST")
+    dynamodb.create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": key, "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": key, "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
     dynamodb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
     return name
 
@@ -47,18 +50,28 @@ def test_online_and_offline_features_are_identical(ray_session: Settings, histor
     put_profiles(user_table, history.users[list(USER_PROFILE_COLUMNS)], settings)
     put_profiles(merchant_table, history.merchants[list(MERCHANT_PROFILE_COLUMNS)], settings)
     transactions = history.transactions.reset_index(drop=True)
-    labels = pd.DataFrame({"transaction_id": transactions["transaction_id"], "is_fraud": transactions["is_fraud"],
-                           "known_at": transactions["timestamp"] + LABEL_DELAY,
-                           "merchant_id": transactions["merchant_id"], "user_id": transactions["user_id"]})
+    labels = pd.DataFrame(
+        {
+            "transaction_id": transactions["transaction_id"],
+            "is_fraud": transactions["is_fraud"],
+            "known_at": transactions["timestamp"] + LABEL_DELAY,
+            "merchant_id": transactions["merchant_id"],
+            "user_id": transactions["user_id"],
+        }
+    )
     labels = labels[labels["is_fraud"] == 1]
 
-    online = OnlineFeatures(settings, name="parity", restore=False,
-                            user_store=ProfileStore(user_table, "user_id", settings),
-                            merchant_store=ProfileStore(merchant_table, "merchant_id", settings))
+    online = OnlineFeatures(
+        settings,
+        name="parity",
+        restore=False,
+        user_store=ProfileStore(user_table, "user_id", settings),
+        merchant_store=ProfileStore(merchant_table, "merchant_id", settings),
+    )
     try:
         parts, recorded = [], 0
         for start in range(0, len(transactions), BATCH_ROWS):
-            batch = transactions.iloc[start:start + BATCH_ROWS]
+            batch = transactions.iloc[start : start + BATCH_ROWS]
             due = labels[(labels["known_at"] <= batch["timestamp"].max())].iloc[recorded:]
             recorded += len(due)
             # odd batches name only the transaction (merchant and card resolved from the state), even ones name both
@@ -72,8 +85,11 @@ def test_online_and_offline_features_are_identical(ray_session: Settings, histor
 
     users = scan_profiles(user_table, USER_PROFILE_COLUMNS, settings)
     merchants = scan_profiles(merchant_table, MERCHANT_PROFILE_COLUMNS, settings)
-    built = collect_features(build_offline_features(ray.data.from_pandas(transactions), label_delay=LABEL_DELAY,
-                                                    users=users, merchants=merchants, partitions=2))
+    built = collect_features(
+        build_offline_features(
+            ray.data.from_pandas(transactions), label_delay=LABEL_DELAY, users=users, merchants=merchants, partitions=2
+        )
+    )
     pure = build_features(transactions, label_delay=LABEL_DELAY, users=users, merchants=merchants)
 
     assert list(streamed["transaction_id"]) == list(transactions["transaction_id"]) == list(built["transaction_id"])

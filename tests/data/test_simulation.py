@@ -64,7 +64,8 @@ def test_channels_carry_the_right_fields(history: SimulatedHistory, tx: pd.DataF
     users = history.users.set_index("user_id")
     own = users.loc[genuine_remote["user_id"]]
     belongs = (genuine_remote["device_id"].to_numpy() == own["device_primary"].to_numpy()) | (
-        genuine_remote["device_id"].to_numpy() == own["device_secondary"].fillna("").to_numpy())
+        genuine_remote["device_id"].to_numpy() == own["device_secondary"].fillna("").to_numpy()
+    )
     assert belongs.all()
     genuine_present = present[present["is_fraud"] == 0]
     at_home = genuine_present["country"].to_numpy() == users.loc[genuine_present["user_id"], "home_country"].to_numpy()
@@ -143,15 +144,19 @@ def test_impossible_travel_implies_supersonic_speed(tx: pd.DataFrame) -> None:
     assert (fraud["channel"] == "card_present").all()
     present = tx[tx["channel"] == "card_present"]
     for _, row in fraud.iterrows():
-        before = present[(present["user_id"] == row["user_id"]) & (present["timestamp"] < row["timestamp"])
-                         & (present["fraud_scenario"] != "impossible_travel")].iloc[-1]
+        before = present[
+            (present["user_id"] == row["user_id"])
+            & (present["timestamp"] < row["timestamp"])
+            & (present["fraud_scenario"] != "impossible_travel")
+        ].iloc[-1]
         hours = (row["timestamp"] - before["timestamp"]).total_seconds() / 3600
         distance = haversine_km(before["lat"], before["lon"], row["lat"], row["lon"])
         assert distance >= 1500 and distance / hours > 1000, (distance, hours)
 
 
-def test_account_takeover_uses_a_new_device_and_country_for_high_value(history: SimulatedHistory,
-                                                                       tx: pd.DataFrame) -> None:
+def test_account_takeover_uses_a_new_device_and_country_for_high_value(
+    history: SimulatedHistory, tx: pd.DataFrame
+) -> None:
     typical = history.users.set_index("user_id")["typical_amount"]
     for user, incident in rows_of(tx, "account_takeover").groupby("user_id"):
         earlier = tx[(tx["user_id"] == user) & (tx["timestamp"] < incident["timestamp"].min())]
@@ -167,8 +172,9 @@ def test_compromised_merchant_charges_are_all_fraud_for_days(tx: pd.DataFrame) -
     spans = []
     for merchant, incident in rows_of(tx, "compromised_merchant").groupby("merchant_id"):
         first, last = incident["timestamp"].min(), incident["timestamp"].max()
-        charged = tx[(tx["merchant_id"] == merchant) & (tx["channel"] == "card_present")
-                     & tx["timestamp"].between(first, last)]
+        charged = tx[
+            (tx["merchant_id"] == merchant) & (tx["channel"] == "card_present") & tx["timestamp"].between(first, last)
+        ]
         assert (charged["is_fraud"] == 1).all()
         assert incident["user_id"].nunique() >= 2
         spans.append(last - first)
@@ -207,10 +213,13 @@ def test_same_seed_same_data_and_other_seed_other_data(history: SimulatedHistory
 def test_partitions_share_one_population_and_split_the_users() -> None:
     base = SimulationConfig(n_users=120, days=5, seed=11)
     users, merchants = build_population(base)
-    parts = [simulate_history(SimulationConfig(n_users=120, days=5, seed=11, partition=(i, 3), id_prefix="w1"))
-             for i in range(3)]
-    later = build_population(SimulationConfig(n_users=120, days=1, seed=11, start=datetime(2026, 5, 1, 13, 5,
-                                                                                       tzinfo=timezone.utc)))
+    parts = [
+        simulate_history(SimulationConfig(n_users=120, days=5, seed=11, partition=(i, 3), id_prefix="w1"))
+        for i in range(3)
+    ]
+    later = build_population(
+        SimulationConfig(n_users=120, days=1, seed=11, start=datetime(2026, 5, 1, 13, 5, tzinfo=timezone.utc))
+    )
     for population in (*((p.users, p.merchants) for p in parts), later):
         pd.testing.assert_frame_equal(population[0], users)
         pd.testing.assert_frame_equal(population[1], merchants)
@@ -225,8 +234,9 @@ def test_partitions_share_one_population_and_split_the_users() -> None:
 
 
 def test_windows_follow_a_moving_start() -> None:
-    window = SimulationConfig(n_users=100, days=1, seed=5, start=datetime(2026, 2, 3, 9, 30, tzinfo=timezone.utc),
-                              id_prefix="d1")
+    window = SimulationConfig(
+        n_users=100, days=1, seed=5, start=datetime(2026, 2, 3, 9, 30, tzinfo=timezone.utc), id_prefix="d1"
+    )
     tx = simulate_history(window).transactions
     assert tx["timestamp"].min() >= pd.Timestamp(window.start)
     assert tx["timestamp"].max() < pd.Timestamp(window.end)
@@ -234,16 +244,23 @@ def test_windows_follow_a_moving_start() -> None:
 
 
 def test_scenario_weights_choose_the_scenarios() -> None:
-    tx = simulate_history(SimulationConfig(n_users=200, days=7, seed=2, scenario_weights={"card_testing": 1.0})
-                          ).transactions
+    tx = simulate_history(
+        SimulationConfig(n_users=200, days=7, seed=2, scenario_weights={"card_testing": 1.0})
+    ).transactions
     assert set(tx.loc[tx["is_fraud"] == 1, "fraud_scenario"]) == {"card_testing"}
 
 
-@pytest.mark.parametrize(("change", "field"), [
-    ({"partition": (3, 3)}, "partition"), ({"fraud_rate": 0.0}, "fraud_rate"), ({"n_users": 0}, "n_users"),
-    ({"scenario_weights": {"phishing": 1.0}}, "scenario_weights"), ({"id_prefix": "bad prefix"}, "id_prefix"),
-    ({"n_merchants": 5}, "n_merchants"),
-])
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"partition": (3, 3)}, "partition"),
+        ({"fraud_rate": 0.0}, "fraud_rate"),
+        ({"n_users": 0}, "n_users"),
+        ({"scenario_weights": {"phishing": 1.0}}, "scenario_weights"),
+        ({"id_prefix": "bad prefix"}, "id_prefix"),
+        ({"n_merchants": 5}, "n_merchants"),
+    ],
+)
 def test_bad_config_names_the_field(change: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
         SimulationConfig(**change)
@@ -252,8 +269,9 @@ def test_bad_config_names_the_field(change: dict, field: str) -> None:
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_fraudctl_simulate_end_to_end(tmp_path, suffix: str) -> None:
     out = tmp_path / f"history{suffix}"
-    result = CliRunner().invoke(app, ["simulate", "--users", "60", "--days", "5", "--out", str(out),
-                                      "--seed", "3", "--start", "2026-02-01"])
+    result = CliRunner().invoke(
+        app, ["simulate", "--users", "60", "--days", "5", "--out", str(out), "--seed", "3", "--start", "2026-02-01"]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     back = read_transactions(out, labelled=True)
@@ -271,8 +289,9 @@ def test_fraudctl_simulate_end_to_end(tmp_path, suffix: str) -> None:
 def test_run_simulate_loads_profiles_into_dynamodb(tmp_path, aws_settings: Settings) -> None:
     # another process pointed at a running endpoint (e.g. `fraudctl up`) sees it as configured AWS
     live = aws_settings.model_copy(update={"aws_mode": "real", "embedded_aws": False})
-    summary = run_simulate(live, out=tmp_path / "h.parquet", users=40, days=3, start=date(2026, 1, 5), seed=1,
-                           fraud_rate=0.01)
+    summary = run_simulate(
+        live, out=tmp_path / "h.parquet", users=40, days=3, start=date(2026, 1, 5), seed=1, fraud_rate=0.01
+    )
     assert "DynamoDB" in summary["profiles"]
     users = scan_profiles(live.user_table, USER_PROFILE_COLUMNS, live)
     merchants = scan_profiles(live.merchant_table, MERCHANT_PROFILE_COLUMNS, live)

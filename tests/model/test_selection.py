@@ -34,9 +34,17 @@ START = date(2026, 1, 1)
 
 def small_history(*, days: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A small handbook-style history and its features."""
-    history = simulate_handbook(HandbookConfig(customers=300, terminals=600, days=days, start=START, seed=seed,
-                                               compromised_terminals_per_day=1.0,
-                                               compromised_customers_per_day=1.0)).drop(columns=["fraud_scenario"])
+    history = simulate_handbook(
+        HandbookConfig(
+            customers=300,
+            terminals=600,
+            days=days,
+            start=START,
+            seed=seed,
+            compromised_terminals_per_day=1.0,
+            compromised_customers_per_day=1.0,
+        )
+    ).drop(columns=["fraud_scenario"])
     return history, build_features(history, label_delay=timedelta(days=7))
 
 
@@ -45,8 +53,13 @@ def day(n: int) -> pd.Timestamp:
 
 
 def result(aucpr: float, auc: float, rounds: int = 50) -> dict:
-    return {"config": {"eta": 0.1}, "iteration": rounds, "score": aucpr, "at_best": {RANKING_METRIC: auc},
-            "iterations_run": rounds + 30}
+    return {
+        "config": {"eta": 0.1},
+        "iteration": rounds,
+        "score": aucpr,
+        "at_best": {RANKING_METRIC: auc},
+        "iterations_run": rounds + 30,
+    }
 
 
 def test_the_defaults_stay_when_no_tuned_config_validates_better() -> None:
@@ -73,21 +86,30 @@ def test_the_reference_configuration_is_xgboosts_own_defaults() -> None:
     booster = xgb.train({}, xgb.DMatrix(rng.normal(size=(50, 3)), label=rng.integers(0, 2, 50)), num_boost_round=1)
     config = json.loads(booster.save_config())["learner"]
     train = config["gradient_booster"]["tree_train_param"]
-    library = {"max_depth": float(train["max_depth"]), "eta": float(train["eta"]),
-               "min_child_weight": float(train["min_child_weight"]), "subsample": float(train["subsample"]),
-               "colsample_bytree": float(train["colsample_bytree"]),
-               "scale_pos_weight": float(config["objective"]["reg_loss_param"]["scale_pos_weight"])}
+    library = {
+        "max_depth": float(train["max_depth"]),
+        "eta": float(train["eta"]),
+        "min_child_weight": float(train["min_child_weight"]),
+        "subsample": float(train["subsample"]),
+        "colsample_bytree": float(train["colsample_bytree"]),
+        "scale_pos_weight": float(config["objective"]["reg_loss_param"]["scale_pos_weight"]),
+    }
     assert library == pytest.approx(LIBRARY_DEFAULTS)  # xgboost stores its parameters as float32
 
 
-def test_tuning_validates_the_defaults_and_chooses_the_best_validated_candidate(ray_session,
-                                                                                  tmp_path: Path) -> None:
+def test_tuning_validates_the_defaults_and_chooses_the_best_validated_candidate(ray_session, tmp_path: Path) -> None:
     """Every candidate is judged by its mean over the same rolling time folds."""
     history, features = small_history(days=30, seed=3)
     window = take("train", history, features, FEATURE_NAMES, (day(8), day(30)))
     folds = rolling_folds(window.frame["timestamp"], label_delay=timedelta(days=2))
-    tuning = tune_xgboost(window.x, window.y, folds, FEATURE_NAMES,
-                          search=XGBSearch(trials=3, max_rounds=60, grace_rounds=10), storage=tmp_path)
+    tuning = tune_xgboost(
+        window.x,
+        window.y,
+        folds,
+        FEATURE_NAMES,
+        search=XGBSearch(trials=3, max_rounds=60, grace_rounds=10),
+        storage=tmp_path,
+    )
     assert tuning.defaults["config"] == LIBRARY_DEFAULTS and 1 <= tuning.defaults["iteration"] <= 60
     assert len(tuning.trials) == 3 and all(RANKING_METRIC in t["at_best"] for t in tuning.trials)
     assert tuning.valid_aucpr == max([tuning.defaults["score"], *(t["score"] for t in tuning.trials)])
@@ -101,14 +123,21 @@ def test_a_candidate_scores_the_mean_of_its_folds_not_the_last_fold_alone() -> N
     history, features = small_history(days=30, seed=4)
     window = take("train", history, features, FEATURE_NAMES, (day(8), day(30)))
     folds = rolling_folds(window.frame["timestamp"], label_delay=timedelta(days=2))
-    data = {"x": window.x, "y": window.y, "folds": [(fold.train, fold.valid) for fold in folds],
-            "feature_names": FEATURE_NAMES, "seed": 42, "max_rounds": 40}
+    data = {
+        "x": window.x,
+        "y": window.y,
+        "folds": [(fold.train, fold.valid) for fold in folds],
+        "feature_names": FEATURE_NAMES,
+        "seed": 42,
+        "max_rounds": 40,
+    }
     defaults = validate_defaults(data)
     per_fold = []
     for train, valid, _ in folds:
         params = {**base_params(nthread=2, seed=42), **LIBRARY_DEFAULTS}
-        booster = xgb.train(params, xgb.DMatrix(window.x[train], label=window.y[train]),
-                            num_boost_round=defaults["iteration"])
+        booster = xgb.train(
+            params, xgb.DMatrix(window.x[train], label=window.y[train]), num_boost_round=defaults["iteration"]
+        )
         evaluation = booster.eval(xgb.DMatrix(window.x[valid], label=window.y[valid]), "valid")
         per_fold.append(float(evaluation.split("valid-aucpr:")[1].split()[0]))
     assert len(per_fold) == 3 and len(set(per_fold)) > 1
@@ -116,24 +145,34 @@ def test_a_candidate_scores_the_mean_of_its_folds_not_the_last_fold_alone() -> N
 
 
 def test_tune_reports_the_folds_mean_not_their_spread() -> None:
-    assert fold_means({"valid-aucpr": (0.71, 0.05), "valid-auc": (0.98, 0.01)}) == {"valid-aucpr": 0.71,
-                                                                                      "valid-auc": 0.98}
+    assert fold_means({"valid-aucpr": (0.71, 0.05), "valid-auc": (0.98, 0.01)}) == {
+        "valid-aucpr": 0.71,
+        "valid-auc": 0.98,
+    }
 
 
-def test_the_shipped_models_calibrate_on_the_validation_period_they_never_trained_on(ray_session,
-                                                                                      tmp_path: Path) -> None:
+def test_the_shipped_models_calibrate_on_the_validation_period_they_never_trained_on(
+    ray_session, tmp_path: Path
+) -> None:
     """Weight from the folds; calibration and cut points from the final models' own validation scores."""
     history, features = small_history(days=40, seed=5)
     train = take("train", history, features, FEATURE_NAMES, (day(6), day(24)))
     valid = take("validation", history, features, FEATURE_NAMES, (day(31), day(40)))
-    budget = Budget(xgb=XGBSearch(trials=2, max_rounds=40, grace_rounds=10), ae=AESearch(trials=2, max_epochs=3, grace_epochs=1))
-    fitted = fit_models(train, valid, FEATURE_NAMES, "test", budget=budget, storage=tmp_path,
-                        label_delay=timedelta(days=7))
+    budget = Budget(
+        xgb=XGBSearch(trials=2, max_rounds=40, grace_rounds=10), ae=AESearch(trials=2, max_epochs=3, grace_epochs=1)
+    )
+    fitted = fit_models(
+        train, valid, FEATURE_NAMES, "test", budget=budget, storage=tmp_path, label_delay=timedelta(days=7)
+    )
     details, bundle = fitted.details, fitted.bundle
     assert len(details["folds"]) >= 2 and details["calibrated_on"] == "validation period scored by the final models"
-    expected, _ = fit_ensemble(valid.y, bundle.booster.inplace_predict(valid.x).astype(np.float64),
-                               bundle.anomaly.score(valid.x), valid.frame["amount"].to_numpy(),
-                               weight=bundle.ensemble.xgb_weight)
+    expected, _ = fit_ensemble(
+        valid.y,
+        bundle.booster.inplace_predict(valid.x).astype(np.float64),
+        bundle.anomaly.score(valid.x),
+        valid.frame["amount"].to_numpy(),
+        weight=bundle.ensemble.xgb_weight,
+    )
     assert bundle.ensemble.policy == expected.policy and bundle.ensemble.calibration == expected.calibration
     fold_rows = np.mean([fold["train_rows"] for fold in details["folds"]])
     assert details["final_rounds"] == max(1, round(details["xgboost"]["rounds"] * len(train) / fold_rows))

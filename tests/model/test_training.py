@@ -27,14 +27,27 @@ from training.xgb import fit_xgboost
 
 DELAY = timedelta(days=7)
 START = date(2026, 1, 1)
-PARAMS = {"max_depth": 4, "eta": 0.1, "min_child_weight": 1.0, "subsample": 1.0, "colsample_bytree": 1.0,
-          "scale_pos_weight": 1.0}
+PARAMS = {
+    "max_depth": 4,
+    "eta": 0.1,
+    "min_child_weight": 1.0,
+    "subsample": 1.0,
+    "colsample_bytree": 1.0,
+    "scale_pos_weight": 1.0,
+}
 
 
 @pytest.fixture(scope="module")
 def history() -> pd.DataFrame:
-    config = HandbookConfig(customers=300, terminals=600, days=36, start=START, seed=3,
-                            compromised_terminals_per_day=1.0, compromised_customers_per_day=1.0)
+    config = HandbookConfig(
+        customers=300,
+        terminals=600,
+        days=36,
+        start=START,
+        seed=3,
+        compromised_terminals_per_day=1.0,
+        compromised_customers_per_day=1.0,
+    )
     return simulate_handbook(config).drop(columns=["fraud_scenario"])
 
 
@@ -55,10 +68,20 @@ def bundle(history: pd.DataFrame, features: pd.DataFrame) -> ModelBundle:
     assert train.fraud_count > 20 and valid.fraud_count > 20
     booster = fit_xgboost(train.x, train.y, FEATURE_NAMES, PARAMS, 120)
     anomaly = AnomalyScorer.fit(train.x, train.y, {"lr": 3e-3, "weight_decay": 1e-5}, 3)
-    ensemble, _ = fit_ensemble(valid.y, booster.inplace_predict(valid.x).astype(float), anomaly.score(valid.x),
-                               valid.frame["amount"].to_numpy())
-    return ModelBundle(booster=booster, anomaly=anomaly, ensemble=ensemble, feature_names=FEATURE_NAMES,
-                       feature_version=FEATURE_VERSION, metrics={"test": {"average_precision": 0.5}})
+    ensemble, _ = fit_ensemble(
+        valid.y,
+        booster.inplace_predict(valid.x).astype(float),
+        anomaly.score(valid.x),
+        valid.frame["amount"].to_numpy(),
+    )
+    return ModelBundle(
+        booster=booster,
+        anomaly=anomaly,
+        ensemble=ensemble,
+        feature_names=FEATURE_NAMES,
+        feature_version=FEATURE_VERSION,
+        metrics={"test": {"average_precision": 0.5}},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +161,7 @@ def test_rolling_folds_validate_later_blocks_on_models_of_earlier_rows_only() ->
     folds = rolling_folds(times, label_delay=DELAY, folds=3, validation_share=0.45)
     assert len(folds) == 3
     held = np.concatenate([fold.valid for fold in folds])
-    assert len(held) == len(set(held)) and set(held) == set(np.argsort(times.to_numpy())[-len(held):])  # latest rows
+    assert len(held) == len(set(held)) and set(held) == set(np.argsort(times.to_numpy())[-len(held) :])  # latest rows
     assert abs(len(held) - 0.45 * len(times)) <= 1 and {len(fold.valid) for fold in folds} == {900}
     for fold in folds:
         assert fold.gap == pd.Timedelta(DELAY)  # every block lasts longer than the delay here
@@ -195,8 +218,9 @@ def test_scorer_output(scorer: FraudScorer, features: pd.DataFrame) -> None:
         scorer.score(batch.drop(columns=["amount"]))
 
 
-def test_registry_round_trip_gives_identical_scores(bundle: ModelBundle, features: pd.DataFrame, tmp_path,
-                                                     aws_settings) -> None:
+def test_registry_round_trip_gives_identical_scores(
+    bundle: ModelBundle, features: pd.DataFrame, tmp_path, aws_settings
+) -> None:
     expected = FraudScorer(bundle).score(features)
     for registry in (ModelRegistry(root=tmp_path), ModelRegistry(aws_settings)):
         version = registry.register(bundle)
@@ -224,10 +248,12 @@ def test_champion_moves_only_for_a_model_at_least_as_good(bundle: ModelBundle, t
     assert registry.resolve("champion") == second
 
 
-def test_a_label_revealed_later_changes_no_score_before_it_is_known(history: pd.DataFrame, scorer: FraudScorer,
-                                                                   features: pd.DataFrame) -> None:
-    frauds = history.index[(history[LABEL_COLUMN] == 1) & (history["timestamp"] < history["timestamp"].max()
-                                                            - pd.Timedelta(days=10))]
+def test_a_label_revealed_later_changes_no_score_before_it_is_known(
+    history: pd.DataFrame, scorer: FraudScorer, features: pd.DataFrame
+) -> None:
+    frauds = history.index[
+        (history[LABEL_COLUMN] == 1) & (history["timestamp"] < history["timestamp"].max() - pd.Timedelta(days=10))
+    ]
     relabelled = history.copy()
     relabelled.loc[frauds, LABEL_COLUMN] = 0
     known_from = history.loc[frauds, "timestamp"].min() + DELAY
@@ -237,8 +263,9 @@ def test_a_label_revealed_later_changes_no_score_before_it_is_known(history: pd.
     assert not np.allclose(changed.loc[~before, "fraud_score"], original.loc[~before, "fraud_score"])
 
 
-def test_changing_future_rows_changes_no_past_score(history: pd.DataFrame, scorer: FraudScorer,
-                                                    features: pd.DataFrame) -> None:
+def test_changing_future_rows_changes_no_past_score(
+    history: pd.DataFrame, scorer: FraudScorer, features: pd.DataFrame
+) -> None:
     cutoff = history["timestamp"].quantile(0.6)
     past = history["timestamp"] < cutoff
     future = history[~past].sample(frac=0.7, random_state=0)  # drop some, shuffle the order of the rest
@@ -251,7 +278,8 @@ def test_changing_future_rows_changes_no_past_score(history: pd.DataFrame, score
 
 
 def test_raising_an_amount_far_above_habit_at_a_risky_merchant_does_not_lower_the_score(
-        history: pd.DataFrame, scorer: FraudScorer, features: pd.DataFrame) -> None:
+    history: pd.DataFrame, scorer: FraudScorer, features: pd.DataFrame
+) -> None:
     late = (history["timestamp"] > history["timestamp"].quantile(0.7)).to_numpy()
     risky = features["merchant_risk_7d"].to_numpy() > np.quantile(features["merchant_risk_7d"], 0.95)
     genuine = (history[LABEL_COLUMN] == 0).to_numpy()
@@ -276,11 +304,26 @@ def test_backtest_cli_end_to_end_on_required_columns_only(history: pd.DataFrame,
     external["timestamp"] = external["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%S")
     external.to_csv(data, index=False)
     out = tmp_path / "scores.csv"
-    result = CliRunner().invoke(app, ["backtest", "--data", str(data), "--train-start", "2026-01-10",
-                                      "--train-days", "10", "--delay-days", "7", "--test-days", "7",
-                                      "--out", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "backtest",
+            "--data",
+            str(data),
+            "--train-start",
+            "2026-01-10",
+            "--train-days",
+            "10",
+            "--delay-days",
+            "7",
+            "--test-days",
+            "7",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout[result.stdout.rfind("\n{\n") + 1:])  # the JSON summary ends stdout
+    summary = json.loads(result.stdout[result.stdout.rfind("\n{\n") + 1 :])  # the JSON summary ends stdout
     scores = pd.read_csv(out)
     start = pd.Timestamp("2026-01-27", tz="UTC")
     test = history[(history["timestamp"] >= start) & (history["timestamp"] < start + pd.Timedelta(days=7))]
@@ -304,9 +347,14 @@ def test_evaluation_report_has_every_figure(tmp_path) -> None:
     rng = np.random.default_rng(2)
     n = 3000
     y = (rng.random(n) < 0.05).astype(int)
-    frame = pd.DataFrame({"timestamp": pd.date_range("2026-01-01", periods=n, freq="10min", tz="UTC"),
-                          "user_id": rng.integers(0, 300, n).astype(str), LABEL_COLUMN: y,
-                          "fraud_scenario": np.where(y == 1, rng.choice(["skim", "ato"], n), "none")})
+    frame = pd.DataFrame(
+        {
+            "timestamp": pd.date_range("2026-01-01", periods=n, freq="10min", tz="UTC"),
+            "user_id": rng.integers(0, 300, n).astype(str),
+            LABEL_COLUMN: y,
+            "fraud_scenario": np.where(y == 1, rng.choice(["skim", "ato"], n), "none"),
+        }
+    )
     scores = np.clip(0.5 * y + rng.random(n) * 0.6, 0, 1)
     policy = RiskPolicy(threshold=0.6, medium=0.3)
     metrics = evaluate(frame, scores, policy)
@@ -315,21 +363,32 @@ def test_evaluation_report_has_every_figure(tmp_path) -> None:
     assert metrics["recall"] == round(cm["tp"] / y.sum(), 5)
     assert set(metrics["recall_by_scenario"]) == {"skim", "ato"}
     assert len(metrics["card_precision_at_100_per_day"]) == 21
-    report = write_report(tmp_path, title="t", frame=frame, scores=scores, metrics=metrics, policy=policy,
-                          notes=["n"], details={})
+    report = write_report(
+        tmp_path, title="t", frame=frame, scores=scores, metrics=metrics, policy=policy, notes=["n"], details={}
+    )
     text = report.read_text()
-    for heading in ("average_precision", "Confusion matrix", "Recall per fraud scenario", "Card Precision@100",
-                    "evaluation.png"):
+    for heading in (
+        "average_precision",
+        "Confusion matrix",
+        "Recall per fraud scenario",
+        "Card Precision@100",
+        "evaluation.png",
+    ):
         assert heading in text
     assert (tmp_path / "evaluation.png").stat().st_size > 10_000
 
 
 def test_bundle_keeps_its_reference_and_a_bundle_from_before_references_still_loads(
-        bundle: ModelBundle, history: pd.DataFrame, features: pd.DataFrame, tmp_path) -> None:
+    bundle: ModelBundle, history: pd.DataFrame, features: pd.DataFrame, tmp_path
+) -> None:
     x = features[list(FEATURE_NAMES)].to_numpy(np.float32)
     scores = FraudScorer(bundle).score(features)["fraud_score"].to_numpy()
-    referenced = ModelBundle(**{**bundle.__dict__, "reference": build_reference(
-        x, FEATURE_NAMES, scores, inputs=input_missing_rates(history))})
+    referenced = ModelBundle(
+        **{
+            **bundle.__dict__,
+            "reference": build_reference(x, FEATURE_NAMES, scores, inputs=input_missing_rates(history)),
+        }
+    )
     registry = ModelRegistry(root=tmp_path)
     version = registry.register(referenced)
     loaded = registry.load(version)

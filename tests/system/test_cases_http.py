@@ -24,13 +24,25 @@ from serve.champion import FEEDBACK_PREFIX, TRANSACTIONS_PREFIX, read_log
 from tests.conftest import API_KEY
 
 KEY = {"X-API-Key": API_KEY}
-REVIEW_AMOUNT = 7000.5      # the review rule's amounts: 7000 < amount < 7001
-PROBE_AMOUNT = 5000.5       # the merchant rule's: 5000 < amount < 5001
-RULES = {"mode": "first_matched", "rules": [
-    {"id": "MERCHANT", "expression": "merchant_fraud_count_7d >= 1 and amount > 5000 and amount < 5001",
-     "action": "block", "description": "merchant with a confirmed fraud"},
-    {"id": "REVIEW", "expression": "amount > 7000 and amount < 7001", "action": "review",
-     "description": "amount for a human"}]}
+REVIEW_AMOUNT = 7000.5  # the review rule's amounts: 7000 < amount < 7001
+PROBE_AMOUNT = 5000.5  # the merchant rule's: 5000 < amount < 5001
+RULES = {
+    "mode": "first_matched",
+    "rules": [
+        {
+            "id": "MERCHANT",
+            "expression": "merchant_fraud_count_7d >= 1 and amount > 5000 and amount < 5001",
+            "action": "block",
+            "description": "merchant with a confirmed fraud",
+        },
+        {
+            "id": "REVIEW",
+            "expression": "amount > 7000 and amount < 7001",
+            "action": "review",
+            "description": "amount for a human",
+        },
+    ],
+}
 
 
 @pytest.fixture()
@@ -38,9 +50,15 @@ def review_api(served: tuple[str, Settings]) -> Iterator[str]:
     """The app with the rules above applied on every replica."""
     url, _ = served
     assert requests.put(f"{url}/api/rules", json=RULES, headers=KEY, timeout=30).status_code == 200
-    wait_until(lambda: all(_check(url, f"warm-{uuid.uuid4().hex[:12]}")["rules"] == [
-        {"id": "REVIEW", "action": "review"}] for _ in range(8)), timeout_s=10, interval_s=0.2,
-        what="the review rule applied on every replica")
+    wait_until(
+        lambda: all(
+            _check(url, f"warm-{uuid.uuid4().hex[:12]}")["rules"] == [{"id": "REVIEW", "action": "review"}]
+            for _ in range(8)
+        ),
+        timeout_s=10,
+        interval_s=0.2,
+        what="the review rule applied on every replica",
+    )
     yield url
     response = requests.put(f"{url}/api/rules", json={"mode": "first_matched", "rules": []}, headers=KEY, timeout=30)
     assert response.status_code == 200, response.text
@@ -51,8 +69,17 @@ def _at(minutes: float) -> str:
 
 
 def _transaction(tid: str, **fields: Any) -> dict[str, Any]:
-    return {"transaction_id": tid, "user_id": f"u-{tid}", "merchant_id": "m-cases", "amount": REVIEW_AMOUNT,
-            "currency": "EUR", "timestamp": _at(-1), "channel": "online", "country": "DE", **fields}
+    return {
+        "transaction_id": tid,
+        "user_id": f"u-{tid}",
+        "merchant_id": "m-cases",
+        "amount": REVIEW_AMOUNT,
+        "currency": "EUR",
+        "timestamp": _at(-1),
+        "channel": "online",
+        "country": "DE",
+        **fields,
+    }
 
 
 def _check(url: str, tid: str, **fields: Any) -> dict[str, Any]:
@@ -69,9 +96,11 @@ def _cases(url: str, **params: Any) -> dict[str, Any]:
 
 def _opened(url: str, tids: set[str]) -> dict[str, dict[str, Any]]:
     """The open cases of ``tids`` once every one is listed (opening does not hold up the answer)."""
+
     def listed() -> dict[str, dict[str, Any]]:
         mine = {c["transaction_id"]: c for c in _cases(url)["cases"] if c["transaction_id"] in tids}
         return mine if set(mine) == tids else {}
+
     return wait_until(listed, timeout_s=30, interval_s=0.25, what=f"a case for each of {sorted(tids)}")
 
 
@@ -84,11 +113,20 @@ def test_each_review_decision_opens_one_case_listed_by_risk(review_api: str) -> 
     tag = uuid.uuid4().hex[:8]
     tids = [f"case-{tag}-{i}" for i in range(4)]
     decisions = {tid: _check(url, tid, amount=REVIEW_AMOUNT + i * 0.1) for i, tid in enumerate(tids)}
-    assert all(d["action"] == "review" and d["rules"] == [{"id": "REVIEW", "action": "review"}]
-               for d in decisions.values())
+    assert all(
+        d["action"] == "review" and d["rules"] == [{"id": "REVIEW", "action": "review"}] for d in decisions.values()
+    )
     again = _check(url, tids[0], amount=REVIEW_AMOUNT)  # a client's retry
-    batch = requests.post(f"{url}/api/check-fraud/batch", timeout=30, json={"transactions": [
-        _transaction(tids[1], amount=REVIEW_AMOUNT + 0.1), _transaction(tids[1], amount=REVIEW_AMOUNT + 0.1)]})
+    batch = requests.post(
+        f"{url}/api/check-fraud/batch",
+        timeout=30,
+        json={
+            "transactions": [
+                _transaction(tids[1], amount=REVIEW_AMOUNT + 0.1),
+                _transaction(tids[1], amount=REVIEW_AMOUNT + 0.1),
+            ]
+        },
+    )
     assert batch.status_code == 200 and again["action"] == "review"
     allowed = _check(url, f"case-{tag}-small", amount=12.0)
     cases = _opened(url, set(tids))
@@ -105,9 +143,14 @@ def test_each_review_decision_opens_one_case_listed_by_risk(review_api: str) -> 
         case, decision = cases[tid], decisions[tid]
         assert case["case_id"] == case_id(tid) and case["status"] == "open"
         assert {k: case[k] for k in ("fraud_score", "risk_level", "factors", "rules", "action")} == {
-            k: decision[k] for k in ("fraud_score", "risk_level", "factors", "rules", "action")}
+            k: decision[k] for k in ("fraud_score", "risk_level", "factors", "rules", "action")
+        }
         assert (case["user_id"], case["merchant_id"], case["amount"], case["currency"]) == (
-            f"u-{tid}", "m-cases", REVIEW_AMOUNT + i * 0.1, "EUR")
+            f"u-{tid}",
+            "m-cases",
+            REVIEW_AMOUNT + i * 0.1,
+            "EUR",
+        )
         assert "closed_at" not in case and "analyst" not in case
     assert len(_cases(url, limit=2)["cases"]) == 2
 
@@ -121,12 +164,17 @@ def test_an_analyst_decision_closes_a_case_once_with_the_key(review_api: str) ->
     assert _decide(url, case, label, headers=None).status_code == 401
     wrong = _decide(url, case, label, headers={"X-API-Key": "nope"})
     assert wrong.status_code == 401 and wrong.json()["errors"][0]["field"] == "X-API-Key"
-    for body, field in (({"is_fraud": "yes", "analyst": "ana"}, "is_fraud"), ({"analyst": "ana"}, "is_fraud"),
-                        ({"is_fraud": True}, "analyst"), ({"is_fraud": True, "analyst": ""}, "analyst"),
-                        ({"is_fraud": True, "analyst": "   "}, "analyst"),
-                        ({"is_fraud": True, "analyst": "a" * (MAX_ANALYST_CHARS + 1)}, "analyst"),
-                        ({"is_fraud": True, "analyst": "ana", "note": "n" * (MAX_NOTE_CHARS + 1)}, "note"),
-                        ({"is_fraud": True, "analyst": "ana", "note": 5}, "note"), ([label], "body")):
+    for body, field in (
+        ({"is_fraud": "yes", "analyst": "ana"}, "is_fraud"),
+        ({"analyst": "ana"}, "is_fraud"),
+        ({"is_fraud": True}, "analyst"),
+        ({"is_fraud": True, "analyst": ""}, "analyst"),
+        ({"is_fraud": True, "analyst": "   "}, "analyst"),
+        ({"is_fraud": True, "analyst": "a" * (MAX_ANALYST_CHARS + 1)}, "analyst"),
+        ({"is_fraud": True, "analyst": "ana", "note": "n" * (MAX_NOTE_CHARS + 1)}, "note"),
+        ({"is_fraud": True, "analyst": "ana", "note": 5}, "note"),
+        ([label], "body"),
+    ):
         response = _decide(url, case, body)
         assert response.status_code == 422, (body, response.text)
         assert [e["field"] for e in response.json()["errors"]] == [field], response.text
@@ -140,8 +188,14 @@ def test_an_analyst_decision_closes_a_case_once_with_the_key(review_api: str) ->
     closed = _decide(url, case, label)
     assert closed.status_code == 200, closed.text
     body = closed.json()
-    assert (body["case_id"], body["transaction_id"], body["status"], body["is_fraud"], body["analyst"],
-            body["note"]) == (case, tid, "closed", True, "ana", "cardholder confirmed")
+    assert (
+        body["case_id"],
+        body["transaction_id"],
+        body["status"],
+        body["is_fraud"],
+        body["analyst"],
+        body["note"],
+    ) == (case, tid, "closed", True, "ana", "cardholder confirmed")
     assert body["closed_at"] >= body["opened_at"]
     again = _decide(url, case, {"is_fraud": False, "analyst": "bob"})
     assert again.status_code == 409 and again.json()["errors"][0]["field"] == "case_id"
@@ -149,17 +203,26 @@ def test_an_analyst_decision_closes_a_case_once_with_the_key(review_api: str) ->
     assert body in _cases(url, status="closed")["cases"], "the first decision stands"
 
 
-@pytest.mark.parametrize(("params", "field"), [({"status": "pending"}, "query.status"), ({"limit": 0}, "query.limit"),
-                                               ({"limit": 501}, "query.limit"), ({"limit": "ten"}, "query.limit")])
-def test_bad_queue_queries_are_a_422_naming_the_field(served: tuple[str, Settings], params: dict[str, Any],
-                                                      field: str) -> None:
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"status": "pending"}, "query.status"),
+        ({"limit": 0}, "query.limit"),
+        ({"limit": 501}, "query.limit"),
+        ({"limit": "ten"}, "query.limit"),
+    ],
+)
+def test_bad_queue_queries_are_a_422_naming_the_field(
+    served: tuple[str, Settings], params: dict[str, Any], field: str
+) -> None:
     url, _ = served
     response = requests.get(f"{url}/api/cases", params=params, timeout=30)
     assert response.status_code == 422 and [e["field"] for e in response.json()["errors"]] == [field]
 
 
-def test_an_analyst_decision_changes_merchant_risk_for_later_transactions(served: tuple[str, Settings],
-                                                                         review_api: str) -> None:
+def test_an_analyst_decision_changes_merchant_risk_for_later_transactions(
+    served: tuple[str, Settings], review_api: str
+) -> None:
     url, settings = served
     tag = uuid.uuid4().hex[:8]
     merchant, tid = f"m-{tag}", f"case-{tag}"
@@ -188,16 +251,25 @@ def test_cases_are_in_the_openapi_document(served: tuple[str, Settings]) -> None
 
 
 def test_a_replica_stopped_right_after_answering_still_opens_its_cases_and_keeps_its_transactions(
-        review_api: str, served: tuple[str, Settings]) -> None:
+    review_api: str, served: tuple[str, Settings]
+) -> None:
     """Serve calls the ingress' ``__del__`` once a stopping replica has drained: the cases still on its pool and
     the transactions in its log buffer (written every few seconds) reach their stores before the process ends."""
     _, settings = served
     serve.run(build_app(settings), name="drain-test", route_prefix="/drain")
     url = f"http://{settings.api_host}:{settings.api_port}/drain"
-    wait_until(lambda: requests.get(f"{url}/healthz", timeout=30).status_code == 200, timeout_s=120,
-               interval_s=0.5, what="the second app healthy")
-    wait_until(lambda: _check(url, f"warm-{uuid.uuid4().hex[:12]}")["action"] == "review", timeout_s=30,
-               interval_s=0.5, what="the review rule on the second app")
+    wait_until(
+        lambda: requests.get(f"{url}/healthz", timeout=30).status_code == 200,
+        timeout_s=120,
+        interval_s=0.5,
+        what="the second app healthy",
+    )
+    wait_until(
+        lambda: _check(url, f"warm-{uuid.uuid4().hex[:12]}")["action"] == "review",
+        timeout_s=30,
+        interval_s=0.5,
+        what="the review rule on the second app",
+    )
     ids = [f"drain-{uuid.uuid4().hex[:12]}" for _ in range(20)]
     assert all(_check(url, tid)["action"] == "review" for tid in ids)
     serve.delete("drain-test")  # at once: well within the replica's log-flush interval

@@ -47,7 +47,7 @@ def fraudctl(settings: Settings, *args: str) -> dict[str, Any]:
         use_settings(previous)
     assert result.exit_code == 0, result.output
     text = result.stdout  # Ray Tune may print before the answer: the answer is the last top-level object
-    return json.loads(text[text.rfind("\n{\n") + 1:] if "\n{\n" in text else text)
+    return json.loads(text[text.rfind("\n{\n") + 1 :] if "\n{\n" in text else text)
 
 
 def records(frame: pd.DataFrame, tag: str | None) -> list[dict[str, Any]]:
@@ -56,15 +56,18 @@ def records(frame: pd.DataFrame, tag: str | None) -> list[dict[str, Any]]:
     if tag:
         out["transaction_id"] = [f"{tag}-{i}" for i in range(len(out))]
     out["timestamp"] = out["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return [{k: v for k, v in row.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
-            for row in out.to_dict(orient="records")]
+    return [
+        {k: v for k, v in row.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
+        for row in out.to_dict(orient="records")
+    ]
 
 
 def score(url: str, transactions: list[dict[str, Any]], batch: int = 100) -> list[dict[str, Any]]:
     results = []
     for start in range(0, len(transactions), batch):
-        answer = requests.post(f"{url}/api/check-fraud/batch", json={"transactions": transactions[start:start + batch]},
-                               timeout=120)
+        answer = requests.post(
+            f"{url}/api/check-fraud/batch", json={"transactions": transactions[start : start + batch]}, timeout=120
+        )
         assert answer.status_code == 200, answer.text
         results.extend(answer.json()["results"])
     return results
@@ -96,8 +99,9 @@ def lifecycle(served: tuple[str, Settings]) -> Iterator[tuple[str, Settings]]:
     assert reload(url)["champion"] == champion
 
 
-def test_a_canary_share_is_honoured_on_http_and_on_the_stream(lifecycle: tuple[str, Settings],
-                                                               small_history: Any) -> None:
+def test_a_canary_share_is_honoured_on_http_and_on_the_stream(
+    lifecycle: tuple[str, Settings], small_history: Any
+) -> None:
     from serve.stream import StreamScoring
 
     url, settings = lifecycle
@@ -124,7 +128,9 @@ def test_a_canary_share_is_honoured_on_http_and_on_the_stream(lifecycle: tuple[s
         put_records_reliably(client("kinesis", stream), stream.stream_name, to_entries(produced))
 
         def all_decided() -> dict[str, str]:
-            decided = {d["transaction_id"]: d["model_version"] for d in read_stream(stream, stream.decisions_stream_name)}
+            decided = {
+                d["transaction_id"]: d["model_version"] for d in read_stream(stream, stream.decisions_stream_name)
+            }
             return decided if len(decided) >= len(transactions) else {}
 
         on_stream = wait_until(all_decided, timeout_s=240, interval_s=1.0, what="a stream decision for every id")
@@ -136,8 +142,9 @@ def test_a_canary_share_is_honoured_on_http_and_on_the_stream(lifecycle: tuple[s
     assert on_stream == over_http  # each transaction_id got the same model on both paths
 
 
-def test_a_broken_challenger_is_rolled_back_by_the_guardrail(lifecycle: tuple[str, Settings],
-                                                             small_history: Any) -> None:
+def test_a_broken_challenger_is_rolled_back_by_the_guardrail(
+    lifecycle: tuple[str, Settings], small_history: Any
+) -> None:
     url, settings = lifecycle
     champion = registry_for(settings).resolve("champion")
     broken = register_variant(settings, RiskPolicy(threshold=0.0, medium=0.0))  # every score is HIGH
@@ -148,7 +155,7 @@ def test_a_broken_challenger_is_rolled_back_by_the_guardrail(lifecycle: tuple[st
     started, sent = time.monotonic(), 0
     served_by_broken: list[dict[str, Any]] = []
     while store.current().mode != "rolled_back" and time.monotonic() - started < ROLLBACK_WITHIN_S:
-        served_by_broken += [r for r in score(url, transactions[sent:sent + 100]) if r["model_version"] == broken]
+        served_by_broken += [r for r in score(url, transactions[sent : sent + 100]) if r["model_version"] == broken]
         sent = (sent + 100) % len(transactions)
     elapsed = time.monotonic() - started
     state = store.current()
@@ -160,13 +167,17 @@ def test_a_broken_challenger_is_rolled_back_by_the_guardrail(lifecycle: tuple[st
     print(f"rolled back {elapsed:.1f} s after the first canary request")
 
     fresh = records(small_history.transactions.head(200), "after-rollback")
-    wait_until(lambda: {r["model_version"] for r in score(url, fresh)} == {champion},
-               timeout_s=settings.serve_model_refresh_s * 10, interval_s=settings.serve_model_refresh_s,
-               what="every answer from the champion again")
+    wait_until(
+        lambda: {r["model_version"] for r in score(url, fresh)} == {champion},
+        timeout_s=settings.serve_model_refresh_s * 10,
+        interval_s=settings.serve_model_refresh_s,
+        what="every answer from the champion again",
+    )
 
 
-def test_a_challenger_the_significance_test_prefers_is_promoted(lifecycle: tuple[str, Settings],
-                                                                small_history: Any) -> None:
+def test_a_challenger_the_significance_test_prefers_is_promoted(
+    lifecycle: tuple[str, Settings], small_history: Any
+) -> None:
     url, settings = lifecycle
     registry = registry_for(settings)
     # a challenger that alerts on the top tenth of the champion's scores on this traffic: the two disagree often
@@ -198,18 +209,30 @@ def test_a_challenger_the_significance_test_prefers_is_promoted(lifecycle: tuple
     assert (logged["challenger_is_fraud"] != logged["champion_is_fraud"]).sum() >= 10, "too few discordant pairs"
     # synthetic labels that agree with the challenger: it is right wherever the two disagree
     for tid, label in zip(logged["transaction_id"], logged["challenger_is_fraud"]):
-        requests.post(f"{url}/api/feedback", json={"transaction_id": tid, "is_fraud": int(label)}, headers=KEY,
-                      timeout=30).raise_for_status()
-    wait_until(lambda: registry.resolve("champion") == wider, timeout_s=120,
-               interval_s=1.0, what="the significance test promoting the challenger")
+        requests.post(
+            f"{url}/api/feedback", json={"transaction_id": tid, "is_fraud": int(label)}, headers=KEY, timeout=30
+        ).raise_for_status()
+    wait_until(
+        lambda: registry.resolve("champion") == wider,
+        timeout_s=120,
+        interval_s=1.0,
+        what="the significance test promoting the challenger",
+    )
     promoted = RolloutStore(settings).current()
     assert promoted.mode == "promoted" and promoted.events[-1]["reason"].startswith("significance: McNemar")
-    wait_until(lambda: requests.post(f"{url}/api/check-fraud", json=transactions[0], timeout=30)
-               .json()["model_version"] == wider, timeout_s=30, interval_s=1.0, what="the app answering from it")
+    wait_until(
+        lambda: (
+            requests.post(f"{url}/api/check-fraud", json=transactions[0], timeout=30).json()["model_version"] == wider
+        ),
+        timeout_s=30,
+        interval_s=1.0,
+        what="the app answering from it",
+    )
 
 
 def test_retraining_from_kept_transactions_and_feedback_starts_a_challenger_in_shadow(
-        lifecycle: tuple[str, Settings], small_history: Any, tmp_path: Any) -> None:
+    lifecycle: tuple[str, Settings], small_history: Any, tmp_path: Any
+) -> None:
     from cluster.datasets import write_transactions
 
     url, settings = lifecycle
@@ -222,10 +245,15 @@ def test_retraining_from_kept_transactions_and_feedback_starts_a_challenger_in_s
     score(url, records(recent, None), batch=1000)  # kept by the app's transaction log
     frauds = recent.loc[recent["is_fraud"] == 1, "transaction_id"]
     for tid in frauds:
-        requests.post(f"{url}/api/feedback", json={"transaction_id": tid, "is_fraud": 1}, headers=KEY,
-                      timeout=30).raise_for_status()
-    wait_until(lambda: set(recent["transaction_id"]) <= set(read_log(settings, TRANSACTIONS_PREFIX)["transaction_id"]),
-               timeout_s=60, interval_s=2.0, what="every scored transaction kept")
+        requests.post(
+            f"{url}/api/feedback", json={"transaction_id": tid, "is_fraud": 1}, headers=KEY, timeout=30
+        ).raise_for_status()
+    wait_until(
+        lambda: set(recent["transaction_id"]) <= set(read_log(settings, TRANSACTIONS_PREFIX)["transaction_id"]),
+        timeout_s=60,
+        interval_s=2.0,
+        what="every scored transaction kept",
+    )
 
     window = ["--since", f"{history['timestamp'].min():%Y-%m-%d}", "--until", f"{history['timestamp'].max():%Y-%m-%d}"]
     # the window of this history: other tests' transactions, kept by the same app, have other dates

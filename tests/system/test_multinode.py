@@ -52,8 +52,14 @@ def run_scenario(settings: Settings, frame: pd.DataFrame, workdir: Path) -> dict
     env.update(settings.as_env(), RAY_TMPDIR=ray_tmp)
     try:
         with log_path.open("wb") as log:
-            child = subprocess.Popen([sys.executable, "-m", "tests.multinode", str(frame_path), str(result_path)],
-                                     cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            child = subprocess.Popen(
+                [sys.executable, "-m", "tests.multinode", str(frame_path), str(result_path)],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             try:
                 code: int | None = child.wait(timeout=SCENARIO_TIMEOUT_S)
             except subprocess.TimeoutExpired:
@@ -90,11 +96,19 @@ def fraud_heavy_traffic(history: Any, users: int, heavy_rows: int, other_rows: i
 
 
 def test_consumers_and_replicas_spread_over_nodes_and_losing_a_worker_loses_nothing(
-        ray_session, champion_model, small_history, tmp_path) -> None:
-    settings = stream_settings(ray_session, shards=4).model_copy(update={
-        "stream_shards": 4, "api_port": free_port(), "serve_haproxy": False, "model_bucket": f"models-{TAG}",
-        "ingest_stream_name": f"ingest-{TAG}-{uuid.uuid4().hex[:8]}", "feature_state_name": f"state-{TAG}",
-        "feature_partitions": 2})
+    ray_session, champion_model, small_history, tmp_path
+) -> None:
+    settings = stream_settings(ray_session, shards=4).model_copy(
+        update={
+            "stream_shards": 4,
+            "api_port": free_port(),
+            "serve_haproxy": False,
+            "model_bucket": f"models-{TAG}",
+            "ingest_stream_name": f"ingest-{TAG}-{uuid.uuid4().hex[:8]}",
+            "feature_state_name": f"state-{TAG}",
+            "feature_partitions": 2,
+        }
+    )
     # a bucket, an ingest stream and a state name of its own: the cluster's feature state never reads or snapshots
     # over the session's; two partitions, spread over the nodes, so a worker holds one
     bootstrap(settings)
@@ -128,8 +142,11 @@ def test_consumers_and_replicas_spread_over_nodes_and_losing_a_worker_loses_noth
     high = {d["transaction_id"] for d in decisions if d["risk_level"] == "HIGH"}
     assert high, "the fraud-heavy traffic produced no HIGH decision"
     assert sorted(ledger_ids(settings, f"{TAG}-")) == sorted(high)
-    alerts = [message["transaction"]["transaction_id"] for message in drain_alerts(settings, queue_url)
-              if message["transaction"]["transaction_id"].startswith(f"{TAG}-")]
+    alerts = [
+        message["transaction"]["transaction_id"]
+        for message in drain_alerts(settings, queue_url)
+        if message["transaction"]["transaction_id"].startswith(f"{TAG}-")
+    ]
     assert sorted(alerts) == sorted(high), "one alert per HIGH transaction, none repeated by the replay"
 
     answer = result["api_after_removal"]
@@ -155,14 +172,19 @@ def test_consumers_and_replicas_spread_over_nodes_and_losing_a_worker_loses_noth
     # the probe (one more transaction of the frame's last card) read the windows an uninterrupted run has
     unlabelled = frame.drop(columns=["is_fraud", "fraud_scenario"])
     last = unlabelled.tail(1).reset_index(drop=True)
-    sequence = [last.assign(transaction_id="api-check-before-node-loss"), unlabelled,
-                last.assign(transaction_id="api-check-after-node-loss"), probe_row(frame)]
+    sequence = [
+        last.assign(transaction_id="api-check-before-node-loss"),
+        unlabelled,
+        last.assign(transaction_id="api-check-after-node-loss"),
+        probe_row(frame),
+    ]
     reference = OnlineFeatures(ray_session, name=f"{TAG}-reference", partitions=1, restore=False)
     try:
         want = [reference.compute(part) for part in sequence][-1]
     finally:
         reference.shutdown()
     got = result["probe_features"]
-    np.testing.assert_allclose([got[name] for name in FEATURE_NAMES], want[list(FEATURE_NAMES)].to_numpy()[0],
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        [got[name] for name in FEATURE_NAMES], want[list(FEATURE_NAMES)].to_numpy()[0], rtol=1e-6, atol=1e-6
+    )
     assert got["user_count_1h"] >= 3, "the card's transactions before and after the loss count in its hour"

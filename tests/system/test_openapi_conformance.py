@@ -18,8 +18,12 @@ from tests.conftest import API_KEY
 
 EXAMPLES_PER_OPERATION = 40  # bounded: the whole run takes about a minute on two shared cores
 
-BEYOND_THE_SCHEMA = {("PUT", "/api/rules"), ("PUT", "/api/lists/{name}"), ("POST", "/api/lists/{name}/items"),
-                     ("DELETE", "/api/lists/{name}/items/{value}")}
+BEYOND_THE_SCHEMA = {
+    ("PUT", "/api/rules"),
+    ("PUT", "/api/lists/{name}"),
+    ("POST", "/api/lists/{name}/items"),
+    ("DELETE", "/api/lists/{name}/items/{value}"),
+}
 
 pytestmark = pytest.mark.slow
 
@@ -30,8 +34,13 @@ schema = schemathesis.openapi.from_dict(api.openapi())
 
 
 @schema.parametrize()
-@settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large])
+@settings(
+    max_examples=EXAMPLES_PER_OPERATION,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
+)
 def test_the_api_does_what_its_openapi_document_says(case: schemathesis.Case, served: tuple[str, Settings]) -> None:
     url, _ = served
     # A rule set's validity (expressions that compile, unique ids) and a list value's (the pattern of the list's stored

@@ -26,8 +26,10 @@ from tests.streams import drain_alerts, subscribe_alert_queue
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     out = frame.drop(columns=["is_fraud", "fraud_scenario"], errors="ignore").copy()
     out["timestamp"] = out["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return [{k: v for k, v in row.items() if v is not None and not (isinstance(v, float) and np.isnan(v))}
-            for row in out.to_dict(orient="records")]
+    return [
+        {k: v for k, v in row.items() if v is not None and not (isinstance(v, float) and np.isnan(v))}
+        for row in out.to_dict(orient="records")
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -36,8 +38,17 @@ def alert_queue(ray_session: Settings) -> str:
     return subscribe_alert_queue(ray_session, "alerts-under-test")
 
 
-VALID = {"transaction_id": "api-1", "user_id": "u-api", "merchant_id": "m-api", "amount": 42.5,
-         "timestamp": "2026-01-22T10:00:00Z", "channel": "online", "lat": 52.5, "lon": 13.4, "ignored_extra": [1]}
+VALID = {
+    "transaction_id": "api-1",
+    "user_id": "u-api",
+    "merchant_id": "m-api",
+    "amount": 42.5,
+    "timestamp": "2026-01-22T10:00:00Z",
+    "channel": "online",
+    "lat": 52.5,
+    "lon": 13.4,
+    "ignored_extra": [1],
+}
 
 
 def test_healthz_openapi_and_one_transaction(served: tuple[str, Settings]) -> None:
@@ -51,8 +62,17 @@ def test_healthz_openapi_and_one_transaction(served: tuple[str, Settings]) -> No
     response = requests.post(f"{url}/api/check-fraud", json=VALID, timeout=30)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"transaction_id", "fraud_score", "is_fraud", "risk_level", "factors", "model_version",
-                         "processing_time_ms", "action", "rules"}
+    assert set(body) == {
+        "transaction_id",
+        "fraud_score",
+        "is_fraud",
+        "risk_level",
+        "factors",
+        "model_version",
+        "processing_time_ms",
+        "action",
+        "rules",
+    }
     assert body["transaction_id"] == "api-1" and 0.0 <= body["fraud_score"] <= 1.0
     assert body["risk_level"] in ("LOW", "MEDIUM", "HIGH") and isinstance(body["factors"], list)
     assert body["model_version"] == health["champion"] and body["processing_time_ms"] > 0
@@ -74,8 +94,9 @@ def test_explain_gives_low_decisions_their_factors(served: tuple[str, Settings],
         assert [p["name"] for p in schema["paths"][path]["post"]["parameters"]] == ["explain"]
     sample = _records(small_history.transactions.iloc[5::89].head(40))
     plain = requests.post(f"{url}/api/check-fraud/batch", json={"transactions": sample[:20]}, timeout=60)
-    explained = requests.post(f"{url}/api/check-fraud/batch", params={"explain": "true"},
-                              json={"transactions": sample[20:]}, timeout=60)
+    explained = requests.post(
+        f"{url}/api/check-fraud/batch", params={"explain": "true"}, json={"transactions": sample[20:]}, timeout=60
+    )
     assert plain.status_code == 200 and explained.status_code == 200, (plain.text, explained.text)
     plain_results, results = plain.json()["results"], explained.json()["results"]
     assert all(r["factors"] == [] for r in plain_results if r["risk_level"] == "LOW")
@@ -84,8 +105,12 @@ def test_explain_gives_low_decisions_their_factors(served: tuple[str, Settings],
     assert any(r["factors"] for r in low)
     assert all(f.startswith((RAISES, LOWERS)) for r in low for f in r["factors"])
     assert not any(f.startswith((RAISES, LOWERS)) for r in results if r["risk_level"] != "LOW" for f in r["factors"])
-    one = requests.post(f"{url}/api/check-fraud", params={"explain": "true"},
-                        json={**VALID, "transaction_id": "api-explain"}, timeout=30)
+    one = requests.post(
+        f"{url}/api/check-fraud",
+        params={"explain": "true"},
+        json={**VALID, "transaction_id": "api-explain"},
+        timeout=30,
+    )
     assert one.status_code == 200 and set(one.json()) == set(plain_results[0])
     bad = requests.post(f"{url}/api/check-fraud", params={"explain": "maybe"}, json=VALID, timeout=30)
     assert bad.status_code == 422 and any("explain" in e["field"] for e in bad.json()["errors"])
@@ -112,7 +137,9 @@ BAD_TRANSACTIONS = [
 
 
 @pytest.mark.parametrize("case,body,field", BAD_TRANSACTIONS, ids=[c[0] for c in BAD_TRANSACTIONS])
-def test_bad_transaction_is_a_4xx_naming_the_field(served: tuple[str, Settings], case: str, body: dict, field: str) -> None:
+def test_bad_transaction_is_a_4xx_naming_the_field(
+    served: tuple[str, Settings], case: str, body: dict, field: str
+) -> None:
     url, _ = served
     response = requests.post(f"{url}/api/check-fraud", json=body, timeout=30)
     assert response.status_code == 422, response.text
@@ -123,7 +150,9 @@ def test_bad_transaction_is_a_4xx_naming_the_field(served: tuple[str, Settings],
 def test_non_finite_numbers_name_their_field(served: tuple[str, Settings], literal: str) -> None:
     url, _ = served
     raw = json.dumps(VALID).replace('"amount": 42.5', f'"amount": {literal}')
-    response = requests.post(f"{url}/api/check-fraud", data=raw, headers={"content-type": "application/json"}, timeout=30)
+    response = requests.post(
+        f"{url}/api/check-fraud", data=raw, headers={"content-type": "application/json"}, timeout=30
+    )
     assert response.status_code == 422 and response.json()["errors"][0]["field"] == "amount"
 
 
@@ -132,12 +161,23 @@ def test_malformed_bodies_are_4xx(served: tuple[str, Settings]) -> None:
     cases = [
         (requests.post(f"{url}/api/check-fraud", data=b"{not json", timeout=30), 400, "body"),
         (requests.post(f"{url}/api/check-fraud", json=[VALID], timeout=30), 422, "body"),
-        (requests.post(f"{url}/api/check-fraud", data=b"x" * (settings.serve_max_body_bytes + 1), timeout=30),
-         413, "body"),
-        (requests.post(f"{url}/api/check-fraud/batch", json={"transactions": [VALID] * 1001}, timeout=60),
-         422, "transactions"),
-        (requests.post(f"{url}/api/check-fraud/batch", json={"transactions": [VALID, _with(amount="12")]}, timeout=30),
-         422, "transactions.1.amount"),
+        (
+            requests.post(f"{url}/api/check-fraud", data=b"x" * (settings.serve_max_body_bytes + 1), timeout=30),
+            413,
+            "body",
+        ),
+        (
+            requests.post(f"{url}/api/check-fraud/batch", json={"transactions": [VALID] * 1001}, timeout=60),
+            422,
+            "transactions",
+        ),
+        (
+            requests.post(
+                f"{url}/api/check-fraud/batch", json={"transactions": [VALID, _with(amount="12")]}, timeout=30
+            ),
+            422,
+            "transactions.1.amount",
+        ),
         (requests.post(f"{url}/api/check-fraud/batch", json={"rows": []}, timeout=30), 422, "transactions"),
     ]
     for response, status, field in cases:
@@ -147,15 +187,17 @@ def test_malformed_bodies_are_4xx(served: tuple[str, Settings]) -> None:
 
 
 KEY = {"X-API-Key": API_KEY}
-GOOD_BODIES = {"/api/check-fraud": (VALID, "amount"),
-               "/api/check-fraud/batch": ({"transactions": [VALID]}, "transactions.0.amount"),
-               "/api/feedback": ({"transaction_id": "api-1", "is_fraud": 0}, "is_fraud")}
+GOOD_BODIES = {
+    "/api/check-fraud": (VALID, "amount"),
+    "/api/check-fraud/batch": ({"transactions": [VALID]}, "transactions.0.amount"),
+    "/api/feedback": ({"transaction_id": "api-1", "is_fraud": 0}, "is_fraud"),
+}
 HOSTILE = [
-    b'{"a":' * 5000 + b"1" + b"}" * 5000,   # nesting (was a 500)
+    b'{"a":' * 5000 + b"1" + b"}" * 5000,  # nesting (was a 500)
     b"[" * 2000 + b"]" * 2000,
     b'{"x":NaN,"a":' + b"[" * 1000 + b"]" * 1000 + b"}",
-    b'{"transaction_id": "\xff\xfe"}',       # invalid UTF-8
-    b"transaction_id=a&amount=1",              # form fields
+    b'{"transaction_id": "\xff\xfe"}',  # invalid UTF-8
+    b"transaction_id=a&amount=1",  # form fields
     b"",
 ]
 
@@ -183,8 +225,9 @@ def test_hostile_bodies_are_4xx_naming_a_field_on_every_endpoint(served: tuple[s
 
 
 @pytest.mark.parametrize("path", list(GOOD_BODIES))
-def test_json_is_read_whatever_the_content_type_and_the_last_duplicate_wins(served: tuple[str, Settings],
-                                                                           path: str) -> None:
+def test_json_is_read_whatever_the_content_type_and_the_last_duplicate_wins(
+    served: tuple[str, Settings], path: str
+) -> None:
     url, _ = served
     body, _ = GOOD_BODIES[path]
     raw = json.dumps(body).encode()
@@ -210,14 +253,22 @@ def test_openapi_documents_errors_limits_and_the_key(served: tuple[str, Settings
     for path in GOOD_BODIES:
         assert {"400", "413", "422"} <= set(paths[path]["post"]["responses"])
     assert "503" in paths["/api/check-fraud"]["post"]["responses"]
-    assert paths["/api/feedback"]["post"]["security"] == [{"ApiKey": []}] and "401" in paths["/api/feedback"]["post"][
-        "responses"]
+    assert (
+        paths["/api/feedback"]["post"]["security"] == [{"ApiKey": []}]
+        and "401" in paths["/api/feedback"]["post"]["responses"]
+    )
     assert "security" not in paths["/api/check-fraud"]["post"]
     assert document["components"]["securitySchemes"]["ApiKey"] == {
-        "type": "apiKey", "in": "header", "name": "X-API-Key",
-        "description": document["components"]["securitySchemes"]["ApiKey"]["description"]}
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": document["components"]["securitySchemes"]["ApiKey"]["description"],
+    }
     batch = paths["/api/check-fraud/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert (batch["properties"]["transactions"]["minItems"], batch["properties"]["transactions"]["maxItems"]) == (1, 1000)
+    assert (batch["properties"]["transactions"]["minItems"], batch["properties"]["transactions"]["maxItems"]) == (
+        1,
+        1000,
+    )
     assert "503" in paths["/healthz"]["get"]["responses"]
 
 
@@ -229,8 +280,12 @@ def test_feedback_needs_the_key_and_is_stored(served: tuple[str, Settings]) -> N
     assert requests.post(f"{url}/api/feedback", json=label, timeout=30).status_code == 401
     wrong = requests.post(f"{url}/api/feedback", json=label, headers={"X-API-Key": "nope"}, timeout=30)
     assert wrong.status_code == 401 and wrong.json()["errors"][0]["field"] == "X-API-Key"
-    bad = requests.post(f"{url}/api/feedback", json={"transaction_id": "api-1", "is_fraud": 7},
-                        headers={"X-API-Key": API_KEY}, timeout=30)
+    bad = requests.post(
+        f"{url}/api/feedback",
+        json={"transaction_id": "api-1", "is_fraud": 7},
+        headers={"X-API-Key": API_KEY},
+        timeout=30,
+    )
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"].startswith("is_fraud")
     accepted = requests.post(f"{url}/api/feedback", json=label, headers={"X-API-Key": API_KEY}, timeout=30)
     assert accepted.status_code == 202, accepted.text
@@ -242,8 +297,10 @@ def _fraud_heavy_sample(small_history: Any, id_suffix: str = "") -> list[dict[st
     """The last 600 transactions of twelve users with frauds: a batch that yields HIGH decisions."""
     transactions = small_history.transactions
     users = transactions.loc[transactions["is_fraud"] == 1, "user_id"].unique()[:12]
-    return [{**r, "transaction_id": f"{r['transaction_id']}{id_suffix}"}
-            for r in _records(transactions[transactions["user_id"].isin(users)].tail(600))]
+    return [
+        {**r, "transaction_id": f"{r['transaction_id']}{id_suffix}"}
+        for r in _records(transactions[transactions["user_id"].isin(users)].tail(600))
+    ]
 
 
 def _arriving_alerts(settings: Settings, queue: str, expected: int, wait_s: float = 20) -> list[dict[str, Any]]:
@@ -300,13 +357,18 @@ def test_state_counts_what_the_feature_state_holds(served: tuple[str, Settings])
     # after VALID's day), and the snapshot's compaction evicts what lies more than the windows behind its clock
     at = {} if before["event_time"] is None else {"timestamp": before["event_time"]}
     cards = [f"state-card-{uuid.uuid4().hex[:8]}" for _ in range(3)]
-    batch = [_with(transaction_id=f"{card}-tx{i}", user_id=card, merchant_id=f"state-shop-{card}", **at)
-             for card in cards for i in range(2)]
+    batch = [
+        _with(transaction_id=f"{card}-tx{i}", user_id=card, merchant_id=f"state-shop-{card}", **at)
+        for card in cards
+        for i in range(2)
+    ]
     requests.post(f"{url}/api/check-fraud/batch", json={"transactions": batch}, timeout=30).raise_for_status()
     OnlineFeatures(settings, actor_cpus=0.1).snapshot()
     after = requests.get(f"{url}/api/state", timeout=30).json()
-    assert after["keys"]["user"] >= before["keys"]["user"] + 3 and after["keys"]["merchant"] >= before["keys"][
-        "merchant"] + 3
+    assert (
+        after["keys"]["user"] >= before["keys"]["user"] + 3
+        and after["keys"]["merchant"] >= before["keys"]["merchant"] + 3
+    )
     assert after["rows"] >= before["rows"] + len(batch) * 2  # each joins the card's and the merchant's history
     assert after["last_snapshot_at"] is not None and after["last_snapshot_at"] != before["last_snapshot_at"]
     assert after["event_time"] is not None
@@ -320,8 +382,9 @@ def test_sdk_and_http_scores_agree(served: tuple[str, Settings], small_history: 
 
     url, settings = served
     OnlineFeatures(settings, actor_cpus=0.1).snapshot()  # the server's feature state -> S3 ...
-    detector = FraudDetector(settings, feature_state="sdk-agreement",
-                             restore_from=settings.feature_state_name)  # ... to the SDK's
+    detector = FraudDetector(
+        settings, feature_state="sdk-agreement", restore_from=settings.feature_state_name
+    )  # ... to the SDK's
     sequence = _records(small_history.transactions.tail(40))
     over_http = [requests.post(f"{url}/api/check-fraud", json=t, timeout=30).json() for t in sequence]
     in_process = [detector.predict(t) for t in sequence]
@@ -329,7 +392,12 @@ def test_sdk_and_http_scores_agree(served: tuple[str, Settings], small_history: 
         assert http["transaction_id"] == sdk["transaction_id"]
         assert http["fraud_score"] == pytest.approx(sdk["fraud_score"], abs=1e-9)
         assert (http["risk_level"], http["factors"], http["model_version"], http["action"], http["rules"]) == (
-            sdk["risk_level"], sdk["factors"], sdk["model_version"], sdk["action"], sdk["rules"])
+            sdk["risk_level"],
+            sdk["factors"],
+            sdk["model_version"],
+            sdk["action"],
+            sdk["rules"],
+        )
     detector.features.shutdown()
 
 
@@ -352,8 +420,9 @@ def test_autoscaling_goes_up_under_load_and_down_when_idle(served: tuple[str, Se
     bodies = [json.dumps(t).encode() for t in _records(small_history.transactions.head(3000))]
     peak: dict[str, int] = {}
     for _ in range(12):
-        run_load(f"{url}/api/check-fraud", lambda i: bodies[i % len(bodies)], requests=2000, concurrency=16,
-                 max_seconds=3)
+        run_load(
+            f"{url}/api/check-fraud", lambda i: bodies[i % len(bodies)], requests=2000, concurrency=16, max_seconds=3
+        )
         peak = {name: max(count, peak.get(name, 0)) for name, count in _replicas().items()}
         if max(peak.values()) > 1:
             break
@@ -362,8 +431,12 @@ def test_autoscaling_goes_up_under_load_and_down_when_idle(served: tuple[str, Se
 
 
 def _wait_for_one_replica_each(timeout_s: float = 90) -> None:
-    wait_until(lambda: max(_replicas().values()) <= 1, timeout_s=timeout_s, interval_s=1.0,
-               what=lambda: f"one replica each after idling (now {_replicas()})")
+    wait_until(
+        lambda: max(_replicas().values()) <= 1,
+        timeout_s=timeout_s,
+        interval_s=1.0,
+        what=lambda: f"one replica each after idling (now {_replicas()})",
+    )
 
 
 def test_challenger_shadow_compare_and_promote(served: tuple[str, Settings], small_history: Any) -> None:
@@ -378,13 +451,20 @@ def test_challenger_shadow_compare_and_promote(served: tuple[str, Settings], sma
     assert reloaded == {"champion": champion, "challenger": challenger}
     labelled = small_history.transactions.iloc[-200:]
     sample = _records(labelled)
-    results = requests.post(f"{url}/api/check-fraud/batch", json={"transactions": sample}, timeout=120).json()["results"]
+    results = requests.post(f"{url}/api/check-fraud/batch", json={"transactions": sample}, timeout=120).json()[
+        "results"
+    ]
     assert {r["model_version"] for r in results} == {champion}  # shadow: answers still come from the champion
     for tid, label in zip(labelled["transaction_id"], labelled["is_fraud"]):
-        requests.post(f"{url}/api/feedback", json={"transaction_id": tid, "is_fraud": int(label)}, headers=key,
-                      timeout=30).raise_for_status()
-    wait_until(lambda: len(served_rows_since(settings, challenger, None)) >= len(sample), timeout_s=30,
-               interval_s=1.0, what="the challenger's decisions logged")
+        requests.post(
+            f"{url}/api/feedback", json={"transaction_id": tid, "is_fraud": int(label)}, headers=key, timeout=30
+        ).raise_for_status()
+    wait_until(
+        lambda: len(served_rows_since(settings, challenger, None)) >= len(sample),
+        timeout_s=30,
+        interval_s=1.0,
+        what="the challenger's decisions logged",
+    )
     report = run_compare(settings)
     assert report["labelled"] >= len(sample) and report["frauds"] == int(labelled["is_fraud"].sum())
     assert report["champion"]["versions"] == [champion] and report["challenger"]["versions"] == [challenger]
@@ -404,18 +484,26 @@ def app_with_its_own_topic(served: tuple[str, Settings]) -> Iterator[tuple[str, 
     own = settings.model_copy(update={"alert_topic": f"alerts-outage-{uuid.uuid4().hex[:8]}"})
     serve.run(build_app(own), name="fraud-outage", route_prefix="/outage")
     try:
-        wait_until(lambda: requests.get(f"{url}/outage/healthz", timeout=30).status_code == 200, timeout_s=120,
-                   interval_s=0.5, what="the second app healthy")
+        wait_until(
+            lambda: requests.get(f"{url}/outage/healthz", timeout=30).status_code == 200,
+            timeout_s=120,
+            interval_s=0.5,
+            what="the second app healthy",
+        )
         yield f"{url}/outage", own
     finally:
         serve.delete("fraud-outage")
 
 
-def test_alerts_unavailable_is_a_503_and_the_retry_alerts_once(app_with_its_own_topic: tuple[str, Settings],
-                                                                small_history: Any) -> None:
+def test_alerts_unavailable_is_a_503_and_the_retry_alerts_once(
+    app_with_its_own_topic: tuple[str, Settings], small_history: Any
+) -> None:
     url, settings = app_with_its_own_topic
-    warm = requests.post(f"{url}/api/check-fraud/batch", timeout=120,
-                         json={"transactions": _fraud_heavy_sample(small_history, id_suffix="-before-outage")})
+    warm = requests.post(
+        f"{url}/api/check-fraud/batch",
+        timeout=120,
+        json={"transactions": _fraud_heavy_sample(small_history, id_suffix="-before-outage")},
+    )
     assert warm.status_code == 200, warm.text  # the app's alert desk is up and publishing to its topic
     sample = _fraud_heavy_sample(small_history, id_suffix="-outage")
     sns = client("sns", settings)
@@ -437,8 +525,12 @@ def app_with_its_own_ingest_stream(served: tuple[str, Settings]) -> Iterator[tup
     own = settings.model_copy(update={"ingest_stream_name": f"ingest-outage-{uuid.uuid4().hex[:8]}"})
     serve.run(build_app(own), name="fraud-ingest-outage", route_prefix="/ingest-outage")
     try:
-        wait_until(lambda: requests.get(f"{url}/ingest-outage/healthz", timeout=30).status_code == 200,
-                   timeout_s=120, interval_s=0.5, what="the second app healthy")
+        wait_until(
+            lambda: requests.get(f"{url}/ingest-outage/healthz", timeout=30).status_code == 200,
+            timeout_s=120,
+            interval_s=0.5,
+            what="the second app healthy",
+        )
         yield f"{url}/ingest-outage", own
     finally:
         serve.delete("fraud-ingest-outage")
@@ -448,7 +540,8 @@ def app_with_its_own_ingest_stream(served: tuple[str, Settings]) -> Iterator[tup
 
 
 def test_ingest_log_unavailable_is_a_503_and_the_retry_counts_once(
-        app_with_its_own_ingest_stream: tuple[str, Settings]) -> None:
+    app_with_its_own_ingest_stream: tuple[str, Settings],
+) -> None:
     from cluster.feature_state import OnlineFeatures
     from cluster.features import FEATURE_NAMES
     from cluster.kinesis import lines_since
@@ -463,14 +556,17 @@ def test_ingest_log_unavailable_is_a_503_and_the_retry_counts_once(
     assert down.status_code == 503 and down.json()["errors"][0]["field"] == "transactions", down.text
     kinesis = client("kinesis", settings)
     kinesis.create_stream(StreamName=settings.ingest_stream_name, ShardCount=1)
-    kinesis.get_waiter("stream_exists").wait(StreamName=settings.ingest_stream_name,
-                                             WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    kinesis.get_waiter("stream_exists").wait(
+        StreamName=settings.ingest_stream_name, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
+    )
     for body in (first, second):
         response = requests.post(f"{url}/api/check-fraud", json=body, timeout=120)
         assert response.status_code == 200, response.text
-    logged = [json.loads(line)["transaction_id"]
-              for _, line in lines_since(kinesis, settings.ingest_stream_name, since)]
+    logged = [
+        json.loads(line)["transaction_id"] for _, line in lines_since(kinesis, settings.ingest_stream_name, since)
+    ]
     assert logged == [first["transaction_id"], second["transaction_id"]]
     features = OnlineFeatures(settings, actor_cpus=0.1).matrix(
-        canonical_columns([scoring_record(Transaction.model_validate(body)) for body in (first, second)]))
+        canonical_columns([scoring_record(Transaction.model_validate(body)) for body in (first, second)])
+    )
     assert features[:, list(FEATURE_NAMES).index("user_count_1h")].tolist() == [1.0, 2.0], "the retry counted once"

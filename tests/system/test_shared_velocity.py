@@ -38,8 +38,12 @@ def second_ingress(served: tuple[str, Settings]) -> Iterator[str]:
     url, settings = served
     serve.run(build_app(settings), name="fraud-second-replica", route_prefix="/second")
     try:
-        wait_until(lambda: requests.get(f"{url}/second/healthz", timeout=30).status_code == 200, timeout_s=120,
-                   interval_s=0.5, what="the second replica healthy")
+        wait_until(
+            lambda: requests.get(f"{url}/second/healthz", timeout=30).status_code == 200,
+            timeout_s=120,
+            interval_s=0.5,
+            what="the second replica healthy",
+        )
         yield f"{url}/second"
     finally:
         serve.delete("fraud-second-replica")
@@ -47,10 +51,21 @@ def second_ingress(served: tuple[str, Settings]) -> Iterator[str]:
 
 def _card_transactions(tag: str, start: pd.Timestamp) -> list[dict[str, Any]]:
     """One card buying every 4 minutes at two shops of its own (no other test's rows share its windows)."""
-    return [{"transaction_id": f"{tag}-{turn}", "user_id": f"{tag}-card", "merchant_id": f"{tag}-shop{turn % 2}",
-             "amount": 30.0 + turn, "timestamp": format_timestamp(start + pd.Timedelta(minutes=4 * turn)),
-             "channel": "online", "device_id": f"{tag}-device", "country": "US", "lat": 40.7, "lon": -74.0}
-            for turn in range(TURNS)]
+    return [
+        {
+            "transaction_id": f"{tag}-{turn}",
+            "user_id": f"{tag}-card",
+            "merchant_id": f"{tag}-shop{turn % 2}",
+            "amount": 30.0 + turn,
+            "timestamp": format_timestamp(start + pd.Timedelta(minutes=4 * turn)),
+            "channel": "online",
+            "device_id": f"{tag}-device",
+            "country": "US",
+            "lat": 40.7,
+            "lon": -74.0,
+        }
+        for turn in range(TURNS)
+    ]
 
 
 def _decided(settings: Settings, transaction_id: str) -> bool:
@@ -58,11 +73,13 @@ def _decided(settings: Settings, transaction_id: str) -> bool:
 
 
 def test_two_replicas_and_the_stream_see_the_same_velocity_windows_for_one_user(
-        served: tuple[str, Settings], second_ingress: str, small_history: Any) -> None:
+    served: tuple[str, Settings], second_ingress: str, small_history: Any
+) -> None:
     url, settings = served
     # streams of the test's own, but the session's feature state: the one the two replicas share
     on_stream = stream_settings(settings, shards=1).model_copy(
-        update={"feature_state_name": settings.feature_state_name})
+        update={"feature_state_name": settings.feature_state_name}
+    )
     tag = f"velocity-{uuid.uuid4().hex[:8]}"
     transactions = _card_transactions(tag, small_history.transactions["timestamp"].max() + pd.Timedelta(hours=2))
     kinesis = client("kinesis", on_stream)
@@ -71,10 +88,17 @@ def test_two_replicas_and_the_stream_see_the_same_velocity_windows_for_one_user(
         for turn, transaction in enumerate(transactions):  # one at a time: each path sees the others' rows first
             path = PATHS[turn % len(PATHS)]
             if path == "stream":
-                put_records_reliably(kinesis, on_stream.stream_name, [
-                    {"Data": orjson.dumps(transaction), "PartitionKey": transaction["user_id"]}])
-                wait_until(lambda t=transaction["transaction_id"]: _decided(on_stream, t), timeout_s=120,
-                           interval_s=0.5, what=f"the stream's decision for turn {turn}")
+                put_records_reliably(
+                    kinesis,
+                    on_stream.stream_name,
+                    [{"Data": orjson.dumps(transaction), "PartitionKey": transaction["user_id"]}],
+                )
+                wait_until(
+                    lambda t=transaction["transaction_id"]: _decided(on_stream, t),
+                    timeout_s=120,
+                    interval_s=0.5,
+                    what=f"the stream's decision for turn {turn}",
+                )
             else:
                 base = url if path == "first replica" else second_ingress
                 response = requests.post(f"{base}/api/check-fraud", json=transaction, timeout=120)

@@ -40,17 +40,27 @@ def chaos_run(ray_session: Settings, champion_model: str, small_history: Any) ->
     """A one-shard stream (so its order is the stream's one order), its own feature state, and an uninterrupted
     reference: the same transactions in the same order through a fresh state."""
     state = f"chaos-{uuid.uuid4().hex[:8]}"
-    settings = stream_settings(ray_session, shards=1).model_copy(update={"feature_snapshot_interval_s": 3600.0,
-                                                                         "feature_state_name": state})
+    settings = stream_settings(ray_session, shards=1).model_copy(
+        update={"feature_snapshot_interval_s": 3600.0, "feature_state_name": state}
+    )
     frame = traffic(small_history, N, state)
     unlabelled = frame.drop(columns=["is_fraud", "fraud_scenario"])
     reference = OnlineFeatures(settings, name=f"{state}-reference", restore=False)
     detector = FraudDetector(settings, features=reference)
-    expected = [d for start in range(0, N, CHUNK) for d in detector.predict_batch(unlabelled.iloc[start:start + CHUNK])]
+    expected = [
+        d for start in range(0, N, CHUNK) for d in detector.predict_batch(unlabelled.iloc[start : start + CHUNK])
+    ]
     stream = StreamScoring(settings, poll_shards_s=0.5).start()
     try:
-        yield {"state": state, "settings": settings, "frame": frame, "unlabelled": unlabelled, "stream": stream,
-               "reference": reference, "expected": expected}
+        yield {
+            "state": state,
+            "settings": settings,
+            "frame": frame,
+            "unlabelled": unlabelled,
+            "stream": stream,
+            "reference": reference,
+            "expected": expected,
+        }
     finally:
         stream.stop()
         reference.shutdown()
@@ -60,7 +70,7 @@ def chaos_run(ray_session: Settings, champion_model: str, small_history: Any) ->
 def produce_slowly(settings: Settings, frame: pd.DataFrame) -> threading.Thread:
     def run() -> None:
         for start in range(0, len(frame), CHUNK):
-            produce(settings, frame.iloc[start:start + CHUNK])
+            produce(settings, frame.iloc[start : start + CHUNK])
             threading.Event().wait(0.1)
 
     thread = threading.Thread(target=run, daemon=True)
@@ -100,8 +110,12 @@ def test_a_killed_state_actor_comes_back_with_its_windows_exact(chaos_run: dict[
     settings, state = chaos_run["settings"], chaos_run["state"]
     kill_after = random.randint(N // 5, 3 * N // 5)
     producer = produce_slowly(settings, chaos_run["frame"])
-    wait_until(lambda: decided(settings) >= kill_after, timeout_s=240, interval_s=0.2,
-               what=f"{kill_after} decisions before the kill")
+    wait_until(
+        lambda: decided(settings) >= kill_after,
+        timeout_s=240,
+        interval_s=0.2,
+        what=f"{kill_after} decisions before the kill",
+    )
     print(f"killing the state actor after {kill_after} decisions")  # shown with a failure: the point to retry
     ray.kill(ray.get_actor(f"{state}-0", namespace=ACTOR_NAMESPACE), no_restart=False)
     producer.join()
@@ -116,8 +130,12 @@ def test_a_killed_consumer_resends_from_its_checkpoint_and_nothing_counts_twice(
     settings = chaos_run["settings"]
     kill_after = random.randint(N // 5, 3 * N // 5)
     producer = produce_slowly(settings, chaos_run["frame"])
-    wait_until(lambda: decided(settings) >= kill_after, timeout_s=240, interval_s=0.2,
-               what=f"{kill_after} decisions before the kill")
+    wait_until(
+        lambda: decided(settings) >= kill_after,
+        timeout_s=240,
+        interval_s=0.2,
+        what=f"{kill_after} decisions before the kill",
+    )
     print(f"killing the consumer after {kill_after} decisions")
     ray.kill(next(iter(chaos_run["stream"].consumers.values())), no_restart=False)
     producer.join()
@@ -138,33 +156,54 @@ def test_a_killed_alert_desk_alerts_every_high_once_and_the_windows_stay_exact(c
     queue = subscribe_alert_queue(settings, f"alerts-{state}")
     kill_after = random.randint(N // 5, 3 * N // 5)
     producer = produce_slowly(settings, chaos_run["frame"])
-    wait_until(lambda: decided(settings) >= kill_after, timeout_s=240, interval_s=0.2,
-               what=f"{kill_after} decisions before the kill")
+    wait_until(
+        lambda: decided(settings) >= kill_after,
+        timeout_s=240,
+        interval_s=0.2,
+        what=f"{kill_after} decisions before the kill",
+    )
     print(f"killing the alert desk after {kill_after} decisions")
     ray.kill(ray.get_actor(alert_desk_name(settings), namespace=ACTOR_NAMESPACE), no_restart=False)
     producer.join()
     assert_as_if_uninterrupted(chaos_run, repeats_allowed=False)
-    messages = [m["transaction"]["transaction_id"] for m in drain_alerts(settings, queue)
-                if m["transaction"]["transaction_id"].startswith(f"{state}-")]
+    messages = [
+        m["transaction"]["transaction_id"]
+        for m in drain_alerts(settings, queue)
+        if m["transaction"]["transaction_id"].startswith(f"{state}-")
+    ]
     assert len(messages) == len(set(messages)) and set(messages) <= high, "no alert message repeated or invented"
 
 
 def card_bursts(tag: str, start: pd.Timestamp, cards: int = 5, per_card: int = 6) -> list[list[dict[str, Any]]]:
     """Request bodies for cards of their own (and shops of their own, so no other test's rows share a window),
     each card buying every 5 minutes: ``per_card`` rounds, every round one batch of all the cards."""
-    return [[{"transaction_id": f"{tag}-{card}-{turn}", "user_id": f"{tag}-card{card}",
-              "merchant_id": f"{tag}-shop{(card + turn) % 3}", "amount": 20.0 + 7 * turn + card,
-              "timestamp": format_timestamp(start + pd.Timedelta(minutes=5 * turn, seconds=card)),
-              "channel": "online", "device_id": f"{tag}-device{card}", "country": "US", "lat": 40.7, "lon": -74.0}
-             for card in range(cards)] for turn in range(per_card)]
+    return [
+        [
+            {
+                "transaction_id": f"{tag}-{card}-{turn}",
+                "user_id": f"{tag}-card{card}",
+                "merchant_id": f"{tag}-shop{(card + turn) % 3}",
+                "amount": 20.0 + 7 * turn + card,
+                "timestamp": format_timestamp(start + pd.Timedelta(minutes=5 * turn, seconds=card)),
+                "channel": "online",
+                "device_id": f"{tag}-device{card}",
+                "country": "US",
+                "lat": 40.7,
+                "lon": -74.0,
+            }
+            for card in range(cards)
+        ]
+        for turn in range(per_card)
+    ]
 
 
 def columns_of(batches: list[list[dict[str, Any]]]) -> dict[str, Any]:
     return canonical_columns([scoring_record(Transaction.model_validate(body)) for batch in batches for body in batch])
 
 
-def test_http_scored_transactions_still_count_after_a_state_actor_kill(served: tuple[str, Settings],
-                                                                        small_history: Any) -> None:
+def test_http_scored_transactions_still_count_after_a_state_actor_kill(
+    served: tuple[str, Settings], small_history: Any
+) -> None:
     """Rounds 1-2 scored over HTTP, then a snapshot (they are in it), rounds 3-4 (only in the ingest stream), a kill
     of the app's state actor, rounds 5-6: every round's features equal an uninterrupted state's, so rounds 3-4
     came back and rounds 1-2, replayed too (within the margin before the snapshot), did not count twice."""
@@ -175,7 +214,8 @@ def test_http_scored_transactions_still_count_after_a_state_actor_kill(served: t
     # a snapshot's compaction evicts history more than the windows behind that clock
     clock = state.summary()["event_time"]
     start = (small_history.transactions["timestamp"].max() if clock is None else pd.Timestamp(clock)) - pd.Timedelta(
-        hours=1)
+        hours=1
+    )
     rounds = card_bursts(tag, start)
 
     def score(batches: list[list[dict[str, Any]]]) -> None:

@@ -81,12 +81,17 @@ def test_every_transaction_gets_exactly_one_decision(ray_session, champion_model
     high = {d["transaction_id"] for d in decisions if d["risk_level"] == "HIGH"}
     assert sorted(ledger_ids(settings, "once-")) == sorted(high)
     # a consumer counts a batch once its decisions are written: the count may trail the decision stream a moment
-    wait_until(lambda: sum(s.get("scored", 0) for s in stream.status()["shards"].values()) == len(frame),
-               timeout_s=30, interval_s=0.5, what=lambda: f"the consumers counting {len(frame)} scored ({stream.status()})")
+    wait_until(
+        lambda: sum(s.get("scored", 0) for s in stream.status()["shards"].values()) == len(frame),
+        timeout_s=30,
+        interval_s=0.5,
+        what=lambda: f"the consumers counting {len(frame)} scored ({stream.status()})",
+    )
 
 
 def test_a_killed_consumer_restarts_and_nothing_is_lost_or_alerted_twice(
-        ray_session, champion_model, small_history, scoring) -> None:
+    ray_session, champion_model, small_history, scoring
+) -> None:
     import ray
 
     settings = stream_settings(ray_session, shards=2)
@@ -110,18 +115,21 @@ def test_resharding_from_two_to_four_shards_loses_nothing(ray_session, champion_
     frame = traffic(small_history, 1_200, "reshard")
     stream = scoring(settings)
     produce(settings, frame.iloc[:600])
-    client("kinesis", settings).update_shard_count(StreamName=settings.stream_name, TargetShardCount=4,
-                                                   ScalingType="UNIFORM_SCALING")
+    client("kinesis", settings).update_shard_count(
+        StreamName=settings.stream_name, TargetShardCount=4, ScalingType="UNIFORM_SCALING"
+    )
     produce(settings, frame.iloc[600:])
     decisions = wait_for_decisions(settings, set(frame["transaction_id"]))
     assert {d["transaction_id"] for d in decisions} == set(frame["transaction_id"])
-    wait_until(lambda: len(stream.finished) == 2, timeout_s=30, interval_s=0.5,
-               what="both parent shards drained and closed")
+    wait_until(
+        lambda: len(stream.finished) == 2, timeout_s=30, interval_s=0.5, what="both parent shards drained and closed"
+    )
     assert len(stream.consumers) >= 4
 
 
 def test_decisions_and_alerts_carry_no_ground_truth_and_the_scoreboard_joins_it(
-        ray_session, champion_model, small_history, scoring) -> None:
+    ray_session, champion_model, small_history, scoring
+) -> None:
     import ray
 
     from simulation.scoreboard import start_scoreboard, stop_scoreboard
@@ -130,8 +138,7 @@ def test_decisions_and_alerts_carry_no_ground_truth_and_the_scoreboard_joins_it(
     queue = subscribe_alert_queue(settings, f"q-{uuid.uuid4().hex[:8]}")
     history = small_history.transactions
     frame = traffic(small_history, 500, "truth")
-    frauds = history[history["is_fraud"] == 1].tail(40).assign(
-        transaction_id=[f"truth-fraud-{i}" for i in range(40)])
+    frauds = history[history["is_fraud"] == 1].tail(40).assign(transaction_id=[f"truth-fraud-{i}" for i in range(40)])
     frame = pd.concat([frame, frauds], ignore_index=True)  # labelled, as the simulator's frames are
     board = start_scoreboard(settings)
     try:
@@ -145,34 +152,58 @@ def test_decisions_and_alerts_carry_no_ground_truth_and_the_scoreboard_joins_it(
 
         messages = [m for m in drain_alerts(settings, queue) if m["transaction"]["transaction_id"].startswith("truth-")]
         assert {m["transaction"]["transaction_id"] for m in messages} == {
-            d["transaction_id"] for d in decisions if d["risk_level"] == "HIGH"}
+            d["transaction_id"] for d in decisions if d["risk_level"] == "HIGH"
+        }
         assert not any({"is_fraud", "fraud_scenario"} & (set(m) | set(m["transaction"])) for m in messages)
 
-        direct = pd.DataFrame(decisions).drop_duplicates("transaction_id").merge(
-            frame[["transaction_id", "fraud_scenario"]], on="transaction_id")
-        expected = {name: {"seen": int(len(rows)), "flagged": int(rows["is_fraud"].sum())}
-                    for name, rows in direct.groupby("fraud_scenario")}
-        view = wait_until(lambda: (seen := ray.get(board.view.remote()))["scenarios"] == expected and seen,
-                          timeout_s=60, interval_s=1.0, what=f"the scoreboard's detection equal to {expected}")
+        direct = (
+            pd.DataFrame(decisions)
+            .drop_duplicates("transaction_id")
+            .merge(frame[["transaction_id", "fraud_scenario"]], on="transaction_id")
+        )
+        expected = {
+            name: {"seen": int(len(rows)), "flagged": int(rows["is_fraud"].sum())}
+            for name, rows in direct.groupby("fraud_scenario")
+        }
+        view = wait_until(
+            lambda: (seen := ray.get(board.view.remote()))["scenarios"] == expected and seen,
+            timeout_s=60,
+            interval_s=1.0,
+            what=f"the scoreboard's detection equal to {expected}",
+        )
         assert view["window"] == {"labelled": len(frame), "truly_fraud": int(frame["is_fraud"].sum())}
     finally:
         stop_scoreboard(board)
 
 
-def test_stream_decisions_follow_the_rule_set_and_its_changes(ray_session, champion_model, small_history,
-                                                               scoring) -> None:
+def test_stream_decisions_follow_the_rule_set_and_its_changes(
+    ray_session, champion_model, small_history, scoring
+) -> None:
     from cluster.aws import bootstrap
     from serve.api import parse_rules
     from serve.rule_store import RuleStore
 
     settings = stream_settings(ray_session, shards=1).model_copy(
-        update={"rules_table": f"rules-{uuid.uuid4().hex[:8]}"})
+        update={"rules_table": f"rules-{uuid.uuid4().hex[:8]}"}
+    )
     bootstrap(settings)  # this test's own rules table: the session's Serve app keeps its rules
     store = RuleStore(settings)
-    store.put(parse_rules({"mode": "first_matched", "rules": [
-        {"id": "S1", "expression": "amount > 0", "action": "review", "state": "shadow"},
-        {"id": "B1", "expression": "transaction_id in ('rules-3', 'rules-7')", "action": "block",
-         "description": "two known bad ones"}]}))
+    store.put(
+        parse_rules(
+            {
+                "mode": "first_matched",
+                "rules": [
+                    {"id": "S1", "expression": "amount > 0", "action": "review", "state": "shadow"},
+                    {
+                        "id": "B1",
+                        "expression": "transaction_id in ('rules-3', 'rules-7')",
+                        "action": "block",
+                        "description": "two known bad ones",
+                    },
+                ],
+            }
+        )
+    )
     first = traffic(small_history, 200, "rules")
     produce(settings, first)
     scoring(settings)
@@ -189,14 +220,18 @@ def test_stream_decisions_follow_the_rule_set_and_its_changes(ray_session, champ
     time.sleep(5.0)  # every consumer applies a change within 5 s
     second = traffic(small_history, 50, "rules-v2")
     produce(settings, second)
-    later = [d for d in wait_for_decisions(settings, set(first["transaction_id"]) | set(second["transaction_id"]))
-             if d["transaction_id"].startswith("rules-v2-")]
+    later = [
+        d
+        for d in wait_for_decisions(settings, set(first["transaction_id"]) | set(second["transaction_id"]))
+        if d["transaction_id"].startswith("rules-v2-")
+    ]
     assert len(later) == 50
     assert all(d["action"] == "allow" and d["rules"] == [{"id": "A1", "action": "allow"}] for d in later)
 
 
-def test_a_case_is_opened_exactly_once_under_a_stream_replay(ray_session, champion_model, small_history,
-                                                             scoring) -> None:
+def test_a_case_is_opened_exactly_once_under_a_stream_replay(
+    ray_session, champion_model, small_history, scoring
+) -> None:
     from cluster.aws import bootstrap
     from serve.api import parse_rules
     from serve.cases import CaseStore, case_id
@@ -204,10 +239,18 @@ def test_a_case_is_opened_exactly_once_under_a_stream_replay(ray_session, champi
 
     tag = uuid.uuid4().hex[:8]
     settings = stream_settings(ray_session, shards=1).model_copy(
-        update={"rules_table": f"rules-{tag}", "cases_table": f"cases-{tag}"})
+        update={"rules_table": f"rules-{tag}", "cases_table": f"cases-{tag}"}
+    )
     bootstrap(settings)  # this test's own rules and cases: the session's Serve app keeps its own
-    RuleStore(settings).put(parse_rules({"rules": [
-        {"id": "R1", "expression": "amount > 0", "action": "review", "description": "every transaction"}]}))
+    RuleStore(settings).put(
+        parse_rules(
+            {
+                "rules": [
+                    {"id": "R1", "expression": "amount > 0", "action": "review", "description": "every transaction"}
+                ]
+            }
+        )
+    )
     frame = traffic(small_history, 150, "cases")
     ids = set(frame["transaction_id"])
     produce(settings, frame)
@@ -222,9 +265,11 @@ def test_a_case_is_opened_exactly_once_under_a_stream_replay(ray_session, champi
     produce(settings, frame)  # delivered again, as an at-least-once producer or a replayed shard does
 
     def replayed() -> list[dict[str, Any]]:
-        seen = [d for d in read_stream(settings, settings.decisions_stream_name)
-                if d["transaction_id"].startswith("cases-")]
+        seen = [
+            d for d in read_stream(settings, settings.decisions_stream_name) if d["transaction_id"].startswith("cases-")
+        ]
         return seen if len(seen) >= 2 * len(frame) else []
+
     wait_until(replayed, timeout_s=240, interval_s=1.0, what="every transaction decided a second time")
     after = {c["transaction_id"]: c for c in cases.list(limit=500)}
     assert set(after) == ids - {"cases-7"} and all(after[t] == first[t] for t in after), "no case opened again"
@@ -234,7 +279,8 @@ def test_a_case_is_opened_exactly_once_under_a_stream_replay(ray_session, champi
 
 
 def test_a_deny_listed_card_is_blocked_on_the_stream_within_5_s_of_the_list_change(
-        ray_session, champion_model, small_history, scoring) -> None:
+    ray_session, champion_model, small_history, scoring
+) -> None:
     from cluster.aws import bootstrap
     from serve.api import parse_rules
     from serve.lists import ListStore
@@ -242,14 +288,27 @@ def test_a_deny_listed_card_is_blocked_on_the_stream_within_5_s_of_the_list_chan
 
     suffix = uuid.uuid4().hex[:8]
     settings = stream_settings(ray_session, shards=1).model_copy(
-        update={"rules_table": f"rules-{suffix}", "lists_table": f"lists-{suffix}"})
+        update={"rules_table": f"rules-{suffix}", "lists_table": f"lists-{suffix}"}
+    )
     bootstrap(settings)  # this test's own rules and lists: the session's Serve app keeps its own
     lists, rules = ListStore(settings), RuleStore(settings)
     try:
         lists.put("stream_blocked", "user_id", ["u-someone-else"])
-        rules.put(parse_rules({"rules": [{"id": "DENY", "expression": "user_id in @stream_blocked",
-                                          "action": "block", "description": "card on the deny list"}]},
-                              lists=lists.kinds()))
+        rules.put(
+            parse_rules(
+                {
+                    "rules": [
+                        {
+                            "id": "DENY",
+                            "expression": "user_id in @stream_blocked",
+                            "action": "block",
+                            "description": "card on the deny list",
+                        }
+                    ]
+                },
+                lists=lists.kinds(),
+            )
+        )
         first = traffic(small_history, 200, "deny-v1")
         card = first["user_id"].value_counts().index[0]
         produce(settings, first)
