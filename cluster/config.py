@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     lists_table: str = "fraud-lists"
     # The review queue: a case per "review" decision, once per transaction_id, closed by an analyst's label.
     cases_table: str = "fraud-cases"
+    # The anomaly review lane: a transaction the autoencoder finds more unusual than all but this share of the
+    # genuine validation rows goes to review (MEDIUM) whatever its fraud score (0 turns the lane off). Read at
+    # training time; the level it gives is stored in the model's policy.
+    anomaly_review_rate: float = Field(0.005, ge=0, lt=1)
     model_bucket: str = "fraud-models"
     # Monitoring (serve/monitoring.py): every scored row counted into fixed bins over a sliding window, compared with
     # the champion's training reference. A feature is drifted once its PSI is above ``drift_psi_threshold`` for

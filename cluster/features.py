@@ -1199,3 +1199,8 @@ REASONS: dict[str, Reason] = {
     "amount_to_merchant_typical": Reason("merchant_amount", _amount_to_merchant_typical),
     "merchant_profile_missing": Reason("merchant_amount", _flag("No merchant profile")),
 }
+
+# Reason groups whose features are computed from fraud labels: what labels already know is the supervised model's
+# to use; the autoencoder, whose job is fraud nobody has labelled yet, reads the others (``training.autoencoder``).
+LABEL_GROUPS = frozenset({"card_fraud", "merchant_risk", "merchant_compromise", "category_risk"})
+LABEL_FEATURES: tuple[str, ...] = tuple(name for name in FEATURE_NAMES if REASONS[name].group in LABEL_GROUPS)

@@ -13,7 +13,7 @@ consumer's writer thread, so the hot path only appends. Only counts travel: a wi
 ``buckets x features x bins`` integers whatever the traffic, and merging replicas is adding counts.
 
 PSI of a window q against the reference p over the same bins: ``sum((q_i - p_i) * ln(q_i / p_i))``, proportions
-floored at ``PSI_EPSILON`` so an empty bin on either side stays finite.
+floored at ``training.reference.PSI_EPSILON`` so an empty bin on either side stays finite.
 
 Libraries considered: river has streaming statistics and drift detectors for one univariate stream (ADWIN,
 Page-Hinkley), but no binned comparison against a fixed training reference, nor a way to merge the state of many
@@ -44,27 +44,16 @@ from sklearn.metrics import average_precision_score
 from cluster.aws import client
 from cluster.config import Settings
 from cluster.runtime import ACTOR_NAMESPACE
-from training.reference import OPTIONAL_INPUTS, bin_matrix
+from training.reference import OPTIONAL_INPUTS, bin_matrix, psi
 from training.registry import ModelNotFound, registry_for
 
 log = logging.getLogger(__name__)
 
 MONITORING_ACTOR = "serve-monitoring"
-PSI_EPSILON = 1e-4
 WINDOW_BUCKETS = 30  # the window is a ring of this many time buckets
 MAX_PENDING_ROWS = 50_000  # a reporter bins what it holds once it holds this many rows, whenever its flush is due
 MAX_KEPT_DECISIONS = 200_000  # decisions kept for the labels that arrive days later (the newest ones)
 MAX_KEPT_LABELS = 200_000
-
-
-def psi(reference: np.ndarray, window: np.ndarray, epsilon: float = PSI_EPSILON) -> float | None:
-    """Population stability index of ``window`` counts against ``reference`` counts (same bins); None for no rows."""
-    reference, window = np.asarray(reference, np.float64), np.asarray(window, np.float64)
-    if reference.sum() <= 0 or window.sum() <= 0:
-        return None
-    p = np.maximum(reference / reference.sum(), epsilon)
-    q = np.maximum(window / window.sum(), epsilon)
-    return float(np.sum((q - p) * np.log(q / p)))
 
 
 def rejected_field(name: str) -> str:

@@ -5,7 +5,8 @@ Features that say the same thing (the amount in four guises, the velocity window
 their summed contribution; its sentence comes from its strongest member that has something true to say about its
 value. By default only reasons that push towards fraud are given, strongest first, at most ``MAX_FACTORS``; asked
 for ``both_ways`` (a LOW decision an analyst wants explained), the strongest reasons either way, each labelled with
-its direction. An autoencoder that finds the row unusual adds its own reason.
+its direction. An autoencoder that finds the row unusual (weighted in the score, or beyond the anomaly review
+lane's level) adds its own reason.
 """
 
 from __future__ import annotations
@@ -55,12 +56,14 @@ def explain_row(
     ae_weight: float,
     limit: int = MAX_FACTORS,
     *,
+    anomaly_review: float | None = None,
     currency: str = DEFAULT_CURRENCY,
     both_ways: bool = False,
     group_totals: np.ndarray | None = None,
 ) -> list[str]:
     """Sentences for one row: ``values`` and ``contributions`` align with ``feature_names`` (bias excluded);
-    ``group_totals`` are the row's contributions summed by reason group, when the batch has them already."""
+    ``group_totals`` are the row's contributions summed by reason group, when the batch has them already;
+    ``anomaly_review``: the policy's anomaly lane level, from which the autoencoder's reason is given too."""
     names = tuple(feature_names)
     pushes = np.asarray(contributions[: len(names)], dtype=np.float64)
     group_names, matrix = _group_sums(names)
@@ -87,7 +90,8 @@ def explain_row(
         )
         if sentence is not None:
             sentences.append(((RAISES if raises else LOWERS) if both_ways else "") + sentence)
-    if ae_weight > 0 and ae_score >= UNUSUAL_AE_SCORE:  # after the strongest XGBoost reason
+    unusual = ae_weight > 0 and ae_score >= UNUSUAL_AE_SCORE
+    if unusual or (anomaly_review is not None and ae_score >= anomaly_review):  # after the strongest XGBoost reason
         sentences.insert(min(1, len(sentences)), (RAISES if both_ways else "") + AUTOENCODER_REASON)
     return sentences[:limit]
 
@@ -100,11 +104,12 @@ def explain(
     ae_weight: float,
     limit: int = MAX_FACTORS,
     *,
+    anomaly_review: float | None = None,
     currencies: Sequence[str] | None = None,
     both_ways: Sequence[bool] | None = None,
 ) -> list[list[str]]:
     """Reasons for every row of a batch (``contributions`` may carry the bias as its last column); ``currencies``
-    and ``both_ways`` per row (default: USD, fraud-ward reasons only)."""
+    and ``both_ways`` per row (default: USD, fraud-ward reasons only); ``anomaly_review`` as for ``explain_row``."""
     names = tuple(feature_names)
     pushes = np.asarray(contributions[:, : len(names)], dtype=np.float64)
     totals = pushes @ _group_sums(names)[1]
@@ -116,6 +121,7 @@ def explain(
             float(ae_scores[row]),
             ae_weight,
             limit,
+            anomaly_review=anomaly_review,
             currency=currencies[row] if currencies is not None else DEFAULT_CURRENCY,
             both_ways=bool(both_ways[row]) if both_ways is not None else False,
             group_totals=totals[row],

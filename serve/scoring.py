@@ -82,6 +82,7 @@ def combine(
                 contributions,
                 ae_score[explained],
                 bundle.ensemble.ae_weight,
+                anomaly_review=bundle.ensemble.policy.anomaly_review,
                 currencies=None if currencies is None else [currencies[i] for i in explained],
                 both_ways=low[explained],
             ),

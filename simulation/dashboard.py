@@ -888,6 +888,8 @@ def model_section(registry: Any, ref: str, role: str) -> ModelSection | None:
         details.append(f"HIGH/is_fraud at ≥ {policy['threshold']:.3f}, MEDIUM at ≥ {policy.get('medium', 0):.3f}")
         if ensemble.get("objective") in OBJECTIVE_WORDING:
             details.append(f"threshold chosen on the validation period for {OBJECTIVE_WORDING[ensemble['objective']]}")
+        if policy.get("anomaly_review") is not None:
+            details.append(f"MEDIUM also from an anomaly score ≥ {policy['anomaly_review']:.4f} (anomaly review lane)")
     if not metadata.get("metrics"):
         details.append("no evaluation metrics stored with this version")
     png = registry.attachment(version, "report/evaluation.png")

@@ -4,11 +4,17 @@ input -> 32 -> 16 -> 8 -> 16 -> 32 -> input, ReLU, dropout 0.2, trained on genui
 standardised on the training period. The anomaly score maps the reconstruction error to [0, 1] through the
 quantiles of the genuine training errors (0.5 = a median genuine row), so it reads the same on any data.
 Learning rate, weight decay and epochs are tuned with Ray Tune (ASHA on validation average precision).
+
+It reads only the features ``anomaly_inputs`` keeps: none computed from fraud labels (those are what known fraud
+looks like, XGBoost's job, and they move with every label that arrives) and none whose genuine distribution shifts
+across the training window (a trailing count that grows while history accumulates makes every later row look
+unusual, and a review level set on validation rows would then flag many times its share of later traffic).
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +26,8 @@ from sklearn.metrics import average_precision_score
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
+from cluster.features import LABEL_FEATURES
+from training.reference import bin_counts, bin_edges, psi
 from training.tuning import run_search
 
 HIDDEN = (32, 16, 8)
@@ -29,6 +37,7 @@ QUANTILE_LEVELS = np.linspace(0.0, 1.0, 201)
 TOP_OF_TRAINING = 0.999  # score of the largest genuine training error; errors beyond it approach 1
 METRIC = "valid_ap"
 BATCH_SIZE = 256
+STABLE_PSI = 0.1  # below this PSI a distribution counts as unchanged (the usual reading of the index)
 
 
 class Autoencoder(nn.Module):
@@ -172,10 +181,26 @@ def tune_autoencoder(
     return AETuning(config=best["config"], epochs=best["iteration"], valid_ap=best["score"], trials=trials)
 
 
-class AnomalyScorer:
-    """Scaler + autoencoder + genuine-error quantiles: raw features -> anomaly score in [0, 1]."""
+def anomaly_inputs(feature_names: Sequence[str], early: np.ndarray, late: np.ndarray) -> tuple[int, ...]:
+    """The columns the autoencoder reads: not label-driven, and with PSI below ``STABLE_PSI`` between genuine rows of
+    the window's start (``early``) and end (``late``), binned on both so growth beyond the early range shows."""
+    label_driven = set(LABEL_FEATURES)
+    behaviour = [index for index, name in enumerate(feature_names) if name not in label_driven]
 
-    def __init__(self, scaler: StandardScaler, model: Autoencoder, error_quantiles: np.ndarray):
+    def shift(column: int) -> float:
+        edges = bin_edges(np.concatenate([early[:, column], late[:, column]]))
+        return psi(bin_counts(early[:, column], edges), bin_counts(late[:, column], edges)) or 0.0
+
+    stable = tuple(column for column in behaviour if shift(column) < STABLE_PSI)
+    return stable or tuple(behaviour)
+
+
+class AnomalyScorer:
+    """Scaler + autoencoder + genuine-error quantiles over the ``inputs`` columns: a full feature row -> anomaly
+    score in [0, 1]."""
+
+    def __init__(self, scaler: StandardScaler, model: Autoencoder, error_quantiles: np.ndarray, inputs: Sequence[int]):
+        self.inputs = np.asarray(inputs, dtype=np.intp)
         self.scaler = scaler
         self.model = model.eval()
         self.error_quantiles = np.asarray(error_quantiles, dtype=np.float64)
@@ -190,16 +215,22 @@ class AnomalyScorer:
         config: dict[str, Any],
         epochs: int,
         *,
+        inputs: Sequence[int] | None = None,
         seed: int = 42,
         max_rows: int = 200_000,
     ) -> "AnomalyScorer":
-        scaler = fit_scaler(x_train)
-        genuine = genuine_sample(standardise(scaler, x_train), y_train, max_rows, seed)
+        """``inputs``: the columns of ``x_train`` to read (``anomaly_inputs``); all of them by default."""
+        inputs = tuple(range(x_train.shape[1])) if inputs is None else tuple(inputs)
+        x_inputs = x_train[:, list(inputs)]
+        scaler = fit_scaler(x_inputs)
+        genuine = genuine_sample(standardise(scaler, x_inputs), y_train, max_rows, seed)
         model = train_epochs(genuine, config, seed=seed, epochs=epochs)
-        return cls(scaler, model, np.quantile(reconstruction_error(model, genuine), QUANTILE_LEVELS))
+        return cls(scaler, model, np.quantile(reconstruction_error(model, genuine), QUANTILE_LEVELS), inputs)
 
     def standardise(self, x: np.ndarray) -> np.ndarray:
-        return np.clip((np.asarray(x, dtype=np.float32) - self._mean) / self._scale, -CLIP, CLIP)
+        """A full feature matrix -> the standardised, clipped ``inputs`` columns."""
+        x = np.asarray(x, dtype=np.float32)[:, self.inputs]
+        return np.clip((x - self._mean) / self._scale, -CLIP, CLIP)
 
     def errors(self, x: np.ndarray) -> np.ndarray:
         return reconstruction_error(self.model, self.standardise(x))
@@ -222,6 +253,7 @@ class AnomalyScorer:
             "scaler_mean": self.scaler.mean_.tolist(),
             "scaler_scale": self.scaler.scale_.tolist(),
             "error_quantiles": self.error_quantiles.tolist(),
+            "inputs": self.inputs.tolist(),
         }
 
     @classmethod
@@ -233,4 +265,5 @@ class AnomalyScorer:
         scaler.n_features_in_ = len(scaler.mean_)
         model = Autoencoder(int(meta["n_inputs"]))
         model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
-        return cls(scaler, model, np.asarray(meta["error_quantiles"]))
+        inputs = meta.get("inputs", range(int(meta["n_inputs"])))  # bundles before input selection read every column
+        return cls(scaler, model, np.asarray(meta["error_quantiles"]), inputs)

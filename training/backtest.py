@@ -125,6 +125,7 @@ def backtest_window(
             storage=storage,
             label_delay=timedelta(days=window.delay_days),
             refit_on_validation=True,
+            anomaly_review_rate=settings.anomaly_review_rate,
             progress=progress,
         )
     scores = FraudScorer(fitted.bundle).score(features.loc[_mask(transactions, window), :])
@@ -181,7 +182,26 @@ def run_backtest(
     if 0 < y.sum() < len(y):
         summary["test_metrics"] = _ranking(y, scores["fraud_score"].to_numpy())
         summary["ranking_check"] = ranking_check(run, settings.seed)
+        summary["anomaly_review"] = anomaly_review_check(run)
     return summary
+
+
+def anomaly_review_check(run: BacktestRun) -> dict[str, Any] | None:
+    """What the anomaly review lane did on the test period: the share of genuine rows it sent to review against the
+    rate asked for, and the frauds below the alert threshold it caught."""
+    policy = run.fitted.bundle.ensemble.policy
+    if policy.anomaly_review is None:
+        return None
+    y = run.test.y
+    in_lane = np.asarray(policy.in_anomaly_lane(run.scores["ae_score"].to_numpy()), dtype=bool)
+    missed = (y == 1) & ~np.asarray(policy.is_fraud(run.scores["fraud_score"].to_numpy()))
+    return {
+        "level": policy.anomaly_review,
+        "rate": run.fitted.details["ensemble"]["anomaly_review"]["rate"],
+        "test_genuine_share": round(float(in_lane[y == 0].mean()), 5),
+        "test_frauds_below_alert": int(missed.sum()),
+        "of_which_reviewed": int((in_lane & missed).sum()),
+    }
 
 
 def _ranking(y: np.ndarray, scores: np.ndarray) -> dict[str, float]:

@@ -10,7 +10,7 @@ so. The calibrated score reads as a probability; the alert threshold maximises F
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -169,9 +169,11 @@ def fit_ensemble(
     calibration: CalibrationMethod = "platt",
     review_cost: float = REVIEW_COST,
     weight: float | None = None,
+    anomaly_review_rate: float = 0.0,
 ) -> tuple[Ensemble, dict[str, Any]]:
     """Everything chosen on the scored validation rows given (``weight``: keep this XGBoost weight, chosen
-    elsewhere); returns the ensemble and what was compared to choose it."""
+    elsewhere; ``anomaly_review_rate``: the anomaly review lane's level is the anomaly score above which this share
+    of the genuine rows lies, 0 for no lane); returns the ensemble and what was compared to choose it."""
     if y.sum() == 0:
         raise ValueError("is_fraud: the validation rows have no fraud; cannot choose weights or a threshold")
     chosen, by_weight = choose_weight(y, xgb_score, ae_score)
@@ -179,6 +181,18 @@ def fit_ensemble(
     raw = weight * xgb_score + (1 - weight) * ae_score
     fitted = Calibration.fit(raw, y, calibration)
     policy, at_threshold = choose_policy(y, fitted.apply(raw), amounts, objective, review_cost)
+    lane: dict[str, Any] = {"rate": anomaly_review_rate}
+    if anomaly_review_rate > 0:
+        policy = replace(policy, anomaly_review=float(np.quantile(ae_score[y == 0], 1 - anomaly_review_rate)))
+        in_lane = policy.in_anomaly_lane(ae_score)
+        below_alert = ~policy.is_fraud(fitted.apply(raw))
+        lane |= {
+            "level": policy.anomaly_review,
+            "validation_genuine_share": round(float(in_lane[y == 0].mean()), 5),
+            "validation_frauds_below_alert_it_reviews": round(float(in_lane[(y == 1) & below_alert].mean()), 4)
+            if ((y == 1) & below_alert).any()
+            else None,
+        }
     ensemble = Ensemble(xgb_weight=weight, calibration=fitted, policy=policy, objective=objective)
     return ensemble, {
         "validation_ap_by_xgb_weight": by_weight["ap"],
@@ -186,4 +200,5 @@ def fit_ensemble(
         "default_xgb_weight": DEFAULT_XGB_WEIGHT,
         "autoencoder_adds_value": weight < 1.0,
         "validation_at_threshold": at_threshold,
+        "anomaly_review": lane,
     }

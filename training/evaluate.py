@@ -42,8 +42,11 @@ def card_precision_at_k(frame: pd.DataFrame, scores: np.ndarray, k: int = CARDS_
     return {str(day.date()): round(float(value), 4) for day, value in per_day.items()}
 
 
-def evaluate(frame: pd.DataFrame, scores: np.ndarray, policy: RiskPolicy) -> dict[str, Any]:
-    """Ranking metrics, the decision at the policy's threshold, and recall per fraud scenario."""
+def evaluate(
+    frame: pd.DataFrame, scores: np.ndarray, policy: RiskPolicy, anomaly_scores: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Ranking metrics, the decision at the policy's threshold, and recall per fraud scenario; with
+    ``anomaly_scores``, the risk levels include the anomaly review lane, and what it adds is reported."""
     y = frame[LABEL_COLUMN].to_numpy().astype(int)
     if y.min() == y.max():
         raise ValueError("is_fraud: the evaluated period holds only one class; need frauds and genuine rows")
@@ -64,10 +67,22 @@ def evaluate(frame: pd.DataFrame, scores: np.ndarray, policy: RiskPolicy) -> dic
         "confusion_matrix": {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)},
         "card_precision_at_100": round(float(np.mean(list(cp_per_day.values()))), 4),
         "card_precision_at_100_per_day": cp_per_day,
-        "risk_levels": {level: int(n) for level, n in zip(*np.unique(policy.risk_levels(scores), return_counts=True))},
+        "risk_levels": {
+            level: int(n)
+            for level, n in zip(*np.unique(policy.risk_levels(scores, anomaly_scores), return_counts=True))
+        },
     }
+    lane = np.asarray(policy.in_anomaly_lane(anomaly_scores), dtype=bool) & ~predicted
+    if anomaly_scores is not None and policy.anomaly_review is not None:
+        metrics["anomaly_review"] = {
+            "level": policy.anomaly_review,
+            "rows_below_alert": int(lane.sum()),
+            "genuine_share": round(float(lane[y == 0].mean()), 6),
+            "frauds_reviewed": int(lane[y == 1].sum()),
+            "alerted_or_reviewed_recall": round(float((predicted | lane)[y == 1].mean()), 5),
+        }
     if SCENARIO_COLUMN in frame.columns:
-        metrics["recall_by_scenario"] = recall_by_scenario(frame, scores, predicted)
+        metrics["recall_by_scenario"] = recall_by_scenario(frame, scores, predicted, lane)
     amounts = frame["amount"].to_numpy(np.float64) if "amount" in frame.columns else np.zeros(len(y))
     metrics.update(operating_points(y, scores, amounts, policy.threshold))
     return metrics
@@ -97,8 +112,11 @@ def operating_points(y: np.ndarray, scores: np.ndarray, amounts: np.ndarray, thr
     }
 
 
-def recall_by_scenario(frame: pd.DataFrame, scores: np.ndarray, predicted: np.ndarray) -> dict[str, dict[str, float]]:
-    """Recall at the threshold per scenario, and the AP of that scenario's frauds ranked among all genuine rows."""
+def recall_by_scenario(
+    frame: pd.DataFrame, scores: np.ndarray, predicted: np.ndarray, reviewed: np.ndarray | None = None
+) -> dict[str, dict[str, float]]:
+    """Recall at the threshold per scenario, and the AP of that scenario's frauds ranked among all genuine rows; with
+    ``reviewed`` (the anomaly lane's rows below the threshold), also the share alerted or sent to review."""
     fraud = frame[LABEL_COLUMN].to_numpy() == 1
     scenario = frame[SCENARIO_COLUMN].to_numpy()
     out = {}
@@ -110,6 +128,8 @@ def recall_by_scenario(frame: pd.DataFrame, scores: np.ndarray, predicted: np.nd
             "recall": round(float(predicted[mine].mean()), 4),
             "average_precision": round(float(average_precision_score(mine[ranked], scores[ranked])), 4),
         }
+        if reviewed is not None and reviewed.any():
+            out[str(name)]["alerted_or_reviewed"] = round(float((predicted | reviewed)[mine].mean()), 4)
     return out
 
 
@@ -236,14 +256,27 @@ def write_report(
         f"| fraud | {cm['fn']} | {cm['tp']} |",
         "",
     ]
+    lane = metrics.get("anomaly_review")
+    if lane:
+        lines += [
+            "## Anomaly review lane",
+            "",
+            f"Rows below the alert threshold whose anomaly score is at least {lane['level']:.5g} (the level set on "
+            f"the validation period) go to review: {lane['rows_below_alert']} here, {lane['genuine_share']:.4%} of "
+            f"the genuine rows, {lane['frauds_reviewed']} frauds among them; alerted or reviewed, recall "
+            f"{lane['alerted_or_reviewed_recall']}.",
+            "",
+        ]
     if metrics.get("recall_by_scenario"):
+        reviewed = lane is not None and lane["rows_below_alert"] > 0
         lines += [
             "## Recall per fraud scenario",
             "",
-            "| scenario | frauds | recall | AP vs all genuine |",
-            "|---|---|---|---|",
+            "| scenario | frauds | recall | AP vs all genuine |" + (" alerted or reviewed |" if reviewed else ""),
+            "|---|---|---|---|" + ("---|" if reviewed else ""),
             *[
                 f"| {name} | {v['frauds']} | {v['recall']} | {v['average_precision']} |"
+                + (f" {v.get('alerted_or_reviewed', v['recall'])} |" if reviewed else "")
                 for name, v in metrics["recall_by_scenario"].items()
             ],
             "",

@@ -16,7 +16,14 @@ from tqdm.auto import tqdm
 from cluster.config import Settings
 from cluster.features import FEATURE_NAMES, FEATURE_VERSION
 from cluster.runtime import ray_runtime
-from training.autoencoder import AESearch, AnomalyScorer, fit_scaler, standardise, tune_autoencoder
+from training.autoencoder import (
+    AESearch,
+    AnomalyScorer,
+    anomaly_inputs,
+    fit_scaler,
+    standardise,
+    tune_autoencoder,
+)
 from training.data import (
     Split,
     featurize,
@@ -94,6 +101,7 @@ def fit_models(
     objective: Objective = "f1",
     distributed: bool = False,
     refit_on_validation: bool = False,
+    anomaly_review_rate: float = 0.0,
     progress: tqdm | None = None,
 ) -> FittedModels:
     """Choose on rolling time folds over train + valid, then fit the final models; Ray must be initialised.
@@ -105,7 +113,8 @@ def fit_models(
     those weaker models, earns nothing). The final models train on train (with
     ``refit_on_validation``, on train + valid, for windows too short to spare the most recent days), rounds scaled
     from the folds' mean training rows to the final rows. Calibration and cut points are fitted on the validation
-    period scored by the final models when they never saw it, else on the out-of-fold scores.
+    period scored by the final models when they never saw it, else on the out-of-fold scores, and so is the anomaly
+    review lane's level (``anomaly_review_rate``: the share of genuine rows it may send to review; 0 for none).
     """
 
     def step(label: str) -> None:
@@ -118,12 +127,18 @@ def fit_models(
     folds = folds_with_fraud(rolling_folds(window.frame["timestamp"], label_delay=label_delay), window.y)
     xgb_tuning = tune_xgboost(window.x, window.y, folds, feature_names, search=budget.xgb, storage=storage)
     step("tuned XGBoost")
-    last = folds[-1]
-    scaler = fit_scaler(window.x[last.train])
+    first, last = folds[0], folds[-1]
+    inputs = anomaly_inputs(
+        feature_names,
+        window.x[first.train][window.y[first.train] == 0],
+        window.x[last.valid][window.y[last.valid] == 0],
+    )
+    ae_train, ae_valid = window.x[last.train][:, list(inputs)], window.x[last.valid][:, list(inputs)]
+    scaler = fit_scaler(ae_train)
     ae_tuning = tune_autoencoder(
-        standardise(scaler, window.x[last.train]),
+        standardise(scaler, ae_train),
         window.y[last.train],
-        standardise(scaler, window.x[last.valid]),
+        standardise(scaler, ae_valid),
         window.y[last.valid],
         search=budget.ae,
         storage=storage,
@@ -138,7 +153,9 @@ def fit_models(
             )
         else:
             booster = fit_xgboost(split.x, split.y, feature_names, xgb_tuning.params, rounds, seed=budget.xgb.seed)
-        anomaly = AnomalyScorer.fit(split.x, split.y, ae_tuning.config, ae_tuning.epochs, seed=budget.ae.seed)
+        anomaly = AnomalyScorer.fit(
+            split.x, split.y, ae_tuning.config, ae_tuning.epochs, inputs=inputs, seed=budget.ae.seed
+        )
         return booster, anomaly
 
     out_of_fold = []
@@ -156,6 +173,7 @@ def fit_models(
         window.frame["amount"].to_numpy()[scored],
         objective=objective,
         weight=max(fold_weights),
+        anomaly_review_rate=anomaly_review_rate,
     )
     choice = {**choice, "xgb_weight_by_fold": fold_weights}
     final = window if refit_on_validation else train
@@ -171,8 +189,13 @@ def fit_models(
             valid.frame["amount"].to_numpy(),
             objective=objective,
             weight=ensemble.xgb_weight,
+            anomaly_review_rate=anomaly_review_rate,
         )
-        choice = {**choice, "validation_at_threshold": at_validation["validation_at_threshold"]}
+        choice = {
+            **choice,
+            "validation_at_threshold": at_validation["validation_at_threshold"],
+            "anomaly_review": at_validation["anomaly_review"],
+        }
         calibrated_on = "validation period scored by the final models"
     step("fitted ensemble")
     bundle = ModelBundle(
@@ -202,6 +225,8 @@ def fit_models(
             "epochs": ae_tuning.epochs,
             "valid_ap": ae_tuning.valid_ap,
             "trials": len(ae_tuning.trials),
+            "inputs": [feature_names[column] for column in inputs],
+            "left_out": [name for column, name in enumerate(feature_names) if column not in inputs],
         },
         "ensemble": {**ensemble.to_dict(), **choice},
         "refit_on_validation": refit_on_validation,
@@ -239,11 +264,21 @@ def ensemble_notes(details: dict[str, Any]) -> list[str]:
             f"The autoencoder adds nothing on the out-of-fold scores (AP with XGBoost alone {ap['1.0']}, "
             f"with the design default 0.7/0.3 {ap['0.7']}), so its weight is 0."
         )
-    return [
+    notes = [
         verdict,
         f"Alert threshold chosen by {ensemble['objective']} on the {details['calibrated_on']}; score "
         f"calibration: {ensemble['calibration']['method']}.",
     ]
+    lane = ensemble.get("anomaly_review", {})
+    if lane.get("level") is not None:
+        notes.append(
+            f"Anomaly review lane: an anomaly score of at least {lane['level']:.5g} sends a row to review whatever its "
+            f"fraud score, set so {lane['rate']:.2%} of the genuine rows on the {details['calibrated_on']} reach it "
+            f"(measured {lane['validation_genuine_share']:.2%}); the autoencoder reads "
+            f"{len(details['autoencoder']['inputs'])} of the features (none computed from labels, none that shifted "
+            f"across the training window)."
+        )
+    return notes
 
 
 def run_train(settings: Settings, options: TrainOptions) -> dict[str, Any]:
@@ -277,17 +312,20 @@ def run_train(settings: Settings, options: TrainOptions) -> dict[str, Any]:
             label_delay=label_delay,
             objective=options.objective,  # type: ignore[arg-type]
             distributed=options.distributed,
+            anomaly_review_rate=settings.anomaly_review_rate,
             progress=progress,
         )
     bundle = fitted.bundle
 
     scorer = FraudScorer(bundle)
     test = splits["test"]
-    test_scores = scorer.score(_features_frame(test, FEATURE_NAMES))["fraud_score"].to_numpy()
-    valid_scores = scorer.score(_features_frame(splits["validation"], FEATURE_NAMES))["fraud_score"].to_numpy()
+    test_scored = scorer.score(_features_frame(test, FEATURE_NAMES))
+    valid_scored = scorer.score(_features_frame(splits["validation"], FEATURE_NAMES))
+    test_scores, valid_scores = test_scored["fraud_score"].to_numpy(), valid_scored["fraud_score"].to_numpy()
+    policy = bundle.ensemble.policy
     bundle.metrics = {
-        "test": evaluate(test.frame, test_scores, bundle.ensemble.policy),
-        "validation": evaluate(splits["validation"].frame, valid_scores, bundle.ensemble.policy),
+        "test": evaluate(test.frame, test_scores, policy, test_scored["ae_score"].to_numpy()),
+        "validation": evaluate(splits["validation"].frame, valid_scores, policy, valid_scored["ae_score"].to_numpy()),
     }
     bundle.data_summary = {
         "source": str(options.data),

@@ -42,7 +42,9 @@ def decide(bundle: ModelBundle, xgb_score: np.ndarray, ae_score: np.ndarray) -> 
     fraud_score = bundle.ensemble.fraud_score(xgb_score, ae_score)
     policy = bundle.ensemble.policy
     return Scores(
-        fraud_score=fraud_score, risk_level=policy.risk_levels(fraud_score), is_fraud=policy.is_fraud(fraud_score)
+        fraud_score=fraud_score,
+        risk_level=policy.risk_levels(fraud_score, ae_score),
+        is_fraud=policy.is_fraud(fraud_score),
     )
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 BINS = 10
+PSI_EPSILON = 1e-4
 # Fields of a transaction that may be absent; the features substitute a neutral value and raise an indicator then.
 OPTIONAL_INPUTS = ("device_id", "channel", "mcc", "country", "lat", "lon")
 
@@ -58,6 +59,16 @@ def bin_matrix(x: np.ndarray, edges: Sequence[np.ndarray], width: int) -> np.nda
         ]
     )
     return np.bincount(flat, minlength=len(edges) * width).reshape(len(edges), width)
+
+
+def psi(reference: np.ndarray, window: np.ndarray, epsilon: float = PSI_EPSILON) -> float | None:
+    """Population stability index of ``window`` counts against ``reference`` counts (same bins); None for no rows."""
+    reference, window = np.asarray(reference, np.float64), np.asarray(window, np.float64)
+    if reference.sum() <= 0 or window.sum() <= 0:
+        return None
+    p = np.maximum(reference / reference.sum(), epsilon)
+    q = np.maximum(window / window.sum(), epsilon)
+    return float(np.sum((q - p) * np.log(q / p)))
 
 
 def input_missing_rates(columns: Mapping[str, Sequence[Any]]) -> dict[str, float]:

@@ -21,12 +21,11 @@ from serve.monitoring import (
     Reference,
     card_precision_at_k,
     count_rows,
-    psi,
     rejected_field,
 )
 from serve.stream import record_errors
 from tests.streams import drain_alerts, subscribe_alert_queue
-from training.reference import bin_counts, bin_edges, bin_matrix, build_reference, input_missing_rates
+from training.reference import bin_counts, bin_edges, bin_matrix, build_reference, input_missing_rates, psi
 
 FEATURES = ("amount", "log_amount", "hour_of_day", "device_missing", "merchant_risk")
 BATCH_ROWS = 500

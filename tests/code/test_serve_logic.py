@@ -299,3 +299,11 @@ def test_haproxy_keeps_its_files_in_one_short_folder_per_data_dir(tmp_path: Path
     assert len(env["RAY_SERVE_HAPROXY_SOCKET_PATH"]) + 40 <= 97
     assert haproxy_folder(Settings(data_dir=tmp_path / "other")) != folder
     folder.rmdir()
+
+
+def test_the_anomaly_lane_gives_the_autoencoders_reason_even_at_weight_zero() -> None:
+    x, contributions = _row(new_device=(1.0, 0.3))
+    in_lane = explain_row(FEATURE_NAMES, x, contributions, ae_score=0.9991, ae_weight=0.0, anomaly_review=0.999)
+    assert in_lane == ["First purchase from this device on this card in 30 days", AUTOENCODER_REASON]
+    below = explain_row(FEATURE_NAMES, x, contributions, ae_score=0.9989, ae_weight=0.0, anomaly_review=0.999)
+    assert AUTOENCODER_REASON not in below
