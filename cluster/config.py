@@ -42,9 +42,11 @@ class Settings(BaseSettings):
     # The review queue: a case per "review" decision, once per transaction_id, closed by an analyst's label.
     cases_table: str = "fraud-cases"
     # The anomaly review lane: a transaction the autoencoder finds more unusual than all but this share of the
-    # genuine validation rows goes to review (MEDIUM) whatever its fraud score (0 turns the lane off). Read at
-    # training time; the level it gives is stored in the model's policy.
-    anomaly_review_rate: float = Field(0.005, ge=0, lt=1)
+    # genuine validation rows goes to review (MEDIUM) whatever its fraud score. Read at training time; the level it
+    # gives is stored in the model's policy. Off (0) by default: a level fixed at training floods the review queue
+    # when live traffic differs from the training period (docs/MODEL_DETAILS.md); `fraudctl evaluate --novel`
+    # measures it at a rate of its own.
+    anomaly_review_rate: float = Field(0.0, ge=0, lt=1)
     model_bucket: str = "fraud-models"
     # Monitoring (serve/monitoring.py): every scored row counted into fixed bins over a sliding window, compared with
     # the champion's training reference. A feature is drifted once its PSI is above ``drift_psi_threshold`` for

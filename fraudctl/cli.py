@@ -218,6 +218,16 @@ def evaluate(
         list[str] | None, typer.Option("--novel", help="Scenario to hold out of training (or all).")
     ] = None,
     trials: Annotated[int | None, typer.Option("--trials", min=1, help="Ray Tune trials per model.")] = None,
+    anomaly_review_rate: Annotated[
+        float | None,
+        typer.Option(
+            "--anomaly-review-rate",
+            min=0.0,
+            max=0.5,
+            help="The anomaly review lane's share of genuine rows in the --novel runs (0: without the lane; "
+            "default: half the 1 % FPR budget).",
+        ),
+    ] = None,
 ) -> None:
     """Judge a backtest against the standard baseline (--scores) and/or recall on fraud never trained on (--novel)."""
     from training.backtest import BacktestWindow
@@ -226,7 +236,15 @@ def evaluate(
     window = BacktestWindow(
         train_start=date.fromisoformat(train_start), train_days=train_days, delay_days=delay_days, test_days=test_days
     )
-    summary = run_evaluate(get_settings(), data=data, window=window, scores=scores, novel=novel, trials=trials)
+    summary = run_evaluate(
+        get_settings(),
+        data=data,
+        window=window,
+        scores=scores,
+        novel=novel,
+        trials=trials,
+        **({} if anomaly_review_rate is None else {"anomaly_review_rate": anomaly_review_rate}),
+    )
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 
