@@ -1203,4 +1203,6 @@ REASONS: dict[str, Reason] = {
 # Reason groups whose features are computed from fraud labels: what labels already know is the supervised model's
 # to use; the autoencoder, whose job is fraud nobody has labelled yet, reads the others (``training.autoencoder``).
 LABEL_GROUPS = frozenset({"card_fraud", "merchant_risk", "merchant_compromise", "category_risk"})
-LABEL_FEATURES: tuple[str, ...] = tuple(name for name in FEATURE_NAMES if REASONS[name].group in LABEL_GROUPS)
+LABEL_FEATURES: tuple[str, ...] = tuple(
+    name for name in FEATURE_NAMES if REASONS[name].group in LABEL_GROUPS and name != "mcc_missing"
+)  # mcc_missing sits in the category-risk group but says only that the caller sent no category

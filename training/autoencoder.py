@@ -183,7 +183,9 @@ def tune_autoencoder(
 
 def anomaly_inputs(feature_names: Sequence[str], early: np.ndarray, late: np.ndarray) -> tuple[int, ...]:
     """The columns the autoencoder reads: not label-driven, and with PSI below ``STABLE_PSI`` between genuine rows of
-    the window's start (``early``) and end (``late``), binned on both so growth beyond the early range shows."""
+    an earlier part of the window (``early``: the first fold's training rows) and its latest (``late``: the last
+    fold's validation rows), binned on both so growth beyond the early range shows. Should every such column shift,
+    all the label-free ones (the training details list what was read)."""
     label_driven = set(LABEL_FEATURES)
     behaviour = [index for index, name in enumerate(feature_names) if name not in label_driven]
 

@@ -275,8 +275,8 @@ def ensemble_notes(details: dict[str, Any]) -> list[str]:
             f"Anomaly review lane: an anomaly score of at least {lane['level']:.5g} sends a row to review whatever its "
             f"fraud score, set so {lane['rate']:.2%} of the genuine rows on the {details['calibrated_on']} reach it "
             f"(measured {lane['validation_genuine_share']:.2%}); the autoencoder reads "
-            f"{len(details['autoencoder']['inputs'])} of the features (none computed from labels, none that shifted "
-            f"across the training window)."
+            f"{len(details['autoencoder']['inputs'])} of the features (none computed from labels; the training "
+            f"details list those it left out)."
         )
     return notes
 

@@ -142,9 +142,10 @@ def evaluate_novel(
         "recall_at_fpr": recall,
         "known_fraud_average_precision": known_ap,
         "known_fraud_recall_at_1pct": known_recall,
-        "autoencoder_share_at_1pct": round(
-            recall.get("with_anomaly_lane", recall["chosen_ensemble"])["0.01"] - recall["xgboost_only"]["0.01"], 4
-        ),
+        "autoencoder_share_at_1pct": round(recall["chosen_ensemble"]["0.01"] - recall["xgboost_only"]["0.01"], 4),
+        "anomaly_lane_share_at_1pct": round(recall["with_anomaly_lane"]["0.01"] - recall["xgboost_only"]["0.01"], 4)
+        if "with_anomaly_lane" in recall
+        else None,
         "anomaly_lane": {
             "level": policy.anomaly_review,
             "test_genuine_share": round(float(in_lane[y == 0].mean()), 5),
@@ -160,8 +161,9 @@ def evaluate_novel(
 
 
 def lane_first(fraud_score: np.ndarray, ae_score: np.ndarray, in_lane: np.ndarray) -> np.ndarray:
-    """The order an analyst works in with the anomaly review lane: its rows first (by anomaly score), then the rest
-    by fraud score; recall at an FPR of this order counts the lane's genuine rows against the same budget."""
+    """The lane's rows first (by anomaly score), then the rest by fraud score: recall at an FPR of this order counts
+    the lane's genuine rows against the same budget. It assumes the lane's cases are worked before the others; the
+    review queue (``GET /api/cases``) lists open cases by fraud score, so there a lane case sits low."""
     return np.where(in_lane, 1.0 + np.asarray(ae_score, np.float64), np.asarray(fraud_score, np.float64))
 
 
