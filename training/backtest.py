@@ -187,21 +187,12 @@ def run_backtest(
 
 
 def anomaly_review_check(run: BacktestRun) -> dict[str, Any] | None:
-    """What the anomaly review lane did on the test period: the share of genuine rows it sent to review against the
-    rate asked for, and the frauds below the alert threshold it caught."""
+    """What the anomaly review lane did on the test period (``RiskPolicy.lane_summary``) beside the rate asked for."""
     policy = run.fitted.bundle.ensemble.policy
-    if policy.anomaly_review is None:
+    summary = policy.lane_summary(run.test.y, run.scores["fraud_score"].to_numpy(), run.scores["ae_score"].to_numpy())
+    if summary is None:
         return None
-    y = run.test.y
-    in_lane = np.asarray(policy.in_anomaly_lane(run.scores["ae_score"].to_numpy()), dtype=bool)
-    missed = (y == 1) & ~np.asarray(policy.is_fraud(run.scores["fraud_score"].to_numpy()))
-    return {
-        "level": policy.anomaly_review,
-        "rate": run.fitted.details["ensemble"]["anomaly_review"]["rate"],
-        "test_genuine_share": round(float(in_lane[y == 0].mean()), 5),
-        "test_frauds_below_alert": int(missed.sum()),
-        "of_which_reviewed": int((in_lane & missed).sum()),
-    }
+    return {"rate": run.fitted.details["ensemble"]["anomaly_review"]["rate"], **summary}
 
 
 def _ranking(y: np.ndarray, scores: np.ndarray) -> dict[str, float]:

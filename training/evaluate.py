@@ -74,13 +74,7 @@ def evaluate(
     }
     lane = np.asarray(policy.in_anomaly_lane(anomaly_scores), dtype=bool) & ~predicted
     if anomaly_scores is not None and policy.anomaly_review is not None:
-        metrics["anomaly_review"] = {
-            "level": policy.anomaly_review,
-            "rows_below_alert": int(lane.sum()),
-            "genuine_share": round(float(lane[y == 0].mean()), 6),
-            "frauds_reviewed": int(lane[y == 1].sum()),
-            "alerted_or_reviewed_recall": round(float((predicted | lane)[y == 1].mean()), 5),
-        }
+        metrics["anomaly_review"] = policy.lane_summary(y, scores, anomaly_scores)
     if SCENARIO_COLUMN in frame.columns:
         metrics["recall_by_scenario"] = recall_by_scenario(frame, scores, predicted, lane)
     amounts = frame["amount"].to_numpy(np.float64) if "amount" in frame.columns else np.zeros(len(y))

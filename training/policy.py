@@ -49,6 +49,23 @@ class RiskPolicy:
         index = np.maximum(index, np.asarray(self.in_anomaly_lane(anomaly_scores), dtype=np.int8))
         return np.asarray(RISK_LEVELS, dtype=object)[index]
 
+    def lane_summary(self, y: np.ndarray, scores: np.ndarray, anomaly_scores: np.ndarray) -> dict[str, Any] | None:
+        """What the lane adds on labelled rows: the rows it sends to review below the alert threshold, their share
+        of the genuine rows, the frauds among them, and recall alerted or reviewed (None without a lane)."""
+        if self.anomaly_review is None:
+            return None
+        y = np.asarray(y)
+        alerted = self.is_fraud(scores)
+        reviewed = np.asarray(self.in_anomaly_lane(anomaly_scores), dtype=bool) & ~alerted
+        return {
+            "level": self.anomaly_review,
+            "rows_below_alert": int(reviewed.sum()),
+            "genuine_share": round(float(reviewed[y == 0].mean()), 6),
+            "frauds_below_alert": int(((y == 1) & ~alerted).sum()),
+            "frauds_reviewed": int(reviewed[y == 1].sum()),
+            "alerted_or_reviewed_recall": round(float((alerted | reviewed)[y == 1].mean()), 5),
+        }
+
     def to_dict(self) -> dict[str, float | None]:
         return asdict(self)
 

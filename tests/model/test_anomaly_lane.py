@@ -71,6 +71,22 @@ def test_the_lane_sends_unusual_low_rows_to_review_and_never_alerts() -> None:
         RiskPolicy(threshold=0.6, medium=0.2, anomaly_review=1.5)
 
 
+def test_the_lane_summary_counts_only_what_the_lane_adds_below_the_alert() -> None:
+    policy = RiskPolicy(threshold=0.6, medium=0.2, anomaly_review=0.99)
+    y = np.array([0, 0, 0, 0, 1, 1, 1])
+    scores = np.array([0.0, 0.1, 0.7, 0.1, 0.9, 0.1, 0.1])
+    anomaly = np.array([0.995, 0.1, 0.999, 0.1, 0.999, 0.999, 0.1])
+    assert policy.lane_summary(y, scores, anomaly) == {
+        "level": 0.99,
+        "rows_below_alert": 2,  # the alerted rows in the lane add nothing
+        "genuine_share": 0.25,
+        "frauds_below_alert": 2,
+        "frauds_reviewed": 1,
+        "alerted_or_reviewed_recall": round(2 / 3, 5),
+    }
+    assert RiskPolicy(threshold=0.6, medium=0.2).lane_summary(y, scores, anomaly) is None
+
+
 def test_the_lane_level_lets_through_the_rate_of_genuine_validation_rows() -> None:
     rng = np.random.default_rng(7)
     y = (rng.random(20_000) < 0.02).astype(np.int8)
