@@ -36,7 +36,9 @@ class EmbeddedAWS:
     A process rather than moto's in-process thread: the emulator then has its own interpreter lock, so the driver's
     work (progress, supervision, the dashboard) and the emulator's request handling do not take turns on one core.
     On Linux the child is told to exit when the thread that started it dies (start it from the main thread), so a
-    killed job leaves no emulator behind.
+    killed job leaves no emulator behind. It runs in a session of its own: Ctrl-C in a terminal signals the whole
+    foreground process group, and an emulator that died with it would refuse the writes the job's actors are still
+    draining (review cases, alerts) before the job stops it last.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int | None = None, start_timeout_s: float = 60.0):
@@ -56,6 +58,7 @@ class EmbeddedAWS:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             preexec_fn=_exit_with_parent,
+            start_new_session=True,  # a terminal's Ctrl-C reaches the job, which stops the emulator after draining
         )
         try:
             wait_until(
