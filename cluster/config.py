@@ -41,12 +41,13 @@ class Settings(BaseSettings):
     lists_table: str = "fraud-lists"
     # The review queue: a case per "review" decision, once per transaction_id, closed by an analyst's label.
     cases_table: str = "fraud-cases"
-    # The anomaly review lane: a transaction the autoencoder finds more unusual than all but this share of the
-    # genuine validation rows goes to review (MEDIUM) whatever its fraud score. Read at training time; the level it
-    # gives is stored in the model's policy. Off (0) by default: a level fixed at training floods the review queue
-    # when live traffic differs from the training period (docs/MODEL_DETAILS.md); `fraudctl evaluate --novel`
-    # measures it at a rate of its own.
-    anomaly_review_rate: float = Field(0.0, ge=0, lt=1)
+    # The anomaly review lane: this share of traffic, the most unusual by the autoencoder's score, goes to review
+    # (MEDIUM) whatever its fraud score (0: no lane). Read at training time and stored in the model's policy with
+    # the level it gives on the genuine validation rows. Serving holds the share on recent traffic (the same
+    # quantile of the newest rows' anomaly scores, never below the trained level; closed until enough rows are
+    # seen), unless `anomaly_review_live` is off: then the trained level applies as it is (docs/MODEL_DETAILS.md).
+    anomaly_review_rate: float = Field(0.005, ge=0, lt=1)
+    anomaly_review_live: bool = True
     model_bucket: str = "fraud-models"
     # Monitoring (serve/monitoring.py): every scored row counted into fixed bins over a sliding window, compared with
     # the champion's training reference. A feature is drifted once its PSI is above ``drift_psi_threshold`` for

@@ -224,8 +224,8 @@ def evaluate(
             "--anomaly-review-rate",
             min=0.0,
             max=0.5,
-            help="The anomaly review lane's share of genuine rows in the --novel runs (0: without the lane; "
-            "default: half the 1 % FPR budget).",
+            help="The anomaly review lane's share of traffic in the --novel runs (0: without the lane; "
+            "default: FRAUD_ANOMALY_REVIEW_RATE).",
         ),
     ] = None,
 ) -> None:
@@ -243,7 +243,7 @@ def evaluate(
         scores=scores,
         novel=novel,
         trials=trials,
-        **({} if anomaly_review_rate is None else {"anomaly_review_rate": anomaly_review_rate}),
+        anomaly_review_rate=anomaly_review_rate,
     )
     typer.echo(json.dumps(summary, indent=2, default=str))
 

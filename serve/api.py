@@ -125,6 +125,16 @@ class Decision(BaseModel):
         )
     )
     rules: list[RuleHit] = Field(description="The active rules that matched and decided the action.")
+    anomaly_score: float | None = Field(
+        None, ge=0, le=1, description="The autoencoder's score: the quantile of how unusual the transaction is."
+    )
+    anomaly_review: bool = Field(
+        False,
+        description=(
+            "The anomaly review lane sent it to review below the alert threshold: among the most unusual of recent "
+            "traffic by anomaly score (at least MEDIUM, never HIGH)."
+        ),
+    )
 
 
 class BatchDecisions(BaseModel):
@@ -295,6 +305,17 @@ class DriftPolicyView(BaseModel):
     psi_formula: str
 
 
+class AnomalyLaneView(BaseModel):
+    """One model version's anomaly review lane as serving keeps it (``training.policy.RiskPolicy.live_lane_level``)."""
+
+    rate: float = Field(description="the share of traffic the lane may send to review")
+    trained_level: float = Field(description="the level set at training: the live level's floor")
+    live_level: float | None = Field(description="the level applied now (null while closed)")
+    open: bool
+    window_rows: int = Field(description="the newest anomaly scores the level is the quantile of")
+    rows_to_open: int = Field(description="rows the lane must see before it opens")
+
+
 class Monitoring(BaseModel):
     """Every scored transaction (HTTP and stream) of the last ``window_s`` against the champion's reference."""
 
@@ -310,6 +331,9 @@ class Monitoring(BaseModel):
     labelled: LabelledPerformance
     drift_policy: DriftPolicyView
     notifications: int = Field(description="drift notifications sent since the monitoring actor started")
+    anomaly_review: dict[str, AnomalyLaneView] = Field(
+        default_factory=dict, description="per model version with a live anomaly lane"
+    )
     enabled: bool = Field(description="false when `FRAUD_MONITORING_ENABLED` is off on this replica")
 
 
@@ -690,6 +714,8 @@ class Case(BaseModel):
     currency: str
     timestamp: str
     reasons: list[str] | None = Field(None, description="The decision's plain-language reasons, when it had them")
+    anomaly_review: bool = Field(False, description="Opened by the anomaly review lane: listed first, by anomaly score")
+    anomaly_score: float | None = None
     closed_at: str | None = None
     analyst: str | None = None
     is_fraud: bool | None = Field(None, description="The analyst's label, once closed")

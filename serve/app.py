@@ -105,7 +105,7 @@ from serve.champion import (
 )
 from serve.coalesce import Coalescer
 from serve.lists import ListCache, ListStore
-from serve.monitoring import MonitoringReporter
+from serve.monitoring import LaneLevels, MonitoringReporter
 from serve.rollout import RolloutStore, guard_actor, read_routing
 from serve.rule_store import RuleCache, RuleStore
 from serve.runtime import serve_env
@@ -216,6 +216,7 @@ class Ingress:
         self.alerts = AlertPublisher(settings)
         self.reporter = StatsReporter()
         self.monitor = MonitoringReporter(settings)
+        self.lanes = LaneLevels(settings, actor=self.monitor.actor)
         self.decision_log = JsonLinesLog(settings, DECISIONS_PREFIX)
         self.feedback_log = JsonLinesLog(settings, FEEDBACK_PREFIX, max_rows=1)
         self.transaction_log = JsonLinesLog(settings, TRANSACTIONS_PREFIX)
@@ -356,16 +357,21 @@ class Ingress:
         (xgb_score,), (ae_score,) = await asyncio.gather(
             self.xgboost.score.remote((version, x)), self.autoencoder.score.remote((version, x))
         )
-        return await asyncio.to_thread(
-            combine,
-            self.models.scorer(version).bundle,
-            [record["transaction_id"] for record in records],
-            x,
-            xgb_score,
-            ae_score,
-            currencies=[record["currency"] for record in records],
-            explain_low=explain_low,
-        )
+        bundle = self.models.scorer(version).bundle
+
+        def decisions() -> list[dict[str, Any]]:  # in a thread: the lane's level may be re-read from its actor
+            return combine(
+                bundle,
+                [record["transaction_id"] for record in records],
+                x,
+                xgb_score,
+                ae_score,
+                currencies=[record["currency"] for record in records],
+                explain_low=explain_low,
+                lane_level=self.lanes.level(bundle),
+            )
+
+        return await asyncio.to_thread(decisions)
 
     async def _score(self, transactions: list[Any], explain: bool = False) -> list[dict[str, Any]]:
         started = time.perf_counter()
@@ -418,6 +424,7 @@ class Ingress:
         challenger = self.challenger
         try:
             challenger_decisions = await self._decide(challenger, records, x, [explain] * len(records))
+            self.monitor.shadowed(self.models.scorer(challenger).bundle, challenger_decisions)
         except Exception:
             log.exception("challenger %s failed on %d rows; the champion answers them", challenger, sum(canary))
             self.reporter.model_errors(challenger, sum(canary))
@@ -452,7 +459,9 @@ class Ingress:
             log.exception("review cases not opened")
 
     async def _shadow(self, records: list[dict[str, Any]], x: np.ndarray, champion: list[dict[str, Any]]) -> None:
-        challenger = await self._decide(self.challenger, records, x)
+        version = self.challenger
+        challenger = await self._decide(version, records, x)
+        self.monitor.shadowed(self.models.scorer(version).bundle, challenger)
         self._log_challenger(champion, challenger, [False] * len(records))
 
     def _log_challenger(

@@ -8,8 +8,9 @@ closed one. Closing is a conditional update (``status = open`` -> ``closed``), s
 case is decided once even when two analysts race.
 
 Reads never scan the table. Two global secondary indexes are keyed by ``status``: ``by-risk`` sorts by
-``risk_rank`` (the fraud score, then the amount, zero-padded so that text order is number order), so the open queue
-in review order is one bounded ``Query`` of ``limit`` items; ``by-since`` sorts by ``since`` (``opened_at`` while open,
+``risk_rank`` (the fraud score, then the amount, zero-padded so that text order is number order; the anomaly review
+lane's cases first, by anomaly score: the lane is a budget of unusual rows the model cannot judge, worked before
+the model's doubtful ones), so the open queue in review order is one bounded ``Query`` of ``limit`` items; ``by-since`` sorts by ``since`` (``opened_at`` while open,
 ``closed_at`` once closed), which gives the oldest open case (one item) and the latest closed ones. The open count
 is a ``COUNT`` query on the open cases of ``by-since``: it reads the open queue, never the closed history. Both
 indexes have two partition keys only, which holds while cases open at an analyst team's pace (not thousands a second).
@@ -83,8 +84,14 @@ def case_id(transaction_id: str) -> str:
     return f"case-{hashlib.blake2b(transaction_id.encode(), digest_size=10).hexdigest()}"
 
 
-def risk_rank(fraud_score: float, amount: float) -> str:
-    """Text that sorts as (fraud_score, amount) do."""
+LANE_RANK = "L"  # sorts after every digit, so a lane case comes first in the descending queue
+
+
+def risk_rank(fraud_score: float, amount: float, anomaly_score: float | None = None) -> str:
+    """Text that sorts as (fraud_score, amount) do; a lane case (``anomaly_score`` given) above all of them, as
+    (anomaly_score, amount)."""
+    if anomaly_score is not None:
+        return f"{LANE_RANK}{anomaly_score:.12f}#{amount:0{AMOUNT_WIDTH}.4f}"
     return f"{fraud_score:.12f}#{amount:0{AMOUNT_WIDTH}.4f}"
 
 
@@ -106,6 +113,8 @@ def new_cases(
             "factors": decision["factors"],
             "rules": decision["rules"],
             "action": decision["action"],
+            "anomaly_review": bool(decision.get("anomaly_review", False)),
+            "anomaly_score": decision.get("anomaly_score"),
             "user_id": transaction.user_id,
             "merchant_id": transaction.merchant_id,
             "amount": transaction.amount,
@@ -293,14 +302,19 @@ def _item(case: dict[str, Any]) -> dict[str, Any]:
         "status": {"S": OPEN},
         "opened_at": {"S": case["opened_at"]},
         "since": {"S": case["opened_at"]},
-        "risk_rank": {"S": risk_rank(case["fraud_score"], case["amount"])},
+        "risk_rank": {
+            "S": risk_rank(
+                case["fraud_score"], case["amount"], case["anomaly_score"] if case.get("anomaly_review") else None
+            )
+        },
         "opened": {"S": orjson.dumps(case).decode()},
     }
 
 
 def _case(item: dict[str, Any]) -> dict[str, Any]:
     """A stored item as the API shows it: the case as opened, its status, and once closed the analyst's label."""
-    case = {**orjson.loads(item["opened"]["S"]), "status": item["status"]["S"]}
+    case = {"anomaly_review": False, "anomaly_score": None}  # cases opened before the lane flag
+    case |= {**orjson.loads(item["opened"]["S"]), "status": item["status"]["S"]}
     for name in ("closed_at", "analyst", "note"):
         if name in item:
             case[name] = item[name]["S"]

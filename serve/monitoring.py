@@ -15,6 +15,10 @@ consumer's writer thread, so the hot path only appends. Only counts travel: a wi
 PSI of a window q against the reference p over the same bins: ``sum((q_i - p_i) * ln(q_i / p_i))``, proportions
 floored at ``training.reference.PSI_EPSILON`` so an empty bin on either side stays finite.
 
+The collector also keeps the anomaly review lane's live level (``training.policy.RiskPolicy.live_lane_level``):
+the newest anomaly scores each model version answered with, from every reporter, so one level holds the lane's
+budget across replicas and the stream; ``LaneLevels`` is how the scoring code reads it.
+
 Libraries considered: river has streaming statistics and drift detectors for one univariate stream (ADWIN,
 Page-Hinkley), but no binned comparison against a fixed training reference, nor a way to merge the state of many
 replicas; whylogs profiles do merge, but they keep sketches per column (KLL, HLL, frequent items), far more than
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -44,6 +49,7 @@ from sklearn.metrics import average_precision_score
 from cluster.aws import client
 from cluster.config import Settings
 from cluster.runtime import ACTOR_NAMESPACE
+from training.policy import RiskPolicy
 from training.reference import OPTIONAL_INPUTS, bin_matrix, psi
 from training.registry import ModelNotFound, registry_for
 
@@ -54,6 +60,8 @@ WINDOW_BUCKETS = 30  # the window is a ring of this many time buckets
 MAX_PENDING_ROWS = 50_000  # a reporter bins what it holds once it holds this many rows, whenever its flush is due
 MAX_KEPT_DECISIONS = 200_000  # decisions kept for the labels that arrive days later (the newest ones)
 MAX_KEPT_LABELS = 200_000
+MAX_LANE_VERSIONS = 4  # anomaly-score windows are kept for the newest this many model versions
+LANE_READ_TIMEOUT_S = 2.0
 
 
 def rejected_field(name: str) -> str:
@@ -264,6 +272,42 @@ class DriftNotifier:
             log.exception("publishing the drift notification failed")
 
 
+class LaneWindow:
+    """The newest anomaly scores one model version answered with, as many as its live lane level reads. The level
+    moves once per ``lane_block_rows`` new rows, as the offline replay moves it, so readers between two moves agree."""
+
+    def __init__(self, policy: RiskPolicy):
+        self.policy = policy
+        self.blocks: deque[np.ndarray] = deque()
+        self.rows = 0
+        self._since_level = 0
+        self._level = math.inf
+
+    def add(self, scores: np.ndarray) -> None:
+        keep = self.policy.lane_window_rows()
+        self.blocks.append(np.asarray(scores, dtype=np.float64))
+        self.rows += len(scores)
+        self._since_level += len(scores)
+        while self.blocks and self.rows - len(self.blocks[0]) >= keep:
+            self.rows -= len(self.blocks.popleft())
+        if self._since_level >= self.policy.lane_block_rows():
+            self._level = self.policy.live_lane_level(np.concatenate(self.blocks)[-keep:])
+            self._since_level = 0
+
+    def level(self) -> float:
+        return self._level
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "rate": self.policy.anomaly_review_rate,
+            "trained_level": self.policy.anomaly_review,
+            "live_level": None if math.isinf(self._level) else round(self._level, 6),
+            "open": not math.isinf(self._level),
+            "window_rows": min(self.rows, self.policy.lane_window_rows()),
+            "rows_to_open": self.policy.lane_min_rows(),
+        }
+
+
 @dataclass
 class _Bucket:
     start: float
@@ -304,6 +348,7 @@ class MonitoringCollector:
         self.decisions: deque[DecisionBlock] = deque()  # the newest blocks, about MAX_KEPT_DECISIONS rows
         self.kept = 0
         self.labels: OrderedDict[str, bool] = OrderedDict()
+        self.lanes: OrderedDict[str, LaneWindow] = OrderedDict()  # model version -> its anomaly lane's window
 
     def reference(self, version: str | None) -> Reference | None:
         if version is None:
@@ -330,9 +375,18 @@ class MonitoringCollector:
         decisions: DecisionBlock | None = None,
         labels: Sequence[tuple[str, bool]] = (),
         model_version: str | None = None,
+        anomaly: Mapping[str, tuple[Mapping[str, Any], np.ndarray]] | None = None,
     ) -> None:
         """One reporter's flush: counts per reference version, rows scored, rejected fields, decisions kept for
-        labels, labels (id, is_fraud) and the model of its newest rows."""
+        labels, labels (id, is_fraud), the model of its newest rows, and per model version with a live anomaly
+        lane its risk policy and the anomaly scores it answered with."""
+        for version, (policy, scores) in (anomaly or {}).items():
+            if version not in self.lanes:
+                self.lanes[version] = LaneWindow(RiskPolicy.from_dict(policy))
+                while len(self.lanes) > MAX_LANE_VERSIONS:
+                    self.lanes.popitem(last=False)
+            self.lanes[version].add(scores)
+            self.lanes.move_to_end(version)
         now = self.clock()
         self.serving_version = model_version or self.serving_version
         bucket = self._bucket(now)
@@ -359,6 +413,10 @@ class MonitoringCollector:
             self.labels.popitem(last=False)
         if self.evaluated_at is None or now - self.evaluated_at >= self.settings.monitoring_evaluate_s:
             self.evaluate()
+
+    def lane_levels(self) -> dict[str, float]:
+        """The anomaly lane's live level per model version seen (``math.inf``: closed, too few rows yet)."""
+        return {version: window.level() for version, window in self.lanes.items()}
 
     def _window(self, version: str | None) -> WindowCounts | None:
         parts = [bucket.counts[version] for bucket in self.buckets if version in bucket.counts]
@@ -444,6 +502,7 @@ class MonitoringCollector:
                 "psi_formula": "sum((q - p) * ln(q / p)), proportions floored at 1e-4",
             },
             "notifications": self.notifications,
+            "anomaly_review": {version: window.view() for version, window in self.lanes.items()},
         }
 
     def labelled(self) -> dict[str, Any]:
@@ -545,6 +604,7 @@ class MonitoringReporter:
 
     def __init__(self, settings: Settings, *, actor: Any | None = None, flush_every_s: float = 1.0):
         self.enabled = settings.monitoring_enabled
+        self.keeps_lanes = settings.anomaly_review_live  # else no scorer reads the lanes' windows
         self.actor = actor or monitoring_actor(settings)
         self.flush_every_s = flush_every_s
         self._lock = threading.Lock()
@@ -553,6 +613,7 @@ class MonitoringReporter:
         self._pending_rows = 0
         self._rejected: Counter = Counter()
         self._labels: list[tuple[str, bool]] = []
+        self._shadowed: list[tuple[Any, Sequence[dict[str, Any]]]] = []
         self._last_flush = time.monotonic()
 
     def add(
@@ -564,6 +625,13 @@ class MonitoringReporter:
         with self._lock:
             self._batches.append((bundle, x, decisions, columns))
             self._pending_rows += len(decisions)
+
+    def shadowed(self, bundle: Any, decisions: Sequence[dict[str, Any]]) -> None:
+        """Note a challenger's decisions (shadow or canary) for its anomaly lane's window only, so its lane is open
+        when it is promoted; drift and the labels follow the champion's."""
+        if self.enabled and self.keeps_lanes and len(decisions) and bundle.ensemble.policy.live_lane:
+            with self._lock:
+                self._shadowed.append((bundle, decisions))
 
     def rejected(self, errors: Sequence[Mapping[str, str]]) -> None:
         """Count the fields of a 4xx answer to a scoring request (each field once per request)."""
@@ -584,11 +652,12 @@ class MonitoringReporter:
     def flush(self) -> Any:
         """Bin what was noted and send it to the actor (an ObjectRef, or None when there was nothing)."""
         with self._lock:
-            batches, rejected, labels = self._batches, self._rejected, self._labels
+            batches, rejected, labels, shadowed = self._batches, self._rejected, self._labels, self._shadowed
             self._batches, self._pending_rows, self._rejected, self._labels = [], 0, Counter(), []
+            self._shadowed = []
             self._last_flush = time.monotonic()
         every = [d for _, _, decisions, _ in batches for d in decisions]
-        if not (every or rejected or labels):
+        if not (every or rejected or labels or shadowed):
             return None
         named = batches and all("user_id" in columns for _, _, _, columns in batches)
         kept = DecisionBlock.of(
@@ -617,6 +686,16 @@ class MonitoringReporter:
                         if all(name in columns for _, _, _, columns in group)
                     },
                 )
+        lanes: dict[str, tuple[Any, list[float]]] = {}
+        for bundle, decisions in [(b, d) for b, _, d, _ in batches] + shadowed if self.keeps_lanes else []:
+            if bundle.ensemble.policy.live_lane:
+                lanes.setdefault(bundle.version, (bundle, []))[1].extend(
+                    d["anomaly_score"] for d in decisions if d.get("anomaly_score") is not None
+                )
+        anomaly = {
+            version: (bundle.ensemble.policy.to_dict(), np.array(scores, np.float64))
+            for version, (bundle, scores) in lanes.items()
+        }
         return self.actor.record.remote(
             counts=counts,
             scored=len(kept),
@@ -624,6 +703,7 @@ class MonitoringReporter:
             decisions=kept,
             labels=labels,
             model_version=batches[-1][0].version if batches else None,
+            anomaly=anomaly,
         )
 
     def _reference(self, bundle: Any) -> Reference | None:
@@ -631,3 +711,78 @@ class MonitoringReporter:
             stored = bundle.reference
             self._references[bundle.version] = Reference.parse(bundle.version, stored) if stored else None
         return self._references[bundle.version]
+
+
+class LaneLevels:
+    """The anomaly review lane's live level per model version, as the monitoring actor keeps it, re-read about every
+    ``rules_refresh_s`` (as the rule set is) so the replicas, the stream and the SDK apply one level per refresh.
+    Reading waits in the scoring path only for the first levels: after them a caller that finds the levels stale
+    asks the actor, and a later one takes the answer once it is there (a failed or lost read keeps the last levels). Without monitoring nothing keeps
+    recent scores, so a live lane stays closed (``anomaly_review_live`` off applies the trained level instead)."""
+
+    def __init__(self, settings: Settings, *, actor: Any | None = None):
+        self.settings = settings
+        self.enabled = settings.monitoring_enabled
+        self.refresh_s = settings.rules_refresh_s
+        self._actor = actor
+        self._levels: dict[str, float] = {}
+        self._pending: Any | None = None
+        self._asked = self._checked = -math.inf
+        self._failing = False
+        self._lock = threading.Lock()
+
+    def level(self, bundle: Any) -> float | None:
+        """The level for ``bundle``'s decisions (``training.predict.decide``'s ``lane_level``): None where the
+        trained level applies (no live lane, or ``anomaly_review_live`` off), ``math.inf`` while its lane is closed."""
+        if not (self.settings.anomaly_review_live and bundle.ensemble.policy.live_lane):
+            return None
+        if not self.enabled:
+            if not self._failing:
+                log.warning(
+                    "monitoring is off, so the anomaly lane keeps no level: closed (FRAUD_ANOMALY_REVIEW_LIVE"
+                    "=false applies the trained level instead)"
+                )
+                self._failing = True
+            return math.inf
+        if time.monotonic() - self._checked >= self.refresh_s and self._lock.acquire(blocking=False):
+            try:
+                self._refresh()
+            finally:
+                self._lock.release()
+        return self._levels.get(bundle.version, math.inf)
+
+    def _refresh(self) -> None:
+        first = self._checked == -math.inf
+        if self._pending is None:
+            self._ask()
+            if not first or self._pending is None:
+                return
+            ray.wait([self._pending], timeout=LANE_READ_TIMEOUT_S)  # once, at start: first decisions at the live level
+        ready, _ = ray.wait([self._pending], timeout=0)
+        if not ready:
+            if time.monotonic() - self._asked >= LANE_READ_TIMEOUT_S:
+                self._failed("no answer", ask=True)
+            return
+        try:
+            self._levels = ray.get(ready[0])
+            self._failing = False
+            self._checked = time.monotonic()
+            self._pending = None
+        except Exception as exc:  # keep deciding with the last levels; ask again
+            self._failed(exc, ask=True)
+
+    def _ask(self) -> None:
+        try:
+            self._actor = self._actor or monitoring_actor(self.settings)
+            self._pending, self._asked = self._actor.lane_levels.remote(), time.monotonic()
+        except Exception as exc:
+            self._failed(exc, ask=False)
+
+    def _failed(self, reason: Any, *, ask: bool) -> None:
+        if not self._failing:  # once per outage
+            log.warning("reading the anomaly lane's live levels failed (%s); keeping the last ones", reason)
+        self._failing = True
+        self._pending = None
+        self._checked = time.monotonic()
+        if ask:
+            self._ask()

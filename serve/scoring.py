@@ -62,12 +62,14 @@ def combine(
     *,
     currencies: Sequence[str] | None = None,
     explain_low: Sequence[bool] | None = None,
+    lane_level: float | None = None,
 ) -> list[dict[str, Any]]:
-    """The decision per row: calibrated ensemble score, risk level and alert flag from the policy, and reasons for
-    the MEDIUM and HIGH rows (per-feature XGBoost contributions, ``pred_contribs``, quoting amounts in each row's
-    ``currencies``). A LOW row has none unless ``explain_low`` asks for it: then its strongest reasons either way,
-    labelled, so an analyst sees why it passed."""
-    scores = decide(bundle, xgb_score, ae_score)
+    """The decision per row: calibrated ensemble score, risk level and alert flag from the policy, the anomaly score
+    and whether the anomaly review lane (at ``lane_level``, its live level; None: the trained one) sent the row to
+    review, and reasons for the MEDIUM and HIGH rows (per-feature XGBoost contributions, ``pred_contribs``, quoting
+    amounts in each row's ``currencies``). A LOW row has none unless ``explain_low`` asks for it: then its strongest
+    reasons either way, labelled, so an analyst sees why it passed."""
+    scores = decide(bundle, xgb_score, ae_score, lane_level)
     fraud_score, levels, flags = scores.fraud_score, scores.risk_level, scores.is_fraud
     factors: list[list[str]] = [[] for _ in transaction_ids]
     low = levels == LOW
@@ -82,7 +84,7 @@ def combine(
                 contributions,
                 ae_score[explained],
                 bundle.ensemble.ae_weight,
-                anomaly_review=bundle.ensemble.policy.anomaly_review,
+                anomaly_review=bundle.ensemble.policy.anomaly_review if lane_level is None else lane_level,
                 currencies=None if currencies is None else [currencies[i] for i in explained],
                 both_ways=low[explained],
             ),
@@ -98,8 +100,12 @@ def combine(
             "model_version": bundle.version,
             "action": MODEL_ACTIONS[str(level)],
             "rules": [],
+            "anomaly_score": float(anomaly),
+            "anomaly_review": bool(reviewed),
         }
-        for tid, score, flag, level, reasons in zip(transaction_ids, fraud_score, flags, levels, factors)
+        for tid, score, flag, level, reasons, anomaly, reviewed in zip(
+            transaction_ids, fraud_score, flags, levels, factors, ae_score, scores.anomaly_review
+        )
     ]
 
 

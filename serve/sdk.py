@@ -25,7 +25,7 @@ from cluster.features import Columns
 from cluster.schema import Transaction, validate_frame
 from serve.api import ApiError, parse_transaction
 from serve.champion import decision_rows, in_canary
-from serve.monitoring import MonitoringReporter
+from serve.monitoring import LaneLevels, MonitoringReporter
 from serve.rollout import Routing
 from serve.rule_store import RuleCache
 from serve.scoring import ModelSet, apply_rules, canonical_columns, combine, scoring_record
@@ -46,7 +46,8 @@ class FraudDetector:
     """Loads a registry bundle (``model``: a version or a pointer) and keeps its own online feature state, named
     ``feature_state``; ``restore_from=settings.feature_state_name`` starts that state from the cluster's last
     snapshot (refused when it covers other streams than these settings'). Decisions
-    follow the stored rule set (``rules``: a ``RuleCache``, by default over the settings' rules table); with a
+    follow the stored rule set (``rules``: a ``RuleCache``, by default over the settings' rules table) and the
+    anomaly lane's live level (``lanes``, by default read from the cluster's monitoring actor, as over HTTP); with a
     ``monitor`` every scored batch is noted for drift monitoring (the stream consumers pass theirs)."""
 
     def __init__(
@@ -59,6 +60,7 @@ class FraudDetector:
         restore_from: str | None = None,
         rules: RuleCache | None = None,
         monitor: MonitoringReporter | None = None,
+        lanes: LaneLevels | None = None,
     ):
         self.settings = settings or get_settings()
         self.models = ModelSet(self.settings)
@@ -75,6 +77,7 @@ class FraudDetector:
         self.rules = rules or RuleCache(self.settings)
         self.rule_matches: dict[str, dict[str, int]] = {}
         self.monitor = monitor
+        self.lanes = lanes or LaneLevels(self.settings, actor=monitor.actor if monitor is not None else None)
 
     def predict(self, transaction: dict[str, Any], *, explain: bool = False) -> dict[str, Any]:
         return self.predict_batch([transaction], explain=explain)[0]
@@ -132,6 +135,7 @@ class FraudDetector:
             ae_scores(bundle, x),
             currencies=list(batch["currency"]),
             explain_low=[explain] * len(x) if explain else None,
+            lane_level=self.lanes.level(bundle),
         )
 
     def _with_challenger(
@@ -148,6 +152,8 @@ class FraudDetector:
             self.challenger_errors[challenger.version] = self.challenger_errors.get(challenger.version, 0) + sum(canary)
             return decisions
         self.challenger_rows.extend(decision_rows(decisions, challenger_decisions, canary))
+        if self.monitor is not None:
+            self.monitor.shadowed(challenger, challenger_decisions)
         return [b if c else a for a, b, c in zip(decisions, challenger_decisions, canary)]
 
     def _decide(

@@ -99,7 +99,24 @@ def monitoring_summary(view: View) -> str:
         f"notifications sent: {view['notifications']}.\n\nLabelled decisions: {labelled['count']:,} "
         f"(coverage {_figure(labelled['coverage'])}) · precision {_figure(labelled['precision'])} "
         f"· recall {_figure(labelled['recall'])} · average precision "
-        f"{_figure(labelled['average_precision'])}"
+        f"{_figure(labelled['average_precision'])}" + lane_state(view)
+    )
+
+
+def lane_state(view: View) -> str:
+    """The serving model's anomaly review lane: its live level, or why it is still closed."""
+    lane = (view.get("anomaly_review") or {}).get(view["reference"]["model_version"] or "")
+    if lane is None:
+        return ""
+    if not lane["open"]:
+        return (
+            f"\n\nAnomaly review lane: closed until it has seen {lane['rows_to_open']:,} transactions "
+            f"({lane['window_rows']:,} so far; it opens at its next update after that)"
+        )
+    return (
+        f"\n\nAnomaly review lane: the {lane['rate']:.2%} most unusual of the newest "
+        f"{lane['window_rows']:,} transactions go to review · live level **{lane['live_level']:.4f}** "
+        f"(trained {lane['trained_level']:.4f})"
     )
 
 
@@ -695,12 +712,8 @@ def stage_counter(report: Callable[..., Any], total: int, what: str) -> Progress
 
 
 # -- review queue ----------------------------------------------------------------------------------------------
-QUEUE_COLUMNS = ["score", "risk", "amount", "user", "merchant", "rules", "opened (UTC)", "case"]
-
-
-def queue_order(cases: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Highest score first, then the largest amount: what an analyst should look at next."""
-    return sorted(cases, key=lambda c: (-float(c.get("fraud_score") or 0.0), -float(c.get("amount") or 0.0)))
+QUEUE_COLUMNS = ["score", "risk", "lane", "amount", "user", "merchant", "rules", "opened (UTC)", "case"]
+ANOMALY_LANE = "unusual"  # the queue's mark for a case the anomaly review lane opened
 
 
 def _rule_ids(case: dict[str, Any]) -> str:
@@ -712,6 +725,7 @@ def queue_table(cases: Sequence[dict[str, Any]]) -> pd.DataFrame:
         {
             "score": round(float(c["fraud_score"]), 3),
             "risk": c.get("risk_level", ""),
+            "lane": ANOMALY_LANE if c.get("anomaly_review") else "",
             "amount": "" if c.get("amount") is None else f"{c['amount']:,.2f} {c.get('currency') or ''}".strip(),
             "user": c.get("user_id") or "",
             "merchant": c.get("merchant_id") or "",
@@ -728,7 +742,8 @@ def case_choices(cases: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
     """The dropdown's (label, case_id) pairs, in queue order."""
     return [
         (
-            f"{c['fraud_score']:.3f} · {_amount(c.get('amount'))} {c.get('currency') or ''} · {c['transaction_id']}",
+            (f"{ANOMALY_LANE} · " if c.get("anomaly_review") else "")
+            + f"{c['fraud_score']:.3f} · {_amount(c.get('amount'))} {c.get('currency') or ''} · {c['transaction_id']}",
             c["case_id"],
         )
         for c in cases
@@ -787,11 +802,12 @@ def decision_body(*, is_fraud: bool, analyst: str, note: str = "") -> dict[str, 
 
 
 def load_queue(api_url: str, limit: int) -> tuple[dict[str, Any] | None, str]:
-    """The open cases (ordered for review) and the queue's summary, or why there is none."""
+    """The open cases in the API's review order (the anomaly lane's first, then by fraud score and amount) and the
+    queue's summary, or why there is none."""
     status, answer = call_api("GET", f"{api_url}/api/cases", params={"status": "open", "limit": int(limit)})
     if status != 200:
         return None, describe_failure("Review queue unavailable", status, answer)
-    return {**answer, "cases": queue_order(answer["cases"])}, queue_summary(answer, datetime.now(timezone.utc))
+    return answer, queue_summary(answer, datetime.now(timezone.utc))
 
 
 def decide_case(api_url: str, headers: dict[str, str], case_id: str | None, body: dict[str, Any]) -> str:
@@ -889,7 +905,15 @@ def model_section(registry: Any, ref: str, role: str) -> ModelSection | None:
         if ensemble.get("objective") in OBJECTIVE_WORDING:
             details.append(f"threshold chosen on the validation period for {OBJECTIVE_WORDING[ensemble['objective']]}")
         if policy.get("anomaly_review") is not None:
-            details.append(f"MEDIUM also from an anomaly score ≥ {policy['anomaly_review']:.4f} (anomaly review lane)")
+            if policy.get("anomaly_review_rate") is not None:
+                details.append(
+                    f"MEDIUM also for the {policy['anomaly_review_rate']:.2%} most unusual of recent traffic, never "
+                    f"below an anomaly score of {policy['anomaly_review']:.4f} (anomaly review lane)"
+                )
+            else:
+                details.append(
+                    f"MEDIUM also from an anomaly score ≥ {policy['anomaly_review']:.4f} (anomaly review lane)"
+                )
     if not metadata.get("metrics"):
         details.append("no evaluation metrics stored with this version")
     png = registry.attachment(version, "report/evaluation.png")

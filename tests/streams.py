@@ -21,13 +21,16 @@ def create_stream(settings: Settings, shards: int, prefix: str = "test") -> str:
 
 def own_streams(settings: Settings, shards: int, prefix: str = "in") -> Settings:
     """Settings for stream scoring of a test's own: input and decision streams of its own, and a feature state named
-    after them, so its consumers never join (nor snapshot over) the session app's state."""
+    after them, so its consumers never join (nor snapshot over) the session app's state. The anomaly lane keeps its
+    trained level there: these tests compare the stream's decisions with ones computed before it ran, while a live
+    level moves with the session's traffic in between (``tests/system/test_anomaly_lane_live.py`` tests it)."""
     stream = create_stream(settings, shards, prefix)
     return settings.model_copy(
         update={
             "stream_name": stream,
             "decisions_stream_name": create_stream(settings, shards, f"{prefix}-out"),
             "feature_state_name": f"state-{stream}",
+            "anomaly_review_live": False,
         }
     )
 

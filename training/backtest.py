@@ -128,7 +128,10 @@ def backtest_window(
             anomaly_review_rate=settings.anomaly_review_rate,
             progress=progress,
         )
-    scores = FraudScorer(fitted.bundle).score(features.loc[_mask(transactions, window), :])
+    tested = _mask(transactions, window)
+    scores = FraudScorer(fitted.bundle).score(
+        features.loc[tested, :], times=transactions.loc[tested, "timestamp"].values
+    )
     return BacktestRun(
         scores=scores.reset_index(drop=True),
         fitted=fitted,
@@ -187,12 +190,11 @@ def run_backtest(
 
 
 def anomaly_review_check(run: BacktestRun) -> dict[str, Any] | None:
-    """What the anomaly review lane did on the test period (``RiskPolicy.lane_summary``) beside the rate asked for."""
-    policy = run.fitted.bundle.ensemble.policy
-    summary = policy.lane_summary(run.test.y, run.scores["fraud_score"].to_numpy(), run.scores["ae_score"].to_numpy())
-    if summary is None:
-        return None
-    return {"rate": run.fitted.details["ensemble"]["anomaly_review"]["rate"], **summary}
+    """What the anomaly review lane did on the test period (``RiskPolicy.lane_summary``), its live level replayed
+    over the period in time order as serving would have kept it."""
+    policy, ae_score = run.fitted.bundle.ensemble.policy, run.scores["ae_score"].to_numpy()
+    lane_level = policy.rolling_lane_levels(ae_score, run.test.frame["timestamp"].values)
+    return policy.lane_summary(run.test.y, run.scores["fraud_score"].to_numpy(), ae_score, lane_level)
 
 
 def _ranking(y: np.ndarray, scores: np.ndarray) -> dict[str, float]:

@@ -172,8 +172,9 @@ def fit_ensemble(
     anomaly_review_rate: float = 0.0,
 ) -> tuple[Ensemble, dict[str, Any]]:
     """Everything chosen on the scored validation rows given (``weight``: keep this XGBoost weight, chosen
-    elsewhere; ``anomaly_review_rate``: the anomaly review lane's level is the anomaly score above which this share
-    of the genuine rows lies, 0 for no lane); returns the ensemble and what was compared to choose it."""
+    elsewhere; ``anomaly_review_rate``: the anomaly review lane's trained level is the anomaly score above which
+    this share of the genuine rows lies, its live level the same share of recent traffic, 0 for no lane); returns
+    the ensemble and what was compared to choose it."""
     if y.sum() == 0:
         raise ValueError("is_fraud: the validation rows have no fraud; cannot choose weights or a threshold")
     chosen, by_weight = choose_weight(y, xgb_score, ae_score)
@@ -183,7 +184,11 @@ def fit_ensemble(
     policy, at_threshold = choose_policy(y, fitted.apply(raw), amounts, objective, review_cost)
     lane: dict[str, Any] = {"rate": anomaly_review_rate}
     if anomaly_review_rate > 0:
-        policy = replace(policy, anomaly_review=float(np.quantile(ae_score[y == 0], 1 - anomaly_review_rate)))
+        policy = replace(
+            policy,
+            anomaly_review=float(np.quantile(ae_score[y == 0], 1 - anomaly_review_rate)),
+            anomaly_review_rate=anomaly_review_rate,
+        )
         in_lane = policy.in_anomaly_lane(ae_score)
         below_alert = ~policy.is_fraud(fitted.apply(raw))
         lane |= {

@@ -46,10 +46,16 @@ def evaluate(
     frame: pd.DataFrame, scores: np.ndarray, policy: RiskPolicy, anomaly_scores: np.ndarray | None = None
 ) -> dict[str, Any]:
     """Ranking metrics, the decision at the policy's threshold, and recall per fraud scenario; with
-    ``anomaly_scores``, the risk levels include the anomaly review lane, and what it adds is reported."""
+    ``anomaly_scores``, the risk levels include the anomaly review lane at the level serving would have kept over
+    the period (``RiskPolicy.rolling_lane_levels``), and what it adds is reported."""
     y = frame[LABEL_COLUMN].to_numpy().astype(int)
     if y.min() == y.max():
         raise ValueError("is_fraud: the evaluated period holds only one class; need frauds and genuine rows")
+    lane_level = (
+        None
+        if anomaly_scores is None
+        else policy.rolling_lane_levels(anomaly_scores, frame["timestamp"].values if "timestamp" in frame else None)
+    )
     predicted = policy.is_fraud(scores)
     precision, recall, f1, _ = precision_recall_fscore_support(y, predicted, average="binary", zero_division=0)
     tn, fp, fn, tp = confusion_matrix(y, predicted, labels=[0, 1]).ravel()
@@ -69,17 +75,29 @@ def evaluate(
         "card_precision_at_100_per_day": cp_per_day,
         "risk_levels": {
             level: int(n)
-            for level, n in zip(*np.unique(policy.risk_levels(scores, anomaly_scores), return_counts=True))
+            for level, n in zip(*np.unique(policy.risk_levels(scores, anomaly_scores, lane_level), return_counts=True))
         },
     }
-    lane = np.asarray(policy.in_anomaly_lane(anomaly_scores), dtype=bool) & ~predicted
+    lane = policy.lane_reviews(scores, anomaly_scores, lane_level)
     if anomaly_scores is not None and policy.anomaly_review is not None:
-        metrics["anomaly_review"] = policy.lane_summary(y, scores, anomaly_scores)
+        metrics["anomaly_review"] = policy.lane_summary(y, scores, anomaly_scores, lane_level)
     if SCENARIO_COLUMN in frame.columns:
         metrics["recall_by_scenario"] = recall_by_scenario(frame, scores, predicted, lane)
     amounts = frame["amount"].to_numpy(np.float64) if "amount" in frame.columns else np.zeros(len(y))
     metrics.update(operating_points(y, scores, amounts, policy.threshold))
     return metrics
+
+
+def _lane_level_text(lane: dict[str, Any]) -> str:
+    live = lane.get("live_level")
+    if lane.get("rate") is None or live is None:
+        return f"Its level is {lane['level']:.5g}, set on the validation period."
+    median = "never open" if live["median_level"] is None else f"median level {live['median_level']:.5g}"
+    return (
+        f"Its level follows the newest {lane['rate']:.2%} of anomaly scores as serving keeps it, replayed over the "
+        f"period in time order (floor {lane['level']:.5g}, set on the validation period): {median}, closed for "
+        f"{live['closed_share']:.2%} of the rows while too few had been seen."
+    )
 
 
 def operating_points(y: np.ndarray, scores: np.ndarray, amounts: np.ndarray, threshold: float) -> dict[str, Any]:
@@ -255,10 +273,10 @@ def write_report(
         lines += [
             "## Anomaly review lane",
             "",
-            f"Rows below the alert threshold whose anomaly score is at least {lane['level']:.5g} (the level set on "
-            f"the validation period) go to review: {lane['rows_below_alert']} here, {lane['genuine_share']:.4%} of "
-            f"the genuine rows, {lane['frauds_reviewed']} frauds among them; alerted or reviewed, recall "
-            f"{lane['alerted_or_reviewed_recall']}.",
+            f"Rows below the alert threshold whose anomaly score reaches the lane's level go to review: "
+            f"{lane['rows_below_alert']} here, {lane['genuine_share']:.4%} of the genuine rows, "
+            f"{lane['frauds_reviewed']} frauds among them; alerted or reviewed, recall "
+            f"{lane['alerted_or_reviewed_recall']}. " + _lane_level_text(lane),
             "",
         ]
     if metrics.get("recall_by_scenario"):

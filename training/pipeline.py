@@ -114,7 +114,7 @@ def fit_models(
     ``refit_on_validation``, on train + valid, for windows too short to spare the most recent days), rounds scaled
     from the folds' mean training rows to the final rows. Calibration and cut points are fitted on the validation
     period scored by the final models when they never saw it, else on the out-of-fold scores, and so is the anomaly
-    review lane's level (``anomaly_review_rate``: the share of genuine rows it may send to review; 0 for none).
+    review lane's trained level (``anomaly_review_rate``: the share of traffic it may send to review; 0 for none).
     """
 
     def step(label: str) -> None:
@@ -272,9 +272,10 @@ def ensemble_notes(details: dict[str, Any]) -> list[str]:
     lane = ensemble.get("anomaly_review", {})
     if lane.get("level") is not None:
         notes.append(
-            f"Anomaly review lane: an anomaly score of at least {lane['level']:.5g} sends a row to review whatever its "
-            f"fraud score, set so {lane['rate']:.2%} of the genuine rows on the {details['calibrated_on']} reach it "
-            f"(measured {lane['validation_genuine_share']:.2%}); the autoencoder reads "
+            f"Anomaly review lane: a row among the {lane['rate']:.2%} most unusual of recent traffic by anomaly score "
+            f"goes to review whatever its fraud score, never below {lane['level']:.5g} (set so that share of the "
+            f"genuine rows on the {details['calibrated_on']} reach it; measured {lane['validation_genuine_share']:.2%}); "
+            f"the autoencoder reads "
             f"{len(details['autoencoder']['inputs'])} of the features (none computed from labels; the training "
             f"details list those it left out)."
         )
@@ -319,7 +320,7 @@ def run_train(settings: Settings, options: TrainOptions) -> dict[str, Any]:
 
     scorer = FraudScorer(bundle)
     test = splits["test"]
-    test_scored = scorer.score(_features_frame(test, FEATURE_NAMES))
+    test_scored = scorer.score(_features_frame(test, FEATURE_NAMES))  # evaluate replays the lane's level
     valid_scored = scorer.score(_features_frame(splits["validation"], FEATURE_NAMES))
     test_scores, valid_scores = test_scored["fraud_score"].to_numpy(), valid_scored["fraud_score"].to_numpy()
     policy = bundle.ensemble.policy

@@ -31,20 +31,27 @@ def ae_scores(bundle: ModelBundle, x: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Scores:
-    """The decision per row: calibrated ensemble score, risk level (one of ``RISK_LEVELS``) and the alert flag."""
+    """The decision per row: calibrated ensemble score, risk level (one of ``RISK_LEVELS``), the alert flag, and
+    whether the anomaly review lane sent it to review (below the alert threshold)."""
 
     fraud_score: np.ndarray
     risk_level: np.ndarray
     is_fraud: np.ndarray
+    anomaly_review: np.ndarray
 
 
-def decide(bundle: ModelBundle, xgb_score: np.ndarray, ae_score: np.ndarray) -> Scores:
+def decide(
+    bundle: ModelBundle, xgb_score: np.ndarray, ae_score: np.ndarray, lane_level: float | np.ndarray | None = None
+) -> Scores:
+    """``lane_level``: the anomaly review lane's live level (``RiskPolicy.live_lane_level``), per row or one; None
+    applies the trained level."""
     fraud_score = bundle.ensemble.fraud_score(xgb_score, ae_score)
     policy = bundle.ensemble.policy
     return Scores(
         fraud_score=fraud_score,
-        risk_level=policy.risk_levels(fraud_score, ae_score),
+        risk_level=policy.risk_levels(fraud_score, ae_score, lane_level),
         is_fraud=policy.is_fraud(fraud_score),
+        anomaly_review=policy.lane_reviews(fraud_score, ae_score, lane_level),
     )
 
 
@@ -62,12 +69,17 @@ class FraudScorer:
             raise ValueError(f"features are missing column(s) the model needs: {', '.join(missing)}")
         return features[self._columns].to_numpy(dtype=np.float32)
 
-    def score(self, features: pd.DataFrame, *, contributions: bool = False) -> pd.DataFrame:
-        """fraud_score (calibrated 0..1), xgb_score, ae_score, risk_level, is_fraud per row, in input order;
-        with ``contributions``, also one ``contrib_<feature>`` column per feature (XGBoost log-odds, for reasons)."""
+    def score(
+        self, features: pd.DataFrame, *, contributions: bool = False, times: np.ndarray | None = None
+    ) -> pd.DataFrame:
+        """fraud_score (calibrated 0..1), xgb_score, ae_score, risk_level, is_fraud, anomaly_review per row, in input
+        order; with the rows' ``times``, the anomaly lane's live level is replayed over them as serving would have
+        moved it (``RiskPolicy.rolling_lane_levels``), else the trained level applies; with ``contributions``, also
+        one ``contrib_<feature>`` column per feature (XGBoost log-odds, for reasons)."""
         x = self.matrix(features)
         xgb_score, ae_score = xgb_scores(self.bundle, x), ae_scores(self.bundle, x)
-        scores = decide(self.bundle, xgb_score, ae_score)
+        lane_level = None if times is None else self.policy.rolling_lane_levels(ae_score, times)
+        scores = decide(self.bundle, xgb_score, ae_score, lane_level)
         out = pd.DataFrame(
             {
                 "fraud_score": scores.fraud_score,
@@ -75,6 +87,7 @@ class FraudScorer:
                 "ae_score": ae_score,
                 "risk_level": scores.risk_level,
                 "is_fraud": scores.is_fraud,
+                "anomaly_review": scores.anomaly_review,
             },
             index=features.index,
         )

@@ -24,9 +24,9 @@ from training.backtest import BacktestWindow, backtest_window
 from training.baseline import baseline_scores
 from training.data import load_profiles, read_labelled
 from training.ensemble import DEFAULT_XGB_WEIGHT
+from training.policy import level_summary
 
 FIXED_FPRS = (0.005, 0.01, 0.02)
-NOVEL_LANE_RATE = 0.005  # half of the 1 % FPR budget the novel-fraud goal is stated at
 
 
 def threshold_at_fpr(y: np.ndarray, scores: np.ndarray, fpr: float) -> float:
@@ -122,7 +122,8 @@ def evaluate_novel(
         "max_blend": max_blend(xgb_score, ae_score),
     }
     policy = run.fitted.bundle.ensemble.policy
-    in_lane = np.asarray(policy.in_anomaly_lane(ae_score), dtype=bool)
+    lane_level = policy.rolling_lane_levels(ae_score, frame["timestamp"].values)
+    in_lane = np.asarray(policy.in_anomaly_lane(ae_score, lane_level), dtype=bool)
     if policy.anomaly_review is not None:
         variants["with_anomaly_lane"] = lane_first(variants["chosen_ensemble"], ae_score, in_lane)
     recall = {
@@ -148,6 +149,7 @@ def evaluate_novel(
         else None,
         "anomaly_lane": {
             "level": policy.anomaly_review,
+            "live_level": level_summary(lane_level),
             "test_genuine_share": round(float(in_lane[y == 0].mean()), 5),
             "novel_recall": round(float(in_lane[novel].mean()), 4),
             "novel_alerted_or_reviewed": round(
@@ -163,7 +165,7 @@ def evaluate_novel(
 def lane_first(fraud_score: np.ndarray, ae_score: np.ndarray, in_lane: np.ndarray) -> np.ndarray:
     """The lane's rows first (by anomaly score), then the rest by fraud score: recall at an FPR of this order counts
     the lane's genuine rows against the same budget. It assumes the lane's cases are worked before the others; the
-    review queue (``GET /api/cases``) lists open cases by fraud score, so there a lane case sits low."""
+    review queue (``GET /api/cases``) lists the lane's open cases first for that reason."""
     return np.where(in_lane, 1.0 + np.asarray(ae_score, np.float64), np.asarray(fraud_score, np.float64))
 
 
@@ -182,10 +184,10 @@ def run_evaluate(
     scores: Path | None = None,
     novel: list[str] | None = None,
     trials: int | None = None,
-    anomaly_review_rate: float = NOVEL_LANE_RATE,
+    anomaly_review_rate: float | None = None,
 ) -> dict[str, Any]:
     """What ``fraudctl evaluate`` prints: the scores file judged against the baseline, and each novel scenario
-    (trained with the anomaly review lane at ``anomaly_review_rate``, 0 for none)."""
+    (trained with the anomaly review lane at ``anomaly_review_rate``, by default the settings' rate; 0 for none)."""
     out: dict[str, Any] = {}
     if scores is not None:
         out["scores"] = judge_scores(data, scores, window)
@@ -196,7 +198,13 @@ def run_evaluate(
         out["novel"] = {}
         for scenario in tqdm(novel, desc="novel scenarios", unit="scenario"):
             out["novel"][scenario] = evaluate_novel(
-                settings.model_copy(update={"anomaly_review_rate": anomaly_review_rate}), data, window, scenario, trials
+                settings
+                if anomaly_review_rate is None
+                else settings.model_copy(update={"anomaly_review_rate": anomaly_review_rate}),
+                data,
+                window,
+                scenario,
+                trials,
             )
     if not out:
         raise ValueError("evaluate: give --scores FILE and/or --novel SCENARIO (or all)")

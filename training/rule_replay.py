@@ -190,7 +190,7 @@ def replay_rules(
     step("causal features")
     frame = transactions.loc[window].reset_index(drop=True)
     x = features.loc[window, list(FEATURE_NAMES)].to_numpy(dtype=np.float32)
-    model = _champion_scores(settings, x)
+    model = _champion_scores(settings, x, frame["timestamp"].values)
     step("model scores")
     fields = {
         c: frame[c].to_numpy() if c in frame.columns else np.full(len(frame), None, object) for c in CANONICAL_COLUMNS
@@ -336,7 +336,8 @@ def _score_inputs(model: dict[str, Any]) -> dict[str, np.ndarray]:
     return {"fraud_score": model["fraud_score"], "risk_level": model["risk_level"]}
 
 
-def _champion_scores(settings: Settings, x: np.ndarray) -> dict[str, Any] | None:
+def _champion_scores(settings: Settings, x: np.ndarray, times: np.ndarray) -> dict[str, Any] | None:
+    """The champion's decisions on the history, its anomaly lane's level replayed over it as serving keeps it."""
     registry = registry_for(settings)
     version = registry.resolve("champion")
     if version is None:
@@ -345,7 +346,7 @@ def _champion_scores(settings: Settings, x: np.ndarray) -> dict[str, Any] | None
         bundle = registry.load(version, expected_feature_version=FEATURE_VERSION)
     except FeatureVersionMismatch:
         return None
-    scores = FraudScorer(bundle).score(pd.DataFrame(x, columns=list(FEATURE_NAMES), copy=False))
+    scores = FraudScorer(bundle).score(pd.DataFrame(x, columns=list(FEATURE_NAMES), copy=False), times=times)
     return {
         "version": version,
         "fraud_score": scores["fraud_score"].to_numpy(),

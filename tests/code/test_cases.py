@@ -96,6 +96,8 @@ def test_each_review_decision_opens_one_case_with_what_an_analyst_needs(store) -
         "currency": "EUR",
         "timestamp": "2026-12-01T08:59:00.000000Z",
         "reasons": ["The amount is high for this card"],
+        "anomaly_review": False,
+        "anomaly_score": None,
     }
     assert cases.get(case_id("t1")) == case
     assert case_id("t1") == case_id("t1") != case_id("t2")
@@ -139,6 +141,30 @@ def test_open_cases_come_by_fraud_score_then_amount_with_the_count_and_the_oldes
     cases.decide(case_id("low"), is_fraud=False, analyst="ana")
     cases.decide(case_id("mid-small"), is_fraud=False, analyst="ana")
     assert cases.queue()["open"] == 3 and cases.oldest_open_at() == "2026-12-01T10:00:00.000000Z"
+
+
+def test_the_anomaly_lanes_cases_come_first_by_anomaly_score(store) -> None:
+    cases, _ = store
+    open_all(
+        cases,
+        [
+            scored("model-top", score=0.79),
+            scored("lane-a", score=0.02, anomaly_score=0.9991, anomaly_review=True),
+            scored("model-low", score=0.41),
+            scored("lane-b", score=0.01, anomaly_score=0.9998, anomaly_review=True),
+            scored("doubtful-and-unusual", score=0.5, anomaly_score=0.9995, anomaly_review=False),
+        ],
+    )
+    listed = cases.list()
+    assert [c["transaction_id"] for c in listed] == [
+        "lane-b",
+        "lane-a",
+        "model-top",
+        "doubtful-and-unusual",
+        "model-low",
+    ]
+    assert [c["anomaly_review"] for c in listed] == [True, True, False, False, False]
+    assert listed[0]["anomaly_score"] == 0.9998
 
 
 def test_a_decision_closes_a_case_once(store) -> None:

@@ -36,7 +36,6 @@ from simulation.dashboard import (
     live_tiles,
     model_metrics,
     model_section,
-    queue_order,
     queue_summary,
     queue_table,
     rollout_view,
@@ -665,14 +664,17 @@ def case(case_id: str, score: float, amount: float | None, **fields: Any) -> dic
     }
 
 
-def test_the_queue_is_ordered_by_score_then_amount() -> None:
-    cases = queue_order([case("a", 0.6, 10.0), case("b", 0.9, 5.0), case("c", 0.6, 900.0), case("d", 0.6, None)])
-    assert [c["case_id"] for c in cases] == ["b", "c", "a", "d"]
+def test_the_queue_shows_each_case_in_the_apis_order_with_the_anomaly_lanes_marked() -> None:
+    cases = [case("u", 0.02, 5.0, anomaly_review=True), case("b", 0.9, 5.0), case("a", 0.6, 10.0)]
+    assert list(queue_table(cases)["case"]) == ["u", "b", "a"]  # the API orders the queue (serve/cases.py)
+    assert list(queue_table(cases)["lane"]) == ["unusual", "", ""]
+    assert case_choices(cases[:1]) == [("unusual · 0.020 · 5.00 USD · tx-u", "u")]
     table = queue_table([case("r", 0.61234, 1234.5, rules=[{"id": "R7", "action": "review"}])])
     assert table.to_dict(orient="records") == [
         {
             "score": 0.612,
             "risk": "MEDIUM",
+            "lane": "",
             "amount": "1,234.50 USD",
             "user": "u1",
             "merchant": "m1",

@@ -9,12 +9,16 @@ import numpy as np
 from cluster.config import Settings
 from serve.monitoring import MonitoringCollector, Reference, count_rows
 from simulation.dashboard import DriftHistory, inputs_table, monitoring_summary, rejected_table, worst_features
+from training.policy import RiskPolicy
 from training.reference import build_reference
 
 NAMES = ("amount", "hour_of_day", "device_missing")
 
 
-def _view(shift: float) -> dict:
+LANE = RiskPolicy(threshold=0.5, medium=0.2, anomaly_review=0.99, anomaly_review_rate=0.005)
+
+
+def _view(shift: float, lane_rows: int = 0) -> dict:
     rng = np.random.default_rng(2)
     x = np.column_stack([rng.lognormal(3, 1, 5000), rng.integers(0, 24, 5000), rng.random(5000) < 0.05])
     stored = build_reference(x, NAMES, rng.random(5000), inputs={"device_id": 0.05})
@@ -31,6 +35,7 @@ def _view(shift: float) -> dict:
         },
         scored=5000,
         rejected={"amount": 3},
+        anomaly={"v1": (LANE.to_dict(), np.linspace(0, 1, lane_rows))} if lane_rows else None,
     )
     return monitor.view()
 
@@ -45,6 +50,15 @@ def test_monitoring_tab_ranks_the_worst_features_and_reads_missing_and_rejected_
     assert rejected_table(view).to_dict(orient="records") == [{"field": "amount", "rejected": 3}]
     summary = monitoring_summary(view)
     assert "5,000" in summary and "v1" in summary and "precision n/a" in summary
+
+
+def test_monitoring_tab_says_whether_the_anomaly_lane_is_open_and_at_which_level() -> None:
+    assert "Anomaly review lane" not in monitoring_summary(_view(shift=1.0))  # a model without a live lane
+    closed = monitoring_summary(_view(shift=1.0, lane_rows=1_000))
+    assert "closed until it has seen 4,000 transactions (1,000 so far" in closed
+    opened = monitoring_summary(_view(shift=1.0, lane_rows=5_000))
+    assert "the 0.50% most unusual of the newest 5,000 transactions" in opened
+    assert "live level **0.9950** (trained 0.9900)" in opened
 
 
 def test_worst_features_show_every_drifted_feature_even_beyond_the_table_length() -> None:

@@ -25,6 +25,7 @@ from serve.monitoring import (
 )
 from serve.stream import record_errors
 from tests.streams import drain_alerts, subscribe_alert_queue
+from training.policy import RiskPolicy
 from training.reference import bin_counts, bin_edges, bin_matrix, build_reference, input_missing_rates, psi
 
 FEATURES = ("amount", "log_amount", "hour_of_day", "device_missing", "merchant_risk")
@@ -212,6 +213,11 @@ def test_flushes_into_one_bucket_add_up_though_ray_delivers_their_counts_read_on
     assert monitor.view()["compared_rows"] == 3 * BATCH_ROWS
 
 
+def bundle_of(version: str, reference: Any, policy: RiskPolicy = RiskPolicy(threshold=0.5, medium=0.2)) -> Any:
+    """What the reporter reads of a registry bundle."""
+    return SimpleNamespace(version=version, reference=reference, ensemble=SimpleNamespace(policy=policy))
+
+
 def test_reporter_bins_at_flush_and_counts_rejected_fields_and_labels() -> None:
     stored = reference_of()
     clock, sent = Clock(), []
@@ -221,7 +227,7 @@ def test_reporter_bins_at_flush_and_counts_rejected_fields_and_labels() -> None:
     decisions = [
         {"transaction_id": f"t{i}", "fraud_score": float(s), "is_fraud": bool(s > 0.5)} for i, s in enumerate(scores)
     ]
-    reporter.add(SimpleNamespace(version="v1", reference=stored), x, decisions, columns)
+    reporter.add(bundle_of("v1", stored), x, decisions, columns)
     reporter.rejected(
         [{"field": "transactions.3.amount", "message": "x"}, {"field": "transactions.3.currency", "message": "y"}]
     )
@@ -236,6 +242,59 @@ def test_reporter_bins_at_flush_and_counts_rejected_fields_and_labels() -> None:
     assert rejected_field("transactions") == "transactions" and rejected_field("body") == "body"
 
 
+def test_the_collector_keeps_each_versions_lane_level_on_the_newest_rows_of_every_reporter() -> None:
+    clock, sent = Clock(), []
+    monitor = collector(reference_of(), clock, sent)
+    actor = SimpleNamespace(record=SimpleNamespace(remote=monitor.record))
+    replicas = [MonitoringReporter(settings(), actor=actor) for _ in range(2)]
+    lane = RiskPolicy(threshold=0.5, medium=0.2, anomaly_review=0.9, anomaly_review_rate=0.01)
+    live, fixed = bundle_of("live", None, lane), bundle_of("fixed", None, RiskPolicy(0.5, 0.2, anomaly_review=0.9))
+    rng = np.random.default_rng(8)
+
+    def flush(reporter: MonitoringReporter, bundle: Any, anomaly: np.ndarray) -> None:
+        x, scores, columns = world(len(anomaly), rng)
+        decisions = [
+            {"transaction_id": f"t{i}", "fraud_score": 0.1, "is_fraud": False, "anomaly_score": float(a)}
+            for i, a in enumerate(anomaly)
+        ]
+        reporter.add(bundle, x, decisions, columns)
+        reporter.flush()
+
+    seen = [rng.random(900), rng.random(900)]
+    for replica, rows in zip(replicas, seen):  # 1,800 rows in all: 20 reviews at 1 % need 2,000
+        flush(replica, live, rows)
+        flush(replica, fixed, rng.random(900))
+    assert monitor.lane_levels() == {"live": np.inf}  # only a live lane keeps a window; this one still closed
+    assert monitor.view()["anomaly_review"]["live"] | {"window_rows": 0} == {
+        "rate": 0.01,
+        "trained_level": 0.9,
+        "live_level": None,
+        "open": False,
+        "window_rows": 0,
+        "rows_to_open": 2_000,
+    }
+    cold = np.linspace(0.0, 1.0, 10_000)  # a cold feature state: many rows look unusual
+    flush(replicas[0], live, cold[:200])  # 2,000 rows: open, at the rate's quantile of both replicas' rows
+    assert monitor.lane_levels()["live"] == pytest.approx(
+        max(0.9, np.quantile(np.concatenate([*seen, cold[:200]]), 0.99))
+    )
+    for start in range(200, 10_000, 1_000):
+        flush(replicas[1], live, cold[start : start + 1_000])
+    assert monitor.lane_levels()["live"] == pytest.approx(np.quantile(cold, 0.99), abs=2e-3)  # the newest 10,000
+    view = monitor.view()["anomaly_review"]["live"]
+    assert view["open"] and view["window_rows"] == 10_000 and view["live_level"] > view["trained_level"]
+    before = monitor.lane_levels()["live"]
+    flush(replicas[0], live, np.zeros(150))  # fewer rows than a block (200): the level does not move yet
+    assert monitor.lane_levels()["live"] == before
+    scored = monitor.view()["scored"]
+    challenger = bundle_of("challenger", None, lane)
+    replicas[1].shadowed(challenger, [{"anomaly_score": float(a)} for a in cold[-2_000:]])
+    replicas[1].shadowed(fixed, [{"anomaly_score": 1.0}])  # no live lane: nothing kept
+    replicas[1].flush()
+    assert monitor.lane_levels()["challenger"] == pytest.approx(np.quantile(cold[-2_000:], 0.99))  # open on promotion
+    assert monitor.view()["scored"] == scored and "fixed" not in monitor.lane_levels()  # drift: the champion's rows
+
+
 def test_monitoring_switched_off_notes_nothing() -> None:
     clock, sent = Clock(), []
     monitor = collector(reference_of(), clock, sent)
@@ -244,7 +303,7 @@ def test_monitoring_switched_off_notes_nothing() -> None:
     )
     x, scores, columns = world(10, np.random.default_rng(5))
     reporter.add(
-        SimpleNamespace(version="v1", reference=None),
+        bundle_of("v1", None),
         x,
         [{"transaction_id": "t", "fraud_score": 0.1, "is_fraud": False}] * 10,
         columns,

@@ -78,6 +78,8 @@ def test_the_lane_summary_counts_only_what_the_lane_adds_below_the_alert() -> No
     anomaly = np.array([0.995, 0.1, 0.999, 0.1, 0.999, 0.999, 0.1])
     assert policy.lane_summary(y, scores, anomaly) == {
         "level": 0.99,
+        "rate": None,
+        "live_level": None,
         "rows_below_alert": 2,  # the alerted rows in the lane add nothing
         "genuine_share": 0.25,
         "frauds_below_alert": 2,
@@ -85,6 +87,44 @@ def test_the_lane_summary_counts_only_what_the_lane_adds_below_the_alert() -> No
         "alerted_or_reviewed_recall": round(2 / 3, 5),
     }
     assert RiskPolicy(threshold=0.6, medium=0.2).lane_summary(y, scores, anomaly) is None
+    per_row = np.array([np.inf, np.inf, 0.99, 0.99, 0.99, 0.99, 0.999])  # closed for the first two, then live
+    summary = policy.lane_summary(y, scores, anomaly, per_row)
+    assert summary["rows_below_alert"] == 1 and summary["frauds_reviewed"] == 1  # row 0 met a closed lane
+    assert summary["live_level"] == {"closed_share": round(2 / 7, 5), "median_level": 0.99}
+
+
+def test_the_live_level_holds_the_rate_on_recent_rows_with_the_trained_level_as_floor() -> None:
+    policy = RiskPolicy(threshold=0.6, medium=0.2, anomaly_review=0.9, anomaly_review_rate=0.01)
+    assert policy.lane_window_rows() == 10_000 and policy.lane_block_rows() == 200  # 100 / rate rows, 50 moves
+    assert policy.live_lane_level(np.full(1_999, 0.5)) == np.inf  # 20 reviews need 2,000 rows: closed
+    drifted = np.linspace(0.0, 1.0, 10_001)  # a cold state: far more rows look unusual than at training
+    assert policy.live_lane_level(drifted) == pytest.approx(0.99)  # the rate's quantile, above the trained 0.9
+    assert policy.live_lane_level(np.linspace(0.0, 0.5, 10_001)) == 0.9  # quiet traffic: never below the floor
+    fixed = RiskPolicy(threshold=0.6, medium=0.2, anomaly_review=0.9)  # a bundle from before the live level
+    assert not fixed.live_lane and fixed.live_lane_level(drifted) == 0.9
+    assert RiskPolicy(threshold=0.6, medium=0.2).live_lane_level(drifted) is None
+    assert RiskPolicy.from_dict(policy.to_dict()) == policy
+    with pytest.raises(ValueError, match="anomaly_review_rate"):
+        RiskPolicy(threshold=0.6, medium=0.2, anomaly_review=0.9, anomaly_review_rate=1.0)
+
+
+def test_the_replay_gives_each_block_the_level_of_the_rows_before_it_in_time_order() -> None:
+    policy = RiskPolicy(threshold=0.6, medium=0.2, anomaly_review=0.5, anomaly_review_rate=0.01)
+    rng = np.random.default_rng(3)
+    scores = rng.random(12_000)
+    times = rng.permutation(len(scores))  # rows arrive shuffled; the replay follows their times
+    levels = policy.rolling_lane_levels(scores, times)
+    ordered, at = scores[np.argsort(times)], levels[np.argsort(times)]
+    assert np.isinf(at[:2_000]).all()  # closed until 2,000 rows were seen
+    for start in (2_000, 6_400, 11_800):  # block starts: the quantile of the window before, floored
+        window = ordered[max(0, start - 10_000) : start]
+        assert at[start] == pytest.approx(max(0.5, np.quantile(window, 0.99)))
+        assert (at[start : start + 200] == at[start]).all()  # one level per block of 200
+    in_lane = policy.in_anomaly_lane(scores, levels)
+    assert in_lane[np.isfinite(levels)].mean() == pytest.approx(0.01, abs=0.004)
+    assert (policy.rolling_lane_levels(scores) != levels).any()  # without times: the given order
+    fixed = RiskPolicy(threshold=0.6, medium=0.2, anomaly_review=0.5)
+    assert (fixed.rolling_lane_levels(scores, times) == 0.5).all()
 
 
 def test_the_lane_level_lets_through_the_rate_of_genuine_validation_rows() -> None:
@@ -95,6 +135,7 @@ def test_the_lane_level_lets_through_the_rate_of_genuine_validation_rows() -> No
     ensemble, choice = fit_ensemble(y, xgb_score, ae_score, rng.uniform(1, 100, len(y)), anomaly_review_rate=0.01)
     assert ensemble.policy.anomaly_review == pytest.approx(np.quantile(ae_score[y == 0], 0.99))
     assert choice["anomaly_review"]["validation_genuine_share"] == pytest.approx(0.01, abs=0.001)
+    assert ensemble.policy.anomaly_review_rate == 0.01 and ensemble.policy.live_lane
     off, _ = fit_ensemble(y, xgb_score, ae_score, rng.uniform(1, 100, len(y)))
     assert off.policy.anomaly_review is None
 

@@ -136,8 +136,11 @@ def test_each_review_decision_opens_one_case_listed_by_risk(review_api: str) -> 
     assert all(listed.count(tid) == 1 for tid in tids), "one case per transaction_id, retries included"
     if allowed["action"] != "review":
         assert allowed["transaction_id"] not in listed
-    ranks = [(c["fraud_score"], c["amount"]) for c in queue["cases"]]
-    assert ranks == sorted(ranks, reverse=True), "by fraud score, then amount, highest first"
+    ranks = [
+        (c["anomaly_review"], c["anomaly_score"] if c["anomaly_review"] else c["fraud_score"], c["amount"])
+        for c in queue["cases"]
+    ]
+    assert ranks == sorted(ranks, reverse=True), "the anomaly lane's first, then by fraud score, then amount"
     assert queue["open"] >= len(tids) and queue["oldest_open_at"] <= min(c["opened_at"] for c in cases.values())
     for i, tid in enumerate(tids):
         case, decision = cases[tid], decisions[tid]

@@ -72,10 +72,13 @@ def test_healthz_openapi_and_one_transaction(served: tuple[str, Settings]) -> No
         "processing_time_ms",
         "action",
         "rules",
+        "anomaly_score",
+        "anomaly_review",
     }
     assert body["transaction_id"] == "api-1" and 0.0 <= body["fraud_score"] <= 1.0
     assert body["risk_level"] in ("LOW", "MEDIUM", "HIGH") and isinstance(body["factors"], list)
     assert body["model_version"] == health["champion"] and body["processing_time_ms"] > 0
+    assert 0.0 <= body["anomaly_score"] <= 1.0 and isinstance(body["anomaly_review"], bool)
 
 
 def test_batch_results_come_back_in_input_order(served: tuple[str, Settings], small_history: Any) -> None:
@@ -391,13 +394,9 @@ def test_sdk_and_http_scores_agree(served: tuple[str, Settings], small_history: 
     for http, sdk in zip(over_http, in_process):
         assert http["transaction_id"] == sdk["transaction_id"]
         assert http["fraud_score"] == pytest.approx(sdk["fraud_score"], abs=1e-9)
-        assert (http["risk_level"], http["factors"], http["model_version"], http["action"], http["rules"]) == (
-            sdk["risk_level"],
-            sdk["factors"],
-            sdk["model_version"],
-            sdk["action"],
-            sdk["rules"],
-        )
+        assert http["anomaly_score"] == pytest.approx(sdk["anomaly_score"], abs=1e-9)
+        fields = ("risk_level", "factors", "model_version", "action", "rules", "anomaly_review")
+        assert [http[name] for name in fields] == [sdk[name] for name in fields]
     detector.features.shutdown()
 
 
