@@ -387,9 +387,16 @@ def explicit_label_events(labels: pd.DataFrame) -> pd.DataFrame:
     return events.sort_values("known_ms", kind="stable").drop_duplicates("txn_key").reset_index(drop=True)
 
 
+def _distinct(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted distinct int64 keys and each key's index among them, as ``np.unique(keys, return_inverse=True)``
+    gives them, by hashing rather than sorting every row: keys repeat (a batch's cards over their history)."""
+    inverse, unique_keys = pd.factorize(keys, sort=True)
+    return unique_keys, inverse
+
+
 def _layout(keys: np.ndarray, ts: np.ndarray, origin: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Stable order by (key, time) and the sorted combined int64 keys; also each row's dense key index."""
-    unique_keys, inverse = np.unique(keys, return_inverse=True)
+    unique_keys, inverse = _distinct(keys)
     combined = (inverse.astype(np.int64) << _TIME_BITS) | (ts - origin)
     order = np.argsort(combined, kind="stable")
     return order, combined[order], unique_keys
@@ -416,7 +423,7 @@ def _previous_same(group: np.ndarray, present: np.ndarray) -> np.ndarray:
 
 def _pair_index(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """One int64 per (dense index, hashed key) pair."""
-    values, second_index = np.unique(second, return_inverse=True)
+    values, second_index = _distinct(second)
     return first * len(values) + second_index.astype(np.int64)
 
 
@@ -878,7 +885,7 @@ def exposure_events(card_frauds: Columns, visits: Columns, label_delay_ms: int) 
     empty = {name: np.zeros(0, np.int64) for name in ("key", "known_ms", "anchor_ms", "txn_key")}
     if not len(users) or not len(fraud_users):
         return empty
-    unique_users, inverse = np.unique(users, return_inverse=True)
+    unique_users, inverse = _distinct(users)
     slot = np.minimum(np.searchsorted(unique_users, fraud_users), len(unique_users) - 1)
     listed = unique_users[slot] == fraud_users
     slot, fraud_ts, known = slot[listed], fraud_ts[listed], known[listed]
