@@ -687,7 +687,8 @@ class MonitoringReporter:
                     },
                 )
         lanes: dict[str, tuple[Any, list[float]]] = {}
-        for bundle, decisions in [(b, d) for b, _, d, _ in batches] + shadowed if self.keeps_lanes else []:
+        scored = [(bundle, decisions) for bundle, _, decisions, _ in batches] if self.keeps_lanes else []
+        for bundle, decisions in scored + shadowed:  # ``shadowed`` holds live lanes only
             if bundle.ensemble.policy.live_lane:
                 lanes.setdefault(bundle.version, (bundle, []))[1].extend(
                     d["anomaly_score"] for d in decisions if d.get("anomaly_score") is not None
@@ -717,8 +718,9 @@ class LaneLevels:
     """The anomaly review lane's live level per model version, as the monitoring actor keeps it, re-read about every
     ``rules_refresh_s`` (as the rule set is) so the replicas, the stream and the SDK apply one level per refresh.
     Reading waits in the scoring path only for the first levels: after them a caller that finds the levels stale
-    asks the actor, and a later one takes the answer once it is there (a failed or lost read keeps the last levels). Without monitoring nothing keeps
-    recent scores, so a live lane stays closed (``anomaly_review_live`` off applies the trained level instead)."""
+    asks the actor, and a later one takes the answer once it is there (a failed or lost read keeps the last levels).
+    Without monitoring nothing keeps recent scores, so a live lane stays closed (``anomaly_review_live`` off applies
+    the trained level instead)."""
 
     def __init__(self, settings: Settings, *, actor: Any | None = None):
         self.settings = settings

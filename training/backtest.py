@@ -128,10 +128,7 @@ def backtest_window(
             anomaly_review_rate=settings.anomaly_review_rate,
             progress=progress,
         )
-    tested = _mask(transactions, window)
-    scores = FraudScorer(fitted.bundle).score(
-        features.loc[tested, :], times=transactions.loc[tested, "timestamp"].values
-    )
+    scores = FraudScorer(fitted.bundle).score(features.loc[_mask(transactions, window), :])
     return BacktestRun(
         scores=scores.reset_index(drop=True),
         fitted=fitted,
