@@ -1213,3 +1213,10 @@ LABEL_GROUPS = frozenset({"card_fraud", "merchant_risk", "merchant_compromise", 
 LABEL_FEATURES: tuple[str, ...] = tuple(
     name for name in FEATURE_NAMES if REASONS[name].group in LABEL_GROUPS and name != "mcc_missing"
 )  # mcc_missing sits in the category-risk group but says only that the caller sent no category
+
+# Confirmed fraud at a merchant or in its category never makes a purchase there safer: the supervised model is held
+# to that shape (XGBoost monotone constraints, ``training.xgb``), so a few labelled incidents at some merchants teach
+# a rise that holds at the next merchant hit, not a step fitted to those few.
+RISING_WITH_MERCHANT_FRAUD: tuple[str, ...] = tuple(
+    name for name in LABEL_FEATURES if REASONS[name].group in {"merchant_risk", "merchant_compromise", "category_risk"}
+)

@@ -29,6 +29,7 @@ from ray import tune
 from ray.train.xgboost import RayTrainReportCallback, XGBoostTrainer
 from ray.tune.integration.xgboost import TuneReportCheckpointCallback
 
+from cluster.features import RISING_WITH_MERCHANT_FRAUD
 from training.data import Fold, folds_with_fraud
 from training.tuning import run_search
 
@@ -75,14 +76,17 @@ class XGBTuning:
     trials: list[dict[str, Any]] = field(default_factory=list)
 
 
-def base_params(nthread: int, seed: int) -> dict[str, Any]:
-    """Early stopping watches the last evaluation metric, aucpr; auc is reported beside it."""
+def base_params(nthread: int, seed: int, feature_names: tuple[str, ...]) -> dict[str, Any]:
+    """Early stopping watches the last evaluation metric, aucpr; auc is reported beside it. The risk read from
+    a merchant's confirmed fraud only rises with it (``monotone_constraints``)."""
+    rising = {name: 1 for name in feature_names if name in RISING_WITH_MERCHANT_FRAUD}
     return {
         "objective": "binary:logistic",
         "eval_metric": ["auc", "aucpr"],
         "tree_method": "hist",
         "nthread": nthread,
         "seed": seed,
+        **({"monotone_constraints": rising} if rising else {}),
     }
 
 
@@ -116,7 +120,7 @@ def _cross_validate(
     """``xgboost.cv`` over the rolling time folds, early stopping on the folds' mean validation aucpr; the mean
     validation metrics per round."""
     params = {
-        **base_params(nthread=nthread, seed=data["seed"]),
+        **base_params(nthread=nthread, seed=data["seed"], feature_names=data["feature_names"]),
         **{k: v for k, v in config.items() if k != "num_boost_round"},
     }
     history = xgb.cv(
@@ -231,7 +235,11 @@ def fit_xgboost(
 ) -> xgb.Booster:
     """The final model, fitted in this process with the tuned parameters and round count."""
     matrix = xgb.DMatrix(x, label=y, feature_names=list(feature_names), nthread=nthread)
-    return xgb.train({**base_params(nthread=nthread, seed=seed), **params}, matrix, num_boost_round=rounds)
+    return xgb.train(
+        {**base_params(nthread=nthread, seed=seed, feature_names=feature_names), **params},
+        matrix,
+        num_boost_round=rounds,
+    )
 
 
 def _distributed_loop(config: dict[str, Any]) -> None:
@@ -266,7 +274,7 @@ def fit_xgboost_distributed(
     trainer = XGBoostTrainer(
         _distributed_loop,
         train_loop_config={
-            "params": {**base_params(nthread=1, seed=seed), **params},
+            "params": {**base_params(nthread=1, seed=seed, feature_names=feature_names), **params},
             "rounds": rounds,
             "feature_names": list(feature_names),
         },

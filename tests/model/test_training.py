@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cluster.features import FEATURE_NAMES, FEATURE_VERSION, build_features
+from cluster.features import FEATURE_NAMES, FEATURE_VERSION, RISING_WITH_MERCHANT_FRAUD, build_features
 from cluster.schema import LABEL_COLUMN
 from training.autoencoder import AnomalyScorer
 from training.baseline import HandbookConfig, simulate_handbook
@@ -292,6 +292,27 @@ def test_raising_an_amount_far_above_habit_at_a_risky_merchant_does_not_lower_th
         before = scorer.score(features.iloc[[row]])["fraud_score"].iloc[0]
         after = scorer.score(featurize(raised).iloc[[row]])["fraud_score"].iloc[0]
         assert after >= before, f"row {row}: score fell from {before:.4f} to {after:.4f} when the amount rose"
+
+
+def test_more_confirmed_fraud_at_the_merchant_never_lowers_the_score(
+    scorer: FraudScorer, features: pd.DataFrame
+) -> None:
+    """XGBoost is held to it (``RISING_WITH_MERCHANT_FRAUD``), whatever the few incidents it learned from; the
+    served autoencoder reads none of these (``test_anomaly_lane``), this fixture's reads every column."""
+    assert {"merchant_delayed_risk_7d", "merchant_compromise_share_30d", "mcc_risk_7d"} <= set(
+        RISING_WITH_MERCHANT_FRAUD
+    )
+    assert not {"merchant_count_7d", "merchant_delayed_count_7d", "amount"} & set(RISING_WITH_MERCHANT_FRAUD)
+    rows = features.sample(300, random_state=5)
+    before = scorer.score(rows)["xgb_score"].to_numpy()
+    rose = 0
+    for name in RISING_WITH_MERCHANT_FRAUD:
+        raised = rows.copy()
+        raised[name] = rows[name] + np.where(rows[name] < 1.0, 1.0 - rows[name], rows[name]) * 0.5
+        after = scorer.score(raised)["xgb_score"].to_numpy()
+        assert (after >= before).all(), f"{name}: a score fell when the merchant's fraud rose"
+        rose += int((after > before).sum())
+    assert rose > 0  # the model does read them
 
 
 def test_backtest_cli_end_to_end_on_required_columns_only(history: pd.DataFrame, ray_session, tmp_path) -> None:
