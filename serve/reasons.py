@@ -6,7 +6,8 @@ their summed contribution; its sentence comes from its strongest member that has
 value. By default only reasons that push towards fraud are given, strongest first, at most ``MAX_FACTORS``; asked
 for ``both_ways`` (a LOW decision an analyst wants explained), the strongest reasons either way, each labelled with
 its direction. An autoencoder that finds the row unusual (weighted in the score, or beyond the anomaly review
-lane's level) adds its own reason.
+lane's level) adds its own reason; a score the merchant floor set (``training.ensemble.MerchantFloor``) is
+explained first by the merchant's fraud rate, whatever XGBoost's contributions say.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 from cluster.features import REASONS
 from cluster.schema import DEFAULT_CURRENCY
 from cluster.wording import Seen
+from training.ensemble import FLOOR_RISK
 
 MAX_FACTORS = 5
 MIN_CONTRIBUTION = 0.05  # log-odds; smaller pushes are noise, not reasons
@@ -60,10 +62,12 @@ def explain_row(
     currency: str = DEFAULT_CURRENCY,
     both_ways: bool = False,
     group_totals: np.ndarray | None = None,
+    merchant_floor: bool = False,
 ) -> list[str]:
     """Sentences for one row: ``values`` and ``contributions`` align with ``feature_names`` (bias excluded);
     ``group_totals`` are the row's contributions summed by reason group, when the batch has them already;
-    ``anomaly_review``: the policy's anomaly lane level, from which the autoencoder's reason is given too."""
+    ``anomaly_review``: the policy's anomaly lane level, from which the autoencoder's reason is given too;
+    ``merchant_floor``: the merchant floor set the row's score."""
     names = tuple(feature_names)
     pushes = np.asarray(contributions[: len(names)], dtype=np.float64)
     group_names, matrix = _group_sums(names)
@@ -73,6 +77,12 @@ def explain_row(
         key=lambda g: -abs(totals[g]),
     )
     row = dict(zip(names, values.tolist()))
+    if merchant_floor and FLOOR_RISK in row:  # the floor's reason replaces its group's own, first
+        floor_group = REASONS[FLOOR_RISK].group
+        floor_reason = REASONS[FLOOR_RISK].template(Seen(row[FLOOR_RISK], row, currency, True))
+        ranked = [group for group in ranked if group != floor_group]
+    else:
+        floor_reason = None
     sentences: list[str] = []
     for group in ranked:
         raises = totals[group] > 0
@@ -93,6 +103,8 @@ def explain_row(
     unusual = ae_weight > 0 and ae_score >= UNUSUAL_AE_SCORE
     if unusual or (anomaly_review is not None and ae_score >= anomaly_review):  # after the strongest XGBoost reason
         sentences.insert(min(1, len(sentences)), (RAISES if both_ways else "") + AUTOENCODER_REASON)
+    if floor_reason is not None:
+        sentences.insert(0, (RAISES if both_ways else "") + floor_reason)
     return sentences[:limit]
 
 
@@ -107,9 +119,11 @@ def explain(
     anomaly_review: float | None = None,
     currencies: Sequence[str] | None = None,
     both_ways: Sequence[bool] | None = None,
+    merchant_floor: Sequence[bool] | None = None,
 ) -> list[list[str]]:
-    """Reasons for every row of a batch (``contributions`` may carry the bias as its last column); ``currencies``
-    and ``both_ways`` per row (default: USD, fraud-ward reasons only); ``anomaly_review`` as for ``explain_row``."""
+    """Reasons for every row of a batch (``contributions`` may carry the bias as its last column); ``currencies``,
+    ``both_ways`` and ``merchant_floor`` per row (default: USD, fraud-ward reasons only, no floor);
+    ``anomaly_review`` as for ``explain_row``."""
     names = tuple(feature_names)
     pushes = np.asarray(contributions[:, : len(names)], dtype=np.float64)
     totals = pushes @ _group_sums(names)[1]
@@ -125,6 +139,7 @@ def explain(
             currency=currencies[row] if currencies is not None else DEFAULT_CURRENCY,
             both_ways=bool(both_ways[row]) if both_ways is not None else False,
             group_totals=totals[row],
+            merchant_floor=bool(merchant_floor[row]) if merchant_floor is not None else False,
         )
         for row in range(len(x))
     ]

@@ -68,8 +68,9 @@ def combine(
     and whether the anomaly review lane (at ``lane_level``, its live level; None: the trained one) sent the row to
     review, and reasons for the MEDIUM and HIGH rows (per-feature XGBoost contributions, ``pred_contribs``, quoting
     amounts in each row's ``currencies``). A LOW row has none unless ``explain_low`` asks for it: then its strongest
-    reasons either way, labelled, so an analyst sees why it passed."""
-    scores = decide(bundle, xgb_score, ae_score, lane_level)
+    reasons either way, labelled, so an analyst sees why it passed; a score the merchant floor set is explained by
+    the merchant's fraud rate first."""
+    scores = decide(bundle, x, xgb_score, ae_score, lane_level)
     fraud_score, levels, flags = scores.fraud_score, scores.risk_level, scores.is_fraud
     factors: list[list[str]] = [[] for _ in transaction_ids]
     low = levels == LOW
@@ -87,6 +88,7 @@ def combine(
                 anomaly_review=bundle.ensemble.policy.anomaly_review if lane_level is None else lane_level,
                 currencies=None if currencies is None else [currencies[i] for i in explained],
                 both_ways=low[explained],
+                merchant_floor=scores.merchant_floor[explained],
             ),
         ):
             factors[row] = reasons

@@ -59,7 +59,7 @@ def train_small_bundle(settings: Settings, history, *, rounds: int = 60, seed: i
 
     from cluster.features import FEATURE_NAMES, FEATURE_VERSION, build_features
     from training.autoencoder import AnomalyScorer
-    from training.ensemble import fit_ensemble
+    from training.ensemble import fit_ensemble, merchant_record
     from training.predict import FraudScorer
     from training.reference import build_reference, input_missing_rates
     from training.registry import ModelBundle, registry_for
@@ -83,6 +83,7 @@ def train_small_bundle(settings: Settings, history, *, rounds: int = 60, seed: i
         anomaly.score(x[cut:]),
         transactions["amount"].to_numpy()[cut:],
         anomaly_review_rate=0.005,  # the served test bundles carry the lane, so serving and the SDK exercise it
+        record=merchant_record(x[cut:], FEATURE_NAMES),  # and the merchant floor, where validation keeps it
     )
     bundle = ModelBundle(
         booster=booster,

@@ -6,10 +6,17 @@ and 1.0 (XGBoost alone), among the weights whose validation ROC-AUC is no lower 
 autoencoder that adds nothing, or adds precision only by ranking the rest worse, gets weight 0 and the report says
 so. The calibrated score reads as a probability; the alert threshold maximises F1 or minimises the expected cost
 (missed fraud amount + review cost x alerts); MEDIUM starts where F2 (recall counted twice) peaks below it.
+
+The merchant floor (``MerchantFloor``): a purchase is scored at least as likely fraud as the merchant's fully
+labelled recent purchases were beyond the base rate, their confirmed fraud share shrunk towards it. It is how issuers
+treat a point of compromise: once a skimmed terminal's first labels arrive, every later charge there is suspect,
+though no incident like it was in training for the model to learn from. Its strength is chosen on validation AP;
+where validation cannot tell (ties), the floor stays, the most cautious one first.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -27,6 +34,13 @@ WEIGHT_GRID = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
 DEFAULT_XGB_WEIGHT = 0.7
 REVIEW_COST = 5.0  # currency units an analyst's look at one alert costs
 _EPS = 1e-6
+FLOOR_RISK, FLOOR_ROWS = "merchant_delayed_risk_7d", "merchant_delayed_count_7d"  # the fully labelled week
+# A compromised terminal is physical: the floor lifts card-present purchases, and every purchase of data without
+# a channel; an online merchant's past fraud says little of its next buyer (card-not-present fraud moves on).
+FLOOR_CHANNELS = ("channel_card_present", "channel_missing")
+FLOOR_RESAMPLES = 200
+FLOOR_DROP_CONFIDENCE = 0.95
+FLOOR_PRIOR_ROWS = (300.0, 100.0, 30.0, 10.0)  # pseudo-purchases at the base rate, the most cautious first
 
 
 # The Platt line is fitted on logits clipped to [_EPS, 1 - _EPS], where scores still say something, and applied on
@@ -62,12 +76,77 @@ class Calibration:
         return np.interp(raw, self.params["x"], self.params["y"])
 
 
+def merchant_record(x: np.ndarray, feature_names: Sequence[str]) -> np.ndarray | None:
+    """Each row's merchant fraud share and purchase count over the fully labelled week, and 1 where the floor
+    applies (``FLOOR_CHANNELS``), (rows x 3); None when the features do not have them."""
+    names = list(feature_names)
+    if not {FLOOR_RISK, FLOOR_ROWS, *FLOOR_CHANNELS} <= set(names):
+        return None
+    columns = [names.index(name) for name in (FLOOR_RISK, FLOOR_ROWS, *FLOOR_CHANNELS)]
+    record = np.asarray(x[:, columns], dtype=np.float64)
+    return np.column_stack([record[:, 0], record[:, 1], record[:, 2:].max(axis=1)])
+
+
+@dataclass(frozen=True)
+class MerchantFloor:
+    """The fraud probability a merchant's labelled record gives a purchase there: the Beta posterior mean of its
+    fraud share (``prior_rows`` pseudo-purchases at ``base_rate`` added to its real ones), of which the part above
+    the base rate is evidence the model may lack. Joined to the model's probability as independent evidence
+    (noisy-OR), so a score is never below that excess, and the model's ranking of every other row stays as it was
+    (a plain maximum would tie every row under the floor)."""
+
+    prior_rows: float
+    base_rate: float
+
+    def rate(self, record: np.ndarray) -> np.ndarray:
+        share, rows = record[:, 0], record[:, 1]
+        return (share * rows + self.base_rate * self.prior_rows) / (rows + self.prior_rows)
+
+    def excess(self, record: np.ndarray) -> np.ndarray:
+        applies = record[:, 2] > 0
+        return np.where(applies, np.maximum(self.rate(record) - self.base_rate, 0.0) / (1.0 - self.base_rate), 0.0)
+
+    def apply(self, fraud_score: np.ndarray, record: np.ndarray | None) -> np.ndarray:
+        return fraud_score if record is None else 1.0 - (1.0 - fraud_score) * (1.0 - self.excess(record))
+
+
+def choose_floor(
+    y: np.ndarray, fraud_score: np.ndarray, record: np.ndarray | None, *, seed: int = 0
+) -> tuple[MerchantFloor | None, dict[str, Any]]:
+    """The floor with the best validation AP (the most cautious of equals), kept unless validation shows it ranks
+    worse than none: worse in at least ``FLOOR_DROP_CONFIDENCE`` of paired bootstrap resamples of the validation
+    rows. Validation seldom holds an incident whose labels have arrived, so it seldom tells; the floor is the prior
+    an analyst would apply, and goes only when the data speaks against it."""
+    if record is None:
+        return None, {}
+    base_rate = float(np.mean(y))
+    floors = [MerchantFloor(prior_rows, base_rate) for prior_rows in FLOOR_PRIOR_ROWS]
+    lifted = {floor: floor.apply(fraud_score, record) for floor in floors}
+    ap = {floor: float(average_precision_score(y, scores)) for floor, scores in lifted.items()}
+    best = max(floors, key=lambda floor: round(ap[floor], 4))  # max keeps the first of equals: the most cautious
+    rng = np.random.default_rng(seed)
+    worse = 0
+    for _ in range(FLOOR_RESAMPLES):
+        rows = rng.integers(0, len(y), len(y))
+        if y[rows].any():
+            worse += average_precision_score(y[rows], lifted[best][rows]) < average_precision_score(
+                y[rows], fraud_score[rows]
+            )
+    kept = worse < FLOOR_DROP_CONFIDENCE * FLOOR_RESAMPLES
+    return (best if kept else None), {
+        "ap": {"none": round(float(average_precision_score(y, fraud_score)), 5)}
+        | {f"{floor.prior_rows:g}": round(value, 5) for floor, value in ap.items()},
+        "resamples_where_the_best_floor_ranks_worse": round(worse / FLOOR_RESAMPLES, 3),
+    }
+
+
 @dataclass(frozen=True)
 class Ensemble:
     xgb_weight: float
     calibration: Calibration
     policy: RiskPolicy
     objective: Objective
+    merchant_floor: MerchantFloor | None = None
 
     @property
     def ae_weight(self) -> float:
@@ -76,26 +155,41 @@ class Ensemble:
     def raw(self, xgb_score: np.ndarray, ae_score: np.ndarray) -> np.ndarray:
         return self.xgb_weight * xgb_score + (1.0 - self.xgb_weight) * ae_score
 
-    def fraud_score(self, xgb_score: np.ndarray, ae_score: np.ndarray) -> np.ndarray:
-        return self.calibration.apply(self.raw(xgb_score, ae_score))
+    def fraud_score(self, xgb_score: np.ndarray, ae_score: np.ndarray, record: np.ndarray | None = None) -> np.ndarray:
+        """``record``: the rows' ``merchant_record``, for the merchant floor (None: no floor)."""
+        calibrated = self.calibration.apply(self.raw(xgb_score, ae_score))
+        return calibrated if self.merchant_floor is None else self.merchant_floor.apply(calibrated, record)
+
+    def floor_binds(self, fraud_score: np.ndarray, record: np.ndarray | None) -> np.ndarray:
+        """The rows whose merchant record gave them at least half their score (their reasons say so first)."""
+        if self.merchant_floor is None or record is None:
+            return np.zeros(len(fraud_score), dtype=bool)
+        excess = self.merchant_floor.excess(record)
+        return (excess > 0) & (2 * excess >= fraud_score)
 
     def to_dict(self) -> dict[str, Any]:
+        floor = self.merchant_floor
         return {
             "xgb_weight": self.xgb_weight,
             "ae_weight": self.ae_weight,
             "objective": self.objective,
             "calibration": {"method": self.calibration.method, "params": self.calibration.params},
             "policy": self.policy.to_dict(),
+            "merchant_floor": None if floor is None else {"prior_rows": floor.prior_rows, "base_rate": floor.base_rate},
         }
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Ensemble":
         calibration = Calibration(values["calibration"]["method"], values["calibration"]["params"])
+        floor = values.get("merchant_floor")  # bundles from before the floor have none
         return cls(
             xgb_weight=float(values["xgb_weight"]),
             calibration=calibration,
             policy=RiskPolicy.from_dict(values["policy"]),
             objective=values["objective"],
+            merchant_floor=None
+            if floor is None
+            else MerchantFloor(float(floor["prior_rows"]), float(floor["base_rate"])),
         )
 
 
@@ -170,18 +264,22 @@ def fit_ensemble(
     review_cost: float = REVIEW_COST,
     weight: float | None = None,
     anomaly_review_rate: float = 0.0,
+    record: np.ndarray | None = None,
 ) -> tuple[Ensemble, dict[str, Any]]:
     """Everything chosen on the scored validation rows given (``weight``: keep this XGBoost weight, chosen
     elsewhere; ``anomaly_review_rate``: the anomaly review lane's trained level is the anomaly score above which
-    this share of the genuine rows lies, its live level the same share of recent traffic, 0 for no lane); returns
-    the ensemble and what was compared to choose it."""
+    this share of the genuine rows lies, its live level the same share of recent traffic, 0 for no lane;
+    ``record``: the rows' ``merchant_record``, None for no merchant floor); returns the ensemble and what was
+    compared to choose it."""
     if y.sum() == 0:
         raise ValueError("is_fraud: the validation rows have no fraud; cannot choose weights or a threshold")
     chosen, by_weight = choose_weight(y, xgb_score, ae_score)
     weight = chosen if weight is None else weight
     raw = weight * xgb_score + (1 - weight) * ae_score
     fitted = Calibration.fit(raw, y, calibration)
-    policy, at_threshold = choose_policy(y, fitted.apply(raw), amounts, objective, review_cost)
+    floor, ap_by_floor = choose_floor(y, fitted.apply(raw), record)
+    scored = fitted.apply(raw) if floor is None else floor.apply(fitted.apply(raw), record)
+    policy, at_threshold = choose_policy(y, scored, amounts, objective, review_cost)
     lane: dict[str, Any] = {"rate": anomaly_review_rate}
     if anomaly_review_rate > 0:
         policy = replace(
@@ -190,7 +288,7 @@ def fit_ensemble(
             anomaly_review_rate=anomaly_review_rate,
         )
         in_lane = policy.in_anomaly_lane(ae_score)
-        below_alert = ~policy.is_fraud(fitted.apply(raw))
+        below_alert = ~policy.is_fraud(scored)
         lane |= {
             "level": policy.anomaly_review,
             "validation_genuine_share": round(float(in_lane[y == 0].mean()), 5),
@@ -198,7 +296,7 @@ def fit_ensemble(
             if ((y == 1) & below_alert).any()
             else None,
         }
-    ensemble = Ensemble(xgb_weight=weight, calibration=fitted, policy=policy, objective=objective)
+    ensemble = Ensemble(xgb_weight=weight, calibration=fitted, policy=policy, objective=objective, merchant_floor=floor)
     return ensemble, {
         "validation_ap_by_xgb_weight": by_weight["ap"],
         "validation_roc_auc_by_xgb_weight": by_weight["roc_auc"],
@@ -206,4 +304,5 @@ def fit_ensemble(
         "autoencoder_adds_value": weight < 1.0,
         "validation_at_threshold": at_threshold,
         "anomaly_review": lane,
+        "validation_ap_by_merchant_floor": ap_by_floor,
     }

@@ -34,7 +34,7 @@ from training.data import (
     take,
     time_periods,
 )
-from training.ensemble import Objective, choose_weight, fit_ensemble
+from training.ensemble import Objective, choose_weight, fit_ensemble, merchant_record
 from training.evaluate import evaluate, write_report
 from training.predict import FraudScorer
 from training.reference import build_reference, input_missing_rates
@@ -174,6 +174,7 @@ def fit_models(
         objective=objective,
         weight=max(fold_weights),
         anomaly_review_rate=anomaly_review_rate,
+        record=merchant_record(window.x[scored], feature_names),
     )
     choice = {**choice, "xgb_weight_by_fold": fold_weights}
     final = window if refit_on_validation else train
@@ -190,6 +191,7 @@ def fit_models(
             objective=objective,
             weight=ensemble.xgb_weight,
             anomaly_review_rate=anomaly_review_rate,
+            record=merchant_record(valid.x, feature_names),
         )
         choice = {
             **choice,
@@ -368,7 +370,7 @@ def run_train(settings: Settings, options: TrainOptions) -> dict[str, Any]:
         "champion": registry.resolve("champion") == version,
         "report": str(final_dir / report.name),
         "test": test_metrics,
-        "ensemble": {k: fitted.details["ensemble"][k] for k in ("xgb_weight", "ae_weight", "policy")},
+        "ensemble": {k: fitted.details["ensemble"][k] for k in ("xgb_weight", "ae_weight", "policy", "merchant_floor")},
         "rows": {name: len(split) for name, split in splits.items()},
         "seconds": round(time.perf_counter() - started, 1),
     }

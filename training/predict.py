@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
+from training.ensemble import merchant_record
 from training.registry import ModelBundle
 
 CONTRIBUTION_PREFIX = "contrib_"
@@ -31,27 +32,35 @@ def ae_scores(bundle: ModelBundle, x: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Scores:
-    """The decision per row: calibrated ensemble score, risk level (one of ``RISK_LEVELS``), the alert flag, and
-    whether the anomaly review lane sent it to review (below the alert threshold)."""
+    """The decision per row: calibrated ensemble score, risk level (one of ``RISK_LEVELS``), the alert flag,
+    whether the anomaly review lane sent it to review (below the alert threshold) and whether the merchant floor
+    set its score."""
 
     fraud_score: np.ndarray
     risk_level: np.ndarray
     is_fraud: np.ndarray
     anomaly_review: np.ndarray
+    merchant_floor: np.ndarray
 
 
 def decide(
-    bundle: ModelBundle, xgb_score: np.ndarray, ae_score: np.ndarray, lane_level: float | np.ndarray | None = None
+    bundle: ModelBundle,
+    x: np.ndarray,
+    xgb_score: np.ndarray,
+    ae_score: np.ndarray,
+    lane_level: float | np.ndarray | None = None,
 ) -> Scores:
-    """``lane_level``: the anomaly review lane's live level (``RiskPolicy.live_lane_level``), per row or one; None
-    applies the trained level."""
-    fraud_score = bundle.ensemble.fraud_score(xgb_score, ae_score)
+    """``x``: the rows' features, for the merchant floor; ``lane_level``: the anomaly review lane's live level
+    (``RiskPolicy.live_lane_level``), per row or one; None applies the trained level."""
+    record = merchant_record(x, bundle.feature_names)
+    fraud_score = bundle.ensemble.fraud_score(xgb_score, ae_score, record)
     policy = bundle.ensemble.policy
     return Scores(
         fraud_score=fraud_score,
         risk_level=policy.risk_levels(fraud_score, ae_score, lane_level),
         is_fraud=policy.is_fraud(fraud_score),
         anomaly_review=policy.lane_reviews(fraud_score, ae_score, lane_level),
+        merchant_floor=bundle.ensemble.floor_binds(fraud_score, record),
     )
 
 
@@ -79,7 +88,7 @@ class FraudScorer:
         x = self.matrix(features)
         xgb_score, ae_score = xgb_scores(self.bundle, x), ae_scores(self.bundle, x)
         lane_level = None if times is None else self.policy.rolling_lane_levels(ae_score, times)
-        scores = decide(self.bundle, xgb_score, ae_score, lane_level)
+        scores = decide(self.bundle, x, xgb_score, ae_score, lane_level)
         out = pd.DataFrame(
             {
                 "fraud_score": scores.fraud_score,

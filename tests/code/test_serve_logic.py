@@ -67,6 +67,24 @@ def test_reasons_are_sentences_ordered_by_summed_contribution() -> None:
     ]
 
 
+def test_a_score_the_merchant_floor_set_is_explained_first_by_the_merchants_fraud_rate() -> None:
+    x, contributions = _row(
+        new_device=(1.0, 1.1),
+        merchant_risk_7d=(0.4, 0.3),
+        merchant_delayed_risk_7d=(0.625, 0.0),
+        merchant_delayed_count_7d=(80.0, 0.0),
+    )
+    floored = explain_row(FEATURE_NAMES, x, contributions, ae_score=0.2, ae_weight=0.0, merchant_floor=True)
+    assert floored == [
+        "Merchant fraud rate 62% over a fully labelled 7-day window",  # the group's XGBoost sentence gives way
+        "First purchase from this device on this card in 30 days",
+    ]
+    assert explain_row(FEATURE_NAMES, x, contributions, ae_score=0.2, ae_weight=0.0) == [
+        "First purchase from this device on this card in 30 days",
+        "Merchant fraud rate 40% over the last 7 days",
+    ]
+
+
 def test_unusual_autoencoder_reason_follows_the_strongest_and_the_list_is_capped() -> None:
     x, contributions = _row(
         new_device=(1.0, 2.0),

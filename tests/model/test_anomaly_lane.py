@@ -184,7 +184,7 @@ def test_novel_fraud_unusual_in_behaviour_reaches_review_though_xgboost_scores_i
         feature_names=FEATURE_NAMES,
         feature_version=FEATURE_VERSION,
     )
-    decided = decide(bundle, xgb_scores(bundle, x_test), anomaly.score(x_test))
+    decided = decide(bundle, x_test, xgb_scores(bundle, x_test), anomaly.score(x_test))
     novel, genuine, known = kind_test == 2, kind_test == 0, kind_test == 1
     assert decided.is_fraud[novel].mean() < 0.1  # XGBoost alone misses it
     assert (decided.risk_level[novel] != "LOW").mean() > 0.8  # the lane reviews it

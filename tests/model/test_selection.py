@@ -16,7 +16,7 @@ from cluster.features import FEATURE_NAMES, build_features
 from training.autoencoder import AESearch
 from training.baseline import HandbookConfig, simulate_handbook
 from training.data import rolling_folds, take
-from training.ensemble import fit_ensemble
+from training.ensemble import fit_ensemble, merchant_record
 from training.pipeline import Budget, fit_models
 from training.xgb import (
     LIBRARY_DEFAULTS,
@@ -134,11 +134,14 @@ def test_a_candidate_scores_the_mean_of_its_folds_not_the_last_fold_alone() -> N
     defaults = validate_defaults(data)
     per_fold = []
     for train, valid, _ in folds:
-        params = {**base_params(nthread=2, seed=42), **LIBRARY_DEFAULTS}
+        params = {**base_params(nthread=2, seed=42, feature_names=FEATURE_NAMES), **LIBRARY_DEFAULTS}
+        names = list(FEATURE_NAMES)
         booster = xgb.train(
-            params, xgb.DMatrix(window.x[train], label=window.y[train]), num_boost_round=defaults["iteration"]
+            params,
+            xgb.DMatrix(window.x[train], label=window.y[train], feature_names=names),
+            num_boost_round=defaults["iteration"],
         )
-        evaluation = booster.eval(xgb.DMatrix(window.x[valid], label=window.y[valid]), "valid")
+        evaluation = booster.eval(xgb.DMatrix(window.x[valid], label=window.y[valid], feature_names=names), "valid")
         per_fold.append(float(evaluation.split("valid-aucpr:")[1].split()[0]))
     assert len(per_fold) == 3 and len(set(per_fold)) > 1
     assert defaults["score"] == pytest.approx(np.mean(per_fold), abs=1e-5)
@@ -172,6 +175,7 @@ def test_the_shipped_models_calibrate_on_the_validation_period_they_never_traine
         bundle.anomaly.score(valid.x),
         valid.frame["amount"].to_numpy(),
         weight=bundle.ensemble.xgb_weight,
+        record=merchant_record(valid.x, FEATURE_NAMES),
     )
     assert bundle.ensemble.policy == expected.policy and bundle.ensemble.calibration == expected.calibration
     fold_rows = np.mean([fold["train_rows"] for fold in details["folds"]])

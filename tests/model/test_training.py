@@ -7,6 +7,7 @@ hyperparameters; the Ray Tune path runs in the backtest CLI test.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import date, timedelta
 
 import numpy as np
@@ -18,9 +19,18 @@ from cluster.schema import LABEL_COLUMN
 from training.autoencoder import AnomalyScorer
 from training.baseline import HandbookConfig, simulate_handbook
 from training.data import folds_with_fraud, rolling_folds, take, time_periods
-from training.ensemble import Calibration, choose_weight, fit_ensemble
+from training.ensemble import (
+    FLOOR_PRIOR_ROWS,
+    Calibration,
+    Ensemble,
+    MerchantFloor,
+    choose_floor,
+    choose_weight,
+    fit_ensemble,
+    merchant_record,
+)
 from training.policy import RiskPolicy
-from training.predict import FraudScorer
+from training.predict import FraudScorer, ae_scores, decide, xgb_scores
 from training.reference import build_reference, input_missing_rates
 from training.registry import FeatureVersionMismatch, ModelBundle, ModelRegistry
 from training.xgb import fit_xgboost
@@ -113,6 +123,79 @@ def test_ensemble_drops_an_autoencoder_that_adds_nothing_and_calibrates() -> Non
     assert abs(calibrated.mean() - y.mean()) < 0.01
     isotonic = Calibration.fit(xgb_score, y, "isotonic").apply(xgb_score)
     assert abs(isotonic.mean() - y.mean()) < 0.01
+
+
+def test_the_merchant_floor_is_the_shrunk_fraud_share_of_the_merchants_labelled_week() -> None:
+    floor = MerchantFloor(prior_rows=100.0, base_rate=0.01)
+    # share, fully labelled purchases, whether the floor applies (card present, or no channel)
+    record = np.array([[0.5, 100.0, 1], [0.0, 0.0, 1], [1.0, 2.0, 1], [0.0, 500.0, 1], [0.5, 100.0, 0]])
+    assert floor.rate(record) == pytest.approx([51 / 200, 0.01, 3 / 102, 1 / 600, 51 / 200])
+    excess = [(51 / 200 - 0.01) / 0.99, 0.0, (3 / 102 - 0.01) / 0.99, 0.0, 0.0]  # only what lies above the base rate
+    assert floor.excess(record) == pytest.approx(excess)
+    model = np.array([0.9, 0.0, 0.5, 0.2, 0.3])
+    assert floor.apply(model, record) == pytest.approx(1 - (1 - model) * (1 - np.array(excess)))
+    assert floor.apply(np.array([0.1]), None) == pytest.approx([0.1])  # features without the record: no floor
+
+
+def test_the_floor_is_kept_where_validation_cannot_tell_and_dropped_where_it_ranks_worse() -> None:
+    rng = np.random.default_rng(4)
+    y = (rng.random(20_000) < 0.02).astype(int)
+    model = np.clip(np.where(y == 1, rng.beta(5, 2, len(y)), rng.beta(1, 30, len(y))), 0, 1)
+    # no merchant has a labelled fraud: validation cannot tell, the most cautious floor stays
+    quiet = np.column_stack([np.zeros(len(y)), rng.integers(20, 200, len(y)), np.ones(len(y))])
+    floor, compared = choose_floor(y, model, quiet)
+    assert floor is not None and floor.prior_rows == FLOOR_PRIOR_ROWS[0]
+    assert floor.base_rate == pytest.approx(y.mean()) and set(compared["ap"]) == {
+        "none",
+        *map("{:g}".format, FLOOR_PRIOR_ROWS),
+    }
+    assert compared["resamples_where_the_best_floor_ranks_worse"] == 0.0
+    # a merchant whose labelled week was all fraud, whose purchases now are genuine: every floor ranks them too high
+    misleading = quiet.copy()
+    misleading[(y == 0) & (rng.random(len(y)) < 0.05)] = [1.0, 2000.0, 1.0]
+    assert choose_floor(y, model, misleading)[0] is None
+    # a compromised terminal: its later purchases are fraud the model missed
+    compromised = quiet.copy()
+    missed = np.flatnonzero(y == 1)[:150]
+    model[missed] = rng.beta(1, 30, len(missed))
+    compromised[missed] = [0.8, 60.0, 1.0]
+    chosen, _ = choose_floor(y, model, compromised)
+    assert chosen is not None and (chosen.apply(model, compromised)[missed] > np.quantile(model[y == 0], 0.99)).all()
+
+
+def test_the_decision_core_lifts_a_card_present_purchase_at_a_merchant_whose_labelled_week_was_fraud(
+    bundle: ModelBundle, features: pd.DataFrame
+) -> None:
+    floored = ModelBundle(
+        booster=bundle.booster,
+        anomaly=bundle.anomaly,
+        ensemble=replace(bundle.ensemble, merchant_floor=MerchantFloor(prior_rows=30.0, base_rate=0.01)),
+        feature_names=bundle.feature_names,
+        feature_version=bundle.feature_version,
+    )
+    rows = features.sample(4, random_state=1).copy()
+    rows[["merchant_delayed_risk_7d", "merchant_delayed_count_7d"]] = [0.9, 70.0]
+    rows[["channel_card_present", "channel_online", "channel_missing"]] = [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]]
+    rows.iloc[3, rows.columns.get_loc("merchant_delayed_risk_7d")] = 0.0
+    x = rows[list(FEATURE_NAMES)].to_numpy(np.float32)
+    plain = decide(bundle, x, xgb_scores(bundle, x), ae_scores(bundle, x))
+    lifted = decide(floored, x, xgb_scores(floored, x), ae_scores(floored, x))
+    least = (0.9 * 70 + 0.01 * 30) / 100
+    assert (lifted.fraud_score[[0, 2]] >= (least - 0.01) / 0.99).all()  # card present, and data without a channel
+    assert lifted.fraud_score[[1, 3]] == pytest.approx(plain.fraud_score[[1, 3]])  # online; no labelled fraud
+    assert lifted.merchant_floor.tolist() == [True, False, True, False]
+    assert merchant_record(x[:, :5], FEATURE_NAMES[:5]) is None  # features without the record: no floor
+
+
+def test_an_ensemble_keeps_its_floor_through_its_dict_and_one_from_before_has_none() -> None:
+    rng = np.random.default_rng(2)
+    y = (rng.random(4000) < 0.05).astype(int)
+    score = np.clip(0.6 * y + rng.normal(0.2, 0.15, len(y)), 0, 1)
+    ensemble, _ = fit_ensemble(y, score, score, np.ones(len(y)), record=np.zeros((len(y), 3)))
+    assert ensemble.merchant_floor is not None
+    assert Ensemble.from_dict(ensemble.to_dict()) == ensemble
+    before = {k: v for k, v in ensemble.to_dict().items() if k != "merchant_floor"}
+    assert Ensemble.from_dict(before).merchant_floor is None
 
 
 def test_platt_calibration_ties_no_scores_that_were_apart() -> None:
@@ -352,8 +435,12 @@ def test_backtest_cli_end_to_end_on_required_columns_only(history: pd.DataFrame,
     assert scores["transaction_id"].tolist() == test["transaction_id"].tolist()
     assert scores["fraud_score"].between(0, 1).all()
     assert summary["scored"] == len(test) and summary["test_metrics"]["roc_auc"] > 0.7
-    ranking = summary["ranking_check"]  # calibration keeps the ranking; a plain XGBoost is reported beside it
-    assert ranking["before_calibration"]["roc_auc"] == pytest.approx(summary["test_metrics"]["roc_auc"], abs=1e-4)
+    ranking = summary["ranking_check"]  # calibration keeps the ranking; the floor's and a plain XGBoost's beside it
+    assert ranking["before_calibration"]["roc_auc"] == pytest.approx(
+        ranking["without_merchant_floor"]["roc_auc"], abs=1e-4
+    )
+    if summary["ensemble"]["merchant_floor"] is None:
+        assert ranking["without_merchant_floor"] == summary["test_metrics"]
     assert 0.5 < ranking["plain_xgboost"]["roc_auc"] <= 1
     folds = summary["model_selection"]["folds"]  # chosen on rolling time folds inside the training window
     starts = [pd.Timestamp(fold["validation_start"]) for fold in folds]
