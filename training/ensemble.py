@@ -11,7 +11,7 @@ The merchant floor (``MerchantFloor``): a purchase is scored at least as likely 
 labelled recent purchases were beyond the base rate, their confirmed fraud share shrunk towards it. It is how issuers
 treat a point of compromise: once a skimmed terminal's first labels arrive, every later charge there is suspect,
 though no incident like it was in training for the model to learn from. Its strength is chosen on validation AP;
-where validation cannot tell (ties), the floor stays, the most cautious one first.
+the floor goes only when validation shows it ranks worse than none (``choose_floor``).
 """
 
 from __future__ import annotations

@@ -197,6 +197,7 @@ def fit_models(
             **choice,
             "validation_at_threshold": at_validation["validation_at_threshold"],
             "anomaly_review": at_validation["anomaly_review"],
+            "validation_ap_by_merchant_floor": at_validation["validation_ap_by_merchant_floor"],
         }
         calibrated_on = "validation period scored by the final models"
     step("fitted ensemble")
