@@ -277,8 +277,9 @@ def fit_ensemble(
     weight = chosen if weight is None else weight
     raw = weight * xgb_score + (1 - weight) * ae_score
     fitted = Calibration.fit(raw, y, calibration)
-    floor, ap_by_floor = choose_floor(y, fitted.apply(raw), record)
-    scored = fitted.apply(raw) if floor is None else floor.apply(fitted.apply(raw), record)
+    calibrated = fitted.apply(raw)
+    floor, ap_by_floor = choose_floor(y, calibrated, record)
+    scored = calibrated if floor is None else floor.apply(calibrated, record)
     policy, at_threshold = choose_policy(y, scored, amounts, objective, review_cost)
     lane: dict[str, Any] = {"rate": anomaly_review_rate}
     if anomaly_review_rate > 0:

@@ -52,7 +52,7 @@ def decide(
 ) -> Scores:
     """``x``: the rows' features, for the merchant floor; ``lane_level``: the anomaly review lane's live level
     (``RiskPolicy.live_lane_level``), per row or one; None applies the trained level."""
-    record = merchant_record(x, bundle.feature_names)
+    record = None if bundle.ensemble.merchant_floor is None else merchant_record(x, bundle.feature_names)
     fraud_score = bundle.ensemble.fraud_score(xgb_score, ae_score, record)
     policy = bundle.ensemble.policy
     return Scores(
