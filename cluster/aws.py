@@ -31,7 +31,8 @@ LIST_EXPIRY_ATTRIBUTE = "expires_at"  # a list value's expiry (epoch seconds): t
 
 
 class EmbeddedAWS:
-    """moto's server (``python -m moto.server``) on a free loopback port, in a child process of its own.
+    """moto's server (``cluster.emulator``: moto's application behind waitress) on a free loopback port, in a
+    child process of its own.
 
     A process rather than moto's in-process thread: the emulator then has its own interpreter lock, so the driver's
     work (progress, supervision, the dashboard) and the emulator's request handling do not take turns on one core.
@@ -53,7 +54,7 @@ class EmbeddedAWS:
 
     def start(self) -> str:
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
+            [sys.executable, "-m", "cluster.emulator", "--host", self.host, "--port", str(self.port)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -21,7 +21,7 @@ CPU_ROLES: dict[str, tuple[str, ...]] = {
     "alert desk": ("AlertDesk",),
     "case desk": ("CaseDesk",),
     "stats": ("StatsCollector",),
-    EMULATOR_ROLE: ("moto.server",),
+    EMULATOR_ROLE: ("cluster.emulator", "moto.server"),
     "no-op apps": ("ServeReplica:noop:", "ServeReplica:noop_single:"),  # the serving bench's yardsticks
     "load generator": ("wrk_scoring.lua",),  # wrk, named by its script
 }
