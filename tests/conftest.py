@@ -63,7 +63,7 @@ def train_small_bundle(settings: Settings, history, *, rounds: int = 60, seed: i
     from training.predict import FraudScorer
     from training.reference import build_reference, input_missing_rates
     from training.registry import ModelBundle, registry_for
-    from training.xgb import fit_xgboost
+    from training.xgb import fit_xgboost, rising_with_merchant_fraud
 
     transactions = history.transactions.reset_index(drop=True)
     features = build_features(
@@ -75,7 +75,8 @@ def train_small_bundle(settings: Settings, history, *, rounds: int = 60, seed: i
     x = features[list(FEATURE_NAMES)].to_numpy(np.float32)
     y = transactions["is_fraud"].to_numpy(np.int8)
     cut = int(len(x) * 0.6)
-    booster = fit_xgboost(x[:cut], y[:cut], FEATURE_NAMES, {"max_depth": 4, "eta": 0.2}, rounds, seed=seed)
+    params = {"max_depth": 4, "eta": 0.2, **rising_with_merchant_fraud(FEATURE_NAMES)}
+    booster = fit_xgboost(x[:cut], y[:cut], FEATURE_NAMES, params, rounds, seed=seed)
     anomaly = AnomalyScorer.fit(x[:cut], y[:cut], {"lr": 3e-3, "weight_decay": 1e-6}, 2, seed=seed, max_rows=20_000)
     ensemble, _ = fit_ensemble(
         y[cut:],

@@ -179,7 +179,11 @@ def run_backtest(
             k: fitted.details["ensemble"][k]
             for k in ("xgb_weight", "ae_weight", "merchant_floor", "validation_ap_by_merchant_floor")
         },
-        "model_selection": {"xgboost": fitted.details["xgboost"]["selected"], "folds": fitted.details["folds"]},
+        "model_selection": {
+            "xgboost": fitted.details["xgboost"]["selected"],
+            "monotone": fitted.details["xgboost"]["monotone"],
+            "folds": fitted.details["folds"],
+        },
         "seconds": round(time.perf_counter() - started, 1),
     }
     if 0 < y.sum() < len(y):

@@ -221,6 +221,7 @@ def fit_models(
                 "valid_auc": xgb_tuning.defaults["at_best"][RANKING_METRIC],
             },
             "trials": len(xgb_tuning.trials),
+            "monotone": xgb_tuning.monotone,
             "distributed_fit": distributed,
         },
         "autoencoder": {

@@ -8,6 +8,13 @@ few hundred frauds: a choice made on it alone follows its noise, the folds' mean
 The library defaults are validated the same way outside the search (ASHA would stop them at its first rung when
 they learn slower than the trials there) and stay the model unless a tuned configuration beats their validation
 average precision (``select``); validation ROC-AUC is reported beside it.
+
+The score is held to rise with a merchant's and a category's confirmed fraud (monotone constraints), a prior that
+lets a few labelled incidents teach a rise that holds at the next merchant hit; but where merchant risk reads
+differently (a terminal's risk from one or two labels, say) it can cost ranking. So the library defaults are
+validated with and without the constraints first, and the search runs in the family that ranks better, the
+constraints kept on a tie (``choose_constraints``).
+
 The final fit runs in the driver, or, with ``distributed=True``, with Ray Train's ``XGBoostTrainer`` (V2 API)
 for data that outgrows one node.
 """
@@ -74,20 +81,25 @@ class XGBTuning:
     selected: str
     defaults: dict[str, Any]
     trials: list[dict[str, Any]] = field(default_factory=list)
+    monotone: dict[str, Any] = field(default_factory=dict)  # ``choose_constraints``' comparison
 
 
-def base_params(nthread: int, seed: int, feature_names: tuple[str, ...]) -> dict[str, Any]:
-    """Early stopping watches the last evaluation metric, aucpr; auc is reported beside it. The risk read from
-    a merchant's confirmed fraud only rises with it (``monotone_constraints``)."""
-    rising = {name: 1 for name in feature_names if name in RISING_WITH_MERCHANT_FRAUD}
+def base_params(nthread: int, seed: int) -> dict[str, Any]:
+    """Early stopping watches the last evaluation metric, aucpr; auc is reported beside it."""
     return {
         "objective": "binary:logistic",
         "eval_metric": ["auc", "aucpr"],
         "tree_method": "hist",
         "nthread": nthread,
         "seed": seed,
-        **({"monotone_constraints": rising} if rising else {}),
     }
+
+
+def rising_with_merchant_fraud(feature_names: tuple[str, ...]) -> dict[str, Any]:
+    """The parameter holding XGBoost's score to rise with ``RISING_WITH_MERCHANT_FRAUD`` (none when no such
+    feature is among ``feature_names``)."""
+    rising = {name: 1 for name in feature_names if name in RISING_WITH_MERCHANT_FRAUD}
+    return {"monotone_constraints": rising} if rising else {}
 
 
 def search_space(y_train: np.ndarray) -> dict[str, Any]:
@@ -120,7 +132,8 @@ def _cross_validate(
     """``xgboost.cv`` over the rolling time folds, early stopping on the folds' mean validation aucpr; the mean
     validation metrics per round."""
     params = {
-        **base_params(nthread=nthread, seed=data["seed"], feature_names=data["feature_names"]),
+        **base_params(nthread=nthread, seed=data["seed"]),
+        **data["constraints"],
         **{k: v for k, v in config.items() if k != "num_boost_round"},
     }
     history = xgb.cv(
@@ -169,6 +182,26 @@ def validate_defaults(data: dict[str, Any], *, nthread: int = 2) -> dict[str, An
     }
 
 
+def choose_constraints(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The library defaults validated with ``data``'s constraints and without (same folds, same rounds rule); the
+    constraints stay unless the defaults rank strictly better free. Returns the data the search runs on, the
+    defaults' result in that family, and the comparison."""
+    held = validate_defaults(data)
+    if not data["constraints"]:
+        return data, held, {"constrained": False, "reason": "no merchant-fraud feature"}
+    free_data = {**data, "constraints": {}}
+    free = validate_defaults(free_data)
+    constrained = free["score"] <= held["score"]
+    comparison = {
+        "constrained": constrained,
+        "defaults_valid_aucpr_constrained": held["score"],
+        "defaults_valid_aucpr_unconstrained": free["score"],
+        "defaults_valid_auc_constrained": held["at_best"][RANKING_METRIC],
+        "defaults_valid_auc_unconstrained": free["at_best"][RANKING_METRIC],
+    }
+    return (data, held, comparison) if constrained else (free_data, free, comparison)
+
+
 def select(trials: list[dict[str, Any]], defaults: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """The best validation aucpr among the defaults and the trials; the defaults win ties, so tuning replaces them
     only with a configuration that validates better."""
@@ -194,8 +227,9 @@ def tune_xgboost(
         "feature_names": feature_names,
         "seed": search.seed,
         "max_rounds": search.max_rounds,
+        "constraints": rising_with_merchant_fraud(feature_names),
     }
-    defaults = validate_defaults(data)
+    data, defaults, monotone = choose_constraints(data)
     trials = run_search(
         _trial,
         data,
@@ -211,7 +245,7 @@ def tune_xgboost(
         report_at_best=(RANKING_METRIC,),
     )
     best, selected = select(trials, defaults)
-    params = {k: v for k, v in best["config"].items() if k != "num_boost_round"}
+    params = {**{k: v for k, v in best["config"].items() if k != "num_boost_round"}, **data["constraints"]}
     return XGBTuning(
         params=params,
         rounds=best["iteration"],
@@ -220,6 +254,7 @@ def tune_xgboost(
         selected=selected,
         defaults=defaults,
         trials=trials,
+        monotone=monotone,
     )
 
 
@@ -236,7 +271,7 @@ def fit_xgboost(
     """The final model, fitted in this process with the tuned parameters and round count."""
     matrix = xgb.DMatrix(x, label=y, feature_names=list(feature_names), nthread=nthread)
     return xgb.train(
-        {**base_params(nthread=nthread, seed=seed, feature_names=feature_names), **params},
+        {**base_params(nthread=nthread, seed=seed), **params},
         matrix,
         num_boost_round=rounds,
     )
@@ -274,7 +309,7 @@ def fit_xgboost_distributed(
     trainer = XGBoostTrainer(
         _distributed_loop,
         train_loop_config={
-            "params": {**base_params(nthread=1, seed=seed, feature_names=feature_names), **params},
+            "params": {**base_params(nthread=1, seed=seed), **params},
             "rounds": rounds,
             "feature_names": list(feature_names),
         },

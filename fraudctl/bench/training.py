@@ -40,5 +40,6 @@ def bench_training(settings: Settings) -> dict[str, Any]:
         "baseline": judged["baseline"],
         "average_precision_gain": round(judged["ap_ratio_to_baseline"] - 1, 4),
         "ranking_check": ours.get("ranking_check"),
+        "model_selection": ours.get("model_selection"),
         "backtest_seconds": round(backtest_seconds, 1),
     }

@@ -4,6 +4,7 @@ configuration replaces them only when it validates better (higher validation ave
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -23,7 +24,9 @@ from training.xgb import (
     RANKING_METRIC,
     XGBSearch,
     base_params,
+    choose_constraints,
     fold_means,
+    rising_with_merchant_fraud,
     select,
     tune_xgboost,
     validate_defaults,
@@ -112,11 +115,20 @@ def test_tuning_validates_the_defaults_and_chooses_the_best_validated_candidate(
     )
     assert tuning.defaults["config"] == LIBRARY_DEFAULTS and 1 <= tuning.defaults["iteration"] <= 60
     assert len(tuning.trials) == 3 and all(RANKING_METRIC in t["at_best"] for t in tuning.trials)
+    monotone = tuning.monotone
+    constraints = rising_with_merchant_fraud(FEATURE_NAMES)
     assert tuning.valid_aucpr == max([tuning.defaults["score"], *(t["score"] for t in tuning.trials)])
-    if tuning.selected == "library defaults":
-        assert tuning.params == LIBRARY_DEFAULTS and tuning.rounds == tuning.defaults["iteration"]
+    held, free = monotone["defaults_valid_aucpr_constrained"], monotone["defaults_valid_aucpr_unconstrained"]
+    if monotone["constrained"]:
+        assert free <= held == tuning.defaults["score"]
+        assert tuning.params["monotone_constraints"] == constraints["monotone_constraints"]
     else:
-        assert tuning.selected == "tuned" and tuning.valid_aucpr > tuning.defaults["score"]
+        assert free > held and free == tuning.defaults["score"] and "monotone_constraints" not in tuning.params
+    chosen = {k: v for k, v in tuning.params.items() if k != "monotone_constraints"}
+    if tuning.selected == "library defaults":
+        assert chosen == LIBRARY_DEFAULTS
+    else:
+        assert tuning.selected == "tuned"
 
 
 def test_a_candidate_scores_the_mean_of_its_folds_not_the_last_fold_alone() -> None:
@@ -130,11 +142,12 @@ def test_a_candidate_scores_the_mean_of_its_folds_not_the_last_fold_alone() -> N
         "feature_names": FEATURE_NAMES,
         "seed": 42,
         "max_rounds": 40,
+        "constraints": rising_with_merchant_fraud(FEATURE_NAMES),
     }
     defaults = validate_defaults(data)
     per_fold = []
     for train, valid, _ in folds:
-        params = {**base_params(nthread=2, seed=42, feature_names=FEATURE_NAMES), **LIBRARY_DEFAULTS}
+        params = {**base_params(nthread=2, seed=42), **rising_with_merchant_fraud(FEATURE_NAMES), **LIBRARY_DEFAULTS}
         names = list(FEATURE_NAMES)
         booster = xgb.train(
             params,
@@ -145,6 +158,47 @@ def test_a_candidate_scores_the_mean_of_its_folds_not_the_last_fold_alone() -> N
         per_fold.append(float(evaluation.split("valid-aucpr:")[1].split()[0]))
     assert len(per_fold) == 3 and len(set(per_fold)) > 1
     assert defaults["score"] == pytest.approx(np.mean(per_fold), abs=1e-5)
+
+
+def _risk_data(fraud: Callable[[np.ndarray], np.ndarray]) -> dict:
+    """Two time-ordered folds over a merchant risk feature and the amount, fraud a function of the risk."""
+    rng = np.random.default_rng(7)
+    risk, amount = rng.uniform(0, 1, 6000), rng.lognormal(3, 1, 6000)
+    blocks = np.array_split(np.arange(6000), 4)
+    names = ("merchant_delayed_risk_7d", "amount")
+    return {
+        "x": np.column_stack([risk, amount]).astype(np.float32),
+        "y": fraud(risk).astype(np.int8),
+        "folds": [(np.concatenate(blocks[: i + 1]), blocks[i + 1]) for i in (1, 2)],
+        "feature_names": names,
+        "seed": 42,
+        "max_rounds": 40,
+        "constraints": rising_with_merchant_fraud(names),
+    }
+
+
+def test_the_search_runs_free_when_the_defaults_rank_better_without_the_rise() -> None:
+    data = _risk_data(lambda risk: (risk > 0.4) & (risk < 0.6))  # fraud at middling risk only: no rise
+    assert data["constraints"] == {"monotone_constraints": {"merchant_delayed_risk_7d": 1}}
+    searched, defaults, comparison = choose_constraints(data)
+    assert not comparison["constrained"] and searched["constraints"] == {}
+    free, held = comparison["defaults_valid_aucpr_unconstrained"], comparison["defaults_valid_aucpr_constrained"]
+    assert free > held + 0.2 and defaults["score"] == free
+
+
+def test_the_rise_with_merchant_fraud_stays_when_validation_cannot_tell() -> None:
+    data = _risk_data(lambda risk: risk > 0.7)  # both rank every fold perfectly
+    searched, defaults, comparison = choose_constraints(data)
+    assert comparison["constrained"] and searched is data
+    free, held = comparison["defaults_valid_aucpr_unconstrained"], comparison["defaults_valid_aucpr_constrained"]
+    assert free == held == defaults["score"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_there_is_no_rise_to_hold_without_a_merchant_fraud_feature() -> None:
+    data = {**_risk_data(lambda risk: risk > 0.7), "constraints": rising_with_merchant_fraud(("amount",))}
+    searched, defaults, comparison = choose_constraints(data)
+    assert searched is data and comparison == {"constrained": False, "reason": "no merchant-fraud feature"}
+    assert defaults == validate_defaults(data)
 
 
 def test_tune_reports_the_folds_mean_not_their_spread() -> None:

@@ -33,7 +33,7 @@ from training.policy import RiskPolicy
 from training.predict import FraudScorer, ae_scores, decide, xgb_scores
 from training.reference import build_reference, input_missing_rates
 from training.registry import FeatureVersionMismatch, ModelBundle, ModelRegistry
-from training.xgb import fit_xgboost
+from training.xgb import fit_xgboost, rising_with_merchant_fraud
 
 DELAY = timedelta(days=7)
 START = date(2026, 1, 1)
@@ -76,7 +76,7 @@ def bundle(history: pd.DataFrame, features: pd.DataFrame) -> ModelBundle:
     train = take("train", history, features, FEATURE_NAMES, (day(8), day(18)))
     valid = take("validation", history, features, FEATURE_NAMES, (day(25), day(36)))
     assert train.fraud_count > 20 and valid.fraud_count > 20
-    booster = fit_xgboost(train.x, train.y, FEATURE_NAMES, PARAMS, 120)
+    booster = fit_xgboost(train.x, train.y, FEATURE_NAMES, {**PARAMS, **rising_with_merchant_fraud(FEATURE_NAMES)}, 120)
     anomaly = AnomalyScorer.fit(train.x, train.y, {"lr": 3e-3, "weight_decay": 1e-5}, 3)
     ensemble, _ = fit_ensemble(
         valid.y,
@@ -380,7 +380,8 @@ def test_raising_an_amount_far_above_habit_at_a_risky_merchant_does_not_lower_th
 def test_more_confirmed_fraud_at_the_merchant_never_lowers_the_score(
     scorer: FraudScorer, features: pd.DataFrame
 ) -> None:
-    """XGBoost is held to it (``RISING_WITH_MERCHANT_FRAUD``), whatever the few incidents it learned from; the
+    """XGBoost fitted with the constraints (``rising_with_merchant_fraud``; training keeps them unless validation
+    ranks better without) is held to it, whatever the few incidents it learned from; the
     served autoencoder reads none of these (``test_anomaly_lane``), this fixture's reads every column."""
     assert {"merchant_delayed_risk_7d", "merchant_compromise_share_30d", "mcc_risk_7d"} <= set(
         RISING_WITH_MERCHANT_FRAUD
