@@ -1,5 +1,5 @@
 """Waiting, in one place: until a condition holds (``wait_until``, the one poll-until-deadline loop), until a rate
-allows more work (``Pacer``), and whether a loopback port answers."""
+allows more work (``Pacer``), whether a loopback port answers, and a free port for a server to bind later."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import random
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -64,10 +65,39 @@ class Pacer:
             self.sleep(self.due - now)
 
 
+EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")  # Linux: the ports outgoing connections take
+LOWEST_FREE_PORT = 10_000
+PORT_PROBES = 200
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing holds now, for a server that binds it later. Below the kernel's ephemeral range where it has
+    one (Linux): a port from that range can meanwhile become the local end of an outgoing connection (the embedded
+    AWS keeps its clients' connections open), and the server's bind then fails."""
+    lowest_ephemeral = _lowest_ephemeral_port()
+    if lowest_ephemeral is not None and lowest_ephemeral - LOWEST_FREE_PORT >= PORT_PROBES:
+        for port in random.sample(range(LOWEST_FREE_PORT, lowest_ephemeral), PORT_PROBES):
+            if _bindable(host, port):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]
+
+
+def _lowest_ephemeral_port() -> int | None:
+    try:
+        return int(EPHEMERAL_PORTS.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def port_in_use(host: str, port: int, timeout_s: float = 0.5) -> bool:

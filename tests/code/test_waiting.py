@@ -1,10 +1,12 @@
-"""The one poll-until-deadline loop and the rate pacer, on an injected clock (no real sleeps)."""
+"""The one poll-until-deadline loop and the rate pacer, on an injected clock (no real sleeps); free ports."""
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
-from cluster.waiting import Pacer, wait_until
+from cluster.waiting import EPHEMERAL_PORTS, LOWEST_FREE_PORT, Pacer, free_port, wait_until
 
 
 class FakeClock:
@@ -61,3 +63,11 @@ def test_pacer_does_not_burst_after_a_stall_beyond_its_lag() -> None:
     assert clock.slept == []
     pacer.pace(1)  # the next unit is due a tenth of a second later
     assert clock.slept == [0.1]
+
+
+def test_a_free_port_is_bindable_and_never_one_an_outgoing_connection_could_take() -> None:
+    port = free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", port))
+    if EPHEMERAL_PORTS.exists():
+        assert LOWEST_FREE_PORT <= port < int(EPHEMERAL_PORTS.read_text().split()[0])

@@ -126,9 +126,9 @@ def test_tuning_validates_the_defaults_and_chooses_the_best_validated_candidate(
         assert free > held and free == tuning.defaults["score"] and "monotone_constraints" not in tuning.params
     chosen = {k: v for k, v in tuning.params.items() if k != "monotone_constraints"}
     if tuning.selected == "library defaults":
-        assert chosen == LIBRARY_DEFAULTS
+        assert chosen == LIBRARY_DEFAULTS and tuning.rounds == tuning.defaults["iteration"]
     else:
-        assert tuning.selected == "tuned"
+        assert tuning.selected == "tuned" and tuning.valid_aucpr > tuning.defaults["score"]
 
 
 def test_a_candidate_scores_the_mean_of_its_folds_not_the_last_fold_alone() -> None:
