@@ -107,7 +107,11 @@ class MerchantFloor:
         return np.where(applies, np.maximum(self.rate(record) - self.base_rate, 0.0) / (1.0 - self.base_rate), 0.0)
 
     def apply(self, fraud_score: np.ndarray, record: np.ndarray | None) -> np.ndarray:
-        return fraud_score if record is None else 1.0 - (1.0 - fraud_score) * (1.0 - self.excess(record))
+        return fraud_score if record is None else _noisy_or(fraud_score, self.excess(record))
+
+
+def _noisy_or(fraud_score: np.ndarray, excess: np.ndarray) -> np.ndarray:
+    return 1.0 - (1.0 - fraud_score) * (1.0 - excess)
 
 
 def choose_floor(
@@ -157,15 +161,19 @@ class Ensemble:
 
     def fraud_score(self, xgb_score: np.ndarray, ae_score: np.ndarray, record: np.ndarray | None = None) -> np.ndarray:
         """``record``: the rows' ``merchant_record``, for the merchant floor (None: no floor)."""
-        calibrated = self.calibration.apply(self.raw(xgb_score, ae_score))
-        return calibrated if self.merchant_floor is None else self.merchant_floor.apply(calibrated, record)
+        return self.scored(xgb_score, ae_score, record)[0]
 
-    def floor_binds(self, fraud_score: np.ndarray, record: np.ndarray | None) -> np.ndarray:
-        """The rows whose merchant record gave them at least half their score (their reasons say so first)."""
+    def scored(
+        self, xgb_score: np.ndarray, ae_score: np.ndarray, record: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The fraud score, and the rows whose merchant record gave them at least half of it (their reasons say so
+        first); the floor's excess is computed once for both."""
+        calibrated = self.calibration.apply(self.raw(xgb_score, ae_score))
         if self.merchant_floor is None or record is None:
-            return np.zeros(len(fraud_score), dtype=bool)
+            return calibrated, np.zeros(len(calibrated), dtype=bool)
         excess = self.merchant_floor.excess(record)
-        return (excess > 0) & (2 * excess >= fraud_score)
+        fraud_score = _noisy_or(calibrated, excess)
+        return fraud_score, (excess > 0) & (2 * excess >= fraud_score)
 
     def to_dict(self) -> dict[str, Any]:
         floor = self.merchant_floor

@@ -53,14 +53,14 @@ def decide(
     """``x``: the rows' features, for the merchant floor; ``lane_level``: the anomaly review lane's live level
     (``RiskPolicy.live_lane_level``), per row or one; None applies the trained level."""
     record = None if bundle.ensemble.merchant_floor is None else merchant_record(x, bundle.feature_names)
-    fraud_score = bundle.ensemble.fraud_score(xgb_score, ae_score, record)
+    fraud_score, floor_set = bundle.ensemble.scored(xgb_score, ae_score, record)
     policy = bundle.ensemble.policy
     return Scores(
         fraud_score=fraud_score,
         risk_level=policy.risk_levels(fraud_score, ae_score, lane_level),
         is_fraud=policy.is_fraud(fraud_score),
         anomaly_review=policy.lane_reviews(fraud_score, ae_score, lane_level),
-        merchant_floor=bundle.ensemble.floor_binds(fraud_score, record),
+        merchant_floor=floor_set,
     )
 
 
