@@ -45,6 +45,9 @@ from botocore.exceptions import ClientError
 from cluster.aws import client
 from cluster.config import Settings, get_settings
 from cluster.features import (
+    DEVICE_CARD_WINDOWS,
+    DEVICE_HISTORY_CAP,
+    DEVICE_ROW_COLUMNS,
     EVENT_ROW_COLUMNS,
     MERCHANT_HISTORY_CAP,
     PASS_OUTPUTS,
@@ -53,6 +56,7 @@ from cluster.features import (
     USER_ROW_COLUMNS,
     Columns,
     assemble,
+    device_pass_values,
     duration_ms,
     epoch_ms,
     event_rows,
@@ -77,7 +81,7 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_PREFIX = "feature-state"
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-KINDS = ("user", "merchant", "mcc")
+KINDS = ("user", "merchant", "mcc", "device")
 _FLOAT_COLUMNS = frozenset({"amount", "lat", "lon"})
 MERCHANT_STATE_COLUMNS = (*EVENT_ROW_COLUMNS, "txn_key", "mcc_key", "user_key")  # what places label feedback
 LABEL_STATE_COLUMNS = ("key", "known_ms", "anchor_ms", "txn_key")
@@ -219,27 +223,29 @@ class RecentTransactions:
 
 
 class FeatureStateCore:
-    """The state of one partition of one key kind ("user", "merchant" or "mcc"); plain Python, held by an actor."""
+    """The state of one partition of one key kind (``KINDS``); plain Python, held by an actor."""
 
     def __init__(self, kind: str, label_delay_ms: int, clock_sample: int = CLOCK_SAMPLE):
         if kind not in KINDS:
-            raise ValueError(f"kind must be user, merchant or mcc, not {kind!r}")
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
         self.kind, self.label_delay_ms = kind, label_delay_ms
         if kind == "user":
             self.rows = KeyedHistory(USER_ROW_COLUMNS, "user_key", "ts_ms")
         else:
-            self.rows = KeyedHistory(
-                MERCHANT_STATE_COLUMNS if kind == "merchant" else EVENT_ROW_COLUMNS, "key", "ts_ms"
-            )
+            columns = {"merchant": MERCHANT_STATE_COLUMNS, "device": DEVICE_ROW_COLUMNS}.get(kind, EVENT_ROW_COLUMNS)
+            self.rows = KeyedHistory(columns, "key", "ts_ms")
         self.labels = KeyedHistory(LABEL_STATE_COLUMNS, "key", "anchor_ms")
         # A merchant's suspect purchases (``exposure_events``): its visits by cards whose fraud became known since.
         self.exposures = KeyedHistory(LABEL_STATE_COLUMNS, "key", "anchor_ms")
         self.recent = RecentTransactions(len(PASS_OUTPUTS[kind]))
-        self.cap = USER_HISTORY_CAP if kind == "user" else MERCHANT_HISTORY_CAP
+        self.cap = {"user": USER_HISTORY_CAP, "device": DEVICE_HISTORY_CAP}.get(kind, MERCHANT_HISTORY_CAP)
         # The delayed merchant windows reach back to t - delay - 30 days (inclusive): rows and label anchors stay
         # that long; a label anchors at most one delay before it is known, so the known-time windows keep theirs.
         self.label_retention_ms = RETENTION_MS + label_delay_ms + 1
-        self.row_retention_ms = self.label_retention_ms if kind == "merchant" else RETENTION_MS
+        self.row_retention_ms = {
+            "merchant": self.label_retention_ms,
+            "device": max(DEVICE_CARD_WINDOWS.values()),
+        }.get(kind, RETENTION_MS)
         self.watermark = np.iinfo(np.int64).min + self.label_retention_ms  # the state's clock (see event_time_ms)
         self.latest_times = np.zeros(clock_sample, np.int64)  # a ring of the latest new transactions' times
         self.times_written = 0
@@ -280,6 +286,8 @@ class FeatureStateCore:
             return user_pass_values(history, rows, labels)
         if self.kind == "merchant":
             return merchant_pass_values(history, rows, labels, self.label_delay_ms, self.exposures.take(keys))
+        if self.kind == "device":
+            return device_pass_values(history, rows)
         return mcc_pass_values(history, rows, labels, self.label_delay_ms)
 
     def _observe_times(self, times: np.ndarray) -> None:
@@ -504,11 +512,13 @@ def prepare(batch: Columns, user_store: Any, merchant_store: Any, partitions: in
             "user_key": column["user_key"],
         },
         "mcc": {**event_rows(column, "mcc_key"), "txn_key": column["txn_key"]},
+        "device": {**event_rows(column, "device_key"), "txn_key": column["txn_key"], "user_key": column["user_key"]},
     }
     owners = {
         "user": partition_of(column["user_key"], partitions),
         "merchant": partition_of(column["merchant_key"], partitions),
         "mcc": np.where(column["mcc_key"] != 0, partition_of(column["mcc_key"], partitions), -1),
+        "device": np.where(column["device_key"] != 0, partition_of(column["device_key"], partitions), -1),
     }
     return Prepared(column, users, merchants, inputs, owners)
 
@@ -683,13 +693,11 @@ class FeatureStateActor:
                 )
                 return False
             for kind, core in self.cores.items():
-                core.load_arrays(
-                    {
-                        name.removeprefix(f"{kind}."): arrays[name]
-                        for name in arrays.files
-                        if name.startswith(f"{kind}.")
-                    }
-                )
+                stored = {
+                    name.removeprefix(f"{kind}."): arrays[name] for name in arrays.files if name.startswith(f"{kind}.")
+                }
+                if stored:  # a snapshot from before a kind existed leaves that kind empty
+                    core.load_arrays(stored)
         self.positions = {shard: int(at) for shard, at in meta["positions"].items()}
         self.logs, self.covered_at = set(meta.get("logs", ())), meta["taken_at"]
         if own:
@@ -956,12 +964,12 @@ class OnlineFeatures:
             selected, parts, share = partition_share(prepared, partition, placement)
             if parts:
                 requests.append((selected, actor.process.remote(parts, share, logged_in)))
-        outputs = {kind: np.zeros((count, len(PASS_OUTPUTS[kind]))) for kind in KINDS}  # no category: zeros
+        outputs = {kind: np.zeros((count, len(PASS_OUTPUTS[kind]))) for kind in KINDS}  # no category/device: zeros
         for (selected, _), result in zip(requests, ray.get([ref for _, ref in requests])):
             for kind, values in result.items():
                 outputs[kind][selected[kind]] = values
         passes = {kind: dict(zip(PASS_OUTPUTS[kind], values.T)) for kind, values in outputs.items()}
-        return assemble(column, passes["user"], passes["merchant"], passes["mcc"], users, merchants)
+        return assemble(column, passes, users, merchants)
 
     def record_labels(self, events: pd.DataFrame) -> int:
         """Apply label feedback (``transaction_id, is_fraud, known_at``, optional ``merchant_id``, ``user_id``) to

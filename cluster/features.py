@@ -62,9 +62,12 @@ DISTINCT_MERCHANT_WINDOWS = {"1h": HOUR_MS, "24h": DAY_MS}
 EXPOSURE_LOOKBACK_MS = RETENTION_MS
 COMPROMISE_COUNT_WINDOWS = {"7d": 7 * DAY_MS}
 COMPROMISE_DELAYED_WINDOWS = {"7d": 7 * DAY_MS, "30d": RETENTION_MS}
+# Device linking: distinct cards seen on a device in these windows (a phone or browser many cards pass through).
+DEVICE_CARD_WINDOWS = {"7d": 7 * DAY_MS, "30d": RETENTION_MS}
 
 USER_HISTORY_CAP = 2_000  # a user's lookback sees at most this many earlier transactions
 MERCHANT_HISTORY_CAP = 50_000  # same for a merchant or a merchant category
+DEVICE_HISTORY_CAP = 500  # same for a device: beyond this many recent uses its card count no longer matters
 TINY_AMOUNT = 2.0  # card testers probe with amounts below this
 NIGHT_HOURS = (0, 6)  # [start, end) in UTC
 RISK_PRIOR_RATE = 0.005  # merchant risk shrinks towards this rate ...
@@ -98,6 +101,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "first_time_at_merchant",
     "new_device",
     "device_missing",
+    *(f"device_cards_{window}" for window in DEVICE_CARD_WINDOWS),
     "card_fraud_known_30d",
     "log_hours_since_card_fraud",
     "distance_from_home_km",
@@ -164,6 +168,8 @@ def feature_spec() -> dict[str, object]:
             "exposure_lookback_ms": EXPOSURE_LOOKBACK_MS,
             "compromise_count_windows_ms": COMPROMISE_COUNT_WINDOWS,
             "compromise_delayed_windows_ms": COMPROMISE_DELAYED_WINDOWS,
+            "device_card_windows_ms": DEVICE_CARD_WINDOWS,
+            "device_history_cap": DEVICE_HISTORY_CAP,
         },
     }
 
@@ -188,6 +194,7 @@ ROW_COLUMNS = (
 )
 USER_ROW_COLUMNS = ("user_key", "ts_ms", "amount", "merchant_key", "device_key", "country_key", "lat", "lon")
 EVENT_ROW_COLUMNS = ("key", "ts_ms")
+DEVICE_ROW_COLUMNS = ("key", "ts_ms", "user_key")
 USER_PASS_OUTPUTS = (
     *(f"user_{stat}_{window}" for window in USER_WINDOWS for stat in ("count", "sum")),
     "user_prev_count_30d",
@@ -215,8 +222,14 @@ MERCHANT_PASS_OUTPUTS = (
     *(f"delayed_exposed_{w}" for w in COMPROMISE_DELAYED_WINDOWS),
 )
 MCC_PASS_OUTPUTS = (*(f"count_{w}" for w in MCC_RISK_WINDOWS), *(f"fraud_{w}" for w in MCC_RISK_WINDOWS))
-PASS_OUTPUTS = {"user": USER_PASS_OUTPUTS, "merchant": MERCHANT_PASS_OUTPUTS, "mcc": MCC_PASS_OUTPUTS}
-PASS_KEYS = {"user": "user_key", "merchant": "merchant_key", "mcc": "mcc_key"}  # the row column keying a pass
+DEVICE_PASS_OUTPUTS = tuple(f"cards_{w}" for w in DEVICE_CARD_WINDOWS)
+PASS_OUTPUTS = {
+    "user": USER_PASS_OUTPUTS,
+    "merchant": MERCHANT_PASS_OUTPUTS,
+    "mcc": MCC_PASS_OUTPUTS,
+    "device": DEVICE_PASS_OUTPUTS,
+}
+PASS_KEYS = {"user": "user_key", "merchant": "merchant_key", "mcc": "mcc_key", "device": "device_key"}  # keys a pass
 
 # Pass inputs and outputs: a DataFrame, or plain column arrays on the online hot path (no pandas per call).
 Columns = Mapping[str, np.ndarray] | pd.DataFrame
@@ -650,15 +663,46 @@ def mcc_pass_values(history: Columns, batch: Columns, labels: Columns, label_del
     return event_pass(history, batch, labels, MCC_RISK_WINDOWS, MCC_RISK_WINDOWS, {}, label_delay_ms)
 
 
+def device_pass_values(history: Columns, batch: Columns) -> np.ndarray:
+    """Distinct cards seen on each row's device in each ``DEVICE_CARD_WINDOWS`` window, its own card included, over
+    at most ``DEVICE_HISTORY_CAP`` earlier uses: a (batch rows x ``DEVICE_PASS_OUTPUTS``) matrix, zeros where the
+    device is missing. A cardholder's phone sees one card or a household's few; a ring's sees every card it holds.
+    ``history``/``batch`` hold ``DEVICE_ROW_COLUMNS``; rows without a device take no part."""
+    values = np.zeros((len(batch["key"]), len(DEVICE_PASS_OUTPUTS)))
+    present = np.asarray(batch["key"], np.int64) != 0
+    history_present = np.asarray(history["key"], np.int64) != 0
+    if not present.any():
+        return values
+    rows, n_history, _ = _stacked(
+        {c: np.asarray(history[c])[history_present] for c in DEVICE_ROW_COLUMNS},
+        {c: np.asarray(batch[c])[present] for c in DEVICE_ROW_COLUMNS},
+        DEVICE_ROW_COLUMNS,
+    )
+    ts = rows["ts_ms"].astype(np.int64, copy=False)
+    origin = int(ts.min()) - _ORIGIN_MARGIN_MS
+    order, combined, _ = _layout(rows["key"].astype(np.int64, copy=False), ts, origin)
+    new = np.flatnonzero(order >= n_history)
+    target = order[new] - n_history
+    cards = rows["user_key"].astype(np.int64, copy=False)[order]
+    previous_same_card = _previous_same(_pair_index(combined >> _TIME_BITS, cards), np.ones(len(order), bool))
+    out = {
+        f"cards_{name}": _distinct_in_window(
+            previous_same_card, new, _window_start(combined, new, window, DEVICE_HISTORY_CAP)
+        ).astype(np.float64)
+        for name, window in DEVICE_CARD_WINDOWS.items()
+    }
+    values[present] = _in_batch_order(out, DEVICE_PASS_OUTPUTS, target)
+    return values
+
+
 def _risk(fraud: np.ndarray, count: np.ndarray) -> np.ndarray:
     return (fraud + RISK_PRIOR_WEIGHT * RISK_PRIOR_RATE) / (count + RISK_PRIOR_WEIGHT)
 
 
-def assemble(
-    rows: Columns, user: Columns, merchant: Columns, mcc: Columns, users: Columns, merchants: Columns
-) -> np.ndarray:
-    """The (rows x ``FEATURE_NAMES``) float32 matrix, never NaN, from the numeric rows, pass outputs and aligned
-    profiles."""
+def assemble(rows: Columns, passes: Mapping[str, Columns], users: Columns, merchants: Columns) -> np.ndarray:
+    """The (rows x ``FEATURE_NAMES``) float32 matrix, never NaN, from the numeric rows, every kind's pass outputs
+    (``PASS_OUTPUTS``) and aligned profiles."""
+    user, merchant, mcc, device = (passes[kind] for kind in ("user", "merchant", "mcc", "device"))
     f: dict[str, np.ndarray] = {}
     amount = np.asarray(rows["amount"], np.float64)
     ts = np.asarray(rows["ts_ms"], np.int64)
@@ -689,6 +733,8 @@ def assemble(
     ):
         f[name] = np.asarray(user[name])
     f["device_missing"] = (np.asarray(rows["device_key"]) == 0).astype(np.float64)
+    for window in DEVICE_CARD_WINDOWS:
+        f[f"device_cards_{window}"] = np.asarray(device[f"cards_{window}"])
 
     lat, lon = np.asarray(rows["lat"], np.float64), np.asarray(rows["lon"], np.float64)
     home_lat, home_lon = floats(users["home_lat"]), floats(users["home_lon"])
@@ -811,18 +857,21 @@ def build_features(
     }
     return feature_frame(
         transactions["transaction_id"],
-        assemble(rows, passes["user"], passes["merchant"], passes["mcc"], user_profiles, merchant_profiles),
+        assemble(rows, passes, user_profiles, merchant_profiles),
     )
 
 
 def keyed_pass_values(
     kind: str, rows: Columns, events: Columns, label_delay_ms: int, card_frauds: Columns | None = None
 ) -> np.ndarray:
-    """One pass ("user", "merchant" or "mcc") over numeric rows holding every row of their keys, in arrival order,
+    """One pass ("user", "merchant", "mcc" or "device") over numeric rows holding every row of their keys, in arrival order,
     without history: a (rows x ``PASS_OUTPUTS[kind]``) matrix. ``events`` are confirmed frauds (``txn_key,
     known_ms``); every pass places them by their transaction's row (its card, merchant or category). The merchant
     pass also needs every card's confirmed frauds (``card_fraud_events`` of all rows, not just these keys'), as
     they cast suspicion on the merchants the card used; by default those of ``rows``."""
+    if kind == "device":
+        keyed = {**event_rows(rows, "device_key"), "user_key": np.asarray(rows["user_key"], np.int64)}
+        return device_pass_values({c: values[:0] for c, values in keyed.items()}, keyed)
     labels = label_keys(events, rows, PASS_KEYS[kind], label_delay_ms)
     if kind == "user":
         return user_pass_values({c: np.zeros(0) for c in USER_ROW_COLUMNS}, rows, labels)
@@ -988,6 +1037,19 @@ def _in_window(noun: str, window: str, *, none: str) -> Template:
     return template
 
 
+def _device_cards(window: str) -> Template:
+    """Cards seen on this purchase's device, this one's included (0: no device, which its own flag says)."""
+
+    def template(seen: Seen) -> str | None:
+        if seen.value < 0.5:
+            return None
+        if seen.value < 1.5:
+            return f"No other card used this device in the last {_WINDOW_WORDS[window]}"
+        return f"{count(seen.value, 'card')} used this device in the last {_WINDOW_WORDS[window]}, this one included"
+
+    return template
+
+
 def _hour(seen: Seen) -> str:
     hour = int(seen.value) % 24
     return f"Purchase between {hour:02d}:00 and {(hour + 1) % 24:02d}:00 UTC"
@@ -1120,6 +1182,7 @@ REASONS: dict[str, Reason] = {
         ),
     ),
     "device_missing": Reason("device", _flag("No device information", "Device identified")),
+    **{f"device_cards_{w}": Reason("device_cards", _device_cards(w)) for w in DEVICE_CARD_WINDOWS},
     "card_fraud_known_30d": Reason("card_fraud", _card_fraud_known),
     "log_hours_since_card_fraud": Reason("card_fraud", _since_card_fraud),
     "distance_from_home_km": Reason(

@@ -54,6 +54,7 @@ _PASS_COLUMNS = {
     "user": (*USER_ROW_COLUMNS, "txn_key", "is_fraud"),
     "merchant": ("merchant_key", "user_key", "ts_ms", "txn_key", "is_fraud"),
     "mcc": ("mcc_key", "ts_ms", "txn_key", "is_fraud"),
+    "device": ("device_key", "user_key", "ts_ms", "txn_key", "is_fraud"),
 }
 _CARD_FRAUD_COLUMNS = ("user_key", "ts_ms", "txn_key", "is_fraud")  # what places every card's frauds
 
@@ -194,7 +195,7 @@ def _assemble_block(
     merchant_profiles = align_profiles(
         block.column("merchant_id").to_pandas(), merchants, "merchant_id", MERCHANT_PROFILE_COLUMNS
     )
-    features = assemble(rows, passes["user"], passes["merchant"], passes["mcc"], user_profiles, merchant_profiles)
+    features = assemble(rows, passes, user_profiles, merchant_profiles)
     return pa.table(
         {
             "transaction_id": block.column("transaction_id"),

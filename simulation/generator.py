@@ -78,6 +78,7 @@ CITIES = pd.DataFrame(
     columns=["city", "country", "lat", "lon", "utc_offset", "weight"],
 )
 ABROAD_SHARE = 0.12  # users whose home is outside HOME_COUNTRY (expats' cards, cross-border customers)
+HOUSEHOLD_SHARE = 0.05  # a user shares a family laptop or tablet with the next user (about 10 % of users share)
 
 # Real ISO 18245 merchant category codes: median ticket (USD), where they trade, popularity weight.
 MCCS = pd.DataFrame(
@@ -406,9 +407,12 @@ def _build_users(rng: np.random.Generator, n: int, as_of: datetime) -> pd.DataFr
     profile["active_hour_spread"] = rng.uniform(2.0, 4.5, n).round(2)
     profile["card_network"] = rng.choice(networks, size=n, p=network_shares)
     profile["device_primary"] = [f"dv-{u}-1" for u in user_id]
-    profile["device_secondary"] = pd.array(
-        [f"dv-{u}-2" if two else None for u, two in zip(user_id, second_device)], dtype="string"
-    )
+    secondary = np.array([f"dv-{u}-2" if two else None for u, two in zip(user_id, second_device)], dtype=object)
+    household = np.flatnonzero(rng.random(n) < HOUSEHOLD_SHARE)
+    household = household[household + 1 < n]
+    household = household[np.isin(household, household + 1, invert=True)]  # a device is shared by two at most
+    secondary[household + 1] = secondary[household] = [f"dv-{u}-home" for u in user_id[household]]
+    profile["device_secondary"] = pd.array(secondary, dtype="string")
     profile["user_index"] = index
     return profile
 

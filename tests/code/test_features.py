@@ -130,6 +130,29 @@ def test_distinct_merchants_first_visit_and_new_device() -> None:
     assert list(out["device_missing"]) == [0, 0, 0, 1, 0]
 
 
+def test_device_cards_count_distinct_cards_on_a_device_within_each_window() -> None:
+    day = 60 * 24
+    out = features(
+        [
+            {"at": 0, "user_id": "u1", "device_id": "ring"},
+            {"at": 5, "user_id": "u2", "device_id": "ring"},
+            {"at": 6, "user_id": "u1", "device_id": "ring"},  # a card seen before on the device counts once
+            {"at": 7, "user_id": "u3", "device_id": "own"},
+            {"at": 8, "user_id": "u3"},  # no device: no count, and it joins no device's history
+            {"at": 8 * day, "user_id": "u4", "device_id": "ring"},  # 8 days on: only the 30-day window sees u1, u2
+            {"at": 31 * day, "user_id": "u4", "device_id": "ring"},  # beyond retention: u4's use 23 days ago only
+        ]
+    )
+    assert list(out["device_cards_7d"]) == [1, 2, 2, 1, 0, 1, 1]
+    assert list(out["device_cards_30d"]) == [1, 2, 2, 1, 0, 3, 1]
+
+
+def test_device_cards_stop_at_the_device_history_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cluster.features, "DEVICE_HISTORY_CAP", 2)
+    out = features([{"at": i, "user_id": f"u{i}", "device_id": "kiosk"} for i in range(5)])
+    assert list(out["device_cards_30d"]) == [1, 2, 3, 3, 3]  # this use and the two before it
+
+
 def test_geography_previous_location_speed_and_country() -> None:
     out = features(
         [
