@@ -407,6 +407,15 @@ def encode_snapshot(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> byte
     return SNAPSHOT_HEADER.pack(len(raw)) + SNAPSHOT_CODEC.compress(raw, asbytes=True)
 
 
+def decode_snapshot(payload: bytes) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The arrays and the meta of an ``encode_snapshot`` payload."""
+    (size,) = SNAPSHOT_HEADER.unpack_from(payload)
+    raw = SNAPSHOT_CODEC.decompress(memoryview(payload)[SNAPSHOT_HEADER.size :], decompressed_size=size, asbytes=True)
+    with np.load(io.BytesIO(raw)) as stored:
+        arrays = {name: stored[name] for name in stored.files}
+    return arrays, json.loads(arrays.pop("meta").tobytes())
+
+
 def _columns(arrays: Any, prefix: str, columns: tuple[str, ...]) -> Rows:
     """A snapshot's columns; one an older snapshot lacks reads as zeros (missing: a key hash of 0), and a table it
     lacks as empty."""
@@ -672,32 +681,27 @@ class FeatureStateActor:
         """State and positions from a snapshot (``encode_snapshot``); ``own``: this state's snapshot, so its counters
         continue too. False, and nothing loaded, when the snapshot covers another stream set than this state's (a snapshot from before
         stream sets were recorded loads)."""
-        (size,) = SNAPSHOT_HEADER.unpack_from(payload)
-        raw = SNAPSHOT_CODEC.decompress(
-            memoryview(payload)[SNAPSHOT_HEADER.size :], decompressed_size=size, asbytes=True
-        )
-        with np.load(io.BytesIO(raw)) as arrays:
-            meta = json.loads(arrays["meta"].tobytes())
-            covers = meta.get("covers")
-            if covers is not None and covers != self.covers:
-                log.warning(
-                    "feature state %s partition %d of %d refuses the snapshot of %s: it covers %s, this state "
-                    "covers %s (another deployment sharing the bucket and the state name?); starting from "
-                    "the next snapshot, if any, else empty",
-                    self.name,
-                    self.partition,
-                    self.partitions,
-                    source or self.name,
-                    covers,
-                    self.covers,
-                )
-                return False
-            for kind, core in self.cores.items():
-                stored = {
-                    name.removeprefix(f"{kind}."): arrays[name] for name in arrays.files if name.startswith(f"{kind}.")
-                }
-                if stored:  # a snapshot from before a kind existed leaves that kind empty
-                    core.load_arrays(stored)
+        arrays, meta = decode_snapshot(payload)
+        covers = meta.get("covers")
+        if covers is not None and covers != self.covers:
+            log.warning(
+                "feature state %s partition %d of %d refuses the snapshot of %s: it covers %s, this state "
+                "covers %s (another deployment sharing the bucket and the state name?); starting from "
+                "the next snapshot, if any, else empty",
+                self.name,
+                self.partition,
+                self.partitions,
+                source or self.name,
+                covers,
+                self.covers,
+            )
+            return False
+        for kind, core in self.cores.items():
+            stored = {
+                name.removeprefix(f"{kind}."): values for name, values in arrays.items() if name.startswith(f"{kind}.")
+            }
+            if stored:  # a snapshot from before a kind existed leaves that kind empty
+                core.load_arrays(stored)
         self.positions = {shard: int(at) for shard, at in meta["positions"].items()}
         self.logs, self.covered_at = set(meta.get("logs", ())), meta["taken_at"]
         if own:

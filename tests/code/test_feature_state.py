@@ -280,6 +280,35 @@ def test_restarted_actors_continue_from_their_snapshot(ray_session: Settings) ->
     np.testing.assert_allclose(streamed["merchant_count_7d"], expected["merchant_count_7d"])
 
 
+def test_a_snapshot_from_before_a_kind_existed_loads_with_that_kind_empty(ray_session: Settings) -> None:
+    """Device linking came after the first snapshots: theirs have no device arrays, and must still restore."""
+    from cluster.aws import client
+    from cluster.feature_state import OnlineFeatures, decode_snapshot, encode_snapshot
+
+    transactions = synthetic_transactions(600, users=30, merchants=6, days=3, seed=8)
+    transactions["user_id"] = "older-" + transactions["user_id"]
+    first = OnlineFeatures(ray_session, name="older", restore=False)
+    try:
+        first.compute(transactions.iloc[:300])
+        (key,) = first.snapshot()
+        assert first.stats()["device"]["rows"] > 0
+    finally:
+        first.shutdown()
+    s3 = client("s3", ray_session)
+    arrays, meta = decode_snapshot(s3.get_object(Bucket=ray_session.model_bucket, Key=key)["Body"].read())
+    older = {name: values for name, values in arrays.items() if not name.startswith("device.")}
+    s3.put_object(Bucket=ray_session.model_bucket, Key=key, Body=encode_snapshot(older, meta))
+    restored = OnlineFeatures(ray_session, name="older")
+    try:
+        stats = restored.stats()
+        assert stats["user"]["keys"] == transactions["user_id"].iloc[:300].nunique()
+        assert stats["device"]["rows"] == 0
+        later = restored.compute(transactions.iloc[300:])
+        assert (later["device_cards_30d"] >= 0).all() and restored.stats()["device"]["rows"] > 0
+    finally:
+        restored.shutdown()
+
+
 def test_state_actors_snapshot_on_their_own_while_they_score(ray_session: Settings) -> None:
     import time
 
